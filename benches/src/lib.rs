@@ -1,0 +1,1 @@
+//! Benchmarks for MMSB live in `benches/`.

@@ -1,0 +1,416 @@
+//! The public handle: [`Mmsb`].
+
+use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
+use crate::delta::Payload;
+use crate::page::{Location, Metadata, Page, PageSpec, Storage};
+use crate::registry::{PageCell, Registry};
+use crate::{Error, Result};
+use parking_lot::{Mutex, RawRwLock};
+use shared_types::{Epoch, PageId};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How to start a state.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The state directory; `None` makes a fresh temporary one that is
+    /// removed when the handle is dropped.
+    pub dir: Option<PathBuf>,
+    /// Byte budget of the page allocator's free lists.
+    pub pool_budget: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { dir: None, pool_budget: DEFAULT_POOL_BUDGET }
+    }
+}
+
+impl Config {
+    /// A configuration with a temporary state directory.
+    pub fn temporary() -> Self {
+        Self::default()
+    }
+
+    /// A configuration for the state directory `dir` (created if missing).
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: Some(dir.into()), ..Self::default() }
+    }
+}
+
+/// One update of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Update {
+    /// Target page.
+    pub page: PageId,
+    /// The change.
+    pub payload: Payload,
+    /// When set, the update is refused unless the page is at this epoch.
+    pub base_epoch: Option<Epoch>,
+}
+
+impl Update {
+    /// An unconditional update.
+    pub fn new(page: PageId, payload: Payload) -> Self {
+        Self { page, payload, base_epoch: None }
+    }
+
+    /// An update that requires the page to be at `epoch`.
+    #[must_use]
+    pub fn at_epoch(mut self, epoch: Epoch) -> Self {
+        self.base_epoch = Some(epoch);
+        self
+    }
+}
+
+/// A page's description without its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageInfo {
+    /// Id.
+    pub id: PageId,
+    /// Length in bytes.
+    pub len: u64,
+    /// Current epoch.
+    pub epoch: Epoch,
+    /// Location.
+    pub location: Location,
+    /// Metadata.
+    pub meta: Metadata,
+}
+
+/// A read guard on one page: borrows its bytes without copying. Writers to
+/// this page wait until it is dropped; hold it briefly.
+pub struct PageRef {
+    guard: parking_lot::ArcRwLockReadGuard<RawRwLock, Page>,
+}
+
+impl PageRef {
+    /// The page.
+    pub fn page(&self) -> &Page {
+        &self.guard
+    }
+
+    /// The bytes (the page is in host memory: [`Mmsb::read_page`] checked it).
+    pub fn bytes(&self) -> &[u8] {
+        match &self.guard.storage {
+            Storage::Host(b) => b,
+        }
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.guard.epoch
+    }
+}
+
+impl std::fmt::Debug for PageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageRef").field("id", &self.guard.id).field("epoch", &self.guard.epoch).finish()
+    }
+}
+
+/// Counters owned by the commit path (one writer at a time).
+#[derive(Debug)]
+struct Clock {
+    next_page: u64,
+    next_delta: u64,
+    timestamp: u64,
+}
+
+enum DirHolder {
+    Temp(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+/// A running MMSB state: pages, deltas and everything built on them.
+///
+/// All methods take `&self`; the handle can be shared between threads
+/// (wrap it in an `Arc`). Writers are serialised by one commit lock, which
+/// fixes the order of ids, epochs and timestamps; readers lock single pages.
+///
+/// # Examples
+/// ```
+/// use mmsb::{Config, Mmsb, PageSpec, Payload, SparseDelta};
+/// # fn main() -> mmsb::Result<()> {
+/// let state = Mmsb::start(Config::temporary())?;
+/// let page = state.create_page(PageSpec::new(16).named("counters"))?;
+/// let delta = SparseDelta::from_pairs([(4, &[1u8, 2, 3][..])])?;
+/// let epoch = state.update_page(page, Payload::Sparse(delta))?;
+/// assert_eq!(epoch.get(), 1);
+/// assert_eq!(&state.query_page(page)?[3..8], &[0, 1, 2, 3, 0]);
+/// state.stop()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Mmsb {
+    dir: DirHolder,
+    alloc: PageAllocator,
+    registry: Registry,
+    clock: Mutex<Clock>,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Mmsb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mmsb").field("dir", &self.dir()).field("pages", &self.registry.len()).finish()
+    }
+}
+
+impl Mmsb {
+    /// Start a state in `config.dir` (a temporary directory when `None`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be created.
+    pub fn start(config: Config) -> Result<Mmsb> {
+        let dir = match config.dir {
+            Some(d) => {
+                std::fs::create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
+                DirHolder::Given(d)
+            }
+            None => DirHolder::Temp(
+                tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?,
+            ),
+        };
+        Ok(Mmsb {
+            dir,
+            alloc: PageAllocator::new(config.pool_budget),
+            registry: Registry::default(),
+            clock: Mutex::new(Clock { next_page: 1, next_delta: 1, timestamp: 0 }),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Stop the state. Later calls on any clone of this handle's pages
+    /// return [`Error::Stopped`].
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when already stopped.
+    pub fn stop(&self) -> Result<()> {
+        let _clock = self.clock.lock();
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Err(Error::Stopped);
+        }
+        Ok(())
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        match &self.dir {
+            DirHolder::Temp(t) => t.path(),
+            DirHolder::Given(p) => p,
+        }
+    }
+
+    fn live(&self) -> Result<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Create a zero-filled page and return its id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPage`] for a bad spec; [`Error::UnsupportedLocation`]
+    /// for a location this build cannot serve.
+    pub fn create_page(&self, spec: PageSpec) -> Result<PageId> {
+        spec.validate()?;
+        let mut clock = self.clock.lock();
+        self.live()?;
+        let storage = match spec.location {
+            Location::Cpu => Storage::Host(self.alloc.alloc(spec.len as usize)?),
+            other => return Err(Error::UnsupportedLocation { op: "create_page", location: other }),
+        };
+        let id = PageId(clock.next_page);
+        let page = Page { id, len: spec.len, epoch: Epoch(0), location: spec.location, meta: spec.meta, storage };
+        self.registry.insert(page)?;
+        clock.next_page += 1;
+        clock.timestamp += 1;
+        Ok(id)
+    }
+
+    /// Delete a page and free its bytes.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn delete_page(&self, id: PageId) -> Result<()> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        self.registry.remove(id)?;
+        clock.timestamp += 1;
+        Ok(())
+    }
+
+    /// Apply `payload` to page `id` and return the page's new epoch.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`], [`Error::InvalidDelta`] (the page is then
+    /// unchanged), [`Error::UnsupportedLocation`].
+    pub fn update_page(&self, id: PageId, payload: Payload) -> Result<Epoch> {
+        self.update_batch(vec![Update::new(id, payload)]).map(|v| v[0])
+    }
+
+    /// Apply `payload` only if page `id` is at epoch `base`.
+    ///
+    /// # Errors
+    /// As [`Mmsb::update_page`], plus [`Error::StaleEpoch`].
+    pub fn update_page_at(&self, id: PageId, payload: Payload, base: Epoch) -> Result<Epoch> {
+        self.update_batch(vec![Update::new(id, payload).at_epoch(base)]).map(|v| v[0])
+    }
+
+    /// Apply several updates atomically, in order: either all are applied or
+    /// none. Returns each update's resulting epoch.
+    ///
+    /// # Errors
+    /// The first problem found; nothing is applied then.
+    pub fn update_batch(&self, updates: Vec<Update>) -> Result<Vec<Epoch>> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        // Resolve and lock every page involved, in id order (no deadlock with
+        // other multi-page lockers), before validating anything.
+        let mut ids: Vec<PageId> = updates.iter().map(|u| u.page).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let cells: Vec<(PageId, PageCell)> =
+            ids.iter().map(|&id| self.registry.get(id).map(|c| (id, c))).collect::<Result<_>>()?;
+        let mut guards: Vec<_> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
+        // Index of each update's page in `guards` (ids and guards share one order).
+        let slots: Vec<usize> = updates.iter().map(|u| ids.binary_search(&u.page).unwrap_or(0)).collect();
+
+        // Validate all of it, simulating the epochs a batch walks through.
+        let mut epochs: Vec<Epoch> = guards.iter().map(|(_, g)| g.epoch).collect();
+        let mut results = Vec::with_capacity(updates.len());
+        for (u, &k) in updates.iter().zip(&slots) {
+            let page = &guards[k].1;
+            if page.location != Location::Cpu {
+                return Err(Error::UnsupportedLocation { op: "update_page", location: page.location });
+            }
+            u.payload.check(page.len).map_err(|e| with_page(e, u.page))?;
+            if let Some(base) = u.base_epoch {
+                if base != epochs[k] {
+                    return Err(Error::StaleEpoch { page: u.page, expected: base, actual: epochs[k] });
+                }
+            }
+            epochs[k] = epochs[k]
+                .checked_next()
+                .ok_or_else(|| Error::invalid_delta(Some(u.page), "page epoch would overflow"))?;
+            results.push(epochs[k]);
+        }
+        // Apply: cannot fail any more.
+        for (u, &k) in updates.iter().zip(&slots) {
+            let page = &mut guards[k].1;
+            let bytes = page.host_bytes_mut()?;
+            u.payload.apply_to(bytes)?;
+            page.epoch = Epoch(page.epoch.0 + 1);
+            clock.next_delta += 1;
+            clock.timestamp += 1;
+        }
+        Ok(results)
+    }
+
+    /// A copy of the page's bytes.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn query_page(&self, id: PageId) -> Result<Vec<u8>> {
+        self.live()?;
+        let cell = self.registry.get(id)?;
+        let page = cell.read();
+        Ok(page.bytes()?.to_vec())
+    }
+
+    /// A read guard that borrows the page's bytes without copying.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::UnsupportedLocation`] for a page
+    /// whose bytes are not in host memory (use [`Mmsb::query_page`]).
+    pub fn read_page(&self, id: PageId) -> Result<PageRef> {
+        self.live()?;
+        let cell = self.registry.get(id)?;
+        let guard = cell.read_arc();
+        if guard.location != Location::Cpu {
+            return Err(Error::UnsupportedLocation { op: "read_page", location: guard.location });
+        }
+        Ok(PageRef { guard })
+    }
+
+    /// A page's id, length, epoch, location and metadata.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn page_info(&self, id: PageId) -> Result<PageInfo> {
+        let cell = self.registry.get(id)?;
+        let p = cell.read();
+        Ok(PageInfo { id: p.id, len: p.len, epoch: p.epoch, location: p.location, meta: p.meta.clone() })
+    }
+
+    /// Ids of all pages, ascending.
+    pub fn page_ids(&self) -> Vec<PageId> {
+        self.registry.ids()
+    }
+
+    /// Logical time: the number of changes accepted so far.
+    pub fn timestamp(&self) -> u64 {
+        self.clock.lock().timestamp
+    }
+
+    /// Allocator statistics.
+    pub fn alloc_stats(&self) -> AllocStats {
+        self.alloc.stats()
+    }
+
+    /// Check the registry invariants.
+    ///
+    /// # Errors
+    /// [`Error::Invariant`] naming the first violation.
+    pub fn verify(&self) -> Result<()> {
+        let clock = self.clock.lock();
+        self.registry.verify(PageId(clock.next_page))
+    }
+}
+
+fn with_page(e: Error, page: PageId) -> Error {
+    match e {
+        Error::InvalidDelta { page: None, reason } => Error::InvalidDelta { page: Some(page), reason },
+        other => other,
+    }
+}
+
+/// Declare pages (and, with the graph, derived pages) on a state.
+///
+/// Each `page NAME(LEN);` creates a CPU page named `NAME` and binds its
+/// [`PageId`](crate::PageId) to a local variable of that name;
+/// `page NAME(LEN) on LOCATION;` places it elsewhere. Errors propagate with `?`.
+///
+/// # Examples
+/// ```
+/// # fn main() -> mmsb::Result<()> {
+/// let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+/// mmsb::mmsb! { state;
+///     page input(4096);
+///     page scratch(64) on mmsb::Location::Cpu;
+/// }
+/// assert_eq!(state.page_info(input)?.len, 4096);
+/// assert_eq!(state.page_info(scratch)?.meta["name"], b"scratch");
+/// # Ok(())
+/// # }
+/// ```
+#[macro_export]
+macro_rules! mmsb {
+    ($state:expr; $($rest:tt)*) => {
+        $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mmsb_decl {
+    (($state:expr)) => {};
+    (($state:expr) page $name:ident ($len:expr) $(on $loc:expr)?; $($rest:tt)*) => {
+        let $name = $state.create_page(
+            $crate::PageSpec::new($len as u64).named(stringify!($name))$(.on($loc))?,
+        )?;
+        $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+}

@@ -1,0 +1,701 @@
+//! Deltas: byte-level changes to a page, and the laws they obey.
+//!
+//! A [`Payload`] selects page bytes and gives their new values:
+//!
+//! | kind | what it holds | selects |
+//! |---|---|---|
+//! | [`DenseDelta`] | one mask bit per page byte plus page-length data | the masked bytes |
+//! | [`SparseDelta`] | sorted, non-overlapping byte runs plus their bytes | the bytes of the runs |
+//! | `Full` | the whole page | every byte |
+//!
+//! `apply` replaces exactly the selected bytes; `merge(a, b)` is one payload
+//! with `apply(apply(p, a), b) == apply(p, merge(a, b))`, and merge is
+//! associative. Payloads are kept in a canonical form (dense data is zero
+//! where the mask is clear; adjacent sparse runs are coalesced), so equal
+//! effects give equal values.
+
+use crate::{Error, Result};
+use bitvec::prelude::{BitVec, Lsb0};
+use serde::{Deserialize, Serialize};
+use shared_types::{DeltaId, Epoch, PageId};
+
+/// Expands 8 mask bits into a 64-bit byte mask (bit `i` → byte `i` = 0xFF).
+const EXPAND: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut v = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            if b & (1 << i) != 0 {
+                v |= 0xFF << (8 * i);
+            }
+            i += 1;
+        }
+        t[b] = v;
+        b += 1;
+    }
+    t
+};
+
+/// A byte run of a sparse delta: `len` bytes starting at page byte `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Run {
+    /// First page byte replaced.
+    pub offset: u64,
+    /// Number of bytes replaced.
+    pub len: u64,
+}
+
+impl Run {
+    /// One past the last byte, or `None` on overflow.
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.len)
+    }
+}
+
+/// A dense delta: a mask with one bit per page byte plus page-length data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenseDelta {
+    mask: BitVec<u64, Lsb0>,
+    data: Vec<u8>,
+}
+
+impl DenseDelta {
+    /// Build from a mask and page-length data. Data bytes whose mask bit is
+    /// clear are ignored (and zeroed, to keep the canonical form).
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when mask and data lengths differ or are zero.
+    pub fn new(mut mask: BitVec<u64, Lsb0>, mut data: Vec<u8>) -> Result<Self> {
+        if mask.len() != data.len() {
+            return Err(Error::invalid_delta(
+                None,
+                format!("dense mask has {} bits but data has {} bytes", mask.len(), data.len()),
+            ));
+        }
+        if data.is_empty() {
+            return Err(Error::invalid_delta(None, "dense delta over an empty page"));
+        }
+        mask.set_uninitialized(false);
+        clear_unmasked(&mut data, mask.as_raw_slice());
+        Ok(Self { mask, data })
+    }
+
+    /// Build from packed mask words (bit `i % 64` of word `i / 64` selects
+    /// byte `i`) and page-length data.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when the word count does not match the data
+    /// length or the data is empty.
+    pub fn from_words(words: Vec<u64>, data: Vec<u8>) -> Result<Self> {
+        if words.len() != data.len().div_ceil(64) {
+            return Err(Error::invalid_delta(
+                None,
+                format!("{} mask words for {} data bytes (need {})", words.len(), data.len(), data.len().div_ceil(64)),
+            ));
+        }
+        let mut mask = BitVec::<u64, Lsb0>::from_vec(words);
+        mask.truncate(data.len());
+        Self::new(mask, data)
+    }
+
+    /// Build from per-byte selections: `Some(b)` replaces a byte with `b`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] for an empty slice.
+    pub fn from_options(bytes: &[Option<u8>]) -> Result<Self> {
+        let mask: BitVec<u64, Lsb0> = bytes.iter().map(Option::is_some).collect();
+        let data = bytes.iter().map(|b| b.unwrap_or(0)).collect();
+        Self::new(mask, data)
+    }
+
+    /// Page length this delta is for.
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// Always false: a dense delta covers at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The mask.
+    pub fn mask(&self) -> &BitVec<u64, Lsb0> {
+        &self.mask
+    }
+
+    /// The mask as packed little-endian words (dead bits are zero).
+    pub fn mask_words(&self) -> &[u64] {
+        self.mask.as_raw_slice()
+    }
+
+    /// Page-length data, zero where the mask is clear.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Number of selected bytes.
+    pub fn selected(&self) -> u64 {
+        self.mask_words().iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
+/// A sparse delta: sorted, non-overlapping byte runs plus their bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SparseDelta {
+    runs: Vec<Run>,
+    data: Vec<u8>,
+}
+
+impl SparseDelta {
+    /// Build from runs and their concatenated bytes. Adjacent runs are
+    /// coalesced.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] for an empty run, runs out of order or
+    /// overlapping, an offset overflow, or a data length that differs from
+    /// the sum of the run lengths.
+    pub fn new(runs: Vec<Run>, data: Vec<u8>) -> Result<Self> {
+        let mut total: u64 = 0;
+        let mut prev_end: Option<u64> = None;
+        for (i, r) in runs.iter().enumerate() {
+            if r.len == 0 {
+                return Err(Error::invalid_delta(None, format!("run {i} is empty")));
+            }
+            let end = r.end().ok_or_else(|| Error::invalid_delta(None, format!("run {i} overflows")))?;
+            if let Some(p) = prev_end {
+                if r.offset < p {
+                    return Err(Error::invalid_delta(
+                        None,
+                        format!("run {i} at offset {} overlaps or precedes the previous run ending at {p}", r.offset),
+                    ));
+                }
+            }
+            prev_end = Some(end);
+            total = total.checked_add(r.len).ok_or_else(|| Error::invalid_delta(None, "run lengths overflow"))?;
+        }
+        if total != data.len() as u64 {
+            return Err(Error::invalid_delta(
+                None,
+                format!("runs cover {total} bytes but {} data bytes were given", data.len()),
+            ));
+        }
+        let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+        for r in runs {
+            match out.last_mut() {
+                Some(last) if last.offset + last.len == r.offset => last.len += r.len,
+                _ => out.push(r),
+            }
+        }
+        Ok(Self { runs: out, data })
+    }
+
+    /// Build from `(offset, bytes)` pairs (sorted, non-overlapping).
+    ///
+    /// # Errors
+    /// As [`SparseDelta::new`].
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Self> {
+        let mut runs = Vec::new();
+        let mut data = Vec::new();
+        for (offset, bytes) in pairs {
+            runs.push(Run { offset, len: bytes.len() as u64 });
+            data.extend_from_slice(bytes);
+        }
+        Self::new(runs, data)
+    }
+
+    /// The runs, sorted and non-adjacent.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// The runs' bytes, concatenated in run order.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// One past the last byte touched (0 for no runs).
+    pub fn end(&self) -> u64 {
+        self.runs.last().map_or(0, |r| r.offset + r.len)
+    }
+
+    /// Iterate `(run, its bytes)`.
+    pub fn iter(&self) -> impl Iterator<Item = (Run, &[u8])> {
+        let mut at = 0usize;
+        self.runs.iter().map(move |r| {
+            let s = &self.data[at..at + r.len as usize];
+            at += r.len as usize;
+            (*r, s)
+        })
+    }
+}
+
+/// The bytes a delta changes and their new values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Mask plus page-length data.
+    Dense(DenseDelta),
+    /// Byte runs.
+    Sparse(SparseDelta),
+    /// The whole page.
+    Full(Vec<u8>),
+}
+
+/// Kind codes of payloads, as written in the binary formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PayloadKind {
+    /// [`Payload::Dense`].
+    Dense = 1,
+    /// [`Payload::Sparse`].
+    Sparse = 2,
+    /// [`Payload::Full`].
+    Full = 3,
+}
+
+impl Payload {
+    /// The payload's kind.
+    pub fn kind(&self) -> PayloadKind {
+        match self {
+            Payload::Dense(_) => PayloadKind::Dense,
+            Payload::Sparse(_) => PayloadKind::Sparse,
+            Payload::Full(_) => PayloadKind::Full,
+        }
+    }
+
+    /// Check that the payload fits a page of `page_len` bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when it does not.
+    pub fn check(&self, page_len: u64) -> Result<()> {
+        let ok = match self {
+            Payload::Dense(d) => d.len() == page_len,
+            Payload::Full(b) => b.len() as u64 == page_len,
+            Payload::Sparse(s) => s.end() <= page_len,
+        };
+        if ok {
+            Ok(())
+        } else {
+            let what = match self {
+                Payload::Dense(d) => format!("dense delta for {} bytes", d.len()),
+                Payload::Full(b) => format!("full delta of {} bytes", b.len()),
+                Payload::Sparse(s) => format!("sparse delta reaching byte {}", s.end()),
+            };
+            Err(Error::invalid_delta(None, format!("{what} does not fit a page of {page_len} bytes")))
+        }
+    }
+
+    /// Replace the selected bytes of `page`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when the payload does not fit; `page` is then
+    /// unchanged.
+    pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
+        self.check(page.len() as u64)?;
+        match self {
+            Payload::Full(b) => page.copy_from_slice(b),
+            Payload::Sparse(s) => {
+                for (r, bytes) in s.iter() {
+                    page[r.offset as usize..(r.offset + r.len) as usize].copy_from_slice(bytes);
+                }
+            }
+            Payload::Dense(d) => blend(page, &d.data, d.mask_words()),
+        }
+        Ok(())
+    }
+
+    /// Bytes selected by the payload.
+    pub fn touched(&self) -> u64 {
+        match self {
+            Payload::Dense(d) => d.selected(),
+            Payload::Sparse(s) => s.data.len() as u64,
+            Payload::Full(b) => b.len() as u64,
+        }
+    }
+
+    /// Exact size of the payload in the binary delta encoding (see
+    /// docs/FORMAT.md): kind byte, a `u64` length or run count, then the body.
+    pub fn encoded_len(&self) -> u64 {
+        9 + match self {
+            Payload::Dense(d) => d.len().div_ceil(8) + d.selected(),
+            Payload::Sparse(s) => 16 * s.runs.len() as u64 + s.data.len() as u64,
+            Payload::Full(b) => b.len() as u64,
+        }
+    }
+
+    /// The equivalent dense payload for a page of `page_len` bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when the payload does not fit.
+    pub fn to_dense(&self, page_len: u64) -> Result<DenseDelta> {
+        self.check(page_len)?;
+        if page_len == 0 {
+            return Err(Error::invalid_delta(None, "dense delta over an empty page"));
+        }
+        Ok(match self {
+            Payload::Dense(d) => d.clone(),
+            Payload::Full(b) => {
+                DenseDelta { mask: BitVec::repeat(true, b.len()), data: b.clone() }.with_clean_tail()
+            }
+            Payload::Sparse(s) => {
+                let mut mask = BitVec::<u64, Lsb0>::repeat(false, page_len as usize);
+                let mut data = vec![0u8; page_len as usize];
+                for (r, bytes) in s.iter() {
+                    let (a, b) = (r.offset as usize, (r.offset + r.len) as usize);
+                    mask[a..b].fill(true);
+                    data[a..b].copy_from_slice(bytes);
+                }
+                DenseDelta { mask, data }.with_clean_tail()
+            }
+        })
+    }
+
+    /// One payload with the effect of `self` followed by `later`, for a page
+    /// of `page_len` bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when either payload does not fit the page.
+    pub fn merge(&self, later: &Payload, page_len: u64) -> Result<Payload> {
+        self.check(page_len)?;
+        later.check(page_len)?;
+        Ok(match (self, later) {
+            (_, Payload::Full(b)) => Payload::Full(b.clone()),
+            (Payload::Full(a), b) => {
+                let mut out = a.clone();
+                b.apply_to(&mut out)?;
+                Payload::Full(out)
+            }
+            (Payload::Sparse(a), Payload::Sparse(b)) => Payload::Sparse(merge_sparse(a, b)),
+            (a, b) => {
+                let mut out = a.to_dense(page_len)?;
+                let bd;
+                let later_dense = match b {
+                    Payload::Dense(d) => d,
+                    other => {
+                        bd = other.to_dense(page_len)?;
+                        &bd
+                    }
+                };
+                blend(&mut out.data, &later_dense.data, later_dense.mask_words());
+                let words = out.mask.as_raw_mut_slice();
+                for (w, m) in words.iter_mut().zip(later_dense.mask_words()) {
+                    *w |= m;
+                }
+                Payload::Dense(out)
+            }
+        })
+    }
+
+    /// The smallest payload (in [`Payload::encoded_len`]) that turns `old`
+    /// into `new`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when the lengths differ or are zero.
+    pub fn diff(old: &[u8], new: &[u8]) -> Result<Payload> {
+        if old.len() != new.len() {
+            return Err(Error::invalid_delta(
+                None,
+                format!("cannot diff pages of {} and {} bytes", old.len(), new.len()),
+            ));
+        }
+        if old.is_empty() {
+            return Err(Error::invalid_delta(None, "cannot diff empty pages"));
+        }
+        let len = old.len() as u64;
+        let raw = differing_runs(old, new);
+        let ndiff: u64 = raw.iter().map(|r| r.len).sum();
+        // Bridging a gap of g equal bytes costs g data bytes and saves one
+        // 16-byte run header: worth it exactly when g < 16.
+        let mut bridged: Vec<Run> = Vec::with_capacity(raw.len());
+        for r in raw {
+            match bridged.last_mut() {
+                Some(last) if r.offset - (last.offset + last.len) < 16 => last.len = r.offset + r.len - last.offset,
+                _ => bridged.push(r),
+            }
+        }
+        let sparse_cost = 16 * bridged.len() as u64 + bridged.iter().map(|r| r.len).sum::<u64>();
+        let dense_cost = len.div_ceil(8) + ndiff;
+        let full_cost = len;
+        if sparse_cost <= dense_cost && sparse_cost <= full_cost {
+            let mut data = Vec::with_capacity((sparse_cost - 16 * bridged.len() as u64) as usize);
+            for r in &bridged {
+                data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
+            }
+            Ok(Payload::Sparse(SparseDelta { runs: bridged, data }))
+        } else if dense_cost <= full_cost {
+            let mut mask = BitVec::<u64, Lsb0>::repeat(false, old.len());
+            let mut data = vec![0u8; old.len()];
+            for (i, (o, n)) in old.iter().zip(new).enumerate() {
+                if o != n {
+                    mask.set(i, true);
+                    data[i] = *n;
+                }
+            }
+            Ok(Payload::Dense(DenseDelta { mask, data }))
+        } else {
+            Ok(Payload::Full(new.to_vec()))
+        }
+    }
+}
+
+impl DenseDelta {
+    fn with_clean_tail(mut self) -> Self {
+        self.mask.set_uninitialized(false);
+        self
+    }
+}
+
+/// Maximal runs of bytes where `a` and `b` differ (equal lengths).
+pub(crate) fn differing_runs(a: &[u8], b: &[u8]) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut open: Option<u64> = None;
+    let n = a.len();
+    let mut i = 0usize;
+    while i < n {
+        // Skip equal 8-byte words quickly when no run is open.
+        if open.is_none() && i + 8 <= n {
+            let x = u64::from_ne_bytes(a[i..i + 8].try_into().unwrap_or_default());
+            let y = u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or_default());
+            if x == y {
+                i += 8;
+                continue;
+            }
+        }
+        let differ = a[i] != b[i];
+        match (differ, open) {
+            (true, None) => open = Some(i as u64),
+            (false, Some(s)) => {
+                runs.push(Run { offset: s, len: i as u64 - s });
+                open = None;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if let Some(s) = open {
+        runs.push(Run { offset: s, len: n as u64 - s });
+    }
+    runs
+}
+
+/// Zero the bytes of `data` whose mask bit is clear.
+fn clear_unmasked(data: &mut [u8], words: &[u64]) {
+    for (chunk, &m) in data.chunks_mut(64).zip(words) {
+        if m == u64::MAX {
+            continue;
+        }
+        for (g, part) in chunk.chunks_mut(8).enumerate() {
+            let bm = EXPAND[((m >> (8 * g)) & 0xFF) as usize];
+            if part.len() == 8 {
+                let v = u64::from_le_bytes(part.try_into().unwrap_or_default()) & bm;
+                part.copy_from_slice(&v.to_le_bytes());
+            } else {
+                for (k, b) in part.iter_mut().enumerate() {
+                    if bm >> (8 * k) & 0xFF == 0 {
+                        *b = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copy `src` bytes into `dst` where the mask bit is set, a machine word at a
+/// time. `src` is in canonical form (zero where the mask is clear).
+pub(crate) fn blend(dst: &mut [u8], src: &[u8], words: &[u64]) {
+    debug_assert_eq!(dst.len(), src.len());
+    let full = dst.len() / 64;
+    let (dst_body, dst_tail) = dst.split_at_mut(full * 64);
+    let (src_body, src_tail) = src.split_at(full * 64);
+    for ((d, s), &m) in dst_body.chunks_exact_mut(64).zip(src_body.chunks_exact(64)).zip(words) {
+        if m == 0 {
+            continue;
+        }
+        if m == u64::MAX {
+            d.copy_from_slice(s);
+            continue;
+        }
+        for g in 0..8 {
+            let bits = ((m >> (8 * g)) & 0xFF) as usize;
+            if bits == 0 {
+                continue;
+            }
+            let bm = EXPAND[bits];
+            let dw = &mut d[8 * g..8 * g + 8];
+            let x = u64::from_le_bytes((&*dw).try_into().unwrap_or_default());
+            let y = u64::from_le_bytes(s[8 * g..8 * g + 8].try_into().unwrap_or_default());
+            dw.copy_from_slice(&((x & !bm) | (y & bm)).to_le_bytes());
+        }
+    }
+    if let Some(&m) = words.get(full) {
+        for (k, (d, s)) in dst_tail.iter_mut().zip(src_tail).enumerate() {
+            if m >> k & 1 == 1 {
+                *d = *s;
+            }
+        }
+    }
+}
+
+fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
+    // Union of the intervals, coalescing overlaps and adjacency.
+    let mut all: Vec<Run> = Vec::with_capacity(a.runs.len() + b.runs.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.runs.len() || j < b.runs.len() {
+        let take_a = j >= b.runs.len() || (i < a.runs.len() && a.runs[i].offset <= b.runs[j].offset);
+        let r = if take_a {
+            i += 1;
+            a.runs[i - 1]
+        } else {
+            j += 1;
+            b.runs[j - 1]
+        };
+        match all.last_mut() {
+            Some(last) if r.offset <= last.offset + last.len => {
+                let end = (last.offset + last.len).max(r.offset + r.len);
+                last.len = end - last.offset;
+            }
+            _ => all.push(r),
+        }
+    }
+    let total: u64 = all.iter().map(|r| r.len).sum();
+    let mut data = vec![0u8; total as usize];
+    let mut starts = Vec::with_capacity(all.len());
+    let mut acc = 0u64;
+    for r in &all {
+        starts.push(acc);
+        acc += r.len;
+    }
+    for src in [a, b] {
+        let mut u = 0;
+        for (r, bytes) in src.iter() {
+            while all[u].offset + all[u].len < r.offset + r.len {
+                u += 1;
+            }
+            let at = (starts[u] + r.offset - all[u].offset) as usize;
+            data[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+    SparseDelta { runs: all, data }
+}
+
+/// Who produced a delta.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Source {
+    /// A user write through the API.
+    User,
+    /// Recomputation of a derived page.
+    Propagation,
+    /// Replay of a log.
+    Replay,
+}
+
+/// A delta as accepted by the state: payload plus identity and provenance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    /// Assigned in acceptance order.
+    pub id: DeltaId,
+    /// Target page.
+    pub page: PageId,
+    /// Optimistic check: the epoch the delta was built against.
+    pub base_epoch: Option<Epoch>,
+    /// The change.
+    pub payload: Payload,
+    /// Who produced it.
+    pub source: Source,
+    /// Free-form tag (e.g. the recompute function's name and version).
+    pub tag: Option<String>,
+    /// Logical timestamp: position in the state's history (not wall time).
+    pub timestamp: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sparse(pairs: &[(u64, &[u8])]) -> Payload {
+        Payload::Sparse(SparseDelta::from_pairs(pairs.iter().copied()).unwrap())
+    }
+
+    #[test]
+    fn dense_apply_replaces_exactly_the_masked_bytes() {
+        for len in [1usize, 7, 8, 63, 64, 65, 130, 1000] {
+            let opts: Vec<Option<u8>> =
+                (0..len).map(|i| if i % 3 == 0 || i % 7 == 1 { Some(i as u8 ^ 0x5A) } else { None }).collect();
+            let d = Payload::Dense(DenseDelta::from_options(&opts).unwrap());
+            let mut page: Vec<u8> = (0..len).map(|i| (i * 11) as u8).collect();
+            let before = page.clone();
+            d.apply_to(&mut page).unwrap();
+            for i in 0..len {
+                assert_eq!(page[i], opts[i].unwrap_or(before[i]), "byte {i} of {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn dense_canonicalizes_unmasked_data() {
+        let mut mask = BitVec::<u64, Lsb0>::repeat(false, 70);
+        mask.set(3, true);
+        let d = DenseDelta::new(mask, vec![9u8; 70]).unwrap();
+        assert_eq!(d.data().iter().filter(|&&b| b != 0).count(), 1);
+        assert_eq!(d.selected(), 1);
+    }
+
+    #[test]
+    fn sparse_validation() {
+        assert!(SparseDelta::new(vec![Run { offset: 0, len: 0 }], vec![]).is_err());
+        assert!(SparseDelta::new(vec![Run { offset: 5, len: 2 }, Run { offset: 6, len: 1 }], vec![0; 3]).is_err());
+        assert!(SparseDelta::new(vec![Run { offset: 5, len: 2 }, Run { offset: 1, len: 1 }], vec![0; 3]).is_err());
+        assert!(SparseDelta::new(vec![Run { offset: u64::MAX, len: 2 }], vec![0; 2]).is_err());
+        assert!(SparseDelta::new(vec![Run { offset: 0, len: 2 }], vec![0; 3]).is_err());
+        let s = SparseDelta::new(vec![Run { offset: 0, len: 2 }, Run { offset: 2, len: 1 }], vec![1, 2, 3]).unwrap();
+        assert_eq!(s.runs(), &[Run { offset: 0, len: 3 }], "adjacent runs coalesce");
+    }
+
+    #[test]
+    fn out_of_range_is_an_error_and_leaves_the_page_alone() {
+        let mut page = vec![1u8; 10];
+        assert!(sparse(&[(8, &[0, 0, 0])]).apply_to(&mut page).is_err());
+        assert!(Payload::Full(vec![0; 9]).apply_to(&mut page).is_err());
+        assert_eq!(page, vec![1u8; 10]);
+    }
+
+    #[test]
+    fn merge_sparse_overlapping() {
+        let a = sparse(&[(0, &[1, 1, 1, 1]), (10, &[2, 2])]);
+        let b = sparse(&[(2, &[9, 9, 9]), (12, &[3])]);
+        let m = a.merge(&b, 16).unwrap();
+        let mut p1 = vec![0u8; 16];
+        a.apply_to(&mut p1).unwrap();
+        b.apply_to(&mut p1).unwrap();
+        let mut p2 = vec![0u8; 16];
+        m.apply_to(&mut p2).unwrap();
+        assert_eq!(p1, p2);
+        if let Payload::Sparse(s) = &m {
+            assert_eq!(s.runs(), &[Run { offset: 0, len: 5 }, Run { offset: 10, len: 3 }]);
+        } else {
+            panic!("sparse merge stays sparse");
+        }
+    }
+
+    #[test]
+    fn diff_picks_the_smallest_encoding() {
+        let old = vec![0u8; 4096];
+        let mut new = old.clone();
+        new[100] = 1;
+        let d = Payload::diff(&old, &new).unwrap();
+        assert_eq!(d.kind(), PayloadKind::Sparse);
+        let mut all = old.clone();
+        for (i, b) in all.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                *b = 1;
+            }
+        }
+        assert_eq!(Payload::diff(&old, &all).unwrap().kind(), PayloadKind::Dense);
+        let every: Vec<u8> = vec![3u8; 4096];
+        assert_eq!(Payload::diff(&old, &every).unwrap().kind(), PayloadKind::Full);
+        let same = Payload::diff(&old, &old).unwrap();
+        assert_eq!(same.touched(), 0);
+        assert!(Payload::diff(&old, &old[1..]).is_err());
+    }
+}

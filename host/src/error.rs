@@ -1,0 +1,181 @@
+//! The one error family of MMSB.
+//!
+//! Every fallible operation returns [`Result<T>`]. An operation that fails has
+//! changed nothing: validation happens before any byte is written.
+
+use crate::page::Location;
+use shared_types::{Epoch, PageId};
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in MMSB.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No page with this id exists.
+    #[error("page {0} not found")]
+    PageNotFound(PageId),
+
+    /// A page with this id already exists (only possible when replaying a
+    /// foreign log or restoring over a live state).
+    #[error("page {0} already exists")]
+    PageExists(PageId),
+
+    /// The delta does not fit the page or is malformed.
+    #[error("invalid delta{}: {reason}", page.map(|p| format!(" for page {p}")).unwrap_or_default())]
+    InvalidDelta {
+        /// The target page, when known.
+        page: Option<PageId>,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A page specification (length, metadata) is not acceptable.
+    #[error("invalid page: {reason}")]
+    InvalidPage {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The delta was built against an older (or newer) version of the page.
+    #[error("stale base epoch for page {page}: delta expects {expected}, page is at {actual}")]
+    StaleEpoch {
+        /// The target page.
+        page: PageId,
+        /// The epoch the delta was built against.
+        expected: Epoch,
+        /// The page's current epoch.
+        actual: Epoch,
+    },
+
+    /// Device memory could not be allocated.
+    #[error("GPU memory: could not allocate {requested} bytes on device {device}: {reason}")]
+    GpuMemory {
+        /// Device ordinal.
+        device: u32,
+        /// Bytes asked for.
+        requested: u64,
+        /// What the driver said.
+        reason: String,
+    },
+
+    /// A GPU driver call or kernel launch failed.
+    #[error("GPU error in {context}: {source}")]
+    Gpu {
+        /// The operation or kernel that failed.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// No usable GPU (no driver, no device, or the ordinal does not exist).
+    #[error("no GPU available: {reason}")]
+    NoDevice {
+        /// Why.
+        reason: String,
+    },
+
+    /// The operation is not possible for a page at this location.
+    #[error("{op} is not supported for a page at location {location}")]
+    UnsupportedLocation {
+        /// The operation.
+        op: &'static str,
+        /// The location.
+        location: Location,
+    },
+
+    /// Bytes could not be encoded or decoded (metadata, a malformed buffer).
+    #[error("serialization: {0}")]
+    Serialization(String),
+
+    /// A dependency edge would close a cycle. The cycle is listed in order,
+    /// starting and ending at the same page.
+    #[error("dependency cycle: {}", fmt_cycle(cycle))]
+    GraphCycle {
+        /// Pages on the cycle.
+        cycle: Vec<PageId>,
+    },
+
+    /// Persistent data failed a check (bad magic, CRC mismatch, impossible
+    /// length, broken invariant).
+    #[error("corrupt data{}{}: {reason}", file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default(), offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
+    Corrupt {
+        /// The file, when the data came from one.
+        file: Option<PathBuf>,
+        /// Byte offset of the first problem, when known.
+        offset: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An I/O operation failed.
+    #[error("I/O error{}: {source}", path.as_ref().map(|p| format!(" on {}", p.display())).unwrap_or_default())]
+    Io {
+        /// The file or directory, when known.
+        path: Option<PathBuf>,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An earlier write or fsync of the log failed; the log refuses writes
+    /// until the state is reopened (a failed fsync is never retried and trusted).
+    #[error("the log is poisoned by an earlier I/O failure: {0}")]
+    Poisoned(String),
+
+    /// An invariant check (`verify`) found a violation.
+    #[error("invariant violated: {0}")]
+    Invariant(String),
+
+    /// The configuration is not valid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The handle was stopped.
+    #[error("the state was stopped")]
+    Stopped,
+}
+
+fn fmt_cycle(cycle: &[PageId]) -> String {
+    cycle.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" -> ")
+}
+
+impl Error {
+    pub(crate) fn invalid_delta(page: Option<PageId>, reason: impl Into<String>) -> Self {
+        Error::InvalidDelta { page, reason: reason.into() }
+    }
+
+    pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
+        Error::Corrupt { file: None, offset: None, reason: reason.into() }
+    }
+
+    pub(crate) fn corrupt_at(offset: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupt { file: None, offset: Some(offset), reason: reason.into() }
+    }
+
+    /// Attach a file to a `Corrupt` or `Io` error that has none.
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
+        match self {
+            Error::Corrupt { file: None, offset, reason } => {
+                Error::Corrupt { file: Some(path.into()), offset, reason }
+            }
+            Error::Io { path: None, source } => Error::Io { path: Some(path.into()), source },
+            other => other,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { path: None, source }
+    }
+}
+
+impl From<postcard::Error> for Error {
+    fn from(e: postcard::Error) -> Self {
+        Error::Serialization(e.to_string())
+    }
+}

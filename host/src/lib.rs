@@ -1,0 +1,40 @@
+//! # MMSB — Memory-Mapped State Bus
+//!
+//! A deterministic, versioned, GPU-accelerated in-memory state fabric. State
+//! lives in [pages](Page); every change is a [delta](Payload); applying a
+//! delta is exact and bumps the page's [epoch](Epoch).
+//!
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | API | [`api`] | [`Mmsb`] handle: create, update, query pages |
+//! | deltas | [`delta`] | dense / sparse / full payloads: apply, merge, diff |
+//! | pages | [`page`], [`registry`] | page records and the id → page map |
+//! | memory | [`alloc`] | pooled 64-byte-aligned page buffers |
+//! | kernels | [`ptx`] | the PTX built from the Rust `gpu-kernels` crate |
+//!
+//! ```
+//! use mmsb::{Config, Mmsb, PageSpec, Payload};
+//! # fn main() -> mmsb::Result<()> {
+//! let state = Mmsb::start(Config::temporary())?;
+//! let p = state.create_page(PageSpec::new(8))?;
+//! state.update_page(p, Payload::Full(vec![7; 8]))?;
+//! assert_eq!(state.read_page(p)?.bytes(), &[7; 8]);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod alloc;
+pub mod api;
+pub mod delta;
+pub mod error;
+pub mod page;
+pub mod ptx;
+pub mod registry;
+mod sync;
+
+pub use api::{Config, Mmsb, PageInfo, PageRef, Update};
+pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Run, SparseDelta, Source};
+pub use error::{Error, Result};
+pub use page::{Location, Metadata, Page, PageSpec};
+pub use shared_types::{DeltaId, Epoch, Lsn, PageId};

@@ -1,0 +1,44 @@
+//! The PTX module built from `gpu-kernels` by `build.rs`, and checks on it.
+
+/// PTX text of every MMSB kernel, built by rustc's NVPTX backend.
+pub const PTX: &str = include_str!(env!("MMSB_PTX_PATH"));
+
+pub use gpu_kernels::names as kernel_names;
+
+/// Names of the `.entry` points declared in `ptx`.
+pub fn entries(ptx: &str) -> Vec<&str> {
+    ptx.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l.strip_prefix(".visible .entry ").or_else(|| l.strip_prefix(".entry "))?;
+            Some(rest.split(|c: char| c == '(' || c.is_whitespace()).next().unwrap_or(rest))
+        })
+        .collect()
+}
+
+/// Lines of `ptx` that declare an unresolved external symbol.
+pub fn unresolved_externs(ptx: &str) -> Vec<&str> {
+    ptx.lines().map(str::trim).filter(|l| l.starts_with(".extern")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_ptx_declares_every_kernel_and_no_externs() {
+        let entries = entries(PTX);
+        for name in kernel_names::ALL {
+            assert!(entries.contains(name), "kernel {name} missing from PTX entries {entries:?}");
+        }
+        assert!(unresolved_externs(PTX).is_empty(), "unresolved externs: {:?}", unresolved_externs(PTX));
+        assert!(PTX.contains(".address_size 64"));
+    }
+
+    #[test]
+    fn entry_parser_reads_declarations() {
+        let ptx = ".version 7.0\n.visible .entry k1(\n.param .u64 a\n)\n.entry k2()\n.extern .func foo;\n";
+        assert_eq!(entries(ptx), vec!["k1", "k2"]);
+        assert_eq!(unresolved_externs(ptx), vec![".extern .func foo;"]);
+    }
+}

@@ -1,0 +1,114 @@
+//! The page registry: a concurrent map from [`PageId`] to page.
+//!
+//! Ids are handed out by the commit path in order (1, 2, 3, …), so the same
+//! sequence of operations yields the same ids, and replay reproduces them.
+
+use crate::page::{Page, Storage};
+use crate::{Error, Result};
+use parking_lot::RwLock;
+use shared_types::{Epoch, PageId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A shared, lockable page.
+pub type PageCell = Arc<RwLock<Page>>;
+
+/// Concurrent id → page map with invariant checks.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pages: RwLock<BTreeMap<PageId, PageCell>>,
+    /// Epochs seen by the last `verify`, to check they never go back.
+    seen: parking_lot::Mutex<BTreeMap<PageId, Epoch>>,
+}
+
+impl Registry {
+    /// The page with this id.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn get(&self, id: PageId) -> Result<PageCell> {
+        self.pages.read().get(&id).cloned().ok_or(Error::PageNotFound(id))
+    }
+
+    /// Whether a page with this id exists.
+    pub fn contains(&self, id: PageId) -> bool {
+        self.pages.read().contains_key(&id)
+    }
+
+    /// Add a page.
+    ///
+    /// # Errors
+    /// [`Error::PageExists`] when the id is taken.
+    pub fn insert(&self, page: Page) -> Result<PageCell> {
+        let id = page.id;
+        let mut map = self.pages.write();
+        if map.contains_key(&id) {
+            return Err(Error::PageExists(id));
+        }
+        let cell = Arc::new(RwLock::new(page));
+        map.insert(id, cell.clone());
+        Ok(cell)
+    }
+
+    /// Remove a page and return it.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn remove(&self, id: PageId) -> Result<PageCell> {
+        self.seen.lock().remove(&id);
+        self.pages.write().remove(&id).ok_or(Error::PageNotFound(id))
+    }
+
+    /// All page ids, ascending.
+    pub fn ids(&self) -> Vec<PageId> {
+        self.pages.read().keys().copied().collect()
+    }
+
+    /// All pages in id order.
+    pub fn cells(&self) -> Vec<(PageId, PageCell)> {
+        self.pages.read().iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    /// Number of pages.
+    pub fn len(&self) -> usize {
+        self.pages.read().len()
+    }
+
+    /// Whether there are no pages.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Check the invariants: each page is stored under its own id, below
+    /// `next_id`; its storage has exactly its length; its epoch never went
+    /// back since the last call.
+    ///
+    /// # Errors
+    /// [`Error::Invariant`] naming the first violation.
+    pub fn verify(&self, next_id: PageId) -> Result<()> {
+        let map = self.pages.read();
+        let mut seen = self.seen.lock();
+        for (key, cell) in map.iter() {
+            let p = cell.read();
+            if p.id != *key {
+                return Err(Error::Invariant(format!("page stored under id {key} says it is {}", p.id)));
+            }
+            if p.id.0 == 0 || p.id >= next_id {
+                return Err(Error::Invariant(format!("page id {} outside the issued range 1..{next_id}", p.id)));
+            }
+            let stored = match &p.storage {
+                Storage::Host(b) => b.len() as u64,
+            };
+            if stored != p.len {
+                return Err(Error::Invariant(format!("page {key} has length {} but {stored} stored bytes", p.len)));
+            }
+            if let Some(prev) = seen.get(key) {
+                if p.epoch < *prev {
+                    return Err(Error::Invariant(format!("page {key} epoch went back from {prev} to {}", p.epoch)));
+                }
+            }
+            seen.insert(*key, p.epoch);
+        }
+        Ok(())
+    }
+}

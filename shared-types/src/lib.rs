@@ -1,0 +1,192 @@
+//! Layouts shared by the MMSB host library and its GPU kernels.
+//!
+//! Every type here is `#[repr(C)]` (or `#[repr(transparent)]`) and
+//! [`bytemuck::Pod`], so the host can hand it to a kernel by value or in a
+//! device array and both sides agree on every byte. Sizes and field offsets are
+//! pinned by compile-time asserts at the bottom of this file.
+#![no_std]
+#![deny(missing_docs)]
+
+use bytemuck::{Pod, Zeroable};
+
+macro_rules! id_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[repr(transparent)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+        pub struct $name(pub u64);
+
+        impl $name {
+            /// The raw value.
+            #[inline]
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+        }
+
+        impl From<u64> for $name {
+            #[inline]
+            fn from(v: u64) -> Self {
+                Self(v)
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// Identifier of a page, unique within one state and reproduced by replay.
+    PageId
+);
+id_newtype!(
+    /// Identifier of a delta, assigned in acceptance order.
+    DeltaId
+);
+id_newtype!(
+    /// Version counter of a page: +1 for every applied delta.
+    Epoch
+);
+id_newtype!(
+    /// Log sequence number: position of a record in the transaction log.
+    Lsn
+);
+
+impl Epoch {
+    /// The epoch after one more applied delta, or `None` on overflow.
+    #[inline]
+    pub const fn checked_next(self) -> Option<Epoch> {
+        match self.0.checked_add(1) {
+            Some(v) => Some(Epoch(v)),
+            None => None,
+        }
+    }
+}
+
+/// One byte run of a sparse delta: `len` bytes at `offset` in the page,
+/// taken from `data_offset` in the delta's data buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RunDesc {
+    /// First page byte the run replaces.
+    pub offset: u64,
+    /// Number of bytes in the run (never zero in a valid delta).
+    pub len: u64,
+    /// Where the run's bytes start in the delta's data buffer.
+    pub data_offset: u64,
+}
+
+/// Payload kind codes carried in [`ApplyDesc::kind`].
+pub mod kind {
+    /// Dense delta: bit-packed mask (one bit per page byte) plus page-length data.
+    pub const DENSE: u32 = 1;
+    /// Sparse delta: runs of bytes.
+    pub const SPARSE: u32 = 2;
+    /// Full delta: the whole page.
+    pub const FULL: u32 = 3;
+}
+
+/// Describes one delta application for a batched kernel launch.
+///
+/// Pointers are device addresses (`u64`, as the driver API hands them out).
+/// For [`kind::DENSE`], `mask` points at `ceil(len / 32)` little-endian `u32`
+/// words (bit `i % 32` of word `i / 32` selects page byte `i`) and `data` at
+/// `len` bytes. For [`kind::SPARSE`], `runs` points at `run_count`
+/// [`RunDesc`]s and `data` at their concatenated bytes. For [`kind::FULL`],
+/// `data` points at `len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ApplyDesc {
+    /// Device address of the destination page's first byte.
+    pub page: u64,
+    /// Page length in bytes.
+    pub len: u64,
+    /// Device address of the delta's data bytes.
+    pub data: u64,
+    /// Device address of the dense mask words (dense deltas only).
+    pub mask: u64,
+    /// Device address of the run descriptors (sparse deltas only).
+    pub runs: u64,
+    /// Number of runs (sparse deltas only).
+    pub run_count: u64,
+    /// One of the [`kind`] codes.
+    pub kind: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// First work item of this descriptor in the launch's flattened work
+    /// space (prefix sum of the per-descriptor work counts).
+    pub work_start: u64,
+}
+
+/// Parameters of the single-page kernels (zero, copy, dense apply, compare).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PageArgs {
+    /// Destination (or first operand) device address.
+    pub dst: u64,
+    /// Source (or second operand) device address; unused by zero.
+    pub src: u64,
+    /// Mask words device address, where the kernel takes one.
+    pub mask: u64,
+    /// Output counter device address, where the kernel takes one.
+    pub out: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+// Layout pins: a change here is a change of the kernel ABI.
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<PageId>() == 8 && align_of::<PageId>() == 8);
+    assert!(size_of::<Epoch>() == 8);
+    assert!(size_of::<DeltaId>() == 8);
+    assert!(size_of::<Lsn>() == 8);
+    assert!(size_of::<RunDesc>() == 24);
+    assert!(offset_of!(RunDesc, len) == 8);
+    assert!(offset_of!(RunDesc, data_offset) == 16);
+    assert!(size_of::<ApplyDesc>() == 64);
+    assert!(offset_of!(ApplyDesc, len) == 8);
+    assert!(offset_of!(ApplyDesc, data) == 16);
+    assert!(offset_of!(ApplyDesc, mask) == 24);
+    assert!(offset_of!(ApplyDesc, runs) == 32);
+    assert!(offset_of!(ApplyDesc, run_count) == 40);
+    assert!(offset_of!(ApplyDesc, kind) == 48);
+    assert!(offset_of!(ApplyDesc, work_start) == 56);
+    assert!(size_of::<PageArgs>() == 40);
+    assert!(offset_of!(PageArgs, len) == 32);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_round_trip_through_bytes() {
+        let d = ApplyDesc {
+            page: 1,
+            len: 2,
+            data: 3,
+            mask: 4,
+            runs: 5,
+            run_count: 6,
+            kind: kind::SPARSE,
+            _pad: 0,
+            work_start: 7,
+        };
+        let bytes = bytemuck::bytes_of(&d);
+        assert_eq!(bytes.len(), 64);
+        assert_eq!(&bytes[48..52], &kind::SPARSE.to_le_bytes());
+        let back: ApplyDesc = bytemuck::pod_read_unaligned(bytes);
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn epoch_overflow_is_detected() {
+        assert_eq!(Epoch(1).checked_next(), Some(Epoch(2)));
+        assert_eq!(Epoch(u64::MAX).checked_next(), None);
+    }
+}
