@@ -1,12 +1,13 @@
 //! The public handle: [`Mmsb`].
 
 use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
-use crate::delta::Payload;
+use crate::change::Change;
+use crate::delta::{Delta, Payload, Source};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
 use crate::registry::{PageCell, Registry};
 use crate::{Error, Result};
-use parking_lot::{Mutex, RawRwLock};
-use shared_types::{Epoch, PageId};
+use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
+use shared_types::{DeltaId, Epoch, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -108,6 +109,8 @@ impl std::fmt::Debug for PageRef {
         f.debug_struct("PageRef").field("id", &self.guard.id).field("epoch", &self.guard.epoch).finish()
     }
 }
+
+type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
 
 /// Counters owned by the commit path (one writer at a time).
 #[derive(Debug)]
@@ -218,16 +221,10 @@ impl Mmsb {
         spec.validate()?;
         let mut clock = self.clock.lock();
         self.live()?;
-        let storage = match spec.location {
-            Location::Cpu => Storage::Host(self.alloc.alloc(spec.len as usize)?),
-            other => return Err(Error::UnsupportedLocation { op: "create_page", location: other }),
-        };
-        let id = PageId(clock.next_page);
-        let page = Page { id, len: spec.len, epoch: Epoch(0), location: spec.location, meta: spec.meta, storage };
-        self.registry.insert(page)?;
-        clock.next_page += 1;
-        clock.timestamp += 1;
-        Ok(id)
+        let change =
+            Change::CreatePage { id: PageId(clock.next_page), len: spec.len, location: spec.location, meta: spec.meta };
+        self.commit(&mut clock, vec![change], &mut [])?;
+        Ok(PageId(clock.next_page - 1))
     }
 
     /// Delete a page and free its bytes.
@@ -237,9 +234,10 @@ impl Mmsb {
     pub fn delete_page(&self, id: PageId) -> Result<()> {
         let mut clock = self.clock.lock();
         self.live()?;
-        self.registry.remove(id)?;
-        clock.timestamp += 1;
-        Ok(())
+        if !self.registry.contains(id) {
+            return Err(Error::PageNotFound(id));
+        }
+        self.commit(&mut clock, vec![Change::DeletePage { id }], &mut [])
     }
 
     /// Apply `payload` to page `id` and return the page's new epoch.
@@ -274,7 +272,7 @@ impl Mmsb {
         ids.dedup();
         let cells: Vec<(PageId, PageCell)> =
             ids.iter().map(|&id| self.registry.get(id).map(|c| (id, c))).collect::<Result<_>>()?;
-        let mut guards: Vec<_> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
+        let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
         // Index of each update's page in `guards` (ids and guards share one order).
         let slots: Vec<usize> = updates.iter().map(|u| ids.binary_search(&u.page).unwrap_or(0)).collect();
 
@@ -297,16 +295,61 @@ impl Mmsb {
                 .ok_or_else(|| Error::invalid_delta(Some(u.page), "page epoch would overflow"))?;
             results.push(epochs[k]);
         }
-        // Apply: cannot fail any more.
-        for (u, &k) in updates.iter().zip(&slots) {
-            let page = &mut guards[k].1;
-            let bytes = page.host_bytes_mut()?;
-            u.payload.apply_to(bytes)?;
-            page.epoch = Epoch(page.epoch.0 + 1);
-            clock.next_delta += 1;
-            clock.timestamp += 1;
-        }
+        let changes = updates
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| {
+                Change::Apply(Delta {
+                    id: DeltaId(clock.next_delta + i as u64),
+                    page: u.page,
+                    base_epoch: u.base_epoch,
+                    payload: u.payload,
+                    source: Source::User,
+                    tag: None,
+                    timestamp: clock.timestamp + 1 + i as u64,
+                })
+            })
+            .collect();
+        self.commit(&mut clock, changes, &mut guards)?;
         Ok(results)
+    }
+
+    /// The commit path. `changes` are fully validated and `guards` holds the
+    /// write locks of every page an `Apply` touches, sorted by id. Applying
+    /// cannot fail after validation; each change advances the clock.
+    fn commit(&self, clock: &mut Clock, changes: Vec<Change>, guards: &mut [(PageId, PageGuard<'_>)]) -> Result<()> {
+        for change in changes {
+            self.apply_change(clock, change, guards)?;
+        }
+        Ok(())
+    }
+
+    /// Apply one validated change and advance the clock.
+    fn apply_change(&self, clock: &mut Clock, change: Change, guards: &mut [(PageId, PageGuard<'_>)]) -> Result<()> {
+        match change {
+            Change::CreatePage { id, len, location, meta } => {
+                let storage = match location {
+                    Location::Cpu => Storage::Host(self.alloc.alloc(len as usize)?),
+                    other => return Err(Error::UnsupportedLocation { op: "create_page", location: other }),
+                };
+                self.registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage })?;
+                clock.next_page = clock.next_page.max(id.0 + 1);
+            }
+            Change::DeletePage { id } => {
+                self.registry.remove(id)?;
+            }
+            Change::Apply(delta) => {
+                let k = guards
+                    .binary_search_by_key(&delta.page, |(id, _)| *id)
+                    .map_err(|_| Error::PageNotFound(delta.page))?;
+                let page = &mut guards[k].1;
+                delta.payload.apply_to(page.host_bytes_mut()?)?;
+                page.epoch = Epoch(page.epoch.0 + 1);
+                clock.next_delta = clock.next_delta.max(delta.id.0 + 1);
+            }
+        }
+        clock.timestamp += 1;
+        Ok(())
     }
 
     /// A copy of the page's bytes.

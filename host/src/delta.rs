@@ -579,14 +579,25 @@ fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
     SparseDelta { runs: all, data }
 }
 
+/// Which recompute function produced a derived delta, from which inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Registered name of the recompute function.
+    pub function: String,
+    /// Its version at the time of the recompute.
+    pub version: u32,
+    /// Each parent page and the epoch it was read at.
+    pub parents: Vec<(PageId, Epoch)>,
+}
+
 /// Who produced a delta.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Source {
     /// A user write through the API.
     User,
     /// Recomputation of a derived page.
-    Propagation,
-    /// Replay of a log.
+    Propagation(Provenance),
+    /// A state restore or diff application.
     Replay,
 }
 
@@ -603,7 +614,7 @@ pub struct Delta {
     pub payload: Payload,
     /// Who produced it.
     pub source: Source,
-    /// Free-form tag (e.g. the recompute function's name and version).
+    /// Free-form user tag.
     pub tag: Option<String>,
     /// Logical timestamp: position in the state's history (not wall time).
     pub timestamp: u64,

@@ -26,6 +26,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod change;
 pub mod delta;
 pub mod error;
 pub mod page;
@@ -34,7 +35,8 @@ pub mod registry;
 mod sync;
 
 pub use api::{Config, Mmsb, PageInfo, PageRef, Update};
-pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Run, SparseDelta, Source};
+pub use change::Change;
+pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Source, SparseDelta};
 pub use error::{Error, Result};
 pub use page::{Location, Metadata, Page, PageSpec};
 pub use shared_types::{DeltaId, Epoch, Lsn, PageId};
