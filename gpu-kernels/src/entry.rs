@@ -8,9 +8,7 @@ use shared_types::PageArgs;
 #[inline(always)]
 fn global_index() -> u64 {
     // SAFETY: reading special registers has no preconditions.
-    unsafe {
-        nvptx::_block_idx_x() as u64 * nvptx::_block_dim_x() as u64 + nvptx::_thread_idx_x() as u64
-    }
+    unsafe { nvptx::_block_idx_x() as u64 * nvptx::_block_dim_x() as u64 + nvptx::_thread_idx_x() as u64 }
 }
 
 #[inline(always)]

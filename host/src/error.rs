@@ -148,11 +148,13 @@ impl Error {
         Error::InvalidDelta { page, reason: reason.into() }
     }
 
-    pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
+    /// A [`Error::Corrupt`] with no file or offset.
+    pub fn corrupt(reason: impl Into<String>) -> Self {
         Error::Corrupt { file: None, offset: None, reason: reason.into() }
     }
 
-    pub(crate) fn corrupt_at(offset: u64, reason: impl Into<String>) -> Self {
+    /// A [`Error::Corrupt`] at a byte offset.
+    pub fn corrupt_at(offset: u64, reason: impl Into<String>) -> Self {
         Error::Corrupt { file: None, offset: Some(offset), reason: reason.into() }
     }
 

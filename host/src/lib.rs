@@ -24,6 +24,10 @@
 //! ```
 #![deny(missing_docs)]
 
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod alloc;
 pub mod api;
 pub mod change;

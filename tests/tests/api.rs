@@ -1,0 +1,194 @@
+//! The public API: pages, updates, batches, read guards, the macro, and an
+//! error test for every variant the engine core produces.
+
+use mmsb::{
+    Config, DenseDelta, Epoch, Error, Location, Mmsb, PageId, PageSpec, Payload, SparseDelta, Update,
+};
+
+fn sparse(off: u64, bytes: &[u8]) -> Payload {
+    Payload::Sparse(SparseDelta::from_pairs([(off, bytes)]).unwrap())
+}
+
+#[test]
+fn create_update_query() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    let a = s.create_page(PageSpec::new(10).named("a"))?;
+    let b = s.create_page(PageSpec::new(1))?;
+    assert_eq!((a, b), (PageId(1), PageId(2)), "ids are issued in order");
+    assert_eq!(s.update_page(a, sparse(2, &[1, 2]))?, Epoch(1));
+    assert_eq!(s.update_page(a, Payload::Full(vec![9; 10]))?, Epoch(2));
+    assert_eq!(s.query_page(a)?, vec![9; 10]);
+    {
+        let r = s.read_page(a)?;
+        assert_eq!(r.bytes(), &[9; 10]);
+        assert_eq!(r.epoch(), Epoch(2));
+        assert_eq!(r.page().name(), Some("a"));
+    }
+    assert_eq!(s.page_ids(), vec![a, b]);
+    s.verify()?;
+    s.stop()
+}
+
+#[test]
+fn ids_are_deterministic() -> mmsb::Result<()> {
+    let run = || -> mmsb::Result<Vec<PageId>> {
+        let s = Mmsb::start(Config::temporary())?;
+        let mut ids = Vec::new();
+        for len in [5u64, 6, 7] {
+            ids.push(s.create_page(PageSpec::new(len))?);
+        }
+        s.delete_page(ids[1])?;
+        ids.push(s.create_page(PageSpec::new(8))?);
+        Ok(ids)
+    };
+    assert_eq!(run()?, run()?);
+    assert_eq!(run()?, vec![PageId(1), PageId(2), PageId(3), PageId(4)], "deleted ids are not reused");
+    Ok(())
+}
+
+#[test]
+fn batch_is_all_or_nothing() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    let a = s.create_page(PageSpec::new(4))?;
+    let b = s.create_page(PageSpec::new(4))?;
+    let ok = Update::new(a, Payload::Full(vec![1; 4]));
+    let bad = Update::new(b, sparse(3, &[1, 2]));
+    let err = s.update_batch(vec![ok.clone(), bad]).unwrap_err();
+    assert!(matches!(err, Error::InvalidDelta { page: Some(p), .. } if p == b), "{err}");
+    assert_eq!(s.query_page(a)?, vec![0; 4], "first update of a failed batch is not applied");
+    assert_eq!(s.page_info(a)?.epoch, Epoch(0));
+    let epochs = s.update_batch(vec![ok.clone(), ok, Update::new(b, sparse(0, &[5]))])?;
+    assert_eq!(epochs, vec![Epoch(1), Epoch(2), Epoch(1)]);
+    Ok(())
+}
+
+#[test]
+fn base_epoch_checks_within_a_batch() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    let a = s.create_page(PageSpec::new(2))?;
+    s.update_batch(vec![
+        Update::new(a, sparse(0, &[1])).at_epoch(Epoch(0)),
+        Update::new(a, sparse(1, &[2])).at_epoch(Epoch(1)),
+    ])?;
+    let err = s.update_page_at(a, sparse(0, &[3]), Epoch(1)).unwrap_err();
+    assert!(matches!(err, Error::StaleEpoch { expected: Epoch(1), actual: Epoch(2), .. }), "{err}");
+    assert_eq!(s.query_page(a)?, vec![1, 2]);
+    Ok(())
+}
+
+#[test]
+fn macro_declares_pages() -> mmsb::Result<()> {
+    let state = Mmsb::start(Config::temporary())?;
+    mmsb::mmsb! { state;
+        page small(3);
+        page big(1 << 16) on Location::Cpu;
+    }
+    assert_eq!(state.page_info(small)?.len, 3);
+    assert_eq!(state.page_info(big)?.meta["name"], b"big");
+    Ok(())
+}
+
+#[test]
+fn large_and_odd_pages() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    for len in [1u64, 63, 65, 4097, (64 << 20) + 3] {
+        let p = s.create_page(PageSpec::new(len))?;
+        let mask = (0..len).map(|i| (i % 3 == 0).then_some(0xEE)).collect::<Vec<_>>();
+        s.update_page(p, Payload::Dense(DenseDelta::from_options(&mask)?))?;
+        let r = s.read_page(p)?;
+        assert!(r.bytes().iter().enumerate().all(|(i, &b)| b == if i % 3 == 0 { 0xEE } else { 0 }));
+    }
+    Ok(())
+}
+
+#[test]
+fn concurrent_readers_and_writers() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    let pages: Vec<PageId> = (0..4).map(|_| s.create_page(PageSpec::new(64))).collect::<Result<_, _>>()?;
+    std::thread::scope(|sc| {
+        for t in 0..2u8 {
+            let (s, pages) = (&s, &pages);
+            sc.spawn(move || {
+                for i in 0..500u32 {
+                    let p = pages[(i as usize + t as usize) % pages.len()];
+                    s.update_page(p, Payload::Full(vec![t; 64])).unwrap();
+                    let bytes = s.query_page(p).unwrap();
+                    assert!(bytes.iter().all(|&b| b == bytes[0]), "torn read");
+                }
+            });
+        }
+    });
+    let total: u64 = pages.iter().map(|&p| s.page_info(p).map(|i| i.epoch.0)).sum::<Result<_, _>>()?;
+    assert_eq!(total, 1000);
+    s.verify()
+}
+
+// ---- one test per error variant the core produces ----
+
+#[test]
+fn error_page_not_found() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    assert!(matches!(s.update_page(PageId(7), sparse(0, &[1])), Err(Error::PageNotFound(PageId(7)))));
+    assert!(matches!(s.query_page(PageId(7)), Err(Error::PageNotFound(_))));
+    assert!(matches!(s.delete_page(PageId(7)), Err(Error::PageNotFound(_))));
+    Ok(())
+}
+
+#[test]
+fn error_invalid_delta() -> mmsb::Result<()> {
+    assert!(matches!(
+        SparseDelta::from_pairs([(4, &[1u8][..]), (2, &[1u8][..])]),
+        Err(Error::InvalidDelta { .. })
+    ));
+    assert!(matches!(DenseDelta::from_words(vec![0; 2], vec![0; 10]), Err(Error::InvalidDelta { .. })));
+    let s = Mmsb::start(Config::temporary())?;
+    let p = s.create_page(PageSpec::new(8))?;
+    let err = s.update_page(p, Payload::Full(vec![1; 9])).unwrap_err();
+    assert!(matches!(err, Error::InvalidDelta { page: Some(q), .. } if q == p));
+    assert_eq!(s.page_info(p)?.epoch, Epoch(0));
+    Ok(())
+}
+
+#[test]
+fn error_invalid_page() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    assert!(matches!(s.create_page(PageSpec::new(0)), Err(Error::InvalidPage { .. })));
+    assert!(matches!(s.create_page(PageSpec::new(u64::MAX)), Err(Error::InvalidPage { .. })));
+    let big_meta = PageSpec::new(1).meta("k", vec![0u8; 5000]);
+    assert!(matches!(s.create_page(big_meta), Err(Error::InvalidPage { .. })));
+    assert!(s.page_ids().is_empty(), "nothing created by failed calls");
+    Ok(())
+}
+
+#[test]
+fn error_stale_epoch() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    let p = s.create_page(PageSpec::new(1))?;
+    assert!(matches!(s.update_page_at(p, sparse(0, &[1]), Epoch(3)), Err(Error::StaleEpoch { .. })));
+    Ok(())
+}
+
+#[test]
+fn error_io_on_unusable_directory() -> mmsb::Result<()> {
+    let tmp = tempfile::NamedTempFile::new().map_err(Error::from)?;
+    let err = Mmsb::start(Config::at(tmp.path().join("sub"))).unwrap_err();
+    assert!(matches!(err, Error::Io { path: Some(_), .. }), "{err}");
+    Ok(())
+}
+
+#[test]
+fn error_config_on_unknown_location() {
+    assert!(matches!("tpu".parse::<Location>(), Err(Error::Config(_))));
+    assert_eq!("gpu:2".parse::<Location>().unwrap(), Location::Gpu(2));
+}
+
+#[test]
+fn error_stopped() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    let p = s.create_page(PageSpec::new(1))?;
+    s.stop()?;
+    assert!(matches!(s.update_page(p, sparse(0, &[1])), Err(Error::Stopped)));
+    assert!(matches!(s.create_page(PageSpec::new(1)), Err(Error::Stopped)));
+    assert!(matches!(s.stop(), Err(Error::Stopped)));
+    Ok(())
+}
