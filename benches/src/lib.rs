@@ -1,1 +1,217 @@
-//! Benchmarks for MMSB live in `benches/`.
+//! Workloads and the quick runner behind `mmsb bench`.
+//!
+//! Every figure is real work next to a physical limit measured in the same
+//! run (memcpy of the same bytes, plain allocation, raw disk write), reported
+//! as a ratio oriented so that higher is better. The criterion suite in
+//! `benches/mmsb.rs` measures the same workloads with more samples.
+
+use mmsb::{DenseDelta, Payload, Run, SparseDelta};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+pub mod cpu;
+pub mod plot;
+
+/// One line of the benchmark table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// Benchmark name, e.g. `cpu_apply_dense_1m`.
+    pub name: String,
+    /// The measured figure.
+    pub value: f64,
+    /// Its unit (`GB/s`, `ns`, `deltas/s`, …).
+    pub unit: String,
+    /// What the figure is compared with.
+    pub limit_name: String,
+    /// The limit, measured in the same run, in the same unit.
+    pub limit_value: f64,
+    /// value / limit, or limit / value for times: higher is better.
+    pub ratio: f64,
+    /// The target ratio, when the target is a ratio.
+    pub target: Option<f64>,
+    /// An absolute target in `unit` (e.g. at most 100 ns), when there is one.
+    pub target_value: Option<f64>,
+    /// Whether the target (ratio or absolute) is met; `None` without a target.
+    pub meets_target: Option<bool>,
+    /// The CPU model or GPU name that produced the figure.
+    pub device: String,
+}
+
+impl Row {
+    /// A throughput row: higher value is better; ratio = value / limit.
+    pub fn throughput(
+        name: &str,
+        value: f64,
+        unit: &str,
+        limit_name: &str,
+        limit: f64,
+        target: Option<f64>,
+    ) -> Row {
+        let ratio = value / limit;
+        Row {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            limit_name: limit_name.into(),
+            limit_value: limit,
+            ratio,
+            target,
+            target_value: None,
+            meets_target: target.map(|t| ratio >= t),
+            device: cpu_model(),
+        }
+    }
+
+    /// A latency row: lower value is better; ratio = limit / value;
+    /// `max` is an absolute target (at most this many `unit`).
+    pub fn latency(
+        name: &str,
+        value: f64,
+        unit: &str,
+        limit_name: &str,
+        limit: f64,
+        max: Option<f64>,
+    ) -> Row {
+        Row {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            limit_name: limit_name.into(),
+            limit_value: limit,
+            ratio: limit / value,
+            target: None,
+            target_value: max,
+            meets_target: max.map(|m| value <= m),
+            device: cpu_model(),
+        }
+    }
+}
+
+/// The CPU model name (from /proc/cpuinfo on Linux).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// How long each measurement runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Time per sample.
+    pub sample: Duration,
+    /// Samples per measurement (the median is reported).
+    pub samples: usize,
+}
+
+impl Budget {
+    /// The `--quick` budget.
+    pub const QUICK: Budget = Budget { sample: Duration::from_millis(60), samples: 5 };
+    /// The full budget.
+    pub const FULL: Budget = Budget { sample: Duration::from_millis(300), samples: 9 };
+}
+
+/// Median seconds per call of `f`, over `budget.samples` samples that each
+/// run `f` repeatedly for about `budget.sample`.
+pub fn time_per_iter(budget: Budget, mut f: impl FnMut()) -> f64 {
+    // Calibrate: how many calls fill one sample.
+    f();
+    let mut n = 1u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        let e = t.elapsed();
+        if e >= budget.sample / 4 || n >= 1 << 30 {
+            n = ((n as f64) * budget.sample.as_secs_f64() / e.as_secs_f64().max(1e-9)).ceil().max(1.0) as u64;
+            break;
+        }
+        n *= 4;
+    }
+    let mut samples: Vec<f64> = (0..budget.samples.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed().as_secs_f64() / n as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// A dense payload for a `len`-byte page selecting about half the bytes.
+pub fn dense_payload(len: usize, seed: u64) -> Payload {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let words: Vec<u64> = (0..len.div_ceil(64)).map(|_| rng.next_u64()).collect();
+    let mut data = vec![0u8; len];
+    rng.fill_bytes(&mut data);
+    Payload::Dense(DenseDelta::from_words(words, data).expect("one word per 64 bytes"))
+}
+
+/// A sparse payload: runs of `run` bytes every `stride` bytes.
+pub fn sparse_payload(len: usize, run: usize, stride: usize, seed: u64) -> Payload {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut runs = Vec::new();
+    let mut at = 0usize;
+    while at + run <= len {
+        runs.push(Run { offset: at as u64, len: run as u64 });
+        at += stride.max(run + 1);
+    }
+    let mut data = vec![0u8; runs.len() * run];
+    rng.fill_bytes(&mut data);
+    Payload::Sparse(SparseDelta::new(runs, data).expect("runs are sorted and apart"))
+}
+
+/// A full payload of random bytes.
+pub fn full_payload(len: usize, seed: u64) -> Payload {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill_bytes(&mut data);
+    Payload::Full(data)
+}
+
+/// A small random sparse payload (one run of 1..=`max` bytes) for a page of `len`.
+pub fn small_sparse(rng: &mut ChaCha8Rng, len: usize, max: usize) -> Payload {
+    let run = rng.random_range(1..=max.min(len));
+    let off = rng.random_range(0..=len - run);
+    let mut data = vec![0u8; run];
+    rng.fill_bytes(&mut data);
+    Payload::Sparse(
+        SparseDelta::new(vec![Run { offset: off as u64, len: run as u64 }], data).expect("in range"),
+    )
+}
+
+/// Format rows as an aligned text table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<34} {:>14} {:<9} {:>8} {:>8}  {}\n",
+        "benchmark", "value", "unit", "ratio", "target", "limit (same run)"
+    );
+    for r in rows {
+        let target = match (r.target, r.target_value) {
+            (Some(t), _) => format!("{t:.2}"),
+            (None, Some(v)) => format!("<={v}"),
+            _ => "-".into(),
+        };
+        let mark = match r.meets_target {
+            Some(true) => " ok",
+            Some(false) => " MISS",
+            None => "",
+        };
+        out.push_str(&format!(
+            "{:<34} {:>14.3} {:<9} {:>8.3} {:>8}{mark}  {} = {:.3} {}\n",
+            r.name, r.value, r.unit, r.ratio, target, r.limit_name, r.limit_value, r.unit
+        ));
+    }
+    out
+}

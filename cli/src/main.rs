@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench;
 mod demo;
 
 #[derive(Parser, Debug)]
@@ -17,12 +18,16 @@ enum Command {
     /// Create pages, apply a stream of random deltas, check every page
     /// against a naive reference and print a summary.
     Demo(demo::DemoArgs),
+    /// Measure the performance envelope: each figure as a ratio to a limit
+    /// measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -527,16 +527,17 @@ pub(crate) fn blend(dst: &mut [u8], src: &[u8], words: &[u64]) {
             d.copy_from_slice(s);
             continue;
         }
-        for g in 0..8 {
-            let bits = ((m >> (8 * g)) & 0xFF) as usize;
-            if bits == 0 {
-                continue;
-            }
-            let bm = EXPAND[bits];
+        // Expand all eight mask bytes first, then blend eight words: no
+        // data-dependent branches inside the chunk, so it pipelines well.
+        let mut bm = [0u64; 8];
+        for (g, b) in bm.iter_mut().enumerate() {
+            *b = EXPAND[((m >> (8 * g)) & 0xFF) as usize];
+        }
+        for (g, &b) in bm.iter().enumerate() {
             let dw = &mut d[8 * g..8 * g + 8];
             let x = u64::from_le_bytes((&*dw).try_into().unwrap_or_default());
             let y = u64::from_le_bytes(s[8 * g..8 * g + 8].try_into().unwrap_or_default());
-            dw.copy_from_slice(&((x & !bm) | (y & bm)).to_le_bytes());
+            dw.copy_from_slice(&((x & !b) | (y & b)).to_le_bytes());
         }
     }
     if let Some(&m) = words.get(full) {
