@@ -8,7 +8,8 @@
 //!
 //! This module and `gpu/` are the only places with `unsafe` code.
 
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, Mutex, Ordering};
+
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub const MIN_CLASS: usize = 64;
 /// Largest pooled size class (64 MiB); larger buffers are not pooled.
 pub const MAX_POOLED_CLASS: usize = 64 << 20;
 const NUM_CLASSES: usize = (MAX_POOLED_CLASS.trailing_zeros() - MIN_CLASS.trailing_zeros() + 1) as usize;
-/// Default byte budget of the free lists.
+/// Default byte budget of the free lists (split evenly over the shards).
 pub const DEFAULT_POOL_BUDGET: u64 = 256 << 20;
 
 /// A snapshot of allocator statistics.
@@ -38,34 +39,66 @@ pub struct AllocStats {
     pub pool_misses: u64,
 }
 
+/// One size class of one shard: its free buffers and its counters, all
+/// under one lock (one uncontended lock per allocation, no shared atomics).
+#[derive(Default)]
+struct ClassList {
+    free: Vec<NonNull<u8>>,
+    hits: u64,
+    misses: u64,
+    taken: u64,
+    returned: u64,
+}
+
+/// Free lists of one shard. Threads are spread over shards so that
+/// concurrent allocators rarely touch the same lock or cache line.
+#[repr(align(128))]
+struct Shard {
+    classes: [Mutex<ClassList>; NUM_CLASSES],
+    /// Bytes in this shard's free lists, for the budget check.
+    pooled_bytes: AtomicI64,
+}
+
+/// Number of shards (a power of two).
+const SHARDS: usize = 8;
+
 struct Inner {
-    free: [Mutex<Vec<NonNull<u8>>>; NUM_CLASSES],
-    budget: u64,
-    live_bytes: AtomicU64,
-    pooled_bytes: AtomicU64,
-    live_buffers: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    shards: [Shard; SHARDS],
+    /// Counters of buffers too large to pool: (taken, returned, bytes live).
+    unpooled: Mutex<(u64, u64, u64)>,
+    /// Byte budget of each shard's free lists (the pool budget / SHARDS).
+    shard_budget: i64,
 }
 
 // SAFETY: the raw pointers in the free lists are exclusively owned, unaliased
 // heap blocks; every access to a list goes through its mutex.
 unsafe impl Send for Inner {}
 // SAFETY: as above; shared access only reaches the lists through mutexes and
-// the counters are atomics.
+// the budget counters are atomics.
 unsafe impl Sync for Inner {}
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for (class, list) in self.free.iter_mut().enumerate() {
-            let size = class_size(class);
-            for ptr in list.get_mut().drain(..) {
-                // SAFETY: every pointer in list `class` was allocated with
-                // `layout(size)` and is owned by the list.
-                unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
+        for shard in &mut self.shards {
+            for (class, list) in shard.classes.iter_mut().enumerate() {
+                let size = class_size(class);
+                for ptr in list.get_mut().free.drain(..) {
+                    // SAFETY: every pointer in list `class` was allocated with
+                    // `layout(size)` and is owned by the list.
+                    unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
+                }
             }
         }
     }
+}
+
+/// The shard of the calling thread: assigned round-robin at first use.
+fn my_shard() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 /// A thread-safe pool of page buffers. Cloning shares the pool.
@@ -114,17 +147,12 @@ fn capacity_for(len: usize) -> Option<usize> {
 impl PageAllocator {
     /// A pool whose free lists hold at most `budget` bytes.
     pub fn new(budget: u64) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                free: std::array::from_fn(|_| Mutex::new(Vec::new())),
-                budget,
-                live_bytes: AtomicU64::new(0),
-                pooled_bytes: AtomicU64::new(0),
-                live_buffers: AtomicU64::new(0),
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
-            }),
-        }
+        let shard_budget = i64::try_from(budget / SHARDS as u64).unwrap_or(i64::MAX);
+        let shards = std::array::from_fn(|_| Shard {
+            classes: std::array::from_fn(|_| Mutex::new(ClassList::default())),
+            pooled_bytes: AtomicI64::new(0),
+        });
+        Self { inner: Arc::new(Inner { shards, unpooled: Mutex::new((0, 0, 0)), shard_budget }) }
     }
 
     /// A zeroed buffer of `len` bytes (1 ≤ len), 64-byte aligned.
@@ -139,29 +167,56 @@ impl PageAllocator {
         let cap = capacity_for(len).ok_or_else(|| crate::Error::InvalidPage {
             reason: format!("page length {len} exceeds the address space"),
         })?;
-        let class = class_of(len);
-        let inner = &self.inner;
-        let reused = class.and_then(|c| inner.free[c].lock().pop());
+        let Some(class) = class_of(len) else {
+            // SAFETY: layout has non-zero size (cap >= len >= 1).
+            let raw = unsafe { alloc::alloc_zeroed(layout(cap)) };
+            let ptr = NonNull::new(raw).ok_or_else(|| crate::Error::InvalidPage {
+                reason: format!("out of memory allocating {cap} bytes"),
+            })?;
+            let mut u = self.inner.unpooled.lock();
+            u.0 += 1;
+            u.2 += cap as u64;
+            return Ok(PageBuf { ptr, len, cap, pool: self.clone() });
+        };
+        let home = my_shard();
+        let mut list = self.inner.shards[home].classes[class].lock();
+        list.taken += 1;
+        let mut reused = list.free.pop().map(|p| (p, home));
+        if reused.is_none() {
+            // Steal from another shard before asking the system.
+            drop(list);
+            reused = (1..SHARDS).find_map(|k| {
+                let from = (home + k) % SHARDS;
+                self.inner.shards[from].classes[class].lock().free.pop().map(|p| (p, from))
+            });
+            list = self.inner.shards[home].classes[class].lock();
+        }
         let ptr = match reused {
-            Some(ptr) => {
-                inner.pooled_bytes.fetch_sub(cap as u64, Ordering::Relaxed);
-                inner.hits.fetch_add(1, Ordering::Relaxed);
-                // SAFETY: ptr came from the free list of this class: `cap`
+            Some((ptr, from)) => {
+                list.hits += 1;
+                drop(list);
+                self.inner.shards[from].pooled_bytes.fetch_sub(cap as i64, Ordering::Relaxed);
+                // SAFETY: ptr came from a free list of this class: `cap`
                 // writable bytes owned by us; len <= cap.
                 unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
                 ptr
             }
             None => {
-                inner.misses.fetch_add(1, Ordering::Relaxed);
+                list.misses += 1;
+                drop(list);
                 // SAFETY: layout has non-zero size (cap >= MIN_CLASS).
                 let raw = unsafe { alloc::alloc_zeroed(layout(cap)) };
-                NonNull::new(raw).ok_or_else(|| crate::Error::InvalidPage {
-                    reason: format!("out of memory allocating {cap} bytes"),
-                })?
+                match NonNull::new(raw) {
+                    Some(p) => p,
+                    None => {
+                        self.inner.shards[home].classes[class].lock().taken -= 1;
+                        return Err(crate::Error::InvalidPage {
+                            reason: format!("out of memory allocating {cap} bytes"),
+                        });
+                    }
+                }
             }
         };
-        inner.live_bytes.fetch_add(cap as u64, Ordering::Relaxed);
-        inner.live_buffers.fetch_add(1, Ordering::Relaxed);
         Ok(PageBuf { ptr, len, cap, pool: self.clone() })
     }
 
@@ -175,42 +230,65 @@ impl PageAllocator {
         Ok(buf)
     }
 
-    /// Current statistics.
+    /// Current statistics (summed over shards; exact once concurrent calls
+    /// have returned).
     pub fn stats(&self) -> AllocStats {
-        let i = &self.inner;
-        AllocStats {
-            live_bytes: i.live_bytes.load(Ordering::Relaxed),
-            pooled_bytes: i.pooled_bytes.load(Ordering::Relaxed),
-            live_buffers: i.live_buffers.load(Ordering::Relaxed),
-            pool_hits: i.hits.load(Ordering::Relaxed),
-            pool_misses: i.misses.load(Ordering::Relaxed),
+        let mut st = AllocStats::default();
+        for shard in &self.inner.shards {
+            for (class, list) in shard.classes.iter().enumerate() {
+                let l = list.lock();
+                let size = class_size(class) as u64;
+                st.pooled_bytes += l.free.len() as u64 * size;
+                st.pool_hits += l.hits;
+                st.pool_misses += l.misses;
+                // Taken in one shard, returned in another: sum signed.
+                let live = l.taken as i64 - l.returned as i64;
+                st.live_buffers = st.live_buffers.wrapping_add(live as u64);
+                st.live_bytes = st.live_bytes.wrapping_add((live * size as i64) as u64);
+            }
         }
+        let u = self.inner.unpooled.lock();
+        st.live_buffers = st.live_buffers.wrapping_add(u.0 - u.1);
+        st.live_bytes = st.live_bytes.wrapping_add(u.2);
+        st.pool_misses += u.0;
+        st
     }
 
     /// Free every pooled (unused) buffer.
     pub fn trim(&self) {
-        for (class, list) in self.inner.free.iter().enumerate() {
-            let drained: Vec<_> = std::mem::take(&mut *list.lock());
-            let size = class_size(class);
-            for ptr in drained {
-                self.inner.pooled_bytes.fetch_sub(size as u64, Ordering::Relaxed);
-                // SAFETY: owned block of this class, allocated with layout(size).
-                unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
+        for shard in &self.inner.shards {
+            for (class, list) in shard.classes.iter().enumerate() {
+                let drained: Vec<_> = std::mem::take(&mut list.lock().free);
+                let size = class_size(class);
+                shard.pooled_bytes.fetch_sub((drained.len() * size) as i64, Ordering::Relaxed);
+                for ptr in drained {
+                    // SAFETY: owned block of this class, allocated with layout(size).
+                    unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
+                }
             }
         }
     }
 
     fn release(&self, ptr: NonNull<u8>, cap: usize) {
-        let inner = &self.inner;
-        inner.live_bytes.fetch_sub(cap as u64, Ordering::Relaxed);
-        inner.live_buffers.fetch_sub(1, Ordering::Relaxed);
-        if let Some(class) = class_of(cap).filter(|&c| class_size(c) == cap) {
-            let prev = inner.pooled_bytes.fetch_add(cap as u64, Ordering::Relaxed);
-            if prev + cap as u64 <= inner.budget {
-                inner.free[class].lock().push(ptr);
-                return;
+        match class_of(cap).filter(|&c| class_size(c) == cap) {
+            Some(class) => {
+                let shard = &self.inner.shards[my_shard()];
+                let prev = shard.pooled_bytes.fetch_add(cap as i64, Ordering::Relaxed);
+                let keep = prev + cap as i64 <= self.inner.shard_budget;
+                let mut list = shard.classes[class].lock();
+                list.returned += 1;
+                if keep {
+                    list.free.push(ptr);
+                    return;
+                }
+                drop(list);
+                shard.pooled_bytes.fetch_sub(cap as i64, Ordering::Relaxed);
             }
-            inner.pooled_bytes.fetch_sub(cap as u64, Ordering::Relaxed);
+            None => {
+                let mut u = self.inner.unpooled.lock();
+                u.1 += 1;
+                u.2 -= cap as u64;
+            }
         }
         // SAFETY: ptr was allocated with layout(cap) and is no longer used.
         unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) };
@@ -272,7 +350,7 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_zeroed_and_reused() {
-        let a = PageAllocator::new(1 << 20);
+        let a = PageAllocator::new(8 << 20);
         let mut b = a.alloc(100).unwrap();
         assert_eq!(b.len(), 100);
         assert_eq!(b.capacity(), 128);
@@ -300,7 +378,8 @@ mod tests {
 
     #[test]
     fn budget_bounds_the_pool() {
-        let a = PageAllocator::new(256);
+        // 256 bytes per shard; all frees here land in this thread's shard.
+        let a = PageAllocator::new(256 * SHARDS as u64);
         let bufs: Vec<_> = (0..4).map(|_| a.alloc(128).unwrap()).collect();
         drop(bufs);
         assert_eq!(a.stats().pooled_bytes, 256);
