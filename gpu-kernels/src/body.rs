@@ -118,16 +118,57 @@ pub const fn nonzero_bytes4(x: u32) -> u32 {
     (t.wrapping_mul(0x0102_0408) >> 24) & 0xF
 }
 
+#[cfg(not(target_arch = "nvptx64"))]
 #[inline(always)]
 unsafe fn load_lane(addr: u64) -> Lane {
     // SAFETY: the caller guarantees 16 readable, 16-aligned bytes.
     unsafe { (addr as *const Lane).read() }
 }
 
+#[cfg(not(target_arch = "nvptx64"))]
 #[inline(always)]
 unsafe fn store_lane(addr: u64, v: Lane) {
     // SAFETY: the caller guarantees 16 writable, 16-aligned bytes.
     unsafe { (addr as *mut Lane).write(v) }
+}
+
+// On the device the 16-byte moves are written out: a plain load feeding a
+// store of the same aggregate becomes a memcpy, which LLVM lowers to two
+// 8-byte moves instead of one `v4` access.
+#[cfg(target_arch = "nvptx64")]
+#[inline(always)]
+unsafe fn load_lane(addr: u64) -> Lane {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: the caller guarantees 16 readable, 16-aligned bytes.
+    unsafe {
+        core::arch::asm!(
+            "ld.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+            p = in(reg64) addr,
+            a = out(reg32) a,
+            b = out(reg32) b,
+            c = out(reg32) c,
+            d = out(reg32) d,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    Lane([a, b, c, d])
+}
+
+#[cfg(target_arch = "nvptx64")]
+#[inline(always)]
+unsafe fn store_lane(addr: u64, v: Lane) {
+    // SAFETY: the caller guarantees 16 writable, 16-aligned bytes.
+    unsafe {
+        core::arch::asm!(
+            "st.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};",
+            p = in(reg64) addr,
+            a = in(reg32) v.0[0],
+            b = in(reg32) v.0[1],
+            c = in(reg32) v.0[2],
+            d = in(reg32) v.0[3],
+            options(nostack, preserves_flags),
+        );
+    }
 }
 
 #[inline(always)]
