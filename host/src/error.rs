@@ -148,10 +148,12 @@ impl Error {
         Error::InvalidDelta { page, reason: reason.into() }
     }
 
+    #[allow(dead_code)] // for the log and codec decoders
     pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
         Error::Corrupt { file: None, offset: None, reason: reason.into() }
     }
 
+    #[allow(dead_code)] // for the log and codec decoders
     pub(crate) fn corrupt_at(offset: u64, reason: impl Into<String>) -> Self {
         Error::Corrupt { file: None, offset: Some(offset), reason: reason.into() }
     }

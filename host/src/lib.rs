@@ -11,6 +11,7 @@
 //! | pages | [`page`], [`registry`] | page records and the id → page map |
 //! | memory | [`alloc`] | pooled 64-byte-aligned page buffers |
 //! | kernels | [`ptx`] | the PTX built from the Rust `gpu-kernels` crate |
+//! | GPU | [`gpu`] | devices, device/unified pages, batched delta application |
 //!
 //! ```
 //! use mmsb::{Config, Mmsb, PageSpec, Payload};
@@ -28,13 +29,14 @@ pub mod alloc;
 pub mod api;
 pub mod delta;
 pub mod error;
+pub mod gpu;
 pub mod page;
 pub mod ptx;
 pub mod registry;
 mod sync;
 
 pub use api::{Config, Mmsb, PageInfo, PageRef, Update};
-pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Run, SparseDelta, Source};
+pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Run, Source, SparseDelta};
 pub use error::{Error, Result};
 pub use page::{Location, Metadata, Page, PageSpec};
 pub use shared_types::{DeltaId, Epoch, Lsn, PageId};
