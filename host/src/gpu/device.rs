@@ -494,8 +494,8 @@ impl Gpu {
         p.bytes >= FLUSH_BYTES || p.items.len() >= FLUSH_ITEMS
     }
 
-    /// Number of deltas waiting in the queue.
-    pub(crate) fn queued(&self) -> usize {
+    /// Number of pages with deltas waiting in the queue.
+    pub fn queued(&self) -> usize {
         self.pending.lock().items.len()
     }
 

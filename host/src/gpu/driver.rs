@@ -110,7 +110,7 @@ pub(crate) struct Pinned {
 // SAFETY: the buffer is plain host memory owned by this value; access goes
 // through &self / &mut self.
 unsafe impl Send for Pinned {}
-// SAFETY: shared access only hands out shared slices.
+// SAFETY: &self gives no access to the bytes; only &mut self does.
 unsafe impl Sync for Pinned {}
 
 impl Pinned {
@@ -136,13 +136,9 @@ impl Pinned {
         self.cap
     }
 
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is valid and initialised for cap bytes while self lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.cap) }
-    }
-
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self gives exclusive access.
+        // SAFETY: ptr is valid and initialised for cap bytes while self
+        // lives, and &mut self gives exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.cap) }
     }
 }

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod batch;
+pub mod bench;
 mod device;
 mod driver;
 mod pool;
@@ -108,6 +109,15 @@ fn check_pair(a: &GpuPage, b: &GpuPage) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Merge two dense deltas with the `mmsb_delta_merge` kernel on device 0:
+/// the same result as [`Payload::merge`] of the two.
+///
+/// # Errors
+/// [`Error::NoDevice`]; [`Error::InvalidDelta`] for different lengths.
+pub fn merge_dense(first: &crate::DenseDelta, second: &crate::DenseDelta) -> Result<crate::DenseDelta> {
+    open(0)?.merge_dense(first, second)
 }
 
 /// Apply every queued delta on every opened device.
