@@ -504,18 +504,23 @@ impl Gpu {
     /// # Errors
     /// [`Error::Gpu`] / [`Error::GpuMemory`]; the queue is emptied either way.
     pub fn flush(&self) -> Result<()> {
-        let items = {
-            let mut p = self.pending.lock();
-            p.index.clear();
-            p.bytes = 0;
-            std::mem::take(&mut p.items)
-        };
+        // The queue stays locked until the batch has completed: a reader
+        // whose own flush finds the queue empty must not overtake a batch
+        // another thread is still applying.
+        let mut p = self.pending.lock();
+        p.index.clear();
+        p.bytes = 0;
+        let items = std::mem::take(&mut p.items);
         if items.is_empty() {
             return Ok(());
         }
         let refs: Vec<Item<'_>> =
             items.iter().map(|(mem, len, payload)| Item { page: mem.ptr(), len: *len, payload }).collect();
-        self.apply_items(&refs)
+        let res = self.apply_items(&refs);
+        drop(refs);
+        drop(items);
+        drop(p);
+        res
     }
 
     /// Pack, upload and launch `items` (each page at most once), and wait.
