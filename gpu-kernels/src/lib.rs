@@ -5,7 +5,7 @@
 //! index. The bodies compile for the host too, so CI tests the exact kernel
 //! logic on the CPU; the device tests run the real PTX.
 #![no_std]
-#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx))]
+#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch))]
 
 pub mod body;
 
@@ -16,6 +16,18 @@ mod entry;
 pub mod names {
     /// Zero a page.
     pub const PAGE_ZERO: &str = "mmsb_page_zero";
+    /// Copy a page.
+    pub const PAGE_COPY: &str = "mmsb_page_copy";
+    /// Compare two pages into a bitmask and a count.
+    pub const PAGE_COMPARE: &str = "mmsb_page_compare";
+    /// Dense masked apply to one page.
+    pub const APPLY_DENSE: &str = "mmsb_apply_dense";
+    /// Sparse (run) apply to one page.
+    pub const APPLY_SPARSE: &str = "mmsb_apply_sparse";
+    /// Merge two dense deltas.
+    pub const DELTA_MERGE: &str = "mmsb_delta_merge";
+    /// Apply many deltas to many pages in one launch.
+    pub const APPLY_BATCH: &str = "mmsb_apply_batch";
     /// Every kernel name the host loads.
-    pub const ALL: &[&str] = &[PAGE_ZERO];
+    pub const ALL: &[&str] = &[PAGE_ZERO, PAGE_COPY, PAGE_COMPARE, APPLY_DENSE, APPLY_SPARSE, DELTA_MERGE, APPLY_BATCH];
 }

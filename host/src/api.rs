@@ -95,6 +95,8 @@ impl PageRef {
     pub fn bytes(&self) -> &[u8] {
         match &self.guard.storage {
             Storage::Host(b) => b,
+            // read_page only hands out guards on host pages.
+            Storage::Device(_) | Storage::Unified(_) => &[],
         }
     }
 
@@ -213,8 +215,10 @@ impl Mmsb {
     /// Create a zero-filled page and return its id.
     ///
     /// # Errors
-    /// [`Error::InvalidPage`] for a bad spec; [`Error::UnsupportedLocation`]
-    /// for a location this build cannot serve.
+    /// [`Error::InvalidPage`] for a bad spec; [`Error::NoDevice`] for a GPU
+    /// or unified page when there is no such device;
+    /// [`Error::UnsupportedLocation`] for unified memory on a device without
+    /// managed memory; [`Error::GpuMemory`] when the device is full.
     pub fn create_page(&self, spec: PageSpec) -> Result<PageId> {
         spec.validate()?;
         let mut clock = self.clock.lock();
@@ -283,9 +287,6 @@ impl Mmsb {
         let mut results = Vec::with_capacity(updates.len());
         for (u, &k) in updates.iter().zip(&slots) {
             let page = &guards[k].1;
-            if page.location != Location::Cpu {
-                return Err(Error::UnsupportedLocation { op: "update_page", location: page.location });
-            }
             u.payload.check(page.len).map_err(|e| with_page(e, u.page))?;
             if let Some(base) = u.base_epoch {
                 if base != epochs[k] {
@@ -328,7 +329,7 @@ impl Mmsb {
         for change in changes {
             self.apply_change(clock, change, guards)?;
         }
-        Ok(())
+        crate::gpu::flush_if_due(guards.iter().filter_map(|(_, g)| g.storage.gpu()))
     }
 
     /// Apply one validated change and advance the clock.
@@ -342,7 +343,8 @@ impl Mmsb {
             Change::CreatePage { id, len, location, meta } => {
                 let storage = match location {
                     Location::Cpu => Storage::Host(self.alloc.alloc(len as usize)?),
-                    other => return Err(Error::UnsupportedLocation { op: "create_page", location: other }),
+                    Location::Gpu(_) => Storage::Device(crate::gpu::create_page(location, len)?),
+                    Location::Unified => Storage::Unified(crate::gpu::create_page(location, len)?),
                 };
                 self.registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage })?;
                 clock.next_page = clock.next_page.max(id.0 + 1);
@@ -355,7 +357,8 @@ impl Mmsb {
                     .binary_search_by_key(&delta.page, |(id, _)| *id)
                     .map_err(|_| Error::PageNotFound(delta.page))?;
                 let page = &mut guards[k].1;
-                delta.payload.apply_to(page.host_bytes_mut()?)?;
+                // GPU pages queue the payload; the batch flushes below.
+                page.apply_checked(delta.payload)?;
                 page.epoch = Epoch(page.epoch.0 + 1);
                 clock.next_delta = clock.next_delta.max(delta.id.0 + 1);
             }
@@ -364,15 +367,105 @@ impl Mmsb {
         Ok(())
     }
 
-    /// A copy of the page's bytes.
+    /// A copy of the page's bytes. For a GPU or unified page, queued deltas
+    /// are applied first and the bytes come back through pinned memory.
     ///
     /// # Errors
-    /// [`Error::PageNotFound`].
+    /// [`Error::PageNotFound`]; [`Error::Gpu`] when the device fails.
     pub fn query_page(&self, id: PageId) -> Result<Vec<u8>> {
         self.live()?;
         let cell = self.registry.get(id)?;
         let page = cell.read();
-        Ok(page.bytes()?.to_vec())
+        page.copy_bytes()
+    }
+
+    /// Move page `id` to `to`, keeping its bytes, epoch and metadata.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::NoDevice`] / [`Error::GpuMemory`]
+    /// when the target cannot hold it (the page then stays where it was).
+    pub fn migrate_page(&self, id: PageId, to: Location) -> Result<()> {
+        let _clock = self.clock.lock();
+        self.live()?;
+        let cell = self.registry.get(id)?;
+        let mut page = cell.write();
+        if page.location == to {
+            return Ok(());
+        }
+        let bytes = page.copy_bytes()?;
+        page.storage = match to {
+            Location::Cpu => Storage::Host(self.alloc.alloc_copy(&bytes)?),
+            Location::Gpu(_) => Storage::Device(crate::gpu::page_from(to, &bytes)?),
+            Location::Unified => Storage::Unified(crate::gpu::page_from(to, &bytes)?),
+        };
+        page.location = to;
+        Ok(())
+    }
+
+    /// Number of bytes in which pages `a` and `b` (of equal length) differ.
+    /// Runs on the GPU when both pages live on the same device.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::InvalidDelta`] for different lengths.
+    pub fn compare_pages(&self, a: PageId, b: PageId) -> Result<u64> {
+        self.with_two_pages(a, b, |pa, pb| match (pa.storage.gpu(), pb.storage.gpu()) {
+            (Some(ga), Some(gb)) if crate::gpu::same_device(ga, gb) => {
+                crate::gpu::compare(ga, gb).map(|(_, n)| n)
+            }
+            _ => {
+                let (x, y) = (pa.copy_bytes()?, pb.copy_bytes()?);
+                if x.len() != y.len() {
+                    return Err(Error::invalid_delta(
+                        None,
+                        format!("cannot compare pages of {} and {} bytes", x.len(), y.len()),
+                    ));
+                }
+                Ok(x.iter().zip(&y).filter(|(p, q)| p != q).count() as u64)
+            }
+        })
+    }
+
+    /// The smallest payload that turns page `old` into page `new`: the same
+    /// payload [`Payload::diff`] gives for their bytes. Runs the comparison on
+    /// the GPU when both pages live on the same device.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::InvalidDelta`] for different lengths.
+    pub fn diff_pages(&self, old: PageId, new: PageId) -> Result<Payload> {
+        self.with_two_pages(old, new, |po, pn| match (po.storage.gpu(), pn.storage.gpu()) {
+            (Some(go), Some(gn)) if crate::gpu::same_device(go, gn) => crate::gpu::diff(go, gn),
+            _ => Payload::diff(&po.copy_bytes()?, &pn.copy_bytes()?),
+        })
+    }
+
+    /// Apply every delta queued for GPU pages and wait for the devices.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when a device fails.
+    pub fn flush_gpu(&self) -> Result<()> {
+        crate::gpu::flush_all()
+    }
+
+    fn with_two_pages<T>(
+        &self,
+        a: PageId,
+        b: PageId,
+        f: impl FnOnce(&Page, &Page) -> Result<T>,
+    ) -> Result<T> {
+        self.live()?;
+        let (ca, cb) = (self.registry.get(a)?, self.registry.get(b)?);
+        if a == b {
+            let g = ca.read();
+            return f(&g, &g);
+        }
+        // Lock in id order, like the commit path.
+        let (first, second) = if a < b { (&ca, &cb) } else { (&cb, &ca) };
+        let (g1, g2) = (first.read(), second.read());
+        if a < b {
+            f(&g1, &g2)
+        } else {
+            f(&g2, &g1)
+        }
     }
 
     /// A read guard that borrows the page's bytes without copying.

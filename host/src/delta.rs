@@ -411,13 +411,21 @@ impl Payload {
         if old.is_empty() {
             return Err(Error::invalid_delta(None, "cannot diff empty pages"));
         }
-        let len = old.len() as u64;
-        let raw = differing_runs(old, new);
+        Ok(diff_from_runs(differing_runs(old, new), new))
+    }
+}
+
+/// The payload [`Payload::diff`] picks, given the maximal runs where the old
+/// page differs from `new` (shared by the CPU diff and the GPU diff, which
+/// finds the runs on the device).
+pub(crate) fn diff_from_runs(raw: Vec<Run>, new: &[u8]) -> Payload {
+    {
+        let len = new.len() as u64;
         let ndiff: u64 = raw.iter().map(|r| r.len).sum();
         // Bridging a gap of g equal bytes costs g data bytes and saves one
         // 16-byte run header: worth it exactly when g < 16.
         let mut bridged: Vec<Run> = Vec::with_capacity(raw.len());
-        for r in raw {
+        for &r in &raw {
             match bridged.last_mut() {
                 Some(last) if r.offset - (last.offset + last.len) < 16 => {
                     last.len = r.offset + r.len - last.offset
@@ -433,19 +441,18 @@ impl Payload {
             for r in &bridged {
                 data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
             }
-            Ok(Payload::Sparse(SparseDelta { runs: bridged, data }))
+            Payload::Sparse(SparseDelta { runs: bridged, data })
         } else if dense_cost <= full_cost {
-            let mut mask = BitVec::<u64, Lsb0>::repeat(false, old.len());
-            let mut data = vec![0u8; old.len()];
-            for (i, (o, n)) in old.iter().zip(new).enumerate() {
-                if o != n {
-                    mask.set(i, true);
-                    data[i] = *n;
-                }
+            let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
+            let mut data = vec![0u8; new.len()];
+            for r in &raw {
+                let (a, b) = (r.offset as usize, (r.offset + r.len) as usize);
+                mask[a..b].fill(true);
+                data[a..b].copy_from_slice(&new[a..b]);
             }
-            Ok(Payload::Dense(DenseDelta { mask, data }))
+            Payload::Dense(DenseDelta { mask, data })
         } else {
-            Ok(Payload::Full(new.to_vec()))
+            Payload::Full(new.to_vec())
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | pages | [`page`], [`registry`] | page records and the id → page map |
 //! | memory | [`alloc`] | pooled 64-byte-aligned page buffers |
 //! | kernels | [`ptx`] | the PTX built from the Rust `gpu-kernels` crate |
+//! | GPU | [`gpu`] | devices, device/unified pages, batched delta application |
 //!
 //! ```
 //! use mmsb::{Config, Mmsb, PageSpec, Payload};
@@ -33,6 +34,7 @@ pub mod api;
 pub mod change;
 pub mod delta;
 pub mod error;
+pub mod gpu;
 pub mod page;
 pub mod ptx;
 pub mod registry;

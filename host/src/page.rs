@@ -2,6 +2,7 @@
 //! small metadata map.
 
 use crate::alloc::PageBuf;
+use crate::delta::Payload;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use shared_types::{Epoch, PageId};
@@ -137,6 +138,20 @@ impl PageSpec {
 pub(crate) enum Storage {
     /// Host memory from the page allocator.
     Host(PageBuf),
+    /// Device memory of one GPU ([`Location::Gpu`]).
+    Device(crate::gpu::GpuPage),
+    /// CUDA managed memory ([`Location::Unified`]).
+    Unified(crate::gpu::GpuPage),
+}
+
+impl Storage {
+    /// The GPU page behind device or unified storage.
+    pub(crate) fn gpu(&self) -> Option<&crate::gpu::GpuPage> {
+        match self {
+            Storage::Host(_) => None,
+            Storage::Device(g) | Storage::Unified(g) => Some(g),
+        }
+    }
 }
 
 /// A page: id, fixed length, epoch, location, metadata and bytes.
@@ -194,12 +209,36 @@ impl Page {
     pub fn bytes(&self) -> Result<&[u8]> {
         match &self.storage {
             Storage::Host(b) => Ok(b),
+            Storage::Device(_) | Storage::Unified(_) => {
+                Err(Error::UnsupportedLocation { op: "Page::bytes", location: self.location })
+            }
         }
     }
 
     pub(crate) fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
         match &mut self.storage {
             Storage::Host(b) => Ok(b),
+            Storage::Device(_) | Storage::Unified(_) => {
+                Err(Error::UnsupportedLocation { op: "host_bytes_mut", location: self.location })
+            }
         }
+    }
+
+    /// A copy of the bytes, wherever they live (GPU pages apply their
+    /// queued deltas first).
+    pub(crate) fn copy_bytes(&self) -> Result<Vec<u8>> {
+        match &self.storage {
+            Storage::Host(b) => Ok(b.to_vec()),
+            Storage::Device(g) | Storage::Unified(g) => g.download(),
+        }
+    }
+
+    /// Apply a payload already validated against this page's length.
+    pub(crate) fn apply_checked(&mut self, payload: Payload) -> Result<()> {
+        if let Some(g) = self.storage.gpu() {
+            g.enqueue(payload);
+            return Ok(());
+        }
+        payload.apply_to(self.host_bytes_mut()?)
     }
 }

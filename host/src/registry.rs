@@ -101,6 +101,7 @@ impl Registry {
             }
             let stored = match &p.storage {
                 Storage::Host(b) => b.len() as u64,
+                Storage::Device(g) | Storage::Unified(g) => g.len(),
             };
             if stored != p.len {
                 return Err(Error::Invariant(format!(

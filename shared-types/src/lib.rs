@@ -139,6 +139,29 @@ pub struct PageArgs {
     pub len: u64,
 }
 
+/// Parameters of the dense merge kernel: `out = merge(first, second)` over a
+/// page of `len` bytes. Masks are `ceil(len / 32)` little-endian `u32` words
+/// (bit `i % 32` of word `i / 32` selects byte `i`); data buffers are `len`
+/// bytes. The output is canonical: `out_data` is zero where `out_mask` is clear.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MergeArgs {
+    /// Device address of the output mask words.
+    pub out_mask: u64,
+    /// Device address of the output data bytes.
+    pub out_data: u64,
+    /// Mask words of the earlier delta.
+    pub mask1: u64,
+    /// Data bytes of the earlier delta.
+    pub data1: u64,
+    /// Mask words of the later delta.
+    pub mask2: u64,
+    /// Data bytes of the later delta.
+    pub data2: u64,
+    /// Page length in bytes.
+    pub len: u64,
+}
+
 // Layout pins: a change here is a change of the kernel ABI.
 const _: () = {
     use core::mem::{align_of, offset_of, size_of};
@@ -159,6 +182,13 @@ const _: () = {
     assert!(offset_of!(ApplyDesc, work_start) == 56);
     assert!(size_of::<PageArgs>() == 40);
     assert!(offset_of!(PageArgs, len) == 32);
+    assert!(size_of::<MergeArgs>() == 56);
+    assert!(offset_of!(MergeArgs, out_data) == 8);
+    assert!(offset_of!(MergeArgs, mask1) == 16);
+    assert!(offset_of!(MergeArgs, data1) == 24);
+    assert!(offset_of!(MergeArgs, mask2) == 32);
+    assert!(offset_of!(MergeArgs, data2) == 40);
+    assert!(offset_of!(MergeArgs, len) == 48);
 };
 
 #[cfg(test)]

@@ -1,0 +1,319 @@
+//! GPU benchmarks: every kernel on large pages, a 100,000-delta batch and
+//! the end-to-end latency of one small delta, each next to the
+//! device-to-device copy bandwidth measured in the same run.
+//!
+//! Bandwidth counts bytes read plus bytes written, like the copy reference
+//! (a copy of `n` bytes moves `2 n`). Every timing ends with a stream
+//! synchronize before the clock stops.
+
+use super::device::{open, run_descs, Gpu};
+use super::driver;
+use super::pool::DeviceBlock;
+use crate::delta::{DenseDelta, Payload, Run};
+use crate::{Config, Location, Mmsb, PageSpec, Result, Update};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Size of the large pages in bytes.
+    pub large: u64,
+    /// Timed repetitions per kernel figure.
+    pub iters: u32,
+    /// Deltas in the batched figure.
+    pub batch: u64,
+    /// Page size of the batched figure.
+    pub batch_page: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self { large: 256 << 20, iters: 20, batch: 100_000, batch_page: 4096 }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    /// Name, like `gpu_apply_dense_256m`.
+    pub name: String,
+    /// Bytes read plus written per repetition.
+    pub bytes: u64,
+    /// Seconds per repetition.
+    pub seconds: f64,
+    /// `bytes / seconds / 1e9`.
+    pub gbps: f64,
+    /// `gbps` over the device copy's, or `None` for latency rows.
+    pub ratio: Option<f64>,
+    /// Free-form note (latency in µs, deltas per second, ...).
+    pub note: String,
+}
+
+/// All figures of one run.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// The device's name.
+    pub device: String,
+    /// Device-to-device copy bandwidth (GB/s, read + written).
+    pub copy_gbps: f64,
+    /// Every figure.
+    pub rows: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "device: {}\nreference: cuMemcpyDtoD {:.1} GB/s (read + written)\n{:<34} {:>10} {:>8}  {}\n",
+            self.device, self.copy_gbps, "name", "GB/s", "ratio", "note"
+        );
+        for r in &self.rows {
+            let ratio = r.ratio.map_or_else(|| "-".to_string(), |x| format!("{x:.3}"));
+            s += &format!("{:<34} {:>10.1} {:>8}  {}\n", r.name, r.gbps, ratio, r.note);
+        }
+        s
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, out: &mut [u8]) {
+        for c in out.chunks_mut(8) {
+            let w = self.next().to_le_bytes();
+            c.copy_from_slice(&w[..c.len()]);
+        }
+    }
+}
+
+fn time(gpu: &Gpu, iters: u32, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    gpu.sync()?;
+    let t = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    gpu.sync()?;
+    Ok(t.elapsed().as_secs_f64() / f64::from(iters.max(1)))
+}
+
+fn suffix(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{}m", bytes >> 20)
+    } else {
+        format!("{}k", bytes >> 10)
+    }
+}
+
+fn upload_random(gpu: &Gpu, block: &DeviceBlock, rng: &mut Rng) -> Result<Vec<u8>> {
+    let mut v = vec![0u8; block.len() as usize];
+    rng.fill(&mut v);
+    gpu.upload(block.ptr(), &v)?;
+    Ok(v)
+}
+
+/// Run every benchmark on device 0.
+///
+/// # Errors
+/// [`crate::Error::NoDevice`] without a GPU; device errors otherwise.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    let gpu = open(0)?;
+    let n = cfg.large.max(1 << 20);
+    let it = cfg.iters.max(1);
+    let mut rng = Rng(0x00C0_FFEE);
+    let a = gpu.alloc(n)?;
+    let b = gpu.alloc(n)?;
+    let data = gpu.alloc(n)?;
+    let mask = gpu.alloc(n.div_ceil(8))?;
+    let count = gpu.alloc(8)?;
+    upload_random(&gpu, &a, &mut rng)?;
+    upload_random(&gpu, &b, &mut rng)?;
+    upload_random(&gpu, &data, &mut rng)?;
+    upload_random(&gpu, &mask, &mut rng)?; // about half the bits set
+    let ctx = gpu.ctx().clone();
+    let stream = gpu.raw_stream();
+    let sz = suffix(n);
+
+    let mut rows = Vec::new();
+    // In every timed closure below, each address is a live block of the
+    // size used, and the blocks outlive the timing loops.
+    let copy_s = time(&gpu, it, || {
+        // SAFETY: a and b are live blocks of n bytes.
+        unsafe { driver::copy_dtod(&ctx, b.ptr(), a.ptr(), n, stream) }
+    })?;
+    let copy_gbps = 2.0 * n as f64 / copy_s / 1e9;
+    let mut row = |name: String, bytes: u64, seconds: f64, note: String| {
+        let gbps = bytes as f64 / seconds / 1e9;
+        rows.push(BenchRow { name, bytes, seconds, gbps, ratio: Some(gbps / copy_gbps), note });
+    };
+    row(format!("cuda_memcpy_dtod_{sz}"), 2 * n, copy_s, "reference".into());
+    // SAFETY: as above.
+    let s = time(&gpu, it, || unsafe { gpu.copy(b.ptr(), a.ptr(), n) })?;
+    row(format!("gpu_page_copy_{sz}"), 2 * n, s, String::new());
+    // SAFETY: as above.
+    let s = time(&gpu, it, || unsafe { gpu.zero(b.ptr(), n) })?;
+    row(format!("gpu_page_zero_{sz}"), n, s, "write only".into());
+    // SAFETY: as above; the mask block holds n / 8 bytes.
+    let s = time(&gpu, it, || unsafe { gpu.apply_dense(b.ptr(), data.ptr(), mask.ptr(), n) })?;
+    row(
+        format!("gpu_apply_dense_{sz}"),
+        3 * n + n / 8,
+        s,
+        "50% mask; reads page+data+mask, writes page".into(),
+    );
+    // SAFETY: as above.
+    let s = time(&gpu, it, || unsafe {
+        driver::memset(&ctx, count.ptr(), 0, 8, stream)?;
+        gpu.compare(a.ptr(), b.ptr(), mask.ptr(), count.ptr(), n)
+    })?;
+    row(format!("gpu_page_compare_{sz}"), 2 * n + n / 8, s, "reads both, writes mask".into());
+
+    // Sparse: unaligned runs of 16..2064 bytes with gaps, about 90% coverage;
+    // the data buffer mirrors the page so a run's bytes sit at its offset.
+    let mut runs = Vec::new();
+    let mut at = 3u64;
+    while at < n {
+        let len = (16 + rng.next() % 2048).min(n - at);
+        runs.push(Run { offset: at, len });
+        at += len + 1 + rng.next() % 200;
+    }
+    let covered: u64 = runs.iter().map(|r| r.len).sum();
+    let mut descs = run_descs(&runs);
+    for (d, r) in descs.iter_mut().zip(expand(&runs)) {
+        d.data_offset = r; // mirror layout
+    }
+    let runs_block = gpu.alloc((descs.len() * 24) as u64)?;
+    gpu.upload(runs_block.ptr(), bytemuck::cast_slice(&descs))?;
+    let nd = descs.len() as u64;
+    // SAFETY: as above; every run lies inside both page-sized blocks.
+    let s = time(&gpu, it, || unsafe { gpu.apply_sparse(b.ptr(), n, data.ptr(), runs_block.ptr(), nd) })?;
+    row(
+        format!("gpu_apply_sparse_{sz}"),
+        2 * covered + 24 * nd,
+        s,
+        format!("{} runs, {:.0}% of the page", runs.len(), 100.0 * covered as f64 / n as f64),
+    );
+    drop((a, b, data, mask, runs_block));
+
+    batch_rows(&gpu, cfg, it, &mut row)?;
+    latency_rows(&mut rows)?;
+    Ok(BenchReport { device: gpu.info().name.clone(), copy_gbps, rows })
+}
+
+/// Data offsets that make each chunk of `runs` read its bytes at the same
+/// offset as the page (the bench's mirrored data layout).
+fn expand(runs: &[Run]) -> Vec<u64> {
+    let mut v = Vec::new();
+    for r in runs {
+        let mut o = 0;
+        while o < r.len {
+            v.push(r.offset + o);
+            o += gpu_kernels::body::RUN_CHUNK.min(r.len - o);
+        }
+    }
+    v
+}
+
+fn batch_rows(
+    gpu: &Arc<Gpu>,
+    cfg: &BenchConfig,
+    it: u32,
+    row: &mut impl FnMut(String, u64, f64, String),
+) -> Result<()> {
+    let (count, plen) = (cfg.batch.max(1), cfg.batch_page.max(1));
+    let mut rng = Rng(7);
+    let pages = gpu.alloc(count * plen.next_multiple_of(256))?;
+    let stride = plen.next_multiple_of(256);
+    let mut payloads = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let mut words = vec![0u64; plen.div_ceil(64) as usize];
+        for w in &mut words {
+            *w = rng.next();
+        }
+        let mut d = vec![0u8; plen as usize];
+        rng.fill(&mut d);
+        payloads.push(Payload::Dense(DenseDelta::from_words(words, d)?));
+    }
+    let items: Vec<super::batch::Item<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(k, p)| super::batch::Item { page: pages.ptr() + k as u64 * stride, len: plen, payload: p })
+        .collect();
+    let lay = super::batch::layout(&items);
+    let image_block = gpu.alloc(lay.total())?;
+    let mut image = vec![0u8; lay.total() as usize];
+    super::batch::pack(&items, &mut image, image_block.ptr());
+    gpu.upload(image_block.ptr(), &image)?;
+    // SAFETY: the image describes live blocks (pages, image) only.
+    let s = time(gpu, it, || unsafe { gpu.apply_batch(image_block.ptr(), lay.descs) })?;
+    let per = 3 * plen + plen.div_ceil(8) + 64;
+    row(
+        format!("gpu_apply_batch_dense_{}x{}", count, suffix(plen)),
+        count * per,
+        s,
+        format!("one launch, {:.1} M deltas/s (kernel only)", count as f64 / s / 1e6),
+    );
+    // The same batch end to end: pack + one upload + one launch + sync.
+    let t = Instant::now();
+    let reps = 3;
+    for _ in 0..reps {
+        gpu.apply_items(&items)?;
+    }
+    let s = t.elapsed().as_secs_f64() / f64::from(reps);
+    row(
+        format!("gpu_apply_batch_dense_{}x{}_e2e", count, suffix(plen)),
+        count * per,
+        s,
+        format!("pack+upload+launch+sync, {:.2} M deltas/s", count as f64 / s / 1e6),
+    );
+    Ok(())
+}
+
+fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
+    let state = Mmsb::start(Config::temporary())?;
+    let page = state.create_page(PageSpec::new(4096).on(Location::Gpu(0)))?;
+    let bytes = [0x5Au8; 1024];
+    let mut times: Vec<Duration> = Vec::with_capacity(500);
+    for i in 0..520u64 {
+        let d = crate::SparseDelta::from_pairs([((i * 97) % 3072, &bytes[..])])?;
+        let t = Instant::now();
+        state.update_batch(vec![Update::new(page, Payload::Sparse(d))])?;
+        state.flush_gpu()?;
+        let e = t.elapsed();
+        if i >= 20 {
+            times.push(e);
+        }
+    }
+    times.sort();
+    let p50 = times[times.len() / 2].as_secs_f64();
+    let p99 = times[times.len() * 99 / 100].as_secs_f64();
+    rows.push(BenchRow {
+        name: "gpu_update_1k_delta_latency".into(),
+        bytes: 1024,
+        seconds: p50,
+        gbps: 1024.0 / p50 / 1e9,
+        ratio: None,
+        note: format!("update_page + flush, p50 {:.1} us, p99 {:.1} us", p50 * 1e6, p99 * 1e6),
+    });
+    let t = Instant::now();
+    let q = 200;
+    for _ in 0..q {
+        state.query_page(page)?;
+    }
+    let s = t.elapsed().as_secs_f64() / f64::from(q);
+    rows.push(BenchRow {
+        name: "gpu_query_4k_latency".into(),
+        bytes: 4096,
+        seconds: s,
+        gbps: 4096.0 / s / 1e9,
+        ratio: None,
+        note: format!("query_page through pinned memory, mean {:.1} us", s * 1e6),
+    });
+    Ok(())
+}

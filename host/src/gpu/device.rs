@@ -1,0 +1,750 @@
+//! One GPU: context, stream, the cached kernel module, the device pool, the
+//! pinned staging buffers and the queue of deltas waiting for a batched
+//! launch.
+
+use super::batch::{self, Item};
+use super::driver::{self, DevicePtr, Module, Pinned};
+use super::pool::{DeviceBlock, DevicePool, GpuPoolStats, DEFAULT_CACHE_BUDGET};
+use crate::delta::{DenseDelta, Payload, Run};
+use crate::{Error, Result};
+use cudarc::driver::{sys, CudaContext, CudaStream};
+use gpu_kernels::body::{lanes, windows, BLOCK, RUN_CHUNK};
+use gpu_kernels::names;
+use parking_lot::Mutex;
+use shared_types::{kind, ApplyDesc, MergeArgs, PageArgs, RunDesc};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, OnceLock};
+
+/// Largest pinned staging chunk for uploads and downloads.
+const STAGING_CHUNK: usize = 64 << 20;
+/// Queued payload bytes that trigger a flush.
+const FLUSH_BYTES: u64 = 256 << 20;
+/// Queued deltas that trigger a flush.
+const FLUSH_ITEMS: usize = 1 << 20;
+
+/// What is known about a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// Device ordinal.
+    pub ordinal: u32,
+    /// Marketing name (e.g. "NVIDIA H100 80GB HBM3").
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sm_count: u32,
+    /// Total device memory in bytes.
+    pub total_memory: u64,
+    /// Whether managed (unified) memory is supported.
+    pub managed_memory: bool,
+}
+
+/// The bytes of a GPU page: a pooled device block or a managed range.
+pub(crate) enum PageMem {
+    Device(DeviceBlock),
+    Managed { ptr: DevicePtr, ctx: Arc<CudaContext> },
+}
+
+impl PageMem {
+    fn ptr(&self) -> DevicePtr {
+        match self {
+            PageMem::Device(b) => b.ptr(),
+            PageMem::Managed { ptr, .. } => *ptr,
+        }
+    }
+}
+
+impl Drop for PageMem {
+    fn drop(&mut self) {
+        if let PageMem::Managed { ptr, ctx, .. } = self {
+            // Queued work on this range holds the Arc that owns us, so all of
+            // it has been synchronised. A failed free cannot be reported here.
+            let _ = driver::free(ctx, *ptr);
+        }
+    }
+}
+
+/// A page whose bytes live on a GPU (device or managed memory).
+pub(crate) struct GpuPage {
+    gpu: Arc<Gpu>,
+    mem: Arc<PageMem>,
+    len: u64,
+}
+
+impl std::fmt::Debug for GpuPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuPage")
+            .field("device", &self.gpu.info.ordinal)
+            .field("ptr", &format_args!("{:#x}", self.mem.ptr()))
+            .field("len", &self.len)
+            .field("managed", &matches!(*self.mem, PageMem::Managed { .. }))
+            .finish()
+    }
+}
+
+impl GpuPage {
+    /// The device serving this page.
+    pub(crate) fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Device address of the first byte.
+    pub(crate) fn ptr(&self) -> DevicePtr {
+        self.mem.ptr()
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Queue `payload` (validated against the page length by the caller).
+    pub(crate) fn enqueue(&self, payload: Payload) {
+        self.gpu.enqueue(&self.mem, self.len, payload);
+    }
+
+    /// Copy the bytes out (after applying queued deltas).
+    pub(crate) fn download(&self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.len as usize];
+        self.gpu.download(self.ptr(), &mut out)?;
+        Ok(out)
+    }
+}
+
+struct Pending {
+    items: Vec<(Arc<PageMem>, u64, Payload)>,
+    index: HashMap<DevicePtr, usize>,
+    bytes: u64,
+}
+
+struct Staging {
+    up: Option<Pinned>,
+    down: Option<Pinned>,
+    device: Option<DeviceBlock>,
+}
+
+/// A GPU with its context, stream, kernels, memory pool and delta queue.
+///
+/// Obtained with [`open`]; shared by every page on the device.
+pub struct Gpu {
+    info: GpuInfo,
+    // Field order is drop order: queued pages and staging go back to the
+    // pool before it and the module go, and the context goes last.
+    pending: Mutex<Pending>,
+    staging: Mutex<Staging>,
+    pool: DevicePool,
+    module: Module,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("info", &self.info).field("pool", &self.pool).finish()
+    }
+}
+
+/// Check that the driver library exists and initialises; the number of devices.
+fn init_driver() -> std::result::Result<u32, String> {
+    let present = std::panic::catch_unwind(|| {
+        // SAFETY: probing only tries to open the library by name.
+        unsafe { sys::is_culib_present() }
+    })
+    .unwrap_or(false);
+    if !present {
+        return Err("the CUDA driver library (libcuda.so) is not installed".into());
+    }
+    let init = std::panic::catch_unwind(|| {
+        cudarc::driver::result::init()?;
+        cudarc::driver::result::device::get_count()
+    });
+    match init {
+        Ok(Ok(n)) if n > 0 => Ok(n as u32),
+        Ok(Ok(_)) => Err("the CUDA driver reports no devices".into()),
+        Ok(Err(e)) => Err(format!("cuInit failed: {e}")),
+        Err(_) => Err("the CUDA driver library could not be loaded".into()),
+    }
+}
+
+fn driver_state() -> &'static std::result::Result<u32, String> {
+    static STATE: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
+    STATE.get_or_init(init_driver)
+}
+
+/// Number of CUDA devices.
+///
+/// # Errors
+/// [`Error::NoDevice`] when the driver is missing, fails to initialise or
+/// reports no device. Never panics.
+pub fn device_count() -> Result<u32> {
+    driver_state().clone().map_err(|reason| Error::NoDevice { reason })
+}
+
+static DEVICES: OnceLock<Mutex<HashMap<u32, Arc<Gpu>>>> = OnceLock::new();
+
+/// Device `ordinal` if it has been opened already.
+pub(crate) fn opened(ordinal: u32) -> Option<Arc<Gpu>> {
+    DEVICES.get().and_then(|m| m.lock().get(&ordinal).cloned())
+}
+
+/// Open (once per process) device `ordinal`.
+///
+/// # Errors
+/// [`Error::NoDevice`] when there is no such device; [`Error::Gpu`] when the
+/// context, stream or kernel module cannot be set up.
+pub fn open(ordinal: u32) -> Result<Arc<Gpu>> {
+    let n = device_count()?;
+    if ordinal >= n {
+        return Err(Error::NoDevice { reason: format!("device {ordinal} requested, {n} present") });
+    }
+    let mut map = DEVICES.get_or_init(Default::default).lock();
+    if let Some(g) = map.get(&ordinal) {
+        return Ok(g.clone());
+    }
+    let g = Arc::new(Gpu::create(ordinal)?);
+    map.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+/// Probe for device 0: its description, or why there is none.
+///
+/// # Errors
+/// As [`open`].
+pub fn probe() -> Result<GpuInfo> {
+    open(0).map(|g| g.info.clone())
+}
+
+fn ceil_div(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+impl Gpu {
+    fn create(ordinal: u32) -> Result<Gpu> {
+        let ctx = CudaContext::new(ordinal as usize)
+            .map_err(driver::gpu_err(format!("creating a context on device {ordinal}")))?;
+        let attr = |a| ctx.attribute(a).map_err(driver::gpu_err("cuDeviceGetAttribute"));
+        let sm_count = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
+        let managed = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY)? != 0;
+        let info = GpuInfo {
+            ordinal,
+            name: ctx.name().map_err(driver::gpu_err("cuDeviceGetName"))?,
+            compute_capability: ctx.compute_capability().map_err(driver::gpu_err("compute capability"))?,
+            sm_count,
+            total_memory: ctx.total_mem().map_err(driver::gpu_err("cuDeviceTotalMem"))? as u64,
+            managed_memory: managed,
+        };
+        let stream = ctx.new_stream().map_err(driver::gpu_err("cuStreamCreate"))?;
+        let module = Module::load(&ctx, crate::ptx::PTX, names::ALL)?;
+        let pool = DevicePool::new(ctx.clone(), ordinal, DEFAULT_CACHE_BUDGET);
+        Ok(Gpu {
+            info,
+            pending: Mutex::new(Pending { items: Vec::new(), index: HashMap::new(), bytes: 0 }),
+            staging: Mutex::new(Staging { up: None, down: None, device: None }),
+            pool,
+            module,
+            stream,
+            ctx,
+        })
+    }
+
+    /// The device's description.
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    /// Device pool statistics.
+    pub fn pool_stats(&self) -> GpuPoolStats {
+        self.pool.stats()
+    }
+
+    fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    pub(crate) fn ctx(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn raw_stream(&self) -> sys::CUstream {
+        self.cu_stream()
+    }
+
+    /// Wait for all queued device work.
+    pub(crate) fn sync(&self) -> Result<()> {
+        driver::sync(&self.ctx, self.cu_stream())
+    }
+
+    /// A pooled device block of `len` bytes (contents undefined).
+    pub(crate) fn alloc(&self, len: u64) -> Result<DeviceBlock> {
+        self.pool.alloc(len)
+    }
+
+    /// A zeroed page of `len` bytes in device memory, or managed memory
+    /// when `unified` is set.
+    pub(crate) fn alloc_page(self: &Arc<Self>, len: u64, unified: bool) -> Result<GpuPage> {
+        let mem = if unified {
+            if !self.info.managed_memory {
+                return Err(Error::UnsupportedLocation {
+                    op: "create_page",
+                    location: crate::Location::Unified,
+                });
+            }
+            let ptr = driver::alloc_managed(&self.ctx, self.info.ordinal, len)?;
+            let mem = PageMem::Managed { ptr, ctx: self.ctx.clone() };
+            // Hints: a device that cannot take them still works correctly.
+            if driver::advise_managed(&self.ctx, ptr, len, self.info.ordinal).is_ok() {
+                let _ =
+                    driver::prefetch_managed(&self.ctx, ptr, len, Some(self.info.ordinal), self.cu_stream());
+            }
+            mem
+        } else {
+            PageMem::Device(self.pool.alloc(len)?)
+        };
+        // SAFETY: mem is live for len bytes and only reachable from here.
+        unsafe { self.zero(mem.ptr(), len)? };
+        self.sync()?;
+        Ok(GpuPage { gpu: self.clone(), mem: Arc::new(mem), len })
+    }
+
+    /// A page holding a copy of `bytes`.
+    pub(crate) fn page_from(self: &Arc<Self>, bytes: &[u8], unified: bool) -> Result<GpuPage> {
+        let page = self.alloc_page(bytes.len() as u64, unified)?;
+        self.upload(page.ptr(), bytes)?;
+        Ok(page)
+    }
+
+    fn grid_for(&self, work: u64, per_sm: u32) -> u32 {
+        let cap = u64::from(self.info.sm_count) * u64::from(per_sm);
+        ceil_div(work.max(1), u64::from(BLOCK)).min(cap).max(1) as u32
+    }
+
+    /// # Safety
+    /// `args` must match the kernel's parameter and address valid memory.
+    unsafe fn launch1<T>(&self, name: &str, grid: u32, args: &mut T) -> Result<()> {
+        let f = self.module.function(name)?;
+        let mut params = [(args as *mut T).cast::<c_void>()];
+        // SAFETY: per the caller.
+        unsafe { driver::launch(&self.ctx, f, name, grid, BLOCK, self.cu_stream(), &mut params) }
+    }
+
+    /// Zero `len` bytes at `dst` (asynchronous).
+    ///
+    /// # Safety
+    /// `dst` valid device memory of `len` bytes.
+    pub(crate) unsafe fn zero(&self, dst: DevicePtr, len: u64) -> Result<()> {
+        let mut a = PageArgs { dst, len, ..PageArgs::default() };
+        let grid = self.grid_for(windows(dst, len), 64);
+        // SAFETY: per the caller; PageArgs is the kernel's parameter.
+        unsafe { self.launch1(names::PAGE_ZERO, grid, &mut a) }
+    }
+
+    /// Copy `len` bytes from `src` to `dst` with the copy kernel (asynchronous).
+    ///
+    /// # Safety
+    /// Both ranges valid device memory of `len` bytes, not overlapping.
+    pub(crate) unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, len: u64) -> Result<()> {
+        let mut a = PageArgs { dst, src, len, ..PageArgs::default() };
+        let grid = self.grid_for(windows(dst, len), 64);
+        // SAFETY: per the caller.
+        unsafe { self.launch1(names::PAGE_COPY, grid, &mut a) }
+    }
+
+    /// Dense masked apply (asynchronous).
+    ///
+    /// # Safety
+    /// `dst`, `data` valid for `len` bytes, `mask` for `ceil(len / 32)` words.
+    pub(crate) unsafe fn apply_dense(
+        &self,
+        dst: DevicePtr,
+        data: DevicePtr,
+        mask: DevicePtr,
+        len: u64,
+    ) -> Result<()> {
+        let mut a = PageArgs { dst, src: data, mask, len, out: 0 };
+        let grid = self.grid_for(windows(dst, len), 64);
+        // SAFETY: per the caller.
+        unsafe { self.launch1(names::APPLY_DENSE, grid, &mut a) }
+    }
+
+    /// Sparse apply of `run_count` runs at `runs` (asynchronous).
+    ///
+    /// # Safety
+    /// Every run inside the page and the data; runs at most `RUN_CHUNK` long
+    /// for good balance (any length is correct).
+    pub(crate) unsafe fn apply_sparse(
+        &self,
+        page: DevicePtr,
+        len: u64,
+        data: DevicePtr,
+        runs: DevicePtr,
+        run_count: u64,
+    ) -> Result<()> {
+        let mut a =
+            ApplyDesc { page, len, data, runs, run_count, kind: kind::SPARSE, ..ApplyDesc::default() };
+        let grid = self.grid_for(run_count * u64::from(gpu_kernels::body::WARP), 64);
+        // SAFETY: per the caller.
+        unsafe { self.launch1(names::APPLY_SPARSE, grid, &mut a) }
+    }
+
+    /// Compare `len` bytes at `a` and `b`: mask words to `mask`, count added
+    /// to the `u64` at `count` (asynchronous).
+    ///
+    /// # Safety
+    /// Inputs valid for `len` bytes; `mask` writable for `ceil(len / 32)`
+    /// words; `count` a writable `u64`.
+    pub(crate) unsafe fn compare(
+        &self,
+        a: DevicePtr,
+        b: DevicePtr,
+        mask: DevicePtr,
+        count: DevicePtr,
+        len: u64,
+    ) -> Result<()> {
+        let mut p = PageArgs { dst: a, src: b, mask, out: count, len };
+        // Few blocks: one atomic per warp at the end.
+        let grid = self.grid_for(lanes(len), 8);
+        // SAFETY: per the caller.
+        unsafe { self.launch1(names::PAGE_COMPARE, grid, &mut p) }
+    }
+
+    /// Dense merge (asynchronous).
+    ///
+    /// # Safety
+    /// Every buffer in `args` valid for its length.
+    pub(crate) unsafe fn merge(&self, mut args: MergeArgs) -> Result<()> {
+        let grid = self.grid_for(lanes(args.len), 64);
+        // SAFETY: per the caller.
+        unsafe { self.launch1(names::DELTA_MERGE, grid, &mut args) }
+    }
+
+    /// Batched apply of `count` descriptors at `descs` (asynchronous).
+    ///
+    /// # Safety
+    /// Every descriptor valid; no two write the same byte.
+    pub(crate) unsafe fn apply_batch(&self, descs: DevicePtr, count: u64) -> Result<()> {
+        let f = self.module.function(names::APPLY_BATCH)?;
+        let (mut d, mut n) = (descs, count);
+        let mut params = [(&mut d as *mut u64).cast::<c_void>(), (&mut n as *mut u64).cast::<c_void>()];
+        let grid = count.clamp(1, i32::MAX as u64) as u32;
+        // SAFETY: per the caller; the parameters are two u64 values.
+        unsafe {
+            driver::launch(&self.ctx, f, names::APPLY_BATCH, grid, BLOCK, self.cu_stream(), &mut params)
+        }
+    }
+
+    /// Copy `src` to the device at `dst` through the pinned staging buffer
+    /// (synchronous).
+    pub(crate) fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        let mut st = self.staging.lock();
+        let cap = src.len().clamp(1, STAGING_CHUNK);
+        let pinned = ensure_pinned(&self.ctx, &mut st.up, cap)?;
+        let step = pinned.capacity();
+        for (k, chunk) in src.chunks(step).enumerate() {
+            let buf = &mut pinned.as_mut_slice()[..chunk.len()];
+            buf.copy_from_slice(chunk);
+            let at = dst + (k * step) as u64;
+            // SAFETY: dst covers src.len() bytes (caller's page); the pinned
+            // buffer stays untouched until the sync below.
+            unsafe { driver::copy_htod(&self.ctx, at, buf, self.cu_stream())? };
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Copy `out.len()` bytes at `src` to `out` through the pinned staging
+    /// buffer, after applying queued deltas (synchronous).
+    pub(crate) fn download(&self, src: DevicePtr, out: &mut [u8]) -> Result<()> {
+        self.flush()?;
+        let mut st = self.staging.lock();
+        let cap = out.len().clamp(1, STAGING_CHUNK);
+        let pinned = ensure_pinned(&self.ctx, &mut st.down, cap)?;
+        let step = pinned.capacity();
+        for (k, chunk) in out.chunks_mut(step).enumerate() {
+            let at = src + (k * step) as u64;
+            let buf = &mut pinned.as_mut_slice()[..chunk.len()];
+            // SAFETY: src covers out.len() bytes; the pinned buffer is not
+            // read until the sync below.
+            unsafe { driver::copy_dtoh(&self.ctx, buf, at, self.cu_stream())? };
+            self.sync()?;
+            chunk.copy_from_slice(buf);
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, mem: &Arc<PageMem>, len: u64, payload: Payload) {
+        let mut p = self.pending.lock();
+        let key = mem.ptr();
+        p.bytes += payload_bytes(&payload);
+        if let Some(&i) = p.index.get(&key) {
+            // Same page queued already: one merged payload keeps the launch
+            // free of write conflicts. Both were validated against len.
+            let merged = p.items[i].2.merge(&payload, len).unwrap_or(payload);
+            p.items[i].2 = merged;
+        } else {
+            let i = p.items.len();
+            p.items.push((mem.clone(), len, payload));
+            p.index.insert(key, i);
+        }
+    }
+
+    /// Whether the queue is large enough that it should be flushed now.
+    pub(crate) fn flush_due(&self) -> bool {
+        let p = self.pending.lock();
+        p.bytes >= FLUSH_BYTES || p.items.len() >= FLUSH_ITEMS
+    }
+
+    /// Number of pages with deltas waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.pending.lock().items.len()
+    }
+
+    /// Apply every queued delta with one upload and one launch, and wait.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] / [`Error::GpuMemory`]; the queue is emptied either way.
+    pub fn flush(&self) -> Result<()> {
+        // The queue stays locked until the batch has completed: a reader
+        // whose own flush finds the queue empty must not overtake a batch
+        // another thread is still applying.
+        let mut p = self.pending.lock();
+        p.index.clear();
+        p.bytes = 0;
+        let items = std::mem::take(&mut p.items);
+        if items.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<Item<'_>> =
+            items.iter().map(|(mem, len, payload)| Item { page: mem.ptr(), len: *len, payload }).collect();
+        let res = self.apply_items(&refs);
+        drop(refs);
+        drop(items);
+        drop(p);
+        res
+    }
+
+    /// Pack, upload and launch `items` (each page at most once), and wait.
+    pub(crate) fn apply_items(&self, items: &[Item<'_>]) -> Result<()> {
+        let lay = batch::layout(items);
+        if lay.descs == 0 {
+            return Ok(());
+        }
+        let total = lay.total();
+        let mut st = self.staging.lock();
+        let dev_fits = st.device.as_ref().is_some_and(|b| b.len() >= total);
+        if !dev_fits {
+            st.device = None;
+            st.device = Some(self.pool.alloc(total.next_power_of_two())?);
+        }
+        let base = st.device.as_ref().map_or(0, DeviceBlock::ptr);
+        let pinned = ensure_pinned(&self.ctx, &mut st.up, total as usize)?;
+        let image = &mut pinned.as_mut_slice()[..total as usize];
+        batch::pack(items, image, base);
+        // SAFETY: the device staging block holds `total` bytes; the image is
+        // not touched again until the sync below; the packer only wrote
+        // addresses of live pages (the queue holds them) and of the staging
+        // block, and items target distinct pages.
+        unsafe {
+            driver::copy_htod(&self.ctx, base, image, self.cu_stream())?;
+            self.apply_batch(base, lay.descs)?;
+        }
+        self.sync()
+    }
+
+    /// Compare two device ranges of `len` bytes: the difference mask (as the
+    /// host's `u64` words) and the number of differing bytes.
+    pub(crate) fn compare_ranges(&self, a: DevicePtr, b: DevicePtr, len: u64) -> Result<(Vec<u64>, u64)> {
+        self.flush()?;
+        let words64 = ceil_div(len, 64) as usize;
+        let mask = self.pool.alloc((words64 * 8) as u64)?;
+        let count = self.pool.alloc(8)?;
+        // SAFETY: mask holds ceil(len / 64) u64 words >= ceil(len / 32) u32
+        // words; count holds a u64; a and b are live pages of len bytes.
+        unsafe {
+            driver::memset(&self.ctx, count.ptr(), 0, 8, self.cu_stream())?;
+            self.compare(a, b, mask.ptr(), count.ptr(), len)?;
+        }
+        let mut words = vec![0u64; words64];
+        let mut n = [0u64; 1];
+        let mask_bytes = ceil_div(len, 32) as usize * 4;
+        {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+            self.download_raw(mask.ptr(), &mut bytes[..mask_bytes])?;
+        }
+        self.download_raw(count.ptr(), bytemuck::cast_slice_mut(&mut n))?;
+        Ok((words, n[0]))
+    }
+
+    /// Download without flushing (the caller already did).
+    fn download_raw(&self, src: DevicePtr, out: &mut [u8]) -> Result<()> {
+        let mut st = self.staging.lock();
+        let pinned = ensure_pinned(&self.ctx, &mut st.down, out.len().clamp(1, STAGING_CHUNK))?;
+        let step = pinned.capacity();
+        for (k, chunk) in out.chunks_mut(step).enumerate() {
+            let buf = &mut pinned.as_mut_slice()[..chunk.len()];
+            // SAFETY: src covers out.len() bytes; buf is read after the sync.
+            unsafe { driver::copy_dtoh(&self.ctx, buf, src + (k * step) as u64, self.cu_stream())? };
+            self.sync()?;
+            chunk.copy_from_slice(buf);
+        }
+        Ok(())
+    }
+
+    /// Merge two dense deltas over `len`-byte pages on the device.
+    pub(crate) fn merge_dense(&self, first: &DenseDelta, second: &DenseDelta) -> Result<DenseDelta> {
+        let len = first.len();
+        if second.len() != len {
+            return Err(Error::invalid_delta(
+                None,
+                format!("cannot merge dense deltas of {len} and {} bytes", second.len()),
+            ));
+        }
+        let mbytes = ceil_div(len, 64) * 8;
+        let bufs = [
+            self.pool.alloc(mbytes)?,
+            self.pool.alloc(len)?,
+            self.pool.alloc(mbytes)?,
+            self.pool.alloc(len)?,
+            self.pool.alloc(mbytes)?,
+            self.pool.alloc(len)?,
+        ];
+        self.upload(bufs[0].ptr(), bytemuck::cast_slice(first.mask_words()))?;
+        self.upload(bufs[1].ptr(), first.data())?;
+        self.upload(bufs[2].ptr(), bytemuck::cast_slice(second.mask_words()))?;
+        self.upload(bufs[3].ptr(), second.data())?;
+        let args = MergeArgs {
+            mask1: bufs[0].ptr(),
+            data1: bufs[1].ptr(),
+            mask2: bufs[2].ptr(),
+            data2: bufs[3].ptr(),
+            out_mask: bufs[4].ptr(),
+            out_data: bufs[5].ptr(),
+            len,
+        };
+        // SAFETY: every buffer was sized for len bytes / ceil(len / 64) words.
+        unsafe { self.merge(args)? };
+        let mut words = vec![0u64; mbytes as usize / 8];
+        let mut data = vec![0u8; len as usize];
+        {
+            let wb: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+            self.download_raw(bufs[4].ptr(), &mut wb[..ceil_div(len, 32) as usize * 4])?;
+        }
+        self.download_raw(bufs[5].ptr(), &mut data)?;
+        DenseDelta::from_words(words, data)
+    }
+}
+
+/// Payload bytes that a flush will upload (for the flush threshold).
+fn payload_bytes(p: &Payload) -> u64 {
+    match p {
+        Payload::Dense(d) => d.len() + d.len() / 8,
+        Payload::Sparse(s) => s.data().len() as u64 + 24 * s.runs().len() as u64,
+        Payload::Full(b) => b.len() as u64,
+    }
+}
+
+fn ensure_pinned<'a>(
+    ctx: &Arc<CudaContext>,
+    slot: &'a mut Option<Pinned>,
+    cap: usize,
+) -> Result<&'a mut Pinned> {
+    if slot.as_ref().is_none_or(|p| p.capacity() < cap) {
+        *slot = None;
+        *slot = Some(Pinned::new(ctx, cap.next_power_of_two())?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| Error::Gpu { context: "pinned staging".into(), source: "not allocated".into() })
+}
+
+/// Maximal runs of set bits in a mask of `len` bits.
+pub(crate) fn runs_from_mask(words: &[u64], len: u64) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut open: Option<u64> = None;
+    for (wi, &w0) in words.iter().enumerate() {
+        let base = wi as u64 * 64;
+        if base >= len {
+            break;
+        }
+        let valid = (len - base).min(64);
+        let w = if valid == 64 { w0 } else { w0 & ((1u64 << valid) - 1) };
+        match (w, open) {
+            (0, None) => continue,
+            (u64::MAX, Some(_)) => continue,
+            _ => {}
+        }
+        for k in 0..valid {
+            let bit = (w >> k) & 1 == 1;
+            match (bit, open) {
+                (true, None) => open = Some(base + k),
+                (false, Some(s)) => {
+                    runs.push(Run { offset: s, len: base + k - s });
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(s) = open {
+        runs.push(Run { offset: s, len: len - s });
+    }
+    runs
+}
+
+/// Split runs longer than [`RUN_CHUNK`] into [`RunDesc`]s for the sparse
+/// kernel, with data offsets into the concatenated run bytes.
+pub(crate) fn run_descs(runs: &[Run]) -> Vec<RunDesc> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut at = 0;
+    for r in runs {
+        let mut o = 0;
+        while o < r.len {
+            let n = RUN_CHUNK.min(r.len - o);
+            out.push(RunDesc { offset: r.offset + o, len: n, data_offset: at + o });
+            o += n;
+        }
+        at += r.len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_driver_is_no_device_not_a_panic() {
+        // On machines without CUDA this is the NoDevice path; with a GPU it
+        // opens the device. Either way it returns.
+        match probe() {
+            Ok(info) => assert!(info.sm_count > 0),
+            Err(Error::NoDevice { reason }) => assert!(!reason.is_empty()),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn mask_runs_match_byte_scan() {
+        let len = 300u64;
+        let mut words = vec![0u64; 5];
+        let set = |w: &mut Vec<u64>, i: u64| w[(i / 64) as usize] |= 1 << (i % 64);
+        for i in (0..10).chain(60..140).chain([200, 202]).chain(290..300) {
+            set(&mut words, i);
+        }
+        words[4] |= u64::MAX << 44; // dead bits past len are ignored
+        let runs = runs_from_mask(&words, len);
+        assert_eq!(
+            runs,
+            vec![
+                Run { offset: 0, len: 10 },
+                Run { offset: 60, len: 80 },
+                Run { offset: 200, len: 1 },
+                Run { offset: 202, len: 1 },
+                Run { offset: 290, len: 10 },
+            ]
+        );
+        let d = run_descs(&[Run { offset: 5, len: 2500 }, Run { offset: 3000, len: 1 }]);
+        assert_eq!(d.len(), 4);
+        assert_eq!(d[2], RunDesc { offset: 5 + 2048, len: 452, data_offset: 2048 });
+        assert_eq!(d[3], RunDesc { offset: 3000, len: 1, data_offset: 2500 });
+    }
+}

@@ -1,0 +1,135 @@
+//! The GPU layer: the only module of the crate that touches the CUDA driver.
+//!
+//! | layer | file | what it does |
+//! |---|---|---|
+//! | driver calls | `driver.rs` | `Result` wrappers over `cudarc::driver::result`; all `unsafe` FFI |
+//! | memory | `pool.rs` | pooled device blocks (size classes, slabs, cache, stats) |
+//! | packing | [`batch`] | many deltas → one staging image of descriptors, runs, masks and data |
+//! | device | `device.rs` | context, stream, cached kernel module, pinned staging, delta queue |
+//! | benchmarks | [`bench`] | kernel and end-to-end figures against device-to-device copy |
+//!
+//! The driver is loaded at run time. Without a driver library, or with no
+//! device, [`probe`] and [`open`] return [`Error::NoDevice`] and never
+//! panic, so the crate runs (CPU only) on machines with no GPU.
+//!
+//! Deltas to GPU pages are validated on the host, queued per device and
+//! applied by [`Gpu::flush`] with one upload and one `mmsb_apply_batch`
+//! launch; deltas to the same page are merged while queued. Reads flush
+//! first, so they always see every accepted delta.
+//!
+//! ```
+//! match mmsb::gpu::probe() {
+//!     Ok(info) => println!("GPU {}: {}", info.ordinal, info.name),
+//!     Err(e) => println!("CPU only: {e}"),
+//! }
+//! ```
+
+pub mod batch;
+pub mod bench;
+mod device;
+mod driver;
+mod pool;
+
+pub(crate) use device::GpuPage;
+pub use device::{device_count, open, probe, Gpu, GpuInfo};
+pub use pool::GpuPoolStats;
+
+use crate::delta::Payload;
+use crate::page::Location;
+use crate::{Error, Result};
+
+/// Create a zeroed GPU page for `location` (`Gpu(n)` or `Unified`).
+pub(crate) fn create_page(location: Location, len: u64) -> Result<GpuPage> {
+    match location {
+        Location::Gpu(n) => open(n)?.alloc_page(len, false),
+        Location::Unified => open(0)?.alloc_page(len, true),
+        Location::Cpu => Err(Error::UnsupportedLocation { op: "gpu::create_page", location }),
+    }
+}
+
+/// Create a GPU page for `location` holding a copy of `bytes`.
+pub(crate) fn page_from(location: Location, bytes: &[u8]) -> Result<GpuPage> {
+    match location {
+        Location::Gpu(n) => open(n)?.page_from(bytes, false),
+        Location::Unified => open(0)?.page_from(bytes, true),
+        Location::Cpu => Err(Error::UnsupportedLocation { op: "gpu::page_from", location }),
+    }
+}
+
+/// Number of differing bytes of two pages on the same device, and the
+/// difference mask (host `u64` words, bit `i` for byte `i`).
+pub(crate) fn compare(a: &GpuPage, b: &GpuPage) -> Result<(Vec<u64>, u64)> {
+    check_pair(a, b)?;
+    a.gpu().compare_ranges(a.ptr(), b.ptr(), a.len())
+}
+
+/// The payload that turns `old` into `new` (same device, same length):
+/// identical to [`Payload::diff`] of their bytes. The comparison runs on the
+/// device; only the mask and the new page's bytes come back.
+pub(crate) fn diff(old: &GpuPage, new: &GpuPage) -> Result<Payload> {
+    check_pair(old, new)?;
+    let (mask, _) = old.gpu().compare_ranges(old.ptr(), new.ptr(), old.len())?;
+    let runs = device::runs_from_mask(&mask, old.len());
+    let bytes = new.download()?;
+    Ok(crate::delta::diff_from_runs(runs, &bytes))
+}
+
+/// Whether two GPU pages live on the same device.
+pub(crate) fn same_device(a: &GpuPage, b: &GpuPage) -> bool {
+    std::sync::Arc::ptr_eq(a.gpu(), b.gpu())
+}
+
+/// Flush the queues of the devices behind `pages` that have grown past
+/// their threshold.
+pub(crate) fn flush_if_due<'a>(pages: impl Iterator<Item = &'a GpuPage>) -> Result<()> {
+    let mut seen: Vec<&std::sync::Arc<Gpu>> = Vec::new();
+    for p in pages {
+        let g = p.gpu();
+        if !seen.iter().any(|s| std::sync::Arc::ptr_eq(s, g)) {
+            seen.push(g);
+            if g.flush_due() {
+                g.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_pair(a: &GpuPage, b: &GpuPage) -> Result<()> {
+    if a.len() != b.len() {
+        return Err(Error::invalid_delta(
+            None,
+            format!("cannot diff pages of {} and {} bytes", a.len(), b.len()),
+        ));
+    }
+    if !same_device(a, b) {
+        return Err(Error::UnsupportedLocation {
+            op: "gpu compare of pages on different devices",
+            location: Location::Gpu(b.gpu().info().ordinal),
+        });
+    }
+    Ok(())
+}
+
+/// Merge two dense deltas with the `mmsb_delta_merge` kernel on device 0:
+/// the same result as [`Payload::merge`] of the two.
+///
+/// # Errors
+/// [`Error::NoDevice`]; [`Error::InvalidDelta`] for different lengths.
+pub fn merge_dense(first: &crate::DenseDelta, second: &crate::DenseDelta) -> Result<crate::DenseDelta> {
+    open(0)?.merge_dense(first, second)
+}
+
+/// Apply every queued delta on every opened device.
+///
+/// # Errors
+/// The first device error.
+pub fn flush_all() -> Result<()> {
+    let Ok(n) = device_count() else { return Ok(()) };
+    for i in 0..n {
+        if let Some(g) = device::opened(i) {
+            g.flush()?;
+        }
+    }
+    Ok(())
+}
