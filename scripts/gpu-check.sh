@@ -44,9 +44,12 @@ device() {
     } >"$OUT/env.log" 2>&1
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
+    # STEPS (space-separated names) picks a subset; all steps by default.
+    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch} "
     step() {
         local name=$1 limit=$2
         shift 2
+        [[ "$steps" == *" $name "* ]] || return 0
         local t0=$SECONDS rc=0
         echo "== $name: $*" | tee "$OUT/$name.log"
         timeout --kill-after=10 "$limit" "$@" >>"$OUT/$name.log" 2>&1 || rc=$?
