@@ -170,9 +170,7 @@ impl Mmsb {
                 std::fs::create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
                 DirHolder::Given(d)
             }
-            None => DirHolder::Temp(
-                tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?,
-            ),
+            None => DirHolder::Temp(tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?),
         };
         Ok(Mmsb {
             dir,
@@ -221,8 +219,12 @@ impl Mmsb {
         spec.validate()?;
         let mut clock = self.clock.lock();
         self.live()?;
-        let change =
-            Change::CreatePage { id: PageId(clock.next_page), len: spec.len, location: spec.location, meta: spec.meta };
+        let change = Change::CreatePage {
+            id: PageId(clock.next_page),
+            len: spec.len,
+            location: spec.location,
+            meta: spec.meta,
+        };
         self.commit(&mut clock, vec![change], &mut [])?;
         Ok(PageId(clock.next_page - 1))
     }
@@ -317,7 +319,12 @@ impl Mmsb {
     /// The commit path. `changes` are fully validated and `guards` holds the
     /// write locks of every page an `Apply` touches, sorted by id. Applying
     /// cannot fail after validation; each change advances the clock.
-    fn commit(&self, clock: &mut Clock, changes: Vec<Change>, guards: &mut [(PageId, PageGuard<'_>)]) -> Result<()> {
+    fn commit(
+        &self,
+        clock: &mut Clock,
+        changes: Vec<Change>,
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<()> {
         for change in changes {
             self.apply_change(clock, change, guards)?;
         }
@@ -325,7 +332,12 @@ impl Mmsb {
     }
 
     /// Apply one validated change and advance the clock.
-    fn apply_change(&self, clock: &mut Clock, change: Change, guards: &mut [(PageId, PageGuard<'_>)]) -> Result<()> {
+    fn apply_change(
+        &self,
+        clock: &mut Clock,
+        change: Change,
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<()> {
         match change {
             Change::CreatePage { id, len, location, meta } => {
                 let storage = match location {

@@ -27,6 +27,7 @@
 pub mod alloc;
 pub mod api;
 pub mod change;
+pub mod codec;
 pub mod delta;
 pub mod error;
 pub mod page;
