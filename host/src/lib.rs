@@ -27,13 +27,17 @@
 pub mod alloc;
 pub mod api;
 pub mod change;
+pub mod checkpoint;
 pub mod codec;
 pub mod delta;
 pub mod error;
+pub mod log;
 pub mod page;
 pub mod ptx;
 pub mod registry;
+pub mod replay;
 mod sync;
+pub mod vfs;
 
 pub use api::{Config, Mmsb, PageInfo, PageRef, Update};
 pub use change::Change;
