@@ -35,6 +35,7 @@ pub mod log;
 pub mod page;
 pub mod ptx;
 pub mod registry;
+pub mod tools;
 pub mod replay;
 mod sync;
 pub mod vfs;
