@@ -108,17 +108,25 @@ impl LogWriter {
 
     fn start_segment(&mut self, seq: u64) -> Result<()> {
         let path = self.dir.join(segment_name(seq));
-        let file = match self.vfs.create(&path) {
+        // The header is made durable, then the name: a segment that exists
+        // after a crash always has a valid header.
+        let header = segment_header(self.generation, seq, self.next_lsn);
+        let res = self.vfs.create(&path).and_then(|mut f| {
+            f.write_all(&header)?;
+            f.sync()?;
+            Ok(f)
+        });
+        let file = match res {
             Ok(f) => f,
             Err(e) => return Err(self.poison(Error::from(e).in_file(&path))),
         };
-        // The new name must survive a crash before any record in it counts.
         if let Err(e) = self.vfs.sync_dir(&self.dir) {
             return Err(self.poison(Error::from(e).in_file(&self.dir)));
         }
         self.file = Some(file);
         self.seq = seq;
-        self.buf.extend_from_slice(&segment_header(self.generation, seq, self.next_lsn));
+        self.stats.writes += 1;
+        self.stats.syncs += 1;
         self.seg_bytes = SEGMENT_HEAD_LEN as u64;
         self.stats.segments += 1;
         Ok(())
