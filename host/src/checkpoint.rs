@@ -71,7 +71,7 @@ pub fn list(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     };
     let mut out: Vec<(u64, PathBuf)> =
         names.iter().filter_map(|n| parse_checkpoint_name(n).map(|l| (l, dir.join(n)))).collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out)
 }
 

@@ -35,9 +35,9 @@ pub mod log;
 pub mod page;
 pub mod ptx;
 pub mod registry;
-pub mod tools;
 pub mod replay;
 mod sync;
+pub mod tools;
 pub mod vfs;
 
 pub use api::{Config, Mmsb, PageInfo, PageRef, Update};

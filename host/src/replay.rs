@@ -117,18 +117,37 @@ impl StateImage {
     }
 
     fn validate(&self, ops: &[Op<'_>], strict: bool) -> Result<()> {
+        // Pages as this commit has left them so far: a one-entry write-back
+        // cache in front of a map (commits mostly hit one page repeatedly).
         let mut overlay: BTreeMap<PageId, Sim> = BTreeMap::new();
+        let mut last: Option<(PageId, Sim)> = None;
         let (mut next_page, mut next_delta, mut ts) = (self.next_page, self.next_delta, self.timestamp);
         for op in ops {
-            let get = |overlay: &BTreeMap<PageId, Sim>, id: PageId| -> Sim {
+            let get = |overlay: &BTreeMap<PageId, Sim>, last: &Option<(PageId, Sim)>, id: PageId| -> Sim {
+                if let Some((l, s)) = last {
+                    if *l == id {
+                        return *s;
+                    }
+                }
                 match overlay.get(&id) {
                     Some(s) => *s,
                     None => self.pages.get(&id).map(|p| (p.bytes.len() as u64, p.epoch)),
                 }
             };
+            let set = |overlay: &mut BTreeMap<PageId, Sim>,
+                       last: &mut Option<(PageId, Sim)>,
+                       id: PageId,
+                       s: Sim| {
+                if let Some((l, old)) = last.take() {
+                    if l != id {
+                        overlay.insert(l, old);
+                    }
+                }
+                *last = Some((id, s));
+            };
             match op {
                 Op::Create { id, len, meta, .. } => {
-                    if get(&overlay, *id).is_some() {
+                    if get(&overlay, &last, *id).is_some() {
                         return Err(Error::PageExists(*id));
                     }
                     if id.0 == 0 || (strict && id.0 < next_page) {
@@ -141,14 +160,14 @@ impl StateImage {
                     }
                     check_metadata(meta)?;
                     next_page = next_page.max(id.0.saturating_add(1));
-                    overlay.insert(*id, Some((*len, Epoch(0))));
+                    set(&mut overlay, &mut last, *id, Some((*len, Epoch(0))));
                 }
                 Op::Delete { id } => {
-                    get(&overlay, *id).ok_or(Error::PageNotFound(*id))?;
-                    overlay.insert(*id, None);
+                    get(&overlay, &last, *id).ok_or(Error::PageNotFound(*id))?;
+                    set(&mut overlay, &mut last, *id, None);
                 }
                 Op::Apply { id, page, base, timestamp, payload } => {
-                    let (len, epoch) = get(&overlay, *page).ok_or(Error::PageNotFound(*page))?;
+                    let (len, epoch) = get(&overlay, &last, *page).ok_or(Error::PageNotFound(*page))?;
                     payload.check(len).map_err(|e| match e {
                         Error::InvalidDelta { reason, .. } => {
                             Error::InvalidDelta { page: Some(*page), reason }
@@ -170,7 +189,7 @@ impl StateImage {
                         )));
                     }
                     next_delta = next_delta.max(id.0.saturating_add(1));
-                    overlay.insert(*page, Some((len, next)));
+                    set(&mut overlay, &mut last, *page, Some((len, next)));
                 }
             }
             ts += 1;

@@ -46,7 +46,9 @@ impl fmt::Display for InspectReport {
         writeln!(f, "checkpoints: {}", self.checkpoints.len())?;
         for c in &self.checkpoints {
             match (&c.pages, &c.error) {
-                (Some(p), _) => writeln!(f, "  {} LSN {} {} bytes, {p} pages", c.path.display(), c.lsn, c.bytes)?,
+                (Some(p), _) => {
+                    writeln!(f, "  {} LSN {} {} bytes, {p} pages", c.path.display(), c.lsn, c.bytes)?
+                }
                 (_, Some(e)) => writeln!(f, "  {} LSN {} INVALID: {e}", c.path.display(), c.lsn)?,
                 _ => {}
             }
@@ -55,7 +57,13 @@ impl fmt::Display for InspectReport {
         for s in &self.segments {
             let gen = s.header.map_or("?".to_string(), |h| h.generation.to_string());
             let lsns = s.lsns.map_or("-".to_string(), |(a, b)| format!("{a}..={b}"));
-            writeln!(f, "  {} gen {gen} {} bytes {} records LSN {lsns}", s.path.display(), s.bytes, s.records)?;
+            writeln!(
+                f,
+                "  {} gen {gen} {} bytes {} records LSN {lsns}",
+                s.path.display(),
+                s.bytes,
+                s.records
+            )?;
         }
         writeln!(f, "records by type:")?;
         for (t, (n, b)) in &self.by_type {
@@ -106,10 +114,21 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
         Some((x, y)) => Some((x.min(a), y.max(b))),
     });
     if let Some(t) = &scan.torn {
-        rep.notes.push(format!("torn tail: {} bytes at offset {} of {}", t.bytes, t.offset, t.file.display()));
+        rep.notes.push(format!(
+            "torn tail: {} bytes at offset {} of {}",
+            t.bytes,
+            t.offset,
+            t.file.display()
+        ));
     }
     for d in &scan.dropped {
-        rep.notes.push(format!("unreadable: {} bytes at offset {} of {}: {}", d.bytes, d.offset, d.file.display(), d.reason));
+        rep.notes.push(format!(
+            "unreadable: {} bytes at offset {} of {}: {}",
+            d.bytes,
+            d.offset,
+            d.file.display(),
+            d.reason
+        ));
     }
     rep.segments = scan.segments;
     Ok(rep)
@@ -278,7 +297,12 @@ pub fn replay(state_dir: &Path, to: Option<Lsn>) -> Result<ReplayReport> {
 ///
 /// # Errors
 /// As [`replay`].
-pub fn replay_with(vfs: &dyn Vfs, state_dir: &Path, to: Option<Lsn>, limits: &Limits) -> Result<ReplayReport> {
+pub fn replay_with(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    to: Option<Lsn>,
+    limits: &Limits,
+) -> Result<ReplayReport> {
     let img = crate::replay::replay_to_lsn(vfs, state_dir, to, limits)?;
     Ok(ReplayReport {
         lsn: Lsn(img.lsn),

@@ -107,7 +107,9 @@ fn every_crash_point_recovers_an_acknowledged_state() -> Result<()> {
             v.ops()
         };
         for k in 0..=total {
-            for mode in [CrashMode::DropUnsynced, CrashMode::KeepAll, CrashMode::Torn(k), CrashMode::Torn(k + 1000)] {
+            for mode in
+                [CrashMode::DropUnsynced, CrashMode::KeepAll, CrashMode::Torn(k), CrashMode::Torn(k + 1000)]
+            {
                 let v = SimVfs::new();
                 v.crash_after(k);
                 let mut done = 0;
@@ -123,7 +125,11 @@ fn every_crash_point_recovers_an_acknowledged_state() -> Result<()> {
                 let s = Mmsb::start(cfg(&v)).unwrap_or_else(|e| panic!("crash at op {k} ({mode:?}): {e}"));
                 let h = s.state_hash();
                 let ok = h == want[done] || (done < ops.len() && h == want[done + 1]);
-                assert!(ok, "crash at op {k} ({mode:?}) after {done} acknowledged ops: {}", s.recovery_report());
+                assert!(
+                    ok,
+                    "crash at op {k} ({mode:?}) after {done} acknowledged ops: {}",
+                    s.recovery_report()
+                );
                 // The recovered store accepts writes and reopens to the same state.
                 let p = s.create_page(PageSpec::new(8))?;
                 s.update_page(p, Payload::Full(vec![3; 8]))?;

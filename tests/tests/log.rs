@@ -75,7 +75,8 @@ fn checkpoint_then_more_log_recovers_and_prunes() -> Result<()> {
 
 fn only_segment(vfs: &SimVfs) -> PathBuf {
     let dir = Path::new("/state/log");
-    let mut segs: Vec<String> = vfs.list(dir).unwrap().into_iter().filter(|n| n.starts_with("wal-")).collect();
+    let mut segs: Vec<String> =
+        vfs.list(dir).unwrap().into_iter().filter(|n| n.starts_with("wal-")).collect();
     segs.sort();
     dir.join(&segs[0])
 }

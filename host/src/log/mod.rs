@@ -99,7 +99,7 @@ impl RecordType {
 }
 
 /// How durable a commit is when it returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
     /// Records stay in the process's buffer until it fills (1 MiB), a
     /// checkpoint, [`crate::Mmsb::sync`] or a clean stop: a process crash can
@@ -107,6 +107,7 @@ pub enum Durability {
     None,
     /// Each commit's records are handed to the OS (`write`) before it
     /// returns: they survive a process crash, not a power cut.
+    #[default]
     Flush,
     /// As `Flush`, and the log is fsynced once `every_records` records or
     /// `every_ms` milliseconds have accumulated since the last fsync (checked
@@ -123,12 +124,6 @@ pub enum Durability {
 impl Durability {
     /// Fsync every commit.
     pub const SYNC: Durability = Durability::Fsync { every_records: 1, every_ms: 0 };
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Flush
-    }
 }
 
 /// Segment file name for sequence number `seq`.

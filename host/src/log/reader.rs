@@ -289,11 +289,37 @@ pub fn scan(
     seqs.sort();
     res.max_seq = seqs.last().map(|s| s.0);
     let load = |p: &Path| vfs.read(p).map_err(|e| Error::from(e).in_file(p));
+    let mut prev_gen: Option<u64> = None;
+    let mut by_type = [(0u64, 0u64); 256];
+    let res =
+        scan_all(vfs, &seqs, &mut res, &mut prev_gen, &mut by_type, mode, limits, visit, load).map(|()| res);
+    res.map(|mut r| {
+        for (k, v) in by_type.iter().enumerate() {
+            if v.0 > 0 {
+                r.by_type.insert(k as u8, *v);
+            }
+        }
+        r
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_all(
+    vfs: &dyn Vfs,
+    seqs: &[(u64, PathBuf)],
+    res: &mut ScanResult,
+    prev_gen: &mut Option<u64>,
+    by_type: &mut [(u64, u64); 256],
+    mode: RecoveryMode,
+    limits: &Limits,
+    visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
+    load: impl Fn(&Path) -> Result<Vec<u8>>,
+) -> Result<()> {
+    let _ = vfs;
     let mut next_buf: Option<Vec<u8>> = match seqs.first() {
         Some((_, p)) => Some(load(p)?),
         None => None,
     };
-    let mut prev_gen: Option<u64> = None;
     for i in 0..seqs.len() {
         let path = &seqs[i].1;
         let buf = next_buf.take().unwrap_or_default();
@@ -311,13 +337,13 @@ pub fn scan(
             lsns: None,
         };
         let outcome =
-            scan_segment(&buf, path, &mut res, &mut summary, nh, is_last, &mut prev_gen, limits, visit);
+            scan_segment(&buf, path, res, &mut summary, nh, is_last, prev_gen, by_type, limits, visit);
         res.segments.push(summary);
         match outcome {
             Ok(SegEnd::Clean) | Ok(SegEnd::Cut) => {}
             Ok(SegEnd::Stopped) => {
                 res.stopped = true;
-                return Ok(res);
+                return Ok(());
             }
             Err((e, offset)) => {
                 if mode == RecoveryMode::Strict {
@@ -338,11 +364,11 @@ pub fn scan(
                         reason: "follows dropped corruption".into(),
                     });
                 }
-                return Ok(res);
+                return Ok(());
             }
         }
     }
-    Ok(res)
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -354,6 +380,7 @@ fn scan_segment(
     next: Option<SegmentHeader>,
     is_last: bool,
     prev_gen: &mut Option<u64>,
+    by_type: &mut [(u64, u64); 256],
     limits: &Limits,
     visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
 ) -> Result<SegEnd, (Error, u64)> {
@@ -426,9 +453,8 @@ fn scan_segment(
         };
         summary.records += 1;
         summary.lsns = Some((summary.lsns.map_or(lsn, |l| l.0), lsn));
-        let e = res.by_type.entry(raw.kind).or_default();
-        e.0 += 1;
-        e.1 += raw.framed as u64;
+        by_type[raw.kind as usize].0 += 1;
+        by_type[raw.kind as usize].1 += raw.framed as u64;
         pos += raw.framed;
         lsn += 1;
         let bad = |reason: String| {
