@@ -2,14 +2,21 @@
 
 use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
 use crate::change::Change;
+use crate::checkpoint::{CheckpointInfo, CheckpointWriter};
+use crate::codec::page::PageImage;
+use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source};
+use crate::log::{Durability, LogStats, LogWriter, RecoveryMode, RecoveryReport};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
 use crate::registry::{PageCell, Registry};
+use crate::replay::StateImage;
+use crate::vfs::{StdVfs, Vfs};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
 use shared_types::{DeltaId, Epoch, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// How to start a state.
 #[derive(Clone, Debug)]
@@ -19,11 +26,29 @@ pub struct Config {
     pub dir: Option<PathBuf>,
     /// Byte budget of the page allocator's free lists.
     pub pool_budget: u64,
+    /// How durable a commit is when it returns.
+    pub durability: Durability,
+    /// What recovery does about corruption that is not a torn tail.
+    pub recovery: RecoveryMode,
+    /// Segment size at which the log starts a new segment file.
+    pub segment_bytes: u64,
+    /// Bounds the decoders enforce on persisted data.
+    pub limits: Limits,
+    /// The file system under the log and checkpoints (`None`: the real one).
+    pub vfs: Option<Arc<dyn Vfs>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { dir: None, pool_budget: DEFAULT_POOL_BUDGET }
+        Self {
+            dir: None,
+            pool_budget: DEFAULT_POOL_BUDGET,
+            durability: Durability::default(),
+            recovery: RecoveryMode::default(),
+            segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
+            limits: Limits::default(),
+            vfs: None,
+        }
     }
 }
 
@@ -36,6 +61,27 @@ impl Config {
     /// A configuration for the state directory `dir` (created if missing).
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self { dir: Some(dir.into()), ..Self::default() }
+    }
+
+    /// Set the durability.
+    #[must_use]
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Set the recovery mode.
+    #[must_use]
+    pub fn recovery(mut self, m: RecoveryMode) -> Self {
+        self.recovery = m;
+        self
+    }
+
+    /// Use `vfs` for the log and checkpoints.
+    #[must_use]
+    pub fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
+        self.vfs = Some(vfs);
+        self
     }
 }
 
@@ -114,12 +160,13 @@ impl std::fmt::Debug for PageRef {
 
 type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
 
-/// Counters owned by the commit path (one writer at a time).
+/// Counters and log owned by the commit path (one writer at a time).
 #[derive(Debug)]
 struct Clock {
     next_page: u64,
     next_delta: u64,
     timestamp: u64,
+    log: LogWriter,
 }
 
 enum DirHolder {
@@ -153,6 +200,9 @@ pub struct Mmsb {
     registry: Registry,
     clock: Mutex<Clock>,
     stopped: AtomicBool,
+    vfs: Arc<dyn Vfs>,
+    limits: Limits,
+    report: RecoveryReport,
 }
 
 impl std::fmt::Debug for Mmsb {
@@ -163,24 +213,214 @@ impl std::fmt::Debug for Mmsb {
 
 impl Mmsb {
     /// Start a state in `config.dir` (a temporary directory when `None`).
+    /// An existing state is recovered: the newest valid checkpoint, then the
+    /// log after it (see [`Mmsb::recovery_report`]).
     ///
     /// # Errors
-    /// [`Error::Io`] when the directory cannot be created.
+    /// [`Error::Io`] when the directory cannot be created or read;
+    /// [`Error::Corrupt`] when the stored state is corrupt (in
+    /// [`RecoveryMode::Strict`]) or a logged change does not validate;
+    /// [`Error::UnsupportedLocation`] for a stored page this build cannot hold.
     pub fn start(config: Config) -> Result<Mmsb> {
+        let vfs: Arc<dyn Vfs> = config.vfs.clone().unwrap_or_else(|| Arc::new(StdVfs));
         let dir = match config.dir {
             Some(d) => {
-                std::fs::create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
+                if config.vfs.is_none() {
+                    std::fs::create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
+                }
                 DirHolder::Given(d)
             }
             None => DirHolder::Temp(tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?),
         };
+        let state_dir = match &dir {
+            DirHolder::Temp(t) => t.path().to_path_buf(),
+            DirHolder::Given(p) => p.clone(),
+        };
+        let log_dir = crate::log::log_dir(&state_dir);
+        vfs.create_dir_all(&log_dir).map_err(|e| Error::from(e).in_file(&log_dir))?;
+        if let Ok(names) = vfs.list(&log_dir) {
+            for n in names.iter().filter(|n| n.ends_with(".tmp")) {
+                let _ = vfs.remove(&log_dir.join(n));
+            }
+        }
+        let (image, report, resume) =
+            crate::log::recovery::recover(vfs.as_ref(), &state_dir, config.recovery, &config.limits)?;
+        let alloc = PageAllocator::new(config.pool_budget);
+        let registry = Registry::default();
+        for (_, p) in image.pages {
+            // Pages come back to the location they were checkpointed at.
+            let storage = match p.location {
+                Location::Cpu => Storage::Host(alloc.alloc_copy(&p.bytes)?),
+                Location::Gpu(_) => Storage::Device(crate::gpu::page_from(p.location, &p.bytes)?),
+                Location::Unified => Storage::Unified(crate::gpu::page_from(p.location, &p.bytes)?),
+            };
+            let len = p.bytes.len() as u64;
+            registry.insert(Page {
+                id: p.id,
+                len,
+                epoch: p.epoch,
+                location: p.location,
+                meta: p.meta,
+                storage,
+            })?;
+        }
+        let log = LogWriter::open(
+            vfs.clone(),
+            &log_dir,
+            resume.seq,
+            resume.generation,
+            resume.next_lsn,
+            config.durability,
+            config.segment_bytes,
+        )?;
         Ok(Mmsb {
             dir,
-            alloc: PageAllocator::new(config.pool_budget),
-            registry: Registry::default(),
-            clock: Mutex::new(Clock { next_page: 1, next_delta: 1, timestamp: 0 }),
+            alloc,
+            registry,
+            clock: Mutex::new(Clock {
+                next_page: image.next_page,
+                next_delta: image.next_delta,
+                timestamp: image.timestamp,
+                log,
+            }),
             stopped: AtomicBool::new(false),
+            vfs,
+            limits: config.limits,
+            report,
         })
+    }
+
+    /// What recovery found when this handle started.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Write and fsync every logged change, whatever the durability setting.
+    ///
+    /// # Errors
+    /// [`Error::Io`] (the log is then poisoned) or [`Error::Poisoned`].
+    pub fn sync(&self) -> Result<()> {
+        self.clock.lock().log.sync()
+    }
+
+    /// Log counters.
+    pub fn log_stats(&self) -> LogStats {
+        self.clock.lock().log.stats()
+    }
+
+    /// Write a checkpoint of the whole state (writers wait meanwhile), then
+    /// remove the log segments and older checkpoints it makes unnecessary.
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Poisoned`]; a failed checkpoint leaves the
+    /// previous one and the log intact.
+    pub fn checkpoint(&self) -> Result<CheckpointInfo> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        let lsn = clock.log.next_lsn().0 - 1;
+        let new_seq = clock.log.rotate()?;
+        let dir = crate::log::log_dir(self.dir());
+        let counters = StateImage {
+            pages: Default::default(),
+            next_page: clock.next_page,
+            next_delta: clock.next_delta,
+            timestamp: clock.timestamp,
+            lsn,
+        };
+        let cells = self.registry.cells();
+        let generation = clock.log.generation();
+        let mut w = CheckpointWriter::new(self.vfs.clone(), &dir, generation, &counters, cells.len() as u64)?;
+        for (_, cell) in &cells {
+            let p = cell.read();
+            // GPU pages apply their queued deltas and come back through pinned memory.
+            let bytes = match &p.storage {
+                Storage::Host(b) => std::borrow::Cow::Borrowed(&b[..]),
+                _ => std::borrow::Cow::Owned(p.copy_bytes()?),
+            };
+            w.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
+        }
+        let (path, pages, bytes) = w.finish()?;
+        // The checkpoint is durable: older checkpoints and wholly covered
+        // segments can go (a crash midway leaves extras that recovery skips).
+        let (mut removed_segments, mut removed_checkpoints) = (0, 0);
+        for (l, p) in crate::checkpoint::list(self.vfs.as_ref(), &dir)? {
+            if l < lsn && self.vfs.remove(&p).is_ok() {
+                removed_checkpoints += 1;
+            }
+        }
+        if let Ok(names) = self.vfs.list(&dir) {
+            for n in names {
+                if crate::log::parse_segment_name(&n).is_some_and(|s| s < new_seq)
+                    && self.vfs.remove(&dir.join(&n)).is_ok()
+                {
+                    removed_segments += 1;
+                }
+            }
+        }
+        let _ = self.vfs.sync_dir(&dir);
+        Ok(CheckpointInfo {
+            lsn: shared_types::Lsn(lsn),
+            path,
+            pages,
+            bytes,
+            generation,
+            removed_segments,
+            removed_checkpoints,
+        })
+    }
+
+    /// A copy of the whole state (pages in id order plus counters). GPU
+    /// pages are copied back to the host.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when a device page cannot be read.
+    pub fn snapshot(&self) -> Result<StateImage> {
+        let clock = self.clock.lock();
+        let mut img = StateImage {
+            pages: Default::default(),
+            next_page: clock.next_page,
+            next_delta: clock.next_delta,
+            timestamp: clock.timestamp,
+            lsn: clock.log.next_lsn().0 - 1,
+        };
+        for (id, cell) in self.registry.cells() {
+            let p = cell.read();
+            let bytes = p.copy_bytes()?;
+            img.pages.insert(
+                id,
+                PageImage { id, epoch: p.epoch, location: p.location, meta: p.meta.clone(), bytes },
+            );
+        }
+        Ok(img)
+    }
+
+    /// The state hash (see [`StateImage::state_hash`]). Host pages are
+    /// hashed in place; GPU pages are copied back first.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when a device page cannot be read.
+    pub fn state_hash(&self) -> Result<u128> {
+        let _clock = self.clock.lock();
+        let cells = self.registry.cells();
+        let guards: Vec<_> = cells.iter().map(|(_, c)| c.read()).collect();
+        let mut copies = Vec::new();
+        for g in &guards {
+            if g.bytes().is_err() {
+                copies.push((g.id, g.copy_bytes()?));
+            }
+        }
+        Ok(crate::replay::hash_pages(guards.iter().map(|g| {
+            let bytes = match g.bytes() {
+                Ok(b) => b,
+                Err(_) => copies.iter().find(|(id, _)| *id == g.id).map_or(&[][..], |(_, b)| &b[..]),
+            };
+            (g.id, g.epoch, bytes)
+        })))
+    }
+
+    /// The decoder bounds in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Stop the state. Later calls on any clone of this handle's pages
@@ -189,11 +429,11 @@ impl Mmsb {
     /// # Errors
     /// [`Error::Stopped`] when already stopped.
     pub fn stop(&self) -> Result<()> {
-        let _clock = self.clock.lock();
+        let mut clock = self.clock.lock();
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
         }
-        Ok(())
+        clock.log.sync()
     }
 
     /// The state directory.
@@ -326,8 +566,23 @@ impl Mmsb {
         changes: Vec<Change>,
         guards: &mut [(PageId, PageGuard<'_>)],
     ) -> Result<()> {
+        // The changes go to the log as one atomic batch and are made as
+        // durable as configured before any is applied; a log failure leaves
+        // the state unchanged. A page for a device must have its device
+        // before it is logged.
+        for c in &changes {
+            if let Change::CreatePage { location, .. } = c {
+                crate::gpu::check_location(*location)?;
+            }
+        }
+        clock.log.append(&changes)?;
+        clock.log.commit()?;
         for change in changes {
-            self.apply_change(clock, change, guards)?;
+            if let Err(e) = self.apply_change(clock, change, guards) {
+                // Logged but not applied: memory and log disagree from here on.
+                clock.log.poison_with(format!("a logged change could not be applied: {e}"));
+                return Err(e);
+            }
         }
         crate::gpu::flush_if_due(guards.iter().filter_map(|(_, g)| g.storage.gpu()))
     }

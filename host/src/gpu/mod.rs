@@ -47,6 +47,19 @@ pub(crate) fn create_page(location: Location, len: u64) -> Result<GpuPage> {
     }
 }
 
+/// Check that `location` can hold pages now: the CPU always can; a GPU
+/// location needs its device to open.
+///
+/// # Errors
+/// [`Error::NoDevice`] when the device is missing.
+pub(crate) fn check_location(location: Location) -> Result<()> {
+    match location {
+        Location::Cpu => Ok(()),
+        Location::Gpu(n) => open(n).map(drop),
+        Location::Unified => open(0).map(drop),
+    }
+}
+
 /// Create a GPU page for `location` holding a copy of `bytes`.
 pub(crate) fn page_from(location: Location, bytes: &[u8]) -> Result<GpuPage> {
     match location {

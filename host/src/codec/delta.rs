@@ -1,0 +1,651 @@
+//! Delta codec: the payload encoding, the delta body (used inside log
+//! records) and the standalone delta blob (`MSDL`).
+//!
+//! Payload encoding (its size is [`Payload::encoded_len`]):
+//!
+//! ```text
+//! kind u8 (1 dense, 2 sparse, 3 full) | n u64 | body
+//!   dense : n = page length; ceil(n/8) mask bytes (bit i%8 of byte i/8 selects
+//!           page byte i); then the selected bytes only, in page order
+//!   sparse: n = run count; n × (offset u64, len u64); then the runs' bytes
+//!   full  : n = page length; n bytes
+//! ```
+//!
+//! Decoding borrows: [`PayloadView`] validates the structure without
+//! allocating and can apply itself to a page directly (the replay fast path).
+
+use super::{crc, put_u16, put_u32, put_u64, Limits, Reader};
+use crate::delta::{Delta, DenseDelta, Payload, Provenance, Run, Source, SparseDelta};
+use crate::{Error, Result};
+use shared_types::{DeltaId, Epoch, PageId};
+
+/// Magic of a standalone delta blob.
+pub const DELTA_MAGIC: [u8; 4] = *b"MSDL";
+/// Current version of the delta blob and delta body format.
+pub const DELTA_VERSION: u16 = 1;
+/// Size of the fixed part of a delta body.
+pub const DELTA_HEAD_LEN: usize = 44;
+/// Size of the blob header (magic, version, flags, body length).
+pub const BLOB_HEAD_LEN: usize = 12;
+
+const FLAG_BASE: u8 = 1;
+const FLAG_TAG: u8 = 2;
+
+/// Append the payload encoding of `p` to `out`; writes exactly
+/// `p.encoded_len()` bytes.
+pub fn encode_payload(p: &Payload, out: &mut Vec<u8>) {
+    match p {
+        Payload::Dense(d) => {
+            out.push(1);
+            put_u64(out, d.len());
+            let nbytes = d.len().div_ceil(8) as usize;
+            let words = d.mask_words();
+            let start = out.len();
+            for w in words {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.truncate(start + nbytes);
+            // Selected bytes, skipping whole empty words quickly.
+            let data = d.data();
+            for (wi, &w) in words.iter().enumerate() {
+                if w == 0 {
+                    continue;
+                }
+                let base = wi * 64;
+                if w == u64::MAX {
+                    out.extend_from_slice(&data[base..base + 64]);
+                    continue;
+                }
+                let mut m = w;
+                while m != 0 {
+                    let bit = m.trailing_zeros() as usize;
+                    out.push(data[base + bit]);
+                    m &= m - 1;
+                }
+            }
+        }
+        Payload::Sparse(s) => {
+            out.push(2);
+            put_u64(out, s.runs().len() as u64);
+            for r in s.runs() {
+                put_u64(out, r.offset);
+                put_u64(out, r.len);
+            }
+            out.extend_from_slice(s.data());
+        }
+        Payload::Full(b) => {
+            out.push(3);
+            put_u64(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// A validated, borrowed payload encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadView<'a> {
+    /// Dense: page length, `ceil(len/8)` mask bytes and the selected bytes.
+    Dense {
+        /// Page length.
+        len: u64,
+        /// Mask bytes (dead bits of the last byte are zero).
+        mask: &'a [u8],
+        /// The selected bytes in page order.
+        selected: &'a [u8],
+    },
+    /// Sparse: `16 × count` run bytes and the runs' data.
+    Sparse {
+        /// Encoded runs, `(offset u64, len u64)` each, validated sorted and disjoint.
+        runs: &'a [u8],
+        /// Concatenated run bytes.
+        data: &'a [u8],
+        /// One past the last byte touched.
+        end: u64,
+    },
+    /// The whole page.
+    Full(&'a [u8]),
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl<'a> PayloadView<'a> {
+    /// Parse and validate a payload encoding that spans all of `buf` (whose
+    /// first byte is at absolute offset `base`).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for any malformed input; never panics.
+    pub fn parse(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
+        let mut r = Reader::new(buf, base);
+        let at = r.offset();
+        let kind = r.u8("payload kind")?;
+        let n = r.u64("payload length")?;
+        let view = match kind {
+            1 => {
+                if n == 0 || n > limits.max_page_len {
+                    return Err(Error::corrupt_at(at, format!("dense payload for a page of {n} bytes")));
+                }
+                let mask = r.bytes_u64(n.div_ceil(8), "dense mask")?;
+                let tail = (n % 8) as u32;
+                if tail != 0 && mask[mask.len() - 1] >> tail != 0 {
+                    return Err(Error::corrupt_at(r.offset() - 1, "dense mask bits set past the page end"));
+                }
+                let count: u64 = mask.iter().map(|b| u64::from(b.count_ones())).sum();
+                let selected = r.bytes_u64(count, "dense selected bytes")?;
+                PayloadView::Dense { len: n, mask, selected }
+            }
+            2 => {
+                let runs_len =
+                    n.checked_mul(16).ok_or_else(|| Error::corrupt_at(at, "sparse run count overflows"))?;
+                let runs_at = r.offset();
+                let runs = r.bytes_u64(runs_len, "sparse runs")?;
+                let mut total: u64 = 0;
+                let mut prev_end: u64 = 0;
+                for i in 0..n as usize {
+                    let (off, len) = (le64(runs, 16 * i), le64(runs, 16 * i + 8));
+                    let here = runs_at + 16 * i as u64;
+                    if len == 0 {
+                        return Err(Error::corrupt_at(here, format!("sparse run {i} is empty")));
+                    }
+                    let end =
+                        off.checked_add(len).filter(|e| *e <= limits.max_page_len).ok_or_else(|| {
+                            Error::corrupt_at(here, format!("sparse run {i} ends out of range"))
+                        })?;
+                    if i > 0 && off < prev_end {
+                        return Err(Error::corrupt_at(
+                            here,
+                            format!("sparse run {i} overlaps or is out of order"),
+                        ));
+                    }
+                    prev_end = end;
+                    total += len; // ≤ end ≤ max_page_len: cannot overflow
+                }
+                let data = r.bytes_u64(total, "sparse data")?;
+                PayloadView::Sparse { runs, data, end: prev_end }
+            }
+            3 => {
+                if n > limits.max_page_len {
+                    return Err(Error::corrupt_at(at, format!("full payload of {n} bytes")));
+                }
+                PayloadView::Full(r.bytes_u64(n, "full payload bytes")?)
+            }
+            k => return Err(Error::corrupt_at(at, format!("unknown payload kind {k}"))),
+        };
+        r.finish("payload")?;
+        Ok(view)
+    }
+
+    /// Check that the payload fits a page of `page_len` bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when it does not.
+    pub fn check(&self, page_len: u64) -> Result<()> {
+        let ok = match self {
+            PayloadView::Dense { len, .. } => *len == page_len,
+            PayloadView::Sparse { end, .. } => *end <= page_len,
+            PayloadView::Full(b) => b.len() as u64 == page_len,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid_delta(None, format!("logged payload does not fit a page of {page_len} bytes")))
+        }
+    }
+
+    /// Replace the selected bytes of `page`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDelta`] when the payload does not fit; `page` is then unchanged.
+    pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
+        self.check(page.len() as u64)?;
+        match *self {
+            PayloadView::Full(b) => page.copy_from_slice(b),
+            PayloadView::Sparse { runs, data, .. } => {
+                let mut at = 0usize;
+                for r in runs.chunks_exact(16) {
+                    let (off, len) = (le64(r, 0) as usize, le64(r, 8) as usize);
+                    page[off..off + len].copy_from_slice(&data[at..at + len]);
+                    at += len;
+                }
+            }
+            PayloadView::Dense { mask, selected, .. } => {
+                let mut at = 0usize;
+                for (i, &m) in mask.iter().enumerate() {
+                    match m {
+                        0 => {}
+                        0xFF => {
+                            page[8 * i..8 * i + 8].copy_from_slice(&selected[at..at + 8]);
+                            at += 8;
+                        }
+                        _ => {
+                            let mut bits = m;
+                            while bits != 0 {
+                                let b = bits.trailing_zeros() as usize;
+                                page[8 * i + b] = selected[at];
+                                at += 1;
+                                bits &= bits - 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The owned payload.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] only if the view was built by hand inconsistently.
+    pub fn to_payload(&self) -> Result<Payload> {
+        match *self {
+            PayloadView::Full(b) => Ok(Payload::Full(b.to_vec())),
+            PayloadView::Sparse { runs, data, .. } => {
+                let runs: Vec<Run> =
+                    runs.chunks_exact(16).map(|r| Run { offset: le64(r, 0), len: le64(r, 8) }).collect();
+                SparseDelta::new(runs, data.to_vec())
+                    .map(Payload::Sparse)
+                    .map_err(|e| Error::corrupt(format!("sparse payload: {e}")))
+            }
+            PayloadView::Dense { len, mask, .. } => {
+                let mut data = vec![0u8; len as usize];
+                self.apply_to(&mut data)?;
+                let mut words = vec![0u64; mask.len().div_ceil(8)];
+                for (i, &b) in mask.iter().enumerate() {
+                    words[i / 8] |= u64::from(b) << (8 * (i % 8));
+                }
+                DenseDelta::from_words(words, data)
+                    .map(Payload::Dense)
+                    .map_err(|e| Error::corrupt(format!("dense payload: {e}")))
+            }
+        }
+    }
+}
+
+/// Decode a payload encoding spanning all of `buf`.
+///
+/// # Errors
+/// [`Error::Corrupt`] for malformed input.
+pub fn decode_payload(buf: &[u8], limits: &Limits) -> Result<Payload> {
+    PayloadView::parse(buf, 0, limits)?.to_payload()
+}
+
+fn source_code(s: &Source) -> u8 {
+    match s {
+        Source::User => 0,
+        Source::Propagation(_) => 1,
+        Source::Replay => 2,
+    }
+}
+
+fn provenance_len(s: &Source) -> usize {
+    match s {
+        Source::Propagation(p) => 4 + p.function.len() + 4 + 4 + 16 * p.parents.len(),
+        _ => 0,
+    }
+}
+
+/// Exact size of the delta body of `d`.
+pub fn delta_body_len(d: &Delta) -> u64 {
+    DELTA_HEAD_LEN as u64
+        + provenance_len(&d.source) as u64
+        + d.tag.as_ref().map_or(0, |t| t.len() as u64)
+        + d.payload.encoded_len()
+}
+
+/// Append the delta body of `d` (see docs/FORMAT.md) to `out`.
+///
+/// # Errors
+/// [`Error::InvalidDelta`] when a tag or provenance field exceeds the
+/// format's 32-bit lengths.
+pub fn encode_delta_body(d: &Delta, out: &mut Vec<u8>) -> Result<()> {
+    let plen = provenance_len(&d.source);
+    let tlen = d.tag.as_ref().map_or(0, String::len);
+    if u32::try_from(plen).is_err() || u32::try_from(tlen).is_err() {
+        return Err(Error::invalid_delta(Some(d.page), "tag or provenance too large to encode"));
+    }
+    put_u64(out, d.id.0);
+    put_u64(out, d.page.0);
+    put_u64(out, d.timestamp);
+    put_u64(out, d.base_epoch.map_or(0, |e| e.0));
+    let flags =
+        if d.base_epoch.is_some() { FLAG_BASE } else { 0 } | if d.tag.is_some() { FLAG_TAG } else { 0 };
+    out.push(flags);
+    out.push(source_code(&d.source));
+    put_u16(out, 0);
+    put_u32(out, plen as u32);
+    put_u32(out, tlen as u32);
+    if let Source::Propagation(p) = &d.source {
+        put_u32(out, p.function.len() as u32);
+        out.extend_from_slice(p.function.as_bytes());
+        put_u32(out, p.version);
+        put_u32(out, p.parents.len() as u32);
+        for (pg, ep) in &p.parents {
+            put_u64(out, pg.0);
+            put_u64(out, ep.0);
+        }
+    }
+    if let Some(t) = &d.tag {
+        out.extend_from_slice(t.as_bytes());
+    }
+    encode_payload(&d.payload, out);
+    Ok(())
+}
+
+/// A validated, borrowed delta body.
+#[derive(Clone, Copy, Debug)]
+pub struct DeltaView<'a> {
+    /// Delta id.
+    pub id: DeltaId,
+    /// Target page.
+    pub page: PageId,
+    /// Logical timestamp.
+    pub timestamp: u64,
+    /// Optimistic base epoch.
+    pub base_epoch: Option<Epoch>,
+    /// Source code: 0 user, 1 propagation, 2 replay.
+    pub source: u8,
+    /// Raw provenance section (validated; empty unless propagation).
+    pub provenance: &'a [u8],
+    /// Tag bytes (validated UTF-8), when the tag flag is set.
+    pub tag: Option<&'a str>,
+    /// The payload.
+    pub payload: PayloadView<'a>,
+}
+
+impl<'a> DeltaView<'a> {
+    /// Parse a delta body spanning all of `buf` (first byte at absolute offset `base`).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for malformed input; never panics.
+    pub fn parse(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
+        let mut r = Reader::new(buf, base);
+        let id = DeltaId(r.u64("delta id")?);
+        let page = PageId(r.u64("delta page")?);
+        let timestamp = r.u64("delta timestamp")?;
+        let base_raw = r.u64("delta base epoch")?;
+        let flags_at = r.offset();
+        let flags = r.u8("delta flags")?;
+        if flags & !(FLAG_BASE | FLAG_TAG) != 0 {
+            return Err(Error::corrupt_at(flags_at, format!("unknown delta flags {flags:#x}")));
+        }
+        if flags & FLAG_BASE == 0 && base_raw != 0 {
+            return Err(Error::corrupt_at(flags_at - 8, "base epoch set without its flag"));
+        }
+        let source = r.u8("delta source")?;
+        if source > 2 {
+            return Err(Error::corrupt_at(flags_at + 1, format!("unknown delta source {source}")));
+        }
+        if r.u16("delta reserved")? != 0 {
+            return Err(Error::corrupt_at(flags_at + 2, "reserved delta field is not zero"));
+        }
+        let plen = r.u32("provenance length")?;
+        let tlen_at = r.offset();
+        let tlen = r.u32("tag length")?;
+        if (source == 1) != (plen != 0) {
+            return Err(Error::corrupt_at(tlen_at - 4, "provenance present iff the source is propagation"));
+        }
+        if flags & FLAG_TAG == 0 && tlen != 0 {
+            return Err(Error::corrupt_at(tlen_at, "tag bytes without the tag flag"));
+        }
+        let prov_at = r.offset();
+        let provenance = r.bytes(plen as usize, "provenance")?;
+        if source == 1 {
+            parse_provenance(provenance, prov_at)?;
+        }
+        let tag_at = r.offset();
+        let tag_bytes = r.bytes(tlen as usize, "tag")?;
+        let tag = if flags & FLAG_TAG != 0 {
+            Some(std::str::from_utf8(tag_bytes).map_err(|_| Error::corrupt_at(tag_at, "tag is not UTF-8"))?)
+        } else {
+            None
+        };
+        let pay_at = r.offset();
+        let rest = r.bytes(r.remaining(), "payload")?;
+        let payload = PayloadView::parse(rest, pay_at, limits)?;
+        Ok(DeltaView {
+            id,
+            page,
+            timestamp,
+            base_epoch: (flags & FLAG_BASE != 0).then_some(Epoch(base_raw)),
+            source,
+            provenance,
+            tag,
+            payload,
+        })
+    }
+
+    /// The owned delta.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] (only for hand-built inconsistent views).
+    pub fn to_delta(&self) -> Result<Delta> {
+        let source = match self.source {
+            0 => Source::User,
+            1 => Source::Propagation(parse_provenance(self.provenance, 0)?),
+            _ => Source::Replay,
+        };
+        Ok(Delta {
+            id: self.id,
+            page: self.page,
+            base_epoch: self.base_epoch,
+            payload: self.payload.to_payload()?,
+            source,
+            tag: self.tag.map(str::to_owned),
+            timestamp: self.timestamp,
+        })
+    }
+}
+
+fn parse_provenance(buf: &[u8], base: u64) -> Result<Provenance> {
+    let mut r = Reader::new(buf, base);
+    let at = r.offset();
+    let flen = r.u32("provenance function length")?;
+    let function = std::str::from_utf8(r.bytes(flen as usize, "provenance function")?)
+        .map_err(|_| Error::corrupt_at(at, "provenance function name is not UTF-8"))?
+        .to_owned();
+    let version = r.u32("provenance version")?;
+    let n = r.u32("provenance parent count")? as u64;
+    if n.saturating_mul(16) != r.remaining() as u64 {
+        return Err(r.err(format!("{n} provenance parents do not fill {} bytes", r.remaining())));
+    }
+    let mut parents = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        parents.push((PageId(r.u64("parent page")?), Epoch(r.u64("parent epoch")?)));
+    }
+    r.finish("provenance")?;
+    Ok(Provenance { function, version, parents })
+}
+
+/// Decode a delta body spanning all of `buf`.
+///
+/// # Errors
+/// [`Error::Corrupt`] for malformed input.
+pub fn decode_delta_body(buf: &[u8], limits: &Limits) -> Result<Delta> {
+    DeltaView::parse(buf, 0, limits)?.to_delta()
+}
+
+/// Encode `d` as a standalone blob: `MSDL`, version, flags, body length,
+/// body, CRC32C of everything before it.
+///
+/// # Errors
+/// [`Error::InvalidDelta`] when the body exceeds 4 GiB or a field its length.
+pub fn encode_delta(d: &Delta) -> Result<Vec<u8>> {
+    let body = delta_body_len(d);
+    let body32 =
+        u32::try_from(body).map_err(|_| Error::invalid_delta(Some(d.page), "delta too large for a blob"))?;
+    let mut out = Vec::with_capacity(BLOB_HEAD_LEN + body as usize + 4);
+    out.extend_from_slice(&DELTA_MAGIC);
+    put_u16(&mut out, DELTA_VERSION);
+    put_u16(&mut out, 0);
+    put_u32(&mut out, body32);
+    encode_delta_body(d, &mut out)?;
+    let c = crc(&out);
+    put_u32(&mut out, c);
+    Ok(out)
+}
+
+/// Decode a standalone delta blob spanning all of `buf`.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a bad magic, version, length or CRC, or a
+/// malformed body; never panics, allocates only what the input justifies.
+pub fn decode_delta(buf: &[u8], limits: &Limits) -> Result<Delta> {
+    let mut r = Reader::new(buf, 0);
+    if r.bytes(4, "delta magic")? != DELTA_MAGIC {
+        return Err(Error::corrupt_at(0, "not a delta blob (bad magic)"));
+    }
+    let v = r.u16("delta version")?;
+    if v != DELTA_VERSION {
+        return Err(Error::corrupt_at(4, format!("unsupported delta blob version {v}")));
+    }
+    if r.u16("delta blob flags")? != 0 {
+        return Err(Error::corrupt_at(6, "unknown delta blob flags"));
+    }
+    let len = r.u32("delta body length")? as u64;
+    if len > limits.max_record_len {
+        return Err(Error::corrupt_at(8, format!("delta body of {len} bytes exceeds the limit")));
+    }
+    let body = r.bytes_u64(len, "delta body")?;
+    let crc_at = r.offset();
+    let stored = r.u32("delta crc")?;
+    r.finish("delta blob")?;
+    if crc(&buf[..crc_at as usize]) != stored {
+        return Err(Error::corrupt_at(crc_at, "delta blob CRC mismatch"));
+    }
+    DeltaView::parse(body, BLOB_HEAD_LEN as u64, limits)?.to_delta()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn arb_payload(max_len: usize) -> impl Strategy<Value = Payload> {
+        (1..max_len).prop_flat_map(|len| {
+            prop_oneof![
+                proptest::collection::vec(proptest::option::of(any::<u8>()), len)
+                    .prop_map(|o| Payload::Dense(DenseDelta::from_options(&o).unwrap())),
+                proptest::collection::vec(any::<u8>(), len).prop_map(Payload::Full),
+                proptest::collection::vec((any::<bool>(), any::<u8>()), len).prop_map(|v| {
+                    let mut pairs: Vec<(u64, Vec<u8>)> = Vec::new();
+                    for (i, (on, b)) in v.into_iter().enumerate() {
+                        if on {
+                            match pairs.last_mut() {
+                                Some((o, d)) if *o + d.len() as u64 == i as u64 => d.push(b),
+                                _ => pairs.push((i as u64, vec![b])),
+                            }
+                        }
+                    }
+                    Payload::Sparse(SparseDelta::from_pairs(pairs.iter().map(|(o, d)| (*o, &d[..]))).unwrap())
+                }),
+            ]
+        })
+    }
+
+    fn arb_delta() -> impl Strategy<Value = Delta> {
+        (
+            arb_payload(200),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            0u8..3,
+            proptest::option::of("[a-z]{0,12}"),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+        )
+            .prop_map(|(payload, id, page, base, src, tag, ts, parents)| Delta {
+                id: DeltaId(id),
+                page: PageId(page),
+                base_epoch: base.map(Epoch),
+                payload,
+                source: match src {
+                    0 => Source::User,
+                    1 => Source::Propagation(Provenance {
+                        function: "sum".into(),
+                        version: 3,
+                        parents: parents.into_iter().map(|(a, b)| (PageId(a), Epoch(b))).collect(),
+                    }),
+                    _ => Source::Replay,
+                },
+                tag,
+                timestamp: ts,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn payload_round_trip_and_size(p in arb_payload(300)) {
+            let mut out = Vec::new();
+            encode_payload(&p, &mut out);
+            prop_assert_eq!(out.len() as u64, p.encoded_len());
+            prop_assert_eq!(decode_payload(&out, &Limits::default()).unwrap(), p.clone());
+            // The borrowed view applies exactly like the owned payload.
+            let len = match &p { Payload::Dense(d) => d.len() as usize, Payload::Full(b) => b.len(), Payload::Sparse(s) => s.end() as usize };
+            let mut a: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut b = a.clone();
+            p.apply_to(&mut a).unwrap();
+            PayloadView::parse(&out, 0, &Limits::default()).unwrap().apply_to(&mut b).unwrap();
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn delta_blob_round_trip(d in arb_delta()) {
+            let blob = encode_delta(&d).unwrap();
+            prop_assert_eq!(blob.len() as u64, BLOB_HEAD_LEN as u64 + delta_body_len(&d) + 4);
+            prop_assert_eq!(decode_delta(&blob, &Limits::default()).unwrap(), d);
+        }
+
+        #[test]
+        fn delta_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_delta(&bytes, &Limits::default());
+            let _ = decode_delta_body(&bytes, &Limits::default());
+            let _ = decode_payload(&bytes, &Limits::default());
+        }
+    }
+
+    #[test]
+    fn truncation_and_bit_flips_are_detected() {
+        let d = Delta {
+            id: DeltaId(7),
+            page: PageId(3),
+            base_epoch: Some(Epoch(2)),
+            payload: Payload::Sparse(
+                SparseDelta::from_pairs([(4u64, &[1u8, 2, 3][..]), (40, &[9][..])]).unwrap(),
+            ),
+            source: Source::Propagation(Provenance {
+                function: "f".into(),
+                version: 1,
+                parents: vec![(PageId(1), Epoch(5))],
+            }),
+            tag: Some("t".into()),
+            timestamp: 11,
+        };
+        let blob = encode_delta(&d).unwrap();
+        for cut in 0..blob.len() {
+            assert!(decode_delta(&blob[..cut], &Limits::default()).is_err(), "truncated at {cut}");
+        }
+        for bit in 0..blob.len() * 8 {
+            let mut b = blob.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_delta(&b, &Limits::default()).is_err(), "bit {bit} flipped");
+        }
+    }
+
+    #[test]
+    fn huge_lengths_are_refused_before_allocation() {
+        for kind in [1u8, 2, 3] {
+            let mut b = vec![kind];
+            b.extend_from_slice(&u64::MAX.to_le_bytes());
+            assert!(decode_payload(&b, &Limits::default()).is_err());
+            let mut b = vec![kind];
+            b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            assert!(decode_payload(&b, &Limits::default()).is_err());
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The write-ahead log: every accepted [`Change`](crate::Change) is appended
+//! (and made as durable as [`Durability`] asks) before it becomes visible.
+//!
+//! | piece | module |
+//! |---|---|
+//! | record framing, batching, group commit, segments, poisoning | [`writer`] |
+//! | segment parsing, torn-tail and corruption detection | [`reader`] |
+//! | checkpoint + log → state, [`RecoveryReport`] | [`recovery`] |
+//!
+//! The log lives in `<state dir>/log/` as segment files `wal-<seq>.log`
+//! (16 hex digits) beside checkpoint files `ckpt-<lsn>.ckpt`. Formats are in
+//! `docs/FORMAT.md`.
+//!
+//! # Record types and how to add one
+//!
+//! A record's type is one byte ([`RecordType`]). Codes `0x01..=0x7F` are
+//! *required*: a reader that does not know one stops with an error, because
+//! skipping it would replay a different state. Codes `0x80..=0xFF` are
+//! *optional*: readers that do not know them skip them (use these for
+//! annotations that do not change state). Code 0 is never valid, so zeroed
+//! disk space never parses as a record. To add a type: pick the next free
+//! code in the right range, add a variant here, encode it in
+//! [`writer`], decode it in [`reader::decode_record`], bump nothing else —
+//! older logs stay readable, and older readers fail cleanly on required
+//! codes they do not know. `0x10..=0x1F` are reserved for dependency-graph
+//! changes ([`RecordType::Graph`]).
+
+pub mod reader;
+pub mod recovery;
+pub mod writer;
+
+pub use recovery::{Dropped, RecoveryMode, RecoveryReport, TornTail};
+pub use writer::{LogStats, LogWriter};
+
+/// Magic of a log segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"MMSBWAL\0";
+/// Current segment format version.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Size of a segment header.
+pub const SEGMENT_HEAD_LEN: usize = 48;
+/// Size of a record header (`len u32, type u8, flags u8, reserved u16, lsn u64`).
+pub const RECORD_HEAD_LEN: usize = 16;
+/// Size of a record trailer (CRC32C).
+pub const RECORD_TAIL_LEN: usize = 4;
+/// Default segment size at which the writer starts a new segment.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The type byte of a log record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum RecordType {
+    /// A page was created: id, length, location, metadata.
+    CreatePage = 0x01,
+    /// A page was deleted: id.
+    DeletePage = 0x02,
+    /// A delta was applied: the delta body.
+    Delta = 0x03,
+    /// The next `count` records form one atomic batch.
+    BatchBegin = 0x04,
+    /// End of a batch of `count` records; the batch is committed.
+    BatchEnd = 0x05,
+    /// Reserved for dependency-graph changes (edges, recompute registrations).
+    Graph = 0x10,
+}
+
+impl RecordType {
+    /// The type for a code, if known.
+    pub fn from_code(c: u8) -> Option<RecordType> {
+        Some(match c {
+            0x01 => RecordType::CreatePage,
+            0x02 => RecordType::DeletePage,
+            0x03 => RecordType::Delta,
+            0x04 => RecordType::BatchBegin,
+            0x05 => RecordType::BatchEnd,
+            0x10 => RecordType::Graph,
+            _ => return None,
+        })
+    }
+
+    /// Whether readers that do not know `code` may skip it.
+    pub fn is_optional(code: u8) -> bool {
+        code >= 0x80
+    }
+
+    /// A short name for reports.
+    pub fn name(code: u8) -> &'static str {
+        match RecordType::from_code(code) {
+            Some(RecordType::CreatePage) => "create_page",
+            Some(RecordType::DeletePage) => "delete_page",
+            Some(RecordType::Delta) => "delta",
+            Some(RecordType::BatchBegin) => "batch_begin",
+            Some(RecordType::BatchEnd) => "batch_end",
+            Some(RecordType::Graph) => "graph",
+            None if RecordType::is_optional(code) => "optional",
+            None => "unknown",
+        }
+    }
+}
+
+/// How durable a commit is when it returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Records stay in the process's buffer until it fills (1 MiB), a
+    /// checkpoint, [`crate::Mmsb::sync`] or a clean stop: a process crash can
+    /// lose recent commits (never a prefix of them out of order).
+    None,
+    /// Each commit's records are handed to the OS (`write`) before it
+    /// returns: they survive a process crash, not a power cut.
+    #[default]
+    Flush,
+    /// As `Flush`, and the log is fsynced once `every_records` records or
+    /// `every_ms` milliseconds have accumulated since the last fsync (checked
+    /// at each commit; `every_records: 1` fsyncs every commit). Commits in
+    /// between share one fsync (group commit).
+    Fsync {
+        /// Fsync after this many records (0 = no record bound).
+        every_records: u64,
+        /// Fsync after this many milliseconds (0 = no time bound).
+        every_ms: u64,
+    },
+}
+
+impl Durability {
+    /// Fsync every commit.
+    pub const SYNC: Durability = Durability::Fsync { every_records: 1, every_ms: 0 };
+}
+
+/// Segment file name for sequence number `seq`.
+pub fn segment_name(seq: u64) -> String {
+    format!("wal-{seq:016x}.log")
+}
+
+/// Sequence number of a segment file name.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The log directory of a state directory.
+pub fn log_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("log")
+}

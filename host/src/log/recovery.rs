@@ -1,0 +1,175 @@
+//! Recovery: newest valid checkpoint, then every committed unit of the log
+//! after its LSN, each re-validated before it is applied.
+//!
+//! A torn tail (the last bytes of the last segment do not form complete,
+//! valid records and no valid record follows them, or a batch was left
+//! open) is cut and reported. Anything else that fails a check while valid
+//! data follows is corruption: an error in [`RecoveryMode::Strict`]; in
+//! [`RecoveryMode::Tolerant`] the longest valid prefix is kept and what was
+//! dropped is reported. Nothing corrupt is ever applied.
+
+use super::reader;
+use crate::codec::Limits;
+use crate::replay::StateImage;
+use crate::vfs::Vfs;
+use crate::Result;
+use shared_types::Lsn;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What recovery does about corruption that is not a torn tail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Fail with [`crate::Error::Corrupt`] naming the file and offset.
+    #[default]
+    Strict,
+    /// Keep the longest valid prefix and report what was dropped.
+    Tolerant,
+}
+
+/// A torn tail that recovery cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment.
+    pub file: PathBuf,
+    /// Offset of the first byte cut.
+    pub offset: u64,
+    /// Bytes cut.
+    pub bytes: u64,
+}
+
+/// Data that tolerant recovery dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// The file.
+    pub file: PathBuf,
+    /// Offset of the first byte dropped.
+    pub offset: u64,
+    /// Bytes dropped.
+    pub bytes: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// What [`crate::Mmsb::start`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The checkpoint recovery started from.
+    pub checkpoint: Option<(Lsn, PathBuf)>,
+    /// Newer checkpoints that failed verification (and were skipped).
+    pub invalid_checkpoints: Vec<(PathBuf, String)>,
+    /// Segments read.
+    pub segments: usize,
+    /// Committed units replayed from the log.
+    pub commits_replayed: u64,
+    /// Changes replayed from the log.
+    pub changes_replayed: u64,
+    /// LSN of the last record reflected in the recovered state.
+    pub last_lsn: Lsn,
+    /// The torn tail cut, if any.
+    pub torn_tail: Option<TornTail>,
+    /// What tolerant recovery dropped.
+    pub dropped: Vec<Dropped>,
+    /// Generation of the segments written from now on.
+    pub generation: u64,
+}
+
+impl RecoveryReport {
+    /// Whether recovery found everything intact (no torn tail, nothing
+    /// dropped, no invalid checkpoint).
+    pub fn is_clean(&self) -> bool {
+        self.torn_tail.is_none() && self.dropped.is_empty() && self.invalid_checkpoints.is_empty()
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.checkpoint {
+            Some((lsn, p)) => writeln!(f, "checkpoint: LSN {lsn} ({})", p.display())?,
+            None => writeln!(f, "checkpoint: none")?,
+        }
+        for (p, e) in &self.invalid_checkpoints {
+            writeln!(f, "skipped invalid checkpoint {}: {e}", p.display())?;
+        }
+        writeln!(
+            f,
+            "log: {} segments, {} commits / {} changes replayed, last LSN {}",
+            self.segments, self.commits_replayed, self.changes_replayed, self.last_lsn
+        )?;
+        if let Some(t) = &self.torn_tail {
+            writeln!(f, "torn tail cut: {} bytes at offset {} of {}", t.bytes, t.offset, t.file.display())?;
+        }
+        for d in &self.dropped {
+            writeln!(
+                f,
+                "dropped {} bytes at offset {} of {}: {}",
+                d.bytes,
+                d.offset,
+                d.file.display(),
+                d.reason
+            )?;
+        }
+        write!(f, "generation: {}", self.generation)
+    }
+}
+
+/// Where the writer continues after recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// Sequence number of the segment to start.
+    pub seq: u64,
+    /// Its generation (one above every generation on disk, so that anything
+    /// after the recovered end of an older segment is never replayed).
+    pub generation: u64,
+    /// LSN of the next record.
+    pub next_lsn: u64,
+}
+
+/// Recover the state stored in `state_dir`.
+///
+/// # Errors
+/// [`crate::Error::Corrupt`] (strict mode, or a gap no mode can bridge),
+/// [`crate::Error::Io`], or the typed error of a logged change that does not
+/// validate (strict mode).
+pub fn recover(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    mode: RecoveryMode,
+    limits: &Limits,
+) -> Result<(StateImage, RecoveryReport, Resume)> {
+    let dir = super::log_dir(state_dir);
+    let (ckpt, invalid) = crate::checkpoint::newest_valid(vfs, &dir, limits, None)?;
+    let mut report = RecoveryReport {
+        invalid_checkpoints: invalid.into_iter().map(|(p, e)| (p, e.to_string())).collect(),
+        ..RecoveryReport::default()
+    };
+    let mut image = match ckpt {
+        Some((path, img)) => {
+            report.checkpoint = Some((Lsn(img.lsn), path));
+            img
+        }
+        None => StateImage::default(),
+    };
+    let after = image.lsn;
+    let (mut commits, mut changes) = (0u64, 0u64);
+    let scan = reader::scan(vfs, &dir, after, mode, limits, &mut |c| {
+        image.apply_commit(c)?;
+        commits += 1;
+        changes += c.len() as u64;
+        Ok(true)
+    })?;
+    report.segments = scan.segments.len();
+    report.commits_replayed = commits;
+    report.changes_replayed = changes;
+    report.last_lsn = Lsn(scan.last_lsn.max(image.lsn));
+    report.torn_tail = scan.torn;
+    report.dropped = scan.dropped;
+    report.generation = scan.max_generation + 1;
+    image.lsn = report.last_lsn.0;
+    let resume = Resume {
+        seq: scan.max_seq.map_or(1, |s| s + 1),
+        generation: report.generation,
+        next_lsn: report.last_lsn.0 + 1,
+    };
+    Ok((image, report, resume))
+}

@@ -1,0 +1,361 @@
+//! The log writer: frames records into an in-memory buffer (no allocation
+//! per record once the buffer has grown), writes the buffer with one
+//! `write` per commit (or less, by [`Durability`]), fsyncs by policy, rolls
+//! segments, and poisons itself on the first I/O failure.
+
+use super::{
+    segment_name, Durability, RecordType, RECORD_HEAD_LEN, SEGMENT_HEAD_LEN, SEGMENT_MAGIC, SEGMENT_VERSION,
+};
+use crate::change::Change;
+use crate::codec::{crc, delta::encode_delta_body, put_location, put_metadata, put_u32, put_u64};
+use crate::vfs::{Vfs, VfsFile};
+use crate::{Error, Result};
+use shared_types::Lsn;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// With [`Durability::None`], the buffer is written once it holds this much.
+pub const BUFFER_BYTES: usize = 1 << 20;
+
+/// Counters of a log writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Records appended.
+    pub records: u64,
+    /// Bytes appended (framing included).
+    pub bytes: u64,
+    /// Commits (calls that reached their durability).
+    pub commits: u64,
+    /// `write` calls.
+    pub writes: u64,
+    /// Fsyncs.
+    pub syncs: u64,
+    /// Segments opened.
+    pub segments: u64,
+}
+
+/// Appends records to the segment files of one log directory.
+#[derive(Debug)]
+pub struct LogWriter {
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    file: Option<Box<dyn VfsFile>>,
+    seq: u64,
+    generation: u64,
+    next_lsn: u64,
+    buf: Vec<u8>,
+    seg_bytes: u64,
+    segment_limit: u64,
+    durability: Durability,
+    unsynced_records: u64,
+    last_sync: Instant,
+    poisoned: Option<String>,
+    stats: LogStats,
+}
+
+/// Encode a segment header.
+pub fn segment_header(generation: u64, seq: u64, first_lsn: u64) -> [u8; SEGMENT_HEAD_LEN] {
+    let mut h = Vec::with_capacity(SEGMENT_HEAD_LEN);
+    h.extend_from_slice(&SEGMENT_MAGIC);
+    put_u32(&mut h, SEGMENT_VERSION);
+    put_u32(&mut h, 0);
+    put_u64(&mut h, generation);
+    put_u64(&mut h, seq);
+    put_u64(&mut h, first_lsn);
+    let c = crc(&h);
+    put_u32(&mut h, c);
+    put_u32(&mut h, 0);
+    let mut out = [0u8; SEGMENT_HEAD_LEN];
+    out.copy_from_slice(&h);
+    out
+}
+
+impl LogWriter {
+    /// Start segment `seq` of generation `generation` in `dir`, whose first
+    /// record will have LSN `next_lsn`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be created.
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        seq: u64,
+        generation: u64,
+        next_lsn: u64,
+        durability: Durability,
+        segment_limit: u64,
+    ) -> Result<Self> {
+        let mut w = LogWriter {
+            vfs,
+            dir: dir.to_path_buf(),
+            file: None,
+            seq,
+            generation,
+            next_lsn,
+            buf: Vec::with_capacity(64 << 10),
+            seg_bytes: 0,
+            segment_limit: segment_limit.max(SEGMENT_HEAD_LEN as u64 + 1),
+            durability,
+            unsynced_records: 0,
+            last_sync: Instant::now(),
+            poisoned: None,
+            stats: LogStats::default(),
+        };
+        w.start_segment(seq)?;
+        Ok(w)
+    }
+
+    fn start_segment(&mut self, seq: u64) -> Result<()> {
+        let path = self.dir.join(segment_name(seq));
+        // The header is made durable, then the name: a segment that exists
+        // after a crash always has a valid header.
+        let header = segment_header(self.generation, seq, self.next_lsn);
+        let res = self.vfs.create(&path).and_then(|mut f| {
+            f.write_all(&header)?;
+            f.sync()?;
+            Ok(f)
+        });
+        let file = match res {
+            Ok(f) => f,
+            Err(e) => return Err(self.poison(Error::from(e).in_file(&path))),
+        };
+        if let Err(e) = self.vfs.sync_dir(&self.dir) {
+            return Err(self.poison(Error::from(e).in_file(&self.dir)));
+        }
+        self.file = Some(file);
+        self.seq = seq;
+        self.stats.writes += 1;
+        self.stats.syncs += 1;
+        self.seg_bytes = SEGMENT_HEAD_LEN as u64;
+        self.stats.segments += 1;
+        Ok(())
+    }
+
+    fn poison(&mut self, e: Error) -> Error {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(e.to_string());
+        }
+        self.file = None;
+        self.buf.clear();
+        e
+    }
+
+    /// Poison the log: every later write returns [`Error::Poisoned`].
+    pub fn poison_with(&mut self, reason: String) {
+        let _ = self.poison(Error::Poisoned(reason));
+    }
+
+    fn live(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The reason the log is poisoned, if it is.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// LSN the next record gets.
+    pub fn next_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn)
+    }
+
+    /// Current segment sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Generation of the segments this writer writes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LogStats {
+        self.stats
+    }
+
+    /// The durability setting.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    #[inline]
+    fn record(&mut self, ty: RecordType, body: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; RECORD_HEAD_LEN]);
+        body(&mut self.buf)?;
+        let len = self.buf.len() - start - RECORD_HEAD_LEN;
+        let len = u32::try_from(len)
+            .map_err(|_| Error::Serialization(format!("log record of {len} bytes exceeds 4 GiB")))?;
+        let h = &mut self.buf[start..start + RECORD_HEAD_LEN];
+        h[0..4].copy_from_slice(&len.to_le_bytes());
+        h[4] = ty as u8;
+        h[8..16].copy_from_slice(&self.next_lsn.to_le_bytes());
+        let c = crc(&self.buf[start..]);
+        self.buf.extend_from_slice(&c.to_le_bytes());
+        self.next_lsn += 1;
+        Ok(())
+    }
+
+    /// Frame `changes` as one atomic batch (begin/end markers around more than
+    /// one change) into the buffer and return the LSN range they occupy.
+    /// Nothing is written yet: call [`LogWriter::commit`].
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`]; [`Error::Serialization`] for a record over 4 GiB
+    /// (the buffer is then unchanged); [`Error::Io`] when rolling to a new
+    /// segment fails (the log is then poisoned).
+    pub fn append(&mut self, changes: &[Change]) -> Result<std::ops::RangeInclusive<Lsn>> {
+        self.live()?;
+        if self.seg_bytes >= self.segment_limit {
+            self.rotate()?;
+        }
+        let (mark, lsn0) = (self.buf.len(), self.next_lsn);
+        let res = self.append_inner(changes);
+        if let Err(e) = res {
+            self.buf.truncate(mark);
+            self.next_lsn = lsn0;
+            return Err(e);
+        }
+        let added = (self.buf.len() - mark) as u64;
+        self.seg_bytes += added;
+        self.stats.bytes += added;
+        self.stats.records += self.next_lsn - lsn0;
+        self.unsynced_records += self.next_lsn - lsn0;
+        Ok(Lsn(lsn0)..=Lsn(self.next_lsn - 1))
+    }
+
+    fn append_inner(&mut self, changes: &[Change]) -> Result<()> {
+        let n = changes.len();
+        let marker = |count: usize| {
+            move |b: &mut Vec<u8>| {
+                put_u32(b, count as u32);
+                put_u32(b, 0);
+                Ok(())
+            }
+        };
+        if n > 1 {
+            if u32::try_from(n).is_err() {
+                return Err(Error::Serialization(format!("a batch of {n} changes is too large")));
+            }
+            self.record(RecordType::BatchBegin, marker(n))?;
+        }
+        for c in changes {
+            match c {
+                Change::CreatePage { id, len, location, meta } => {
+                    self.record(RecordType::CreatePage, |b| {
+                        put_u64(b, id.0);
+                        put_u64(b, *len);
+                        put_location(b, *location);
+                        put_metadata(b, meta);
+                        Ok(())
+                    })?
+                }
+                Change::DeletePage { id } => self.record(RecordType::DeletePage, |b| {
+                    put_u64(b, id.0);
+                    Ok(())
+                })?,
+                Change::Apply(d) => self.record(RecordType::Delta, |b| encode_delta_body(d, b))?,
+            }
+        }
+        if n > 1 {
+            self.record(RecordType::BatchEnd, marker(n))?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let res = match self.file.as_mut() {
+            Some(f) => f.write_all(&self.buf),
+            None => return Err(Error::Poisoned("the log has no open segment".into())),
+        };
+        if let Err(e) = res {
+            let path = self.dir.join(segment_name(self.seq));
+            return Err(self.poison(Error::from(e).in_file(path)));
+        }
+        self.stats.writes += 1;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Reach the configured durability for everything appended so far.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`], or the [`Error::Io`] that poisons the log now.
+    pub fn commit(&mut self) -> Result<()> {
+        self.live()?;
+        match self.durability {
+            Durability::None => {
+                if self.buf.len() >= BUFFER_BYTES {
+                    self.write_out()?;
+                }
+            }
+            Durability::Flush => self.write_out()?,
+            Durability::Fsync { every_records, every_ms } => {
+                self.write_out()?;
+                let by_count = every_records > 0 && self.unsynced_records >= every_records;
+                let by_time = every_ms > 0 && self.last_sync.elapsed().as_millis() as u64 >= every_ms;
+                if by_count || by_time || (every_records == 0 && every_ms == 0) {
+                    self.fsync()?;
+                }
+            }
+        }
+        self.stats.commits += 1;
+        Ok(())
+    }
+
+    fn fsync(&mut self) -> Result<()> {
+        let res = match self.file.as_mut() {
+            Some(f) => f.sync(),
+            None => return Err(Error::Poisoned("the log has no open segment".into())),
+        };
+        if let Err(e) = res {
+            // Never retried: after a failed fsync the kernel may have dropped
+            // the dirty pages, so a later "successful" fsync proves nothing.
+            let path = self.dir.join(segment_name(self.seq));
+            return Err(self.poison(Error::from(e).in_file(path)));
+        }
+        self.stats.syncs += 1;
+        self.unsynced_records = 0;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Write and fsync everything appended so far, whatever the durability.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`], or the [`Error::Io`] that poisons the log now.
+    pub fn sync(&mut self) -> Result<()> {
+        self.live()?;
+        self.write_out()?;
+        self.fsync()
+    }
+
+    /// Sync the current segment and start the next one; returns the new
+    /// segment's sequence number. Every earlier segment is then complete.
+    ///
+    /// # Errors
+    /// As [`LogWriter::sync`].
+    pub fn rotate(&mut self) -> Result<u64> {
+        self.sync()?;
+        self.file = None;
+        self.start_segment(self.seq + 1)?;
+        Ok(self.seq)
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // Best effort, never panics: hand buffered records to the OS.
+        if self.poisoned.is_none() {
+            let _ = self.write_out();
+        }
+    }
+}

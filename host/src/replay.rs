@@ -1,0 +1,504 @@
+//! Replay and state images: a plain, ordered copy of a state that the log
+//! replays into, with a state hash, a state diff, replay to an LSN or a
+//! logical timestamp, and the full history of one page.
+//!
+//! Every change replayed is re-validated (the log is untrusted input): page
+//! existence, payload fit, base epochs, epoch overflow, and that ids and
+//! timestamps follow the order the commit path hands them out. A commit is
+//! validated as a whole before any of it is applied.
+
+use crate::change::Change;
+use crate::codec::delta::PayloadView;
+use crate::codec::page::PageImage;
+use crate::codec::Limits;
+use crate::delta::{Delta, Payload, Source, SparseDelta};
+use crate::log::reader::{self, Record};
+use crate::log::recovery::RecoveryMode;
+use crate::page::{check_metadata, Location, Metadata};
+use crate::vfs::Vfs;
+use crate::{Error, Result};
+use shared_types::{DeltaId, Epoch, Lsn, PageId};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A complete state: pages in id order plus the commit path's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateImage {
+    /// Pages by id.
+    pub pages: BTreeMap<PageId, PageImage>,
+    /// Next page id the commit path hands out.
+    pub next_page: u64,
+    /// Next delta id.
+    pub next_delta: u64,
+    /// Logical time: changes accepted so far.
+    pub timestamp: u64,
+    /// LSN of the last log record reflected.
+    pub lsn: u64,
+}
+
+impl Default for StateImage {
+    fn default() -> Self {
+        Self { pages: BTreeMap::new(), next_page: 1, next_delta: 1, timestamp: 0, lsn: 0 }
+    }
+}
+
+enum PayloadRef<'a> {
+    View(PayloadView<'a>),
+    Owned(&'a Payload),
+}
+
+impl PayloadRef<'_> {
+    fn check(&self, len: u64) -> Result<()> {
+        match self {
+            PayloadRef::View(v) => v.check(len),
+            PayloadRef::Owned(p) => p.check(len),
+        }
+    }
+    fn apply(&self, page: &mut [u8]) -> Result<()> {
+        match self {
+            PayloadRef::View(v) => v.apply_to(page),
+            PayloadRef::Owned(p) => p.apply_to(page),
+        }
+    }
+}
+
+enum Op<'a> {
+    Create { id: PageId, len: u64, location: Location, meta: &'a Metadata },
+    Delete { id: PageId },
+    Apply { id: DeltaId, page: PageId, base: Option<Epoch>, timestamp: u64, payload: PayloadRef<'a> },
+}
+
+fn op_of_record<'a>(r: &'a Record<'a>) -> Option<Op<'a>> {
+    Some(match r {
+        Record::Create { id, len, location, meta } => {
+            Op::Create { id: *id, len: *len, location: *location, meta }
+        }
+        Record::Delete { id } => Op::Delete { id: *id },
+        Record::Delta(v) => Op::Apply {
+            id: v.id,
+            page: v.page,
+            base: v.base_epoch,
+            timestamp: v.timestamp,
+            payload: PayloadRef::View(v.payload),
+        },
+        _ => return None,
+    })
+}
+
+fn op_of_change(c: &Change) -> Op<'_> {
+    match c {
+        Change::CreatePage { id, len, location, meta } => {
+            Op::Create { id: *id, len: *len, location: *location, meta }
+        }
+        Change::DeletePage { id } => Op::Delete { id: *id },
+        Change::Apply(d) => Op::Apply {
+            id: d.id,
+            page: d.page,
+            base: d.base_epoch,
+            timestamp: d.timestamp,
+            payload: PayloadRef::Owned(&d.payload),
+        },
+    }
+}
+
+/// A page's state as a validation pass sees it: `None` = absent.
+type Sim = Option<(u64, Epoch)>;
+
+impl StateImage {
+    /// An empty state (next ids 1, time 0).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The state hash: XXH3-128 over every page in id order (id, length,
+    /// epoch as `u64` LE, then the bytes), then the page count.
+    pub fn state_hash(&self) -> u128 {
+        hash_pages(self.pages.values().map(|p| (p.id, p.epoch, &p.bytes[..])))
+    }
+
+    fn validate(&self, ops: &[Op<'_>], strict: bool) -> Result<()> {
+        // Pages as this commit has left them so far: a one-entry write-back
+        // cache in front of a map (commits mostly hit one page repeatedly).
+        let mut overlay: BTreeMap<PageId, Sim> = BTreeMap::new();
+        let mut last: Option<(PageId, Sim)> = None;
+        let (mut next_page, mut next_delta, mut ts) = (self.next_page, self.next_delta, self.timestamp);
+        for op in ops {
+            let get = |overlay: &BTreeMap<PageId, Sim>, last: &Option<(PageId, Sim)>, id: PageId| -> Sim {
+                if let Some((l, s)) = last {
+                    if *l == id {
+                        return *s;
+                    }
+                }
+                match overlay.get(&id) {
+                    Some(s) => *s,
+                    None => self.pages.get(&id).map(|p| (p.bytes.len() as u64, p.epoch)),
+                }
+            };
+            let set = |overlay: &mut BTreeMap<PageId, Sim>,
+                       last: &mut Option<(PageId, Sim)>,
+                       id: PageId,
+                       s: Sim| {
+                if let Some((l, old)) = last.take() {
+                    if l != id {
+                        overlay.insert(l, old);
+                    }
+                }
+                *last = Some((id, s));
+            };
+            match op {
+                Op::Create { id, len, meta, .. } => {
+                    if get(&overlay, &last, *id).is_some() {
+                        return Err(Error::PageExists(*id));
+                    }
+                    if id.0 == 0 || (strict && id.0 < next_page) {
+                        return Err(Error::Invariant(format!(
+                            "page id {id} is out of order (next is {next_page})"
+                        )));
+                    }
+                    if *len == 0 || usize::try_from(*len).is_err() {
+                        return Err(Error::InvalidPage { reason: format!("page length {len}") });
+                    }
+                    check_metadata(meta)?;
+                    next_page = next_page.max(id.0.saturating_add(1));
+                    set(&mut overlay, &mut last, *id, Some((*len, Epoch(0))));
+                }
+                Op::Delete { id } => {
+                    get(&overlay, &last, *id).ok_or(Error::PageNotFound(*id))?;
+                    set(&mut overlay, &mut last, *id, None);
+                }
+                Op::Apply { id, page, base, timestamp, payload } => {
+                    let (len, epoch) = get(&overlay, &last, *page).ok_or(Error::PageNotFound(*page))?;
+                    payload.check(len).map_err(|e| match e {
+                        Error::InvalidDelta { reason, .. } => {
+                            Error::InvalidDelta { page: Some(*page), reason }
+                        }
+                        o => o,
+                    })?;
+                    if let Some(b) = base {
+                        if *b != epoch {
+                            return Err(Error::StaleEpoch { page: *page, expected: *b, actual: epoch });
+                        }
+                    }
+                    let next = epoch
+                        .checked_next()
+                        .ok_or_else(|| Error::invalid_delta(Some(*page), "epoch overflow"))?;
+                    if strict && (id.0 < next_delta || *timestamp != ts + 1) {
+                        return Err(Error::Invariant(format!(
+                            "delta {id} at time {timestamp} is out of order (next id {next_delta}, time {})",
+                            ts + 1
+                        )));
+                    }
+                    next_delta = next_delta.max(id.0.saturating_add(1));
+                    set(&mut overlay, &mut last, *page, Some((len, next)));
+                }
+            }
+            ts += 1;
+        }
+        Ok(())
+    }
+
+    fn apply_ops(&mut self, ops: &[Op<'_>]) -> Result<()> {
+        for op in ops {
+            match op {
+                Op::Create { id, len, location, meta } => {
+                    self.pages.insert(
+                        *id,
+                        PageImage {
+                            id: *id,
+                            epoch: Epoch(0),
+                            location: *location,
+                            meta: (*meta).clone(),
+                            bytes: vec![0; *len as usize],
+                        },
+                    );
+                    self.next_page = self.next_page.max(id.0 + 1);
+                }
+                Op::Delete { id } => {
+                    self.pages.remove(id);
+                }
+                Op::Apply { id, page, payload, .. } => {
+                    let p = self.pages.get_mut(page).ok_or(Error::PageNotFound(*page))?;
+                    payload.apply(&mut p.bytes)?;
+                    p.epoch = Epoch(p.epoch.0 + 1);
+                    self.next_delta = self.next_delta.max(id.0 + 1);
+                }
+            }
+            self.timestamp += 1;
+        }
+        Ok(())
+    }
+
+    /// Validate and apply one committed unit read from the log: all of it or
+    /// none of it.
+    ///
+    /// # Errors
+    /// The typed error of the first invalid change; the image is unchanged.
+    pub fn apply_commit(&mut self, commit: reader::Commit<'_, '_>) -> Result<()> {
+        let ops: Vec<Op<'_>> = commit.iter().filter_map(|(_, r)| op_of_record(r)).collect();
+        self.validate(&ops, true)?;
+        self.apply_ops(&ops)?;
+        if let Some((lsn, _)) = commit.last() {
+            self.lsn = *lsn;
+        }
+        Ok(())
+    }
+
+    /// Validate and apply changes (for example a [`diff`]) in order, all or
+    /// nothing. Ids and timestamps need not follow this image's counters.
+    ///
+    /// # Errors
+    /// The typed error of the first invalid change; the image is unchanged.
+    pub fn apply_changes(&mut self, changes: &[Change]) -> Result<()> {
+        let ops: Vec<Op<'_>> = changes.iter().map(op_of_change).collect();
+        self.validate(&ops, false)?;
+        self.apply_ops(&ops)
+    }
+}
+
+/// XXH3-128 over `(id, epoch, bytes)` in the given (id) order; see
+/// [`StateImage::state_hash`].
+pub fn hash_pages<'a>(pages: impl Iterator<Item = (PageId, Epoch, &'a [u8])>) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut n = 0u64;
+    for (id, epoch, bytes) in pages {
+        h.update(&id.0.to_le_bytes());
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(&epoch.0.to_le_bytes());
+        h.update(bytes);
+        n += 1;
+    }
+    h.update(&n.to_le_bytes());
+    h.digest128()
+}
+
+/// The changes that turn state `a` into state `b`: applying them to `a`
+/// with [`StateImage::apply_changes`] gives a state with `b`'s hash.
+///
+/// A page present in both with the same length, location and metadata and
+/// an epoch that did not go back gets one delta with the byte difference
+/// plus empty deltas up to `b`'s epoch; any other page is deleted and/or
+/// created afresh and brought to its epoch the same way.
+///
+/// # Complexity
+/// O(total page bytes + total epoch difference) changes.
+///
+/// # Errors
+/// [`Error::Invariant`] when `b` holds a page at epoch 0 whose bytes are not
+/// zero (no sequence of changes can produce it).
+pub fn diff(a: &StateImage, b: &StateImage) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    let (mut next_delta, mut ts) = (a.next_delta, a.timestamp);
+    let mut push_deltas = |out: &mut Vec<Change>, page: PageId, first: Payload, count: u64| {
+        for k in 0..count {
+            ts += 1;
+            let payload = if k == 0 { first.clone() } else { Payload::Sparse(SparseDelta::default()) };
+            out.push(Change::Apply(Delta {
+                id: DeltaId(next_delta),
+                page,
+                base_epoch: None,
+                payload,
+                source: Source::Replay,
+                tag: None,
+                timestamp: ts,
+            }));
+            next_delta += 1;
+        }
+    };
+    let ids: std::collections::BTreeSet<PageId> = a.pages.keys().chain(b.pages.keys()).copied().collect();
+    for id in ids {
+        match (a.pages.get(&id), b.pages.get(&id)) {
+            (Some(_), None) => out.push(Change::DeletePage { id }),
+            (pa, Some(pb)) => {
+                let keep = pa.filter(|pa| {
+                    pa.bytes.len() == pb.bytes.len()
+                        && pa.location == pb.location
+                        && pa.meta == pb.meta
+                        && (pb.epoch > pa.epoch || (pb.epoch == pa.epoch && pa.bytes == pb.bytes))
+                });
+                match keep {
+                    Some(pa) => {
+                        let k = pb.epoch.0 - pa.epoch.0;
+                        if k > 0 {
+                            push_deltas(&mut out, id, Payload::diff(&pa.bytes, &pb.bytes)?, k);
+                        }
+                    }
+                    None => {
+                        if pa.is_some() {
+                            out.push(Change::DeletePage { id });
+                        }
+                        out.push(Change::CreatePage {
+                            id,
+                            len: pb.bytes.len() as u64,
+                            location: pb.location,
+                            meta: pb.meta.clone(),
+                        });
+                        let zeros = vec![0u8; pb.bytes.len()];
+                        if pb.epoch.0 == 0 {
+                            if pb.bytes != zeros {
+                                return Err(Error::Invariant(format!(
+                                    "page {id} is at epoch 0 but not zero"
+                                )));
+                            }
+                        } else {
+                            push_deltas(&mut out, id, Payload::diff(&zeros, &pb.bytes)?, pb.epoch.0);
+                        }
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Replay a state directory with a stop rule and an observer.
+///
+/// `stop(image, commit)` is asked before each committed unit is applied;
+/// `seen(image, commit)` after. Uses the newest valid checkpoint whose LSN
+/// is at most `max_ckpt_lsn`.
+///
+/// # Errors
+/// As recovery: [`Error::Corrupt`] (strict mode), [`Error::Io`], or a
+/// typed validation error for a change that cannot be replayed.
+pub fn replay_with(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    max_ckpt_lsn: Option<u64>,
+    limits: &Limits,
+    stop: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>) -> bool,
+    seen: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>),
+) -> Result<StateImage> {
+    let dir = crate::log::log_dir(state_dir);
+    let (ckpt, _) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
+    let mut image = ckpt.map(|(_, img)| img).unwrap_or_default();
+    let after = image.lsn;
+    reader::scan(vfs, &dir, after, RecoveryMode::Strict, limits, &mut |c| {
+        if stop(&image, c) {
+            return Ok(false);
+        }
+        image.apply_commit(c)?;
+        seen(&image, c);
+        Ok(true)
+    })?;
+    Ok(image)
+}
+
+/// The state as of LSN `to` (every commit whose last record is at or
+/// before it), or the end of the log.
+///
+/// # Errors
+/// As [`replay_with`]; [`Error::Config`] when `to` precedes the oldest
+/// history still on disk (the newest usable checkpoint is later).
+pub fn replay_to_lsn(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    to: Option<Lsn>,
+    limits: &Limits,
+) -> Result<StateImage> {
+    let target = to.map_or(u64::MAX, |l| l.0);
+    let img = replay_with(
+        vfs,
+        state_dir,
+        Some(target),
+        limits,
+        &mut |_, c| c.last().is_some_and(|(l, _)| *l > target),
+        &mut |_, _| {},
+    )?;
+    Ok(img)
+}
+
+/// The state as of logical time `t`: the last commit boundary at which at
+/// most `t` changes had been accepted.
+///
+/// # Errors
+/// As [`replay_with`].
+pub fn replay_to_timestamp(vfs: &dyn Vfs, state_dir: &Path, t: u64, limits: &Limits) -> Result<StateImage> {
+    let dir = crate::log::log_dir(state_dir);
+    // The newest checkpoint not past `t`.
+    let mut best: Option<u64> = None;
+    for (lsn, path) in crate::checkpoint::list(vfs, &dir)? {
+        if let Ok(img) = crate::checkpoint::read(vfs, &path, limits) {
+            if img.timestamp <= t {
+                best = Some(lsn);
+                break;
+            }
+        }
+    }
+    replay_with(
+        vfs,
+        state_dir,
+        Some(best.unwrap_or(0)),
+        limits,
+        &mut |img, c| img.timestamp + c.len() as u64 > t,
+        &mut |_, _| {},
+    )
+}
+
+/// One version of a page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageVersion {
+    /// LSN of the commit that produced it (the checkpoint's LSN for the first
+    /// version when history starts at a checkpoint).
+    pub lsn: Lsn,
+    /// Logical time after that commit.
+    pub timestamp: u64,
+    /// The page's epoch.
+    pub epoch: Epoch,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Every version of page `id` recorded in the history still on disk, oldest
+/// first (history starts at the oldest checkpoint kept, or at creation).
+///
+/// # Errors
+/// As [`replay_with`].
+pub fn page_history(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    id: PageId,
+    limits: &Limits,
+) -> Result<Vec<PageVersion>> {
+    let dir = crate::log::log_dir(state_dir);
+    let oldest = crate::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
+    let out: std::cell::RefCell<Vec<PageVersion>> = std::cell::RefCell::new(Vec::new());
+    let mut first = true;
+    replay_with(
+        vfs,
+        state_dir,
+        Some(oldest),
+        limits,
+        &mut |img, _| {
+            if first {
+                first = false;
+                if let Some(p) = img.pages.get(&id) {
+                    out.borrow_mut().push(PageVersion {
+                        lsn: Lsn(img.lsn),
+                        timestamp: img.timestamp,
+                        epoch: p.epoch,
+                        bytes: p.bytes.clone(),
+                    });
+                }
+            }
+            false
+        },
+        &mut |img, c| {
+            let touched = c.iter().any(|(_, r)| match r {
+                Record::Create { id: p, .. } | Record::Delete { id: p } => *p == id,
+                Record::Delta(v) => v.page == id,
+                _ => false,
+            });
+            if touched {
+                if let Some(p) = img.pages.get(&id) {
+                    out.borrow_mut().push(PageVersion {
+                        lsn: Lsn(img.lsn),
+                        timestamp: img.timestamp,
+                        epoch: p.epoch,
+                        bytes: p.bytes.clone(),
+                    });
+                }
+            }
+        },
+    )?;
+    Ok(out.into_inner())
+}

@@ -1,0 +1,314 @@
+//! Offline tools over a state directory, as library functions for the
+//! `mmsb` command line: [`inspect`], [`verify`], [`replay`]. Each returns a
+//! report with a `Display` impl; none panics on any input.
+
+use crate::codec::Limits;
+use crate::log::reader::{self, SegmentSummary};
+use crate::log::{RecordType, RecoveryMode};
+use crate::vfs::{StdVfs, Vfs};
+use crate::{Error, Lsn, Result};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A checkpoint file as seen by [`inspect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointSummary {
+    /// The file.
+    pub path: PathBuf,
+    /// LSN from its name.
+    pub lsn: u64,
+    /// Its size.
+    pub bytes: u64,
+    /// Pages, when it verifies.
+    pub pages: Option<usize>,
+    /// Why it does not verify.
+    pub error: Option<String>,
+}
+
+/// What [`inspect`] found.
+#[derive(Clone, Debug, Default)]
+pub struct InspectReport {
+    /// Checkpoints, newest first.
+    pub checkpoints: Vec<CheckpointSummary>,
+    /// Segments in order.
+    pub segments: Vec<SegmentSummary>,
+    /// Record count and framed bytes per record type name.
+    pub by_type: BTreeMap<&'static str, (u64, u64)>,
+    /// LSN range of the valid records.
+    pub lsn_range: Option<(u64, u64)>,
+    /// Tail or corruption notes.
+    pub notes: Vec<String>,
+}
+
+impl fmt::Display for InspectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "checkpoints: {}", self.checkpoints.len())?;
+        for c in &self.checkpoints {
+            match (&c.pages, &c.error) {
+                (Some(p), _) => {
+                    writeln!(f, "  {} LSN {} {} bytes, {p} pages", c.path.display(), c.lsn, c.bytes)?
+                }
+                (_, Some(e)) => writeln!(f, "  {} LSN {} INVALID: {e}", c.path.display(), c.lsn)?,
+                _ => {}
+            }
+        }
+        writeln!(f, "segments: {}", self.segments.len())?;
+        for s in &self.segments {
+            let gen = s.header.map_or("?".to_string(), |h| h.generation.to_string());
+            let lsns = s.lsns.map_or("-".to_string(), |(a, b)| format!("{a}..={b}"));
+            writeln!(
+                f,
+                "  {} gen {gen} {} bytes {} records LSN {lsns}",
+                s.path.display(),
+                s.bytes,
+                s.records
+            )?;
+        }
+        writeln!(f, "records by type:")?;
+        for (t, (n, b)) in &self.by_type {
+            writeln!(f, "  {t:<12} {n:>10} records {b:>14} bytes")?;
+        }
+        match self.lsn_range {
+            Some((a, b)) => writeln!(f, "LSN range: {a}..={b}")?,
+            None => writeln!(f, "LSN range: empty")?,
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Describe the log and checkpoints of `state_dir`.
+///
+/// # Errors
+/// [`Error::Io`] when the directory cannot be listed.
+pub fn inspect(state_dir: &Path) -> Result<InspectReport> {
+    inspect_with(&StdVfs, state_dir, &Limits::default())
+}
+
+/// [`inspect`] over any [`Vfs`].
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<InspectReport> {
+    let dir = crate::log::log_dir(state_dir);
+    let mut rep = InspectReport::default();
+    for (lsn, path) in crate::checkpoint::list(vfs, &dir)? {
+        let bytes = vfs.read(&path).map(|b| b.len() as u64).unwrap_or(0);
+        let (pages, error) = match crate::checkpoint::read(vfs, &path, limits) {
+            Ok(img) => (Some(img.pages.len()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        rep.checkpoints.push(CheckpointSummary { path, lsn, bytes, pages, error });
+    }
+    let scan = reader::scan(vfs, &dir, 0, RecoveryMode::Tolerant, limits, &mut |_| Ok(true))?;
+    for (code, v) in &scan.by_type {
+        let e = rep.by_type.entry(RecordType::name(*code)).or_default();
+        e.0 += v.0;
+        e.1 += v.1;
+    }
+    rep.lsn_range = scan.segments.iter().filter_map(|s| s.lsns).fold(None, |acc, (a, b)| match acc {
+        None => Some((a, b)),
+        Some((x, y)) => Some((x.min(a), y.max(b))),
+    });
+    if let Some(t) = &scan.torn {
+        rep.notes.push(format!(
+            "torn tail: {} bytes at offset {} of {}",
+            t.bytes,
+            t.offset,
+            t.file.display()
+        ));
+    }
+    for d in &scan.dropped {
+        rep.notes.push(format!(
+            "unreadable: {} bytes at offset {} of {}: {}",
+            d.bytes,
+            d.offset,
+            d.file.display(),
+            d.reason
+        ));
+    }
+    rep.segments = scan.segments;
+    Ok(rep)
+}
+
+/// The first problem [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub file: Option<PathBuf>,
+    /// Offset of the first bad byte.
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Checkpoint files checked.
+    pub checkpoints: usize,
+    /// Segments checked.
+    pub segments: usize,
+    /// Commits replayed and re-validated.
+    pub commits: u64,
+    /// LSN of the last valid commit.
+    pub last_lsn: u64,
+    /// The first problem, if any.
+    pub problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether everything checked out.
+    pub fn is_ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} checkpoints, {} segments, {} commits up to LSN {}: ",
+            self.checkpoints, self.segments, self.commits, self.last_lsn
+        )?;
+        match &self.problem {
+            None => write!(f, "OK"),
+            Some(p) => write!(
+                f,
+                "PROBLEM in {} at offset {}: {}",
+                p.file.as_ref().map_or("?".into(), |f| f.display().to_string()),
+                p.offset.map_or("?".into(), |o| o.to_string()),
+                p.reason
+            ),
+        }
+    }
+}
+
+fn problem(e: Error) -> Problem {
+    match e {
+        Error::Corrupt { file, offset, reason } => Problem { file, offset, reason },
+        Error::Io { path, source } => Problem { file: path, offset: None, reason: source.to_string() },
+        other => Problem { file: None, offset: None, reason: other.to_string() },
+    }
+}
+
+/// Check every CRC and invariant of `state_dir`: every checkpoint, every
+/// segment, every record, and that every logged change replays validly.
+/// A torn tail counts as a problem (it is reported with its offset).
+pub fn verify(state_dir: &Path) -> VerifyReport {
+    verify_with(&StdVfs, state_dir, &Limits::default())
+}
+
+/// [`verify`] over any [`Vfs`].
+pub fn verify_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> VerifyReport {
+    let mut rep = VerifyReport::default();
+    let dir = crate::log::log_dir(state_dir);
+    let list = match crate::checkpoint::list(vfs, &dir) {
+        Ok(l) => l,
+        Err(e) => {
+            rep.problem = Some(problem(e));
+            return rep;
+        }
+    };
+    rep.checkpoints = list.len();
+    let mut image = None;
+    for (lsn, path) in &list {
+        match crate::checkpoint::read(vfs, path, limits) {
+            Ok(img) if img.lsn == *lsn => {
+                if image.is_none() {
+                    image = Some(img);
+                }
+            }
+            Ok(_) => {
+                rep.problem.get_or_insert(Problem {
+                    file: Some(path.clone()),
+                    offset: Some(24),
+                    reason: "LSN differs from the file name".into(),
+                });
+            }
+            Err(e) => {
+                rep.problem.get_or_insert(problem(e));
+            }
+        }
+    }
+    let mut image = image.unwrap_or_default();
+    let mut commits = 0u64;
+    match reader::scan(vfs, &dir, image.lsn, RecoveryMode::Strict, limits, &mut |c| {
+        image.apply_commit(c)?;
+        commits += 1;
+        Ok(true)
+    }) {
+        Ok(scan) => {
+            rep.segments = scan.segments.len();
+            rep.last_lsn = scan.last_lsn;
+            if let Some(t) = scan.torn {
+                rep.problem.get_or_insert(Problem {
+                    file: Some(t.file),
+                    offset: Some(t.offset),
+                    reason: format!("torn tail of {} bytes", t.bytes),
+                });
+            }
+        }
+        Err(e) => {
+            rep.problem.get_or_insert(problem(e));
+        }
+    }
+    rep.commits = commits;
+    rep
+}
+
+/// What [`replay`] produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// LSN of the last commit applied.
+    pub lsn: Lsn,
+    /// Logical time reached.
+    pub timestamp: u64,
+    /// Pages in the state.
+    pub pages: usize,
+    /// Total page bytes.
+    pub bytes: u64,
+    /// The state hash.
+    pub hash: u128,
+}
+
+impl fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "LSN {} time {}: {} pages, {} bytes, state hash {:032x}",
+            self.lsn, self.timestamp, self.pages, self.bytes, self.hash
+        )
+    }
+}
+
+/// Replay `state_dir` to the end of its log, or to LSN `to`, and hash the result.
+///
+/// # Errors
+/// [`Error::Corrupt`] and friends, as recovery in strict mode.
+pub fn replay(state_dir: &Path, to: Option<Lsn>) -> Result<ReplayReport> {
+    replay_with(&StdVfs, state_dir, to, &Limits::default())
+}
+
+/// [`replay`] over any [`Vfs`].
+///
+/// # Errors
+/// As [`replay`].
+pub fn replay_with(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    to: Option<Lsn>,
+    limits: &Limits,
+) -> Result<ReplayReport> {
+    let img = crate::replay::replay_to_lsn(vfs, state_dir, to, limits)?;
+    Ok(ReplayReport {
+        lsn: Lsn(img.lsn),
+        timestamp: img.timestamp,
+        pages: img.pages.len(),
+        bytes: img.pages.values().map(|p| p.bytes.len() as u64).sum(),
+        hash: img.state_hash(),
+    })
+}

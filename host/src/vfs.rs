@@ -1,0 +1,500 @@
+//! The storage abstraction under the log and checkpoints.
+//!
+//! [`Vfs`] is the handful of file operations the persistence layer needs
+//! (create-and-append, fsync, rename, directory sync, read, list, remove).
+//! [`StdVfs`] maps them to `std::fs`; [`SimVfs`] is an in-memory file system
+//! that keeps volatile and durable bytes apart, so a test can crash it at any
+//! operation and see exactly what a power cut could leave behind (unsynced
+//! writes dropped, torn, or reordered; unsynced renames lost), and can inject
+//! write and fsync failures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A file open for appending.
+pub trait VfsFile: Send + Debug {
+    /// Append all of `buf`.
+    ///
+    /// # Errors
+    /// The OS error; the file's contents past the last sync are then unknown.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Make every byte written so far durable (`fdatasync`).
+    ///
+    /// # Errors
+    /// The OS error. A failed sync must never be retried and trusted.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The file operations of the persistence layer.
+pub trait Vfs: Send + Sync + Debug {
+    /// Create `dir` and its parents.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the regular files in `dir`.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The whole contents of a file.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Create (or truncate) a file for appending.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>>;
+    /// Atomically rename `from` to `to`, replacing `to`.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Remove a file.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Make the directory's entries (creations, renames, removals) durable.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// [`Vfs`] over `std::fs`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdVfs;
+
+#[derive(Debug)]
+struct StdFile(std::fs::File);
+
+impl VfsFile for StdFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        io::Write::write_all(&mut self.0, buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Vfs for StdVfs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                if let Some(n) = e.file_name().to_str() {
+                    out.push(n.to_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
+        Ok(Box::new(StdFile(f)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// What survives a simulated crash of [`SimVfs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Only synced bytes and synced directory entries survive.
+    DropUnsynced,
+    /// Everything written survives (the OS flushed it all in time).
+    KeepAll,
+    /// A pseudo-random mix, reproducible from the seed: each unsynced write
+    /// survives whole, torn (a prefix), or not at all, independently, so
+    /// later writes can survive where earlier ones did not (holes read as
+    /// zeros); a random prefix of the unsynced directory operations survives.
+    Torn(u64),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Inode {
+    data: Vec<u8>,
+    synced: usize,
+    /// Unsynced writes `(offset, len)` in issue order.
+    pending: Vec<(usize, usize)>,
+    /// A sync failed: the pending bytes were dropped from the page cache's
+    /// dirty set and never reach the disk (Linux behaviour).
+    lost: bool,
+}
+
+#[derive(Debug, Clone)]
+enum NsOp {
+    Link(PathBuf, usize),
+    Unlink(PathBuf),
+}
+
+#[derive(Debug, Default)]
+struct Sim {
+    inodes: Vec<Inode>,
+    names: BTreeMap<PathBuf, usize>,
+    durable_names: BTreeMap<PathBuf, usize>,
+    pending_ns: Vec<NsOp>,
+    dirs: BTreeSet<PathBuf>,
+    boot: u64,
+    ops: u64,
+    crash_after: Option<u64>,
+    fail_write: Option<u64>,
+    fail_sync: Option<u64>,
+    writes: u64,
+    syncs: u64,
+}
+
+impl Sim {
+    fn tick(&mut self) -> io::Result<()> {
+        if self.crash_after.is_some_and(|n| self.ops >= n) {
+            return Err(io::Error::other("simulated crash: the machine is down"));
+        }
+        self.ops += 1;
+        Ok(())
+    }
+}
+
+/// An in-memory, crash-simulating [`Vfs`] for tests. Clones share one file system.
+#[derive(Clone, Debug, Default)]
+pub struct SimVfs {
+    inner: Arc<parking_lot::Mutex<Sim>>,
+}
+
+#[derive(Debug)]
+struct SimFile {
+    sim: Arc<parking_lot::Mutex<Sim>>,
+    inode: usize,
+    boot: u64,
+}
+
+impl VfsFile for SimFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut s = self.sim.lock();
+        if s.boot != self.boot {
+            return Err(io::Error::other("stale handle from before a crash"));
+        }
+        s.tick()?;
+        s.writes += 1;
+        if s.fail_write.is_some_and(|n| s.writes >= n) {
+            // A failed write may still have written a prefix.
+            let ino = &mut s.inodes[self.inode];
+            let at = ino.data.len();
+            let part = buf.len() / 2;
+            ino.data.extend_from_slice(&buf[..part]);
+            ino.pending.push((at, part));
+            return Err(io::Error::other("injected write failure"));
+        }
+        let ino = &mut s.inodes[self.inode];
+        let at = ino.data.len();
+        ino.data.extend_from_slice(buf);
+        ino.pending.push((at, buf.len()));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut s = self.sim.lock();
+        if s.boot != self.boot {
+            return Err(io::Error::other("stale handle from before a crash"));
+        }
+        s.tick()?;
+        s.syncs += 1;
+        if s.fail_sync.is_some_and(|n| s.syncs >= n) {
+            s.inodes[self.inode].lost = true;
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        let ino = &mut s.inodes[self.inode];
+        if !ino.lost {
+            ino.synced = ino.data.len();
+            ino.pending.clear();
+        }
+        Ok(())
+    }
+}
+
+fn not_found(p: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", p.display()))
+}
+
+/// A small deterministic generator (SplitMix64) for crash choices.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl SimVfs {
+    /// An empty simulated file system.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of mutating operations (writes, syncs, creates, renames,
+    /// removals, directory syncs) issued so far.
+    pub fn ops(&self) -> u64 {
+        self.inner.lock().ops
+    }
+
+    /// Once `n` operations in total have been issued,
+    /// every later operation fails, as if the machine had lost power.
+    pub fn crash_after(&self, n: u64) {
+        self.inner.lock().crash_after = Some(n);
+    }
+
+    /// The `n`-th write from now on (1-based) and every one after it fail.
+    pub fn fail_write_after(&self, n: u64) {
+        let mut s = self.inner.lock();
+        s.fail_write = Some(s.writes + n);
+    }
+
+    /// The `n`-th fsync from now on (1-based) and every one after it fail.
+    pub fn fail_sync_after(&self, n: u64) {
+        let mut s = self.inner.lock();
+        s.fail_sync = Some(s.syncs + n);
+    }
+
+    /// Simulate a power cut and reboot: decide what reached the disk
+    /// according to `mode`, then start afresh (open handles go stale, fault
+    /// injection is cleared).
+    pub fn crash(&self, mode: CrashMode) {
+        let mut s = self.inner.lock();
+        let mut rng = match mode {
+            CrashMode::Torn(seed) => seed ^ 0xA5A5_A5A5,
+            _ => 0,
+        };
+        for ino in &mut s.inodes {
+            let keep_all = mode == CrashMode::KeepAll && !ino.lost;
+            if keep_all {
+                ino.synced = ino.data.len();
+                ino.pending.clear();
+                continue;
+            }
+            let mut out = ino.data[..ino.synced].to_vec();
+            if let (CrashMode::Torn(_), false) = (mode, ino.lost) {
+                for &(at, len) in &ino.pending {
+                    let keep = match splitmix(&mut rng) % 3 {
+                        0 => 0,
+                        1 => len,
+                        _ => (splitmix(&mut rng) % (len as u64 + 1)) as usize,
+                    };
+                    if keep > 0 {
+                        if out.len() < at + keep {
+                            out.resize(at + keep, 0);
+                        }
+                        out[at..at + keep].copy_from_slice(&ino.data[at..at + keep]);
+                    }
+                }
+            }
+            ino.synced = out.len();
+            ino.data = out;
+            ino.pending.clear();
+            ino.lost = false;
+        }
+        let names = match mode {
+            CrashMode::KeepAll => s.names.clone(),
+            CrashMode::DropUnsynced => s.durable_names.clone(),
+            CrashMode::Torn(_) => {
+                let n = if s.pending_ns.is_empty() {
+                    0
+                } else {
+                    (splitmix(&mut rng) % (s.pending_ns.len() as u64 + 1)) as usize
+                };
+                let mut names = s.durable_names.clone();
+                for op in &s.pending_ns[..n] {
+                    match op {
+                        NsOp::Link(p, i) => {
+                            names.insert(p.clone(), *i);
+                        }
+                        NsOp::Unlink(p) => {
+                            names.remove(p);
+                        }
+                    }
+                }
+                names
+            }
+        };
+        s.names = names.clone();
+        s.durable_names = names;
+        s.pending_ns.clear();
+        s.boot += 1;
+        s.crash_after = None;
+        s.fail_write = None;
+        s.fail_sync = None;
+    }
+
+    /// Overwrite a file's bytes in place (durably), e.g. to flip a bit.
+    ///
+    /// # Errors
+    /// `NotFound` when the file does not exist.
+    pub fn corrupt(&self, path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let mut s = self.inner.lock();
+        let i = *s.names.get(path).ok_or_else(|| not_found(path))?;
+        let ino = &mut s.inodes[i];
+        f(&mut ino.data);
+        ino.synced = ino.data.len();
+        ino.pending.clear();
+        Ok(())
+    }
+
+    /// A copy of the whole file system (volatile view), for replaying the
+    /// same image many times.
+    pub fn snapshot(&self) -> SimVfs {
+        let s = self.inner.lock();
+        let sim = Sim {
+            inodes: s.inodes.clone(),
+            names: s.names.clone(),
+            durable_names: s.names.clone(),
+            dirs: s.dirs.clone(),
+            ..Sim::default()
+        };
+        SimVfs { inner: Arc::new(parking_lot::Mutex::new(sim)) }
+    }
+}
+
+impl Vfs for SimVfs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.inner.lock();
+        for a in dir.ancestors() {
+            s.dirs.insert(a.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let s = self.inner.lock();
+        if !s.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(s.names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+            .collect())
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let s = self.inner.lock();
+        let i = *s.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(s.inodes[i].data.clone())
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let mut s = self.inner.lock();
+        s.tick()?;
+        if !path.parent().is_some_and(|d| s.dirs.contains(d)) {
+            return Err(not_found(path));
+        }
+        let i = s.inodes.len();
+        s.inodes.push(Inode::default());
+        s.names.insert(path.to_path_buf(), i);
+        s.pending_ns.push(NsOp::Link(path.to_path_buf(), i));
+        Ok(Box::new(SimFile { sim: self.inner.clone(), inode: i, boot: s.boot }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.inner.lock();
+        s.tick()?;
+        let i = s.names.remove(from).ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_path_buf(), i);
+        s.pending_ns.push(NsOp::Link(to.to_path_buf(), i));
+        s.pending_ns.push(NsOp::Unlink(from.to_path_buf()));
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.inner.lock();
+        s.tick()?;
+        s.names.remove(path).ok_or_else(|| not_found(path))?;
+        s.pending_ns.push(NsOp::Unlink(path.to_path_buf()));
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.inner.lock();
+        s.tick()?;
+        // Every pending entry operation in this directory becomes durable.
+        let ops = std::mem::take(&mut s.pending_ns);
+        let mut rest = Vec::new();
+        for op in ops {
+            let p = match &op {
+                NsOp::Link(p, _) | NsOp::Unlink(p) => p.clone(),
+            };
+            if p.parent() == Some(dir) {
+                match op {
+                    NsOp::Link(p, i) => {
+                        s.durable_names.insert(p, i);
+                    }
+                    NsOp::Unlink(p) => {
+                        s.durable_names.remove(&p);
+                    }
+                }
+            } else {
+                rest.push(op);
+            }
+        }
+        s.pending_ns = rest;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsynced_data_and_names_are_lost_at_a_crash() {
+        let v = SimVfs::new();
+        let d = Path::new("/x");
+        v.create_dir_all(d).unwrap();
+        let mut f = v.create(&d.join("a")).unwrap();
+        f.write_all(b"hello").unwrap();
+        f.sync().unwrap();
+        f.write_all(b" world").unwrap();
+        v.crash(CrashMode::DropUnsynced);
+        assert!(v.read(&d.join("a")).is_err(), "the name was never synced");
+        let mut f = v.create(&d.join("b")).unwrap();
+        f.write_all(b"hello").unwrap();
+        f.sync().unwrap();
+        v.sync_dir(d).unwrap();
+        f.write_all(b" world").unwrap();
+        v.crash(CrashMode::DropUnsynced);
+        assert_eq!(v.read(&d.join("b")).unwrap(), b"hello");
+        assert!(f.write_all(b"x").is_err(), "handles go stale at a crash");
+    }
+
+    #[test]
+    fn failed_fsync_loses_the_pending_bytes() {
+        let v = SimVfs::new();
+        let d = Path::new("/x");
+        v.create_dir_all(d).unwrap();
+        let mut f = v.create(&d.join("a")).unwrap();
+        v.sync_dir(d).unwrap();
+        f.write_all(b"abc").unwrap();
+        v.fail_sync_after(1);
+        assert!(f.sync().is_err());
+        v.crash(CrashMode::KeepAll);
+        assert_eq!(v.read(&d.join("a")).unwrap(), b"");
+    }
+}
