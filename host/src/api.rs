@@ -3,13 +3,18 @@
 use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
 use crate::change::Change;
 use crate::delta::{Delta, Payload, Source};
+use crate::events::{event_for_change, Event, EventBus, Subscription};
+use crate::graph::{EdgeKind, PageHandle};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
+use crate::propagate::{self, Deps, Derived, PropagationMode, PropagationStats, Settings};
 use crate::registry::{PageCell, Registry};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
 use shared_types::{DeltaId, Epoch, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// How to start a state.
 #[derive(Clone, Debug)]
@@ -19,11 +24,29 @@ pub struct Config {
     pub dir: Option<PathBuf>,
     /// Byte budget of the page allocator's free lists.
     pub pool_budget: u64,
+    /// When derived pages are recomputed.
+    pub propagation: PropagationMode,
+    /// Threads a propagation may use for one wide level (0: the number of
+    /// available cores).
+    pub propagation_threads: usize,
+    /// Bytes (outputs plus inputs) a level must involve before it is
+    /// recomputed on several threads; thread start-up costs microseconds.
+    pub parallel_min_bytes: u64,
+    /// Capacity of each subscriber's event channel; events beyond it are
+    /// dropped for that subscriber and counted.
+    pub event_capacity: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { dir: None, pool_budget: DEFAULT_POOL_BUDGET }
+        Self {
+            dir: None,
+            pool_budget: DEFAULT_POOL_BUDGET,
+            propagation: PropagationMode::Immediate,
+            propagation_threads: 0,
+            parallel_min_bytes: 256 << 10,
+            event_capacity: 1 << 16,
+        }
     }
 }
 
@@ -37,6 +60,24 @@ impl Config {
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self { dir: Some(dir.into()), ..Self::default() }
     }
+
+    /// The same configuration with another propagation mode.
+    #[must_use]
+    pub fn with_propagation(mut self, mode: PropagationMode) -> Self {
+        self.propagation = mode;
+        self
+    }
+}
+
+/// A derived page's recipe: function, version and parents in call order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derivation {
+    /// The function's registered name.
+    pub function: String,
+    /// The version the page was derived with.
+    pub version: u32,
+    /// Parents in call order.
+    pub parents: Vec<PageId>,
 }
 
 /// One update of a batch.
@@ -112,12 +153,14 @@ impl std::fmt::Debug for PageRef {
 
 type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
 
-/// Counters owned by the commit path (one writer at a time).
+/// Counters and dependency state owned by the commit path (one writer at a
+/// time).
 #[derive(Debug)]
 struct Clock {
     next_page: u64,
     next_delta: u64,
     timestamp: u64,
+    deps: Deps,
 }
 
 enum DirHolder {
@@ -151,6 +194,9 @@ pub struct Mmsb {
     registry: Registry,
     clock: Mutex<Clock>,
     stopped: AtomicBool,
+    events: EventBus,
+    mode: PropagationMode,
+    settings: Settings,
 }
 
 impl std::fmt::Debug for Mmsb {
@@ -170,16 +216,24 @@ impl Mmsb {
                 std::fs::create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
                 DirHolder::Given(d)
             }
-            None => DirHolder::Temp(
-                tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?,
-            ),
+            None => DirHolder::Temp(tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?),
+        };
+        let threads = match config.propagation_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         };
         Ok(Mmsb {
             dir,
             alloc: PageAllocator::new(config.pool_budget),
             registry: Registry::default(),
-            clock: Mutex::new(Clock { next_page: 1, next_delta: 1, timestamp: 0 }),
+            clock: Mutex::new(Clock { next_page: 1, next_delta: 1, timestamp: 0, deps: Deps::default() }),
             stopped: AtomicBool::new(false),
+            events: EventBus::new(config.event_capacity),
+            mode: config.propagation,
+            settings: Settings {
+                threads,
+                parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
+            },
         })
     }
 
@@ -221,8 +275,12 @@ impl Mmsb {
         spec.validate()?;
         let mut clock = self.clock.lock();
         self.live()?;
-        let change =
-            Change::CreatePage { id: PageId(clock.next_page), len: spec.len, location: spec.location, meta: spec.meta };
+        let change = Change::CreatePage {
+            id: PageId(clock.next_page),
+            len: spec.len,
+            location: spec.location,
+            meta: spec.meta,
+        };
         self.commit(&mut clock, vec![change], &mut [])?;
         Ok(PageId(clock.next_page - 1))
     }
@@ -295,6 +353,38 @@ impl Mmsb {
                 .ok_or_else(|| Error::invalid_delta(Some(u.page), "page epoch would overflow"))?;
             results.push(epochs[k]);
         }
+        let clock = &mut *clock;
+
+        // Immediate propagation is planned on staged copies before anything
+        // is applied: if a recompute fails, the batch is refused whole.
+        let mut derived = Vec::new();
+        let mut planned = None;
+        if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
+            let Deps { graph, functions, scratch } = &mut clock.deps;
+            let nodes: Vec<(u32, usize)> = guards
+                .iter()
+                .enumerate()
+                .filter_map(|(k, (id, _))| graph.node(*id).map(|n| (n, k)))
+                .collect();
+            let feeds = nodes.iter().any(|&(n, _)| !graph.slots[n as usize].data_children.is_empty());
+            if feeds || graph.has_pending() {
+                let t0 = Instant::now();
+                scratch.begin(graph.bound());
+                let mut node_of = vec![u32::MAX; guards.len()];
+                for &(n, k) in &nodes {
+                    scratch.stage(n, guards[k].1.bytes()?, epochs[k]);
+                    node_of[k] = n;
+                }
+                for (u, &k) in updates.iter().zip(&slots) {
+                    if node_of[k] != u32::MAX {
+                        u.payload.apply_to(scratch.staged_mut(node_of[k], guards[k].1.len as usize))?;
+                    }
+                }
+                let extra: Vec<u32> = nodes.iter().map(|t| t.0).collect();
+                let stats = propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived)?;
+                planned = Some((stats, t0));
+            }
+        }
         let changes = updates
             .into_iter()
             .enumerate()
@@ -310,14 +400,352 @@ impl Mmsb {
                 })
             })
             .collect();
-        self.commit(&mut clock, changes, &mut guards)?;
+        let Some((stats, t0)) = planned else {
+            self.commit(clock, changes, &mut guards)?;
+            return Ok(results);
+        };
+        // Lock the derived pages the batch does not hold yet.
+        let cells: Vec<(PageId, PageCell)> = derived
+            .iter()
+            .filter(|d| ids.binary_search(&d.page).is_err())
+            .map(|d| self.registry.get(d.page).map(|c| (d.page, c)))
+            .collect::<Result<_>>()?;
+        let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
+        all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
+        all.sort_unstable_by_key(|(id, _)| *id);
+        self.commit(clock, changes, &mut all)?;
+        self.commit_derived(clock, derived, stats, t0, &mut all)?;
         Ok(results)
+    }
+
+    /// Commit the deltas of a planned propagation (pages locked in
+    /// `guards`), emit its events and forget the work it covered.
+    fn commit_derived(
+        &self,
+        clock: &mut Clock,
+        derived: Vec<Derived>,
+        mut stats: PropagationStats,
+        t0: Instant,
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<PropagationStats> {
+        let listen = self.events.active();
+        if listen {
+            self.events.send(Event::PropagationStarted { dirty: stats.dirty });
+        }
+        let changes = derived
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Change::Apply(Delta {
+                    id: DeltaId(clock.next_delta + i as u64),
+                    page: d.page,
+                    base_epoch: None,
+                    payload: d.payload,
+                    source: Source::Propagation(d.provenance),
+                    tag: None,
+                    timestamp: clock.timestamp + 1 + i as u64,
+                })
+            })
+            .collect();
+        self.commit(clock, changes, guards)?;
+        clock.deps.graph.clear_pending();
+        stats.duration = t0.elapsed();
+        if listen {
+            for &(page, changed) in &clock.deps.scratch.fired {
+                self.events.send(Event::Recomputed { page, changed });
+            }
+            self.events.send(Event::PropagationFinished {
+                dirty: stats.dirty,
+                recomputed: stats.recomputed,
+                cut_off: stats.cut_off,
+                duration: stats.duration,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Plan and commit a propagation of the queued work.
+    fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
+        let t0 = Instant::now();
+        let mut derived = Vec::new();
+        let Deps { graph, functions, scratch } = &mut clock.deps;
+        scratch.begin(graph.bound());
+        let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
+        let cells: Vec<(PageId, PageCell)> =
+            derived.iter().map(|d| self.registry.get(d.page).map(|c| (d.page, c))).collect::<Result<_>>()?;
+        let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
+        guards.sort_unstable_by_key(|(id, _)| *id);
+        self.commit_derived(clock, derived, stats, t0, &mut guards)
+    }
+
+    /// Bring every derived page up to date: recompute the pages below the
+    /// writes made since the last propagation, each once, in dependency
+    /// order. With [`PropagationMode::Immediate`] writes do this themselves
+    /// and there is rarely anything left.
+    ///
+    /// # Errors
+    /// [`Error::Recompute`] when a function panics, [`Error::Function`] when
+    /// a derived page's function is not registered. Nothing is applied then
+    /// and the work stays queued.
+    ///
+    /// # Complexity
+    /// O(pages recomputed × (parents + log pages recomputed)) plus the
+    /// functions and diffs; with nothing queued it returns at once.
+    pub fn propagate(&self) -> Result<PropagationStats> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        if !clock.deps.graph.has_pending() {
+            return Ok(PropagationStats::default());
+        }
+        self.propagate_locked(&mut clock)
+    }
+
+    fn after_graph_change(&self, clock: &mut Clock) -> Result<()> {
+        if self.mode == PropagationMode::Immediate && clock.deps.graph.has_pending() {
+            self.propagate_locked(clock)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&self, id: PageId) -> Result<PageHandle> {
+        let cell = self.registry.get(id)?;
+        let len = {
+            let p = cell.read();
+            if p.location != Location::Cpu {
+                return Err(Error::UnsupportedLocation { op: "dependency graph", location: p.location });
+            }
+            p.len as usize
+        };
+        Ok((id, cell, len))
+    }
+
+    /// Register recompute function `name` at `version`. Pages derived by an
+    /// earlier version of it are re-declared at this version (logged as
+    /// [`Change::DeclareDerived`]), marked stale and recomputed (at once in
+    /// immediate mode). Returns those pages.
+    ///
+    /// The function gets the parents' bytes in declaration order and writes
+    /// the page's new bytes into a zeroed buffer of the page's length. It
+    /// must be deterministic.
+    ///
+    /// # Errors
+    /// [`Error::Function`] when `name` is registered at this or a later
+    /// version; in immediate mode, the errors of [`Mmsb::propagate`] (the
+    /// registration then stands and the pages stay queued).
+    pub fn register_function<F>(&self, name: &str, version: u32, f: F) -> Result<Vec<PageId>>
+    where
+        F: Fn(&[&[u8]], &mut [u8]) + Send + Sync + 'static,
+    {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        let clock = &mut *clock;
+        clock.deps.functions.check_register(name, version)?;
+        let fi = clock.deps.functions.set(name, version, Arc::new(f));
+        let graph = &clock.deps.graph;
+        let mut pages = Vec::new();
+        let mut changes = Vec::new();
+        for n in graph.bound_to(fi) {
+            let s = &graph.slots[n as usize];
+            if s.binding.is_some_and(|b| b.version != version) {
+                pages.push(s.page);
+                changes.push(Change::DeclareDerived {
+                    page: s.page,
+                    function: name.to_owned(),
+                    version,
+                    parents: s.args.iter().map(|&p| graph.slots[p as usize].page).collect(),
+                });
+            }
+        }
+        self.commit(clock, changes, &mut [])?;
+        self.after_graph_change(clock)?;
+        Ok(pages)
+    }
+
+    /// Whether recompute function `name` is registered at `version`.
+    pub fn has_function(&self, name: &str, version: u32) -> bool {
+        self.clock.lock().deps.functions.has(name, version)
+    }
+
+    /// Make `page` a derived page: its bytes are `function(parents…)`, with
+    /// data edges from each parent (in call order; a parent may repeat).
+    /// Replaces an earlier derivation. The function runs once on the
+    /// current bytes before anything changes; the page is then recomputed
+    /// (at once in immediate mode).
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::Function`] when `function` is not
+    /// registered; [`Error::GraphCycle`] when a parent is `page` or depends
+    /// on it; [`Error::Recompute`] when the function panics. Nothing changes
+    /// on error.
+    pub fn declare_derived(&self, page: PageId, function: &str, parents: &[PageId]) -> Result<()> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        let clock = &mut *clock;
+        let (fi, version) = clock.deps.functions.current(function)?;
+        let (_, cell, len) = self.handle(page)?;
+        let handles: Vec<PageHandle> = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
+        clock.deps.graph.check_declare(page, parents)?;
+        // Dry run, so that a function that panics is refused up front.
+        if let Some(f) = clock.deps.functions.entries[fi as usize].f.clone() {
+            let locks: Vec<_> = handles.iter().map(|h| h.1.read_recursive()).collect();
+            let inputs: Vec<&[u8]> = locks.iter().map(|g| g.bytes()).collect::<Result<_>>()?;
+            let mut out = vec![0u8; len];
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inputs, &mut out))).map_err(|p| {
+                Error::Recompute {
+                    page,
+                    function: function.to_owned(),
+                    reason: propagate::panic_message(p.as_ref()),
+                }
+            })?;
+        }
+        drop(cell);
+        let change = Change::DeclareDerived {
+            page,
+            function: function.to_owned(),
+            version,
+            parents: parents.to_vec(),
+        };
+        self.commit(clock, vec![change], &mut [])?;
+        self.after_graph_change(clock)
+    }
+
+    /// Add a dependency edge `from → to`. A [`EdgeKind::Data`] edge adds
+    /// `from` as the last argument of derived page `to` (which is then
+    /// recomputed); a [`EdgeKind::Control`] edge makes `to` stale whenever
+    /// `from` changes.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::GraphCycle`] naming the cycle the
+    /// edge would close (self-loops included); [`Error::InvalidEdge`] when
+    /// the pages are already linked or a data edge feeds a page that is not
+    /// derived. Nothing changes on error.
+    ///
+    /// # Complexity
+    /// Amortised near O(1) when the edge agrees with the current topological
+    /// order; otherwise proportional to the nodes between the two pages in
+    /// that order (Pearce–Kelly).
+    pub fn add_edge(&self, from: PageId, to: PageId, kind: EdgeKind) -> Result<()> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        self.handle(from)?;
+        self.handle(to)?;
+        clock.deps.graph.check_edge(from, to, kind)?;
+        self.commit(&mut clock, vec![Change::AddEdge { from, to, kind }], &mut [])?;
+        self.after_graph_change(&mut clock)
+    }
+
+    /// Remove the dependency edge `from → to`. Removing a data edge drops
+    /// `from` from the child's arguments and recomputes the child.
+    ///
+    /// # Errors
+    /// [`Error::InvalidEdge`] when there is no such edge.
+    pub fn remove_edge(&self, from: PageId, to: PageId) -> Result<()> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        if clock.deps.graph.edge(from, to).is_none() {
+            return Err(Error::InvalidEdge { from, to, reason: "no edge between these pages".into() });
+        }
+        self.commit(&mut clock, vec![Change::RemoveEdge { from, to }], &mut [])?;
+        self.after_graph_change(&mut clock)
+    }
+
+    /// Whether `page` is stale: a control parent changed, a data parent was
+    /// deleted, or a recomputation is queued (deferred mode).
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn is_stale(&self, page: PageId) -> Result<bool> {
+        self.registry.get(page)?;
+        let clock = self.clock.lock();
+        let g = &clock.deps.graph;
+        Ok(g.node(page).is_some_and(|n| g.slots[n as usize].stale))
+    }
+
+    /// How `page` is derived, if it is.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn derivation(&self, page: PageId) -> Result<Option<Derivation>> {
+        self.registry.get(page)?;
+        let clock = self.clock.lock();
+        let (g, f) = (&clock.deps.graph, &clock.deps.functions);
+        Ok(g.node(page).and_then(|n| {
+            let s = &g.slots[n as usize];
+            s.binding.map(|b| Derivation {
+                function: f.entries[b.func as usize].name.clone(),
+                version: b.version,
+                parents: s.args.iter().map(|&p| g.slots[p as usize].page).collect(),
+            })
+        }))
+    }
+
+    /// The children of `page` and the kinds of their edges, by page id.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn children(&self, page: PageId) -> Result<Vec<(PageId, EdgeKind)>> {
+        self.registry.get(page)?;
+        let clock = self.clock.lock();
+        let g = &clock.deps.graph;
+        let mut out: Vec<(PageId, EdgeKind)> = g
+            .node(page)
+            .map(|n| {
+                let s = &g.slots[n as usize];
+                let data = s.data_children.iter().map(|&c| (g.slots[c as usize].page, EdgeKind::Data));
+                data.chain(s.control_children.iter().map(|&c| (g.slots[c as usize].page, EdgeKind::Control)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_unstable_by_key(|c| c.0);
+        Ok(out)
+    }
+
+    /// Re-run every derived page's function on the current bytes and check
+    /// that it reproduces them (a determinism check). Pages with queued or
+    /// stale work are skipped. Returns the number of pages checked.
+    ///
+    /// # Errors
+    /// [`Error::Invariant`] naming the first page that differs; the errors
+    /// of a recompute ([`Error::Recompute`], [`Error::Function`]).
+    pub fn verify_recompute(&self) -> Result<usize> {
+        let clock = self.clock.lock();
+        self.live()?;
+        let (g, f) = (&clock.deps.graph, &clock.deps.functions);
+        let skip = g.downstream_of_pending();
+        let mut checked = 0;
+        for n in g.live_nodes() {
+            let s = &g.slots[n as usize];
+            let Some(b) = s.binding else { continue };
+            if s.stale || skip[n as usize] {
+                continue;
+            }
+            if !propagate::reproduces(g, f, n)? {
+                return Err(Error::Invariant(format!(
+                    "derived page {} differs from a recompute by {:?} v{}",
+                    s.page, f.entries[b.func as usize].name, b.version
+                )));
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+
+    /// Subscribe to the event stream. Events are delivered without ever
+    /// blocking a writer; see [`crate::events`] for what happens when a
+    /// subscriber falls behind.
+    pub fn subscribe(&self) -> Subscription {
+        self.events.subscribe()
     }
 
     /// The commit path. `changes` are fully validated and `guards` holds the
     /// write locks of every page an `Apply` touches, sorted by id. Applying
     /// cannot fail after validation; each change advances the clock.
-    fn commit(&self, clock: &mut Clock, changes: Vec<Change>, guards: &mut [(PageId, PageGuard<'_>)]) -> Result<()> {
+    fn commit(
+        &self,
+        clock: &mut Clock,
+        changes: Vec<Change>,
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<()> {
         for change in changes {
             self.apply_change(clock, change, guards)?;
         }
@@ -325,7 +753,13 @@ impl Mmsb {
     }
 
     /// Apply one validated change and advance the clock.
-    fn apply_change(&self, clock: &mut Clock, change: Change, guards: &mut [(PageId, PageGuard<'_>)]) -> Result<()> {
+    fn apply_change(
+        &self,
+        clock: &mut Clock,
+        change: Change,
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<()> {
+        let mut event = if self.events.active() { event_for_change(&change, Epoch(0)) } else { None };
         match change {
             Change::CreatePage { id, len, location, meta } => {
                 let storage = match location {
@@ -337,6 +771,7 @@ impl Mmsb {
             }
             Change::DeletePage { id } => {
                 self.registry.remove(id)?;
+                clock.deps.graph.remove_page(id);
             }
             Change::Apply(delta) => {
                 let k = guards
@@ -345,10 +780,42 @@ impl Mmsb {
                 let page = &mut guards[k].1;
                 delta.payload.apply_to(page.host_bytes_mut()?)?;
                 page.epoch = Epoch(page.epoch.0 + 1);
+                if let Some(Event::DeltaApplied { epoch, .. }) = &mut event {
+                    *epoch = page.epoch;
+                }
                 clock.next_delta = clock.next_delta.max(delta.id.0 + 1);
+                if !clock.deps.graph.is_empty() {
+                    clock.deps.graph.on_apply(delta.page, matches!(delta.source, Source::Propagation(_)));
+                }
+            }
+            Change::AddEdge { from, to, kind } => {
+                let graph = &mut clock.deps.graph;
+                graph.add_edge(self.handle(from)?, self.handle(to)?, kind)?;
+                if kind == EdgeKind::Data {
+                    if let Some(n) = graph.node(to) {
+                        graph.force(n);
+                    }
+                }
+            }
+            Change::RemoveEdge { from, to } => {
+                let graph = &mut clock.deps.graph;
+                if graph.remove_edge(from, to)? == EdgeKind::Data {
+                    if let Some(n) = graph.node(to) {
+                        graph.force(n);
+                    }
+                }
+            }
+            Change::DeclareDerived { page, function, version, parents } => {
+                let func = clock.deps.functions.intern(&function);
+                let page = self.handle(page)?;
+                let parents = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
+                clock.deps.graph.declare(page, crate::graph::Binding { func, version }, parents)?;
             }
         }
         clock.timestamp += 1;
+        if let Some(e) = event {
+            self.events.send(e);
+        }
         Ok(())
     }
 
@@ -409,7 +876,8 @@ impl Mmsb {
     /// [`Error::Invariant`] naming the first violation.
     pub fn verify(&self) -> Result<()> {
         let clock = self.clock.lock();
-        self.registry.verify(PageId(clock.next_page))
+        self.registry.verify(PageId(clock.next_page))?;
+        clock.deps.graph.verify()
     }
 }
 
@@ -420,22 +888,40 @@ fn with_page(e: Error, page: PageId) -> Error {
     }
 }
 
-/// Declare pages (and, with the graph, derived pages) on a state.
+/// Declare pages and derived pages on a state.
 ///
-/// Each `page NAME(LEN);` creates a CPU page named `NAME` and binds its
-/// [`PageId`](crate::PageId) to a local variable of that name;
-/// `page NAME(LEN) on LOCATION;` places it elsewhere. Errors propagate with `?`.
+/// - `page NAME(LEN);` creates a CPU page named `NAME` and binds its
+///   [`PageId`](crate::PageId) to a local variable of that name;
+///   `page NAME(LEN) on LOCATION;` places it elsewhere.
+/// - `derived NAME(LEN) = FUNC(PARENT, …);` creates a page and declares it
+///   derived by the registered recompute function `"FUNC"` from the parents
+///   in call order.
+/// - `derived NAME(LEN) = FUNC@VERSION(PARENT, …) |inputs, out| { … };`
+///   also registers the body as `"FUNC"` at `VERSION` (1 when `@VERSION` is
+///   left out), unless that version is registered already. `inputs` is
+///   `&[&[u8]]` (the parents' bytes), `out` is `&mut [u8]` (zeroed, the
+///   page's length).
+///
+/// Errors propagate with `?`.
 ///
 /// # Examples
 /// ```
 /// # fn main() -> mmsb::Result<()> {
-/// let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+/// use mmsb::{Config, Mmsb, Payload};
+/// let state = Mmsb::start(Config::temporary())?;
 /// mmsb::mmsb! { state;
-///     page input(4096);
-///     page scratch(64) on mmsb::Location::Cpu;
+///     page a(4);
+///     page b(4) on mmsb::Location::Cpu;
+///     derived sum(4) = add@1(a, b) |ins, out| {
+///         for i in 0..out.len() { out[i] = ins[0][i].wrapping_add(ins[1][i]); }
+///     };
+///     derived twice(4) = add(sum, sum);
 /// }
-/// assert_eq!(state.page_info(input)?.len, 4096);
-/// assert_eq!(state.page_info(scratch)?.meta["name"], b"scratch");
+/// state.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+/// state.update_page(b, Payload::Full(vec![10; 4]))?;
+/// assert_eq!(state.query_page(sum)?, [11, 12, 13, 14]);
+/// assert_eq!(state.query_page(twice)?, [22, 24, 26, 28]);
+/// assert_eq!(state.page_info(twice)?.meta["name"], b"twice");
 /// # Ok(())
 /// # }
 /// ```
@@ -455,5 +941,33 @@ macro_rules! __mmsb_decl {
             $crate::PageSpec::new($len as u64).named(stringify!($name))$(.on($loc))?,
         )?;
         $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+    (($state:expr) derived $name:ident ($len:expr) = $f:ident $(@ $ver:literal)? ($($p:ident),* $(,)?)
+        |$ins:ident, $out:ident| $body:block; $($rest:tt)*) => {
+        let $name = $state.create_page($crate::PageSpec::new($len as u64).named(stringify!($name)))?;
+        {
+            let version: u32 = $crate::__mmsb_ver!($($ver)?);
+            if !$state.has_function(stringify!($f), version) {
+                $state.register_function(stringify!($f), version, |$ins: &[&[u8]], $out: &mut [u8]| $body)?;
+            }
+        }
+        $state.declare_derived($name, stringify!($f), &[$($p),*])?;
+        $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+    (($state:expr) derived $name:ident ($len:expr) = $f:ident ($($p:ident),* $(,)?); $($rest:tt)*) => {
+        let $name = $state.create_page($crate::PageSpec::new($len as u64).named(stringify!($name)))?;
+        $state.declare_derived($name, stringify!($f), &[$($p),*])?;
+        $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mmsb_ver {
+    () => {
+        1
+    };
+    ($v:literal) => {
+        $v
     };
 }

@@ -92,7 +92,12 @@ impl DenseDelta {
         if words.len() != data.len().div_ceil(64) {
             return Err(Error::invalid_delta(
                 None,
-                format!("{} mask words for {} data bytes (need {})", words.len(), data.len(), data.len().div_ceil(64)),
+                format!(
+                    "{} mask words for {} data bytes (need {})",
+                    words.len(),
+                    data.len(),
+                    data.len().div_ceil(64)
+                ),
             ));
         }
         let mut mask = BitVec::<u64, Lsb0>::from_vec(words);
@@ -168,12 +173,16 @@ impl SparseDelta {
                 if r.offset < p {
                     return Err(Error::invalid_delta(
                         None,
-                        format!("run {i} at offset {} overlaps or precedes the previous run ending at {p}", r.offset),
+                        format!(
+                            "run {i} at offset {} overlaps or precedes the previous run ending at {p}",
+                            r.offset
+                        ),
                     ));
                 }
             }
             prev_end = Some(end);
-            total = total.checked_add(r.len).ok_or_else(|| Error::invalid_delta(None, "run lengths overflow"))?;
+            total =
+                total.checked_add(r.len).ok_or_else(|| Error::invalid_delta(None, "run lengths overflow"))?;
         }
         if total != data.len() as u64 {
             return Err(Error::invalid_delta(
@@ -410,7 +419,9 @@ impl Payload {
         let mut bridged: Vec<Run> = Vec::with_capacity(raw.len());
         for r in raw {
             match bridged.last_mut() {
-                Some(last) if r.offset - (last.offset + last.len) < 16 => last.len = r.offset + r.len - last.offset,
+                Some(last) if r.offset - (last.offset + last.len) < 16 => {
+                    last.len = r.offset + r.len - last.offset
+                }
                 _ => bridged.push(r),
             }
         }
@@ -631,8 +642,9 @@ mod tests {
     #[test]
     fn dense_apply_replaces_exactly_the_masked_bytes() {
         for len in [1usize, 7, 8, 63, 64, 65, 130, 1000] {
-            let opts: Vec<Option<u8>> =
-                (0..len).map(|i| if i % 3 == 0 || i % 7 == 1 { Some(i as u8 ^ 0x5A) } else { None }).collect();
+            let opts: Vec<Option<u8>> = (0..len)
+                .map(|i| if i % 3 == 0 || i % 7 == 1 { Some(i as u8 ^ 0x5A) } else { None })
+                .collect();
             let d = Payload::Dense(DenseDelta::from_options(&opts).unwrap());
             let mut page: Vec<u8> = (0..len).map(|i| (i * 11) as u8).collect();
             let before = page.clone();
@@ -655,11 +667,16 @@ mod tests {
     #[test]
     fn sparse_validation() {
         assert!(SparseDelta::new(vec![Run { offset: 0, len: 0 }], vec![]).is_err());
-        assert!(SparseDelta::new(vec![Run { offset: 5, len: 2 }, Run { offset: 6, len: 1 }], vec![0; 3]).is_err());
-        assert!(SparseDelta::new(vec![Run { offset: 5, len: 2 }, Run { offset: 1, len: 1 }], vec![0; 3]).is_err());
+        assert!(
+            SparseDelta::new(vec![Run { offset: 5, len: 2 }, Run { offset: 6, len: 1 }], vec![0; 3]).is_err()
+        );
+        assert!(
+            SparseDelta::new(vec![Run { offset: 5, len: 2 }, Run { offset: 1, len: 1 }], vec![0; 3]).is_err()
+        );
         assert!(SparseDelta::new(vec![Run { offset: u64::MAX, len: 2 }], vec![0; 2]).is_err());
         assert!(SparseDelta::new(vec![Run { offset: 0, len: 2 }], vec![0; 3]).is_err());
-        let s = SparseDelta::new(vec![Run { offset: 0, len: 2 }, Run { offset: 2, len: 1 }], vec![1, 2, 3]).unwrap();
+        let s = SparseDelta::new(vec![Run { offset: 0, len: 2 }, Run { offset: 2, len: 1 }], vec![1, 2, 3])
+            .unwrap();
         assert_eq!(s.runs(), &[Run { offset: 0, len: 3 }], "adjacent runs coalesce");
     }
 

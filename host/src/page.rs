@@ -36,11 +36,11 @@ impl std::str::FromStr for Location {
             "cpu" => Ok(Location::Cpu),
             "unified" => Ok(Location::Unified),
             "gpu" => Ok(Location::Gpu(0)),
-            _ => s
-                .strip_prefix("gpu:")
-                .and_then(|n| n.parse().ok())
-                .map(Location::Gpu)
-                .ok_or_else(|| Error::Config(format!("unknown location {s:?} (cpu, gpu, gpu:N, unified)"))),
+            _ => {
+                s.strip_prefix("gpu:").and_then(|n| n.parse().ok()).map(Location::Gpu).ok_or_else(|| {
+                    Error::Config(format!("unknown location {s:?} (cpu, gpu, gpu:N, unified)"))
+                })
+            }
         }
     }
 }

@@ -94,17 +94,26 @@ impl Registry {
                 return Err(Error::Invariant(format!("page stored under id {key} says it is {}", p.id)));
             }
             if p.id.0 == 0 || p.id >= next_id {
-                return Err(Error::Invariant(format!("page id {} outside the issued range 1..{next_id}", p.id)));
+                return Err(Error::Invariant(format!(
+                    "page id {} outside the issued range 1..{next_id}",
+                    p.id
+                )));
             }
             let stored = match &p.storage {
                 Storage::Host(b) => b.len() as u64,
             };
             if stored != p.len {
-                return Err(Error::Invariant(format!("page {key} has length {} but {stored} stored bytes", p.len)));
+                return Err(Error::Invariant(format!(
+                    "page {key} has length {} but {stored} stored bytes",
+                    p.len
+                )));
             }
             if let Some(prev) = seen.get(key) {
                 if p.epoch < *prev {
-                    return Err(Error::Invariant(format!("page {key} epoch went back from {prev} to {}", p.epoch)));
+                    return Err(Error::Invariant(format!(
+                        "page {key} epoch went back from {prev} to {}",
+                        p.epoch
+                    )));
                 }
             }
             seen.insert(*key, p.epoch);
