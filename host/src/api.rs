@@ -556,6 +556,7 @@ impl Mmsb {
                 });
             }
         }
+        pages.sort_unstable();
         self.commit(clock, changes, &mut [])?;
         self.after_graph_change(clock)?;
         Ok(pages)
