@@ -34,9 +34,8 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (1usize..4, 1usize..8)
         .prop_flat_map(|(sources, nd)| {
-            let derived = (0..nd)
-                .map(|i| (0u8..3, prop::collection::vec(0..sources + i, 1..4)))
-                .collect::<Vec<_>>();
+            let derived =
+                (0..nd).map(|i| (0u8..3, prop::collection::vec(0..sources + i, 1..4))).collect::<Vec<_>>();
             let update = prop::collection::vec(
                 (0..sources, 0..LEN, prop::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 1..4)),
                 1..4,
@@ -45,7 +44,13 @@ fn case() -> impl Strategy<Value = Case> {
             let op = prop_oneof![6 => update, 2 => Just(Op::Propagate), 1 => Just(Op::Bump)];
             (Just(sources), derived, prop::collection::vec(op, 1..10), any::<bool>(), any::<bool>())
         })
-        .prop_map(|(sources, derived, ops, deferred, parallel)| Case { sources, derived, ops, deferred, parallel })
+        .prop_map(|(sources, derived, ops, deferred, parallel)| Case {
+            sources,
+            derived,
+            ops,
+            deferred,
+            parallel,
+        })
 }
 
 fn sum(ins: &[&[u8]], out: &mut [u8]) {
@@ -142,8 +147,11 @@ fn fired_from(events: &[Event], ids: &[PageId]) -> BTreeMap<usize, bool> {
 }
 
 fn run(case: &Case) -> mmsb::Result<()> {
-    let mut cfg = Config::temporary()
-        .with_propagation(if case.deferred { PropagationMode::Deferred } else { PropagationMode::Immediate });
+    let mut cfg = Config::temporary().with_propagation(if case.deferred {
+        PropagationMode::Deferred
+    } else {
+        PropagationMode::Immediate
+    });
     if case.parallel {
         cfg.propagation_threads = 2;
         cfg.parallel_min_bytes = 0;
