@@ -408,7 +408,7 @@ impl Mmsb {
         let cells: Vec<(PageId, PageCell)> = derived
             .iter()
             .filter(|d| ids.binary_search(&d.page).is_err())
-            .map(|d| self.registry.get(d.page).map(|c| (d.page, c)))
+            .map(|d| clock.deps.graph.cell(d.node).map(|c| (d.page, c)))
             .collect::<Result<_>>()?;
         let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
         all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
@@ -472,7 +472,7 @@ impl Mmsb {
         scratch.begin(graph.bound());
         let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
         let cells: Vec<(PageId, PageCell)> =
-            derived.iter().map(|d| self.registry.get(d.page).map(|c| (d.page, c))).collect::<Result<_>>()?;
+            derived.iter().map(|d| graph.cell(d.node).map(|c| (d.page, c))).collect::<Result<_>>()?;
         let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
         guards.sort_unstable_by_key(|(id, _)| *id);
         self.commit_derived(clock, derived, stats, t0, &mut guards)

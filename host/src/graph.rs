@@ -27,6 +27,30 @@ use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use serde::{Deserialize, Serialize};
 use shared_types::PageId;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Page ids are small dense integers handed out in order: a multiplicative
+/// hash spreads them well and costs one multiply.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<PageId, V, BuildHasherDefault<IdHasher>>;
 
 /// What a dependency edge does when its parent changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,7 +92,7 @@ pub(crate) struct Slot {
 /// The dependency graph (see the module docs).
 pub(crate) struct Graph {
     dag: Acyclic<StableDiGraph<PageId, EdgeKind, u32>>,
-    index: HashMap<PageId, u32>,
+    index: IdMap<u32>,
     pub(crate) slots: Vec<Slot>,
     /// Nodes changed outside propagation whose data children are due.
     pub(crate) pending: Vec<u32>,
@@ -91,7 +115,7 @@ impl Default for Graph {
     fn default() -> Self {
         Self {
             dag: Acyclic::new(),
-            index: HashMap::new(),
+            index: IdMap::default(),
             slots: Vec::new(),
             pending: Vec::new(),
             forced: Vec::new(),
@@ -116,6 +140,14 @@ impl Graph {
             return None;
         }
         self.index.get(&page).copied()
+    }
+
+    /// The page handle of a live node.
+    ///
+    /// # Errors
+    /// [`Error::Invariant`] for a free slot.
+    pub(crate) fn cell(&self, n: u32) -> Result<PageCell> {
+        self.slots[n as usize].cell.clone().ok_or_else(|| Error::Invariant(format!("graph slot {n} is free")))
     }
 
     /// One past the largest dense index.

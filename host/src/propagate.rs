@@ -166,6 +166,7 @@ pub(crate) struct Settings {
 /// A derived delta ready to commit.
 #[derive(Debug)]
 pub(crate) struct Derived {
+    pub(crate) node: u32,
     pub(crate) page: PageId,
     pub(crate) payload: Payload,
     pub(crate) provenance: Provenance,
@@ -334,6 +335,7 @@ pub(crate) fn plan(
                     let b =
                         s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
                     out.push(Derived {
+                        node: n,
                         page: s.page,
                         payload,
                         provenance: Provenance {
