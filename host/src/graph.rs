@@ -540,3 +540,49 @@ impl Graph {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::{Location, Page, Storage};
+    use crate::registry::Registry;
+
+    fn handles(n: u64) -> Vec<PageHandle> {
+        let reg = Registry::default();
+        let alloc = crate::alloc::PageAllocator::new(0);
+        (1..=n)
+            .map(|i| {
+                let storage = Storage::Host(alloc.alloc(1).expect("alloc"));
+                let page = Page {
+                    id: PageId(i),
+                    len: 1,
+                    epoch: Default::default(),
+                    location: Location::Cpu,
+                    meta: Default::default(),
+                    storage,
+                };
+                (PageId(i), reg.insert(page).expect("insert"), 1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn levels_rise_along_edges_and_cycles_are_named() {
+        let h = handles(4);
+        let mut g = Graph::default();
+        // Insert against the order the nodes were created in.
+        g.add_edge(h[2].clone(), h[3].clone(), EdgeKind::Control).unwrap();
+        g.add_edge(h[1].clone(), h[2].clone(), EdgeKind::Control).unwrap();
+        g.add_edge(h[0].clone(), h[1].clone(), EdgeKind::Control).unwrap();
+        g.verify().unwrap();
+        let level = |p: u64| g.slots[g.node(PageId(p)).unwrap() as usize].level;
+        assert!(level(1) < level(2) && level(2) < level(3) && level(3) < level(4));
+        match g.check_acyclic(PageId(4), PageId(2)) {
+            Err(Error::GraphCycle { cycle }) => assert_eq!(cycle, [4, 2, 3, 4].map(PageId)),
+            other => panic!("{other:?}"),
+        }
+        g.remove_page(PageId(3));
+        g.check_acyclic(PageId(4), PageId(2)).unwrap();
+        g.verify().unwrap();
+    }
+}
