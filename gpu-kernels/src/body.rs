@@ -683,7 +683,8 @@ mod tests {
                 let (aa, ba) = (a.addr(aoff), b.addr(boff));
                 for i in 0..lanes(len as u64) {
                     // SAFETY: buffers hold len bytes; out holds ceil(len/32) words.
-                    count += u64::from(unsafe { compare_window(aa, ba, out.as_mut_ptr() as u64, len as u64, i) });
+                    count +=
+                        u64::from(unsafe { compare_window(aa, ba, out.as_mut_ptr() as u64, len as u64, i) });
                 }
                 let diff: Vec<bool> = x.iter().zip(&y).map(|(p, q)| p != q).collect();
                 assert_eq!(out, mask_words(&diff), "len {len} aoff {aoff} boff {boff}");
@@ -727,8 +728,17 @@ mod tests {
                 }
                 let bo: Vec<bool> = b1.iter().zip(&b2).map(|(p, q)| *p || *q).collect();
                 assert_eq!(om, mask_words(&bo));
-                let want: Vec<u8> =
-                    (0..len).map(|k| if b2[k] { x2[k] } else if b1[k] { x1[k] } else { 0 }).collect();
+                let want: Vec<u8> = (0..len)
+                    .map(|k| {
+                        if b2[k] {
+                            x2[k]
+                        } else if b1[k] {
+                            x1[k]
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
                 assert_eq!(&od.bytes()[off..off + len], &want[..], "len {len} off {off}");
             }
         }
@@ -801,7 +811,13 @@ mod tests {
             let full_src = r.bytes(len);
             let mut fd = Buf::new(len);
             fd.bytes()[..len].copy_from_slice(&full_src);
-            let full = ApplyDesc { page: pa, len: len as u64, data: fd.addr(0), kind: kind::FULL, ..ApplyDesc::default() };
+            let full = ApplyDesc {
+                page: pa,
+                len: len as u64,
+                data: fd.addr(0),
+                kind: kind::FULL,
+                ..ApplyDesc::default()
+            };
             for tid in 0..256 {
                 // SAFETY: as above.
                 unsafe { apply_desc(&full, tid, 256) };

@@ -29,5 +29,6 @@ pub mod names {
     /// Apply many deltas to many pages in one launch.
     pub const APPLY_BATCH: &str = "mmsb_apply_batch";
     /// Every kernel name the host loads.
-    pub const ALL: &[&str] = &[PAGE_ZERO, PAGE_COPY, PAGE_COMPARE, APPLY_DENSE, APPLY_SPARSE, DELTA_MERGE, APPLY_BATCH];
+    pub const ALL: &[&str] =
+        &[PAGE_ZERO, PAGE_COPY, PAGE_COMPARE, APPLY_DENSE, APPLY_SPARSE, DELTA_MERGE, APPLY_BATCH];
 }

@@ -6,8 +6,11 @@ use crate::checkpoint::{CheckpointInfo, CheckpointWriter};
 use crate::codec::page::PageImage;
 use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source};
+use crate::events::{event_for_change, Event, EventBus, Subscription};
+use crate::graph::{EdgeKind, PageHandle};
 use crate::log::{Durability, LogStats, LogWriter, RecoveryMode, RecoveryReport};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
+use crate::propagate::{self, Deps, Derived, PropagationMode, PropagationStats, Settings};
 use crate::registry::{PageCell, Registry};
 use crate::replay::StateImage;
 use crate::vfs::{StdVfs, Vfs};
@@ -17,6 +20,7 @@ use shared_types::{DeltaId, Epoch, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// How to start a state.
 #[derive(Clone, Debug)]
@@ -36,6 +40,17 @@ pub struct Config {
     pub limits: Limits,
     /// The file system under the log and checkpoints (`None`: the real one).
     pub vfs: Option<Arc<dyn Vfs>>,
+    /// When derived pages are recomputed.
+    pub propagation: PropagationMode,
+    /// Threads a propagation may use for one wide level (0: the number of
+    /// available cores).
+    pub propagation_threads: usize,
+    /// Bytes (outputs plus inputs) a level must involve before it is
+    /// recomputed on several threads; thread start-up costs microseconds.
+    pub parallel_min_bytes: u64,
+    /// Capacity of each subscriber's event channel; events beyond it are
+    /// dropped for that subscriber and counted.
+    pub event_capacity: usize,
 }
 
 impl Default for Config {
@@ -48,6 +63,10 @@ impl Default for Config {
             segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
             limits: Limits::default(),
             vfs: None,
+            propagation: PropagationMode::Immediate,
+            propagation_threads: 0,
+            parallel_min_bytes: 256 << 10,
+            event_capacity: 1 << 16,
         }
     }
 }
@@ -83,6 +102,23 @@ impl Config {
         self.vfs = Some(vfs);
         self
     }
+    /// The same configuration with another propagation mode.
+    #[must_use]
+    pub fn with_propagation(mut self, mode: PropagationMode) -> Self {
+        self.propagation = mode;
+        self
+    }
+}
+
+/// A derived page's recipe: function, version and parents in call order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derivation {
+    /// The function's registered name.
+    pub function: String,
+    /// The version the page was derived with.
+    pub version: u32,
+    /// Parents in call order.
+    pub parents: Vec<PageId>,
 }
 
 /// One update of a batch.
@@ -160,13 +196,15 @@ impl std::fmt::Debug for PageRef {
 
 type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
 
-/// Counters and log owned by the commit path (one writer at a time).
+/// Counters, log and dependency state owned by the commit path (one
+/// writer at a time).
 #[derive(Debug)]
 struct Clock {
     next_page: u64,
     next_delta: u64,
     timestamp: u64,
     log: LogWriter,
+    deps: Deps,
 }
 
 enum DirHolder {
@@ -203,6 +241,9 @@ pub struct Mmsb {
     vfs: Arc<dyn Vfs>,
     limits: Limits,
     report: RecoveryReport,
+    events: EventBus,
+    mode: PropagationMode,
+    settings: Settings,
 }
 
 impl std::fmt::Debug for Mmsb {
@@ -232,6 +273,10 @@ impl Mmsb {
             }
             None => DirHolder::Temp(tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?),
         };
+        let threads = match config.propagation_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let state_dir = match &dir {
             DirHolder::Temp(t) => t.path().to_path_buf(),
             DirHolder::Given(p) => p.clone(),
@@ -243,11 +288,11 @@ impl Mmsb {
                 let _ = vfs.remove(&log_dir.join(n));
             }
         }
-        let (image, report, resume) =
+        let (mut image, report, resume) =
             crate::log::recovery::recover(vfs.as_ref(), &state_dir, config.recovery, &config.limits)?;
         let alloc = PageAllocator::new(config.pool_budget);
         let registry = Registry::default();
-        for (_, p) in image.pages {
+        for (_, p) in std::mem::take(&mut image.pages) {
             // Pages come back to the location they were checkpointed at.
             let storage = match p.location {
                 Location::Cpu => Storage::Host(alloc.alloc_copy(&p.bytes)?),
@@ -273,7 +318,7 @@ impl Mmsb {
             config.durability,
             config.segment_bytes,
         )?;
-        Ok(Mmsb {
+        let state = Mmsb {
             dir,
             alloc,
             registry,
@@ -282,12 +327,21 @@ impl Mmsb {
                 next_delta: image.next_delta,
                 timestamp: image.timestamp,
                 log,
+                deps: Deps::default(),
             }),
             stopped: AtomicBool::new(false),
             vfs,
             limits: config.limits,
             report,
-        })
+            events: EventBus::new(config.event_capacity),
+            mode: config.propagation,
+            settings: Settings {
+                threads,
+                parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
+            },
+        };
+        state.restore_graph(&image.graph)?;
+        Ok(state)
     }
 
     /// What recovery found when this handle started.
@@ -326,6 +380,7 @@ impl Mmsb {
             next_delta: clock.next_delta,
             timestamp: clock.timestamp,
             lsn,
+            graph: graph_image(&clock),
         };
         let cells = self.registry.cells();
         let generation = clock.log.generation();
@@ -382,6 +437,7 @@ impl Mmsb {
             next_delta: clock.next_delta,
             timestamp: clock.timestamp,
             lsn: clock.log.next_lsn().0 - 1,
+            graph: graph_image(&clock),
         };
         for (id, cell) in self.registry.cells() {
             let p = cell.read();
@@ -538,6 +594,38 @@ impl Mmsb {
                 .ok_or_else(|| Error::invalid_delta(Some(u.page), "page epoch would overflow"))?;
             results.push(epochs[k]);
         }
+        let clock = &mut *clock;
+
+        // Immediate propagation is planned on staged copies before anything
+        // is applied: if a recompute fails, the batch is refused whole.
+        let mut derived = Vec::new();
+        let mut planned = None;
+        if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
+            let Deps { graph, functions, scratch } = &mut clock.deps;
+            let nodes: Vec<(u32, usize)> = guards
+                .iter()
+                .enumerate()
+                .filter_map(|(k, (id, _))| graph.node(*id).map(|n| (n, k)))
+                .collect();
+            let feeds = nodes.iter().any(|&(n, _)| !graph.slots[n as usize].data_children.is_empty());
+            if feeds || graph.has_pending() {
+                let t0 = Instant::now();
+                scratch.begin(graph.bound());
+                let mut node_of = vec![u32::MAX; guards.len()];
+                for &(n, k) in &nodes {
+                    scratch.stage(n, guards[k].1.bytes()?, epochs[k]);
+                    node_of[k] = n;
+                }
+                for (u, &k) in updates.iter().zip(&slots) {
+                    if node_of[k] != u32::MAX {
+                        u.payload.apply_to(scratch.staged_mut(node_of[k], guards[k].1.len as usize))?;
+                    }
+                }
+                let extra: Vec<u32> = nodes.iter().map(|t| t.0).collect();
+                let stats = propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived)?;
+                planned = Some((stats, t0));
+            }
+        }
         let changes = updates
             .into_iter()
             .enumerate()
@@ -553,8 +641,370 @@ impl Mmsb {
                 })
             })
             .collect();
-        self.commit(&mut clock, changes, &mut guards)?;
+        let Some((stats, t0)) = planned else {
+            self.commit(clock, changes, &mut guards)?;
+            return Ok(results);
+        };
+        // Lock the derived pages the batch does not hold yet.
+        let cells: Vec<(PageId, PageCell)> = derived
+            .iter()
+            .filter(|d| ids.binary_search(&d.page).is_err())
+            .map(|d| clock.deps.graph.cell(d.node).map(|c| (d.page, c)))
+            .collect::<Result<_>>()?;
+        let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
+        all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
+        all.sort_unstable_by_key(|(id, _)| *id);
+        self.commit(clock, changes, &mut all)?;
+        self.commit_derived(clock, derived, stats, t0, &mut all)?;
         Ok(results)
+    }
+
+    /// Commit the deltas of a planned propagation (pages locked in
+    /// `guards`), emit its events and forget the work it covered.
+    fn commit_derived(
+        &self,
+        clock: &mut Clock,
+        derived: Vec<Derived>,
+        mut stats: PropagationStats,
+        t0: Instant,
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<PropagationStats> {
+        let listen = self.events.active();
+        if listen {
+            self.events.send(Event::PropagationStarted { dirty: stats.dirty });
+        }
+        let changes = derived
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Change::Apply(Delta {
+                    id: DeltaId(clock.next_delta + i as u64),
+                    page: d.page,
+                    base_epoch: None,
+                    payload: d.payload,
+                    source: Source::Propagation(d.provenance),
+                    tag: None,
+                    timestamp: clock.timestamp + 1 + i as u64,
+                })
+            })
+            .collect();
+        self.commit(clock, changes, guards)?;
+        clock.deps.graph.clear_pending();
+        stats.duration = t0.elapsed();
+        if listen {
+            for &(page, changed) in &clock.deps.scratch.fired {
+                self.events.send(Event::Recomputed { page, changed });
+            }
+            self.events.send(Event::PropagationFinished {
+                dirty: stats.dirty,
+                recomputed: stats.recomputed,
+                cut_off: stats.cut_off,
+                duration: stats.duration,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Plan and commit a propagation of the queued work.
+    fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
+        let t0 = Instant::now();
+        let mut derived = Vec::new();
+        let Deps { graph, functions, scratch } = &mut clock.deps;
+        scratch.begin(graph.bound());
+        let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
+        let cells: Vec<(PageId, PageCell)> =
+            derived.iter().map(|d| graph.cell(d.node).map(|c| (d.page, c))).collect::<Result<_>>()?;
+        let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
+        guards.sort_unstable_by_key(|(id, _)| *id);
+        self.commit_derived(clock, derived, stats, t0, &mut guards)
+    }
+
+    /// Bring every derived page up to date: recompute the pages below the
+    /// writes made since the last propagation, each once, in dependency
+    /// order. With [`PropagationMode::Immediate`] writes do this themselves
+    /// and there is rarely anything left.
+    ///
+    /// # Errors
+    /// [`Error::Recompute`] when a function panics, [`Error::Function`] when
+    /// a derived page's function is not registered. Nothing is applied then
+    /// and the work stays queued.
+    ///
+    /// # Complexity
+    /// O(pages recomputed × (parents + log pages recomputed)) plus the
+    /// functions and diffs; with nothing queued it returns at once.
+    pub fn propagate(&self) -> Result<PropagationStats> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        if !clock.deps.graph.has_pending() {
+            return Ok(PropagationStats::default());
+        }
+        self.propagate_locked(&mut clock)
+    }
+
+    fn after_graph_change(&self, clock: &mut Clock) -> Result<()> {
+        if self.mode == PropagationMode::Immediate && clock.deps.graph.has_pending() {
+            self.propagate_locked(clock)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuild the dependency graph recovered from the checkpoint and log.
+    /// Functions are bound by name; their code is registered again by the
+    /// application (registering the recorded version recomputes nothing).
+    /// Recovered derived pages are current: nothing is queued.
+    fn restore_graph(&self, g: &crate::graph::GraphImage) -> Result<()> {
+        if g.is_empty() {
+            return Ok(());
+        }
+        let mut clock = self.clock.lock();
+        let deps = &mut clock.deps;
+        for (page, d) in &g.derived {
+            let func = deps.functions.intern(&d.function);
+            let parents = d.parents.iter().map(|&p| self.handle(p)).collect::<Result<Vec<_>>>()?;
+            deps.graph.declare(
+                self.handle(*page)?,
+                crate::graph::Binding { func, version: d.version },
+                parents,
+            )?;
+        }
+        for (&(from, to), &kind) in &g.edges {
+            if deps.graph.edge(from, to).is_none() {
+                deps.graph.add_edge(self.handle(from)?, self.handle(to)?, kind)?;
+            }
+        }
+        deps.graph.clear_pending();
+        Ok(())
+    }
+
+    fn handle(&self, id: PageId) -> Result<PageHandle> {
+        let cell = self.registry.get(id)?;
+        let len = {
+            let p = cell.read();
+            if p.location != Location::Cpu {
+                return Err(Error::UnsupportedLocation { op: "dependency graph", location: p.location });
+            }
+            p.len as usize
+        };
+        Ok((id, cell, len))
+    }
+
+    /// Register recompute function `name` at `version`. Pages derived by an
+    /// earlier version of it are re-declared at this version (logged as
+    /// [`Change::DeclareDerived`]), marked stale and recomputed (at once in
+    /// immediate mode). Returns those pages.
+    ///
+    /// The function gets the parents' bytes in declaration order and writes
+    /// the page's new bytes into a zeroed buffer of the page's length. It
+    /// must be deterministic.
+    ///
+    /// # Errors
+    /// [`Error::Function`] when `name` is registered at this or a later
+    /// version; in immediate mode, the errors of [`Mmsb::propagate`] (the
+    /// registration then stands and the pages stay queued).
+    pub fn register_function<F>(&self, name: &str, version: u32, f: F) -> Result<Vec<PageId>>
+    where
+        F: Fn(&[&[u8]], &mut [u8]) + Send + Sync + 'static,
+    {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        let clock = &mut *clock;
+        clock.deps.functions.check_register(name, version)?;
+        let fi = clock.deps.functions.set(name, version, Arc::new(f));
+        let graph = &clock.deps.graph;
+        let mut pages = Vec::new();
+        let mut changes = Vec::new();
+        for n in graph.bound_to(fi) {
+            let s = &graph.slots[n as usize];
+            if s.binding.is_some_and(|b| b.version != version) {
+                pages.push(s.page);
+                changes.push(Change::DeclareDerived {
+                    page: s.page,
+                    function: name.to_owned(),
+                    version,
+                    parents: s.args.iter().map(|&p| graph.slots[p as usize].page).collect(),
+                });
+            }
+        }
+        pages.sort_unstable();
+        self.commit(clock, changes, &mut [])?;
+        self.after_graph_change(clock)?;
+        Ok(pages)
+    }
+
+    /// Whether recompute function `name` is registered at `version`.
+    pub fn has_function(&self, name: &str, version: u32) -> bool {
+        self.clock.lock().deps.functions.has(name, version)
+    }
+
+    /// Make `page` a derived page: its bytes are `function(parents…)`, with
+    /// data edges from each parent (in call order; a parent may repeat).
+    /// Replaces an earlier derivation. The function runs once on the
+    /// current bytes before anything changes; the page is then recomputed
+    /// (at once in immediate mode).
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::Function`] when `function` is not
+    /// registered; [`Error::GraphCycle`] when a parent is `page` or depends
+    /// on it; [`Error::Recompute`] when the function panics. Nothing changes
+    /// on error.
+    pub fn declare_derived(&self, page: PageId, function: &str, parents: &[PageId]) -> Result<()> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        let clock = &mut *clock;
+        let (fi, version) = clock.deps.functions.current(function)?;
+        let (_, cell, len) = self.handle(page)?;
+        let handles: Vec<PageHandle> = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
+        clock.deps.graph.check_declare(page, parents)?;
+        // Dry run, so that a function that panics is refused up front.
+        if let Some(f) = clock.deps.functions.entries[fi as usize].f.clone() {
+            let locks: Vec<_> = handles.iter().map(|h| h.1.read_recursive()).collect();
+            let inputs: Vec<&[u8]> = locks.iter().map(|g| g.bytes()).collect::<Result<_>>()?;
+            let mut out = vec![0u8; len];
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inputs, &mut out))).map_err(|p| {
+                Error::Recompute {
+                    page,
+                    function: function.to_owned(),
+                    reason: propagate::panic_message(p.as_ref()),
+                }
+            })?;
+        }
+        drop(cell);
+        let change = Change::DeclareDerived {
+            page,
+            function: function.to_owned(),
+            version,
+            parents: parents.to_vec(),
+        };
+        self.commit(clock, vec![change], &mut [])?;
+        self.after_graph_change(clock)
+    }
+
+    /// Add a dependency edge `from → to`. A [`EdgeKind::Data`] edge adds
+    /// `from` as the last argument of derived page `to` (which is then
+    /// recomputed); a [`EdgeKind::Control`] edge makes `to` stale whenever
+    /// `from` changes.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::GraphCycle`] naming the cycle the
+    /// edge would close (self-loops included); [`Error::InvalidEdge`] when
+    /// the pages are already linked or a data edge feeds a page that is not
+    /// derived. Nothing changes on error.
+    ///
+    /// # Complexity
+    /// Amortised near O(1) when the edge agrees with the current topological
+    /// order; otherwise proportional to the nodes between the two pages in
+    /// that order (Pearce–Kelly).
+    pub fn add_edge(&self, from: PageId, to: PageId, kind: EdgeKind) -> Result<()> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        self.handle(from)?;
+        self.handle(to)?;
+        clock.deps.graph.check_edge(from, to, kind)?;
+        self.commit(&mut clock, vec![Change::AddEdge { from, to, kind }], &mut [])?;
+        self.after_graph_change(&mut clock)
+    }
+
+    /// Remove the dependency edge `from → to`. Removing a data edge drops
+    /// `from` from the child's arguments and recomputes the child.
+    ///
+    /// # Errors
+    /// [`Error::InvalidEdge`] when there is no such edge.
+    pub fn remove_edge(&self, from: PageId, to: PageId) -> Result<()> {
+        let mut clock = self.clock.lock();
+        self.live()?;
+        if clock.deps.graph.edge(from, to).is_none() {
+            return Err(Error::InvalidEdge { from, to, reason: "no edge between these pages".into() });
+        }
+        self.commit(&mut clock, vec![Change::RemoveEdge { from, to }], &mut [])?;
+        self.after_graph_change(&mut clock)
+    }
+
+    /// Whether `page` is stale: a control parent changed, a data parent was
+    /// deleted, or a recomputation is queued (deferred mode).
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn is_stale(&self, page: PageId) -> Result<bool> {
+        self.registry.get(page)?;
+        let clock = self.clock.lock();
+        let g = &clock.deps.graph;
+        Ok(g.node(page).is_some_and(|n| g.slots[n as usize].stale))
+    }
+
+    /// How `page` is derived, if it is.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn derivation(&self, page: PageId) -> Result<Option<Derivation>> {
+        self.registry.get(page)?;
+        let clock = self.clock.lock();
+        let (g, f) = (&clock.deps.graph, &clock.deps.functions);
+        Ok(g.node(page).and_then(|n| {
+            let s = &g.slots[n as usize];
+            s.binding.map(|b| Derivation {
+                function: f.entries[b.func as usize].name.clone(),
+                version: b.version,
+                parents: s.args.iter().map(|&p| g.slots[p as usize].page).collect(),
+            })
+        }))
+    }
+
+    /// The children of `page` and the kinds of their edges, by page id.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`].
+    pub fn children(&self, page: PageId) -> Result<Vec<(PageId, EdgeKind)>> {
+        self.registry.get(page)?;
+        let clock = self.clock.lock();
+        let g = &clock.deps.graph;
+        let mut out: Vec<(PageId, EdgeKind)> = g
+            .node(page)
+            .map(|n| {
+                let s = &g.slots[n as usize];
+                let data = s.data_children.iter().map(|&c| (g.slots[c as usize].page, EdgeKind::Data));
+                data.chain(s.control_children.iter().map(|&c| (g.slots[c as usize].page, EdgeKind::Control)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_unstable_by_key(|c| c.0);
+        Ok(out)
+    }
+
+    /// Re-run every derived page's function on the current bytes and check
+    /// that it reproduces them (a determinism check). Pages with queued or
+    /// stale work are skipped. Returns the number of pages checked.
+    ///
+    /// # Errors
+    /// [`Error::Invariant`] naming the first page that differs; the errors
+    /// of a recompute ([`Error::Recompute`], [`Error::Function`]).
+    pub fn verify_recompute(&self) -> Result<usize> {
+        let clock = self.clock.lock();
+        self.live()?;
+        let (g, f) = (&clock.deps.graph, &clock.deps.functions);
+        let skip = g.downstream_of_pending();
+        let mut checked = 0;
+        for n in g.live_nodes() {
+            let s = &g.slots[n as usize];
+            let Some(b) = s.binding else { continue };
+            if s.stale || skip[n as usize] {
+                continue;
+            }
+            if !propagate::reproduces(g, f, n)? {
+                return Err(Error::Invariant(format!(
+                    "derived page {} differs from a recompute by {:?} v{}",
+                    s.page, f.entries[b.func as usize].name, b.version
+                )));
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+
+    /// Subscribe to the event stream. Events are delivered without ever
+    /// blocking a writer; see [`crate::events`] for what happens when a
+    /// subscriber falls behind.
+    pub fn subscribe(&self) -> Subscription {
+        self.events.subscribe()
     }
 
     /// The commit path. `changes` are fully validated and `guards` holds the
@@ -594,6 +1044,7 @@ impl Mmsb {
         change: Change,
         guards: &mut [(PageId, PageGuard<'_>)],
     ) -> Result<()> {
+        let mut event = if self.events.active() { event_for_change(&change, Epoch(0)) } else { None };
         match change {
             Change::CreatePage { id, len, location, meta } => {
                 let storage = match location {
@@ -606,6 +1057,7 @@ impl Mmsb {
             }
             Change::DeletePage { id } => {
                 self.registry.remove(id)?;
+                clock.deps.graph.remove_page(id);
             }
             Change::Apply(delta) => {
                 let k = guards
@@ -615,10 +1067,42 @@ impl Mmsb {
                 // GPU pages queue the payload; the batch flushes below.
                 page.apply_checked(delta.payload)?;
                 page.epoch = Epoch(page.epoch.0 + 1);
+                if let Some(Event::DeltaApplied { epoch, .. }) = &mut event {
+                    *epoch = page.epoch;
+                }
                 clock.next_delta = clock.next_delta.max(delta.id.0 + 1);
+                if !clock.deps.graph.is_empty() {
+                    clock.deps.graph.on_apply(delta.page, matches!(delta.source, Source::Propagation(_)));
+                }
+            }
+            Change::AddEdge { from, to, kind } => {
+                let graph = &mut clock.deps.graph;
+                graph.add_edge(self.handle(from)?, self.handle(to)?, kind)?;
+                if kind == EdgeKind::Data {
+                    if let Some(n) = graph.node(to) {
+                        graph.force(n);
+                    }
+                }
+            }
+            Change::RemoveEdge { from, to } => {
+                let graph = &mut clock.deps.graph;
+                if graph.remove_edge(from, to)? == EdgeKind::Data {
+                    if let Some(n) = graph.node(to) {
+                        graph.force(n);
+                    }
+                }
+            }
+            Change::DeclareDerived { page, function, version, parents } => {
+                let func = clock.deps.functions.intern(&function);
+                let page = self.handle(page)?;
+                let parents = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
+                clock.deps.graph.declare(page, crate::graph::Binding { func, version }, parents)?;
             }
         }
         clock.timestamp += 1;
+        if let Some(e) = event {
+            self.events.send(e);
+        }
         Ok(())
     }
 
@@ -769,8 +1253,15 @@ impl Mmsb {
     /// [`Error::Invariant`] naming the first violation.
     pub fn verify(&self) -> Result<()> {
         let clock = self.clock.lock();
-        self.registry.verify(PageId(clock.next_page))
+        self.registry.verify(PageId(clock.next_page))?;
+        clock.deps.graph.verify()
     }
+}
+
+/// The dependency graph as data, with function names resolved.
+fn graph_image(clock: &Clock) -> crate::graph::GraphImage {
+    let f = &clock.deps.functions;
+    clock.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.clone()).unwrap_or_default())
 }
 
 fn with_page(e: Error, page: PageId) -> Error {
@@ -780,22 +1271,40 @@ fn with_page(e: Error, page: PageId) -> Error {
     }
 }
 
-/// Declare pages (and, with the graph, derived pages) on a state.
+/// Declare pages and derived pages on a state.
 ///
-/// Each `page NAME(LEN);` creates a CPU page named `NAME` and binds its
-/// [`PageId`](crate::PageId) to a local variable of that name;
-/// `page NAME(LEN) on LOCATION;` places it elsewhere. Errors propagate with `?`.
+/// - `page NAME(LEN);` creates a CPU page named `NAME` and binds its
+///   [`PageId`](crate::PageId) to a local variable of that name;
+///   `page NAME(LEN) on LOCATION;` places it elsewhere.
+/// - `derived NAME(LEN) = FUNC(PARENT, …);` creates a page and declares it
+///   derived by the registered recompute function `"FUNC"` from the parents
+///   in call order.
+/// - `derived NAME(LEN) = FUNC@VERSION(PARENT, …) |inputs, out| { … };`
+///   also registers the body as `"FUNC"` at `VERSION` (1 when `@VERSION` is
+///   left out), unless that version is registered already. `inputs` is
+///   `&[&[u8]]` (the parents' bytes), `out` is `&mut [u8]` (zeroed, the
+///   page's length).
+///
+/// Errors propagate with `?`.
 ///
 /// # Examples
 /// ```
 /// # fn main() -> mmsb::Result<()> {
-/// let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+/// use mmsb::{Config, Mmsb, Payload};
+/// let state = Mmsb::start(Config::temporary())?;
 /// mmsb::mmsb! { state;
-///     page input(4096);
-///     page scratch(64) on mmsb::Location::Cpu;
+///     page a(4);
+///     page b(4) on mmsb::Location::Cpu;
+///     derived sum(4) = add@1(a, b) |ins, out| {
+///         for i in 0..out.len() { out[i] = ins[0][i].wrapping_add(ins[1][i]); }
+///     };
+///     derived twice(4) = add(sum, sum);
 /// }
-/// assert_eq!(state.page_info(input)?.len, 4096);
-/// assert_eq!(state.page_info(scratch)?.meta["name"], b"scratch");
+/// state.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+/// state.update_page(b, Payload::Full(vec![10; 4]))?;
+/// assert_eq!(state.query_page(sum)?, [11, 12, 13, 14]);
+/// assert_eq!(state.query_page(twice)?, [22, 24, 26, 28]);
+/// assert_eq!(state.page_info(twice)?.meta["name"], b"twice");
 /// # Ok(())
 /// # }
 /// ```
@@ -815,5 +1324,33 @@ macro_rules! __mmsb_decl {
             $crate::PageSpec::new($len as u64).named(stringify!($name))$(.on($loc))?,
         )?;
         $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+    (($state:expr) derived $name:ident ($len:expr) = $f:ident $(@ $ver:literal)? ($($p:ident),* $(,)?)
+        |$ins:ident, $out:ident| $body:block; $($rest:tt)*) => {
+        let $name = $state.create_page($crate::PageSpec::new($len as u64).named(stringify!($name)))?;
+        {
+            let version: u32 = $crate::__mmsb_ver!($($ver)?);
+            if !$state.has_function(stringify!($f), version) {
+                $state.register_function(stringify!($f), version, |$ins: &[&[u8]], $out: &mut [u8]| $body)?;
+            }
+        }
+        $state.declare_derived($name, stringify!($f), &[$($p),*])?;
+        $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+    (($state:expr) derived $name:ident ($len:expr) = $f:ident ($($p:ident),* $(,)?); $($rest:tt)*) => {
+        let $name = $state.create_page($crate::PageSpec::new($len as u64).named(stringify!($name)))?;
+        $state.declare_derived($name, stringify!($f), &[$($p),*])?;
+        $crate::__mmsb_decl!(($state) $($rest)*);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mmsb_ver {
+    () => {
+        1
+    };
+    ($v:literal) => {
+        $v
     };
 }

@@ -19,8 +19,11 @@ use std::sync::Arc;
 pub const CKPT_MAGIC: [u8; 8] = *b"MMSBCKPT";
 /// Magic of the checkpoint trailer.
 pub const CKPT_END: [u8; 8] = *b"CKPTEND\0";
-/// Current checkpoint version.
-pub const CKPT_VERSION: u32 = 1;
+/// Current checkpoint version (2 added the dependency-graph section; version
+/// 1 files, which have none, are still read).
+pub const CKPT_VERSION: u32 = 2;
+/// Header flag: a dependency-graph section follows the pages.
+pub const FLAG_GRAPH: u32 = 1;
 /// Header size.
 pub const CKPT_HEAD_LEN: usize = 72;
 /// Trailer size.
@@ -89,6 +92,8 @@ pub struct CheckpointWriter {
     bytes: u64,
     declared: u64,
     written: u64,
+    /// The postcard-encoded graph section, written before the trailer.
+    graph: Option<Vec<u8>>,
 }
 
 impl CheckpointWriter {
@@ -107,9 +112,11 @@ impl CheckpointWriter {
         let tmp = dir.join(format!("ckpt-{:020}.tmp", counters.lsn));
         let file = vfs.create(&tmp).map_err(|e| Error::from(e).in_file(&tmp))?;
         let mut h = Vec::with_capacity(1 << 20);
+        let graph =
+            if counters.graph.is_empty() { None } else { Some(postcard::to_stdvec(&counters.graph)?) };
         h.extend_from_slice(&CKPT_MAGIC);
         put_u32(&mut h, CKPT_VERSION);
-        put_u32(&mut h, 0);
+        put_u32(&mut h, if graph.is_some() { FLAG_GRAPH } else { 0 });
         put_u64(&mut h, generation);
         put_u64(&mut h, counters.lsn);
         put_u64(&mut h, counters.next_page);
@@ -131,6 +138,7 @@ impl CheckpointWriter {
             bytes: 0,
             declared: page_count,
             written: 0,
+            graph,
         })
     }
 
@@ -173,6 +181,10 @@ impl CheckpointWriter {
                 "checkpoint announced {} pages, got {}",
                 self.declared, self.written
             )));
+        }
+        if let Some(g) = self.graph.take() {
+            put_u64(&mut self.buf, g.len() as u64);
+            self.buf.extend_from_slice(&g);
         }
         let total = self.bytes + self.buf.len() as u64 + CKPT_TAIL_LEN as u64;
         self.buf.extend_from_slice(&CKPT_END);
@@ -224,10 +236,11 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<StateImage> {
     if crc(&head[..64]) != stored {
         return Err(Error::corrupt_at(64, "checkpoint header CRC mismatch"));
     }
-    if version != CKPT_VERSION {
+    if version != CKPT_VERSION && version != 1 {
         return Err(Error::corrupt_at(8, format!("unsupported checkpoint version {version}")));
     }
-    if flags != 0 || h.u32("reserved")? != 0 {
+    let known = if version == 1 { 0 } else { FLAG_GRAPH };
+    if flags & !known != 0 || h.u32("reserved")? != 0 {
         return Err(Error::corrupt_at(12, "unknown checkpoint flags"));
     }
     if buf.len() < CKPT_HEAD_LEN + CKPT_TAIL_LEN {
@@ -258,6 +271,14 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<StateImage> {
         }
         image.pages.insert(p.id, p);
         pos += used;
+    }
+    if flags & FLAG_GRAPH != 0 {
+        let mut g = Reader::new(&buf[pos..tail_at], pos as u64);
+        let len = g.u64("graph section length")?;
+        let bytes = g.bytes(usize::try_from(len).unwrap_or(usize::MAX), "graph section")?;
+        image.graph = postcard::from_bytes(bytes)
+            .map_err(|e| Error::corrupt_at(pos as u64 + 8, format!("malformed graph section: {e}")))?;
+        pos += 8 + bytes.len();
     }
     if pos != tail_at {
         return Err(Error::corrupt_at(pos as u64, "bytes between the last page and the trailer"));

@@ -99,6 +99,40 @@ pub enum Error {
         cycle: Vec<PageId>,
     },
 
+    /// A dependency edge cannot be added or removed for a reason other than
+    /// a cycle (it already exists, it does not exist, it feeds a page that
+    /// has no recompute function).
+    #[error("invalid edge {from} -> {to}: {reason}")]
+    InvalidEdge {
+        /// The parent page.
+        from: PageId,
+        /// The child page.
+        to: PageId,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A recompute function is unknown, or registered with another version.
+    #[error("recompute function {name:?}: {reason}")]
+    Function {
+        /// The function's registered name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A recompute function panicked while deriving a page. Nothing of the
+    /// propagation was applied.
+    #[error("recompute of page {page} by {function:?} failed: {reason}")]
+    Recompute {
+        /// The derived page.
+        page: PageId,
+        /// The function's registered name.
+        function: String,
+        /// The panic message.
+        reason: String,
+    },
+
     /// Persistent data failed a check (bad magic, CRC mismatch, impossible
     /// length, broken invariant).
     #[error("corrupt data{}{}: {reason}", file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default(), offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]

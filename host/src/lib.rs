@@ -9,6 +9,8 @@
 //! | API | [`api`] | [`Mmsb`] handle: create, update, query pages |
 //! | deltas | [`delta`] | dense / sparse / full payloads: apply, merge, diff |
 //! | pages | [`page`], [`registry`] | page records and the id → page map |
+//! | graph | [`graph`], [`propagate`] | page dependencies; recompute functions; propagation |
+//! | events | [`events`] | typed events of every state change, to subscribers |
 //! | memory | [`alloc`] | pooled 64-byte-aligned page buffers |
 //! | kernels | [`ptx`] | the PTX built from the Rust `gpu-kernels` crate |
 //! | GPU | [`gpu`] | devices, device/unified pages, batched delta application |
@@ -36,9 +38,12 @@ pub mod checkpoint;
 pub mod codec;
 pub mod delta;
 pub mod error;
+pub mod events;
 pub mod gpu;
+pub mod graph;
 pub mod log;
 pub mod page;
+pub mod propagate;
 pub mod ptx;
 pub mod registry;
 pub mod replay;
@@ -46,9 +51,12 @@ mod sync;
 pub mod tools;
 pub mod vfs;
 
-pub use api::{Config, Mmsb, PageInfo, PageRef, Update};
+pub use api::{Config, Derivation, Mmsb, PageInfo, PageRef, Update};
 pub use change::Change;
 pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Source, SparseDelta};
 pub use error::{Error, Result};
+pub use events::{Event, SourceKind, Subscription};
+pub use graph::EdgeKind;
 pub use page::{Location, Metadata, Page, PageSpec};
+pub use propagate::{PropagationMode, PropagationStats, RecomputeFn};
 pub use shared_types::{DeltaId, Epoch, Lsn, PageId};

@@ -12,6 +12,7 @@ use crate::codec::delta::PayloadView;
 use crate::codec::page::PageImage;
 use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source, SparseDelta};
+use crate::graph::GraphImage;
 use crate::log::reader::{self, Record};
 use crate::log::recovery::RecoveryMode;
 use crate::page::{check_metadata, Location, Metadata};
@@ -34,11 +35,20 @@ pub struct StateImage {
     pub timestamp: u64,
     /// LSN of the last log record reflected.
     pub lsn: u64,
+    /// The dependency graph (derived pages and edges), as data.
+    pub graph: GraphImage,
 }
 
 impl Default for StateImage {
     fn default() -> Self {
-        Self { pages: BTreeMap::new(), next_page: 1, next_delta: 1, timestamp: 0, lsn: 0 }
+        Self {
+            pages: BTreeMap::new(),
+            next_page: 1,
+            next_delta: 1,
+            timestamp: 0,
+            lsn: 0,
+            graph: GraphImage::default(),
+        }
     }
 }
 
@@ -63,9 +73,24 @@ impl PayloadRef<'_> {
 }
 
 enum Op<'a> {
-    Create { id: PageId, len: u64, location: Location, meta: &'a Metadata },
-    Delete { id: PageId },
-    Apply { id: DeltaId, page: PageId, base: Option<Epoch>, timestamp: u64, payload: PayloadRef<'a> },
+    Create {
+        id: PageId,
+        len: u64,
+        location: Location,
+        meta: &'a Metadata,
+    },
+    Delete {
+        id: PageId,
+    },
+    Apply {
+        id: DeltaId,
+        page: PageId,
+        base: Option<Epoch>,
+        timestamp: u64,
+        payload: PayloadRef<'a>,
+    },
+    /// A dependency-graph change: only the pages it names are checked.
+    Graph(&'a Change),
 }
 
 fn op_of_record<'a>(r: &'a Record<'a>) -> Option<Op<'a>> {
@@ -81,6 +106,7 @@ fn op_of_record<'a>(r: &'a Record<'a>) -> Option<Op<'a>> {
             timestamp: v.timestamp,
             payload: PayloadRef::View(v.payload),
         },
+        Record::Graph(c) => Op::Graph(c),
         _ => return None,
     })
 }
@@ -98,6 +124,18 @@ fn op_of_change(c: &Change) -> Op<'_> {
             timestamp: d.timestamp,
             payload: PayloadRef::Owned(&d.payload),
         },
+        graph => Op::Graph(graph),
+    }
+}
+
+/// Pages a graph change names.
+fn graph_pages(c: &Change) -> Vec<PageId> {
+    match c {
+        Change::AddEdge { from, to, .. } | Change::RemoveEdge { from, to } => vec![*from, *to],
+        Change::DeclareDerived { page, parents, .. } => {
+            std::iter::once(*page).chain(parents.iter().copied()).collect()
+        }
+        other => vec![other.page()],
     }
 }
 
@@ -166,6 +204,11 @@ impl StateImage {
                     get(&overlay, &last, *id).ok_or(Error::PageNotFound(*id))?;
                     set(&mut overlay, &mut last, *id, None);
                 }
+                Op::Graph(c) => {
+                    for p in graph_pages(c) {
+                        get(&overlay, &last, p).ok_or(Error::PageNotFound(p))?;
+                    }
+                }
                 Op::Apply { id, page, base, timestamp, payload } => {
                     let (len, epoch) = get(&overlay, &last, *page).ok_or(Error::PageNotFound(*page))?;
                     payload.check(len).map_err(|e| match e {
@@ -215,7 +258,9 @@ impl StateImage {
                 }
                 Op::Delete { id } => {
                     self.pages.remove(id);
+                    self.graph.apply(&Change::DeletePage { id: *id });
                 }
+                Op::Graph(c) => self.graph.apply(c),
                 Op::Apply { id, page, payload, .. } => {
                     let p = self.pages.get_mut(page).ok_or(Error::PageNotFound(*page))?;
                     payload.apply(&mut p.bytes)?;

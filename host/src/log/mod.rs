@@ -30,6 +30,9 @@ pub mod recovery;
 pub mod writer;
 
 pub use recovery::{Dropped, RecoveryMode, RecoveryReport, TornTail};
+
+use crate::change::Change;
+use shared_types::PageId;
 pub use writer::{LogStats, LogWriter};
 
 /// Magic of a log segment file.
@@ -60,7 +63,8 @@ pub enum RecordType {
     BatchBegin = 0x04,
     /// End of a batch of `count` records; the batch is committed.
     BatchEnd = 0x05,
-    /// Reserved for dependency-graph changes (edges, recompute registrations).
+    /// A dependency-graph change (edge added or removed, page declared
+    /// derived): a postcard-encoded [`GraphRecord`].
     Graph = 0x10,
 }
 
@@ -143,4 +147,64 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 /// The log directory of a state directory.
 pub fn log_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
     state_dir.join("log")
+}
+
+/// The body of a [`RecordType::Graph`] record (postcard, see docs/FORMAT.md).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GraphRecord {
+    /// [`Change::AddEdge`].
+    AddEdge {
+        /// Parent.
+        from: PageId,
+        /// Child.
+        to: PageId,
+        /// Kind.
+        kind: crate::graph::EdgeKind,
+    },
+    /// [`Change::RemoveEdge`].
+    RemoveEdge {
+        /// Parent.
+        from: PageId,
+        /// Child.
+        to: PageId,
+    },
+    /// [`Change::DeclareDerived`].
+    DeclareDerived {
+        /// The derived page.
+        page: PageId,
+        /// Function name.
+        function: String,
+        /// Function version.
+        version: u32,
+        /// Parents in call order.
+        parents: Vec<PageId>,
+    },
+}
+
+impl GraphRecord {
+    /// The record for a graph change; `None` for other changes.
+    pub fn of(c: &Change) -> Option<GraphRecord> {
+        Some(match c {
+            Change::AddEdge { from, to, kind } => GraphRecord::AddEdge { from: *from, to: *to, kind: *kind },
+            Change::RemoveEdge { from, to } => GraphRecord::RemoveEdge { from: *from, to: *to },
+            Change::DeclareDerived { page, function, version, parents } => GraphRecord::DeclareDerived {
+                page: *page,
+                function: function.clone(),
+                version: *version,
+                parents: parents.clone(),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The change this record describes.
+    pub fn into_change(self) -> Change {
+        match self {
+            GraphRecord::AddEdge { from, to, kind } => Change::AddEdge { from, to, kind },
+            GraphRecord::RemoveEdge { from, to } => Change::RemoveEdge { from, to },
+            GraphRecord::DeclareDerived { page, function, version, parents } => {
+                Change::DeclareDerived { page, function, version, parents }
+            }
+        }
+    }
 }

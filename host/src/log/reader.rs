@@ -7,6 +7,7 @@ use super::{
     parse_segment_name, RecordType, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN, SEGMENT_MAGIC,
     SEGMENT_VERSION,
 };
+use crate::change::Change;
 use crate::codec::delta::DeltaView;
 use crate::codec::{crc, read_location, read_metadata, Limits, Reader};
 use crate::page::{Location, Metadata};
@@ -155,6 +156,8 @@ pub enum Record<'a> {
     BatchBegin(u32),
     /// The batch of this many records is complete.
     BatchEnd(u32),
+    /// A dependency-graph change.
+    Graph(Change),
     /// An optional record this reader skips.
     Optional(u8),
 }
@@ -163,7 +166,7 @@ pub enum Record<'a> {
 ///
 /// # Errors
 /// [`Error::Corrupt`] for a malformed body or a required type this build
-/// does not know; [`Error::Serialization`] for the reserved graph type.
+/// does not know.
 pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<'a>> {
     let base = raw.offset + RECORD_HEAD_LEN as u64;
     let mut r = Reader::new(raw.body, base);
@@ -198,10 +201,13 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
             }
         }
         Some(RecordType::Graph) => {
-            return Err(Error::Serialization(format!(
-                "record at LSN {} is a dependency-graph change, which this build cannot replay",
-                raw.lsn
-            )))
+            // postcard bounds every length by the remaining body bytes.
+            let (rec, rest): (super::GraphRecord, &[u8]) = postcard::take_from_bytes(raw.body)
+                .map_err(|e| Error::corrupt_at(base, format!("malformed graph record: {e}")))?;
+            if !rest.is_empty() {
+                return Err(Error::corrupt_at(base, "trailing bytes after a graph record"));
+            }
+            Record::Graph(rec.into_change())
         }
         None if RecordType::is_optional(raw.kind) => Record::Optional(raw.kind),
         None => {

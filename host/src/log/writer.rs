@@ -260,6 +260,16 @@ impl LogWriter {
                     Ok(())
                 })?,
                 Change::Apply(d) => self.record(RecordType::Delta, |b| encode_delta_body(d, b))?,
+                other => {
+                    let rec = super::GraphRecord::of(other).ok_or_else(|| {
+                        Error::Serialization(format!("no log record type for change {other:?}"))
+                    })?;
+                    self.record(RecordType::Graph, |b| {
+                        let bytes = postcard::to_stdvec(&rec)?;
+                        b.extend_from_slice(&bytes);
+                        Ok(())
+                    })?
+                }
             }
         }
         if n > 1 {

@@ -1,0 +1,582 @@
+//! Recompute functions and change propagation.
+//!
+//! A *derived* page has a recompute function of its parents' bytes,
+//! registered under a name and a version (see [`Mmsb::register_function`]).
+//! When parents change, propagation recomputes the derived pages below them:
+//!
+//! - each dirty page is recomputed **once** per batch, after all its dirty
+//!   parents (in level order, so diamonds are glitch-free);
+//! - a recompute whose bytes equal the page's current bytes writes nothing
+//!   and wakes nothing below it (**early cutoff**); otherwise the smallest
+//!   payload ([`Payload::diff`]) becomes a delta with
+//!   [`Source::Propagation`](crate::Source::Propagation), committed through
+//!   the same path as user deltas, so a log records it and replay needs no
+//!   recompute code;
+//! - pages of one level do not depend on each other; a wide level with
+//!   enough bytes is recomputed on several threads, with results identical
+//!   to the sequential order (outputs are committed in (level, node) order);
+//! - propagation is staged: new bytes go to a scratch arena, read by the
+//!   pages below, and nothing is applied until every recompute succeeded.
+//!   A panicking function is caught and reported as [`Error::Recompute`].
+//!
+//! The hot loop works on dense node indices with buffers reused across
+//! propagations: no map lookups and no per-node allocation besides the
+//! delta that is committed.
+//!
+//! [`Mmsb::register_function`]: crate::Mmsb::register_function
+
+use crate::delta::{Payload, Provenance};
+use crate::graph::{Graph, Slot};
+use crate::page::Page;
+use crate::{Error, Result};
+use parking_lot::RwLockReadGuard;
+use shared_types::{Epoch, PageId};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A recompute function: reads the parents' bytes (in declaration order)
+/// and writes the derived page's new bytes into the output, which starts
+/// zeroed and has the derived page's length. It must be deterministic: a
+/// function of its inputs only.
+pub type RecomputeFn = Arc<dyn Fn(&[&[u8]], &mut [u8]) + Send + Sync>;
+
+/// When derived pages are brought up to date.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PropagationMode {
+    /// Within each write: `update_page`/`update_batch` return with every
+    /// derived page up to date, and write and propagation are one atomic
+    /// step.
+    #[default]
+    Immediate,
+    /// On demand: writes queue work and [`Mmsb::propagate`](crate::Mmsb::propagate) does it.
+    Deferred,
+}
+
+/// What one propagation did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PropagationStats {
+    /// Pages queued for recomputation.
+    pub dirty: u64,
+    /// Recompute functions run.
+    pub recomputed: u64,
+    /// Recomputes that reproduced the current bytes (nothing written below).
+    pub cut_off: u64,
+    /// Derived deltas committed.
+    pub written: u64,
+    /// Wall time, staging and commit included.
+    pub duration: Duration,
+}
+
+pub(crate) struct FunctionEntry {
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) f: Option<RecomputeFn>,
+}
+
+/// The recompute registry: name → (version, function), with dense indices
+/// that derived pages bind to.
+#[derive(Default)]
+pub(crate) struct Functions {
+    pub(crate) entries: Vec<FunctionEntry>,
+    by_name: HashMap<String, u32>,
+}
+
+impl std::fmt::Debug for Functions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries.iter().map(|e| (&e.name, (e.version, e.f.is_some())))).finish()
+    }
+}
+
+impl Functions {
+    /// The index of `name`, creating an entry with no code if needed (a
+    /// replayed derivation names functions this process may not have).
+    pub(crate) fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.entries.len() as u32;
+        self.entries.push(FunctionEntry { name: name.to_owned(), version: 0, f: None });
+        self.by_name.insert(name.to_owned(), i);
+        i
+    }
+
+    /// The index and version of a registered function.
+    ///
+    /// # Errors
+    /// [`Error::Function`] when no code is registered under `name`.
+    pub(crate) fn current(&self, name: &str) -> Result<(u32, u32)> {
+        match self.by_name.get(name) {
+            Some(&i) if self.entries[i as usize].f.is_some() => Ok((i, self.entries[i as usize].version)),
+            _ => Err(Error::Function { name: name.to_owned(), reason: "not registered".into() }),
+        }
+    }
+
+    /// Whether `name` is registered at `version` exactly.
+    pub(crate) fn has(&self, name: &str, version: u32) -> bool {
+        self.current(name).is_ok_and(|(_, v)| v == version)
+    }
+
+    /// Check that `version` may be registered under `name`.
+    ///
+    /// # Errors
+    /// [`Error::Function`] when the name is registered at this or a later
+    /// version, or the name is empty.
+    pub(crate) fn check_register(&self, name: &str, version: u32) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::Function { name: String::new(), reason: "empty function name".into() });
+        }
+        if let Ok((_, v)) = self.current(name) {
+            if version <= v {
+                return Err(Error::Function {
+                    name: name.to_owned(),
+                    reason: format!("version {version} does not supersede registered version {v}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set(&mut self, name: &str, version: u32, f: RecomputeFn) -> u32 {
+        let i = self.intern(name);
+        let e = &mut self.entries[i as usize];
+        e.version = version;
+        e.f = Some(f);
+        i
+    }
+}
+
+/// Graph, registry and scratch space, owned by the commit path.
+#[derive(Debug, Default)]
+pub(crate) struct Deps {
+    pub(crate) graph: Graph,
+    pub(crate) functions: Functions,
+    pub(crate) scratch: Scratch,
+}
+
+/// How a propagation may use threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    pub(crate) threads: usize,
+    pub(crate) parallel_min_bytes: usize,
+}
+
+/// A derived delta ready to commit.
+#[derive(Debug)]
+pub(crate) struct Derived {
+    pub(crate) node: u32,
+    pub(crate) page: PageId,
+    pub(crate) payload: Payload,
+    pub(crate) provenance: Provenance,
+}
+
+pub(crate) enum Outcome {
+    Unchanged,
+    Changed { payload: Payload, parents: Vec<(PageId, Epoch)>, epoch: Epoch },
+    Failed(Error),
+}
+
+/// Buffers reused across propagations, indexed by dense node index. Marks
+/// are generation stamps, so starting a propagation clears nothing.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    gen: u32,
+    queued: Vec<u32>,
+    staged: Vec<u32>,
+    off: Vec<usize>,
+    epoch: Vec<Epoch>,
+    heap: BinaryHeap<Reverse<u64>>,
+    arena: Vec<u8>,
+    level: Vec<u32>,
+    outcomes: Vec<Outcome>,
+    spare: Vec<&'static [u8]>,
+    /// `(page, changed)` for each recompute of the last propagation, in order.
+    pub(crate) fired: Vec<(PageId, bool)>,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch").field("gen", &self.gen).field("arena", &self.arena.capacity()).finish()
+    }
+}
+
+/// Arena capacity kept between propagations; more is released.
+const ARENA_KEEP: usize = 64 << 20;
+
+impl Scratch {
+    /// The staged copy of node `n` (of `len` bytes).
+    pub(crate) fn staged_mut(&mut self, n: u32, len: usize) -> &mut [u8] {
+        let at = self.off[n as usize];
+        &mut self.arena[at..at + len]
+    }
+
+    /// Start a propagation over a graph of `bound` slots.
+    pub(crate) fn begin(&mut self, bound: usize) {
+        if self.gen == u32::MAX {
+            self.queued.iter_mut().for_each(|s| *s = 0);
+            self.staged.iter_mut().for_each(|s| *s = 0);
+            self.gen = 0;
+        }
+        self.gen += 1;
+        if self.queued.len() < bound {
+            self.queued.resize(bound, 0);
+            self.staged.resize(bound, 0);
+            self.off.resize(bound, 0);
+            self.epoch.resize(bound, Epoch(0));
+        }
+        if self.arena.capacity() > ARENA_KEEP {
+            self.arena = Vec::new();
+        }
+        self.arena.clear();
+        self.heap.clear();
+        self.fired.clear();
+    }
+
+    /// Stage node `n` with a copy of `bytes` at `epoch`, for the propagation
+    /// to read instead of the page; returns the copy to be edited.
+    pub(crate) fn stage(&mut self, n: u32, bytes: &[u8], epoch: Epoch) -> &mut [u8] {
+        let at = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        self.staged[n as usize] = self.gen;
+        self.off[n as usize] = at;
+        self.epoch[n as usize] = epoch;
+        &mut self.arena[at..]
+    }
+}
+
+#[inline]
+fn enqueue(
+    queued: &mut [u32],
+    heap: &mut BinaryHeap<Reverse<u64>>,
+    gen: u32,
+    slots: &[Slot],
+    n: u32,
+) -> bool {
+    let q = &mut queued[n as usize];
+    if *q == gen {
+        return false;
+    }
+    *q = gen;
+    heap.push(Reverse((u64::from(slots[n as usize].level) << 32) | u64::from(n)));
+    true
+}
+
+/// Recompute everything below the graph's queued work and the `extra`
+/// changed nodes, staging new bytes; fills `out` with the derived deltas in
+/// commit order. Reads pages through read locks, or the staged copies.
+///
+/// # Errors
+/// The first failed recompute ([`Error::Recompute`], [`Error::Function`]);
+/// nothing was applied.
+pub(crate) fn plan(
+    graph: &Graph,
+    functions: &Functions,
+    sc: &mut Scratch,
+    extra: &[u32],
+    settings: Settings,
+    out: &mut Vec<Derived>,
+) -> Result<PropagationStats> {
+    let mut stats = PropagationStats::default();
+    let slots = &graph.slots[..];
+    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired } = sc;
+    let gen = *gen;
+    for &n in graph.pending.iter().chain(extra) {
+        for &c in &slots[n as usize].data_children {
+            stats.dirty += u64::from(enqueue(queued, heap, gen, slots, c));
+        }
+    }
+    for &n in &graph.forced {
+        stats.dirty += u64::from(enqueue(queued, heap, gen, slots, n));
+    }
+    while let Some(Reverse(key)) = heap.pop() {
+        let lvl = key >> 32;
+        level.clear();
+        level.push(key as u32);
+        while let Some(&Reverse(k)) = heap.peek() {
+            if k >> 32 != lvl {
+                break;
+            }
+            heap.pop();
+            level.push(k as u32);
+        }
+        let base = arena.len();
+        let (mut total, mut work) = (0usize, 0usize);
+        for &n in level.iter() {
+            let s = &slots[n as usize];
+            total += s.len;
+            work += s.len + s.args.iter().map(|&p| slots[p as usize].len).sum::<usize>();
+        }
+        arena.resize(base + total, 0);
+        let (done, fresh) = arena.split_at_mut(base);
+        let ctx = Ctx { slots, functions: &functions.entries, gen, staged, off, epoch, done };
+        outcomes.clear();
+        let threads = settings.threads.min(level.len());
+        if threads > 1 && work >= settings.parallel_min_bytes {
+            compute_parallel(&ctx, level, fresh, threads, outcomes, spare);
+        } else {
+            compute(&ctx, level, fresh, outcomes, spare);
+        }
+        let mut at = base;
+        for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
+            let s = &slots[n as usize];
+            stats.recomputed += 1;
+            match outcome {
+                Outcome::Failed(e) => return Err(e),
+                Outcome::Unchanged => {
+                    stats.cut_off += 1;
+                    fired.push((s.page, false));
+                }
+                Outcome::Changed { payload, parents, epoch: e } => {
+                    staged[n as usize] = gen;
+                    off[n as usize] = at;
+                    epoch[n as usize] = e;
+                    let b =
+                        s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
+                    out.push(Derived {
+                        node: n,
+                        page: s.page,
+                        payload,
+                        provenance: Provenance {
+                            function: functions.entries[b.func as usize].name.clone(),
+                            version: b.version,
+                            parents,
+                        },
+                    });
+                    fired.push((s.page, true));
+                    for &c in &s.data_children {
+                        stats.dirty += u64::from(enqueue(queued, heap, gen, slots, c));
+                    }
+                }
+            }
+            at += s.len;
+        }
+    }
+    stats.written = out.len() as u64;
+    Ok(stats)
+}
+
+/// Read-only view shared by the workers of one level.
+struct Ctx<'a> {
+    slots: &'a [Slot],
+    functions: &'a [FunctionEntry],
+    gen: u32,
+    staged: &'a [u32],
+    off: &'a [usize],
+    epoch: &'a [Epoch],
+    done: &'a [u8],
+}
+
+impl<'a> Ctx<'a> {
+    #[inline]
+    fn is_staged(&self, n: u32) -> bool {
+        self.staged.get(n as usize) == Some(&self.gen)
+    }
+
+    #[inline]
+    fn staged_bytes(&self, n: u32) -> &'a [u8] {
+        let at = self.off[n as usize];
+        &self.done[at..at + self.slots[n as usize].len]
+    }
+}
+
+fn compute_parallel(
+    ctx: &Ctx<'_>,
+    level: &[u32],
+    fresh: &mut [u8],
+    threads: usize,
+    outcomes: &mut Vec<Outcome>,
+    spare: &mut Vec<&'static [u8]>,
+) {
+    let chunk = level.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut nodes_left = level;
+        let mut out_left = fresh;
+        let mut first = None;
+        let mut handles = Vec::with_capacity(threads);
+        while !nodes_left.is_empty() {
+            let (nodes, rest) = nodes_left.split_at(chunk.min(nodes_left.len()));
+            let bytes: usize = nodes.iter().map(|&n| ctx.slots[n as usize].len).sum();
+            let (o, orest) = std::mem::take(&mut out_left).split_at_mut(bytes);
+            nodes_left = rest;
+            out_left = orest;
+            if first.is_none() {
+                first = Some((nodes, o));
+                continue;
+            }
+            handles.push(scope.spawn(move || {
+                let mut oc = Vec::with_capacity(nodes.len());
+                compute(ctx, nodes, o, &mut oc, &mut Vec::new());
+                oc
+            }));
+        }
+        if let Some((nodes, o)) = first {
+            compute(ctx, nodes, o, outcomes, spare);
+        }
+        for h in handles {
+            match h.join() {
+                Ok(oc) => outcomes.extend(oc),
+                Err(p) => outcomes.push(Outcome::Failed(Error::Invariant(format!(
+                    "propagation worker failed: {}",
+                    panic_message(p.as_ref())
+                )))),
+            }
+        }
+    });
+}
+
+fn compute<'g>(
+    ctx: &Ctx<'g>,
+    nodes: &[u32],
+    mut out: &mut [u8],
+    outcomes: &mut Vec<Outcome>,
+    spare: &mut Vec<&'static [u8]>,
+) {
+    let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
+    for &n in nodes {
+        let slot = &ctx.slots[n as usize];
+        let (o, rest) = std::mem::take(&mut out).split_at_mut(slot.len);
+        out = rest;
+        guards.clear();
+        outcomes.push(compute_one(ctx, n, o, &mut guards, spare));
+    }
+}
+
+/// Reuse the allocation of an empty slice list for another lifetime.
+fn recycle<'a>(spare: &mut Vec<&'static [u8]>) -> Vec<&'a [u8]> {
+    let mut v = std::mem::take(spare);
+    v.clear();
+    v.into_iter().map(|s| -> &'a [u8] { s }).collect()
+}
+
+fn unrecycle(mut v: Vec<&[u8]>) -> Vec<&'static [u8]> {
+    v.clear();
+    v.into_iter().map(|_| -> &'static [u8] { &[] }).collect()
+}
+
+fn compute_one<'g>(
+    ctx: &Ctx<'g>,
+    n: u32,
+    o: &mut [u8],
+    guards: &mut Vec<RwLockReadGuard<'g, Page>>,
+    spare: &mut Vec<&'static [u8]>,
+) -> Outcome {
+    let slot: &'g Slot = &ctx.slots[n as usize];
+    let Some(b) = slot.binding else {
+        return Outcome::Failed(Error::Invariant(format!("page {} is not derived", slot.page)));
+    };
+    let entry = &ctx.functions[b.func as usize];
+    let f = match &entry.f {
+        Some(f) if entry.version == b.version => f,
+        _ => {
+            return Outcome::Failed(Error::Function {
+                name: entry.name.clone(),
+                reason: format!("version {} (bound by page {}) is not registered", b.version, slot.page),
+            })
+        }
+    };
+    for &p in &slot.args {
+        if !ctx.is_staged(p) {
+            match &ctx.slots[p as usize].cell {
+                Some(c) => guards.push(c.read_recursive()),
+                None => {
+                    return Outcome::Failed(Error::Invariant(format!("page {} has a dead parent", slot.page)))
+                }
+            }
+        }
+    }
+    let guards = &*guards;
+    let mut slices: Vec<&[u8]> = recycle(spare);
+    let mut gi = 0;
+    for &p in &slot.args {
+        if ctx.is_staged(p) {
+            slices.push(ctx.staged_bytes(p));
+        } else {
+            match guards[gi].bytes() {
+                Ok(b) => slices.push(b),
+                Err(e) => {
+                    *spare = unrecycle(slices);
+                    return Outcome::Failed(e);
+                }
+            }
+            gi += 1;
+        }
+    }
+    let run = catch_unwind(AssertUnwindSafe(|| f(&slices, o)));
+    *spare = unrecycle(slices);
+    if let Err(p) = run {
+        return Outcome::Failed(Error::Recompute {
+            page: slot.page,
+            function: entry.name.clone(),
+            reason: panic_message(p.as_ref()),
+        });
+    }
+    let child;
+    let (old, before) = if ctx.is_staged(n) {
+        (ctx.staged_bytes(n), ctx.epoch[n as usize])
+    } else {
+        let Some(cell) = &slot.cell else {
+            return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
+        };
+        child = cell.read_recursive();
+        match child.bytes() {
+            Ok(b) => (b, child.epoch),
+            Err(e) => return Outcome::Failed(e),
+        }
+    };
+    if old == &*o {
+        return Outcome::Unchanged;
+    }
+    let Some(after) = before.checked_next() else {
+        return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
+    };
+    let payload = match Payload::diff(old, o) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let mut gi = 0;
+    let parents = slot
+        .args
+        .iter()
+        .map(|&p| {
+            let page = ctx.slots[p as usize].page;
+            if ctx.is_staged(p) {
+                (page, ctx.epoch[p as usize])
+            } else {
+                gi += 1;
+                (page, guards[gi - 1].epoch)
+            }
+        })
+        .collect();
+    Outcome::Changed { payload, parents, epoch: after }
+}
+
+/// Run a node's function on the current page bytes (no staging) and say
+/// whether it reproduces them.
+///
+/// # Errors
+/// [`Error::Recompute`] or [`Error::Function`] when the function cannot run.
+pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result<bool> {
+    let slots = &graph.slots[..];
+    // Nothing staged: every read goes to the pages.
+    let ctx =
+        Ctx { slots, functions: &functions.entries, gen: 1, staged: &[], off: &[], epoch: &[], done: &[] };
+    let mut out = vec![0u8; slots[n as usize].len];
+    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new()) {
+        Outcome::Unchanged => Ok(true),
+        Outcome::Changed { .. } => Ok(false),
+        Outcome::Failed(e) => Err(e),
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panicked with a non-string payload".to_owned()
+    }
+}
