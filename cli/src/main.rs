@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod demo;
+mod stats;
 
 #[derive(Parser, Debug)]
 #[command(name = "mmsb", version, about = "MMSB: a deterministic, versioned in-memory state fabric")]
@@ -21,6 +22,9 @@ enum Command {
     /// Measure the performance envelope: each figure as a ratio to a limit
     /// measured in the same run.
     Bench(bench::BenchArgs),
+    /// Summarise a state directory (pages, graph, log, checkpoints), or
+    /// with --provenance PAGE, how that page's value was computed.
+    Stats(stats::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Stats(args) => stats::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -244,6 +244,7 @@ pub struct Mmsb {
     events: EventBus,
     mode: PropagationMode,
     settings: Settings,
+    monitor: crate::stats::Monitor,
 }
 
 impl std::fmt::Debug for Mmsb {
@@ -263,6 +264,7 @@ impl Mmsb {
     /// [`RecoveryMode::Strict`]) or a logged change does not validate;
     /// [`Error::UnsupportedLocation`] for a stored page this build cannot hold.
     pub fn start(config: Config) -> Result<Mmsb> {
+        let _span = tracing::info_span!("mmsb.start").entered();
         let vfs: Arc<dyn Vfs> = config.vfs.clone().unwrap_or_else(|| Arc::new(StdVfs));
         let dir = match config.dir {
             Some(d) => {
@@ -288,8 +290,10 @@ impl Mmsb {
                 let _ = vfs.remove(&log_dir.join(n));
             }
         }
-        let (mut image, report, resume) =
-            crate::log::recovery::recover(vfs.as_ref(), &state_dir, config.recovery, &config.limits)?;
+        let (mut image, report, resume) = {
+            let _span = tracing::info_span!("mmsb.recovery", dir = %state_dir.display()).entered();
+            crate::log::recovery::recover(vfs.as_ref(), &state_dir, config.recovery, &config.limits)?
+        };
         let alloc = PageAllocator::new(config.pool_budget);
         let registry = Registry::default();
         for (_, p) in std::mem::take(&mut image.pages) {
@@ -339,6 +343,7 @@ impl Mmsb {
                 threads,
                 parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
             },
+            monitor: crate::stats::Monitor::default(),
         };
         state.restore_graph(&image.graph)?;
         Ok(state)
@@ -369,6 +374,7 @@ impl Mmsb {
     /// [`Error::Io`] or [`Error::Poisoned`]; a failed checkpoint leaves the
     /// previous one and the log intact.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
+        let _span = tracing::info_span!("mmsb.checkpoint").entered();
         let mut clock = self.clock.lock();
         self.live()?;
         let lsn = clock.log.next_lsn().0 - 1;
@@ -413,6 +419,7 @@ impl Mmsb {
             }
         }
         let _ = self.vfs.sync_dir(&dir);
+        self.monitor.checkpointed();
         Ok(CheckpointInfo {
             lsn: shared_types::Lsn(lsn),
             path,
@@ -516,6 +523,7 @@ impl Mmsb {
     /// [`Error::UnsupportedLocation`] for unified memory on a device without
     /// managed memory; [`Error::GpuMemory`] when the device is full.
     pub fn create_page(&self, spec: PageSpec) -> Result<PageId> {
+        let _span = tracing::debug_span!("mmsb.create_page", len = spec.len).entered();
         spec.validate()?;
         let mut clock = self.clock.lock();
         self.live()?;
@@ -565,6 +573,7 @@ impl Mmsb {
     /// # Errors
     /// The first problem found; nothing is applied then.
     pub fn update_batch(&self, updates: Vec<Update>) -> Result<Vec<Epoch>> {
+        let _span = tracing::debug_span!("mmsb.update", updates = updates.len()).entered();
         let mut clock = self.clock.lock();
         self.live()?;
         // Resolve and lock every page involved, in id order (no deadlock with
@@ -622,6 +631,7 @@ impl Mmsb {
                     }
                 }
                 let extra: Vec<u32> = nodes.iter().map(|t| t.0).collect();
+                let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
                 let stats = propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived)?;
                 planned = Some((stats, t0));
             }
@@ -691,6 +701,7 @@ impl Mmsb {
         self.commit(clock, changes, guards)?;
         clock.deps.graph.clear_pending();
         stats.duration = t0.elapsed();
+        self.monitor.propagated(stats.duration);
         if listen {
             for &(page, changed) in &clock.deps.scratch.fired {
                 self.events.send(Event::Recomputed { page, changed });
@@ -707,6 +718,7 @@ impl Mmsb {
 
     /// Plan and commit a propagation of the queued work.
     fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
+        let _span = tracing::debug_span!("mmsb.propagate").entered();
         let t0 = Instant::now();
         let mut derived = Vec::new();
         let Deps { graph, functions, scratch } = &mut clock.deps;
@@ -1016,6 +1028,7 @@ impl Mmsb {
         changes: Vec<Change>,
         guards: &mut [(PageId, PageGuard<'_>)],
     ) -> Result<()> {
+        let _span = tracing::trace_span!("mmsb.commit", changes = changes.len()).entered();
         // The changes go to the log as one atomic batch and are made as
         // durable as configured before any is applied; a log failure leaves
         // the state unchanged. A page for a device must have its device
@@ -1067,6 +1080,7 @@ impl Mmsb {
                 // GPU pages queue the payload; the batch flushes below.
                 page.apply_checked(delta.payload)?;
                 page.epoch = Epoch(page.epoch.0 + 1);
+                self.monitor.delta_applied(matches!(delta.source, Source::Propagation(_)));
                 if let Some(Event::DeltaApplied { epoch, .. }) = &mut event {
                     *epoch = page.epoch;
                 }
@@ -1245,6 +1259,46 @@ impl Mmsb {
     /// Allocator statistics.
     pub fn alloc_stats(&self) -> AllocStats {
         self.alloc.stats()
+    }
+
+    /// Run `f` on page `id` under its read lock (typed views read bytes
+    /// and epoch together through this).
+    pub(crate) fn read_locked<R>(&self, id: PageId, f: impl FnOnce(&Page) -> Result<R>) -> Result<R> {
+        self.live()?;
+        let cell = self.registry.get(id)?;
+        let page = cell.read();
+        f(&page)
+    }
+
+    /// A snapshot of the state's counters: pages and bytes per location,
+    /// allocator pools, deltas applied, propagation latencies, log and
+    /// checkpoint figures (see [`crate::stats`]).
+    pub fn stats(&self) -> crate::stats::Stats {
+        let mut locations: Vec<(Location, crate::stats::PageCounts)> = Vec::new();
+        for (_, cell) in self.registry.cells() {
+            let (loc, len) = {
+                let p = cell.read();
+                (p.location, p.len)
+            };
+            let i = match locations.binary_search_by_key(&loc, |(l, _)| *l) {
+                Ok(i) => i,
+                Err(i) => {
+                    locations.insert(i, (loc, Default::default()));
+                    i
+                }
+            };
+            locations[i].1.pages += 1;
+            locations[i].1.bytes += len;
+        }
+        self.monitor.snapshot(locations, self.alloc.stats(), self.log_stats())
+    }
+
+    /// Publish [`Mmsb::stats`] through the `metrics` facade (see
+    /// [`crate::stats::Stats::publish`]). Call it periodically, or before
+    /// an exporter scrapes.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        self.stats().publish();
     }
 
     /// Check the registry invariants.

@@ -171,6 +171,27 @@ pub enum Error {
     /// The handle was stopped.
     #[error("the state was stopped")]
     Stopped,
+
+    /// A typed view ([`crate::typed`]) does not fit the page: the type's
+    /// size does not match the page (or the range asked for), or the type
+    /// has size zero.
+    #[error(
+        "page {page}: cannot view {len} bytes at offset {offset} as `{ty}` ({size} bytes each): {reason}"
+    )]
+    TypeLayout {
+        /// The page.
+        page: PageId,
+        /// The Rust type asked for.
+        ty: &'static str,
+        /// `size_of` of that type.
+        size: usize,
+        /// Byte offset of the view in the page.
+        offset: u64,
+        /// Bytes the view would cover (the page length for whole-page views).
+        len: u64,
+        /// What does not fit.
+        reason: &'static str,
+    },
 }
 
 fn fmt_cycle(cycle: &[PageId]) -> String {

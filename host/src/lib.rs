@@ -14,6 +14,10 @@
 //! | memory | [`alloc`] | pooled 64-byte-aligned page buffers |
 //! | kernels | [`ptx`] | the PTX built from the Rust `gpu-kernels` crate |
 //! | GPU | [`gpu`] | devices, device/unified pages, batched delta application |
+//! | typed views | [`typed`] | read pages as `T: Pod`; writes captured as minimal deltas |
+//! | persistence | [`log`], [`checkpoint`], [`codec`], [`vfs`] | write-ahead log, checkpoints, formats |
+//! | history | [`replay`], [`provenance`], [`tools`] | replay, page history, the call graph of a value |
+//! | monitoring | [`stats`] | counters, latency histograms, `metrics` export |
 //!
 //! ```
 //! use mmsb::{Config, Mmsb, PageSpec, Payload};
@@ -44,11 +48,14 @@ pub mod graph;
 pub mod log;
 pub mod page;
 pub mod propagate;
+pub mod provenance;
 pub mod ptx;
 pub mod registry;
 pub mod replay;
+pub mod stats;
 mod sync;
 pub mod tools;
+pub mod typed;
 pub mod vfs;
 
 pub use api::{Config, Derivation, Mmsb, PageInfo, PageRef, Update};

@@ -30,6 +30,7 @@ mod device;
 mod driver;
 mod pool;
 
+pub(crate) use device::opened as opened_device;
 pub(crate) use device::GpuPage;
 pub use device::{device_count, open, probe, Gpu, GpuInfo};
 pub use pool::GpuPoolStats;

@@ -31,6 +31,11 @@ pub struct LogStats {
     pub writes: u64,
     /// Fsyncs.
     pub syncs: u64,
+    /// Time spent in the fsyncs of [`LogStats::syncs`] that this writer
+    /// timed (the log's own, not segment-creation ones), in nanoseconds.
+    pub sync_nanos: u64,
+    /// The longest of those fsyncs, in nanoseconds.
+    pub max_sync_nanos: u64,
     /// Segments opened.
     pub segments: u64,
 }
@@ -322,10 +327,14 @@ impl LogWriter {
     }
 
     fn fsync(&mut self) -> Result<()> {
+        let t0 = Instant::now();
         let res = match self.file.as_mut() {
             Some(f) => f.sync(),
             None => return Err(Error::Poisoned("the log has no open segment".into())),
         };
+        let took = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.sync_nanos = self.stats.sync_nanos.saturating_add(took);
+        self.stats.max_sync_nanos = self.stats.max_sync_nanos.max(took);
         if let Err(e) = res {
             // Never retried: after a failed fsync the kernel may have dropped
             // the dirty pages, so a later "successful" fsync proves nothing.
