@@ -245,6 +245,9 @@ mod tests {
         pos: [f32; 3],
         vel: [f32; 3],
         mass: f64,
+        /// Makes the record large enough (296 bytes) that a sparse delta of
+        /// a few bytes is smaller than a dense one (mask: 37 bytes).
+        trail: [f64; 32],
     }
 
     const BODY: u64 = size_of::<Body>() as u64;
@@ -278,7 +281,7 @@ mod tests {
         let state = Mmsb::start(Config::temporary())?;
         let p = state.create_page(PageSpec::new(BODY))?;
         let sub = state.subscribe();
-        let init = Body { id: 7, pos: [1.0, 2.0, 3.0], vel: [0.5; 3], mass: 10.0 };
+        let init = Body { id: 7, pos: [1.0, 2.0, 3.0], vel: [0.5; 3], mass: 10.0, trail: [0.25; 32] };
         assert_eq!(state.write::<Body>(p, |b| *b = init)?.get(), 1);
         assert_eq!(state.read::<Body>(p)?, init);
 
@@ -306,6 +309,26 @@ mod tests {
             })
             .collect();
         assert_eq!(bytes.last(), Some(&(end - first)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_small_page_gets_the_smallest_payload_and_it_touches_only_the_changed_bytes() -> Result<()> {
+        #[derive(Clone, Copy, Pod, Zeroable)]
+        #[repr(C)]
+        struct Small {
+            a: u32,
+            b: u32,
+            c: u64,
+        }
+        let state = Mmsb::start(Config::temporary())?;
+        let p = state.create_page(PageSpec::new(16))?;
+        state.write::<Small>(p, |s| s.c = 0x0101)?;
+        let d = logged(&state).pop().unwrap();
+        // 16-byte page: a dense mask is 2 bytes, a sparse run header 16.
+        assert_eq!(d.payload, Payload::diff(&[0; 16], &state.query_page(p)?)?);
+        assert_eq!((d.payload.kind(), d.payload.touched()), (PayloadKind::Dense, 2));
+        assert_eq!(state.read::<Small>(p)?.c, 0x0101);
         Ok(())
     }
 
