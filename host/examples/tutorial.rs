@@ -87,7 +87,7 @@ fn main() -> mmsb::Result<()> {
             Event::DeltaApplied { page, bytes, .. } if page == bob => Some(bytes),
             _ => None,
         })
-        .last();
+        .next_back();
     assert_eq!(last_user_write, Some(1), "50 -> 75 differs in one byte");
 
     // 6. A checkpoint: the whole state in one file; the log restarts after it.

@@ -88,7 +88,7 @@ fn range<T: Pod>(page: PageId, page_len: u64, shape: Shape) -> Result<(usize, us
             Some(end) if end <= page_len => (offset, end),
             _ => return Err(err(offset, n, "the value would extend past the end of the page")),
         },
-        Shape::Slice if page_len % n != 0 => {
+        Shape::Slice if !page_len.is_multiple_of(n) => {
             return Err(err(0, page_len, "the page length is not a multiple of the type's size"))
         }
         Shape::Slice => (0, page_len),
