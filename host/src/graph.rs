@@ -4,7 +4,7 @@
 //! (the child is a derived page recomputed from its parents) or
 //! [`EdgeKind::Control`] (the child is only marked stale when the parent
 //! changes). The graph is always acyclic: petgraph's
-//! [`Acyclic`](petgraph::acyclic::Acyclic) keeps a topological order that is
+//! [`petgraph::acyclic::Acyclic`] keeps a topological order that is
 //! repaired incrementally on each insert (Pearce–Kelly), so an edge that would
 //! close a cycle is refused without a whole-graph check, and the error names
 //! the cycle.

@@ -6,7 +6,7 @@
 //! | memory | `pool.rs` | pooled device blocks (size classes, slabs, cache, stats) |
 //! | packing | [`batch`] | many deltas → one staging image of descriptors, runs, masks and data |
 //! | device | `device.rs` | context, stream, cached kernel module, pinned staging, delta queue |
-//! | benchmarks | [`bench`] | kernel and end-to-end figures against device-to-device copy |
+//! | benchmarks | [`bench`](mod@bench) | kernel and end-to-end figures against device-to-device copy |
 //!
 //! The driver is loaded at run time. Without a driver library, or with no
 //! device, [`probe`] and [`open`] return [`Error::NoDevice`] and never

@@ -1,4 +1,4 @@
-//! The write-ahead log: every accepted [`Change`](crate::Change) is appended
+//! The write-ahead log: every accepted [`crate::Change`] is appended
 //! (and made as durable as [`Durability`] asks) before it becomes visible.
 //!
 //! | piece | module |
