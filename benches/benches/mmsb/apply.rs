@@ -1,0 +1,28 @@
+//! CPU delta apply against memcpy of the same page.
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use mmsb_benches::{dense_payload, full_payload, sparse_payload};
+use std::hint::black_box;
+
+pub fn bench(c: &mut Criterion) {
+    for &len in &[4usize << 10, 1 << 20, 64 << 20] {
+        let mut g = c.benchmark_group("cpu_apply");
+        g.throughput(Throughput::Bytes(len as u64));
+        if len >= 1 << 20 {
+            g.sample_size(20);
+        }
+        let src = vec![1u8; len];
+        let mut page = vec![0u8; len];
+        g.bench_function(BenchmarkId::new("memcpy", len), |b| {
+            b.iter(|| page.copy_from_slice(black_box(&src)))
+        });
+        for (name, p) in [
+            ("dense", dense_payload(len, 1)),
+            ("sparse64", sparse_payload(len, 64, 128, 2)),
+            ("full", full_payload(len, 3)),
+        ] {
+            g.bench_function(BenchmarkId::new(name, len), |b| b.iter(|| p.apply_to(black_box(&mut page))));
+        }
+        g.finish();
+    }
+}
