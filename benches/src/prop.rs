@@ -121,9 +121,9 @@ fn update_time(budget: Budget, s: &Mmsb, src: PageId) -> f64 {
 /// Seconds per direct call of `f` on 8-byte pages with `parents` inputs.
 fn call_time(budget: Budget, f: fn(&[&[u8]], &mut [u8]), parents: usize) -> f64 {
     let inputs = vec![[3u8; 8]; parents];
+    let ins: Vec<&[u8]> = inputs.iter().map(|a| &a[..]).collect();
     let mut out = [0u8; 8];
     time_per_iter(budget, || {
-        let ins: Vec<&[u8]> = inputs.iter().map(|a| &a[..]).collect();
         f(black_box(&ins), black_box(&mut out));
     })
 }
