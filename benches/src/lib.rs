@@ -12,7 +12,10 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 pub mod cpu;
+pub mod disk;
+pub mod gpu;
 pub mod plot;
+pub mod prop;
 
 /// One line of the benchmark table.
 #[derive(Clone, Debug, Serialize)]
@@ -31,8 +34,11 @@ pub struct Row {
     pub ratio: f64,
     /// The target ratio, when the target is a ratio.
     pub target: Option<f64>,
-    /// An absolute target in `unit` (e.g. at most 100 ns), when there is one.
+    /// An absolute target in `unit`, when there is one: at most this much
+    /// when `lower_is_better` (a time), at least this much otherwise (a rate).
     pub target_value: Option<f64>,
+    /// Whether a lower `value` is better (times); rates are higher-is-better.
+    pub lower_is_better: bool,
     /// Whether the target (ratio or absolute) is met; `None` without a target.
     pub meets_target: Option<bool>,
     /// The CPU model or GPU name that produced the figure.
@@ -59,9 +65,26 @@ impl Row {
             ratio,
             target,
             target_value: None,
+            lower_is_better: false,
             meets_target: target.map(|t| ratio >= t),
             device: cpu_model(),
         }
+    }
+
+    /// A rate row with an absolute target: at least `min` `unit`.
+    pub fn rate(name: &str, value: f64, unit: &str, limit_name: &str, limit: f64, min: Option<f64>) -> Row {
+        Row {
+            target_value: min,
+            meets_target: min.map(|m| value >= m),
+            ..Row::throughput(name, value, unit, limit_name, limit, None)
+        }
+    }
+
+    /// Attach the device that produced the figure.
+    #[must_use]
+    pub fn on(mut self, device: &str) -> Row {
+        self.device = device.into();
+        self
     }
 
     /// A latency row: lower value is better; ratio = limit / value;
@@ -83,6 +106,7 @@ impl Row {
             ratio: limit / value,
             target: None,
             target_value: max,
+            lower_is_better: true,
             meets_target: max.map(|m| value <= m),
             device: cpu_model(),
         }
@@ -191,16 +215,35 @@ pub fn small_sparse(rng: &mut ChaCha8Rng, len: usize, max: usize) -> Payload {
     )
 }
 
+fn short(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", v / 1e6)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v.abs() >= 1e5 {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 /// Format rows as an aligned text table.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<34} {:>14} {:<9} {:>8} {:>8}  {}\n",
-        "benchmark", "value", "unit", "ratio", "target", "limit (same run)"
+        "{:<34} {:>14} {:<9} {:>8} {:>8}{:<5}  {}\n",
+        "benchmark", "value", "unit", "ratio", "target", "", "limit (same run)"
     );
     for r in rows {
         let target = match (r.target, r.target_value) {
             (Some(t), _) => format!("{t:.2}"),
-            (None, Some(v)) => format!("<={v}"),
+            (None, Some(v)) if r.lower_is_better => format!("<={}", short(v)),
+            (None, Some(v)) => format!(">={}", short(v)),
             _ => "-".into(),
         };
         let mark = match r.meets_target {
@@ -209,8 +252,15 @@ pub fn table(rows: &[Row]) -> String {
             None => "",
         };
         out.push_str(&format!(
-            "{:<34} {:>14.3} {:<9} {:>8.3} {:>8}{mark}  {} = {:.3} {}\n",
-            r.name, r.value, r.unit, r.ratio, target, r.limit_name, r.limit_value, r.unit
+            "{:<34} {:>14} {:<9} {:>8} {:>8}{mark:<5}  {} = {} {}\n",
+            r.name,
+            num(r.value),
+            r.unit,
+            num(r.ratio),
+            target,
+            r.limit_name,
+            num(r.limit_value),
+            r.unit
         ));
     }
     out

@@ -1,8 +1,10 @@
 //! `mmsb bench`: the performance envelope, each figure next to its limit.
 
 use mmsb::{Error, Result};
+use mmsb_benches::disk::{self, DiskBudget};
 use mmsb_benches::{Budget, Row};
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -15,15 +17,53 @@ pub struct BenchArgs {
     /// Draw an SVG chart of each figure against its limit to this file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Directory for the disk rows' files (a fresh temporary directory is
+    /// made inside it; the engine and its raw-file limit share it, so both
+    /// run on the same file system). Default: the system temporary directory.
+    #[arg(long, value_name = "DIR")]
+    scratch: Option<PathBuf>,
+}
+
+/// Run one section with a spinner and its wall time on stderr.
+fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let spin = crate::progress::spinner(name);
+    let t = Instant::now();
+    let r = f();
+    spin.finish_and_clear();
+    eprintln!("  {name}: {:.1} s", t.elapsed().as_secs_f64());
+    r
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let started = Instant::now();
     let budget = if args.quick { Budget::QUICK } else { Budget::FULL };
+    let disk_budget = if args.quick { DiskBudget::QUICK } else { DiskBudget::FULL };
     let mut rows: Vec<Row> = Vec::new();
     eprintln!("mmsb bench: CPU ({})", mmsb_benches::cpu_model());
-    rows.extend(mmsb_benches::cpu::rows(budget, !args.quick));
-    println!("{}", mmsb_benches::table(&rows));
-    println!("GPU rows: not measured by this command; scripts/gpu-check.sh measures them on a CUDA device.");
+    rows.extend(section("cpu apply and allocation", || Ok(mmsb_benches::cpu::rows(budget, !args.quick)))?);
+    let scratch = match &args.scratch {
+        Some(d) => tempfile::Builder::new().prefix("mmsb-bench-").tempdir_in(d),
+        None => tempfile::Builder::new().prefix("mmsb-bench-").tempdir(),
+    }
+    .map_err(Error::from)?;
+    let base = scratch.path();
+    eprintln!("  disk rows in {}", base.display());
+    rows.extend(section("log append", || disk::append_rows(disk_budget, base))?);
+    rows.extend(section("durable commit", || disk::durable_rows(disk_budget, base))?);
+    rows.extend(section("checkpoint", || disk::checkpoint_rows(disk_budget, base))?);
+    rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);
+    drop(scratch);
+    rows.extend(section("propagation", || mmsb_benches::prop::rows(budget))?);
+    let gpu = section("gpu", || Ok(mmsb_benches::gpu::rows(args.quick)))?;
+    println!("{}", mmsb_benches::table(&rows_with(&rows, gpu.as_deref().unwrap_or(&[]))));
+    match &gpu {
+        Ok(g) => {
+            println!("GPU rows: {} measured on {}", g.len(), g.first().map_or("-", |r| r.device.as_str()));
+            rows.extend(g.iter().cloned());
+        }
+        Err(why) => println!("GPU rows: absent ({why})."),
+    }
+    eprintln!("mmsb bench: {:.0} s in all", started.elapsed().as_secs_f64());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&rows).map_err(|e| Error::Serialization(e.to_string()))?;
         std::fs::write(path, json).map_err(|e| Error::from(e).in_file(path))?;
@@ -35,4 +75,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn rows_with(cpu: &[Row], gpu: &[Row]) -> Vec<Row> {
+    cpu.iter().chain(gpu).cloned().collect()
 }

@@ -1,6 +1,6 @@
 //! `mmsb demo`: the main job. Random deltas against a naive reference.
 
-use mmsb::{DenseDelta, Mmsb, PageId, PageSpec, Payload, Result, Run, SparseDelta};
+use mmsb::{DenseDelta, Location, Mmsb, PageId, PageSpec, Payload, Result, Run, SparseDelta};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
@@ -8,9 +8,16 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// State directory (a temporary one when omitted).
+    /// State directory (a temporary one when omitted). The demo ends with a
+    /// checkpoint, so the directory holds a log and a checkpoint that
+    /// `mmsb inspect`, `verify` and `replay` can read.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Put the larger pages on GPU 0 when a device is present (checked
+    /// against the same naive reference); without one, say so and run on
+    /// the CPU.
+    #[arg(long)]
+    gpu: bool,
     /// Number of deltas to apply.
     #[arg(long, default_value_t = 200_000)]
     deltas: u64,
@@ -21,15 +28,65 @@ pub struct DemoArgs {
 
 /// Page sizes of the demo: odd and even, tiny to 1 MiB.
 const SIZES: &[u64] = &[1, 7, 64, 100, 4096, 4099, 65_536, 1 << 20];
+/// Indices of the pages that go to GPU 0 with `--gpu`.
+const GPU_PAGES: std::ops::Range<usize> = 4..8;
+/// The derived page reads these two pages.
+const DIGEST_PARENTS: [usize; 2] = [2, 3];
+
+/// The derived page's recompute function: an 8-byte rolling digest of its
+/// parents' bytes (deterministic, order-sensitive).
+fn digest(ins: &[&[u8]], out: &mut [u8]) {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in ins {
+        for &b in *p {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    out.copy_from_slice(&h.to_le_bytes()[..out.len()]);
+}
 
 pub fn run(args: &DemoArgs) -> Result<()> {
+    if let Some(dir) = &args.dir {
+        // The demo writes only inside the directory it is given.
+        let log = mmsb::log::log_dir(dir);
+        if std::fs::symlink_metadata(&log).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(mmsb::Error::Config(format!(
+                "{} is a symbolic link; refusing to follow it",
+                log.display()
+            )));
+        }
+    }
+    let gpu = if args.gpu {
+        match mmsb::gpu::probe() {
+            Ok(info) => {
+                println!("GPU 0: {}; pages {GPU_PAGES:?} of the demo live on it", info.name);
+                true
+            }
+            Err(e) => {
+                println!("no GPU found ({e}); running every page on the CPU");
+                false
+            }
+        }
+    } else {
+        false
+    };
     let state = Mmsb::start(crate::state_dir(&args.dir))?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut pages: Vec<(PageId, Vec<u8>)> = Vec::new();
     for (i, &len) in SIZES.iter().enumerate() {
-        let id = state.create_page(PageSpec::new(len).named(&format!("demo-{i}")))?;
+        let mut spec = PageSpec::new(len).named(&format!("demo-{i}"));
+        if gpu && GPU_PAGES.contains(&i) {
+            spec = spec.on(Location::Gpu(0));
+        }
+        let id = state.create_page(spec)?;
         pages.push((id, vec![0u8; len as usize]));
     }
+    if !state.has_function("digest", 1) {
+        state.register_function("digest", 1, digest)?;
+    }
+    let derived = state.create_page(PageSpec::new(8).named("demo-digest"))?;
+    state.declare_derived(derived, "digest", &DIGEST_PARENTS.map(|i| pages[i].0))?;
+    let bar = crate::progress::bar(args.deltas, "deltas");
 
     let mut bytes_touched = 0u64;
     let mut kinds = [0u64; 3];
@@ -45,13 +102,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let t = Instant::now();
         state.update_page(*id, payload)?;
         apply_time += t.elapsed();
+        bar.inc(1);
     }
+    bar.finish_and_clear();
+    state.flush_gpu()?;
 
     let mut total_bytes = 0u64;
     for (id, reference) in &pages {
-        let page = state.read_page(*id)?;
-        if page.bytes() != reference.as_slice() {
-            let at = page.bytes().iter().zip(reference).position(|(a, b)| a != b).unwrap_or(0);
+        // query_page copies GPU pages back; CPU pages are read the same way.
+        let bytes = state.query_page(*id)?;
+        if bytes != reference.as_slice() {
+            let at = bytes.iter().zip(reference).position(|(a, b)| a != b).unwrap_or(0);
             return Err(mmsb::Error::Invariant(format!(
                 "page {id} differs from the reference at byte {at} after {} deltas",
                 args.deltas
@@ -59,7 +120,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
         total_bytes += reference.len() as u64;
     }
+    let mut expect = [0u8; 8];
+    digest(&DIGEST_PARENTS.map(|i| pages[i].1.as_slice()), &mut expect);
+    if state.query_page(derived)? != expect {
+        return Err(mmsb::Error::Invariant("the derived page differs from its recompute".into()));
+    }
     state.verify()?;
+    state.verify_recompute()?;
 
     let secs = apply_time.as_secs_f64().max(1e-9);
     println!("mmsb demo: state in {}", state.dir().display());
@@ -71,7 +138,23 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     println!("  bytes written    {bytes_touched}");
     println!("  apply time       {:.3} s", secs);
     println!("  deltas/s         {:.0}", args.deltas as f64 / secs);
-    println!("  check            every page matches the naive reference");
+    println!(
+        "  check            every page matches the naive reference; the derived page matches its recompute"
+    );
+    if gpu {
+        println!("  gpu pages        {} on GPU 0, checked against the same reference", GPU_PAGES.len());
+    }
+    if args.dir.is_some() {
+        let info = state.checkpoint()?;
+        println!(
+            "  checkpoint       {} (LSN {}, {} pages, {} bytes)",
+            info.path.display(),
+            info.lsn,
+            info.pages,
+            info.bytes
+        );
+    }
+    println!("state hash: {:032x}", state.state_hash()?);
     state.stop()?;
     Ok(())
 }

@@ -103,7 +103,10 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
         };
         rep.checkpoints.push(CheckpointSummary { path, lsn, bytes, pages, error });
     }
-    let scan = reader::scan(vfs, &dir, 0, RecoveryMode::Tolerant, limits, &mut |_| Ok(true))?;
+    // The log is read after the newest valid checkpoint, as recovery reads
+    // it: segments the checkpoint made unnecessary may be gone.
+    let after = rep.checkpoints.iter().find(|c| c.error.is_none()).map_or(0, |c| c.lsn);
+    let scan = reader::scan(vfs, &dir, after, RecoveryMode::Tolerant, limits, &mut |_| Ok(true))?;
     for (code, v) in &scan.by_type {
         let e = rep.by_type.entry(RecordType::name(*code)).or_default();
         e.0 += v.0;

@@ -1,12 +1,10 @@
-//! The criterion suite: one binary, one module per area. Every group reports
-//! `Throughput::Bytes` (or elements) and measures its limit beside it.
+//! CPU delta apply against memcpy of the same page.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mmsb::alloc::PageAllocator;
+use criterion::{BenchmarkId, Criterion, Throughput};
 use mmsb_benches::{dense_payload, full_payload, sparse_payload};
 use std::hint::black_box;
 
-fn apply(c: &mut Criterion) {
+pub fn bench(c: &mut Criterion) {
     for &len in &[4usize << 10, 1 << 20, 64 << 20] {
         let mut g = c.benchmark_group("cpu_apply");
         g.throughput(Throughput::Bytes(len as u64));
@@ -28,15 +26,3 @@ fn apply(c: &mut Criterion) {
         g.finish();
     }
 }
-
-fn alloc(c: &mut Criterion) {
-    let mut g = c.benchmark_group("cpu_alloc");
-    g.throughput(Throughput::Elements(1));
-    let pool = PageAllocator::default();
-    g.bench_function("pooled_4k", |b| b.iter(|| black_box(pool.alloc(4096))));
-    g.bench_function("vec_zeroed_4k", |b| b.iter(|| black_box(vec![0u8; black_box(4096)])));
-    g.finish();
-}
-
-criterion_group!(benches, apply, alloc);
-criterion_main!(benches);

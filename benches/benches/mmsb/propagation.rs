@@ -6,7 +6,7 @@
 //! for a diff, a derived delta and its commit; `*_cutoff` variants pay for
 //! the recompute and comparison only.
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput};
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload, PropagationMode, Update};
 use std::hint::black_box;
 use std::time::Duration;
@@ -57,9 +57,10 @@ impl Rng {
     }
 }
 
-fn bench(c: &mut Criterion) {
+pub fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("propagate");
     g.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    g.throughput(Throughput::Elements(1));
 
     // Baseline: a user write to a page with no dependents.
     {
@@ -199,6 +200,3 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 }
-
-criterion_group!(benches, bench);
-criterion_main!(benches);

@@ -1,0 +1,306 @@
+//! Disk rows: log append, durable commit, checkpoint write and restore,
+//! replay. Each next to the raw file operation on the same bytes, in a
+//! directory on the same file system, measured in the same run.
+
+use crate::{small_sparse, Row};
+use mmsb::codec::Limits;
+use mmsb::log::Durability;
+use mmsb::vfs::StdVfs;
+use mmsb::{Config, Mmsb, PageId, PageSpec, Payload, Result, Update};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Sizes of the disk workloads.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskBudget {
+    /// Small deltas appended in the append row.
+    pub append_deltas: usize,
+    /// Durable commits timed.
+    pub durable_commits: usize,
+    /// Bytes of page data in the checkpoint rows.
+    pub checkpoint_bytes: usize,
+    /// Checkpoints (and restores) timed; the median is reported.
+    pub checkpoint_reps: usize,
+    /// Small deltas in the replayed log.
+    pub replay_deltas: usize,
+}
+
+impl DiskBudget {
+    /// The `--quick` sizes.
+    pub const QUICK: DiskBudget = DiskBudget {
+        append_deltas: 1_000_000,
+        durable_commits: 300,
+        checkpoint_bytes: 32 << 20,
+        checkpoint_reps: 3,
+        replay_deltas: 1_000_000,
+    };
+    /// The full sizes.
+    pub const FULL: DiskBudget = DiskBudget {
+        append_deltas: 4_000_000,
+        durable_commits: 2_000,
+        checkpoint_bytes: 256 << 20,
+        checkpoint_reps: 5,
+        replay_deltas: 4_000_000,
+    };
+}
+
+/// Deltas per committed batch in the append and replay rows.
+pub const BATCH: usize = 1_000;
+/// Pages the small deltas go to.
+const PAGES: usize = 64;
+/// Their length.
+const PAGE_LEN: usize = 64;
+/// Largest small delta.
+const SMALL: usize = 8;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn small_pages(s: &Mmsb) -> Result<Vec<PageId>> {
+    (0..PAGES).map(|_| s.create_page(PageSpec::new(PAGE_LEN as u64))).collect()
+}
+
+fn small_batch(rng: &mut ChaCha8Rng, ids: &[PageId]) -> Vec<Update> {
+    (0..BATCH).map(|k| Update::new(ids[k % ids.len()], small_sparse(rng, PAGE_LEN, SMALL))).collect()
+}
+
+/// Write `chunks` chunks of `chunk` bytes to a fresh file in `dir`, with an
+/// fdatasync after each when `sync`; seconds taken.
+fn raw_write(dir: &Path, chunk: usize, chunks: usize, sync: bool) -> Result<f64> {
+    let path = dir.join("raw-write.bin");
+    let mut f = std::fs::File::create(&path)?;
+    let buf = vec![0xA5u8; chunk.max(1)];
+    let t = Instant::now();
+    for _ in 0..chunks {
+        f.write_all(&buf)?;
+        if sync {
+            f.sync_data()?;
+        }
+    }
+    let e = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(e)
+}
+
+/// Write `len` bytes sequentially (1 MiB calls) to a fresh file in `dir`
+/// and fdatasync once, as a checkpoint does; seconds taken.
+fn raw_write_then_sync(dir: &Path, len: usize) -> Result<f64> {
+    let path = dir.join("raw-checkpoint.bin");
+    let mut f = std::fs::File::create(&path)?;
+    let buf = vec![0x5Au8; 1 << 20];
+    let t = Instant::now();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n])?;
+        left -= n;
+    }
+    f.sync_data()?;
+    let e = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(e)
+}
+
+/// Log append of small deltas with [`Durability::Flush`] (one `write` per
+/// committed batch of [`BATCH`] deltas), against raw `write` calls of the
+/// same sizes.
+pub fn append_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
+    let dir = base.join("append");
+    let s = Mmsb::start(Config::at(&dir).durability(Durability::Flush))?;
+    let ids = small_pages(&s)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let before = s.log_stats();
+    let mut spent = Duration::ZERO;
+    let batches = b.append_deltas.div_ceil(BATCH);
+    for _ in 0..batches {
+        let batch = small_batch(&mut rng, &ids);
+        let t = Instant::now();
+        s.update_batch(batch)?;
+        spent += t.elapsed();
+    }
+    let after = s.log_stats();
+    s.stop()?;
+    drop(s);
+    std::fs::remove_dir_all(&dir)?;
+    let deltas = (batches * BATCH) as f64;
+    let writes = (after.writes - before.writes).max(1);
+    let bytes = after.bytes - before.bytes;
+    let raw = raw_write(base, (bytes / writes) as usize, writes as usize, false)?;
+    Ok(vec![Row::rate(
+        "log_append_small_flush",
+        deltas / spent.as_secs_f64(),
+        "deltas/s",
+        &format!("raw write() of the same {} MB in {} calls", bytes >> 20, writes),
+        deltas / raw,
+        Some(5e6),
+    )])
+}
+
+/// Durable commit: one small delta per commit with an fsync each
+/// ([`Durability::SYNC`]), against raw `write` + `fdatasync` of the same
+/// bytes per commit.
+pub fn durable_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
+    let dir = base.join("durable");
+    let s = Mmsb::start(Config::at(&dir).durability(Durability::SYNC))?;
+    let ids = small_pages(&s)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let before = s.log_stats();
+    let n = b.durable_commits.max(1);
+    let mut spent = Duration::ZERO;
+    for k in 0..n {
+        let p = small_sparse(&mut rng, PAGE_LEN, SMALL);
+        let t = Instant::now();
+        s.update_page(ids[k % ids.len()], p)?;
+        spent += t.elapsed();
+    }
+    let after = s.log_stats();
+    s.stop()?;
+    drop(s);
+    std::fs::remove_dir_all(&dir)?;
+    let per_commit = ((after.bytes - before.bytes) / n as u64) as usize;
+    let raw = raw_write(base, per_commit, n, true)?;
+    Ok(vec![Row::throughput(
+        "log_commit_durable_small",
+        n as f64 / spent.as_secs_f64(),
+        "commits/s",
+        &format!("raw write+fdatasync of {per_commit} B"),
+        n as f64 / raw,
+        Some(0.8),
+    )])
+}
+
+/// Checkpoint write against raw sequential write + fsync of the same
+/// bytes; checkpoint restore ([`Mmsb::start`] on the directory) against a
+/// raw sequential read of the checkpoint file.
+pub fn checkpoint_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
+    let dir = base.join("checkpoint");
+    let page = 1usize << 20;
+    let count = (b.checkpoint_bytes / page).max(1);
+    let mut ids = Vec::with_capacity(count);
+    {
+        let s = Mmsb::start(Config::at(&dir).durability(Durability::None))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        for _ in 0..count {
+            let id = s.create_page(PageSpec::new(page as u64))?;
+            // Random bytes: the page codec cannot shrink them.
+            let mut data = vec![0u8; page];
+            rng.fill_bytes(&mut data);
+            s.update_page(id, Payload::Full(data))?;
+            ids.push(id);
+        }
+        s.stop()?;
+    }
+    let mut write_times = Vec::new();
+    let mut raw_write_times = Vec::new();
+    let mut restore_times = Vec::new();
+    let mut raw_read_times = Vec::new();
+    let mut file_bytes = 0u64;
+    for rep in 0..b.checkpoint_reps.max(1) {
+        let t = Instant::now();
+        let s = Mmsb::start(Config::at(&dir).durability(Durability::None))?;
+        if rep > 0 {
+            restore_times.push(t.elapsed().as_secs_f64());
+        }
+        s.update_page(ids[rep % ids.len()], Payload::Full(vec![rep as u8; page]))?;
+        let t = Instant::now();
+        let info = s.checkpoint()?;
+        write_times.push(t.elapsed().as_secs_f64());
+        file_bytes = info.bytes;
+        s.stop()?;
+        drop(s);
+        raw_write_times.push(raw_write_then_sync(base, info.bytes as usize)?);
+        let t = Instant::now();
+        let bytes = std::fs::read(&info.path)?;
+        raw_read_times.push(t.elapsed().as_secs_f64());
+        std::hint::black_box(bytes);
+    }
+    // One more restore so there are as many restores as checkpoints.
+    let t = Instant::now();
+    let s = Mmsb::start(Config::at(&dir).durability(Durability::None))?;
+    restore_times.push(t.elapsed().as_secs_f64());
+    s.stop()?;
+    drop(s);
+    std::fs::remove_dir_all(&dir)?;
+    let gbs = |secs: f64| file_bytes as f64 / secs / 1e9;
+    let mb = file_bytes >> 20;
+    Ok(vec![
+        Row::throughput(
+            &format!("checkpoint_write_{mb}m"),
+            gbs(median(write_times)),
+            "GB/s",
+            &format!("raw sequential write+fdatasync of {mb} MB"),
+            gbs(median(raw_write_times)),
+            Some(0.8),
+        ),
+        Row::throughput(
+            &format!("checkpoint_restore_{mb}m"),
+            gbs(median(restore_times)),
+            "GB/s",
+            &format!("raw sequential read of the {mb} MB file (page cache)"),
+            gbs(median(raw_read_times)),
+            Some(0.8),
+        ),
+    ])
+}
+
+/// Segment files of a state directory.
+fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    let log = mmsb::log::log_dir(dir);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&log)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| mmsb::log::parse_segment_name(n).is_some())
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Offline replay of a log of small deltas (every change re-validated),
+/// against reading the same segment files.
+pub fn replay_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
+    let dir = base.join("replay");
+    let batches = b.replay_deltas.div_ceil(BATCH);
+    {
+        let s = Mmsb::start(Config::at(&dir).durability(Durability::None))?;
+        let ids = small_pages(&s)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        for _ in 0..batches {
+            s.update_batch(small_batch(&mut rng, &ids))?;
+        }
+        s.stop()?;
+    }
+    let deltas = (batches * BATCH) as f64;
+    let mut replay = Vec::new();
+    let mut read = Vec::new();
+    let mut bytes = 0u64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let img = mmsb::replay::replay_to_lsn(&StdVfs, &dir, None, &Limits::default())?;
+        replay.push(t.elapsed().as_secs_f64());
+        std::hint::black_box(img.state_hash());
+        let t = Instant::now();
+        bytes = 0;
+        for p in segments(&dir)? {
+            bytes += std::hint::black_box(std::fs::read(p)?).len() as u64;
+        }
+        read.push(t.elapsed().as_secs_f64());
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(vec![Row::rate(
+        "replay_small_deltas",
+        deltas / median(replay),
+        "deltas/s",
+        &format!("read of the same {} MB of segments", bytes >> 20),
+        deltas / median(read),
+        Some(10e6),
+    )])
+}

@@ -1,0 +1,261 @@
+//! `mmsb inspect`, `mmsb verify`, `mmsb replay`: offline commands over a
+//! state directory. They read it through [`Confined`] (no write, no link
+//! followed out of the directory) and never panic on any input.
+
+use crate::confined::Confined;
+use crate::progress;
+use mmsb::codec::Limits;
+use mmsb::log::reader::Record;
+use mmsb::replay::StateImage;
+use mmsb::{Error, Lsn, PageId, Result, Source};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// The state directory.
+    dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The state directory.
+    dir: PathBuf,
+    /// Also check derived pages offline. Recompute functions are code in
+    /// the program that registered them, so this command cannot run them;
+    /// it replays the whole history and checks that every derived delta
+    /// (source: propagation) targets a page declared derived at that point,
+    /// names the declared function, reads exactly the declared parents, in
+    /// order, at epochs they had reached, and that the final dependency
+    /// graph is acyclic. To re-run the functions themselves, call
+    /// `Mmsb::verify_recompute` in the program that registers them.
+    #[arg(long)]
+    recompute: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// The state directory.
+    dir: PathBuf,
+    /// Stop after the last commit at or before this LSN.
+    #[arg(long, conflicts_with = "to_time")]
+    to: Option<u64>,
+    /// Stop at the last commit boundary at which at most this many changes
+    /// (logical time) had been accepted.
+    #[arg(long = "to-time", value_name = "T")]
+    to_time: Option<u64>,
+}
+
+/// Open `dir` for reading and check that it looks like a state directory.
+fn open(dir: &Path) -> Result<Confined> {
+    let v = Confined::new(dir).map_err(|e| Error::from(e).in_file(dir))?;
+    let log = mmsb::log::log_dir(dir);
+    match std::fs::symlink_metadata(&log) {
+        Ok(m) if m.is_dir() => Ok(v),
+        Ok(m) if m.file_type().is_symlink() => Err(Error::Config(format!(
+            "{} is a symbolic link; the offline commands do not follow links out of {}",
+            log.display(),
+            dir.display()
+        ))),
+        _ => Err(Error::Config(format!(
+            "{} is not an MMSB state directory (no log/ directory inside)",
+            dir.display()
+        ))),
+    }
+}
+
+pub fn inspect(args: &InspectArgs) -> Result<()> {
+    let v = open(&args.dir)?;
+    let spin = progress::spinner("reading log and checkpoints");
+    let rep = mmsb::tools::inspect_with(&v, v.root(), &Limits::default());
+    spin.finish_and_clear();
+    let rep = rep?;
+    println!("state directory: {}", args.dir.display());
+    print!("{rep}");
+    let total: u64 = rep.segments.iter().map(|s| s.bytes).sum::<u64>()
+        + rep.checkpoints.iter().map(|c| c.bytes).sum::<u64>();
+    println!("total bytes: {total}");
+    Ok(())
+}
+
+/// Exit status of `verify`: 0 sound, 1 a problem found.
+pub fn verify(args: &VerifyArgs) -> Result<bool> {
+    let v = open(&args.dir)?;
+    let spin = progress::spinner("checking every CRC and replaying every commit");
+    let rep = mmsb::tools::verify_with(&v, v.root(), &Limits::default());
+    spin.finish_and_clear();
+    println!("{rep}");
+    if let Some(p) = &rep.problem {
+        eprintln!(
+            "mmsb verify: first problem in {} at offset {}: {}",
+            p.file.as_ref().map_or_else(|| args.dir.display().to_string(), |f| f.display().to_string()),
+            p.offset.map_or_else(|| "unknown".to_string(), |o| o.to_string()),
+            p.reason
+        );
+        return Ok(false);
+    }
+    if args.recompute {
+        match check_provenance(&v) {
+            Ok(n) => println!(
+                "derived pages: {} declared, their pages exist; {} derived deltas in the log \
+                 consistent with their declarations; graph acyclic (recompute functions not run: \
+                 they are code in the program that registered them; Mmsb::verify_recompute runs them)",
+                n.derived, n.deltas
+            ),
+            Err(e) => {
+                eprintln!("mmsb verify --recompute: {e}");
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+struct ProvenanceCheck {
+    deltas: u64,
+    derived: usize,
+}
+
+/// Replay the whole history and check every derived delta against the
+/// declarations in force when it was committed.
+fn check_provenance(v: &Confined) -> Result<ProvenanceCheck> {
+    let limits = Limits::default();
+    let mut deltas = 0u64;
+    let problem: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
+    let bar = progress::spinner("checking derived deltas");
+    let seg_dir = mmsb::log::log_dir(v.root());
+    let img = mmsb::replay::replay_with(
+        v,
+        v.root(),
+        None,
+        &limits,
+        &mut |_, _| problem.borrow().is_some(),
+        &mut |img, commit| {
+            bar.set_position(img.lsn);
+            for (lsn, r) in commit {
+                let Record::Delta(d) = r else { continue };
+                if d.source != 1 || problem.borrow().is_some() {
+                    continue;
+                }
+                deltas += 1;
+                if let Err(e) = check_one(img, *lsn, d) {
+                    *problem.borrow_mut() = Some(Error::Corrupt {
+                        file: Some(seg_dir.clone()),
+                        offset: None,
+                        reason: format!("LSN {lsn}: {e}"),
+                    });
+                }
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let img = img?;
+    if let Some(e) = problem.into_inner() {
+        return Err(e);
+    }
+    for (page, d) in &img.graph.derived {
+        for p in std::iter::once(page).chain(&d.parents) {
+            if !img.pages.contains_key(p) {
+                return Err(Error::Invariant(format!(
+                    "derived page {page} ({:?}) names page {p}, which does not exist",
+                    d.function
+                )));
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&img) {
+        return Err(Error::Invariant(format!("the dependency graph has a cycle through page {cycle}")));
+    }
+    Ok(ProvenanceCheck { deltas, derived: img.graph.derived.len() })
+}
+
+fn check_one(img: &StateImage, _lsn: u64, d: &mmsb::codec::delta::DeltaView<'_>) -> Result<()> {
+    let delta = d.to_delta()?;
+    let Source::Propagation(prov) = delta.source else {
+        return Err(Error::Invariant("derived delta without provenance".into()));
+    };
+    let Some(decl) = img.graph.derived.get(&delta.page) else {
+        return Err(Error::Invariant(format!(
+            "derived delta for page {}, which is not declared derived",
+            delta.page
+        )));
+    };
+    if decl.function != prov.function {
+        return Err(Error::Invariant(format!(
+            "page {} is derived by {:?} but its delta names {:?}",
+            delta.page, decl.function, prov.function
+        )));
+    }
+    let read: Vec<PageId> = prov.parents.iter().map(|(p, _)| *p).collect();
+    if read != decl.parents {
+        return Err(Error::Invariant(format!(
+            "page {} declares parents {:?} but its delta read {:?}",
+            delta.page, decl.parents, read
+        )));
+    }
+    for (p, epoch) in &prov.parents {
+        match img.pages.get(p) {
+            None => {
+                return Err(Error::Invariant(format!(
+                    "page {} read parent {p}, which does not exist",
+                    delta.page
+                )))
+            }
+            Some(pi) if pi.epoch < *epoch => {
+                return Err(Error::Invariant(format!(
+                    "page {} read parent {p} at epoch {epoch}, which it had not reached ({})",
+                    delta.page, pi.epoch
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A page on a cycle of the graph's edges, if there is one (Kahn's algorithm).
+fn find_cycle(img: &StateImage) -> Option<PageId> {
+    let mut indeg: BTreeMap<PageId, usize> = BTreeMap::new();
+    let mut out: BTreeMap<PageId, Vec<PageId>> = BTreeMap::new();
+    for &(a, b) in img.graph.edges.keys() {
+        indeg.entry(a).or_default();
+        *indeg.entry(b).or_default() += 1;
+        out.entry(a).or_default().push(b);
+    }
+    let mut ready: Vec<PageId> = indeg.iter().filter(|(_, &d)| d == 0).map(|(p, _)| *p).collect();
+    while let Some(p) = ready.pop() {
+        for c in out.get(&p).into_iter().flatten() {
+            if let Some(d) = indeg.get_mut(c) {
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(*c);
+                }
+            }
+        }
+        indeg.remove(&p);
+    }
+    indeg.into_iter().find(|(_, d)| *d > 0).map(|(p, _)| p)
+}
+
+pub fn replay(args: &ReplayArgs) -> Result<()> {
+    let v = open(&args.dir)?;
+    let limits = Limits::default();
+    let bar = progress::spinner("replaying");
+    let img = match args.to_time {
+        Some(t) => mmsb::replay::replay_to_timestamp(&v, v.root(), t, &limits),
+        None => mmsb::replay::replay_to_lsn(&v, v.root(), args.to.map(Lsn), &limits),
+    };
+    bar.finish_and_clear();
+    let img = img?;
+    if let Some(to) = args.to {
+        if img.lsn < to {
+            eprintln!("note: the log ends at LSN {} (before the requested LSN {to})", img.lsn);
+        }
+    }
+    let bytes: u64 = img.pages.values().map(|p| p.bytes.len() as u64).sum();
+    println!("replayed {} to LSN {} (logical time {})", args.dir.display(), Lsn(img.lsn), img.timestamp);
+    println!("pages: {} ({bytes} bytes)", img.pages.len());
+    println!("state hash: {:032x}", img.state_hash());
+    Ok(())
+}

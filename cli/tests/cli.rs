@@ -1,0 +1,245 @@
+//! The `mmsb` command end to end: demo leaves a state that verify, inspect
+//! and replay agree on; corruption is reported with file and offset; no
+//! input makes the command panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn mmsb(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_mmsb")).args(args).output()?)
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Exit status is a clean failure (1 or clap's 2), never a panic (101) or a signal.
+fn assert_clean_failure(o: &Output, what: &str) {
+    let (out, err) = text(o);
+    assert!(!o.status.success(), "{what}: expected failure\n{out}\n{err}");
+    assert!(matches!(o.status.code(), Some(1 | 2)), "{what}: status {:?}\n{out}\n{err}", o.status);
+    assert!(!err.contains("panicked"), "{what}: panicked\n{err}");
+}
+
+fn hash_line(stdout: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|l| l.strip_prefix("state hash: ")).map(str::to_owned)
+}
+
+/// Run the demo into `dir`; return its printed state hash and checkpoint path.
+fn demo(dir: &Path, deltas: u64) -> Result<(String, PathBuf)> {
+    let o = mmsb(&["demo", "--dir", dir.to_str().ok_or("path")?, "--deltas", &deltas.to_string()])?;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "demo failed\n{out}\n{err}");
+    let hash = hash_line(&out).ok_or("no state hash line")?;
+    let ckpt = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("checkpoint"))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or("no checkpoint line")?;
+    Ok((hash, PathBuf::from(ckpt)))
+}
+
+#[test]
+fn demo_then_verify_inspect_replay_agree() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    let (hash, ckpt) = demo(&dir, 3_000)?;
+    assert!(
+        ckpt.starts_with(&dir) && ckpt.is_file(),
+        "checkpoint {} not in {}",
+        ckpt.display(),
+        dir.display()
+    );
+    let d = dir.to_str().ok_or("path")?;
+
+    let o = mmsb(&["verify", d])?;
+    assert!(o.status.success(), "verify: {:?}", text(&o));
+    assert!(text(&o).0.contains("OK"));
+
+    let o = mmsb(&["verify", "--recompute", d])?;
+    assert!(o.status.success(), "verify --recompute: {:?}", text(&o));
+    assert!(text(&o).0.contains("1 declared"), "{:?}", text(&o));
+
+    let o = mmsb(&["inspect", d])?;
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(out.contains("checkpoints: 1"), "{out}");
+    assert!(out.contains("records by type:") && out.contains("LSN range"), "{out}");
+    assert!(out.contains(ckpt.file_name().and_then(|n| n.to_str()).ok_or("name")?), "{out}");
+
+    let o = mmsb(&["replay", d])?;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let last = out.lines().last().ok_or("no output")?;
+    assert_eq!(last, format!("state hash: {hash}"), "replay's last line is the demo's hash");
+    Ok(())
+}
+
+#[test]
+fn replay_to_lsn_and_time_before_any_checkpoint() -> Result {
+    // A log without a checkpoint, written through the library.
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    let (h1, h_end) = {
+        let s = mmsb::Mmsb::start(mmsb::Config::at(&dir))?;
+        let p = s.create_page(mmsb::PageSpec::new(16))?;
+        s.update_page(p, mmsb::Payload::Full(vec![1; 16]))?;
+        let h1 = s.state_hash()?;
+        s.update_page(p, mmsb::Payload::Full(vec![2; 16]))?;
+        let h = s.state_hash()?;
+        s.stop()?;
+        (h1, h)
+    };
+    let d = dir.to_str().ok_or("path")?;
+    let o = mmsb(&["replay", d, "--to", "2"])?;
+    assert_eq!(hash_line(&text(&o).0), Some(format!("{h1:032x}")), "{:?}", text(&o));
+    let o = mmsb(&["replay", d, "--to-time", "2"])?;
+    assert_eq!(hash_line(&text(&o).0), Some(format!("{h1:032x}")), "{:?}", text(&o));
+    let o = mmsb(&["replay", d])?;
+    assert_eq!(hash_line(&text(&o).0), Some(format!("{h_end:032x}")));
+    Ok(())
+}
+
+#[test]
+fn corrupt_checkpoint_byte_names_file_and_offset() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    let (_, ckpt) = demo(&dir, 500)?;
+    let mut bytes = std::fs::read(&ckpt)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&ckpt, &bytes)?;
+    let o = mmsb(&["verify", dir.to_str().ok_or("path")?])?;
+    assert_clean_failure(&o, "verify of a corrupt checkpoint");
+    let (out, err) = text(&o);
+    let name = ckpt.file_name().and_then(|n| n.to_str()).ok_or("name")?;
+    assert!(err.contains(name) && err.contains("at offset"), "{out}\n{err}");
+    Ok(())
+}
+
+#[test]
+fn corrupt_log_byte_names_segment_and_offset() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    {
+        let s = mmsb::Mmsb::start(mmsb::Config::at(&dir))?;
+        let p = s.create_page(mmsb::PageSpec::new(4096))?;
+        for i in 0..200u8 {
+            s.update_page(p, mmsb::Payload::Full(vec![i; 4096]))?;
+        }
+        s.stop()?;
+    }
+    let seg = std::fs::read_dir(dir.join("log"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .ok_or("no segment")?;
+    let mut bytes = std::fs::read(&seg)?;
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&seg, &bytes)?;
+    let o = mmsb(&["verify", dir.to_str().ok_or("path")?])?;
+    assert_clean_failure(&o, "verify of a corrupt segment");
+    let (_, err) = text(&o);
+    let name = seg.file_name().and_then(|n| n.to_str()).ok_or("name")?;
+    assert!(err.contains(name) && err.contains("at offset"), "{err}");
+    Ok(())
+}
+
+/// Deterministic garbage.
+fn garbage(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_directories_fail_cleanly() -> Result {
+    let tmp = tempfile::tempdir()?;
+    // Not a state directory at all.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain)?;
+    std::fs::write(plain.join("junk"), garbage(1, 1000))?;
+    // A missing path, and a file where a directory is expected.
+    let missing = tmp.path().join("missing");
+    let file = plain.join("junk");
+    for d in [&plain, &missing, &file] {
+        for cmd in ["inspect", "verify", "replay"] {
+            let o = mmsb(&[cmd, d.to_str().ok_or("path")?])?;
+            assert_clean_failure(&o, &format!("{cmd} {}", d.display()));
+        }
+    }
+    // A log directory full of garbage under valid-looking names.
+    for seed in 0..6u64 {
+        let d = tmp.path().join(format!("g{seed}"));
+        std::fs::create_dir_all(d.join("log"))?;
+        let len = [0usize, 3, 47, 48, 100, 5000][seed as usize];
+        let mut seg = garbage(seed + 7, len);
+        if seed >= 4 {
+            // A plausible header start.
+            seg[..8].copy_from_slice(b"MMSBWAL\0");
+        }
+        std::fs::write(d.join("log").join("wal-0000000000000001.log"), &seg)?;
+        let mut ck = garbage(seed + 99, 200 + len);
+        ck[..8].copy_from_slice(b"MMSBCKPT");
+        std::fs::write(d.join("log").join(format!("ckpt-{:020}.ckpt", seed)), &ck)?;
+        let ds = d.to_str().ok_or("path")?;
+        let o = mmsb(&["verify", ds])?;
+        assert_clean_failure(&o, "verify of garbage");
+        for cmd in ["inspect", "replay"] {
+            let o = mmsb(&[cmd, ds])?;
+            assert!(!text(&o).1.contains("panicked"), "{cmd} panicked: {:?}", text(&o));
+            assert!(matches!(o.status.code(), Some(0 | 1)), "{cmd}: {:?}", o.status);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn links_out_of_the_directory_are_not_followed() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let real = tmp.path().join("real");
+    {
+        let s = mmsb::Mmsb::start(mmsb::Config::at(&real))?;
+        s.create_page(mmsb::PageSpec::new(8))?;
+        s.checkpoint()?;
+        s.stop()?;
+    }
+    // DIR/log is a link to another state's log.
+    let linked = tmp.path().join("linked");
+    std::fs::create_dir(&linked)?;
+    std::os::unix::fs::symlink(real.join("log"), linked.join("log"))?;
+    let o = mmsb(&["inspect", linked.to_str().ok_or("path")?])?;
+    assert_clean_failure(&o, "inspect through a linked log/");
+    assert!(text(&o).1.contains("symbolic link"), "{:?}", text(&o));
+    // Files inside log/ that are links are not listed.
+    let mixed = tmp.path().join("mixed");
+    std::fs::create_dir_all(mixed.join("log"))?;
+    for e in std::fs::read_dir(real.join("log"))? {
+        let e = e?;
+        std::os::unix::fs::symlink(e.path(), mixed.join("log").join(e.file_name()))?;
+    }
+    let o = mmsb(&["inspect", mixed.to_str().ok_or("path")?])?;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("checkpoints: 0") && out.contains("segments: 0"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn demo_gpu_flag_runs_with_or_without_a_device() -> Result {
+    let o = mmsb(&["demo", "--gpu", "--deltas", "300"])?;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("GPU 0:") || out.contains("no GPU found"), "{out}");
+    assert!(hash_line(&out).is_some());
+    Ok(())
+}
