@@ -19,25 +19,6 @@ use bitvec::prelude::{BitVec, Lsb0};
 use serde::{Deserialize, Serialize};
 use shared_types::{DeltaId, Epoch, PageId};
 
-/// Expands 8 mask bits into a 64-bit byte mask (bit `i` → byte `i` = 0xFF).
-const EXPAND: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut v = 0u64;
-        let mut i = 0;
-        while i < 8 {
-            if b & (1 << i) != 0 {
-                v |= 0xFF << (8 * i);
-            }
-            i += 1;
-        }
-        t[b] = v;
-        b += 1;
-    }
-    t
-};
-
 /// A byte run of a sparse delta: `len` bytes starting at page byte `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Run {
@@ -504,7 +485,7 @@ fn clear_unmasked(data: &mut [u8], words: &[u64]) {
             continue;
         }
         for (g, part) in chunk.chunks_mut(8).enumerate() {
-            let bm = EXPAND[((m >> (8 * g)) & 0xFF) as usize];
+            let bm = crate::simd::expand8((m >> (8 * g)) as u8);
             if part.len() == 8 {
                 let v = u64::from_le_bytes(part.try_into().unwrap_or_default()) & bm;
                 part.copy_from_slice(&v.to_le_bytes());
@@ -519,41 +500,11 @@ fn clear_unmasked(data: &mut [u8], words: &[u64]) {
     }
 }
 
-/// Copy `src` bytes into `dst` where the mask bit is set, a machine word at a
-/// time. `src` is in canonical form (zero where the mask is clear).
+/// Copy `src` bytes into `dst` where the mask bit is set. `src` is in
+/// canonical form (zero where the mask is clear).
+#[inline]
 pub(crate) fn blend(dst: &mut [u8], src: &[u8], words: &[u64]) {
-    debug_assert_eq!(dst.len(), src.len());
-    let full = dst.len() / 64;
-    let (dst_body, dst_tail) = dst.split_at_mut(full * 64);
-    let (src_body, src_tail) = src.split_at(full * 64);
-    for ((d, s), &m) in dst_body.chunks_exact_mut(64).zip(src_body.chunks_exact(64)).zip(words) {
-        if m == 0 {
-            continue;
-        }
-        if m == u64::MAX {
-            d.copy_from_slice(s);
-            continue;
-        }
-        // Expand all eight mask bytes first, then blend eight words: no
-        // data-dependent branches inside the chunk, so it pipelines well.
-        let mut bm = [0u64; 8];
-        for (g, b) in bm.iter_mut().enumerate() {
-            *b = EXPAND[((m >> (8 * g)) & 0xFF) as usize];
-        }
-        for (g, &b) in bm.iter().enumerate() {
-            let dw = &mut d[8 * g..8 * g + 8];
-            let x = u64::from_le_bytes((&*dw).try_into().unwrap_or_default());
-            let y = u64::from_le_bytes(s[8 * g..8 * g + 8].try_into().unwrap_or_default());
-            dw.copy_from_slice(&((x & !b) | (y & b)).to_le_bytes());
-        }
-    }
-    if let Some(&m) = words.get(full) {
-        for (k, (d, s)) in dst_tail.iter_mut().zip(src_tail).enumerate() {
-            if m >> k & 1 == 1 {
-                *d = *s;
-            }
-        }
-    }
+    crate::simd::blend(dst, src, words);
 }
 
 fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {

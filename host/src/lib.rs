@@ -47,6 +47,7 @@ pub mod propagate;
 pub mod ptx;
 pub mod registry;
 pub mod replay;
+mod simd;
 mod sync;
 pub mod tools;
 pub mod vfs;

@@ -35,7 +35,7 @@ impl Default for Limits {
 /// CRC32C (Castagnoli) of `bytes`.
 #[inline]
 pub fn crc(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
+    crate::simd::crc32c(bytes)
 }
 
 /// A bounds-checked little-endian reader over untrusted bytes.
