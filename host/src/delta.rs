@@ -392,7 +392,57 @@ impl Payload {
         if old.is_empty() {
             return Err(Error::invalid_delta(None, "cannot diff empty pages"));
         }
-        Ok(diff_from_runs(differing_runs(old, new), new))
+        Ok(diff_direct(old, new))
+    }
+}
+
+/// [`Payload::diff`] without an intermediate run list: one pass sizes the
+/// three encodings, a second builds the cheapest (the same choice as
+/// [`diff_from_runs`]).
+fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
+    let len = new.len() as u64;
+    let (mut ndiff, mut bridged_runs, mut bridged_bytes) = (0u64, 0u64, 0u64);
+    let mut cur: Option<(u64, u64)> = None;
+    visit_runs(old, new, |o, l| {
+        ndiff += l;
+        cur = match cur {
+            Some((s, e)) if o - e < 16 => Some((s, o + l)),
+            Some((s, e)) => {
+                bridged_runs += 1;
+                bridged_bytes += e - s;
+                Some((o, o + l))
+            }
+            None => Some((o, o + l)),
+        };
+    });
+    if let Some((s, e)) = cur {
+        bridged_runs += 1;
+        bridged_bytes += e - s;
+    }
+    let sparse_cost = 16 * bridged_runs + bridged_bytes;
+    let dense_cost = len.div_ceil(8) + ndiff;
+    if sparse_cost <= dense_cost && sparse_cost <= len {
+        let mut runs: Vec<Run> = Vec::with_capacity(bridged_runs as usize);
+        visit_runs(old, new, |o, l| match runs.last_mut() {
+            Some(last) if o - (last.offset + last.len) < 16 => last.len = o + l - last.offset,
+            _ => runs.push(Run { offset: o, len: l }),
+        });
+        let mut data = Vec::with_capacity(bridged_bytes as usize);
+        for r in &runs {
+            data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
+        }
+        Payload::Sparse(SparseDelta { runs, data })
+    } else if dense_cost <= len {
+        let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
+        let mut data = vec![0u8; new.len()];
+        visit_runs(old, new, |o, l| {
+            let (a, b) = (o as usize, (o + l) as usize);
+            mask[a..b].fill(true);
+            data[a..b].copy_from_slice(&new[a..b]);
+        });
+        Payload::Dense(DenseDelta { mask, data })
+    } else {
+        Payload::Full(new.to_vec())
     }
 }
 
@@ -446,8 +496,17 @@ impl DenseDelta {
 }
 
 /// Maximal runs of bytes where `a` and `b` differ (equal lengths).
+#[cfg(test)]
 pub(crate) fn differing_runs(a: &[u8], b: &[u8]) -> Vec<Run> {
     let mut runs = Vec::new();
+    visit_runs(a, b, |offset, len| runs.push(Run { offset, len }));
+    runs
+}
+
+/// Call `f(offset, len)` for each maximal run where `a` and `b` differ, in
+/// order (equal lengths).
+#[inline]
+fn visit_runs(a: &[u8], b: &[u8], mut f: impl FnMut(u64, u64)) {
     let mut open: Option<u64> = None;
     let n = a.len();
     let mut i = 0usize;
@@ -465,7 +524,7 @@ pub(crate) fn differing_runs(a: &[u8], b: &[u8]) -> Vec<Run> {
         match (differ, open) {
             (true, None) => open = Some(i as u64),
             (false, Some(s)) => {
-                runs.push(Run { offset: s, len: i as u64 - s });
+                f(s, i as u64 - s);
                 open = None;
             }
             _ => {}
@@ -473,9 +532,8 @@ pub(crate) fn differing_runs(a: &[u8], b: &[u8]) -> Vec<Run> {
         i += 1;
     }
     if let Some(s) = open {
-        runs.push(Run { offset: s, len: n as u64 - s });
+        f(s, n as u64 - s);
     }
-    runs
 }
 
 /// Zero the bytes of `data` whose mask bit is clear.
@@ -552,8 +610,9 @@ fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
 /// Which recompute function produced a derived delta, from which inputs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Provenance {
-    /// Registered name of the recompute function.
-    pub function: String,
+    /// Registered name of the recompute function (shared, not copied, by
+    /// the deltas of one function).
+    pub function: std::sync::Arc<str>,
     /// Its version at the time of the recompute.
     pub version: u32,
     /// Each parent page and the epoch it was read at.
@@ -662,6 +721,21 @@ mod tests {
             assert_eq!(s.runs(), &[Run { offset: 0, len: 5 }, Run { offset: 10, len: 3 }]);
         } else {
             panic!("sparse merge stays sparse");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn direct_diff_matches_the_run_list_diff(
+            pairs in proptest::collection::vec((proptest::prelude::any::<u8>(), 0u8..4), 1..600),
+        ) {
+            let old: Vec<u8> = pairs.iter().map(|p| p.0).collect();
+            let new: Vec<u8> = pairs.iter().map(|p| if p.1 == 0 { p.0.wrapping_add(1) } else { p.0 }).collect();
+            let d = Payload::diff(&old, &new).unwrap();
+            proptest::prop_assert_eq!(&d, &diff_from_runs(differing_runs(&old, &new), &new));
+            let mut page = old.clone();
+            d.apply_to(&mut page).unwrap();
+            proptest::prop_assert_eq!(page, new);
         }
     }
 

@@ -469,7 +469,7 @@ fn parse_provenance(buf: &[u8], base: u64) -> Result<Provenance> {
     let flen = r.u32("provenance function length")?;
     let function = std::str::from_utf8(r.bytes(flen as usize, "provenance function")?)
         .map_err(|_| Error::corrupt_at(at, "provenance function name is not UTF-8"))?
-        .to_owned();
+        .into();
     let version = r.u32("provenance version")?;
     let n = r.u32("provenance parent count")? as u64;
     if n.saturating_mul(16) != r.remaining() as u64 {
