@@ -115,7 +115,9 @@ fn main() -> Result<()> {
                 let mut batches = Vec::new();
                 let mut i = 0;
                 while i < n {
-                    batches.push((i..i + 1000).map(|k| Ok(Update::new(p, small(k)?))).collect::<Result<Vec<_>>>()?);
+                    batches.push(
+                        (i..i + 1000).map(|k| Ok(Update::new(p, small(k)?))).collect::<Result<Vec<_>>>()?,
+                    );
                     i += 1000;
                 }
                 timed(|| {
@@ -140,16 +142,22 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             })?;
-            println!("{case}: {:.0} ns per update, {:.0} ns per node", dt * 1e9 / n as f64, dt * 1e9 / (n * len as u64) as f64);
+            println!(
+                "{case}: {:.0} ns per update, {:.0} ns per node",
+                dt * 1e9 / n as f64,
+                dt * 1e9 / (n * len as u64) as f64
+            );
         }
         "dense" | "sparse" => {
             let len = 1usize << 20;
             let p = if case == "dense" {
-                let opts: Vec<Option<u8>> =
-                    (0..len).map(|i| if (i * 2_654_435_761) % 7 < 4 { Some(i as u8) } else { None }).collect();
+                let opts: Vec<Option<u8>> = (0..len)
+                    .map(|i| if (i * 2_654_435_761) % 7 < 4 { Some(i as u8) } else { None })
+                    .collect();
                 Payload::Dense(DenseDelta::from_options(&opts)?)
             } else {
-                let runs: Vec<Run> = (0..len / 128).map(|k| Run { offset: (k * 128) as u64, len: 64 }).collect();
+                let runs: Vec<Run> =
+                    (0..len / 128).map(|k| Run { offset: (k * 128) as u64, len: 64 }).collect();
                 let data = vec![7u8; 64 * runs.len()];
                 Payload::Sparse(SparseDelta::new(runs, data)?)
             };
@@ -171,7 +179,12 @@ fn main() -> Result<()> {
                 black_box(&mut dst);
             }
             let copy = t.elapsed().as_secs_f64() / reps as f64;
-            println!("{case}: apply {:.1} us, memcpy of touched {:.1} us, ratio {:.2}", apply * 1e6, copy * 1e6, copy / apply);
+            println!(
+                "{case}: apply {:.1} us, memcpy of touched {:.1} us, ratio {:.2}",
+                apply * 1e6,
+                copy * 1e6,
+                copy / apply
+            );
             if case == "dense" {
                 let mut d2 = vec![0u8; len];
                 let t = Instant::now();
