@@ -186,11 +186,12 @@ mod x86 {
             if m == 0 {
                 continue;
             }
-            // SAFETY: i * 64 + 64 <= full * 64 <= len of both slices; the
-            // masked store writes only the selected bytes.
+            // SAFETY: i * 64 + 64 <= full * 64 <= len of both slices;
+            // unaligned loads and stores are allowed.
             unsafe {
                 let sv = _mm512_loadu_si512(s.add(i * 64).cast());
-                _mm512_mask_storeu_epi8(d.add(i * 64).cast(), m, sv);
+                let dv = _mm512_loadu_si512(d.add(i * 64).cast());
+                _mm512_storeu_si512(d.add(i * 64).cast(), _mm512_mask_mov_epi8(dv, m, sv));
             }
         }
         let tail = full * 64;
