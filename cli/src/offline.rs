@@ -181,7 +181,7 @@ fn check_one(img: &StateImage, _lsn: u64, d: &mmsb::codec::delta::DeltaView<'_>)
             delta.page
         )));
     };
-    if decl.function != prov.function {
+    if *decl.function != *prov.function {
         return Err(Error::Invariant(format!(
             "page {} is derived by {:?} but its delta names {:?}",
             delta.page, decl.function, prov.function

@@ -6,7 +6,7 @@
 //! less than its byte budget) and is handed out again, zeroed, by the next
 //! request of that class. Larger buffers are allocated and freed directly.
 //!
-//! This module and `gpu/` are the only places with `unsafe` code.
+//! This module, `simd` and `gpu/` are the only places with `unsafe` code.
 
 use crate::sync::{AtomicI64, AtomicU64, Mutex, Ordering};
 

@@ -954,7 +954,7 @@ impl Mmsb {
         Ok(g.node(page).and_then(|n| {
             let s = &g.slots[n as usize];
             s.binding.map(|b| Derivation {
-                function: f.entries[b.func as usize].name.clone(),
+                function: f.entries[b.func as usize].name.to_string(),
                 version: b.version,
                 parents: s.args.iter().map(|&p| g.slots[p as usize].page).collect(),
             })
@@ -1315,7 +1315,7 @@ impl Mmsb {
 /// The dependency graph as data, with function names resolved.
 fn graph_image(clock: &Clock) -> crate::graph::GraphImage {
     let f = &clock.deps.functions;
-    clock.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.clone()).unwrap_or_default())
+    clock.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.to_string()).unwrap_or_default())
 }
 
 fn with_page(e: Error, page: PageId) -> Error {

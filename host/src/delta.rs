@@ -19,25 +19,6 @@ use bitvec::prelude::{BitVec, Lsb0};
 use serde::{Deserialize, Serialize};
 use shared_types::{DeltaId, Epoch, PageId};
 
-/// Expands 8 mask bits into a 64-bit byte mask (bit `i` → byte `i` = 0xFF).
-const EXPAND: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut v = 0u64;
-        let mut i = 0;
-        while i < 8 {
-            if b & (1 << i) != 0 {
-                v |= 0xFF << (8 * i);
-            }
-            i += 1;
-        }
-        t[b] = v;
-        b += 1;
-    }
-    t
-};
-
 /// A byte run of a sparse delta: `len` bytes starting at page byte `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Run {
@@ -411,7 +392,57 @@ impl Payload {
         if old.is_empty() {
             return Err(Error::invalid_delta(None, "cannot diff empty pages"));
         }
-        Ok(diff_from_runs(differing_runs(old, new), new))
+        Ok(diff_direct(old, new))
+    }
+}
+
+/// [`Payload::diff`] without an intermediate run list: one pass sizes the
+/// three encodings, a second builds the cheapest (the same choice as
+/// [`diff_from_runs`]).
+fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
+    let len = new.len() as u64;
+    let (mut ndiff, mut bridged_runs, mut bridged_bytes) = (0u64, 0u64, 0u64);
+    let mut cur: Option<(u64, u64)> = None;
+    visit_runs(old, new, |o, l| {
+        ndiff += l;
+        cur = match cur {
+            Some((s, e)) if o - e < 16 => Some((s, o + l)),
+            Some((s, e)) => {
+                bridged_runs += 1;
+                bridged_bytes += e - s;
+                Some((o, o + l))
+            }
+            None => Some((o, o + l)),
+        };
+    });
+    if let Some((s, e)) = cur {
+        bridged_runs += 1;
+        bridged_bytes += e - s;
+    }
+    let sparse_cost = 16 * bridged_runs + bridged_bytes;
+    let dense_cost = len.div_ceil(8) + ndiff;
+    if sparse_cost <= dense_cost && sparse_cost <= len {
+        let mut runs: Vec<Run> = Vec::with_capacity(bridged_runs as usize);
+        visit_runs(old, new, |o, l| match runs.last_mut() {
+            Some(last) if o - (last.offset + last.len) < 16 => last.len = o + l - last.offset,
+            _ => runs.push(Run { offset: o, len: l }),
+        });
+        let mut data = Vec::with_capacity(bridged_bytes as usize);
+        for r in &runs {
+            data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
+        }
+        Payload::Sparse(SparseDelta { runs, data })
+    } else if dense_cost <= len {
+        let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
+        let mut data = vec![0u8; new.len()];
+        visit_runs(old, new, |o, l| {
+            let (a, b) = (o as usize, (o + l) as usize);
+            mask[a..b].fill(true);
+            data[a..b].copy_from_slice(&new[a..b]);
+        });
+        Payload::Dense(DenseDelta { mask, data })
+    } else {
+        Payload::Full(new.to_vec())
     }
 }
 
@@ -467,6 +498,14 @@ impl DenseDelta {
 /// Maximal runs of bytes where `a` and `b` differ (equal lengths).
 pub(crate) fn differing_runs(a: &[u8], b: &[u8]) -> Vec<Run> {
     let mut runs = Vec::new();
+    visit_runs(a, b, |offset, len| runs.push(Run { offset, len }));
+    runs
+}
+
+/// Call `f(offset, len)` for each maximal run where `a` and `b` differ, in
+/// order (equal lengths).
+#[inline]
+fn visit_runs(a: &[u8], b: &[u8], mut f: impl FnMut(u64, u64)) {
     let mut open: Option<u64> = None;
     let n = a.len();
     let mut i = 0usize;
@@ -484,7 +523,7 @@ pub(crate) fn differing_runs(a: &[u8], b: &[u8]) -> Vec<Run> {
         match (differ, open) {
             (true, None) => open = Some(i as u64),
             (false, Some(s)) => {
-                runs.push(Run { offset: s, len: i as u64 - s });
+                f(s, i as u64 - s);
                 open = None;
             }
             _ => {}
@@ -492,9 +531,8 @@ pub(crate) fn differing_runs(a: &[u8], b: &[u8]) -> Vec<Run> {
         i += 1;
     }
     if let Some(s) = open {
-        runs.push(Run { offset: s, len: n as u64 - s });
+        f(s, n as u64 - s);
     }
-    runs
 }
 
 /// Zero the bytes of `data` whose mask bit is clear.
@@ -504,7 +542,7 @@ fn clear_unmasked(data: &mut [u8], words: &[u64]) {
             continue;
         }
         for (g, part) in chunk.chunks_mut(8).enumerate() {
-            let bm = EXPAND[((m >> (8 * g)) & 0xFF) as usize];
+            let bm = crate::simd::expand8((m >> (8 * g)) as u8);
             if part.len() == 8 {
                 let v = u64::from_le_bytes(part.try_into().unwrap_or_default()) & bm;
                 part.copy_from_slice(&v.to_le_bytes());
@@ -519,41 +557,11 @@ fn clear_unmasked(data: &mut [u8], words: &[u64]) {
     }
 }
 
-/// Copy `src` bytes into `dst` where the mask bit is set, a machine word at a
-/// time. `src` is in canonical form (zero where the mask is clear).
+/// Copy `src` bytes into `dst` where the mask bit is set. `src` is in
+/// canonical form (zero where the mask is clear).
+#[inline]
 pub(crate) fn blend(dst: &mut [u8], src: &[u8], words: &[u64]) {
-    debug_assert_eq!(dst.len(), src.len());
-    let full = dst.len() / 64;
-    let (dst_body, dst_tail) = dst.split_at_mut(full * 64);
-    let (src_body, src_tail) = src.split_at(full * 64);
-    for ((d, s), &m) in dst_body.chunks_exact_mut(64).zip(src_body.chunks_exact(64)).zip(words) {
-        if m == 0 {
-            continue;
-        }
-        if m == u64::MAX {
-            d.copy_from_slice(s);
-            continue;
-        }
-        // Expand all eight mask bytes first, then blend eight words: no
-        // data-dependent branches inside the chunk, so it pipelines well.
-        let mut bm = [0u64; 8];
-        for (g, b) in bm.iter_mut().enumerate() {
-            *b = EXPAND[((m >> (8 * g)) & 0xFF) as usize];
-        }
-        for (g, &b) in bm.iter().enumerate() {
-            let dw = &mut d[8 * g..8 * g + 8];
-            let x = u64::from_le_bytes((&*dw).try_into().unwrap_or_default());
-            let y = u64::from_le_bytes(s[8 * g..8 * g + 8].try_into().unwrap_or_default());
-            dw.copy_from_slice(&((x & !b) | (y & b)).to_le_bytes());
-        }
-    }
-    if let Some(&m) = words.get(full) {
-        for (k, (d, s)) in dst_tail.iter_mut().zip(src_tail).enumerate() {
-            if m >> k & 1 == 1 {
-                *d = *s;
-            }
-        }
-    }
+    crate::simd::blend(dst, src, words);
 }
 
 fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
@@ -601,8 +609,9 @@ fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
 /// Which recompute function produced a derived delta, from which inputs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Provenance {
-    /// Registered name of the recompute function.
-    pub function: String,
+    /// Registered name of the recompute function (shared, not copied, by
+    /// the deltas of one function).
+    pub function: std::sync::Arc<str>,
     /// Its version at the time of the recompute.
     pub version: u32,
     /// Each parent page and the epoch it was read at.
@@ -711,6 +720,21 @@ mod tests {
             assert_eq!(s.runs(), &[Run { offset: 0, len: 5 }, Run { offset: 10, len: 3 }]);
         } else {
             panic!("sparse merge stays sparse");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn direct_diff_matches_the_run_list_diff(
+            pairs in proptest::collection::vec((proptest::prelude::any::<u8>(), 0u8..4), 1..600),
+        ) {
+            let old: Vec<u8> = pairs.iter().map(|p| p.0).collect();
+            let new: Vec<u8> = pairs.iter().map(|p| if p.1 == 0 { p.0.wrapping_add(1) } else { p.0 }).collect();
+            let d = Payload::diff(&old, &new).unwrap();
+            proptest::prop_assert_eq!(&d, &diff_from_runs(differing_runs(&old, &new), &new));
+            let mut page = old.clone();
+            d.apply_to(&mut page).unwrap();
+            proptest::prop_assert_eq!(page, new);
         }
     }
 

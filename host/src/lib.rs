@@ -52,6 +52,7 @@ pub mod provenance;
 pub mod ptx;
 pub mod registry;
 pub mod replay;
+mod simd;
 pub mod stats;
 mod sync;
 pub mod tools;

@@ -71,7 +71,8 @@ pub struct PropagationStats {
 }
 
 pub(crate) struct FunctionEntry {
-    pub(crate) name: String,
+    /// Shared with the provenance of every delta the function derives.
+    pub(crate) name: Arc<str>,
     pub(crate) version: u32,
     pub(crate) f: Option<RecomputeFn>,
 }
@@ -98,7 +99,7 @@ impl Functions {
             return i;
         }
         let i = self.entries.len() as u32;
-        self.entries.push(FunctionEntry { name: name.to_owned(), version: 0, f: None });
+        self.entries.push(FunctionEntry { name: Arc::from(name), version: 0, f: None });
         self.by_name.insert(name.to_owned(), i);
         i
     }
@@ -471,7 +472,7 @@ fn compute_one<'g>(
         Some(f) if entry.version == b.version => f,
         _ => {
             return Outcome::Failed(Error::Function {
-                name: entry.name.clone(),
+                name: entry.name.to_string(),
                 reason: format!("version {} (bound by page {}) is not registered", b.version, slot.page),
             })
         }
@@ -508,7 +509,7 @@ fn compute_one<'g>(
     if let Err(p) = run {
         return Outcome::Failed(Error::Recompute {
             page: slot.page,
-            function: entry.name.clone(),
+            function: entry.name.to_string(),
             reason: panic_message(p.as_ref()),
         });
     }

@@ -260,7 +260,7 @@ fn walk(versions: &HashMap<(PageId, Epoch), Entry>, page: PageId, epoch: Epoch) 
                     Source::User => Origin::User,
                     Source::Replay => Origin::Replay,
                     Source::Propagation(p) => Origin::Derived {
-                        function: p.function.clone(),
+                        function: p.function.to_string(),
                         version: p.version,
                         parents: p.parents.clone(),
                     },

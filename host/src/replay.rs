@@ -154,7 +154,7 @@ impl StateImage {
         hash_pages(self.pages.values().map(|p| (p.id, p.epoch, &p.bytes[..])))
     }
 
-    fn validate(&self, ops: &[Op<'_>], strict: bool) -> Result<()> {
+    fn validate<'o>(&self, ops: impl Iterator<Item = Op<'o>>, strict: bool) -> Result<()> {
         // Pages as this commit has left them so far: a one-entry write-back
         // cache in front of a map (commits mostly hit one page repeatedly).
         let mut overlay: BTreeMap<PageId, Sim> = BTreeMap::new();
@@ -183,7 +183,7 @@ impl StateImage {
                 }
                 *last = Some((id, s));
             };
-            match op {
+            match &op {
                 Op::Create { id, len, meta, .. } => {
                     if get(&overlay, &last, *id).is_some() {
                         return Err(Error::PageExists(*id));
@@ -240,9 +240,9 @@ impl StateImage {
         Ok(())
     }
 
-    fn apply_ops(&mut self, ops: &[Op<'_>]) -> Result<()> {
+    fn apply_ops<'o>(&mut self, ops: impl Iterator<Item = Op<'o>>) -> Result<()> {
         for op in ops {
-            match op {
+            match &op {
                 Op::Create { id, len, location, meta } => {
                     self.pages.insert(
                         *id,
@@ -279,9 +279,10 @@ impl StateImage {
     /// # Errors
     /// The typed error of the first invalid change; the image is unchanged.
     pub fn apply_commit(&mut self, commit: reader::Commit<'_, '_>) -> Result<()> {
-        let ops: Vec<Op<'_>> = commit.iter().filter_map(|(_, r)| op_of_record(r)).collect();
-        self.validate(&ops, true)?;
-        self.apply_ops(&ops)?;
+        // Two passes over the borrowed records: nothing is collected.
+        let ops = || commit.iter().filter_map(|(_, r)| op_of_record(r));
+        self.validate(ops(), true)?;
+        self.apply_ops(ops())?;
         if let Some((lsn, _)) = commit.last() {
             self.lsn = *lsn;
         }
@@ -294,9 +295,8 @@ impl StateImage {
     /// # Errors
     /// The typed error of the first invalid change; the image is unchanged.
     pub fn apply_changes(&mut self, changes: &[Change]) -> Result<()> {
-        let ops: Vec<Op<'_>> = changes.iter().map(op_of_change).collect();
-        self.validate(&ops, false)?;
-        self.apply_ops(&ops)
+        self.validate(changes.iter().map(op_of_change), false)?;
+        self.apply_ops(changes.iter().map(op_of_change))
     }
 }
 

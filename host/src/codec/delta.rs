@@ -34,13 +34,16 @@ const FLAG_TAG: u8 = 2;
 /// Append the payload encoding of `p` to `out`; writes exactly
 /// `p.encoded_len()` bytes.
 pub fn encode_payload(p: &Payload, out: &mut Vec<u8>) {
+    let mut head = [0u8; 9];
     match p {
         Payload::Dense(d) => {
-            out.push(1);
-            put_u64(out, d.len());
+            head[0] = 1;
+            head[1..].copy_from_slice(&d.len().to_le_bytes());
+            out.extend_from_slice(&head);
             let nbytes = d.len().div_ceil(8) as usize;
             let words = d.mask_words();
             let start = out.len();
+            out.reserve(words.len() * 8);
             for w in words {
                 out.extend_from_slice(&w.to_le_bytes());
             }
@@ -65,17 +68,21 @@ pub fn encode_payload(p: &Payload, out: &mut Vec<u8>) {
             }
         }
         Payload::Sparse(s) => {
-            out.push(2);
-            put_u64(out, s.runs().len() as u64);
+            head[0] = 2;
+            head[1..].copy_from_slice(&(s.runs().len() as u64).to_le_bytes());
+            out.extend_from_slice(&head);
             for r in s.runs() {
-                put_u64(out, r.offset);
-                put_u64(out, r.len);
+                let mut run = [0u8; 16];
+                run[..8].copy_from_slice(&r.offset.to_le_bytes());
+                run[8..].copy_from_slice(&r.len.to_le_bytes());
+                out.extend_from_slice(&run);
             }
             out.extend_from_slice(s.data());
         }
         Payload::Full(b) => {
-            out.push(3);
-            put_u64(out, b.len() as u64);
+            head[0] = 3;
+            head[1..].copy_from_slice(&(b.len() as u64).to_le_bytes());
+            out.extend_from_slice(&head);
             out.extend_from_slice(b);
         }
     }
@@ -302,22 +309,39 @@ pub fn delta_body_len(d: &Delta) -> u64 {
 /// [`Error::InvalidDelta`] when a tag or provenance field exceeds the
 /// format's 32-bit lengths.
 pub fn encode_delta_body(d: &Delta, out: &mut Vec<u8>) -> Result<()> {
+    out.extend_from_slice(&delta_head(d)?);
+    encode_delta_rest(d, out);
+    Ok(())
+}
+
+/// The fixed part of the delta body of `d` (the first [`DELTA_HEAD_LEN`]
+/// bytes); [`encode_delta_rest`] writes the rest.
+///
+/// # Errors
+/// As [`encode_delta_body`].
+#[inline]
+pub(crate) fn delta_head(d: &Delta) -> Result<[u8; DELTA_HEAD_LEN]> {
     let plen = provenance_len(&d.source);
     let tlen = d.tag.as_ref().map_or(0, String::len);
-    if u32::try_from(plen).is_err() || u32::try_from(tlen).is_err() {
+    let (Ok(plen), Ok(tlen)) = (u32::try_from(plen), u32::try_from(tlen)) else {
         return Err(Error::invalid_delta(Some(d.page), "tag or provenance too large to encode"));
-    }
-    put_u64(out, d.id.0);
-    put_u64(out, d.page.0);
-    put_u64(out, d.timestamp);
-    put_u64(out, d.base_epoch.map_or(0, |e| e.0));
-    let flags =
-        if d.base_epoch.is_some() { FLAG_BASE } else { 0 } | if d.tag.is_some() { FLAG_TAG } else { 0 };
-    out.push(flags);
-    out.push(source_code(&d.source));
-    put_u16(out, 0);
-    put_u32(out, plen as u32);
-    put_u32(out, tlen as u32);
+    };
+    let mut h = [0u8; DELTA_HEAD_LEN];
+    h[0..8].copy_from_slice(&d.id.0.to_le_bytes());
+    h[8..16].copy_from_slice(&d.page.0.to_le_bytes());
+    h[16..24].copy_from_slice(&d.timestamp.to_le_bytes());
+    h[24..32].copy_from_slice(&d.base_epoch.map_or(0, |e| e.0).to_le_bytes());
+    h[32] = if d.base_epoch.is_some() { FLAG_BASE } else { 0 } | if d.tag.is_some() { FLAG_TAG } else { 0 };
+    h[33] = source_code(&d.source);
+    // h[34..36]: reserved, zero.
+    h[36..40].copy_from_slice(&plen.to_le_bytes());
+    h[40..44].copy_from_slice(&tlen.to_le_bytes());
+    Ok(h)
+}
+
+/// The delta body of `d` after its fixed part: provenance, tag, payload.
+#[inline]
+pub(crate) fn encode_delta_rest(d: &Delta, out: &mut Vec<u8>) {
     if let Source::Propagation(p) = &d.source {
         put_u32(out, p.function.len() as u32);
         out.extend_from_slice(p.function.as_bytes());
@@ -332,7 +356,6 @@ pub fn encode_delta_body(d: &Delta, out: &mut Vec<u8>) -> Result<()> {
         out.extend_from_slice(t.as_bytes());
     }
     encode_payload(&d.payload, out);
-    Ok(())
 }
 
 /// A validated, borrowed delta body.
@@ -446,7 +469,7 @@ fn parse_provenance(buf: &[u8], base: u64) -> Result<Provenance> {
     let flen = r.u32("provenance function length")?;
     let function = std::str::from_utf8(r.bytes(flen as usize, "provenance function")?)
         .map_err(|_| Error::corrupt_at(at, "provenance function name is not UTF-8"))?
-        .to_owned();
+        .into();
     let version = r.u32("provenance version")?;
     let n = r.u32("provenance parent count")? as u64;
     if n.saturating_mul(16) != r.remaining() as u64 {

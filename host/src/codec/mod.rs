@@ -35,7 +35,7 @@ impl Default for Limits {
 /// CRC32C (Castagnoli) of `bytes`.
 #[inline]
 pub fn crc(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
+    crate::simd::crc32c(bytes)
 }
 
 /// A bounds-checked little-endian reader over untrusted bytes.
@@ -73,14 +73,21 @@ impl<'a> Reader<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] when fewer than `n` bytes remain.
-    #[inline]
+    #[inline(always)]
     pub fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        if n > self.remaining() {
-            return Err(self.err(format!("{what}: need {n} bytes, {} remain", self.remaining())));
+        match self.buf.get(self.pos..).and_then(|rest| rest.get(..n)) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => Err(self.short(n, what)),
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn short(&self, n: usize, what: &str) -> Error {
+        self.err(format!("{what}: need {n} bytes, {} remain", self.remaining()))
     }
 
     /// The next `u64`-counted byte length, checked against what remains.
@@ -95,19 +102,22 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let s = self.bytes(N, what)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
+        match self.buf.get(self.pos..).and_then(|rest| rest.first_chunk::<N>()) {
+            Some(a) => {
+                self.pos += N;
+                Ok(*a)
+            }
+            None => Err(self.short(N, what)),
+        }
     }
 
     /// A byte.
     ///
     /// # Errors
     /// [`Error::Corrupt`] at the end of input.
-    #[inline]
+    #[inline(always)]
     pub fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.array::<1>(what)?[0])
     }
@@ -116,7 +126,7 @@ impl<'a> Reader<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] at the end of input.
-    #[inline]
+    #[inline(always)]
     pub fn u16(&mut self, what: &str) -> Result<u16> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
@@ -125,7 +135,7 @@ impl<'a> Reader<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] at the end of input.
-    #[inline]
+    #[inline(always)]
     pub fn u32(&mut self, what: &str) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
@@ -134,7 +144,7 @@ impl<'a> Reader<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] at the end of input.
-    #[inline]
+    #[inline(always)]
     pub fn u64(&mut self, what: &str) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }

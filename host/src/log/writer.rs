@@ -4,10 +4,12 @@
 //! segments, and poisons itself on the first I/O failure.
 
 use super::{
-    segment_name, Durability, RecordType, RECORD_HEAD_LEN, SEGMENT_HEAD_LEN, SEGMENT_MAGIC, SEGMENT_VERSION,
+    segment_name, Durability, RecordType, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN, SEGMENT_MAGIC,
+    SEGMENT_VERSION,
 };
 use crate::change::Change;
-use crate::codec::{crc, delta::encode_delta_body, put_location, put_metadata, put_u32, put_u64};
+use crate::codec::delta::{delta_body_len, delta_head, encode_delta_rest, DELTA_HEAD_LEN};
+use crate::codec::{crc, put_location, put_metadata, put_u32, put_u64};
 use crate::vfs::{Vfs, VfsFile};
 use crate::{Error, Result};
 use shared_types::Lsn;
@@ -206,6 +208,29 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Frame a delta record: header and fixed body fields go in as one
+    /// block, after a single reserve for the whole frame.
+    #[inline]
+    fn delta_record(&mut self, d: &crate::delta::Delta) -> Result<()> {
+        let body = delta_body_len(d);
+        let len = u32::try_from(body)
+            .map_err(|_| Error::Serialization(format!("log record of {body} bytes exceeds 4 GiB")))?;
+        let mut head = [0u8; RECORD_HEAD_LEN + DELTA_HEAD_LEN];
+        head[0..4].copy_from_slice(&len.to_le_bytes());
+        head[4] = RecordType::Delta as u8;
+        head[8..16].copy_from_slice(&self.next_lsn.to_le_bytes());
+        head[RECORD_HEAD_LEN..].copy_from_slice(&delta_head(d)?);
+        let start = self.buf.len();
+        self.buf.reserve(RECORD_HEAD_LEN + body as usize + RECORD_TAIL_LEN);
+        self.buf.extend_from_slice(&head);
+        encode_delta_rest(d, &mut self.buf);
+        debug_assert_eq!(self.buf.len() - start, RECORD_HEAD_LEN + body as usize);
+        let c = crc(&self.buf[start..]);
+        self.buf.extend_from_slice(&c.to_le_bytes());
+        self.next_lsn += 1;
+        Ok(())
+    }
+
     /// Frame `changes` as one atomic batch (begin/end markers around more than
     /// one change) into the buffer and return the LSN range they occupy.
     /// Nothing is written yet: call [`LogWriter::commit`].
@@ -264,7 +289,7 @@ impl LogWriter {
                     put_u64(b, id.0);
                     Ok(())
                 })?,
-                Change::Apply(d) => self.record(RecordType::Delta, |b| encode_delta_body(d, b))?,
+                Change::Apply(d) => self.delta_record(d)?,
                 other => {
                     let rec = super::GraphRecord::of(other).ok_or_else(|| {
                         Error::Serialization(format!("no log record type for change {other:?}"))

@@ -1,0 +1,213 @@
+//! A small harness for profiling the hot paths under callgrind or a timer:
+//! `cargo run --release -p mmsb --example perf_harness -- <case> [n]`.
+//!
+//! Cases: `append` (log append, 1000 small deltas per commit, Flush),
+//! `update` (single-delta `update_page`), `batch` (`update_batch` of 1000),
+//! `replay` (append then replay; only the replay is timed), `chain10`,
+//! `chain1000` (propagation through a chain of copies), `dense`, `sparse`
+//! (CPU apply on 1 MiB, with memcpy beside it), `alloc` (pooled 4 KiB).
+
+use mmsb::alloc::PageAllocator;
+use mmsb::log::{Durability, LogWriter};
+use mmsb::vfs::StdVfs;
+use mmsb::{
+    Change, Config, Delta, DeltaId, DenseDelta, Mmsb, PageId, PageSpec, Payload, Result, Run, Source,
+    SparseDelta, Update,
+};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn small(next: u64) -> Result<Payload> {
+    let off = (next * 8) % 4000;
+    Ok(Payload::Sparse(SparseDelta::from_pairs([(off, &next.to_le_bytes()[..])])?))
+}
+
+fn append_log(dir: &std::path::Path, n: u64, measure: bool) -> Result<f64> {
+    let log_dir = mmsb::log::log_dir(dir);
+    std::fs::create_dir_all(&log_dir)?;
+    let mut w = LogWriter::open(Arc::new(StdVfs), &log_dir, 1, 1, 1, Durability::Flush, 1 << 30)?;
+    w.append(&[Change::CreatePage {
+        id: PageId(1),
+        len: 4096,
+        location: mmsb::Location::Cpu,
+        meta: Default::default(),
+    }])?;
+    w.commit()?;
+    let mut all = Vec::new();
+    let mut next = 1u64;
+    while next <= n {
+        let mut changes = Vec::with_capacity(1000);
+        for _ in 0..1000 {
+            changes.push(Change::Apply(Delta {
+                id: DeltaId(next),
+                page: PageId(1),
+                base_epoch: None,
+                payload: small(next)?,
+                source: Source::User,
+                tag: None,
+                timestamp: next + 1,
+            }));
+            next += 1;
+        }
+        all.push(changes);
+    }
+    let mut run = || {
+        for c in &all {
+            w.append(c)?;
+            w.commit()?;
+        }
+        Ok(())
+    };
+    let dt = if measure { timed(run)?.1 } else { run().map(|()| 0.0)? };
+    w.sync()?;
+    Ok(dt)
+}
+
+fn chain(s: &Mmsb, n: usize) -> Result<PageId> {
+    let src = s.create_page(PageSpec::new(8))?;
+    let mut prev = src;
+    for _ in 0..n {
+        let p = s.create_page(PageSpec::new(8))?;
+        s.declare_derived(p, "copy", &[prev])?;
+        prev = p;
+    }
+    Ok(src)
+}
+
+/// The measured region (callgrind: `--toggle-collect='*timed*'`).
+#[inline(never)]
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed().as_secs_f64()))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let case = args.get(1).map_or("append", String::as_str);
+    let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    match case {
+        "append" => {
+            let dir = tempfile::tempdir()?;
+            let dt = append_log(dir.path(), n, true)?;
+            println!("append: {:.2} M deltas/s", n as f64 / dt / 1e6);
+        }
+        "replay" => {
+            let dir = tempfile::tempdir()?;
+            append_log(dir.path(), n, false)?;
+            let (r, dt) = timed(|| mmsb::tools::replay(dir.path(), None))?;
+            println!("replay: {:.2} M deltas/s ({})", n as f64 / dt / 1e6, r.timestamp);
+        }
+        "update" | "batch" => {
+            let s = Mmsb::start(Config::temporary())?;
+            let p = s.create_page(PageSpec::new(4096))?;
+            let dt = if case == "update" {
+                let pays = (0..n).map(small).collect::<Result<Vec<_>>>()?;
+                timed(|| {
+                    for p2 in pays {
+                        s.update_page(p, p2)?;
+                    }
+                    Ok(())
+                })?
+                .1
+            } else {
+                let mut batches = Vec::new();
+                let mut i = 0;
+                while i < n {
+                    batches.push(
+                        (i..i + 1000).map(|k| Ok(Update::new(p, small(k)?))).collect::<Result<Vec<_>>>()?,
+                    );
+                    i += 1000;
+                }
+                timed(|| {
+                    for b in batches {
+                        s.update_batch(b)?;
+                    }
+                    Ok(())
+                })?
+                .1
+            };
+            println!("{case}: {:.1} ns per delta", dt * 1e9 / n as f64);
+        }
+        "chain10" | "chain1000" => {
+            let len = if case == "chain10" { 10 } else { 1000 };
+            let s = Mmsb::start(Config { propagation_threads: 1, ..Config::temporary() })?;
+            s.register_function("copy", 1, |ins: &[&[u8]], out: &mut [u8]| out.copy_from_slice(ins[0]))?;
+            let src = chain(&s, len)?;
+            let pays: Vec<Payload> = (0..n).map(|i| Payload::Full(vec![i as u8 + 1; 8])).collect();
+            let ((), dt) = timed(|| {
+                for p in pays {
+                    s.update_page(src, p)?;
+                }
+                Ok(())
+            })?;
+            println!(
+                "{case}: {:.0} ns per update, {:.0} ns per node",
+                dt * 1e9 / n as f64,
+                dt * 1e9 / (n * len as u64) as f64
+            );
+        }
+        "dense" | "sparse" => {
+            let len = 1usize << 20;
+            let p = if case == "dense" {
+                let opts: Vec<Option<u8>> = (0..len)
+                    .map(|i| if (i * 2_654_435_761) % 7 < 4 { Some(i as u8) } else { None })
+                    .collect();
+                Payload::Dense(DenseDelta::from_options(&opts)?)
+            } else {
+                let runs: Vec<Run> =
+                    (0..len / 128).map(|k| Run { offset: (k * 128) as u64, len: 64 }).collect();
+                let data = vec![7u8; 64 * runs.len()];
+                Payload::Sparse(SparseDelta::new(runs, data)?)
+            };
+            let touched = p.touched() as usize;
+            let src = vec![1u8; len];
+            let mut page = vec![0u8; len];
+            let reps = n.max(1);
+            let ((), apply) = timed(|| {
+                for _ in 0..reps {
+                    p.apply_to(black_box(&mut page))?;
+                }
+                Ok(())
+            })?;
+            let apply = apply / reps as f64;
+            let mut dst = vec![0u8; touched];
+            let t = Instant::now();
+            for _ in 0..reps {
+                dst.copy_from_slice(black_box(&src[..touched]));
+                black_box(&mut dst);
+            }
+            let copy = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{case}: apply {:.1} us, memcpy of touched {:.1} us, ratio {:.2}",
+                apply * 1e6,
+                copy * 1e6,
+                copy / apply
+            );
+            if case == "dense" {
+                let mut d2 = vec![0u8; len];
+                let t = Instant::now();
+                for _ in 0..reps {
+                    d2.copy_from_slice(black_box(&src));
+                    black_box(&mut d2);
+                }
+                let full = t.elapsed().as_secs_f64() / reps as f64;
+                println!("dense: memcpy 1 MiB {:.1} us, ratio {:.2}", full * 1e6, full / apply);
+            }
+        }
+        "alloc" => {
+            let pool = PageAllocator::default();
+            drop(pool.alloc(4096)?);
+            let ((), dt) = timed(|| {
+                for _ in 0..n {
+                    black_box(pool.alloc(4096)?);
+                }
+                Ok(())
+            })?;
+            println!("alloc: {:.1} ns per 4 KiB page", dt * 1e9 / n as f64);
+        }
+        other => eprintln!("unknown case {other}"),
+    }
+    Ok(())
+}
