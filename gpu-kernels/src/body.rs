@@ -663,13 +663,13 @@ pub unsafe fn store_loaded(w: &Loaded) {
         // SAFETY: each piece lies in bytes from .. to and is aligned to its
         // size (the block is 16-aligned and k a multiple of the size).
         unsafe {
-            if k % 8 == 0 && rest >= 8 {
+            if k.is_multiple_of(8) && rest >= 8 {
                 (at as *mut u64).write(v);
                 k += 8;
-            } else if k % 4 == 0 && rest >= 4 {
+            } else if k.is_multiple_of(4) && rest >= 4 {
                 (at as *mut u32).write(v as u32);
                 k += 4;
-            } else if k % 2 == 0 && rest >= 2 {
+            } else if k.is_multiple_of(2) && rest >= 2 {
                 (at as *mut u16).write(v as u16);
                 k += 2;
             } else {
@@ -698,12 +698,18 @@ pub unsafe fn sweep_group<G: RunGroup>(g: &G, page: u64, data: u64, lane: u64) {
         let (j0, j1) = (locate(g, s0), locate(g, s1));
         let (r0, r1) = (g.run(j0), g.run(j1));
         let (t0, t1) = (g.start(j0), g.start(j1));
-        // SAFETY: s < total, so window s - start(j) lies in run j; per the caller.
-        let a =
-            if s0 < total { unsafe { load_run_window(page, data, &r0, s0 - t0) } } else { Loaded::default() };
-        // SAFETY: as above.
-        let b =
-            if s1 < total { unsafe { load_run_window(page, data, &r1, s1 - t1) } } else { Loaded::default() };
+        let a = if s0 < total {
+            // SAFETY: s0 < total, so window s0 - start(j0) lies in run j0; per the caller.
+            unsafe { load_run_window(page, data, &r0, s0 - t0) }
+        } else {
+            Loaded::default()
+        };
+        let b = if s1 < total {
+            // SAFETY: as above, for s1.
+            unsafe { load_run_window(page, data, &r1, s1 - t1) }
+        } else {
+            Loaded::default()
+        };
         // SAFETY: windows of runs are disjoint; per the caller.
         unsafe {
             store_loaded(&a);
@@ -1122,10 +1128,10 @@ mod tests {
             let mut runs_v = Vec::new();
             let mut o = r.next() % 40;
             while o < len as u64 {
-                let l = if round % 7 == 0 && r.next() % 9 == 0 {
+                let l = if round % 7 == 0 && r.next().is_multiple_of(9) {
                     0
                 } else {
-                    1 + r.next() % ((len as u64 - o).min(if r.next() % 4 == 0 { 3000 } else { 40 }))
+                    1 + r.next() % ((len as u64 - o).min(if r.next().is_multiple_of(4) { 3000 } else { 40 }))
                 };
                 runs_v.push((o, l));
                 o += l + 1 + r.next() % 60;
