@@ -2,13 +2,45 @@
 """PyTorch peer of the MMSB GPU kernels, timed with CUDA events.
 
 Dense masked update: a bit-packed mask (one bit per byte, LSB first) is
-unpacked on the device and applied with torch.where; sparse runs are applied
-with index_put_. Bandwidth counts bytes read plus written, with the same
-byte formulas as the Rust benchmarks, next to x.copy_(y) measured in the same
-run. Prints `PEER name gbps ratio` lines.
+unpacked on the device and applied with torch.where; sparse runs (the same
+layouts as the Rust rows gpu_apply_sparse_<shape>) are applied with
+index_put_. Bandwidth counts bytes read plus written, with the same byte
+formulas as the Rust benchmarks, next to x.copy_(y) measured in the same run.
+Prints `PEER name gbps ratio` lines.
 """
 import argparse
 import sys
+
+
+# (name, seed, min_len, len_span, max_gap): mirrors SPARSE_SHAPES in
+# host/src/gpu/bench.rs.
+SPARSE_SHAPES = [
+    ("mixed", 0x5EED0001, 16, 2048, 200),
+    ("64b", 0x5EED0002, 64, 1, 32),
+    ("256b", 0x5EED0003, 256, 1, 128),
+    ("4k", 0x5EED0004, 4096, 1, 2048),
+]
+
+M64 = (1 << 64) - 1
+
+
+def sparse_runs(n, seed, min_len, len_span, max_gap):
+    """Run starts and lengths, drawn exactly like the Rust benchmark."""
+    x = seed
+    starts, lens = [], []
+    at = 3
+    while at < n:
+        x ^= (x << 13) & M64
+        x ^= x >> 7
+        x ^= (x << 17) & M64
+        ln = min(min_len + x % len_span, n - at)
+        x ^= (x << 13) & M64
+        x ^= x >> 7
+        x ^= (x << 17) & M64
+        starts.append(at)
+        lens.append(ln)
+        at += ln + 1 + x % max_gap
+    return starts, lens
 
 
 def main() -> int:
@@ -56,20 +88,25 @@ def main() -> int:
     boolmask = ((packed.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)
     rows.append(("torch_dense_where_boolmask", 3 * n + n, timed(lambda: torch.where(boolmask, data, page, out=page))))
 
-    # Sparse runs like the Rust benchmark: 16..2064 bytes, gaps 1..200.
-    gen = torch.Generator().manual_seed(2)
-    lens = torch.randint(16, 2064, (n // 1000 + 16,), generator=gen)
-    gaps = torch.randint(1, 201, (lens.numel(),), generator=gen)
-    starts = torch.cumsum(lens + gaps, 0) - (lens + gaps) + 3
-    keep = (starts + lens) <= n
-    starts, lens = starts[keep], lens[keep]
-    idx = torch.repeat_interleave(starts, lens) + (
-        torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-    )
-    idx = idx.to(dev)
-    vals = data[: idx.numel()].clone()
-    covered = idx.numel()
-    rows.append(("torch_sparse_index_put", 2 * covered + 8 * covered, timed(lambda: page.index_put_((idx,), vals))))
+    # Sparse runs: the very layouts of the Rust benchmark (same xorshift64
+    # generator and seeds as SPARSE_SHAPES in host/src/gpu/bench.rs).
+    # Bytes counted: 2 per covered byte (values read, page bytes written),
+    # the formula of the Rust sparse rows; neither side counts its
+    # metadata (index_put_ also reads an 8-byte index per byte, the Rust
+    # kernel a 24-byte descriptor per run piece).
+    for shape in SPARSE_SHAPES:
+        starts, lens = sparse_runs(n, *shape[1:])
+        starts_d = torch.tensor(starts, dtype=torch.int64, device=dev)
+        lens_d = torch.tensor(lens, dtype=torch.int64, device=dev)
+        covered = int(lens_d.sum())
+        first = torch.cumsum(lens_d, 0) - lens_d
+        idx = torch.repeat_interleave(starts_d - first, lens_d, output_size=covered) + torch.arange(
+            covered, dtype=torch.int64, device=dev
+        )
+        vals = data[:covered].clone()
+        rows.append((f"torch_sparse_{shape[0]}", 2 * covered, timed(lambda: page.index_put_((idx,), vals))))
+        del idx, vals, starts_d, lens_d, first
+        torch.cuda.empty_cache()
 
     name = torch.cuda.get_device_name(0)
     print(f"device: {name}")

@@ -43,8 +43,9 @@ pub const BLOCK: u32 = 256;
 /// Threads per warp.
 pub const WARP: u32 = 32;
 
-/// Longest run the host hands to the sparse kernels: one warp moves a run
-/// with at most `RUN_CHUNK / 512 + 1` window sweeps. Longer runs are split.
+/// Longest run the host hands to the sparse kernels (longer runs are
+/// split): it bounds the work of one group of runs, so that the groups of
+/// one page spread over the warps. Any length is correct.
 pub const RUN_CHUNK: u64 = 1024;
 
 /// A 16-byte, 16-aligned vector of four `u32` words.
@@ -417,28 +418,351 @@ pub const fn run_windows(page: u64, run: &RunDesc) -> u64 {
     windows(page + run.offset, run.len)
 }
 
-/// Window `i` of run `run`: copy from the delta data at `data` into the page
-/// at `page`.
+// ---------------------------------------------------------------------------
+// Sparse apply
+//
+// Runs are applied in *groups* of up to [`GROUP`] consecutive runs, one warp
+// per group. Lane `j` loads run `j` of the group and the warp takes an
+// exclusive prefix sum of the runs' window counts, which flattens the group
+// into one sequence of windows. The warp then sweeps that sequence: in each
+// sweep lane `l` moves flattened windows `base + l` and `base + l + 32`
+// ([`UNROLL`] windows, both loads issued before either store), finding the
+// run of each window by a 5-step binary search over the prefix sums held by
+// the lanes. Every lane is busy whatever the run lengths (a 16-byte run and
+// a 1 KiB run cost the same per byte), consecutive lanes touch consecutive
+// windows (coalesced), and there is no per-run launch or per-run warp.
+//
+// A window whose source bytes have the same alignment modulo 16 as the
+// destination (always the case for the host's packer, which places run
+// bytes congruent to their page address) is one 16-byte load; otherwise
+// one or two 16-byte loads and a funnel shift. Full windows are one 16-byte
+// store; partial head and tail windows store only their bytes, in aligned
+// 8/4/2/1-byte pieces, so runs that share a 16-byte block never overwrite
+// each other.
+// ---------------------------------------------------------------------------
+
+/// Runs per sparse group: one warp applies a group, lane `j` holding run `j`.
+pub const GROUP: u64 = WARP as u64;
+
+/// Windows each lane moves per sweep of a group.
+pub const UNROLL: u64 = 2;
+
+/// What one lane sees of a group of up to [`GROUP`] runs.
+///
+/// On the device the values live in the registers of the lane that loaded
+/// run `j` and are fetched with warp shuffles, so **every lane of the warp
+/// must call these methods together** (the sparse bodies only call them in
+/// warp-uniform control flow). On the host ([`MemGroup`]) they are plain
+/// array reads.
+pub trait RunGroup {
+    /// Descriptor of run `j < GROUP`; all zero past the group's end.
+    fn run(&self, j: u32) -> RunDesc;
+    /// First flattened window of run `j < GROUP`: the sum of the window
+    /// counts of runs `0 .. j`. Runs past the group's end start at
+    /// [`RunGroup::total`].
+    fn start(&self, j: u32) -> u64;
+    /// Windows in the whole group.
+    fn total(&self) -> u64;
+}
+
+/// How a warp loads a group of runs (see [`RunGroup`]).
+pub trait Lanes {
+    /// The per-lane view of a loaded group.
+    type Group: RunGroup;
+    /// Load runs `r0 .. r0 + count` (`count <= GROUP`) of the array at
+    /// `runs` for a page at `page`, as lane `lane`. Every lane of the warp
+    /// calls it with the same arguments but `lane`.
+    ///
+    /// # Safety
+    /// Runs `r0 .. r0 + count` must be readable [`RunDesc`]s.
+    unsafe fn group(&self, page: u64, runs: u64, r0: u64, count: u64, lane: u32) -> Self::Group;
+}
+
+/// A group read from memory: the host model of a warp's group, used by the
+/// CPU tests and by any caller that runs the bodies one lane at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct MemGroup {
+    runs: [RunDesc; GROUP as usize],
+    starts: [u64; GROUP as usize],
+    total: u64,
+}
+
+impl RunGroup for MemGroup {
+    #[inline(always)]
+    fn run(&self, j: u32) -> RunDesc {
+        self.runs[j as usize]
+    }
+    #[inline(always)]
+    fn start(&self, j: u32) -> u64 {
+        self.starts[j as usize]
+    }
+    #[inline(always)]
+    fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// [`Lanes`] for callers that run one lane at a time: each lane reads the
+/// whole group from memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemLanes;
+
+impl Lanes for MemLanes {
+    type Group = MemGroup;
+    #[inline(always)]
+    unsafe fn group(&self, page: u64, runs: u64, r0: u64, count: u64, _lane: u32) -> MemGroup {
+        let mut g =
+            MemGroup { runs: [RunDesc::default(); GROUP as usize], starts: [0; GROUP as usize], total: 0 };
+        let mut j = 0;
+        while j < GROUP as usize {
+            g.starts[j] = g.total;
+            if (j as u64) < count {
+                // SAFETY: r0 + j < r0 + count, readable per the caller.
+                g.runs[j] = unsafe { run_at(runs, r0 + j as u64) };
+                g.total += run_windows(page, &g.runs[j]);
+            }
+            j += 1;
+        }
+        // Runs past the end start at the total, like the device's scan.
+        let mut j = count as usize;
+        while j < GROUP as usize {
+            g.starts[j] = g.total;
+            j += 1;
+        }
+        g
+    }
+}
+
+/// The run of flattened window `s`: the largest `j` with `start(j) <= s`
+/// (five uniform steps, so every lane shuffles together on the device).
+#[inline(always)]
+pub fn locate<G: RunGroup>(g: &G, s: u64) -> u32 {
+    let mut lo = 0u32;
+    let mut step = GROUP as u32 / 2;
+    while step > 0 {
+        let m = lo + step;
+        if g.start(m) <= s {
+            lo = m;
+        }
+        step /= 2;
+    }
+    lo
+}
+
+/// One loaded window waiting for its store: bytes `from .. to` of the
+/// little-endian 128-bit value `(lo, hi)` go to the same bytes of the
+/// 16-aligned block at `block`. Empty when `from >= to`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// 16-aligned destination block.
+    pub block: u64,
+    /// First byte of the block to write.
+    pub from: u32,
+    /// One past the last byte of the block to write.
+    pub to: u32,
+    /// Bytes 0..8 of the value.
+    pub lo: u64,
+    /// Bytes 8..16 of the value.
+    pub hi: u64,
+}
+
+#[inline(always)]
+fn lane_words(v: Lane) -> (u64, u64) {
+    (u64::from(v.0[0]) | (u64::from(v.0[1]) << 32), u64::from(v.0[2]) | (u64::from(v.0[3]) << 32))
+}
+
+/// `(a, b) >> k` over the 256-bit little-endian value `b:a`, low 128 bits;
+/// `0 < k < 128`.
+#[inline(always)]
+fn funnel_shr(a: (u64, u64), b: (u64, u64), k: u32) -> (u64, u64) {
+    let (x0, x1, x2) = if k >= 64 { (a.1, b.0, b.1) } else { (a.0, a.1, b.0) };
+    let r = k & 63;
+    if r == 0 {
+        (x0, x1)
+    } else {
+        ((x0 >> r) | (x1 << (64 - r)), (x1 >> r) | (x2 << (64 - r)))
+    }
+}
+
+/// `a << k` over 128 bits; `0 < k < 128`.
+#[inline(always)]
+fn shl128(a: (u64, u64), k: u32) -> (u64, u64) {
+    let (y0, y1) = if k >= 64 { (0, a.0) } else { (a.0, a.1) };
+    let r = k & 63;
+    if r == 0 {
+        (y0, y1)
+    } else {
+        (y0 << r, (y1 << r) | (y0 >> (64 - r)))
+    }
+}
+
+/// Load window `i` of run `run` (destination page at `page`, source bytes
+/// at `data + run.data_offset`).
 ///
 /// # Safety
-/// The run must lie inside the page and its bytes inside the data buffer.
+/// The run must lie inside the page. The source is read in whole 16-aligned
+/// blocks: every 16-aligned block that holds one of the run's source bytes
+/// must be readable (true for any buffer whose allocation is 16-aligned and
+/// a multiple of 16 bytes long).
 #[inline(always)]
-pub unsafe fn run_window(page: u64, data: u64, run: &RunDesc, i: u64) {
-    // SAFETY: per the caller.
-    unsafe { copy_window(page + run.offset, data + run.data_offset, run.len, i) }
+pub unsafe fn load_run_window(page: u64, data: u64, run: &RunDesc, i: u64) -> Loaded {
+    let dst = page + run.offset;
+    let (lo, hi) = window(dst, run.len, i);
+    if lo >= hi {
+        return Loaded::default();
+    }
+    let d = dst + lo;
+    let s = data + run.data_offset + lo;
+    let n = (hi - lo) as u32;
+    let from = (d & 15) as u32;
+    let sa = (s & 15) as u32;
+    let first = s & !15;
+    // SAFETY: first is the 16-aligned block holding source byte s.
+    let a = lane_words(unsafe { load_lane(first) });
+    let v = if sa == from {
+        a
+    } else if sa > from {
+        // Byte s moves down to position `from`; the last bytes may come
+        // from the next block.
+        let b = if sa + n > 16 {
+            // SAFETY: the next block holds source byte s + n - 1.
+            lane_words(unsafe { load_lane(first + 16) })
+        } else {
+            (0, 0)
+        };
+        funnel_shr(a, b, 8 * (sa - from))
+    } else {
+        // sa + n <= from + n <= 16: every byte is in the first block.
+        shl128(a, 8 * (from - sa))
+    };
+    Loaded { block: d & !15, from, to: from + n, lo: v.0, hi: v.1 }
+}
+
+/// Store a [`Loaded`] window: one 16-byte store when it is the whole
+/// block, otherwise aligned 8/4/2/1-byte pieces of its bytes only.
+///
+/// # Safety
+/// Bytes `from .. to` of the block must be writable and written by no
+/// other thread meanwhile.
+#[inline(always)]
+pub unsafe fn store_loaded(w: &Loaded) {
+    if w.from >= w.to {
+        return;
+    }
+    if w.from == 0 && w.to == 16 {
+        let v = Lane([w.lo as u32, (w.lo >> 32) as u32, w.hi as u32, (w.hi >> 32) as u32]);
+        // SAFETY: the whole 16-aligned block is the caller's.
+        unsafe { store_lane(w.block, v) };
+        return;
+    }
+    let mut k = w.from;
+    while k < w.to {
+        let v = if k < 8 { w.lo >> (8 * k) } else { w.hi >> (8 * (k - 8)) };
+        let rest = w.to - k;
+        let at = w.block + u64::from(k);
+        // SAFETY: each piece lies in bytes from .. to and is aligned to its
+        // size (the block is 16-aligned and k a multiple of the size).
+        unsafe {
+            if k.is_multiple_of(8) && rest >= 8 {
+                (at as *mut u64).write(v);
+                k += 8;
+            } else if k.is_multiple_of(4) && rest >= 4 {
+                (at as *mut u32).write(v as u32);
+                k += 4;
+            } else if k.is_multiple_of(2) && rest >= 2 {
+                (at as *mut u16).write(v as u16);
+                k += 2;
+            } else {
+                (at as *mut u8).write(v as u8);
+                k += 1;
+            }
+        }
+    }
+}
+
+/// Move every window of a loaded group as lane `lane` of its warp (see the
+/// section comment above).
+///
+/// # Safety
+/// Every run of the group inside the page at `page` and readable at `data`
+/// as [`load_run_window`] requires; no other thread writes the runs' bytes.
+#[inline(always)]
+pub unsafe fn sweep_group<G: RunGroup>(g: &G, page: u64, data: u64, lane: u64) {
+    let total = g.total();
+    let w = WARP as u64;
+    let mut base = 0u64;
+    while base < total {
+        // Uniform part: every lane searches and shuffles, even past the end.
+        let s0 = base + lane;
+        let s1 = s0 + w;
+        let (j0, j1) = (locate(g, s0), locate(g, s1));
+        let (r0, r1) = (g.run(j0), g.run(j1));
+        let (t0, t1) = (g.start(j0), g.start(j1));
+        let a = if s0 < total {
+            // SAFETY: s0 < total, so window s0 - start(j0) lies in run j0; per the caller.
+            unsafe { load_run_window(page, data, &r0, s0 - t0) }
+        } else {
+            Loaded::default()
+        };
+        let b = if s1 < total {
+            // SAFETY: as above, for s1.
+            unsafe { load_run_window(page, data, &r1, s1 - t1) }
+        } else {
+            Loaded::default()
+        };
+        // SAFETY: windows of runs are disjoint; per the caller.
+        unsafe {
+            store_loaded(&a);
+            store_loaded(&b);
+        }
+        base += UNROLL * w;
+    }
+}
+
+/// Sparse apply over runs: warp `warp` of `nwarps` takes groups `warp`,
+/// `warp + nwarps`, ... of [`GROUP`] runs; `lane` is its lane.
+///
+/// # Safety
+/// Every run must lie inside the page at `page`, and its source bytes
+/// readable at `data` as [`load_run_window`] requires; runs do not overlap.
+/// On the device every lane of the warp must call it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn apply_runs<L: Lanes>(
+    lanes: &L,
+    page: u64,
+    data: u64,
+    runs: u64,
+    run_count: u64,
+    warp: u64,
+    nwarps: u64,
+    lane: u64,
+) {
+    let groups = run_count.div_ceil(GROUP);
+    let mut g = warp;
+    while g < groups {
+        let r0 = g * GROUP;
+        let count = if run_count - r0 < GROUP { run_count - r0 } else { GROUP };
+        // SAFETY: runs r0 .. r0 + count < run_count are readable.
+        let grp = unsafe { lanes.group(page, runs, r0, count, lane as u32) };
+        // SAFETY: per the caller.
+        unsafe { sweep_group(&grp, page, data, lane) };
+        g += nwarps;
+    }
 }
 
 /// Apply one batch descriptor with a cooperating group of threads: thread
 /// `tid` of `nthreads` (in warps of [`WARP`]). Dense and full deltas are
-/// split by windows over all threads; sparse deltas give each warp whole runs
-/// (the host keeps runs at most [`RUN_CHUNK`] bytes long).
+/// split by windows over all threads; sparse deltas by groups of runs over
+/// the warps ([`apply_runs`]).
 ///
 /// # Safety
 /// The descriptor's addresses must be valid for its kind (see
-/// [`ApplyDesc`]), and no other group may write the bytes it selects.
-/// `nthreads` must be a positive multiple of [`WARP`] and `tid < nthreads`.
+/// [`ApplyDesc`] and [`load_run_window`]), and no other group may write
+/// the bytes it selects. `nthreads` must be a positive multiple of [`WARP`]
+/// and `tid < nthreads`; on the device every thread of the block calls it.
 #[inline(always)]
-pub unsafe fn apply_desc(d: &ApplyDesc, tid: u64, nthreads: u64) {
+pub unsafe fn apply_desc<L: Lanes>(d: &ApplyDesc, tid: u64, nthreads: u64, lanes: &L) {
     match d.kind {
         kind::DENSE => {
             let n = windows(d.page, d.len);
@@ -463,31 +787,9 @@ pub unsafe fn apply_desc(d: &ApplyDesc, tid: u64, nthreads: u64) {
             let lane = tid % WARP as u64;
             let nwarps = nthreads / WARP as u64;
             // SAFETY: per the caller.
-            unsafe { apply_runs(d.page, d.data, d.runs, d.run_count, warp, nwarps, lane) };
+            unsafe { apply_runs(lanes, d.page, d.data, d.runs, d.run_count, warp, nwarps, lane) };
         }
         _ => {}
-    }
-}
-
-/// Sparse apply over runs: warp `warp` of `nwarps` takes runs `warp`,
-/// `warp + nwarps`, ...; its `lane` sweeps the run's windows.
-///
-/// # Safety
-/// Every run must lie inside the page at `page` and inside the data buffer.
-#[inline(always)]
-pub unsafe fn apply_runs(page: u64, data: u64, runs: u64, run_count: u64, warp: u64, nwarps: u64, lane: u64) {
-    let mut r = warp;
-    while r < run_count {
-        // SAFETY: r < run_count.
-        let run = unsafe { run_at(runs, r) };
-        let n = run_windows(page, &run);
-        let mut i = lane;
-        while i < n {
-            // SAFETY: per the caller.
-            unsafe { run_window(page, data, &run, i) };
-            i += WARP as u64;
-        }
-        r += nwarps;
     }
 }
 
@@ -744,6 +1046,139 @@ mod tests {
         }
     }
 
+    /// Skew that places a run's bytes congruent to their page address.
+    const SAME: u64 = u64::MAX;
+
+    /// Apply `runs` (offset, len) of a page at `page_off` from a data buffer
+    /// whose run bytes start at `data_off` + packed position + `skew(k)`,
+    /// with the lane model, and compare with a byte loop.
+    fn sparse_case(
+        r: &mut Rng,
+        len: usize,
+        runs_v: &[(u64, u64)],
+        page_off: usize,
+        skews: &[u64],
+        nwarps: u64,
+    ) {
+        let mut page = Buf::new(len + 32);
+        let fill = r.bytes(page.bytes().len());
+        page.bytes().copy_from_slice(&fill);
+        let mut want = fill.clone();
+        let pa = page.addr(page_off);
+        let total: u64 = runs_v.iter().map(|&(_, l)| l + 16).sum();
+        let mut data = Buf::new(total as usize + 64);
+        let da = data.addr(0);
+        let mut runs = Vec::new();
+        let mut at = 0u64;
+        for (k, &(o, l)) in runs_v.iter().enumerate() {
+            at += match skews[k % skews.len()] {
+                SAME => (pa + o).wrapping_sub(da + at) & 15,
+                sk => sk,
+            };
+            let bytes = r.bytes(l as usize);
+            data.bytes()[at as usize..(at + l) as usize].copy_from_slice(&bytes);
+            want[page_off + o as usize..page_off + (o + l) as usize].copy_from_slice(&bytes);
+            runs.push(RunDesc { offset: o, len: l, data_offset: at });
+            at += l;
+        }
+        for tid in 0..nwarps * 32 {
+            // SAFETY: every run lies in the page; data blocks are in the buffer.
+            unsafe {
+                apply_runs(
+                    &MemLanes,
+                    pa,
+                    da,
+                    runs.as_ptr() as u64,
+                    runs.len() as u64,
+                    tid / 32,
+                    nwarps,
+                    tid % 32,
+                )
+            };
+        }
+        assert_eq!(page.bytes(), &want[..], "len {len} page_off {page_off} skews {skews:?} runs {runs_v:?}");
+    }
+
+    #[test]
+    fn sparse_groups_match_naive_for_any_run_size_and_alignment() {
+        let mut r = Rng(11);
+        // Fixed run sizes, as in the benchmark rows, plus odd ones.
+        for run_len in [1u64, 3, 15, 16, 17, 64, 100, 256, 1000, 1024, 4096] {
+            for gap in [1u64, 7, 16, 33] {
+                let len = 9000usize;
+                let mut runs_v = Vec::new();
+                let mut o = gap % 5;
+                while o + run_len <= len as u64 && runs_v.len() < 200 {
+                    runs_v.push((o, run_len));
+                    o += run_len + gap;
+                }
+                for page_off in [0usize, 5, 8] {
+                    // Same alignment as the page (the packer's layout), and skewed.
+                    for skews in [&[SAME][..], &[0], &[3], &[1, 14, 8, 0, 9]] {
+                        for nwarps in [1u64, 3] {
+                            sparse_case(&mut r, len, &runs_v, page_off, skews, nwarps);
+                        }
+                    }
+                }
+            }
+        }
+        // Random runs of mixed sizes, including zero-length ones, group edges.
+        for round in 0..40 {
+            let len = 1 + (r.next() % 20_000) as usize;
+            let mut runs_v = Vec::new();
+            let mut o = r.next() % 40;
+            while o < len as u64 {
+                let l = if round % 7 == 0 && r.next().is_multiple_of(9) {
+                    0
+                } else {
+                    1 + r.next() % ((len as u64 - o).min(if r.next().is_multiple_of(4) { 3000 } else { 40 }))
+                };
+                runs_v.push((o, l));
+                o += l + 1 + r.next() % 60;
+            }
+            let skews = [r.next() % 16, r.next() % 16, 0];
+            let (page_off, nwarps) = ((r.next() % 16) as usize, 1 + r.next() % 4);
+            sparse_case(&mut r, len, &runs_v, page_off, &skews, nwarps);
+        }
+    }
+
+    #[test]
+    fn shifts_and_partial_stores_match_bytes() {
+        let mut r = Rng(12);
+        for _ in 0..2000 {
+            let a = (r.next(), r.next());
+            let b = (r.next(), r.next());
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&a.0.to_le_bytes());
+            bytes[8..16].copy_from_slice(&a.1.to_le_bytes());
+            bytes[16..24].copy_from_slice(&b.0.to_le_bytes());
+            bytes[24..].copy_from_slice(&b.1.to_le_bytes());
+            let k = 1 + (r.next() % 127) as u32;
+            let (lo, hi) = funnel_shr(a, b, k);
+            let got: u128 = u128::from(lo) | (u128::from(hi) << 64);
+            let want = u128::from_le_bytes(bytes[..16].try_into().unwrap_or([0; 16])) >> k
+                | u128::from_le_bytes(bytes[16..].try_into().unwrap_or([0; 16])) << (128 - k);
+            assert_eq!(got, want, "shr {k}");
+            let (lo, hi) = shl128(a, k);
+            let want = (u128::from(a.0) | (u128::from(a.1) << 64)) << k;
+            assert_eq!(u128::from(lo) | (u128::from(hi) << 64), want, "shl {k}");
+        }
+        for from in 0..16u32 {
+            for to in from..=16u32 {
+                let mut blk = Buf::new(16);
+                blk.bytes().fill(0xEE);
+                let v = (0x0706_0504_0302_0100u64, 0x0F0E_0D0C_0B0A_0908u64);
+                let w = Loaded { block: blk.addr(0), from, to, lo: v.0, hi: v.1 };
+                // SAFETY: the block is 16 aligned writable bytes.
+                unsafe { store_loaded(&w) };
+                for k in 0..16u32 {
+                    let want = if k >= from && k < to { k as u8 } else { 0xEE };
+                    assert_eq!(blk.bytes()[k as usize], want, "from {from} to {to} byte {k}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn batch_descriptors_apply_like_naive() {
         let mut r = Rng(5);
@@ -778,7 +1213,7 @@ mod tests {
             };
             for tid in (0..64).rev() {
                 // SAFETY: the descriptor's buffers are live and sized.
-                unsafe { apply_desc(&sparse, tid, 64) };
+                unsafe { apply_desc(&sparse, tid, 64, &MemLanes) };
             }
             assert_eq!(page.bytes(), &want[..], "sparse, page offset {page_off}");
 
@@ -798,7 +1233,7 @@ mod tests {
             };
             for tid in 0..32 {
                 // SAFETY: as above.
-                unsafe { apply_desc(&dense, tid, 32) };
+                unsafe { apply_desc(&dense, tid, 32, &MemLanes) };
             }
             for k in 0..len {
                 if bits[k] {
@@ -820,7 +1255,7 @@ mod tests {
             };
             for tid in 0..256 {
                 // SAFETY: as above.
-                unsafe { apply_desc(&full, tid, 256) };
+                unsafe { apply_desc(&full, tid, 256, &MemLanes) };
             }
             want[page_off..page_off + len].copy_from_slice(&full_src);
             assert_eq!(page.bytes(), &want[..], "full, page offset {page_off}");

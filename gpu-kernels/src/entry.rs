@@ -7,7 +7,7 @@
 
 use crate::body;
 use core::arch::nvptx;
-use shared_types::{ApplyDesc, MergeArgs, PageArgs};
+use shared_types::{ApplyDesc, MergeArgs, PageArgs, RunDesc};
 
 #[inline(always)]
 fn global_index() -> u64 {
@@ -41,6 +41,105 @@ fn warp_sum(mut v: u32) -> u32 {
         d /= 2;
     }
     v
+}
+
+/// Lane `src` of the warp's `v` (every lane must call it).
+#[inline(always)]
+fn shfl_idx(v: u32, src: u32) -> u32 {
+    let o: u32;
+    // SAFETY: a full-warp indexed shuffle; the sparse bodies call it in
+    // warp-uniform control flow (see `body::RunGroup`).
+    unsafe {
+        core::arch::asm!(
+            "shfl.sync.idx.b32 {o}, {v}, {s}, 31, -1;",
+            o = out(reg32) o,
+            v = in(reg32) v,
+            s = in(reg32) src,
+        );
+    }
+    o
+}
+
+/// `v` of the lane `d` below (own `v` for lanes below `d`); every lane must call it.
+#[inline(always)]
+fn shfl_up(v: u32, d: u32) -> u32 {
+    let o: u32;
+    // SAFETY: a full-warp up shuffle, reached by every lane.
+    unsafe {
+        core::arch::asm!(
+            "shfl.sync.up.b32 {o}, {v}, {d}, 0, -1;",
+            o = out(reg32) o,
+            v = in(reg32) v,
+            d = in(reg32) d,
+        );
+    }
+    o
+}
+
+#[inline(always)]
+fn shfl_idx64(v: u64, src: u32) -> u64 {
+    u64::from(shfl_idx(v as u32, src)) | (u64::from(shfl_idx((v >> 32) as u32, src)) << 32)
+}
+
+#[inline(always)]
+fn shfl_up64(v: u64, d: u32) -> u64 {
+    u64::from(shfl_up(v as u32, d)) | (u64::from(shfl_up((v >> 32) as u32, d)) << 32)
+}
+
+/// A group of runs held in the registers of a warp: lane `j` holds run `j`
+/// and the prefix sum of window counts up to it.
+struct WarpGroup {
+    run: RunDesc,
+    start: u64,
+    total: u64,
+}
+
+impl body::RunGroup for WarpGroup {
+    #[inline(always)]
+    fn run(&self, j: u32) -> RunDesc {
+        RunDesc {
+            offset: shfl_idx64(self.run.offset, j),
+            len: shfl_idx64(self.run.len, j),
+            data_offset: shfl_idx64(self.run.data_offset, j),
+        }
+    }
+    #[inline(always)]
+    fn start(&self, j: u32) -> u64 {
+        shfl_idx64(self.start, j)
+    }
+    #[inline(always)]
+    fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// The device's [`body::Lanes`]: one coalesced load of the group's run
+/// descriptors and a warp scan of their window counts.
+struct Warp;
+
+impl body::Lanes for Warp {
+    type Group = WarpGroup;
+    #[inline(always)]
+    unsafe fn group(&self, page: u64, runs: u64, r0: u64, count: u64, lane: u32) -> WarpGroup {
+        let run = if u64::from(lane) < count {
+            // SAFETY: r0 + lane < r0 + count, readable per the caller.
+            unsafe { body::run_at(runs, r0 + u64::from(lane)) }
+        } else {
+            RunDesc::default()
+        };
+        let n = body::run_windows(page, &run);
+        let mut incl = n;
+        let mut d = 1u32;
+        while d < body::WARP {
+            let below = shfl_up64(incl, d);
+            if lane >= d {
+                incl += below;
+            }
+            d *= 2;
+        }
+        let total = shfl_idx64(incl, body::WARP - 1);
+        WarpGroup { run, start: incl - n, total }
+    }
 }
 
 /// Zero `args.len` bytes at `args.dst`.
@@ -119,10 +218,12 @@ pub unsafe extern "ptx-kernel" fn mmsb_page_compare(args: PageArgs) {
 }
 
 /// Sparse apply of one delta: runs `0 .. d.run_count` at `d.runs` copy
-/// bytes from `d.data` into the page at `d.page`, one warp per run.
+/// bytes from `d.data` into the page at `d.page`, one warp per group of
+/// [`body::GROUP`] runs (see `body::sweep_group`).
 ///
 /// # Safety
-/// Every run inside the page and the data buffer; runs do not overlap.
+/// Every run inside the page, its source bytes readable in whole 16-aligned
+/// blocks (see `body::load_run_window`); runs do not overlap.
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn mmsb_apply_sparse(d: ApplyDesc) {
     let g = global_index();
@@ -130,7 +231,7 @@ pub unsafe extern "ptx-kernel" fn mmsb_apply_sparse(d: ApplyDesc) {
     let lane = g % body::WARP as u64;
     let nwarps = grid_stride() / body::WARP as u64;
     // SAFETY: as documented.
-    unsafe { body::apply_runs(d.page, d.data, d.runs, d.run_count, warp, nwarps, lane) };
+    unsafe { body::apply_runs(&Warp, d.page, d.data, d.runs, d.run_count, warp, nwarps, lane) };
 }
 
 /// Merge two dense deltas (see [`MergeArgs`]).
@@ -171,7 +272,7 @@ pub unsafe extern "ptx-kernel" fn mmsb_apply_batch(descs: u64, count: u64) {
         // SAFETY: k < count descriptors are readable.
         let d = unsafe { (descs as *const ApplyDesc).add(k as usize).read() };
         // SAFETY: as documented.
-        unsafe { body::apply_desc(&d, tid, nthreads) };
+        unsafe { body::apply_desc(&d, tid, nthreads, &Warp) };
         k += grid;
     }
 }

@@ -51,6 +51,9 @@ pub struct Config {
     /// Capacity of each subscriber's event channel; events beyond it are
     /// dropped for that subscriber and counted.
     pub event_capacity: usize,
+    /// When deltas accepted for GPU pages are applied on the device (see
+    /// [`crate::gpu::GpuApply`]).
+    pub gpu_apply: crate::gpu::GpuApply,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             propagation_threads: 0,
             parallel_min_bytes: 256 << 10,
             event_capacity: 1 << 16,
+            gpu_apply: crate::gpu::GpuApply::Immediate,
         }
     }
 }
@@ -102,6 +106,13 @@ impl Config {
         self.vfs = Some(vfs);
         self
     }
+    /// The same configuration with another GPU apply mode.
+    #[must_use]
+    pub fn with_gpu_apply(mut self, mode: crate::gpu::GpuApply) -> Self {
+        self.gpu_apply = mode;
+        self
+    }
+
     /// The same configuration with another propagation mode.
     #[must_use]
     pub fn with_propagation(mut self, mode: PropagationMode) -> Self {
@@ -243,6 +254,7 @@ pub struct Mmsb {
     report: RecoveryReport,
     events: EventBus,
     mode: PropagationMode,
+    gpu_apply: crate::gpu::GpuApply,
     settings: Settings,
     monitor: crate::stats::Monitor,
 }
@@ -339,6 +351,7 @@ impl Mmsb {
             report,
             events: EventBus::new(config.event_capacity),
             mode: config.propagation,
+            gpu_apply: config.gpu_apply,
             settings: Settings {
                 threads,
                 parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
@@ -1047,7 +1060,15 @@ impl Mmsb {
                 return Err(e);
             }
         }
-        crate::gpu::flush_if_due(guards.iter().filter_map(|(_, g)| g.storage.gpu()))
+        // GPU pages queue their deltas; Immediate applies them before the
+        // commit returns. A failed flush loses queued deltas that are
+        // already logged, so, like a failed apply, it poisons the log.
+        let pages = guards.iter().filter_map(|(_, g)| g.storage.gpu());
+        if let Err(e) = crate::gpu::after_commit(self.gpu_apply, pages) {
+            clock.log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Apply one validated change and advance the clock.

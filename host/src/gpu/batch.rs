@@ -7,7 +7,10 @@
 //! [ApplyDesc; descs] [RunDesc; runs] [blob: masks and data, 16-aligned pieces]
 //! ```
 //!
-//! and uploaded with one copy; every address in it is `base + offset`. The
+//! and uploaded with one copy; every address in it is `base + offset`.
+//! Items are packed in parts of a fixed number of items, each part's blob
+//! share starting on a 16-byte boundary, so that a large image is written
+//! straight into the pinned staging buffer by several threads at once. The
 //! kernel runs one block per descriptor, so the packer bounds each
 //! descriptor's work: dense and full deltas are cut into [`SEGMENT`]-byte
 //! pieces (a multiple of 32, so each piece's mask starts on a word), long
@@ -20,14 +23,15 @@
 //! deltas to the same page first): descriptors run concurrently.
 
 use crate::delta::Payload;
-use gpu_kernels::body::RUN_CHUNK;
+use gpu_kernels::body::{BLOCK, GROUP, RUN_CHUNK, WARP};
 use shared_types::{kind, ApplyDesc, RunDesc};
 use std::mem::size_of;
 
 /// Page bytes per dense or full descriptor.
 pub const SEGMENT: u64 = 64 << 10;
-/// Runs per sparse descriptor.
-pub const RUNS_PER_DESC: u64 = 64;
+/// Runs per sparse descriptor: one group of [`GROUP`] runs per warp of the
+/// batch kernel's block.
+pub const RUNS_PER_DESC: u64 = GROUP * (BLOCK as u64 / WARP as u64);
 
 /// One delta to pack: the target's device address and length, and the payload
 /// (already validated against `len`).
@@ -60,11 +64,21 @@ impl Layout {
         (self.runs_at() + self.runs * size_of::<RunDesc>() as u64).next_multiple_of(16)
     }
 
-    /// Total bytes of the image.
+    /// Total bytes of the image, a multiple of 16: the sparse kernels read
+    /// run bytes in whole 16-aligned blocks, so the last block is part of
+    /// the image (and uploaded, so it is initialised).
     pub fn total(&self) -> u64 {
-        self.blob_at() + self.blob
+        (self.blob_at() + self.blob).next_multiple_of(16)
     }
 }
+
+/// Items per packing part. Parts are laid out one after the other, each
+/// starting its share of the blob on a 16-byte boundary, so they can be
+/// packed independently (in parallel for large images).
+const PART_ITEMS: usize = 1024;
+
+/// Images at least this large are packed on several threads.
+const PARALLEL_BYTES: u64 = 8 << 20;
 
 /// Padding that makes `cur` congruent to `addr` modulo 16.
 fn pad_to(cur: u64, addr: u64) -> u64 {
@@ -76,65 +90,173 @@ fn mask_bytes(len: u64) -> u64 {
     len.div_ceil(64) * 8
 }
 
-/// Sizes of the image for `items`.
-pub(crate) fn layout(items: &[Item<'_>]) -> Layout {
-    let mut l = Layout::default();
+/// Descriptors, runs, blob bytes and work items of a part (or a prefix).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    descs: u64,
+    runs: u64,
+    blob: u64,
+    work: u64,
+}
+
+/// Sizes of one part, its blob starting 16-aligned and padded to 16.
+fn part_counts(items: &[Item<'_>]) -> Counts {
+    let mut c = Counts::default();
     for it in items {
         match it.payload {
             Payload::Dense(_) => {
-                l.descs += it.len.div_ceil(SEGMENT);
-                l.blob = l.blob.next_multiple_of(16) + mask_bytes(it.len);
-                l.blob += pad_to(l.blob, it.page) + it.len;
+                c.descs += it.len.div_ceil(SEGMENT);
+                c.work += it.len.div_ceil(16);
+                c.blob = c.blob.next_multiple_of(16) + mask_bytes(it.len);
+                c.blob += pad_to(c.blob, it.page) + it.len;
             }
             Payload::Full(_) => {
-                l.descs += it.len.div_ceil(SEGMENT);
-                l.blob += pad_to(l.blob, it.page) + it.len;
+                c.descs += it.len.div_ceil(SEGMENT);
+                c.work += it.len.div_ceil(16);
+                c.blob += pad_to(c.blob, it.page) + it.len;
             }
             Payload::Sparse(s) => {
                 let mut pieces = 0;
                 for r in s.runs() {
                     pieces += r.len.div_ceil(RUN_CHUNK);
-                    l.blob += pad_to(l.blob, it.page + r.offset) + r.len;
+                    c.blob += pad_to(c.blob, it.page + r.offset) + r.len;
                 }
-                l.runs += pieces;
-                l.descs += pieces.div_ceil(RUNS_PER_DESC);
+                c.runs += pieces;
+                c.work += pieces;
+                c.descs += pieces.div_ceil(RUNS_PER_DESC);
             }
         }
     }
-    l
+    c.blob = c.blob.next_multiple_of(16);
+    c
 }
 
-fn put(out: &mut [u8], at: u64, bytes: &[u8]) {
-    out[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+/// Where each part of an image goes: computed once, used by [`pack_planned`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Plan {
+    /// Sizes of the whole image.
+    pub lay: Layout,
+    /// Start (prefix) and size of each part of [`PART_ITEMS`] items.
+    parts: Vec<(Counts, Counts)>,
+}
+
+/// The plan of the image for `items`.
+pub(crate) fn plan(items: &[Item<'_>]) -> Plan {
+    let mut at = Counts::default();
+    let mut parts = Vec::with_capacity(items.len().div_ceil(PART_ITEMS));
+    for chunk in items.chunks(PART_ITEMS) {
+        let c = part_counts(chunk);
+        parts.push((at, c));
+        at = Counts {
+            descs: at.descs + c.descs,
+            runs: at.runs + c.runs,
+            blob: at.blob + c.blob,
+            work: at.work + c.work,
+        };
+    }
+    Plan { lay: Layout { descs: at.descs, runs: at.runs, blob: at.blob }, parts }
+}
+
+/// Sizes of the image for `items`.
+pub(crate) fn layout(items: &[Item<'_>]) -> Layout {
+    plan(items).lay
 }
 
 /// Write the image for `items` into `out` (at least `layout.total()` bytes)
 /// whose device address will be `base` (16-aligned). Returns the layout.
 pub(crate) fn pack(items: &[Item<'_>], out: &mut [u8], base: u64) -> Layout {
-    let lay = layout(items);
+    let p = plan(items);
+    pack_planned(&p, items, out, base);
+    p.lay
+}
+
+/// One part's share of the image: its items and its three output slices.
+struct Job<'i, 'o> {
+    items: &'i [Item<'i>],
+    descs: &'o mut [u8],
+    runs: &'o mut [u8],
+    blob: &'o mut [u8],
+    at: Counts,
+}
+
+/// Write the image planned by `p` for `items` into `out` (at least
+/// `p.lay.total()` bytes) whose device address will be `base` (16-aligned).
+/// Large images are packed on several threads.
+pub(crate) fn pack_planned(p: &Plan, items: &[Item<'_>], out: &mut [u8], base: u64) {
+    let lay = p.lay;
     debug_assert!(out.len() as u64 >= lay.total());
     debug_assert_eq!(base % 16, 0);
     let (runs_at, blob_at) = (lay.runs_at(), lay.blob_at());
-    let mut d = 0u64; // descriptors written
+    let out = &mut out[..lay.total() as usize];
+    let (mut descs, rest) = out.split_at_mut(runs_at as usize);
+    let (mut runs, mut blob) = rest.split_at_mut((blob_at - runs_at) as usize);
+    let mut jobs = Vec::with_capacity(p.parts.len());
+    for (chunk, &(at, c)) in items.chunks(PART_ITEMS).zip(&p.parts) {
+        let (d, dr) = std::mem::take(&mut descs).split_at_mut(c.descs as usize * size_of::<ApplyDesc>());
+        let (r, rr) = std::mem::take(&mut runs).split_at_mut(c.runs as usize * size_of::<RunDesc>());
+        let (b, br) = std::mem::take(&mut blob).split_at_mut(c.blob as usize);
+        (descs, runs, blob) = (dr, rr, br);
+        jobs.push(Job { items: chunk, descs: d, runs: r, blob: b, at });
+    }
+    let threads = if lay.total() >= PARALLEL_BYTES {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).min(16)
+    } else {
+        1
+    };
+    let addr = Addr { runs: base + runs_at, blob: base + blob_at };
+    if threads <= 1 {
+        for j in &mut jobs {
+            pack_part(j, addr);
+        }
+        return;
+    }
+    let per = jobs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for group in jobs.chunks_mut(per) {
+            s.spawn(move || {
+                for j in group {
+                    pack_part(j, addr);
+                }
+            });
+        }
+    });
+}
+
+/// Device addresses of the image's run and blob areas.
+#[derive(Clone, Copy, Debug)]
+struct Addr {
+    runs: u64,
+    blob: u64,
+}
+
+fn pack_part(j: &mut Job<'_, '_>, addr: Addr) {
+    let at = j.at;
+    let mut d = 0usize; // descriptors written
     let mut r = 0u64; // runs written
-    let mut b = 0u64; // blob bytes used
-    let mut work = 0u64;
-    let mut desc = |out: &mut [u8], mut a: ApplyDesc, items: u64| {
-        a.work_start = work;
+    let mut b = 0u64; // blob bytes used (part-local)
+    let mut work = at.work;
+    let descs = &mut *j.descs;
+    let runs_out = &mut *j.runs;
+    let blob = &mut *j.blob;
+    let blob_base = addr.blob + at.blob; // 16-aligned
+    let mut desc = |a: ApplyDesc, items: u64| {
+        let a = ApplyDesc { work_start: work, ..a };
         work += items;
-        put(out, d * size_of::<ApplyDesc>() as u64, bytemuck::bytes_of(&a));
+        descs[d * size_of::<ApplyDesc>()..(d + 1) * size_of::<ApplyDesc>()]
+            .copy_from_slice(bytemuck::bytes_of(&a));
         d += 1;
     };
-    for it in items {
+    for it in j.items {
         match it.payload {
             Payload::Dense(dd) => {
                 b = b.next_multiple_of(16);
                 let mask_off = b;
-                put(out, blob_at + b, bytemuck::cast_slice(dd.mask_words()));
+                let mw: &[u8] = bytemuck::cast_slice(dd.mask_words());
+                blob[b as usize..b as usize + mw.len()].copy_from_slice(mw);
                 b += mask_bytes(it.len);
-                b += pad_to(blob_at + b, it.page);
+                b += pad_to(b, it.page);
                 let data_off = b;
-                put(out, blob_at + b, dd.data());
+                blob[b as usize..(b + it.len) as usize].copy_from_slice(dd.data());
                 b += it.len;
                 let mut o = 0;
                 while o < it.len {
@@ -142,19 +264,19 @@ pub(crate) fn pack(items: &[Item<'_>], out: &mut [u8], base: u64) -> Layout {
                     let a = ApplyDesc {
                         page: it.page + o,
                         len: n,
-                        data: base + blob_at + data_off + o,
-                        mask: base + blob_at + mask_off + o / 8,
+                        data: blob_base + data_off + o,
+                        mask: blob_base + mask_off + o / 8,
                         kind: kind::DENSE,
                         ..ApplyDesc::default()
                     };
-                    desc(out, a, n.div_ceil(16));
+                    desc(a, n.div_ceil(16));
                     o += n;
                 }
             }
             Payload::Full(bytes) => {
-                b += pad_to(blob_at + b, it.page);
+                b += pad_to(b, it.page);
                 let data_off = b;
-                put(out, blob_at + b, bytes);
+                blob[b as usize..(b + it.len) as usize].copy_from_slice(bytes);
                 b += it.len;
                 let mut o = 0;
                 while o < it.len {
@@ -162,26 +284,27 @@ pub(crate) fn pack(items: &[Item<'_>], out: &mut [u8], base: u64) -> Layout {
                     let a = ApplyDesc {
                         page: it.page + o,
                         len: n,
-                        data: base + blob_at + data_off + o,
+                        data: blob_base + data_off + o,
                         kind: kind::FULL,
                         ..ApplyDesc::default()
                     };
-                    desc(out, a, n.div_ceil(16));
+                    desc(a, n.div_ceil(16));
                     o += n;
                 }
             }
             Payload::Sparse(s) => {
-                // Data offsets are relative to the blob start, so one `data`
-                // base serves every group of this delta.
+                // Data offsets are relative to the part's blob start, so one
+                // `data` base serves every group of this delta.
                 let first_run = r;
                 for (run, bytes) in s.iter() {
-                    b += pad_to(blob_at + b, it.page + run.offset);
-                    put(out, blob_at + b, bytes);
+                    b += pad_to(b, it.page + run.offset);
+                    blob[b as usize..b as usize + bytes.len()].copy_from_slice(bytes);
                     let mut o = 0;
                     while o < run.len {
                         let n = RUN_CHUNK.min(run.len - o);
                         let rd = RunDesc { offset: run.offset + o, len: n, data_offset: b + o };
-                        put(out, runs_at + r * size_of::<RunDesc>() as u64, bytemuck::bytes_of(&rd));
+                        let k = r as usize * size_of::<RunDesc>();
+                        runs_out[k..k + size_of::<RunDesc>()].copy_from_slice(bytemuck::bytes_of(&rd));
                         r += 1;
                         o += n;
                     }
@@ -193,27 +316,31 @@ pub(crate) fn pack(items: &[Item<'_>], out: &mut [u8], base: u64) -> Layout {
                     let a = ApplyDesc {
                         page: it.page,
                         len: it.len,
-                        data: base + blob_at,
-                        runs: base + runs_at + g * size_of::<RunDesc>() as u64,
+                        data: blob_base,
+                        runs: addr.runs + (at.runs + g) * size_of::<RunDesc>() as u64,
                         run_count: n,
                         kind: kind::SPARSE,
                         ..ApplyDesc::default()
                     };
-                    desc(out, a, n);
+                    desc(a, n);
                     g += n;
                 }
             }
         }
     }
-    debug_assert_eq!((d, r, b), (lay.descs, lay.runs, lay.blob));
-    lay
+    // Padding bytes are left as they are: the image is uploaded whole, so
+    // every byte the kernels may read is initialised on the device.
+    debug_assert_eq!(
+        (d as u64, r, b.next_multiple_of(16)),
+        (j.descs.len() as u64 / 64, j.runs.len() as u64 / 24, j.blob.len() as u64)
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::delta::{DenseDelta, Run, SparseDelta};
-    use gpu_kernels::body::{apply_desc, BLOCK};
+    use gpu_kernels::body::{apply_desc, MemLanes, BLOCK};
 
     /// 16-aligned host buffer.
     fn aligned(n: usize) -> Vec<u128> {
@@ -230,7 +357,7 @@ mod tests {
             let a: ApplyDesc = bytemuck::pod_read_unaligned(&image[k * 64..k * 64 + 64]);
             for tid in 0..u64::from(BLOCK) {
                 // SAFETY: the packer wrote addresses into live host buffers.
-                unsafe { apply_desc(&a, tid, u64::from(BLOCK)) };
+                unsafe { apply_desc(&a, tid, u64::from(BLOCK), &MemLanes) };
             }
         }
     }
@@ -317,6 +444,73 @@ mod tests {
                     "round {round} page {i}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn large_images_pack_in_parallel_like_the_cpu() {
+        // More than PART_ITEMS items and more than PARALLEL_BYTES of image.
+        let mut rng = Rng(0xB16);
+        let (count, len) = (3000usize, 4096u64);
+        let stride = len as usize + 16;
+        let mut pages = aligned(count * stride);
+        for x in bytes_mut(&mut pages).iter_mut() {
+            *x = rng.next() as u8;
+        }
+        let base_page = bytes_mut(&mut pages).as_mut_ptr() as u64;
+        let offs: Vec<u64> = (0..count).map(|k| (k * stride) as u64 + (k % 16) as u64).collect();
+        let payloads: Vec<Payload> = (0..count).map(|_| random_payload(&mut rng, len)).collect();
+        let mut want = bytes_mut(&mut pages).to_vec();
+        for (o, p) in offs.iter().zip(&payloads) {
+            p.apply_to(&mut want[*o as usize..(*o + len) as usize]).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let items: Vec<Item<'_>> =
+            offs.iter().zip(&payloads).map(|(o, p)| Item { page: base_page + o, len, payload: p }).collect();
+        let p = plan(&items);
+        assert!(p.lay.total() >= PARALLEL_BYTES && items.len() > PART_ITEMS);
+        let mut image = aligned(p.lay.total() as usize);
+        let base = bytes_mut(&mut image).as_ptr() as u64;
+        pack_planned(&p, &items, bytes_mut(&mut image), base);
+        emulate(bytes_mut(&mut image), p.lay.descs);
+        assert!(bytes_mut(&mut pages) == &want[..]);
+    }
+
+    /// The host half of the 100,000-delta batch: plan and pack into a
+    /// staging-sized buffer. `cargo test --release -p mmsb pack_throughput
+    /// -- --ignored --nocapture` prints the rate.
+    #[test]
+    #[ignore = "timing harness"]
+    fn pack_throughput() {
+        let (count, len) = (100_000usize, 4096u64);
+        let mut rng = Rng(9);
+        let payloads: Vec<Payload> = (0..count)
+            .map(|_| {
+                let words: Vec<u64> = (0..len / 64).map(|_| rng.next()).collect();
+                let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                Payload::Dense(DenseDelta::from_words(words, data).unwrap_or_else(|e| panic!("{e}")))
+            })
+            .collect();
+        let items: Vec<Item<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(k, p)| Item { page: 1 << 40 | (k as u64) << 12, len, payload: p })
+            .collect();
+        let lay = layout(&items);
+        let mut image = aligned(lay.total() as usize);
+        for round in 0..4 {
+            let t = std::time::Instant::now();
+            let p = plan(&items);
+            let planned = t.elapsed();
+            pack_planned(&p, &items, bytes_mut(&mut image), 1 << 44);
+            let all = t.elapsed();
+            println!(
+                "round {round}: plan {:.2} ms, plan+pack {:.1} ms for {} MB: {:.2} M deltas/s, {:.1} GB/s",
+                planned.as_secs_f64() * 1e3,
+                all.as_secs_f64() * 1e3,
+                lay.total() >> 20,
+                count as f64 / all.as_secs_f64() / 1e6,
+                lay.total() as f64 / all.as_secs_f64() / 1e9
+            );
         }
     }
 

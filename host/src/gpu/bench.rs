@@ -174,36 +174,81 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     })?;
     row(format!("gpu_page_compare_{sz}"), 2 * n + n / 8, s, "reads both, writes mask".into());
 
-    // Sparse: unaligned runs of 16..2064 bytes with gaps, about 90% coverage;
-    // the data buffer mirrors the page so a run's bytes sit at its offset.
-    let mut runs = Vec::new();
-    let mut at = 3u64;
-    while at < n {
-        let len = (16 + rng.next() % 2048).min(n - at);
-        runs.push(Run { offset: at, len });
-        at += len + 1 + rng.next() % 200;
+    // Sparse rows: the same run layouts as scripts/torch_peer.py (same
+    // generator, same seeds). The data buffer mirrors the page, so a run's
+    // bytes sit at its own offset (the alignment the host packer gives).
+    // Bytes counted: 2 per covered byte (run bytes read, page bytes
+    // written), exactly the formula of the peer's sparse rows; run
+    // descriptors (24 B per run piece) and the peer's indices (8 B per
+    // byte) are metadata and counted by neither.
+    let mut runs_block: Option<DeviceBlock> = None;
+    for shape in SPARSE_SHAPES {
+        let runs = sparse_runs(n, shape);
+        let covered: u64 = runs.iter().map(|r| r.len).sum();
+        let mut descs = run_descs(&runs);
+        for (d, r) in descs.iter_mut().zip(expand(&runs)) {
+            d.data_offset = r; // mirror layout
+        }
+        let need = (descs.len() * 24) as u64;
+        if runs_block.as_ref().is_none_or(|b| b.len() < need) {
+            drop(runs_block.take());
+            runs_block = Some(gpu.alloc(need)?);
+        }
+        let rb = runs_block.as_ref().map_or(0, DeviceBlock::ptr);
+        gpu.upload(rb, bytemuck::cast_slice(&descs))?;
+        let nd = descs.len() as u64;
+        // SAFETY: as above; every run lies inside both page-sized blocks.
+        let s = time(&gpu, it, || unsafe { gpu.apply_sparse(b.ptr(), n, data.ptr(), rb, nd) })?;
+        row(
+            format!("gpu_apply_sparse_{}_{sz}", shape.name),
+            2 * covered,
+            s,
+            format!(
+                "{} runs, {:.0}% of the page, 2 B per covered byte (as torch_sparse_{})",
+                runs.len(),
+                100.0 * covered as f64 / n as f64,
+                shape.name
+            ),
+        );
     }
-    let covered: u64 = runs.iter().map(|r| r.len).sum();
-    let mut descs = run_descs(&runs);
-    for (d, r) in descs.iter_mut().zip(expand(&runs)) {
-        d.data_offset = r; // mirror layout
-    }
-    let runs_block = gpu.alloc((descs.len() * 24) as u64)?;
-    gpu.upload(runs_block.ptr(), bytemuck::cast_slice(&descs))?;
-    let nd = descs.len() as u64;
-    // SAFETY: as above; every run lies inside both page-sized blocks.
-    let s = time(&gpu, it, || unsafe { gpu.apply_sparse(b.ptr(), n, data.ptr(), runs_block.ptr(), nd) })?;
-    row(
-        format!("gpu_apply_sparse_{sz}"),
-        2 * covered + 24 * nd,
-        s,
-        format!("{} runs, {:.0}% of the page", runs.len(), 100.0 * covered as f64 / n as f64),
-    );
     drop((a, b, data, mask, runs_block));
 
     batch_rows(&gpu, cfg, it, &mut row)?;
     latency_rows(&mut rows)?;
     Ok(BenchReport { device: gpu.info().name.clone(), copy_gbps, rows })
+}
+
+/// A sparse benchmark layout: runs of `min_len .. min_len + len_span`
+/// bytes separated by gaps of `1 ..= max_gap` bytes, the first at byte 3.
+#[derive(Clone, Copy, Debug)]
+struct SparseShape {
+    name: &'static str,
+    seed: u64,
+    min_len: u64,
+    len_span: u64,
+    max_gap: u64,
+}
+
+/// Mirrored in scripts/torch_peer.py: keep the two in step.
+const SPARSE_SHAPES: [SparseShape; 4] = [
+    SparseShape { name: "mixed", seed: 0x5EED_0001, min_len: 16, len_span: 2048, max_gap: 200 },
+    SparseShape { name: "64b", seed: 0x5EED_0002, min_len: 64, len_span: 1, max_gap: 32 },
+    SparseShape { name: "256b", seed: 0x5EED_0003, min_len: 256, len_span: 1, max_gap: 128 },
+    SparseShape { name: "4k", seed: 0x5EED_0004, min_len: 4096, len_span: 1, max_gap: 2048 },
+];
+
+/// The runs of `shape` over a page of `n` bytes (xorshift64 13/7/17; the
+/// peer script draws the same numbers).
+fn sparse_runs(n: u64, shape: SparseShape) -> Vec<Run> {
+    let mut rng = Rng(shape.seed);
+    let mut runs = Vec::new();
+    let mut at = 3u64;
+    while at < n {
+        let len = (shape.min_len + rng.next() % shape.len_span).min(n - at);
+        runs.push(Run { offset: at, len });
+        at += len + 1 + rng.next() % shape.max_gap;
+    }
+    runs
 }
 
 /// Data offsets that make each chunk of `runs` read its bytes at the same
@@ -259,18 +304,31 @@ fn batch_rows(
         s,
         format!("one launch, {:.1} M deltas/s (kernel only)", count as f64 / s / 1e6),
     );
-    // The same batch end to end: pack + one upload + one launch + sync.
+    // The same batch end to end: pack (straight into pinned staging, on
+    // several threads) + one upload + one launch + sync. The first call
+    // allocates the staging buffers; it is not timed.
+    gpu.apply_items(&items)?;
+    let reps = 5;
     let t = Instant::now();
-    let reps = 3;
     for _ in 0..reps {
         gpu.apply_items(&items)?;
     }
     let s = t.elapsed().as_secs_f64() / f64::from(reps);
+    let t = Instant::now();
+    for _ in 0..reps {
+        super::batch::pack(&items, &mut image, image_block.ptr());
+    }
+    let pack_s = t.elapsed().as_secs_f64() / f64::from(reps);
     row(
         format!("gpu_apply_batch_dense_{}x{}_e2e", count, suffix(plen)),
         count * per,
         s,
-        format!("pack+upload+launch+sync, {:.2} M deltas/s", count as f64 / s / 1e6),
+        format!(
+            "pack+upload+launch+sync, {:.2} M deltas/s; pack alone (pageable) {:.1} ms of {:.1} ms",
+            count as f64 / s / 1e6,
+            pack_s * 1e3,
+            s * 1e3
+        ),
     );
     Ok(())
 }
@@ -316,4 +374,24 @@ fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
         note: format!("query_page through pinned memory, mean {:.1} us", s * 1e6),
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_layouts_match_the_peer_script() {
+        // The first runs and the count that scripts/torch_peer.py draws for
+        // the "mixed" shape over 1 MiB.
+        let runs = sparse_runs(1 << 20, SPARSE_SHAPES[0]);
+        assert_eq!(runs.len(), 937);
+        let first: Vec<(u64, u64)> = runs.iter().take(3).map(|r| (r.offset, r.len)).collect();
+        assert_eq!(first, vec![(3, 593), (754, 122), (967, 1224)]);
+        for shape in &SPARSE_SHAPES[1..] {
+            let runs = sparse_runs(1 << 20, *shape);
+            assert!(runs.iter().rev().skip(1).all(|r| r.len == shape.min_len), "{}", shape.name);
+            assert!(runs.windows(2).all(|w| w[0].offset + w[0].len < w[1].offset));
+        }
+    }
 }

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use shared_types::{kind, ApplyDesc, MergeArgs, PageArgs, RunDesc};
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock};
 
 /// Largest pinned staging chunk for uploads and downloads.
@@ -114,8 +115,28 @@ impl GpuPage {
 
 struct Pending {
     items: Vec<(Arc<PageMem>, u64, Payload)>,
-    index: HashMap<DevicePtr, usize>,
+    index: HashMap<DevicePtr, usize, BuildHasherDefault<PtrHasher>>,
     bytes: u64,
+}
+
+/// Hasher for device addresses: they are distinct, 256-byte aligned
+/// numbers, so one multiply spreads them well (SipHash costs more than the
+/// rest of an enqueue).
+#[derive(Default)]
+struct PtrHasher(u64);
+
+impl Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v >> 8).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 struct Staging {
@@ -239,7 +260,7 @@ impl Gpu {
         let pool = DevicePool::new(ctx.clone(), ordinal, DEFAULT_CACHE_BUDGET);
         Ok(Gpu {
             info,
-            pending: Mutex::new(Pending { items: Vec::new(), index: HashMap::new(), bytes: 0 }),
+            pending: Mutex::new(Pending { items: Vec::new(), index: HashMap::default(), bytes: 0 }),
             staging: Mutex::new(Staging { up: None, down: None, device: None }),
             pool,
             module,
@@ -370,8 +391,9 @@ impl Gpu {
     /// Sparse apply of `run_count` runs at `runs` (asynchronous).
     ///
     /// # Safety
-    /// Every run inside the page and the data; runs at most `RUN_CHUNK` long
-    /// for good balance (any length is correct).
+    /// Every run inside the page; the data readable over every 16-aligned
+    /// block holding a run byte (any pool block is); runs at most
+    /// `RUN_CHUNK` long for good balance (any length is correct).
     pub(crate) unsafe fn apply_sparse(
         &self,
         page: DevicePtr,
@@ -382,7 +404,9 @@ impl Gpu {
     ) -> Result<()> {
         let mut a =
             ApplyDesc { page, len, data, runs, run_count, kind: kind::SPARSE, ..ApplyDesc::default() };
-        let grid = self.grid_for(run_count * u64::from(gpu_kernels::body::WARP), 64);
+        // One warp per group of runs; the block scheduler balances them.
+        let groups = run_count.div_ceil(gpu_kernels::body::GROUP);
+        let grid = self.grid_for(groups * u64::from(gpu_kernels::body::WARP), 64);
         // SAFETY: per the caller.
         unsafe { self.launch1(names::APPLY_SPARSE, grid, &mut a) }
     }
@@ -525,7 +549,8 @@ impl Gpu {
 
     /// Pack, upload and launch `items` (each page at most once), and wait.
     pub(crate) fn apply_items(&self, items: &[Item<'_>]) -> Result<()> {
-        let lay = batch::layout(items);
+        let plan = batch::plan(items);
+        let lay = plan.lay;
         if lay.descs == 0 {
             return Ok(());
         }
@@ -539,7 +564,7 @@ impl Gpu {
         let base = st.device.as_ref().map_or(0, DeviceBlock::ptr);
         let pinned = ensure_pinned(&self.ctx, &mut st.up, total as usize)?;
         let image = &mut pinned.as_mut_slice()[..total as usize];
-        batch::pack(items, image, base);
+        batch::pack_planned(&plan, items, image, base);
         // SAFETY: the device staging block holds `total` bytes; the image is
         // not touched again until the sync below; the packer only wrote
         // addresses of live pages (the queue holds them) and of the staging

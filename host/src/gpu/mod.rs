@@ -12,10 +12,30 @@
 //! device, [`probe`] and [`open`] return [`Error::NoDevice`] and never
 //! panic, so the crate runs (CPU only) on machines with no GPU.
 //!
-//! Deltas to GPU pages are validated on the host, queued per device and
-//! applied by [`Gpu::flush`] with one upload and one `mmsb_apply_batch`
-//! launch; deltas to the same page are merged while queued. Reads flush
-//! first, so they always see every accepted delta.
+//! # When a delta reaches the device
+//!
+//! Deltas to GPU pages are validated on the host, logged, queued per device
+//! (deltas to the same page are merged while queued) and applied by
+//! [`Gpu::flush`] with one upload and one `mmsb_apply_batch` launch. The
+//! page's epoch advances when the delta is accepted. What the caller is
+//! guaranteed depends on [`GpuApply`] (`Config::gpu_apply`):
+//!
+//! - [`GpuApply::Immediate`] (the default): `update_page`/`update_batch`
+//!   flush every device whose pages the call touched before returning. When
+//!   the call returns `Ok`, its deltas are on the device; when the device
+//!   fails, that call returns the error.
+//! - [`GpuApply::Deferred`]: the queue is flushed by the next read of a page
+//!   on that device (`query_page`, compare, diff, snapshot, checkpoint), by
+//!   [`crate::Mmsb::flush_gpu`], or when it grows past its threshold inside
+//!   a write. Many small writes then share one upload and one launch, and a
+//!   device failure is reported by whichever of those calls flushes.
+//!
+//! In both modes reads flush first, so they always see every accepted
+//! delta, and the log holds every accepted delta, so replay rebuilds the
+//! state. A flush that fails inside a write has lost deltas that were
+//! already logged: the write returns the error and the log is poisoned
+//! (memory and log disagree), exactly as for a failed host apply; recover
+//! by reopening the state, which replays the log.
 //!
 //! ```
 //! match mmsb::gpu::probe() {
@@ -93,15 +113,30 @@ pub(crate) fn same_device(a: &GpuPage, b: &GpuPage) -> bool {
     std::sync::Arc::ptr_eq(a.gpu(), b.gpu())
 }
 
-/// Flush the queues of the devices behind `pages` that have grown past
-/// their threshold.
-pub(crate) fn flush_if_due<'a>(pages: impl Iterator<Item = &'a GpuPage>) -> Result<()> {
+/// When deltas accepted for GPU pages are applied on the device; see the
+/// module docs for what each mode guarantees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GpuApply {
+    /// Each write applies its GPU deltas before it returns.
+    #[default]
+    Immediate,
+    /// Writes queue GPU deltas; reads, [`crate::Mmsb::flush_gpu`] and a
+    /// full queue apply them.
+    Deferred,
+}
+
+/// After a commit: flush the devices behind `pages` (every one in
+/// [`GpuApply::Immediate`], those whose queue has grown past its threshold
+/// in [`GpuApply::Deferred`]).
+pub(crate) fn after_commit<'a>(mode: GpuApply, pages: impl Iterator<Item = &'a GpuPage>) -> Result<()> {
+    // Almost always one device: a short list beats a set.
     let mut seen: Vec<&std::sync::Arc<Gpu>> = Vec::new();
     for p in pages {
         let g = p.gpu();
         if !seen.iter().any(|s| std::sync::Arc::ptr_eq(s, g)) {
             seen.push(g);
-            if g.flush_due() {
+            if mode == GpuApply::Immediate || g.flush_due() {
                 g.flush()?;
             }
         }
