@@ -5,5 +5,6 @@
 #   MMSB_KILL_SEED  seed (default fixed; the run prints it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p mmsb-tests --bin kill_loop --quiet
-exec target/release/kill_loop --kills "${MMSB_KILLS:-200}" "$@"
+# The dev profile (opt-level 1, dependencies 2) reuses the test build.
+cargo build -p mmsb-tests --bin kill_loop --quiet
+exec "${CARGO_TARGET_DIR:-target}/debug/kill_loop" --kills "${MMSB_KILLS:-200}" "$@"
