@@ -12,7 +12,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cd fuzz
 targets="${FUZZ_TARGETS:-$(cargo +nightly fuzz list)}"
-cargo +nightly fuzz build $targets 2>&1 | tail -n 3
+cargo +nightly fuzz build 2>&1 | tail -n 3
 fail=0
 summary=""
 for t in $targets; do

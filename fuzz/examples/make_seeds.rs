@@ -20,7 +20,10 @@ fn main() -> mmsb::Result<()> {
     let a = s.create_page(PageSpec::new(200).meta("name", "a"))?;
     let b = s.create_page(PageSpec::new(4096))?;
     s.update_page(a, Payload::Full((0..200).map(|i| i as u8).collect()))?;
-    s.update_page(b, Payload::Sparse(SparseDelta::from_pairs([(10, &[1u8, 2, 3][..]), (3000, &[9u8; 70][..])])?))?;
+    s.update_page(
+        b,
+        Payload::Sparse(SparseDelta::from_pairs([(10, &[1u8, 2, 3][..]), (3000, &[9u8; 70][..])])?),
+    )?;
     let opts: Vec<Option<u8>> = (0..200).map(|i| (i % 3 == 0).then_some(i as u8)).collect();
     s.update_batch(vec![
         Update::new(a, Payload::Dense(DenseDelta::from_options(&opts)?)),
@@ -65,7 +68,17 @@ fn main() -> mmsb::Result<()> {
     for (i, p) in [
         Payload::Full(vec![1, 2, 3]),
         Payload::Sparse(SparseDelta::from_pairs([(4, &[1u8, 2][..]), (9, &[3u8][..])])?),
-        Payload::Dense(DenseDelta::from_options(&[Some(1), None, Some(3), None, None, None, None, None, Some(9)])?),
+        Payload::Dense(DenseDelta::from_options(&[
+            Some(1),
+            None,
+            Some(3),
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(9),
+        ])?),
     ]
     .into_iter()
     .enumerate()

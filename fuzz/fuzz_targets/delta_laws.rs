@@ -29,7 +29,9 @@ struct Case {
 fn build(p: &P) -> Option<Payload> {
     match p {
         P::Dense(o) => DenseDelta::from_options(o).ok().map(Payload::Dense),
-        P::Sparse(r) => SparseDelta::from_pairs(r.iter().map(|(o, b)| (u64::from(*o), &b[..]))).ok().map(Payload::Sparse),
+        P::Sparse(r) => {
+            SparseDelta::from_pairs(r.iter().map(|(o, b)| (u64::from(*o), &b[..]))).ok().map(Payload::Sparse)
+        }
         P::Full(b) => Some(Payload::Full(b.clone())),
     }
 }

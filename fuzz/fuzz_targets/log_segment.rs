@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use mmsb::log::reader::{decode_record, read_frame, scan};
 use mmsb::log::{RecoveryMode, SEGMENT_HEAD_LEN};
-use mmsb::vfs::{SimVfs, Vfs, VfsFile};
+use mmsb::vfs::{SimVfs, Vfs};
 use mmsb_fuzz::{segment, LIMITS};
 use std::path::Path;
 
@@ -31,7 +31,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = scan(&vfs, dir, 0, m, &LIMITS, &mut |_| Ok(true));
     }
     if mode & 2 == 2 {
-        let mut cfg = mmsb::Config::at("/s").vfs(std::sync::Arc::new(vfs.clone())).recovery(RecoveryMode::Tolerant);
+        let mut cfg =
+            mmsb::Config::at("/s").vfs(std::sync::Arc::new(vfs.clone())).recovery(RecoveryMode::Tolerant);
         cfg.limits = LIMITS;
         cfg.propagation_threads = 1;
         if let Ok(s) = mmsb::Mmsb::start(cfg) {

@@ -103,5 +103,9 @@ fuzz_target!(|d: Dir<'_>| {
         }
     }
     assert_eq!(std::fs::read(&secret).unwrap(), SECRET, "a file outside the state directory was changed");
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "a file was created outside the state directory");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        1,
+        "a file was created outside the state directory"
+    );
 });
