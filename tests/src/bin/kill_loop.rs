@@ -215,8 +215,8 @@ fn parent(kills: u64, seed: u64, dir: Option<String>) -> Result<(), String> {
             // Kill during or right after recovery.
             std::thread::sleep(Duration::from_micros(rng.below(3000)));
         }
-        while acks > 0 {
-            let Some(line) = lines.next() else { break };
+        // With acks == 0 nothing is read here: the kill comes right away.
+        for line in lines.by_ref().take(if acks == 0 { 0 } else { usize::MAX }) {
             let line = line.map_err(|e| e.to_string())?;
             if let Some(op) = line.strip_prefix("try ") {
                 pending = Some(Op::decode(op));
