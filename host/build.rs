@@ -23,6 +23,16 @@ fn main() {
     println!("cargo::rerun-if-env-changed=MMSB_PTX_TARGET_CPU");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // Under Miri (`cargo miri test`) no kernel can run: skip the nested
+    // build and embed an empty module; the PTX tests are cfg(not(miri)).
+    // cfg(miri) is invisible to build scripts; cargo-miri's settings are not.
+    println!("cargo::rerun-if-env-changed=MIRI_SYSROOT");
+    if env::var_os("CARGO_CFG_MIRI").is_some() || env::var_os("MIRI_SYSROOT").is_some() {
+        let dest = out_dir.join("mmsb_kernels.ptx");
+        std::fs::write(&dest, "// PTX build skipped under Miri\n").expect("write placeholder PTX");
+        println!("cargo::rustc-env=MMSB_PTX_PATH={}", dest.display());
+        return;
+    }
     let target_dir = out_dir.join("ptx-target");
     let cpu = env::var("MMSB_PTX_TARGET_CPU").unwrap_or_else(|_| "sm_70".to_string());
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());

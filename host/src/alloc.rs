@@ -8,7 +8,7 @@
 //!
 //! This module, `simd` and `gpu/` are the only places with `unsafe` code.
 
-use crate::sync::{AtomicI64, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicI64, Mutex, Ordering};
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -59,8 +59,9 @@ struct Shard {
     pooled_bytes: AtomicI64,
 }
 
-/// Number of shards (a power of two).
-const SHARDS: usize = 8;
+/// Number of shards (a power of two; two under the loom model checker, to
+/// keep its state space small while still exercising stealing).
+const SHARDS: usize = if cfg!(loom) { 2 } else { 8 };
 
 struct Inner {
     shards: [Shard; SHARDS],
@@ -79,10 +80,10 @@ unsafe impl Sync for Inner {}
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for shard in &mut self.shards {
-            for (class, list) in shard.classes.iter_mut().enumerate() {
+        for shard in &self.shards {
+            for (class, list) in shard.classes.iter().enumerate() {
                 let size = class_size(class);
-                for ptr in list.get_mut().free.drain(..) {
+                for ptr in std::mem::take(&mut list.lock().free) {
                     // SAFETY: every pointer in list `class` was allocated with
                     // `layout(size)` and is owned by the list.
                     unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
@@ -94,11 +95,7 @@ impl Drop for Inner {
 
 /// The shard of the calling thread: assigned round-robin at first use.
 fn my_shard() -> usize {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    thread_local! {
-        static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
-    }
-    SHARD.with(|s| *s)
+    crate::sync::thread_slot() % SHARDS
 }
 
 /// A thread-safe pool of page buffers. Cloning shares the pool.

@@ -281,7 +281,7 @@ impl Mmsb {
         let dir = match config.dir {
             Some(d) => {
                 if config.vfs.is_none() {
-                    std::fs::create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
+                    StdVfs.create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
                 }
                 DirHolder::Given(d)
             }

@@ -26,6 +26,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "the PTX build is skipped under Miri")]
     fn embedded_ptx_declares_every_kernel_and_no_externs() {
         let entries = entries(PTX);
         for name in kernel_names::ALL {

@@ -4,21 +4,21 @@
 //! sequence of operations yields the same ids, and replay reproduces them.
 
 use crate::page::{Page, Storage};
+use crate::sync::{Mutex, RwLock};
 use crate::{Error, Result};
-use parking_lot::RwLock;
 use shared_types::{Epoch, PageId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A shared, lockable page.
-pub type PageCell = Arc<RwLock<Page>>;
+pub type PageCell = Arc<parking_lot::RwLock<Page>>;
 
 /// Concurrent id → page map with invariant checks.
 #[derive(Debug, Default)]
 pub struct Registry {
     pages: RwLock<BTreeMap<PageId, PageCell>>,
     /// Epochs seen by the last `verify`, to check they never go back.
-    seen: parking_lot::Mutex<BTreeMap<PageId, Epoch>>,
+    seen: Mutex<BTreeMap<PageId, Epoch>>,
 }
 
 impl Registry {
@@ -45,7 +45,7 @@ impl Registry {
         if map.contains_key(&id) {
             return Err(Error::PageExists(id));
         }
-        let cell = Arc::new(RwLock::new(page));
+        let cell = Arc::new(parking_lot::RwLock::new(page));
         map.insert(id, cell.clone());
         Ok(cell)
     }

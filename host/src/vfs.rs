@@ -85,12 +85,19 @@ impl VfsFile for StdFile {
 
 impl Vfs for StdVfs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, DIR_MODE);
+        b.create(dir)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        refuse_symlink(dir)?;
         let mut out = Vec::new();
         for e in std::fs::read_dir(dir)? {
             let e = e?;
+            // `DirEntry::file_type` does not follow links: symlinks, FIFOs,
+            // sockets and devices are never listed, so never opened.
             if e.file_type()?.is_file() {
                 if let Some(n) = e.file_name().to_str() {
                     out.push(n.to_owned());
@@ -101,11 +108,36 @@ impl Vfs for StdVfs {
         Ok(out)
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        // Never follow a link out of the state directory (a file swapped for
+        // a link after listing included), and never block on a FIFO.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        let mut f = o.open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        let mut out = Vec::new();
+        out.try_reserve_exact(usize::try_from(meta.len()).unwrap_or(usize::MAX)).map_err(io::Error::other)?;
+        io::Read::read_to_end(&mut f, &mut out)?;
+        Ok(out)
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
-        let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
-        Ok(Box::new(StdFile(f)))
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true).write(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Owner-only, and a planted link is an error, not a write
+            // through it to a file outside the state directory.
+            o.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+        }
+        Ok(Box::new(StdFile(o.open(path)?)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
@@ -116,6 +148,23 @@ impl Vfs for StdVfs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
     }
+}
+
+/// Mode of files [`StdVfs`] creates (owner read/write), before the umask.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of directories [`StdVfs`] creates (owner only), before the umask.
+pub const DIR_MODE: u32 = 0o700;
+
+/// The log directory is read through no link: a state directory from an
+/// untrusted source cannot point the library at files elsewhere.
+fn refuse_symlink(dir: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(dir)?.file_type().is_symlink() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is a symbolic link; state directories are not followed through links", dir.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// What survives a simulated crash of [`SimVfs`].

@@ -1,0 +1,227 @@
+//! State directories from an untrusted source: every malformed input is an
+//! error (or a reported, cut torn tail), never a panic, a hang, an
+//! allocation past the limits, or a file touched outside the directory.
+//! Also: files and directories are created owner-only.
+
+use mmsb::codec::page::decode_page;
+use mmsb::codec::Limits;
+use mmsb::log::writer::segment_header;
+use mmsb::log::{segment_name, RecoveryMode};
+use mmsb::{Config, Mmsb, PageSpec, Payload, Result};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn crc(b: &[u8]) -> u32 {
+    mmsb::codec::crc(b)
+}
+
+fn frame(kind: u8, lsn: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(body);
+    let c = crc(&out);
+    out.extend_from_slice(&c.to_le_bytes());
+    out
+}
+
+/// A small state with a checkpoint and a log after it.
+fn populated(dir: &Path) -> Result<u128> {
+    let s = Mmsb::start(Config::at(dir))?;
+    let p = s.create_page(PageSpec::new(100))?;
+    s.update_page(p, Payload::Full(vec![3; 100]))?;
+    s.checkpoint()?;
+    s.update_page(p, Payload::Full(vec![4; 100]))?;
+    let h = s.state_hash()?;
+    s.stop()?;
+    Ok(h)
+}
+
+fn small_limits() -> Limits {
+    Limits { max_page_len: 1 << 20, max_record_len: 1 << 20 }
+}
+
+#[test]
+fn symlinks_in_the_log_directory_are_not_followed() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let want = populated(&state)?;
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside)?;
+    let secret = outside.join("secret");
+    std::fs::write(&secret, b"not yours")?;
+    let log = state.join("log");
+    // Names that recovery would read, and the name of the next segment the
+    // writer will create: a link there must not be written through.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&log)?.map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let max_seq = names.iter().filter_map(|n| mmsb::log::parse_segment_name(n)).max().unwrap_or(0);
+    for seq in max_seq + 1..max_seq + 4 {
+        std::os::unix::fs::symlink(&secret, log.join(segment_name(seq)))?;
+    }
+    std::os::unix::fs::symlink(&secret, log.join(mmsb::checkpoint::checkpoint_name(1 << 40)))?;
+    let v = mmsb::tools::verify(&state);
+    assert!(v.problem.is_none(), "links are not part of the state: {v}");
+    // Opening either works from the real files or fails; it never writes
+    // through a link.
+    if let Ok(s) = Mmsb::start(Config::at(&state)) {
+        assert_eq!(s.state_hash()?, want);
+        s.stop()?;
+    }
+    assert_eq!(std::fs::read(&secret)?, b"not yours");
+    assert_eq!(std::fs::read_dir(&outside)?.count(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_log_directory_that_is_a_symlink_is_refused() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let elsewhere = root.path().join("elsewhere");
+    populated(&elsewhere)?;
+    let state = root.path().join("state");
+    std::fs::create_dir(&state)?;
+    std::os::unix::fs::symlink(elsewhere.join("log"), state.join("log"))?;
+    let Err(err) = Mmsb::start(Config::at(&state)) else { panic!("a symlinked log directory was opened") };
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(!mmsb::tools::verify(&state).is_ok());
+    Ok(())
+}
+
+#[test]
+fn a_fifo_with_a_segment_name_does_not_hang() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    populated(&state)?;
+    let fifo = state.join("log").join(segment_name(999));
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let t = Instant::now();
+    let s = Mmsb::start(Config::at(&state))?;
+    s.stop()?;
+    assert!(t.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
+
+#[test]
+fn files_and_directories_are_owner_only() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("a").join("state");
+    populated(&state)?;
+    for d in [root.path().join("a"), state.clone(), state.join("log")] {
+        let m = std::fs::metadata(&d)?.permissions().mode();
+        assert_eq!(m & 0o077, 0, "{} has mode {m:o}", d.display());
+    }
+    let mut files = 0;
+    for e in std::fs::read_dir(state.join("log"))? {
+        let e = e?;
+        let m = e.metadata()?.permissions().mode();
+        assert_eq!(m & 0o077, 0, "{} has mode {m:o}", e.path().display());
+        files += 1;
+    }
+    assert!(files >= 2, "a segment and a checkpoint");
+    Ok(())
+}
+
+#[test]
+fn huge_length_fields_are_errors_not_allocations() -> Result<()> {
+    // A page image claiming a 2^60-byte page.
+    let mut img = b"MSPG".to_vec();
+    img.extend_from_slice(&2u16.to_le_bytes());
+    img.extend_from_slice(&0u16.to_le_bytes());
+    img.extend_from_slice(&68u64.to_le_bytes());
+    img.extend_from_slice(&1u64.to_le_bytes());
+    img.extend_from_slice(&0u64.to_le_bytes());
+    img.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    img.extend_from_slice(&[0; 24]);
+    let c = crc(&img);
+    img.extend_from_slice(&c.to_le_bytes());
+    assert!(decode_page(&img, 0, &Limits::default()).is_err());
+
+    // A segment whose first record claims u32::MAX bytes, then one whose
+    // record claims just over the limit, then a valid header only.
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let log = state.join("log");
+    std::fs::create_dir_all(&log)?;
+    let mut seg = segment_header(1, 1, 1).to_vec();
+    seg.extend_from_slice(&u32::MAX.to_le_bytes());
+    seg.extend_from_slice(&[3, 0, 0, 0]);
+    seg.extend_from_slice(&1u64.to_le_bytes());
+    seg.extend_from_slice(&[0xAB; 64]);
+    std::fs::write(log.join(segment_name(1)), &seg)?;
+    for mode in [RecoveryMode::Strict, RecoveryMode::Tolerant] {
+        let mut cfg = Config::at(&state).recovery(mode);
+        cfg.limits = small_limits();
+        let s = Mmsb::start(cfg)?;
+        // The first open cuts and reports the tail; it stays cut after.
+        if mode == RecoveryMode::Strict {
+            assert!(s.recovery_report().torn_tail.is_some(), "reported as a torn tail");
+        }
+        assert!(s.page_ids().is_empty());
+        s.stop()?;
+    }
+
+    // A create_page record for a page longer than the limit.
+    let state = root.path().join("state2");
+    let log = state.join("log");
+    std::fs::create_dir_all(&log)?;
+    let mut body = 1u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    body.extend_from_slice(&[0; 8]);
+    body.extend_from_slice(&0u32.to_le_bytes());
+    let mut seg = segment_header(1, 1, 1).to_vec();
+    seg.extend_from_slice(&frame(1, 1, &body));
+    std::fs::write(log.join(segment_name(1)), &seg)?;
+    let mut cfg = Config::at(&state);
+    cfg.limits = small_limits();
+    assert!(Mmsb::start(cfg).is_err(), "a valid-CRC record that does not validate is corruption");
+    Ok(())
+}
+
+#[test]
+fn deeply_nested_or_garbage_graph_records_are_errors() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let log = state.join("log");
+    std::fs::create_dir_all(&log)?;
+    let mut seg = segment_header(1, 1, 1).to_vec();
+    // Postcard varints that never end, and a length prefix of 2^63.
+    seg.extend_from_slice(&frame(0x10, 1, &[0xFF; 100_000]));
+    std::fs::write(log.join(segment_name(1)), &seg)?;
+    assert!(Mmsb::start(Config::at(&state)).is_err());
+    let mut cfg = Config::at(&state).recovery(RecoveryMode::Tolerant);
+    cfg.limits = small_limits();
+    if let Ok(s) = Mmsb::start(cfg) {
+        assert!(s.page_ids().is_empty());
+    }
+    Ok(())
+}
+
+#[test]
+fn many_tiny_segments_open_in_bounded_time() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let log = state.join("log");
+    std::fs::create_dir_all(&log)?;
+    // 3000 segments of one generation, each holding one create_page record.
+    for seq in 1..=3000u64 {
+        let mut seg = segment_header(1, seq, seq).to_vec();
+        let mut body = seq.to_le_bytes().to_vec();
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&[0; 8]);
+        body.extend_from_slice(&0u32.to_le_bytes());
+        seg.extend_from_slice(&frame(1, seq, &body));
+        std::fs::write(log.join(segment_name(seq)), &seg)?;
+    }
+    let t = Instant::now();
+    let s = Mmsb::start(Config::at(&state))?;
+    assert_eq!(s.page_ids().len(), 3000);
+    s.stop()?;
+    let v = mmsb::tools::verify(&state);
+    assert!(v.is_ok(), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    Ok(())
+}
