@@ -75,18 +75,7 @@ impl Vfs for Confined {
                 format!("{} is not a directory", dir.display()),
             ));
         }
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            // `DirEntry::file_type` does not follow links: links are skipped.
-            if e.file_type()?.is_file() {
-                if let Some(n) = e.file_name().to_str() {
-                    out.push(n.to_owned());
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        mmsb::vfs::list_regular_files(dir)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

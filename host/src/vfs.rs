@@ -93,19 +93,7 @@ impl Vfs for StdVfs {
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         refuse_symlink(dir)?;
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            // `DirEntry::file_type` does not follow links: symlinks, FIFOs,
-            // sockets and devices are never listed, so never opened.
-            if e.file_type()?.is_file() {
-                if let Some(n) = e.file_name().to_str() {
-                    out.push(n.to_owned());
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        list_regular_files(dir)
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut o = std::fs::OpenOptions::new();
@@ -506,6 +494,26 @@ impl Vfs for SimVfs {
         s.pending_ns = rest;
         Ok(())
     }
+}
+
+/// Names of the regular files directly in `dir`, sorted. `DirEntry::file_type`
+/// does not follow links: symlinks, FIFOs, sockets and devices are never
+/// listed, so never opened. Names that are not UTF-8 are skipped.
+///
+/// # Errors
+/// The error of reading the directory.
+pub fn list_regular_files(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            if let Some(n) = e.file_name().to_str() {
+                out.push(n.to_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]
