@@ -51,8 +51,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
 }
 
 impl Op {
@@ -68,22 +68,24 @@ impl Op {
         }
     }
 
-    fn decode(s: &str) -> Op {
+    /// The op of a `try` line; `None` for a malformed (e.g. torn) line.
+    fn decode(s: &str) -> Option<Op> {
         let mut it = s.split(' ');
-        match it.next() {
-            Some("C") => Op::Create(it.next().and_then(|x| x.parse().ok()).expect("len")),
-            Some("D") => Op::Delete(it.next().and_then(|x| x.parse().ok()).expect("page")),
-            Some("K") => Op::Checkpoint,
-            Some("U") => Op::Update(
-                it.map(|u| {
+        match it.next()? {
+            "C" => Some(Op::Create(it.next()?.parse().ok()?)),
+            "D" => Some(Op::Delete(it.next()?.parse().ok()?)),
+            "K" => Some(Op::Checkpoint),
+            "U" => {
+                let mut us = Vec::new();
+                for u in it {
                     let mut f = u.split(':');
-                    let p = f.next().and_then(|x| x.parse().ok()).expect("page");
-                    let o = f.next().and_then(|x| x.parse().ok()).expect("offset");
-                    (p, o, unhex(f.next().expect("bytes")))
-                })
-                .collect(),
-            ),
-            _ => panic!("bad op line {s:?}"),
+                    let p = f.next()?.parse().ok()?;
+                    let o = f.next()?.parse().ok()?;
+                    us.push((p, o, unhex(f.next()?)?));
+                }
+                (!us.is_empty()).then_some(Op::Update(us))
+            }
+            _ => None,
         }
     }
 
@@ -139,7 +141,8 @@ fn child(dir: &str, seed: u64) -> mmsb::Result<()> {
                 Op::Update(us)
             }
         };
-        writeln!(out, "try {}", op.encode()).and_then(|()| out.flush()).expect("pipe");
+        // One write per line, so a kill cannot split a line between writes.
+        out.write_all(format!("try {}\n", op.encode()).as_bytes()).and_then(|()| out.flush()).expect("pipe");
         op.apply(&s)?;
         writeln!(out, "ack").and_then(|()| out.flush()).expect("pipe");
     }
@@ -219,7 +222,7 @@ fn parent(kills: u64, seed: u64, dir: Option<String>) -> Result<(), String> {
         for line in lines.by_ref().take(if acks == 0 { 0 } else { usize::MAX }) {
             let line = line.map_err(|e| e.to_string())?;
             if let Some(op) = line.strip_prefix("try ") {
-                pending = Some(Op::decode(op));
+                pending = Some(Op::decode(op).ok_or_else(|| format!("bad op line {op:?}"))?);
             } else if line == "ack" {
                 let op = pending.take().ok_or("ack without try")?;
                 op.apply(&model).map_err(|e| format!("model rejected {op:?}: {e}"))?;
@@ -238,10 +241,11 @@ fn parent(kills: u64, seed: u64, dir: Option<String>) -> Result<(), String> {
         }
         ch.kill().map_err(|e| e.to_string())?;
         // Read what the child managed to print before it died: acks that
-        // were printed are acknowledged commits.
+        // were printed are acknowledged commits. The last line may be torn
+        // by the kill; a torn `try` is never followed by its `ack`.
         for line in lines.map_while(Result::ok) {
             if let Some(op) = line.strip_prefix("try ") {
-                pending = Some(Op::decode(op));
+                pending = Op::decode(op);
             } else if line == "ack" {
                 let op = pending.take().ok_or("ack without try")?;
                 op.apply(&model).map_err(|e| format!("model rejected {op:?}: {e}"))?;
