@@ -338,6 +338,8 @@ impl Stats {
         for (dev, g) in &self.gpus {
             gauge!("mmsb_gpu_pool_live_bytes", "device" => dev.to_string()).set(g.live_bytes as f64);
             gauge!("mmsb_gpu_pool_cached_bytes", "device" => dev.to_string()).set(g.cached_bytes as f64);
+            counter!("mmsb_gpu_h2d_bytes_total", "device" => dev.to_string()).absolute(g.h2d_bytes);
+            counter!("mmsb_gpu_d2h_bytes_total", "device" => dev.to_string()).absolute(g.d2h_bytes);
         }
     }
 }
@@ -396,8 +398,8 @@ impl fmt::Display for Stats {
         for (dev, g) in &self.gpus {
             writeln!(
                 f,
-                "gpu {dev}: {} live bytes in {} blocks, {} reserved, {} cached",
-                g.live_bytes, g.live_blocks, g.reserved_bytes, g.cached_bytes
+                "gpu {dev}: {} live bytes in {} blocks, {} reserved, {} cached; transferred {} bytes to and {} from the device",
+                g.live_bytes, g.live_blocks, g.reserved_bytes, g.cached_bytes, g.h2d_bytes, g.d2h_bytes
             )?;
         }
         Ok(())

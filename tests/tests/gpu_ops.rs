@@ -166,3 +166,26 @@ fn dense(rng: &mut Rng, len: u64) -> Payload {
         (0..len).map(|_| if rng.below(3) == 0 { Some(rng.next_u64() as u8) } else { None }).collect();
     Payload::Dense(DenseDelta::from_options(&opts).expect("dense"))
 }
+
+#[test]
+fn gpu_transfer_bytes_are_counted_in_stats() -> mmsb::Result<()> {
+    if !mmsb_tests::gpu_available("gpu_transfer_bytes_are_counted_in_stats") {
+        return Ok(());
+    }
+    let s = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+    let p = s.create_page(mmsb::PageSpec::new(4096).on(mmsb::Location::Gpu(0)))?;
+    let before = s.stats().gpus.iter().find(|(d, _)| *d == 0).map(|(_, g)| (g.h2d_bytes, g.d2h_bytes));
+    let (h2d0, d2h0) = before.unwrap_or((0, 0));
+    s.update_page(p, mmsb::Payload::Full(vec![7; 4096]))?;
+    assert_eq!(s.query_page(p)?, vec![7; 4096]);
+    let (h2d1, d2h1) = s
+        .stats()
+        .gpus
+        .iter()
+        .find(|(d, _)| *d == 0)
+        .map(|(_, g)| (g.h2d_bytes, g.d2h_bytes))
+        .unwrap_or((0, 0));
+    assert!(h2d1 >= h2d0 + 4096, "upload counted: {h2d0} -> {h2d1}");
+    assert!(d2h1 >= d2h0 + 4096, "download counted: {d2h0} -> {d2h1}");
+    Ok(())
+}

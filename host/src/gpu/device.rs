@@ -158,6 +158,9 @@ pub struct Gpu {
     module: Module,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
+    /// Bytes copied host → device and device → host so far.
+    h2d_bytes: std::sync::atomic::AtomicU64,
+    d2h_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -266,6 +269,8 @@ impl Gpu {
             module,
             stream,
             ctx,
+            h2d_bytes: Default::default(),
+            d2h_bytes: Default::default(),
         })
     }
 
@@ -276,7 +281,20 @@ impl Gpu {
 
     /// Device pool statistics.
     pub fn pool_stats(&self) -> GpuPoolStats {
-        self.pool.stats()
+        use std::sync::atomic::Ordering::Relaxed;
+        GpuPoolStats {
+            h2d_bytes: self.h2d_bytes.load(Relaxed),
+            d2h_bytes: self.d2h_bytes.load(Relaxed),
+            ..self.pool.stats()
+        }
+    }
+
+    fn count_h2d(&self, n: usize) {
+        self.h2d_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn count_d2h(&self, n: usize) {
+        self.d2h_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn cu_stream(&self) -> sys::CUstream {
@@ -472,6 +490,7 @@ impl Gpu {
             // buffer stays untouched until the sync below.
             unsafe { driver::copy_htod(&self.ctx, at, buf, self.cu_stream())? };
             self.sync()?;
+            self.count_h2d(chunk.len());
         }
         Ok(())
     }
@@ -491,6 +510,7 @@ impl Gpu {
             // read until the sync below.
             unsafe { driver::copy_dtoh(&self.ctx, buf, at, self.cu_stream())? };
             self.sync()?;
+            self.count_d2h(buf.len());
             chunk.copy_from_slice(buf);
         }
         Ok(())
@@ -573,6 +593,7 @@ impl Gpu {
             driver::copy_htod(&self.ctx, base, image, self.cu_stream())?;
             self.apply_batch(base, lay.descs)?;
         }
+        self.count_h2d(image.len());
         self.sync()
     }
 
@@ -610,6 +631,7 @@ impl Gpu {
             // SAFETY: src covers out.len() bytes; buf is read after the sync.
             unsafe { driver::copy_dtoh(&self.ctx, buf, src + (k * step) as u64, self.cu_stream())? };
             self.sync()?;
+            self.count_d2h(buf.len());
             chunk.copy_from_slice(buf);
         }
         Ok(())

@@ -48,6 +48,11 @@ pub struct GpuPoolStats {
     pub misses: u64,
     /// Driver allocations made so far.
     pub driver_allocs: u64,
+    /// Bytes copied host → device (uploads, batch images) by this device's
+    /// handle so far.
+    pub h2d_bytes: u64,
+    /// Bytes copied device → host (reads, checkpoints, diffs) so far.
+    pub d2h_bytes: u64,
 }
 
 #[derive(Default)]
