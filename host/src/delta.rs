@@ -91,9 +91,16 @@ impl DenseDelta {
     /// # Errors
     /// [`Error::InvalidDelta`] for an empty slice.
     pub fn from_options(bytes: &[Option<u8>]) -> Result<Self> {
-        let mask: BitVec<u64, Lsb0> = bytes.iter().map(Option::is_some).collect();
+        // Packed words first (bitvec's bit-by-bit `collect` is slower and
+        // trips Miri's Stacked Borrows check inside bitvec).
+        let mut words = vec![0u64; bytes.len().div_ceil(64)];
+        for (i, b) in bytes.iter().enumerate() {
+            if b.is_some() {
+                words[i / 64] |= 1 << (i % 64);
+            }
+        }
         let data = bytes.iter().map(|b| b.unwrap_or(0)).collect();
-        Self::new(mask, data)
+        Self::from_words(words, data)
     }
 
     /// Page length this delta is for.
