@@ -81,13 +81,21 @@ fuzz_target!(|d: Dir<'_>| {
                 } else {
                     mmsb::log::segment_name(n)
                 };
-                let _ = std::os::unix::fs::symlink(&secret, log.join(name));
+                // Through a symlinked `log` this would plant the link in the
+                // outside directory itself; only a real `log` gets one.
+                if !d.log_is_symlink {
+                    let _ = std::os::unix::fs::symlink(&secret, log.join(name));
+                }
                 continue;
             }
             Kind::Junk => (format!("junk-{n}"), f.bytes.to_vec()),
         };
-        if !d.log_is_symlink {
-            let _ = std::fs::write(log.join(name), bytes);
+        // `fs::write` follows links: never write through a link this input
+        // planted under the same name (that would be the harness writing
+        // outside, not the library).
+        let path = log.join(name);
+        if !d.log_is_symlink && std::fs::symlink_metadata(&path).is_err() {
+            let _ = std::fs::write(path, bytes);
         }
     }
     let _ = mmsb::tools::verify_with(&StdVfs, &state, &LIMITS);
