@@ -22,7 +22,14 @@ pub struct BenchArgs {
     /// run on the same file system). Default: the system temporary directory.
     #[arg(long, value_name = "DIR")]
     scratch: Option<PathBuf>,
+    /// Run only these sections (repeat or comma-separate): apply, append,
+    /// durable, checkpoint, replay, propagation, gpu. Default: all.
+    #[arg(long, value_name = "SECTION", value_delimiter = ',', value_parser = SECTIONS)]
+    only: Vec<String>,
 }
+
+/// Section names accepted by `--only`.
+const SECTIONS: [&str; 7] = ["apply", "append", "durable", "checkpoint", "replay", "propagation", "gpu"];
 
 /// Run one section with a spinner and its wall time on stderr.
 fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -35,12 +42,17 @@ fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let started = Instant::now();
     let budget = if args.quick { Budget::QUICK } else { Budget::FULL };
     let disk_budget = if args.quick { DiskBudget::QUICK } else { DiskBudget::FULL };
     let mut rows: Vec<Row> = Vec::new();
     eprintln!("mmsb bench: CPU ({})", mmsb_benches::cpu_model());
-    rows.extend(section("cpu apply and allocation", || Ok(mmsb_benches::cpu::rows(budget, !args.quick)))?);
+    if want("apply") {
+        rows.extend(section("cpu apply and allocation", || {
+            Ok(mmsb_benches::cpu::rows(budget, !args.quick))
+        })?);
+    }
     let scratch = match &args.scratch {
         Some(d) => tempfile::Builder::new().prefix("mmsb-bench-").tempdir_in(d),
         None => tempfile::Builder::new().prefix("mmsb-bench-").tempdir(),
@@ -48,13 +60,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     .map_err(Error::from)?;
     let base = scratch.path();
     eprintln!("  disk rows in {}", base.display());
-    rows.extend(section("log append", || disk::append_rows(disk_budget, base))?);
-    rows.extend(section("durable commit", || disk::durable_rows(disk_budget, base))?);
-    rows.extend(section("checkpoint", || disk::checkpoint_rows(disk_budget, base))?);
-    rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);
+    if want("append") {
+        rows.extend(section("log append", || disk::append_rows(disk_budget, base))?);
+    }
+    if want("durable") {
+        rows.extend(section("durable commit", || disk::durable_rows(disk_budget, base))?);
+    }
+    if want("checkpoint") {
+        rows.extend(section("checkpoint", || disk::checkpoint_rows(disk_budget, base))?);
+    }
+    if want("replay") {
+        rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);
+    }
     drop(scratch);
-    rows.extend(section("propagation", || mmsb_benches::prop::rows(budget))?);
-    let gpu = section("gpu", || Ok(mmsb_benches::gpu::rows(args.quick)))?;
+    if want("propagation") {
+        rows.extend(section("propagation", || mmsb_benches::prop::rows(budget))?);
+    }
+    let gpu = if want("gpu") {
+        section("gpu", || Ok(mmsb_benches::gpu::rows(args.quick)))?
+    } else {
+        Err("not selected by --only".to_string())
+    };
     println!("{}", mmsb_benches::table(&rows_with(&rows, gpu.as_deref().unwrap_or(&[]))));
     match &gpu {
         Ok(g) => {
