@@ -46,7 +46,37 @@ pub const WARP: u32 = 32;
 /// Longest run the host hands to the sparse kernels (longer runs are
 /// split): it bounds the work of one group of runs, so that the groups of
 /// one page spread over the warps. Any length is correct.
-pub const RUN_CHUNK: u64 = 1024;
+pub const RUN_CHUNK: u64 = 256;
+
+/// Length of the piece starting `o` bytes into a run of `len` bytes at page
+/// offset `offset`, when runs are cut into pieces of at most `chunk` bytes
+/// (rounded down to a multiple of 16, at least 16) whose inner boundaries
+/// fall on 16-byte page offsets: every piece but the first starts on a
+/// 16-byte boundary, so cutting a run adds no partial window. `o < len`.
+#[inline(always)]
+pub const fn piece_len(offset: u64, len: u64, o: u64, chunk: u64) -> u64 {
+    let chunk = if chunk < 16 { 16 } else { chunk & !15 };
+    let at = offset + o;
+    let end = (at + chunk) & !15;
+    let rest = len - o;
+    if end - at < rest {
+        end - at
+    } else {
+        rest
+    }
+}
+
+/// Number of pieces [`piece_len`] cuts a run of `len` bytes at page offset
+/// `offset` into.
+#[inline(always)]
+pub const fn pieces(offset: u64, len: u64, chunk: u64) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    let first = piece_len(offset, len, 0, chunk);
+    let chunk = if chunk < 16 { 16 } else { chunk & !15 };
+    1 + (len - first).div_ceil(chunk)
+}
 
 /// A 16-byte, 16-aligned vector of four `u32` words.
 #[repr(C, align(16))]
@@ -425,8 +455,10 @@ pub const fn run_windows(page: u64, run: &RunDesc) -> u64 {
 // per group. Lane `j` loads run `j` of the group and the warp takes an
 // exclusive prefix sum of the runs' window counts, which flattens the group
 // into one sequence of windows. The warp then sweeps that sequence: in each
-// sweep lane `l` moves flattened windows `base + l` and `base + l + 32`
-// ([`UNROLL`] windows, both loads issued before either store), finding the
+// sweep lane `l` moves flattened windows `base + l`, `base + l + 32`, ...
+// (four windows in the sparse kernel, two in the batched kernel, whose
+// dense path needs the registers; every load is issued before the first
+// store), finding the
 // run of each window by a 5-step binary search over the prefix sums held by
 // the lanes. Every lane is busy whatever the run lengths (a 16-byte run and
 // a 1 KiB run cost the same per byte), consecutive lanes touch consecutive
@@ -444,8 +476,20 @@ pub const fn run_windows(page: u64, run: &RunDesc) -> u64 {
 /// Runs per sparse group: one warp applies a group, lane `j` holding run `j`.
 pub const GROUP: u64 = WARP as u64;
 
-/// Windows each lane moves per sweep of a group.
-pub const UNROLL: u64 = 2;
+/// Windows each lane moves per sweep of a group: [`WIDE`] sweeps move four,
+/// narrow ones two (fewer registers, for kernels that also run other paths).
+pub const fn unroll(wide: bool) -> u64 {
+    if wide {
+        4
+    } else {
+        2
+    }
+}
+
+/// Sweep width of the sparse kernel ([`unroll`]).
+pub const WIDE: bool = true;
+/// Sweep width of the batched kernel ([`unroll`]).
+pub const NARROW: bool = false;
 
 /// What one lane sees of a group of up to [`GROUP`] runs.
 ///
@@ -687,35 +731,51 @@ pub unsafe fn store_loaded(w: &Loaded) {
 /// Every run of the group inside the page at `page` and readable at `data`
 /// as [`load_run_window`] requires; no other thread writes the runs' bytes.
 #[inline(always)]
-pub unsafe fn sweep_group<G: RunGroup>(g: &G, page: u64, data: u64, lane: u64) {
+pub unsafe fn sweep_group<G: RunGroup, const W: bool>(g: &G, page: u64, data: u64, lane: u64) {
     let total = g.total();
     let w = WARP as u64;
     let mut base = 0u64;
     while base < total {
-        // Uniform part: every lane searches and shuffles, even past the end.
-        let s0 = base + lane;
-        let s1 = s0 + w;
-        let (j0, j1) = (locate(g, s0), locate(g, s1));
-        let (r0, r1) = (g.run(j0), g.run(j1));
-        let (t0, t1) = (g.start(j0), g.start(j1));
-        let a = if s0 < total {
-            // SAFETY: s0 < total, so window s0 - start(j0) lies in run j0; per the caller.
-            unsafe { load_run_window(page, data, &r0, s0 - t0) }
+        // Uniform part: every lane searches and shuffles, even past the end;
+        // every load is issued before the first store (written out, so that
+        // the values stay in registers).
+        let s = base + lane;
+        // SAFETY (every load_flat): per the caller.
+        let a = unsafe { load_flat(g, page, data, total, s) };
+        let b = unsafe { load_flat(g, page, data, total, s + w) };
+        let (c, d) = if W {
+            unsafe {
+                (load_flat(g, page, data, total, s + 2 * w), load_flat(g, page, data, total, s + 3 * w))
+            }
         } else {
-            Loaded::default()
+            (Loaded::default(), Loaded::default())
         };
-        let b = if s1 < total {
-            // SAFETY: as above, for s1.
-            unsafe { load_run_window(page, data, &r1, s1 - t1) }
-        } else {
-            Loaded::default()
-        };
-        // SAFETY: windows of runs are disjoint; per the caller.
+        // SAFETY: windows of runs are disjoint; per the caller. (`c` and `d`
+        // are empty in narrow sweeps: no store.)
         unsafe {
             store_loaded(&a);
             store_loaded(&b);
+            store_loaded(&c);
+            store_loaded(&d);
         }
-        base += UNROLL * w;
+        base += unroll(W) * w;
+    }
+}
+
+/// Load flattened window `s` of a group of `total` windows (an empty
+/// [`Loaded`] past the end). Warp-uniform: every lane must call it.
+///
+/// # Safety
+/// As [`sweep_group`].
+#[inline(always)]
+unsafe fn load_flat<G: RunGroup>(g: &G, page: u64, data: u64, total: u64, s: u64) -> Loaded {
+    let j = locate(g, s);
+    let (r, t) = (g.run(j), g.start(j));
+    if s < total {
+        // SAFETY: s < total, so window s - start(j) lies in run j; per the caller.
+        unsafe { load_run_window(page, data, &r, s - t) }
+    } else {
+        Loaded::default()
     }
 }
 
@@ -728,7 +788,7 @@ pub unsafe fn sweep_group<G: RunGroup>(g: &G, page: u64, data: u64, lane: u64) {
 /// On the device every lane of the warp must call it.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn apply_runs<L: Lanes>(
+pub unsafe fn apply_runs<L: Lanes, const W: bool>(
     lanes: &L,
     page: u64,
     data: u64,
@@ -746,7 +806,7 @@ pub unsafe fn apply_runs<L: Lanes>(
         // SAFETY: runs r0 .. r0 + count < run_count are readable.
         let grp = unsafe { lanes.group(page, runs, r0, count, lane as u32) };
         // SAFETY: per the caller.
-        unsafe { sweep_group(&grp, page, data, lane) };
+        unsafe { sweep_group::<_, W>(&grp, page, data, lane) };
         g += nwarps;
     }
 }
@@ -787,7 +847,9 @@ pub unsafe fn apply_desc<L: Lanes>(d: &ApplyDesc, tid: u64, nthreads: u64, lanes
             let lane = tid % WARP as u64;
             let nwarps = nthreads / WARP as u64;
             // SAFETY: per the caller.
-            unsafe { apply_runs(lanes, d.page, d.data, d.runs, d.run_count, warp, nwarps, lane) };
+            unsafe {
+                apply_runs::<_, NARROW>(lanes, d.page, d.data, d.runs, d.run_count, warp, nwarps, lane)
+            };
         }
         _ => {}
     }
@@ -843,6 +905,30 @@ mod tests {
     }
 
     const LENS: [usize; 12] = [1, 2, 15, 16, 17, 31, 32, 33, 63, 100, 1000, 4099];
+
+    #[test]
+    fn pieces_partition_runs_on_aligned_boundaries() {
+        for chunk in [0u64, 1, 16, 17, 100, 256, 1024] {
+            for offset in [0u64, 1, 3, 15, 16, 17, 4095] {
+                for len in [1u64, 2, 15, 16, 17, 255, 256, 257, 1000, 1024, 1025, 5000] {
+                    let mut o = 0;
+                    let mut n = 0;
+                    while o < len {
+                        let k = piece_len(offset, len, o, chunk);
+                        assert!(k >= 1 && k <= chunk.max(16), "{chunk} {offset} {len} {o} {k}");
+                        if o > 0 {
+                            assert_eq!((offset + o) % 16, 0, "inner cut not aligned");
+                        }
+                        o += k;
+                        n += 1;
+                    }
+                    assert_eq!(o, len);
+                    assert_eq!(pieces(offset, len, chunk), n, "{chunk} {offset} {len}");
+                }
+            }
+        }
+        assert_eq!(pieces(7, 0, 256), 0);
+    }
 
     #[test]
     fn window_partition_covers_each_byte_once() {
@@ -1081,22 +1167,26 @@ mod tests {
             runs.push(RunDesc { offset: o, len: l, data_offset: at });
             at += l;
         }
-        for tid in 0..nwarps * 32 {
-            // SAFETY: every run lies in the page; data blocks are in the buffer.
-            unsafe {
-                apply_runs(
-                    &MemLanes,
-                    pa,
-                    da,
-                    runs.as_ptr() as u64,
-                    runs.len() as u64,
-                    tid / 32,
-                    nwarps,
-                    tid % 32,
-                )
-            };
+        let (rp, rn) = (runs.as_ptr() as u64, runs.len() as u64);
+        for wide in [WIDE, NARROW] {
+            page.bytes()[..].copy_from_slice(&fill);
+            for tid in 0..nwarps * 32 {
+                let (w, l) = (tid / 32, tid % 32);
+                // SAFETY: every run lies in the page; data blocks are in the buffer.
+                unsafe {
+                    if wide {
+                        apply_runs::<_, WIDE>(&MemLanes, pa, da, rp, rn, w, nwarps, l)
+                    } else {
+                        apply_runs::<_, NARROW>(&MemLanes, pa, da, rp, rn, w, nwarps, l)
+                    }
+                };
+            }
+            assert_eq!(
+                page.bytes(),
+                &want[..],
+                "wide {wide} len {len} page_off {page_off} skews {skews:?} runs {runs_v:?}"
+            );
         }
-        assert_eq!(page.bytes(), &want[..], "len {len} page_off {page_off} skews {skews:?} runs {runs_v:?}");
     }
 
     #[test]

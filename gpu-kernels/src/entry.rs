@@ -231,7 +231,9 @@ pub unsafe extern "ptx-kernel" fn mmsb_apply_sparse(d: ApplyDesc) {
     let lane = g % body::WARP as u64;
     let nwarps = grid_stride() / body::WARP as u64;
     // SAFETY: as documented.
-    unsafe { body::apply_runs(&Warp, d.page, d.data, d.runs, d.run_count, warp, nwarps, lane) };
+    unsafe {
+        body::apply_runs::<_, { body::WIDE }>(&Warp, d.page, d.data, d.runs, d.run_count, warp, nwarps, lane)
+    };
 }
 
 /// Merge two dense deltas (see [`MergeArgs`]).

@@ -1,6 +1,6 @@
 //! GPU benchmarks against the device-to-device copy of the same run.
 //!
-//!     cargo run --release -p mmsb --example gpu_bench -- [--mib 256] [--iters 20] [--batch 100000]
+//!     cargo run --release -p mmsb --example gpu_bench -- [--mib 256] [--iters 20] [--batch 100000] [--chunk 1024]
 //!
 //! Prints a table and one `BENCH name gbps ratio` line per figure. Without a
 //! GPU it prints `SKIPPED: no CUDA device (...)` and exits successfully.
@@ -17,8 +17,9 @@ fn main() {
             ("--iters", Some(v)) => cfg.iters = v.clamp(1, 10_000) as u32,
             ("--batch", Some(v)) => cfg.batch = v,
             ("--batch-page", Some(v)) => cfg.batch_page = v,
+            ("--chunk", Some(v)) => cfg.run_chunk = v,
             (other, _) => {
-                eprintln!("usage: gpu_bench [--mib N] [--iters N] [--batch N] [--batch-page BYTES] (bad argument {other:?})");
+                eprintln!("usage: gpu_bench [--mib N] [--iters N] [--batch N] [--batch-page BYTES] [--chunk BYTES] (bad argument {other:?})");
                 std::process::exit(2);
             }
         }

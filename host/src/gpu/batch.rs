@@ -23,7 +23,7 @@
 //! deltas to the same page first): descriptors run concurrently.
 
 use crate::delta::Payload;
-use gpu_kernels::body::{BLOCK, GROUP, RUN_CHUNK, WARP};
+use gpu_kernels::body::{piece_len, pieces as pieces_of, BLOCK, GROUP, RUN_CHUNK, WARP};
 use shared_types::{kind, ApplyDesc, RunDesc};
 use std::mem::size_of;
 
@@ -118,7 +118,7 @@ fn part_counts(items: &[Item<'_>]) -> Counts {
             Payload::Sparse(s) => {
                 let mut pieces = 0;
                 for r in s.runs() {
-                    pieces += r.len.div_ceil(RUN_CHUNK);
+                    pieces += pieces_of(r.offset, r.len, RUN_CHUNK);
                     c.blob += pad_to(c.blob, it.page + r.offset) + r.len;
                 }
                 c.runs += pieces;
@@ -301,7 +301,7 @@ fn pack_part(j: &mut Job<'_, '_>, addr: Addr) {
                     blob[b as usize..b as usize + bytes.len()].copy_from_slice(bytes);
                     let mut o = 0;
                     while o < run.len {
-                        let n = RUN_CHUNK.min(run.len - o);
+                        let n = piece_len(run.offset, run.len, o, RUN_CHUNK);
                         let rd = RunDesc { offset: run.offset + o, len: n, data_offset: b + o };
                         let k = r as usize * size_of::<RunDesc>();
                         runs_out[k..k + size_of::<RunDesc>()].copy_from_slice(bytemuck::bytes_of(&rd));
@@ -524,7 +524,8 @@ mod tests {
         let sp = Payload::Sparse(SparseDelta::from_pairs(runs).unwrap_or_else(|e| panic!("{e}")));
         let items = [Item { page: 0, len: 4000, payload: &sp }];
         let l = layout(&items);
-        assert_eq!(l.runs, 3);
+        // Pieces of at most RUN_CHUNK bytes, inner cuts on 16-byte offsets.
+        assert_eq!(l.runs, 1 + (3000 - (RUN_CHUNK - 3)).div_ceil(RUN_CHUNK));
         assert_eq!(l.descs, 1);
     }
 }

@@ -25,11 +25,20 @@ pub struct BenchConfig {
     pub batch: u64,
     /// Page size of the batched figure.
     pub batch_page: u64,
+    /// Longest run piece of the sparse figures (the host's packer uses
+    /// [`gpu_kernels::body::RUN_CHUNK`]; other values measure the choice).
+    pub run_chunk: u64,
 }
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        Self { large: 256 << 20, iters: 20, batch: 100_000, batch_page: 4096 }
+        Self {
+            large: 256 << 20,
+            iters: 20,
+            batch: 100_000,
+            batch_page: 4096,
+            run_chunk: gpu_kernels::body::RUN_CHUNK,
+        }
     }
 }
 
@@ -185,9 +194,9 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     for shape in SPARSE_SHAPES {
         let runs = sparse_runs(n, shape);
         let covered: u64 = runs.iter().map(|r| r.len).sum();
-        let mut descs = run_descs(&runs);
-        for (d, r) in descs.iter_mut().zip(expand(&runs)) {
-            d.data_offset = r; // mirror layout
+        let mut descs = run_descs(&runs, cfg.run_chunk);
+        for d in &mut descs {
+            d.data_offset = d.offset; // mirror layout
         }
         let need = (descs.len() * 24) as u64;
         if runs_block.as_ref().is_none_or(|b| b.len() < need) {
@@ -249,20 +258,6 @@ fn sparse_runs(n: u64, shape: SparseShape) -> Vec<Run> {
         at += len + 1 + rng.next() % shape.max_gap;
     }
     runs
-}
-
-/// Data offsets that make each chunk of `runs` read its bytes at the same
-/// offset as the page (the bench's mirrored data layout).
-fn expand(runs: &[Run]) -> Vec<u64> {
-    let mut v = Vec::new();
-    for r in runs {
-        let mut o = 0;
-        while o < r.len {
-            v.push(r.offset + o);
-            o += gpu_kernels::body::RUN_CHUNK.min(r.len - o);
-        }
-    }
-    v
 }
 
 fn batch_rows(

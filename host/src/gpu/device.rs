@@ -8,7 +8,7 @@ use super::pool::{DeviceBlock, DevicePool, GpuPoolStats, DEFAULT_CACHE_BUDGET};
 use crate::delta::{DenseDelta, Payload, Run};
 use crate::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaStream};
-use gpu_kernels::body::{lanes, windows, BLOCK, RUN_CHUNK};
+use gpu_kernels::body::{lanes, piece_len, windows, BLOCK};
 use gpu_kernels::names;
 use parking_lot::Mutex;
 use shared_types::{kind, ApplyDesc, MergeArgs, PageArgs, RunDesc};
@@ -737,15 +737,16 @@ pub(crate) fn runs_from_mask(words: &[u64], len: u64) -> Vec<Run> {
     runs
 }
 
-/// Split runs longer than [`RUN_CHUNK`] into [`RunDesc`]s for the sparse
-/// kernel, with data offsets into the concatenated run bytes.
-pub(crate) fn run_descs(runs: &[Run]) -> Vec<RunDesc> {
+/// Cut runs into [`RunDesc`] pieces of at most `chunk` bytes (see
+/// [`piece_len`]) for the sparse kernel, with data offsets into the
+/// concatenated run bytes.
+pub(crate) fn run_descs(runs: &[Run], chunk: u64) -> Vec<RunDesc> {
     let mut out = Vec::with_capacity(runs.len());
     let mut at = 0;
     for r in runs {
         let mut o = 0;
         while o < r.len {
-            let n = RUN_CHUNK.min(r.len - o);
+            let n = piece_len(r.offset, r.len, o, chunk);
             out.push(RunDesc { offset: r.offset + o, len: n, data_offset: at + o });
             o += n;
         }
@@ -789,9 +790,11 @@ mod tests {
                 Run { offset: 290, len: 10 },
             ]
         );
-        let d = run_descs(&[Run { offset: 5, len: 2500 }, Run { offset: 3000, len: 1 }]);
+        let d = run_descs(&[Run { offset: 5, len: 2500 }, Run { offset: 3000, len: 1 }], 1024);
         assert_eq!(d.len(), 4);
-        assert_eq!(d[2], RunDesc { offset: 5 + 2048, len: 452, data_offset: 2048 });
+        // The first piece ends on a 16-byte page offset (1024 - 5 % 16).
+        assert_eq!(d[0], RunDesc { offset: 5, len: 1019, data_offset: 0 });
+        assert_eq!(d[2], RunDesc { offset: 5 + 2043, len: 457, data_offset: 2043 });
         assert_eq!(d[3], RunDesc { offset: 3000, len: 1, data_offset: 2500 });
     }
 }
