@@ -163,7 +163,7 @@ fn main() -> Result<()> {
             };
             let touched = p.touched() as usize;
             let src = vec![1u8; len];
-            let mut page = vec![0u8; len];
+            let mut page = PageAllocator::default().alloc(len)?;
             let reps = n.max(1);
             let ((), apply) = timed(|| {
                 for _ in 0..reps {

@@ -158,6 +158,19 @@ impl PageAllocator {
     /// [`crate::Error::InvalidPage`] for a zero or impossibly large length;
     /// [`crate::Error::InvalidPage`] too when the system is out of memory.
     pub fn alloc(&self, len: usize) -> crate::Result<PageBuf> {
+        let (buf, reused) = self.take(len)?;
+        if reused {
+            // SAFETY: the block has `cap >= len` writable bytes owned by `buf`.
+            unsafe { std::ptr::write_bytes(buf.ptr.as_ptr(), 0, len) };
+        }
+        Ok(buf)
+    }
+
+    /// A buffer of `len` bytes whose contents are those of a fresh (zeroed)
+    /// or reused block (`true`): always initialised bytes (every block
+    /// starts zeroed and is only written through slices), but stale ones
+    /// when reused, so callers overwrite every byte before handing it out.
+    fn take(&self, len: usize) -> crate::Result<(PageBuf, bool)> {
         if len == 0 {
             return Err(crate::Error::InvalidPage { reason: "page length must be at least 1 byte".into() });
         }
@@ -173,7 +186,7 @@ impl PageAllocator {
             let mut u = self.inner.unpooled.lock();
             u.0 += 1;
             u.2 += cap as u64;
-            return Ok(PageBuf { ptr, len, cap, pool: self.clone() });
+            return Ok((PageBuf { ptr, len, cap, pool: self.clone() }, false));
         };
         let home = my_shard();
         let mut list = self.inner.shards[home].classes[class].lock();
@@ -188,14 +201,14 @@ impl PageAllocator {
             });
             list = self.inner.shards[home].classes[class].lock();
         }
+        let hit = reused.is_some();
         let ptr = match reused {
             Some((ptr, from)) => {
                 list.hits += 1;
                 drop(list);
                 self.inner.shards[from].pooled_bytes.fetch_sub(cap as i64, Ordering::Relaxed);
-                // SAFETY: ptr came from a free list of this class: `cap`
-                // writable bytes owned by us; len <= cap.
-                unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+                // The block came from a free list of this class: `cap`
+                // writable bytes, now owned by the new buffer.
                 ptr
             }
             None => {
@@ -214,15 +227,15 @@ impl PageAllocator {
                 }
             }
         };
-        Ok(PageBuf { ptr, len, cap, pool: self.clone() })
+        Ok((PageBuf { ptr, len, cap, pool: self.clone() }, hit))
     }
 
-    /// A buffer holding a copy of `bytes`.
+    /// A buffer holding a copy of `bytes` (copied in once, not zeroed first).
     ///
     /// # Errors
     /// As [`PageAllocator::alloc`].
     pub fn alloc_copy(&self, bytes: &[u8]) -> crate::Result<PageBuf> {
-        let mut buf = self.alloc(bytes.len())?;
+        let (mut buf, _) = self.take(bytes.len())?;
         buf.copy_from_slice(bytes);
         Ok(buf)
     }
@@ -361,6 +374,20 @@ mod tests {
         assert!(c.iter().all(|&x| x == 0), "reused buffers are zeroed");
         let s = a.stats();
         assert_eq!((s.pool_hits, s.pool_misses, s.live_buffers, s.live_bytes), (1, 1, 1, 128));
+    }
+
+    #[test]
+    fn copies_replace_every_stale_byte() {
+        let a = PageAllocator::new(8 << 20);
+        let mut b = a.alloc(200).unwrap();
+        b.fill(0xEE);
+        drop(b);
+        let src: Vec<u8> = (0..150u8).collect();
+        let c = a.alloc_copy(&src).unwrap();
+        assert_eq!(&c[..], &src[..]);
+        assert_eq!(a.stats().pool_hits, 1, "the stale block was reused");
+        drop(c);
+        assert!(a.alloc(256).unwrap().iter().all(|&x| x == 0), "plain allocations are zeroed");
     }
 
     #[test]

@@ -292,11 +292,7 @@ impl Payload {
         self.check(page.len() as u64)?;
         match self {
             Payload::Full(b) => page.copy_from_slice(b),
-            Payload::Sparse(s) => {
-                for (r, bytes) in s.iter() {
-                    page[r.offset as usize..(r.offset + r.len) as usize].copy_from_slice(bytes);
-                }
-            }
+            Payload::Sparse(s) => crate::simd::copy_runs(page, &s.runs, &s.data),
             Payload::Dense(d) => blend(page, &d.data, d.mask_words()),
         }
         Ok(())

@@ -1,10 +1,13 @@
-//! Runtime-dispatched vector kernels for the two hottest byte loops: the
-//! dense masked blend and the CRC32C of small log records.
+//! Runtime-dispatched vector kernels for the hottest byte loops: the dense
+//! masked blend, the run copy of sparse deltas and the CRC32C of small log
+//! records.
 //!
 //! Each kernel has a portable scalar version, which is the reference (and
 //! what Miri and non-x86 targets run); the x86_64 versions are chosen at run
 //! time by CPU feature detection and give bit-identical results (tested
 //! against the scalar versions with proptest).
+
+use crate::delta::Run;
 
 /// Expands 8 mask bits into a 64-bit byte mask (bit `i` → byte `i` = 0xFF).
 const EXPAND: [u64; 256] = {
@@ -100,6 +103,63 @@ fn blend_tail(dst: &mut [u8], src: &[u8], m: u64) {
     }
 }
 
+/// Copy the bytes of each run into `page`, `data` holding the runs' bytes
+/// one after the other. Stops at the first run that does not fit `page` or
+/// whose bytes `data` lacks (a valid sparse delta has none; the caller
+/// checks first), so it is safe for any input.
+#[inline]
+pub(crate) fn copy_runs(page: &mut [u8], runs: &[Run], data: &[u8]) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        if runs.len() >= 4 && std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU supports AVX-512BW (checked just above).
+            unsafe { x86::copy_runs_avx512(page, runs, data) };
+            return;
+        }
+    }
+    copy_runs_scalar(page, runs, data);
+}
+
+/// The portable run copy: runs of up to 64 bytes with two overlapping
+/// fixed-size moves (inline, no `memcpy` call), longer ones with `memcpy`.
+pub(crate) fn copy_runs_scalar(page: &mut [u8], runs: &[Run], data: &[u8]) {
+    let mut at = 0usize;
+    for r in runs {
+        let (o, n) = (r.offset as usize, r.len as usize);
+        let (Some(dst), Some(src)) = (page.get_mut(o..o.saturating_add(n)), data.get(at..at + n)) else {
+            return;
+        };
+        copy_short(dst, src);
+        at += n;
+    }
+}
+
+/// `dst.copy_from_slice(src)` (equal lengths), inline up to 64 bytes.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    // Head and tail blocks of K bytes; they overlap when the length < 2K.
+    fn two<const K: usize>(dst: &mut [u8], src: &[u8]) {
+        let n = dst.len();
+        if let (Ok(h), Ok(t)) = (<[u8; K]>::try_from(&src[..K]), <[u8; K]>::try_from(&src[n - K..])) {
+            dst[..K].copy_from_slice(&h);
+            dst[n - K..].copy_from_slice(&t);
+        }
+    }
+    match dst.len() {
+        0 => {}
+        1..=3 => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s;
+            }
+        }
+        4..=7 => two::<4>(dst, src),
+        8..=15 => two::<8>(dst, src),
+        16..=31 => two::<16>(dst, src),
+        32..=64 => two::<32>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// CRC32C (Castagnoli) of `bytes`, identical to `crc32c::crc32c`.
 #[inline]
 pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
@@ -117,6 +177,7 @@ pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
 
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 mod x86 {
+    use crate::delta::Run;
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -176,6 +237,38 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU must support AVX-512BW (and F).
+    #[target_feature(enable = "avx512f,avx512bw,bmi2")]
+    pub(super) unsafe fn copy_runs_avx512(page: &mut [u8], runs: &[Run], data: &[u8]) {
+        let (d, s) = (page.as_mut_ptr(), data.as_ptr());
+        let (plen, dlen) = (page.len() as u64, data.len() as u64);
+        let mut at = 0u64;
+        for r in runs {
+            let (o, n) = (r.offset, r.len);
+            // Bounds first: with them every access below stays inside the
+            // two slices.
+            if n > plen || o > plen - n || n > dlen - at {
+                return;
+            }
+            if n <= 64 {
+                // One masked load and one masked store: the lanes past `n`
+                // are masked off, and masked-off lanes neither fault nor write.
+                let k: __mmask64 = _bzhi_u64(u64::MAX, n as u32);
+                // SAFETY: bytes o .. o + n of the page and at .. at + n of
+                // data are in bounds (checked above); only they are touched.
+                unsafe {
+                    let v = _mm512_maskz_loadu_epi8(k, s.add(at as usize).cast());
+                    _mm512_mask_storeu_epi8(d.add(o as usize).cast(), k, v);
+                }
+            } else {
+                // SAFETY: as above; the ranges are in different slices.
+                unsafe { core::ptr::copy_nonoverlapping(s.add(at as usize), d.add(o as usize), n as usize) };
+            }
+            at += n;
+        }
+    }
+
+    /// # Safety
     /// The CPU must support AVX-512BW (and F); `dst.len() == src.len()` and
     /// `words` holds at least `dst.len() / 64` words.
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -187,11 +280,11 @@ mod x86 {
                 continue;
             }
             // SAFETY: i * 64 + 64 <= full * 64 <= len of both slices;
-            // unaligned loads and stores are allowed.
+            // unaligned loads and stores are allowed, and the masked store
+            // writes only the selected bytes (the page is not read).
             unsafe {
                 let sv = _mm512_loadu_si512(s.add(i * 64).cast());
-                let dv = _mm512_loadu_si512(d.add(i * 64).cast());
-                _mm512_storeu_si512(d.add(i * 64).cast(), _mm512_mask_mov_epi8(dv, m, sv));
+                _mm512_mask_storeu_epi8(d.add(i * 64).cast(), m, sv);
             }
         }
         let tail = full * 64;
@@ -223,6 +316,42 @@ mod tests {
             blend(&mut a, &src, words);
             blend_scalar(&mut b, &src, words);
             prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn run_copy_matches_scalar(
+            lens in proptest::collection::vec(0u64..200, 0..40),
+            gaps in proptest::collection::vec(0u64..70, 40),
+            extra in 0u64..3,
+        ) {
+            // Runs from lengths and gaps; `extra` > 0 makes the last run (or
+            // the data) too short, which both versions must stop at.
+            let mut runs = Vec::new();
+            let mut at = 0u64;
+            for (l, g) in lens.iter().zip(&gaps) {
+                at += g;
+                runs.push(Run { offset: at, len: *l });
+                at += l;
+            }
+            let total: u64 = lens.iter().sum();
+            let page_len = (at + 7).saturating_sub(if extra == 1 { 8 } else { 0 });
+            let data_len = total.saturating_sub(if extra == 2 { 1 } else { 0 });
+            let data: Vec<u8> = (0..data_len).map(|i| (i * 31 + 7) as u8).collect();
+            let seed: Vec<u8> = (0..page_len).map(|i| (i * 13) as u8).collect();
+            let (mut a, mut b) = (seed.clone(), seed.clone());
+            copy_runs(&mut a, &runs, &data);
+            copy_runs_scalar(&mut b, &runs, &data);
+            prop_assert_eq!(&a, &b);
+            if extra == 0 {
+                let mut want = seed.clone();
+                let mut k = 0usize;
+                for r in &runs {
+                    let (o, n) = (r.offset as usize, r.len as usize);
+                    want[o..o + n].copy_from_slice(&data[k..k + n]);
+                    k += n;
+                }
+                prop_assert_eq!(a, want);
+            }
         }
 
         #[test]
