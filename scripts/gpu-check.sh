@@ -21,6 +21,10 @@ build() {
     cargo nextest archive --release -p mmsb -p mmsb-tests --archive-file "$DEV/tests.tar.zst"
     cargo build --release -p mmsb --example gpu_bench
     cp target/release/examples/gpu_bench "$DEV/"
+    # The CLI, for `mmsb bench --quick` on the device's host: CPU and GPU
+    # rows of one run, on an idle machine.
+    cargo build --release --bin mmsb
+    cp target/release/mmsb "$DEV/"
     cp /usr/local/bin/cargo-nextest "$DEV/"
     echo "gpu-check: built $DEV:"
     ls -l "$DEV"
@@ -51,7 +55,7 @@ device() {
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
     # STEPS (space-separated names) picks a subset; all steps by default.
-    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch} "
+    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch mmsbbench} "
     step() {
         local name=$1 limit=$2
         shift 2
@@ -72,18 +76,20 @@ device() {
     # without the out-of-memory test, whose failing cuMemAlloc is its point
     # (memcheck reports every failed API call).
     local filt=(-E 'test(/gpu/) & not (test(gpu_hundred_thousand_small_deltas_match_cpu) | test(gpu_large_page_matches_cpu) | test(gpu_memory_when_a_device_page_cannot_fit))')
-    local st=${SANITIZER_TIMEOUT:-100}
+    local st=${SANITIZER_TIMEOUT:-80}
 
-    # Step limits add up to 60 + 60 + 60 + 3 x 100 = 480 s, inside one
+    # Step limits add up to 60 + 60 + 60 + 90 + 3 x 80 = 510 s, inside one
     # 600 s device call with room for start-up and the summary (measured on
-    # an H200: tests 17 s, bench 3 s, torch 10 s). Benchmarks run before the
-    # sanitizers so that a slow sanitizer never costs the figures.
-    echo "gpu-check: step limits total $((60 + 60 + 60 + 3 * st)) s"
+    # an H100: tests 17 s, bench 3 s, torch 10 s, mmsb bench 30 s, each
+    # sanitizer under 60 s). Benchmarks run before the sanitizers so that a
+    # slow sanitizer never costs the figures.
+    echo "gpu-check: step limits total $((60 + 60 + 60 + 90 + 3 * st)) s"
     # Every test of the archive except the kill loop, whose child binary is
     # not part of a nextest archive (CI runs it on the build machine).
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
     step bench 60 target/device/gpu_bench --mib "${BENCH_MIB:-256}" --iters 20
     step torch 60 python3 scripts/torch_peer.py --mib "${BENCH_MIB:-256}" --iters 20
+    step mmsbbench 90 target/device/mmsb bench --quick --json "$OUT/mmsb-bench.json"
     step memcheck "$st" compute-sanitizer --tool memcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step racecheck "$st" compute-sanitizer --tool racecheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step initcheck "$st" compute-sanitizer --tool initcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
@@ -97,6 +103,9 @@ device() {
         grep -h "ERROR SUMMARY" "$OUT"/memcheck.log "$OUT"/racecheck.log "$OUT"/initcheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h "RACECHECK SUMMARY" "$OUT"/racecheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h 'latency\|_e2e' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
+        echo
+        echo "mmsb bench --quick on this host ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs):"
+        sed -n '/^benchmark /,/^GPU rows/p' "$OUT/mmsbbench.log" 2>/dev/null | grep -v '^gpu_' || true
         echo
         echo "card: $card"
         printf '%-40s %10s %8s\n' name GB/s ratio

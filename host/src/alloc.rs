@@ -2,13 +2,14 @@
 //!
 //! Page bytes live in [`PageBuf`]s handed out by a [`PageAllocator`]. Requests
 //! up to [`MAX_POOLED_CLASS`] bytes are rounded up to a power-of-two class;
-//! a dropped buffer goes back to its class's free list (while the pool holds
-//! less than its byte budget) and is handed out again, zeroed, by the next
-//! request of that class. Larger buffers are allocated and freed directly.
+//! a dropped buffer goes back to its class's free list in its home shard
+//! (while that shard holds less than its share of the byte budget) and is
+//! handed out again, zeroed, by the next request of that class. Larger
+//! buffers are allocated and freed directly.
 //!
 //! This module, `simd` and `gpu/` are the only places with `unsafe` code.
 
-use crate::sync::{AtomicI64, Mutex, Ordering};
+use crate::sync::Mutex;
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -39,8 +40,7 @@ pub struct AllocStats {
     pub pool_misses: u64,
 }
 
-/// One size class of one shard: its free buffers and its counters, all
-/// under one lock (one uncontended lock per allocation, no shared atomics).
+/// One size class of one shard: its free buffers and its counters.
 #[derive(Default)]
 struct ClassList {
     free: Vec<NonNull<u8>>,
@@ -50,48 +50,90 @@ struct ClassList {
     returned: u64,
 }
 
-/// Free lists of one shard. Threads are spread over shards so that
-/// concurrent allocators rarely touch the same lock or cache line.
+/// Everything one shard guards with its one lock.
+struct ShardState {
+    classes: [ClassList; NUM_CLASSES],
+    /// Bytes in this shard's free lists, for the budget check.
+    pooled_bytes: u64,
+    /// Buffers too large to pool: (taken, returned, bytes live).
+    unpooled: (u64, u64, u64),
+}
+
+/// Free lists of one shard. Threads are spread over shards, and a buffer
+/// holds its home shard (not the whole pool), so concurrent threads rarely
+/// touch the same lock, counter or cache line: one uncontended lock on
+/// allocation, one on free, and the shard's reference count.
 #[repr(align(128))]
 struct Shard {
-    classes: [Mutex<ClassList>; NUM_CLASSES],
-    /// Bytes in this shard's free lists, for the budget check.
-    pooled_bytes: AtomicI64,
+    state: Mutex<ShardState>,
+    /// Byte budget of this shard's free lists (the pool budget / SHARDS).
+    budget: u64,
+}
+
+// SAFETY: the raw pointers in the free lists are exclusively owned, unaliased
+// heap blocks; every access to a list goes through the shard's mutex.
+unsafe impl Send for Shard {}
+// SAFETY: as above; shared access only reaches the lists through the mutex.
+unsafe impl Sync for Shard {}
+
+impl Shard {
+    /// Return a block of `cap` bytes: to its class's free list while the
+    /// shard's budget allows, otherwise to the system.
+    fn release(&self, ptr: NonNull<u8>, cap: usize) {
+        let mut st = self.state.lock();
+        match class_of(cap).filter(|&c| class_size(c) == cap) {
+            Some(class) => {
+                st.classes[class].returned += 1;
+                if st.pooled_bytes + cap as u64 <= self.budget {
+                    st.pooled_bytes += cap as u64;
+                    st.classes[class].free.push(ptr);
+                    return;
+                }
+            }
+            None => {
+                st.unpooled.1 += 1;
+                st.unpooled.2 -= cap as u64;
+            }
+        }
+        drop(st);
+        // SAFETY: ptr was allocated with layout(cap) and is no longer used.
+        unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) };
+    }
+
+    /// Pop a free block of `class`, adjusting the budget count.
+    fn pop(&self, class: usize) -> Option<NonNull<u8>> {
+        let mut st = self.state.lock();
+        let p = st.classes[class].free.pop()?;
+        st.pooled_bytes -= class_size(class) as u64;
+        Some(p)
+    }
+
+    /// Free every pooled block.
+    fn trim(&self) {
+        let mut drained = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.pooled_bytes = 0;
+            for (class, list) in st.classes.iter_mut().enumerate() {
+                drained.extend(std::mem::take(&mut list.free).into_iter().map(|p| (p, class)));
+            }
+        }
+        for (ptr, class) in drained {
+            // SAFETY: an owned block of `class`, allocated with layout(class_size(class)).
+            unsafe { alloc::dealloc(ptr.as_ptr(), layout(class_size(class))) };
+        }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.trim();
+    }
 }
 
 /// Number of shards (a power of two; two under the loom model checker, to
 /// keep its state space small while still exercising stealing).
 const SHARDS: usize = if cfg!(loom) { 2 } else { 8 };
-
-struct Inner {
-    shards: [Shard; SHARDS],
-    /// Counters of buffers too large to pool: (taken, returned, bytes live).
-    unpooled: Mutex<(u64, u64, u64)>,
-    /// Byte budget of each shard's free lists (the pool budget / SHARDS).
-    shard_budget: i64,
-}
-
-// SAFETY: the raw pointers in the free lists are exclusively owned, unaliased
-// heap blocks; every access to a list goes through its mutex.
-unsafe impl Send for Inner {}
-// SAFETY: as above; shared access only reaches the lists through mutexes and
-// the budget counters are atomics.
-unsafe impl Sync for Inner {}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        for shard in &self.shards {
-            for (class, list) in shard.classes.iter().enumerate() {
-                let size = class_size(class);
-                for ptr in std::mem::take(&mut list.lock().free) {
-                    // SAFETY: every pointer in list `class` was allocated with
-                    // `layout(size)` and is owned by the list.
-                    unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
-                }
-            }
-        }
-    }
-}
 
 /// The shard of the calling thread: assigned round-robin at first use.
 fn my_shard() -> usize {
@@ -101,7 +143,7 @@ fn my_shard() -> usize {
 /// A thread-safe pool of page buffers. Cloning shares the pool.
 #[derive(Clone)]
 pub struct PageAllocator {
-    inner: Arc<Inner>,
+    shards: Arc<[Arc<Shard>; SHARDS]>,
 }
 
 impl std::fmt::Debug for PageAllocator {
@@ -144,12 +186,17 @@ fn capacity_for(len: usize) -> Option<usize> {
 impl PageAllocator {
     /// A pool whose free lists hold at most `budget` bytes.
     pub fn new(budget: u64) -> Self {
-        let shard_budget = i64::try_from(budget / SHARDS as u64).unwrap_or(i64::MAX);
-        let shards = std::array::from_fn(|_| Shard {
-            classes: std::array::from_fn(|_| Mutex::new(ClassList::default())),
-            pooled_bytes: AtomicI64::new(0),
+        let shards = std::array::from_fn(|_| {
+            Arc::new(Shard {
+                state: Mutex::new(ShardState {
+                    classes: std::array::from_fn(|_| ClassList::default()),
+                    pooled_bytes: 0,
+                    unpooled: (0, 0, 0),
+                }),
+                budget: budget / SHARDS as u64,
+            })
         });
-        Self { inner: Arc::new(Inner { shards, unpooled: Mutex::new((0, 0, 0)), shard_budget }) }
+        Self { shards: Arc::new(shards) }
     }
 
     /// A zeroed buffer of `len` bytes (1 ≤ len), 64-byte aligned.
@@ -177,57 +224,53 @@ impl PageAllocator {
         let cap = capacity_for(len).ok_or_else(|| crate::Error::InvalidPage {
             reason: format!("page length {len} exceeds the address space"),
         })?;
+        let home_at = my_shard();
+        let home = &self.shards[home_at];
+        let oom = || crate::Error::InvalidPage { reason: format!("out of memory allocating {cap} bytes") };
         let Some(class) = class_of(len) else {
             // SAFETY: layout has non-zero size (cap >= len >= 1).
-            let raw = unsafe { alloc::alloc_zeroed(layout(cap)) };
-            let ptr = NonNull::new(raw).ok_or_else(|| crate::Error::InvalidPage {
-                reason: format!("out of memory allocating {cap} bytes"),
-            })?;
-            let mut u = self.inner.unpooled.lock();
-            u.0 += 1;
-            u.2 += cap as u64;
-            return Ok((PageBuf { ptr, len, cap, pool: self.clone() }, false));
+            let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout(cap)) }).ok_or_else(oom)?;
+            let mut st = home.state.lock();
+            st.unpooled.0 += 1;
+            st.unpooled.2 += cap as u64;
+            drop(st);
+            return Ok((PageBuf { ptr, len, cap, shard: Arc::clone(home) }, false));
         };
-        let home = my_shard();
-        let mut list = self.inner.shards[home].classes[class].lock();
-        list.taken += 1;
-        let mut reused = list.free.pop().map(|p| (p, home));
-        if reused.is_none() {
+        let mut st = home.state.lock();
+        st.classes[class].taken += 1;
+        let mut reused = st.classes[class].free.pop();
+        if reused.is_some() {
+            st.pooled_bytes -= cap as u64;
+            st.classes[class].hits += 1;
+            drop(st);
+        } else {
             // Steal from another shard before asking the system.
-            drop(list);
-            reused = (1..SHARDS).find_map(|k| {
-                let from = (home + k) % SHARDS;
-                self.inner.shards[from].classes[class].lock().free.pop().map(|p| (p, from))
-            });
-            list = self.inner.shards[home].classes[class].lock();
+            drop(st);
+            reused = (1..SHARDS).find_map(|k| self.shards[(home_at + k) % SHARDS].pop(class));
+            let mut st = home.state.lock();
+            if reused.is_some() {
+                st.classes[class].hits += 1;
+            } else {
+                st.classes[class].misses += 1;
+            }
         }
         let hit = reused.is_some();
         let ptr = match reused {
-            Some((ptr, from)) => {
-                list.hits += 1;
-                drop(list);
-                self.inner.shards[from].pooled_bytes.fetch_sub(cap as i64, Ordering::Relaxed);
-                // The block came from a free list of this class: `cap`
-                // writable bytes, now owned by the new buffer.
-                ptr
-            }
+            // The block came from a free list of this class: `cap` writable
+            // bytes, now owned by the new buffer.
+            Some(ptr) => ptr,
             None => {
-                list.misses += 1;
-                drop(list);
                 // SAFETY: layout has non-zero size (cap >= MIN_CLASS).
-                let raw = unsafe { alloc::alloc_zeroed(layout(cap)) };
-                match NonNull::new(raw) {
+                match NonNull::new(unsafe { alloc::alloc_zeroed(layout(cap)) }) {
                     Some(p) => p,
                     None => {
-                        self.inner.shards[home].classes[class].lock().taken -= 1;
-                        return Err(crate::Error::InvalidPage {
-                            reason: format!("out of memory allocating {cap} bytes"),
-                        });
+                        home.state.lock().classes[class].taken -= 1;
+                        return Err(oom());
                     }
                 }
             }
         };
-        Ok((PageBuf { ptr, len, cap, pool: self.clone() }, hit))
+        Ok((PageBuf { ptr, len, cap, shard: Arc::clone(home) }, hit))
     }
 
     /// A buffer holding a copy of `bytes` (copied in once, not zeroed first).
@@ -244,64 +287,29 @@ impl PageAllocator {
     /// have returned).
     pub fn stats(&self) -> AllocStats {
         let mut st = AllocStats::default();
-        for shard in &self.inner.shards {
-            for (class, list) in shard.classes.iter().enumerate() {
-                let l = list.lock();
-                let size = class_size(class) as u64;
-                st.pooled_bytes += l.free.len() as u64 * size;
+        for shard in self.shards.iter() {
+            let s = shard.state.lock();
+            st.pooled_bytes += s.pooled_bytes;
+            for (class, l) in s.classes.iter().enumerate() {
                 st.pool_hits += l.hits;
                 st.pool_misses += l.misses;
-                // Taken in one shard, returned in another: sum signed.
-                let live = l.taken as i64 - l.returned as i64;
-                st.live_buffers = st.live_buffers.wrapping_add(live as u64);
-                st.live_bytes = st.live_bytes.wrapping_add((live * size as i64) as u64);
+                // A buffer is taken and returned through its home shard.
+                let live = l.taken - l.returned;
+                st.live_buffers += live;
+                st.live_bytes += live * class_size(class) as u64;
             }
+            st.live_buffers += s.unpooled.0 - s.unpooled.1;
+            st.live_bytes += s.unpooled.2;
+            st.pool_misses += s.unpooled.0;
         }
-        let u = self.inner.unpooled.lock();
-        st.live_buffers = st.live_buffers.wrapping_add(u.0 - u.1);
-        st.live_bytes = st.live_bytes.wrapping_add(u.2);
-        st.pool_misses += u.0;
         st
     }
 
     /// Free every pooled (unused) buffer.
     pub fn trim(&self) {
-        for shard in &self.inner.shards {
-            for (class, list) in shard.classes.iter().enumerate() {
-                let drained: Vec<_> = std::mem::take(&mut list.lock().free);
-                let size = class_size(class);
-                shard.pooled_bytes.fetch_sub((drained.len() * size) as i64, Ordering::Relaxed);
-                for ptr in drained {
-                    // SAFETY: owned block of this class, allocated with layout(size).
-                    unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
-                }
-            }
+        for shard in self.shards.iter() {
+            shard.trim();
         }
-    }
-
-    fn release(&self, ptr: NonNull<u8>, cap: usize) {
-        match class_of(cap).filter(|&c| class_size(c) == cap) {
-            Some(class) => {
-                let shard = &self.inner.shards[my_shard()];
-                let prev = shard.pooled_bytes.fetch_add(cap as i64, Ordering::Relaxed);
-                let keep = prev + cap as i64 <= self.inner.shard_budget;
-                let mut list = shard.classes[class].lock();
-                list.returned += 1;
-                if keep {
-                    list.free.push(ptr);
-                    return;
-                }
-                drop(list);
-                shard.pooled_bytes.fetch_sub(cap as i64, Ordering::Relaxed);
-            }
-            None => {
-                let mut u = self.inner.unpooled.lock();
-                u.1 += 1;
-                u.2 -= cap as u64;
-            }
-        }
-        // SAFETY: ptr was allocated with layout(cap) and is no longer used.
-        unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) };
     }
 }
 
@@ -311,7 +319,8 @@ pub struct PageBuf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
-    pool: PageAllocator,
+    /// The home shard: the block goes back to its free lists.
+    shard: Arc<Shard>,
 }
 
 // SAFETY: PageBuf uniquely owns its heap block, like a Box<[u8]>.
@@ -344,7 +353,7 @@ impl std::ops::DerefMut for PageBuf {
 
 impl Drop for PageBuf {
     fn drop(&mut self) {
-        self.pool.release(self.ptr, self.cap);
+        self.shard.release(self.ptr, self.cap);
     }
 }
 
