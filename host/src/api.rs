@@ -257,6 +257,15 @@ pub struct Mmsb {
     gpu_apply: crate::gpu::GpuApply,
     settings: Settings,
     monitor: crate::stats::Monitor,
+    /// Releases the storage of files a checkpoint made unnecessary (their
+    /// names are already gone); joined by the next checkpoint, `stop` and drop.
+    reaper: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Mmsb {
+    fn drop(&mut self) {
+        self.join_reaper();
+    }
 }
 
 impl std::fmt::Debug for Mmsb {
@@ -302,20 +311,26 @@ impl Mmsb {
                 let _ = vfs.remove(&log_dir.join(n));
             }
         }
+        let alloc = PageAllocator::new(config.pool_budget);
         let (mut image, report, resume) = {
             let _span = tracing::info_span!("mmsb.recovery", dir = %state_dir.display()).entered();
-            crate::log::recovery::recover(vfs.as_ref(), &state_dir, config.recovery, &config.limits)?
+            crate::log::recovery::recover_with(
+                vfs.as_ref(),
+                &state_dir,
+                config.recovery,
+                &config.limits,
+                Some(&alloc),
+            )?
         };
-        let alloc = PageAllocator::new(config.pool_budget);
         let registry = Registry::default();
         for (_, p) in std::mem::take(&mut image.pages) {
             // Pages come back to the location they were checkpointed at.
+            let len = p.bytes.len() as u64;
             let storage = match p.location {
-                Location::Cpu => Storage::Host(alloc.alloc_copy(&p.bytes)?),
+                Location::Cpu => Storage::Host(p.bytes.into_page_buf(&alloc)?),
                 Location::Gpu(_) => Storage::Device(crate::gpu::page_from(p.location, &p.bytes)?),
                 Location::Unified => Storage::Unified(crate::gpu::page_from(p.location, &p.bytes)?),
             };
-            let len = p.bytes.len() as u64;
             registry.insert(Page {
                 id: p.id,
                 len,
@@ -357,6 +372,7 @@ impl Mmsb {
                 parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
             },
             monitor: crate::stats::Monitor::default(),
+            reaper: Mutex::new(None),
         };
         state.restore_graph(&image.graph)?;
         Ok(state)
@@ -389,6 +405,7 @@ impl Mmsb {
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
         let _span = tracing::info_span!("mmsb.checkpoint").entered();
         let mut clock = self.clock.lock();
+        self.join_reaper();
         self.live()?;
         let lsn = clock.log.next_lsn().0 - 1;
         let new_seq = clock.log.rotate()?;
@@ -416,22 +433,35 @@ impl Mmsb {
         let (path, pages, bytes) = w.finish()?;
         // The checkpoint is durable: older checkpoints and wholly covered
         // segments can go (a crash midway leaves extras that recovery skips).
+        // Their names go now; their blocks are freed on another thread.
         let (mut removed_segments, mut removed_checkpoints) = (0, 0);
+        let mut released = Vec::new();
         for (l, p) in crate::checkpoint::list(self.vfs.as_ref(), &dir)? {
-            if l < lsn && self.vfs.remove(&p).is_ok() {
-                removed_checkpoints += 1;
+            if l < lsn {
+                if let Ok(r) = self.vfs.remove_keep_open(&p) {
+                    removed_checkpoints += 1;
+                    released.extend(r);
+                }
             }
         }
         if let Ok(names) = self.vfs.list(&dir) {
             for n in names {
-                if crate::log::parse_segment_name(&n).is_some_and(|s| s < new_seq)
-                    && self.vfs.remove(&dir.join(&n)).is_ok()
-                {
-                    removed_segments += 1;
+                if crate::log::parse_segment_name(&n).is_some_and(|s| s < new_seq) {
+                    if let Ok(r) = self.vfs.remove_keep_open(&dir.join(&n)) {
+                        removed_segments += 1;
+                        released.extend(r);
+                    }
                 }
             }
         }
         let _ = self.vfs.sync_dir(&dir);
+        if !released.is_empty() {
+            self.join_reaper();
+            // Without a thread the files are released here, as before.
+            let handle =
+                std::thread::Builder::new().name("mmsb-release".into()).spawn(move || drop(released));
+            *self.reaper.lock() = handle.ok();
+        }
         self.monitor.checkpointed();
         Ok(CheckpointInfo {
             lsn: shared_types::Lsn(lsn),
@@ -464,7 +494,13 @@ impl Mmsb {
             let bytes = p.copy_bytes()?;
             img.pages.insert(
                 id,
-                PageImage { id, epoch: p.epoch, location: p.location, meta: p.meta.clone(), bytes },
+                PageImage {
+                    id,
+                    epoch: p.epoch,
+                    location: p.location,
+                    meta: p.meta.clone(),
+                    bytes: bytes.into(),
+                },
             );
         }
         Ok(img)
@@ -505,6 +541,7 @@ impl Mmsb {
     /// # Errors
     /// [`Error::Stopped`] when already stopped.
     pub fn stop(&self) -> Result<()> {
+        self.join_reaper();
         let mut clock = self.clock.lock();
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
@@ -517,6 +554,13 @@ impl Mmsb {
         match &self.dir {
             DirHolder::Temp(t) => t.path(),
             DirHolder::Given(p) => p,
+        }
+    }
+
+    /// Wait until the files removed by the last checkpoint are released.
+    fn join_reaper(&self) {
+        if let Some(h) = self.reaper.lock().take() {
+            let _ = h.join();
         }
     }
 
