@@ -407,8 +407,11 @@ impl Mmsb {
         let mut clock = self.clock.lock();
         self.join_reaper();
         self.live()?;
+        // A poisoned log may have lost records the pages reflect: no checkpoint.
+        if let Some(why) = clock.log.poisoned() {
+            return Err(Error::Poisoned(why.to_owned()));
+        }
         let lsn = clock.log.next_lsn().0 - 1;
-        let new_seq = clock.log.rotate()?;
         let dir = crate::log::log_dir(self.dir());
         let counters = StateImage {
             pages: Default::default(),
@@ -431,9 +434,13 @@ impl Mmsb {
             w.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
         }
         let (path, pages, bytes) = w.finish()?;
-        // The checkpoint is durable: older checkpoints and wholly covered
-        // segments can go (a crash midway leaves extras that recovery skips).
-        // Their names go now; their blocks are freed on another thread.
+        // The checkpoint is durable and covers every record so far: the log
+        // moves to a new segment without syncing the old one. Older
+        // checkpoints and the segments before the new one can go (a crash
+        // midway, or before the removals reach the disk with the next
+        // directory sync, leaves extras that recovery skips). Their names go
+        // now; their blocks are freed on another thread.
+        let new_seq = clock.log.rotate_covered()?;
         let (mut removed_segments, mut removed_checkpoints) = (0, 0);
         let mut released = Vec::new();
         for (l, p) in crate::checkpoint::list(self.vfs.as_ref(), &dir)? {
@@ -454,7 +461,6 @@ impl Mmsb {
                 }
             }
         }
-        let _ = self.vfs.sync_dir(&dir);
         if !released.is_empty() {
             self.join_reaper();
             // Without a thread the files are released here, as before.

@@ -85,6 +85,9 @@ const DIRECT_MIN: u64 = 64 << 10;
 /// ... provided their present ranges average at least this many bytes
 /// (many tiny ranges are cheaper to gather).
 const DIRECT_MIN_RANGE: u64 = 4 << 10;
+/// Pages of at least this many bytes get their data CRC during the presence
+/// scan; smaller ones are checksummed from the buffer.
+const SCAN_CRC_MIN: usize = 4 << 10;
 /// Buffered bytes are written once the buffer holds this much.
 const BUFFER_BYTES: usize = 1 << 20;
 
@@ -184,7 +187,20 @@ impl CheckpointWriter {
         bytes: &[u8],
     ) -> Result<()> {
         self.head.clear();
-        let total = encode_head(id, epoch, location, meta, bytes, &mut self.head, &mut self.ranges)?;
+        // Pages past a few KiB get their data CRC in the presence scan (one
+        // read of the page's memory) and the page CRC by combination.
+        let large = bytes.len() >= SCAN_CRC_MIN;
+        let mut data_crc = 0u32;
+        let total = encode_head(
+            id,
+            epoch,
+            location,
+            meta,
+            bytes,
+            &mut self.head,
+            &mut self.ranges,
+            large.then_some(&mut data_crc),
+        )?;
         let data_len = total - self.head.len() as u64 - 4;
         let direct = data_len >= DIRECT_MIN && data_len / self.ranges.len() as u64 >= DIRECT_MIN_RANGE;
         if !direct {
@@ -193,7 +209,11 @@ impl CheckpointWriter {
             for r in &self.ranges {
                 self.buf.extend_from_slice(&bytes[r.clone()]);
             }
-            let c = crc(&self.buf[start..]);
+            let c = if large {
+                crc_combine(crc(&self.head), data_crc, data_len)
+            } else {
+                crc(&self.buf[start..])
+            };
             put_u32(&mut self.buf, c);
             self.written += 1;
             if self.buf.len() >= BUFFER_BYTES {
@@ -201,11 +221,8 @@ impl CheckpointWriter {
             }
             return Ok(());
         }
+        let c = crc_combine(crc(&self.head), data_crc, data_len);
         self.drain()?;
-        let mut c = crc(&self.head);
-        for r in &self.ranges {
-            c = crc_append(c, &bytes[r.clone()]);
-        }
         let tail = c.to_le_bytes();
         let mut slices: Vec<&[u8]> = Vec::with_capacity(self.ranges.len() + 2);
         slices.push(&self.head);

@@ -177,9 +177,15 @@ fn block_present(b: &[u8]) -> bool {
 /// merged). The image is the head, those bytes in order, then the CRC32C of
 /// all of it; returns its total length.
 ///
+/// With `data_crc`, also returns the CRC32C of the data (the ranges'
+/// bytes in order), computed in the same pass as the presence scan, a
+/// window at a time while the window is in cache: the page's memory is read
+/// once.
+///
 /// # Errors
 /// [`Error::InvalidPage`] when the page has more blocks than the format's
 /// 32-bit run lengths can describe (pages over 256 GiB).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_head(
     id: PageId,
     epoch: Epoch,
@@ -188,7 +194,10 @@ pub(crate) fn encode_head(
     bytes: &[u8],
     out: &mut Vec<u8>,
     data: &mut Vec<Range<usize>>,
+    mut data_crc: Option<&mut u32>,
 ) -> Result<u64> {
+    /// Blocks scanned between two CRC updates (16 KiB: well within L1/L2).
+    const WINDOW: usize = 256;
     let nblocks = bytes.len().div_ceil(BLOCK);
     if u32::try_from(nblocks).is_err() {
         return Err(Error::InvalidPage {
@@ -196,29 +205,44 @@ pub(crate) fn encode_head(
         });
     }
     data.clear();
+    // Alternating absent and present runs, starting with absent; each
+    // present run is one data range.
+    let n = bytes.len();
+    let present_at = |k: usize| block_present(&bytes[k * BLOCK..((k + 1) * BLOCK).min(n)]);
     let mut runs: Vec<u32> = Vec::new();
-    let mut present = false;
-    let mut cur: u32 = 0;
     let mut data_len: u64 = 0;
-    for (k, b) in bytes.chunks(BLOCK).enumerate() {
-        let p = block_present(b);
-        if p != present {
-            runs.push(cur);
-            cur = 0;
-            present = p;
+    let mut k = 0;
+    loop {
+        let start = k;
+        while k < nblocks && !present_at(k) {
+            k += 1;
         }
-        cur += 1;
-        if p {
-            let from = k * BLOCK;
-            let to = from + b.len();
-            data_len += b.len() as u64;
-            match data.last_mut() {
-                Some(r) if r.end == from => r.end = to,
-                _ => data.push(from..to),
+        runs.push((k - start) as u32);
+        if k == nblocks {
+            break;
+        }
+        let start = k;
+        let mut crc_from = start * BLOCK;
+        while k < nblocks && present_at(k) {
+            k += 1;
+            if (k - start) % WINDOW == 0 {
+                if let Some(c) = data_crc.as_deref_mut() {
+                    *c = crc_append(*c, &bytes[crc_from..k * BLOCK]);
+                    crc_from = k * BLOCK;
+                }
             }
         }
+        runs.push((k - start) as u32);
+        let range = start * BLOCK..(k * BLOCK).min(n);
+        if let Some(c) = data_crc.as_deref_mut() {
+            *c = crc_append(*c, &bytes[crc_from..range.end]);
+        }
+        data_len += range.len() as u64;
+        data.push(range);
+        if k == nblocks {
+            break;
+        }
     }
-    runs.push(cur);
     let mlen = metadata_len(meta);
     let total = PAGE_HEAD_LEN as u64 + mlen as u64 + 4 * runs.len() as u64 + data_len + 4;
     out.reserve(PAGE_HEAD_LEN + mlen + 4 * runs.len());
@@ -255,7 +279,7 @@ pub fn encode_page(
 ) -> Result<()> {
     let start = out.len();
     let mut data = Vec::new();
-    let total = encode_head(id, epoch, location, meta, bytes, out, &mut data)?;
+    let total = encode_head(id, epoch, location, meta, bytes, out, &mut data, None)?;
     out.reserve((total as usize).saturating_sub(out.len() - start));
     for r in data {
         out.extend_from_slice(&bytes[r]);
@@ -367,7 +391,19 @@ pub(crate) fn read_page(
     pos += data_len;
     let mut stored = [0u8; 4];
     src.read_exact_at(&mut stored, pos).map_err(|e| io_err(e, base + total - 4))?;
-    let c = crc_append(crc_append(crc(&head), &mid), &bytes[..data_n]);
+    // One pass over the packed data, a window at a time while it is in
+    // cache: the CRC, and the first all-zero block (in the packed data every
+    // 64-byte chunk is one block: ranges are whole blocks but for the
+    // page's short last block, which comes last).
+    const WINDOW: usize = 16 << 10;
+    let mut c = crc_append(crc(&head), &mid);
+    let mut zero_chunk: Option<usize> = None;
+    for (w, win) in bytes[..data_n].chunks(WINDOW).enumerate() {
+        c = crc_append(c, win);
+        if zero_chunk.is_none() {
+            zero_chunk = win.chunks(BLOCK).position(|b| !block_present(b)).map(|j| w * (WINDOW / BLOCK) + j);
+        }
+    }
     if c != u32::from_le_bytes(stored) {
         return Err(Error::corrupt_at(base + total - 4, "page image CRC mismatch"));
     }
@@ -409,6 +445,18 @@ pub(crate) fn read_page(
     if block != nblocks || packed != data_n || runs.is_empty() {
         return Err(Error::corrupt_at(runs_at, "block runs do not cover the page exactly"));
     }
+    if let Some(z) = zero_chunk {
+        let mut packed_at = 0usize;
+        let mut block = 0usize;
+        for &(from, to) in &present_ranges {
+            if z * BLOCK < packed_at + (to - from) {
+                block = (from + z * BLOCK - packed_at) / BLOCK;
+                break;
+            }
+            packed_at += to - from;
+        }
+        return Err(Error::corrupt_at(runs_at, format!("present block {block} is all zero (non-canonical)")));
+    }
     // Move each present range from its packed position to its place, last
     // first (a range only ever moves up, past the ones before it), then
     // clear the gaps the packed bytes leave behind.
@@ -426,16 +474,6 @@ pub(crate) fn read_page(
         prev_end = to;
     }
     bytes[prev_end..].fill(0);
-    for &(from, to) in &present_ranges {
-        for (k, b) in bytes[from..to].chunks(BLOCK).enumerate() {
-            if !block_present(b) {
-                return Err(Error::corrupt_at(
-                    runs_at,
-                    format!("present block {} is all zero (non-canonical)", from / BLOCK + k),
-                ));
-            }
-        }
-    }
     Ok((PageImage { id, epoch, location, meta, bytes }, total, whole_crc))
 }
 
