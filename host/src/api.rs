@@ -216,7 +216,13 @@ struct Clock {
     timestamp: u64,
     log: LogWriter,
     deps: Deps,
+    /// An emptied change list kept by `commit` for the next propagation's
+    /// derived deltas (a multi-KiB allocation per propagation otherwise).
+    spare_changes: Vec<Change>,
 }
+
+/// Change lists up to this many entries are kept for reuse.
+const SPARE_CHANGES_MAX: usize = 1 << 12;
 
 enum DirHolder {
     Temp(tempfile::TempDir),
@@ -359,6 +365,7 @@ impl Mmsb {
                 timestamp: image.timestamp,
                 log,
                 deps: Deps::default(),
+                spare_changes: Vec::new(),
             }),
             stopped: AtomicBool::new(false),
             vfs,
@@ -670,7 +677,8 @@ impl Mmsb {
 
         // Immediate propagation is planned on staged copies before anything
         // is applied: if a recompute fails, the batch is refused whole.
-        let mut derived = Vec::new();
+        // The output buffer is reused across propagations.
+        let mut derived = std::mem::take(&mut clock.deps.scratch.derived);
         let mut planned = None;
         if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
             let Deps { graph, functions, scratch } = &mut clock.deps;
@@ -715,20 +723,22 @@ impl Mmsb {
             })
             .collect();
         let Some((stats, t0)) = planned else {
+            clock.deps.scratch.derived = derived;
             self.commit(clock, changes, &mut guards)?;
             return Ok(results);
         };
         // Lock the derived pages the batch does not hold yet.
-        let cells: Vec<(PageId, PageCell)> = derived
-            .iter()
-            .filter(|d| ids.binary_search(&d.page).is_err())
-            .map(|d| clock.deps.graph.cell(d.node).map(|c| (d.page, c)))
-            .collect::<Result<_>>()?;
+        let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
+        for d in derived.iter().filter(|d| ids.binary_search(&d.page).is_err()) {
+            cells.push((d.page, clock.deps.graph.cell(d.node)?));
+        }
         let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
+        all.reserve(cells.len());
         all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
         all.sort_unstable_by_key(|(id, _)| *id);
         self.commit(clock, changes, &mut all)?;
-        self.commit_derived(clock, derived, stats, t0, &mut all)?;
+        self.commit_derived(clock, &mut derived, stats, t0, &mut all)?;
+        clock.deps.scratch.derived = derived;
         Ok(results)
     }
 
@@ -737,7 +747,7 @@ impl Mmsb {
     fn commit_derived(
         &self,
         clock: &mut Clock,
-        derived: Vec<Derived>,
+        derived: &mut Vec<Derived>,
         mut stats: PropagationStats,
         t0: Instant,
         guards: &mut [(PageId, PageGuard<'_>)],
@@ -746,21 +756,18 @@ impl Mmsb {
         if listen {
             self.events.send(Event::PropagationStarted { dirty: stats.dirty });
         }
-        let changes = derived
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| {
-                Change::Apply(Delta {
-                    id: DeltaId(clock.next_delta + i as u64),
-                    page: d.page,
-                    base_epoch: None,
-                    payload: d.payload,
-                    source: Source::Propagation(d.provenance),
-                    tag: None,
-                    timestamp: clock.timestamp + 1 + i as u64,
-                })
+        let mut changes = std::mem::take(&mut clock.spare_changes);
+        changes.extend(derived.drain(..).enumerate().map(|(i, d)| {
+            Change::Apply(Delta {
+                id: DeltaId(clock.next_delta + i as u64),
+                page: d.page,
+                base_epoch: None,
+                payload: d.payload,
+                source: Source::Propagation(d.provenance),
+                tag: None,
+                timestamp: clock.timestamp + 1 + i as u64,
             })
-            .collect();
+        }));
         self.commit(clock, changes, guards)?;
         clock.deps.graph.clear_pending();
         stats.duration = t0.elapsed();
@@ -783,15 +790,17 @@ impl Mmsb {
     fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
         let _span = tracing::debug_span!("mmsb.propagate").entered();
         let t0 = Instant::now();
-        let mut derived = Vec::new();
         let Deps { graph, functions, scratch } = &mut clock.deps;
+        let mut derived = std::mem::take(&mut scratch.derived);
         scratch.begin(graph.bound());
         let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
         let cells: Vec<(PageId, PageCell)> =
             derived.iter().map(|d| graph.cell(d.node).map(|c| (d.page, c))).collect::<Result<_>>()?;
         let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
         guards.sort_unstable_by_key(|(id, _)| *id);
-        self.commit_derived(clock, derived, stats, t0, &mut guards)
+        let stats = self.commit_derived(clock, &mut derived, stats, t0, &mut guards)?;
+        clock.deps.scratch.derived = derived;
+        Ok(stats)
     }
 
     /// Bring every derived page up to date: recompute the pages below the
@@ -1103,12 +1112,16 @@ impl Mmsb {
         }
         clock.log.append(&changes)?;
         clock.log.commit()?;
-        for change in changes {
+        let mut changes = changes;
+        for change in changes.drain(..) {
             if let Err(e) = self.apply_change(clock, change, guards) {
                 // Logged but not applied: memory and log disagree from here on.
                 clock.log.poison_with(format!("a logged change could not be applied: {e}"));
                 return Err(e);
             }
+        }
+        if changes.capacity() <= SPARE_CHANGES_MAX && changes.capacity() > clock.spare_changes.capacity() {
+            clock.spare_changes = changes;
         }
         // GPU pages queue their deltas; Immediate applies them before the
         // commit returns. A failed flush loses queued deltas that are
