@@ -84,9 +84,9 @@ impl Drop for Inner {
             for (class, list) in shard.classes.iter().enumerate() {
                 let size = class_size(class);
                 for ptr in std::mem::take(&mut list.lock().free) {
-                    // SAFETY: every pointer in list `class` came from
-                    // `sys_alloc_zeroed(size)` and is owned by the list.
-                    unsafe { sys_free(ptr.as_ptr(), size) };
+                    // SAFETY: every pointer in list `class` was allocated with
+                    // `layout(size)` and is owned by the list.
+                    unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
                 }
             }
         }
@@ -133,58 +133,6 @@ fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, PAGE_ALIGN).expect("page sizes are checked before layout")
 }
 
-/// Buffers of at least this capacity come straight from the OS as an
-/// anonymous mapping: already zero (no memset over fresh memory) and
-/// populated in one call instead of one page fault per 4 KiB.
-const MAP_MIN: usize = 256 << 10;
-
-/// Whether a buffer of capacity `cap` is a mapping of its own.
-#[inline]
-fn mapped(cap: usize) -> bool {
-    cfg!(all(target_os = "linux", not(miri))) && cap >= MAP_MIN
-}
-
-/// `cap` zeroed bytes aligned to [`PAGE_ALIGN`] (`cap` >= [`MIN_CLASS`], a
-/// multiple of [`PAGE_ALIGN`]); null when out of memory. Freed by
-/// [`sys_free`] with the same `cap`.
-fn sys_alloc_zeroed(cap: usize) -> *mut u8 {
-    #[cfg(all(target_os = "linux", not(miri)))]
-    if mapped(cap) {
-        // SAFETY: a fresh private anonymous mapping: no address hint, no
-        // file; the kernel returns page-aligned zeroed memory or MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                cap,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        return if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() };
-    }
-    // SAFETY: the layout has a non-zero size (cap >= MIN_CLASS).
-    unsafe { alloc::alloc_zeroed(layout(cap)) }
-}
-
-/// Free a block from [`sys_alloc_zeroed`].
-///
-/// # Safety
-/// `ptr` came from `sys_alloc_zeroed(cap)`, is not used afterwards and not
-/// freed twice.
-unsafe fn sys_free(ptr: *mut u8, cap: usize) {
-    #[cfg(all(target_os = "linux", not(miri)))]
-    if mapped(cap) {
-        // SAFETY: ptr..ptr+cap is exactly one mapping made by
-        // sys_alloc_zeroed, no longer used (caller's contract).
-        unsafe { libc::munmap(ptr.cast(), cap) };
-        return;
-    }
-    // SAFETY: ptr came from alloc_zeroed(layout(cap)) (caller's contract).
-    unsafe { alloc::dealloc(ptr, layout(cap)) }
-}
-
 /// Capacity actually reserved for a `len`-byte request.
 fn capacity_for(len: usize) -> Option<usize> {
     match class_of(len) {
@@ -217,7 +165,8 @@ impl PageAllocator {
             reason: format!("page length {len} exceeds the address space"),
         })?;
         let Some(class) = class_of(len) else {
-            let raw = sys_alloc_zeroed(cap);
+            // SAFETY: layout has non-zero size (cap >= len >= 1).
+            let raw = unsafe { alloc::alloc_zeroed(layout(cap)) };
             let ptr = NonNull::new(raw).ok_or_else(|| crate::Error::InvalidPage {
                 reason: format!("out of memory allocating {cap} bytes"),
             })?;
@@ -252,7 +201,8 @@ impl PageAllocator {
             None => {
                 list.misses += 1;
                 drop(list);
-                let raw = sys_alloc_zeroed(cap);
+                // SAFETY: layout has non-zero size (cap >= MIN_CLASS).
+                let raw = unsafe { alloc::alloc_zeroed(layout(cap)) };
                 match NonNull::new(raw) {
                     Some(p) => p,
                     None => {
@@ -309,8 +259,8 @@ impl PageAllocator {
                 let size = class_size(class);
                 shard.pooled_bytes.fetch_sub((drained.len() * size) as i64, Ordering::Relaxed);
                 for ptr in drained {
-                    // SAFETY: owned block of this class, from sys_alloc_zeroed(size).
-                    unsafe { sys_free(ptr.as_ptr(), size) };
+                    // SAFETY: owned block of this class, allocated with layout(size).
+                    unsafe { alloc::dealloc(ptr.as_ptr(), layout(size)) };
                 }
             }
         }
@@ -337,8 +287,8 @@ impl PageAllocator {
                 u.2 -= cap as u64;
             }
         }
-        // SAFETY: ptr came from sys_alloc_zeroed(cap) and is no longer used.
-        unsafe { sys_free(ptr.as_ptr(), cap) };
+        // SAFETY: ptr was allocated with layout(cap) and is no longer used.
+        unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) };
     }
 }
 
