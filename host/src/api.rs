@@ -216,7 +216,13 @@ struct Clock {
     timestamp: u64,
     log: LogWriter,
     deps: Deps,
+    /// An emptied change list kept by `commit` for the next propagation's
+    /// derived deltas (a multi-KiB allocation per propagation otherwise).
+    spare_changes: Vec<Change>,
 }
+
+/// Change lists up to this many entries are kept for reuse.
+const SPARE_CHANGES_MAX: usize = 1 << 12;
 
 enum DirHolder {
     Temp(tempfile::TempDir),
@@ -257,6 +263,15 @@ pub struct Mmsb {
     gpu_apply: crate::gpu::GpuApply,
     settings: Settings,
     monitor: crate::stats::Monitor,
+    /// Releases the storage of files a checkpoint made unnecessary (their
+    /// names are already gone); joined by the next checkpoint, `stop` and drop.
+    reaper: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Mmsb {
+    fn drop(&mut self) {
+        self.join_reaper();
+    }
 }
 
 impl std::fmt::Debug for Mmsb {
@@ -302,20 +317,26 @@ impl Mmsb {
                 let _ = vfs.remove(&log_dir.join(n));
             }
         }
+        let alloc = PageAllocator::new(config.pool_budget);
         let (mut image, report, resume) = {
             let _span = tracing::info_span!("mmsb.recovery", dir = %state_dir.display()).entered();
-            crate::log::recovery::recover(vfs.as_ref(), &state_dir, config.recovery, &config.limits)?
+            crate::log::recovery::recover_with(
+                vfs.as_ref(),
+                &state_dir,
+                config.recovery,
+                &config.limits,
+                Some(&alloc),
+            )?
         };
-        let alloc = PageAllocator::new(config.pool_budget);
         let registry = Registry::default();
         for (_, p) in std::mem::take(&mut image.pages) {
             // Pages come back to the location they were checkpointed at.
+            let len = p.bytes.len() as u64;
             let storage = match p.location {
-                Location::Cpu => Storage::Host(alloc.alloc_copy(&p.bytes)?),
+                Location::Cpu => Storage::Host(p.bytes.into_page_buf(&alloc)?),
                 Location::Gpu(_) => Storage::Device(crate::gpu::page_from(p.location, &p.bytes)?),
                 Location::Unified => Storage::Unified(crate::gpu::page_from(p.location, &p.bytes)?),
             };
-            let len = p.bytes.len() as u64;
             registry.insert(Page {
                 id: p.id,
                 len,
@@ -344,6 +365,7 @@ impl Mmsb {
                 timestamp: image.timestamp,
                 log,
                 deps: Deps::default(),
+                spare_changes: Vec::new(),
             }),
             stopped: AtomicBool::new(false),
             vfs,
@@ -357,6 +379,7 @@ impl Mmsb {
                 parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
             },
             monitor: crate::stats::Monitor::default(),
+            reaper: Mutex::new(None),
         };
         state.restore_graph(&image.graph)?;
         Ok(state)
@@ -389,9 +412,13 @@ impl Mmsb {
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
         let _span = tracing::info_span!("mmsb.checkpoint").entered();
         let mut clock = self.clock.lock();
+        self.join_reaper();
         self.live()?;
+        // A poisoned log may have lost records the pages reflect: no checkpoint.
+        if let Some(why) = clock.log.poisoned() {
+            return Err(Error::Poisoned(why.to_owned()));
+        }
         let lsn = clock.log.next_lsn().0 - 1;
-        let new_seq = clock.log.rotate()?;
         let dir = crate::log::log_dir(self.dir());
         let counters = StateImage {
             pages: Default::default(),
@@ -414,24 +441,40 @@ impl Mmsb {
             w.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
         }
         let (path, pages, bytes) = w.finish()?;
-        // The checkpoint is durable: older checkpoints and wholly covered
-        // segments can go (a crash midway leaves extras that recovery skips).
+        // The checkpoint is durable and covers every record so far: the log
+        // moves to a new segment without syncing the old one. Older
+        // checkpoints and the segments before the new one can go (a crash
+        // midway, or before the removals reach the disk with the next
+        // directory sync, leaves extras that recovery skips). Their names go
+        // now; their blocks are freed on another thread.
+        let new_seq = clock.log.rotate_covered()?;
         let (mut removed_segments, mut removed_checkpoints) = (0, 0);
+        let mut released = Vec::new();
         for (l, p) in crate::checkpoint::list(self.vfs.as_ref(), &dir)? {
-            if l < lsn && self.vfs.remove(&p).is_ok() {
-                removed_checkpoints += 1;
+            if l < lsn {
+                if let Ok(r) = self.vfs.remove_keep_open(&p) {
+                    removed_checkpoints += 1;
+                    released.extend(r);
+                }
             }
         }
         if let Ok(names) = self.vfs.list(&dir) {
             for n in names {
-                if crate::log::parse_segment_name(&n).is_some_and(|s| s < new_seq)
-                    && self.vfs.remove(&dir.join(&n)).is_ok()
-                {
-                    removed_segments += 1;
+                if crate::log::parse_segment_name(&n).is_some_and(|s| s < new_seq) {
+                    if let Ok(r) = self.vfs.remove_keep_open(&dir.join(&n)) {
+                        removed_segments += 1;
+                        released.extend(r);
+                    }
                 }
             }
         }
-        let _ = self.vfs.sync_dir(&dir);
+        if !released.is_empty() {
+            self.join_reaper();
+            // Without a thread the files are released here, as before.
+            let handle =
+                std::thread::Builder::new().name("mmsb-release".into()).spawn(move || drop(released));
+            *self.reaper.lock() = handle.ok();
+        }
         self.monitor.checkpointed();
         Ok(CheckpointInfo {
             lsn: shared_types::Lsn(lsn),
@@ -464,7 +507,13 @@ impl Mmsb {
             let bytes = p.copy_bytes()?;
             img.pages.insert(
                 id,
-                PageImage { id, epoch: p.epoch, location: p.location, meta: p.meta.clone(), bytes },
+                PageImage {
+                    id,
+                    epoch: p.epoch,
+                    location: p.location,
+                    meta: p.meta.clone(),
+                    bytes: bytes.into(),
+                },
             );
         }
         Ok(img)
@@ -505,6 +554,7 @@ impl Mmsb {
     /// # Errors
     /// [`Error::Stopped`] when already stopped.
     pub fn stop(&self) -> Result<()> {
+        self.join_reaper();
         let mut clock = self.clock.lock();
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
@@ -517,6 +567,13 @@ impl Mmsb {
         match &self.dir {
             DirHolder::Temp(t) => t.path(),
             DirHolder::Given(p) => p,
+        }
+    }
+
+    /// Wait until the files removed by the last checkpoint are released.
+    fn join_reaper(&self) {
+        if let Some(h) = self.reaper.lock().take() {
+            let _ = h.join();
         }
     }
 
@@ -620,7 +677,8 @@ impl Mmsb {
 
         // Immediate propagation is planned on staged copies before anything
         // is applied: if a recompute fails, the batch is refused whole.
-        let mut derived = Vec::new();
+        // The output buffer is reused across propagations.
+        let mut derived = std::mem::take(&mut clock.deps.scratch.derived);
         let mut planned = None;
         if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
             let Deps { graph, functions, scratch } = &mut clock.deps;
@@ -665,20 +723,22 @@ impl Mmsb {
             })
             .collect();
         let Some((stats, t0)) = planned else {
+            clock.deps.scratch.derived = derived;
             self.commit(clock, changes, &mut guards)?;
             return Ok(results);
         };
         // Lock the derived pages the batch does not hold yet.
-        let cells: Vec<(PageId, PageCell)> = derived
-            .iter()
-            .filter(|d| ids.binary_search(&d.page).is_err())
-            .map(|d| clock.deps.graph.cell(d.node).map(|c| (d.page, c)))
-            .collect::<Result<_>>()?;
+        let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
+        for d in derived.iter().filter(|d| ids.binary_search(&d.page).is_err()) {
+            cells.push((d.page, clock.deps.graph.cell(d.node)?));
+        }
         let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
+        all.reserve(cells.len());
         all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
         all.sort_unstable_by_key(|(id, _)| *id);
         self.commit(clock, changes, &mut all)?;
-        self.commit_derived(clock, derived, stats, t0, &mut all)?;
+        self.commit_derived(clock, &mut derived, stats, t0, &mut all)?;
+        clock.deps.scratch.derived = derived;
         Ok(results)
     }
 
@@ -687,7 +747,7 @@ impl Mmsb {
     fn commit_derived(
         &self,
         clock: &mut Clock,
-        derived: Vec<Derived>,
+        derived: &mut Vec<Derived>,
         mut stats: PropagationStats,
         t0: Instant,
         guards: &mut [(PageId, PageGuard<'_>)],
@@ -696,21 +756,18 @@ impl Mmsb {
         if listen {
             self.events.send(Event::PropagationStarted { dirty: stats.dirty });
         }
-        let changes = derived
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| {
-                Change::Apply(Delta {
-                    id: DeltaId(clock.next_delta + i as u64),
-                    page: d.page,
-                    base_epoch: None,
-                    payload: d.payload,
-                    source: Source::Propagation(d.provenance),
-                    tag: None,
-                    timestamp: clock.timestamp + 1 + i as u64,
-                })
+        let mut changes = std::mem::take(&mut clock.spare_changes);
+        changes.extend(derived.drain(..).enumerate().map(|(i, d)| {
+            Change::Apply(Delta {
+                id: DeltaId(clock.next_delta + i as u64),
+                page: d.page,
+                base_epoch: None,
+                payload: d.payload,
+                source: Source::Propagation(d.provenance),
+                tag: None,
+                timestamp: clock.timestamp + 1 + i as u64,
             })
-            .collect();
+        }));
         self.commit(clock, changes, guards)?;
         clock.deps.graph.clear_pending();
         stats.duration = t0.elapsed();
@@ -733,15 +790,17 @@ impl Mmsb {
     fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
         let _span = tracing::debug_span!("mmsb.propagate").entered();
         let t0 = Instant::now();
-        let mut derived = Vec::new();
         let Deps { graph, functions, scratch } = &mut clock.deps;
+        let mut derived = std::mem::take(&mut scratch.derived);
         scratch.begin(graph.bound());
         let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
         let cells: Vec<(PageId, PageCell)> =
             derived.iter().map(|d| graph.cell(d.node).map(|c| (d.page, c))).collect::<Result<_>>()?;
         let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
         guards.sort_unstable_by_key(|(id, _)| *id);
-        self.commit_derived(clock, derived, stats, t0, &mut guards)
+        let stats = self.commit_derived(clock, &mut derived, stats, t0, &mut guards)?;
+        clock.deps.scratch.derived = derived;
+        Ok(stats)
     }
 
     /// Bring every derived page up to date: recompute the pages below the
@@ -1053,12 +1112,16 @@ impl Mmsb {
         }
         clock.log.append(&changes)?;
         clock.log.commit()?;
-        for change in changes {
+        let mut changes = changes;
+        for change in changes.drain(..) {
             if let Err(e) = self.apply_change(clock, change, guards) {
                 // Logged but not applied: memory and log disagree from here on.
                 clock.log.poison_with(format!("a logged change could not be applied: {e}"));
                 return Err(e);
             }
+        }
+        if changes.capacity() <= SPARE_CHANGES_MAX && changes.capacity() > clock.spare_changes.capacity() {
+            clock.spare_changes = changes;
         }
         // GPU pages queue their deltas; Immediate applies them before the
         // commit returns. A failed flush loses queued deltas that are

@@ -5,11 +5,12 @@
 //! the directory fsynced: a checkpoint file either exists whole or not at
 //! all. Recovery uses the newest one that verifies, then the log after it.
 
-use crate::codec::page::{decode_page, encode_page};
-use crate::codec::{crc, put_u32, put_u64, Limits, Reader};
+use crate::alloc::PageAllocator;
+use crate::codec::page::{encode_head, read_page};
+use crate::codec::{crc, crc_append, crc_combine, put_u32, put_u64, Limits, Reader};
 use crate::page::{Location, Metadata};
 use crate::replay::StateImage;
-use crate::vfs::{Vfs, VfsFile};
+use crate::vfs::{MemFile, Vfs, VfsFile, VfsRead};
 use crate::{Error, Result};
 use shared_types::{Epoch, Lsn, PageId};
 use std::path::{Path, PathBuf};
@@ -78,7 +79,24 @@ pub fn list(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// Pages with at least this many data bytes are written straight from the
+/// page's memory (one vectored write, no copy into the buffer).
+const DIRECT_MIN: u64 = 64 << 10;
+/// ... provided their present ranges average at least this many bytes
+/// (many tiny ranges are cheaper to gather).
+const DIRECT_MIN_RANGE: u64 = 4 << 10;
+/// Pages of at least this many bytes get their data CRC during the presence
+/// scan; smaller ones are checksummed from the buffer.
+const SCAN_CRC_MIN: usize = 4 << 10;
+/// Buffered bytes are written once the buffer holds this much.
+const BUFFER_BYTES: usize = 1 << 20;
+
 /// Streams a checkpoint to its temporary file.
+///
+/// Small pages are encoded into a buffer that is written when full; a large
+/// page is written from its own memory with one vectored write (head, data
+/// ranges, CRC), and its CRC32C is computed once: the file CRC takes it by
+/// CRC combination instead of a second pass over the bytes.
 #[derive(Debug)]
 pub struct CheckpointWriter {
     vfs: Arc<dyn Vfs>,
@@ -94,6 +112,10 @@ pub struct CheckpointWriter {
     written: u64,
     /// The postcard-encoded graph section, written before the trailer.
     graph: Option<Vec<u8>>,
+    /// Head of the page being written (large pages).
+    head: Vec<u8>,
+    /// Data ranges of the page being written.
+    ranges: Vec<std::ops::Range<usize>>,
 }
 
 impl CheckpointWriter {
@@ -111,7 +133,7 @@ impl CheckpointWriter {
     ) -> Result<Self> {
         let tmp = dir.join(format!("ckpt-{:020}.tmp", counters.lsn));
         let file = vfs.create(&tmp).map_err(|e| Error::from(e).in_file(&tmp))?;
-        let mut h = Vec::with_capacity(1 << 20);
+        let mut h = Vec::with_capacity(BUFFER_BYTES + (64 << 10));
         let graph =
             if counters.graph.is_empty() { None } else { Some(postcard::to_stdvec(&counters.graph)?) };
         h.extend_from_slice(&CKPT_MAGIC);
@@ -139,11 +161,13 @@ impl CheckpointWriter {
             declared: page_count,
             written: 0,
             graph,
+            head: Vec::new(),
+            ranges: Vec::new(),
         })
     }
 
     fn drain(&mut self) -> Result<()> {
-        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.crc = crc_append(self.crc, &self.buf);
         self.bytes += self.buf.len() as u64;
         let r = self.file.write_all(&self.buf);
         self.buf.clear();
@@ -162,11 +186,52 @@ impl CheckpointWriter {
         meta: &Metadata,
         bytes: &[u8],
     ) -> Result<()> {
-        encode_page(id, epoch, location, meta, bytes, &mut self.buf)?;
-        self.written += 1;
-        if self.buf.len() >= 1 << 20 {
-            self.drain()?;
+        self.head.clear();
+        // Pages past a few KiB get their data CRC in the presence scan (one
+        // read of the page's memory) and the page CRC by combination.
+        let large = bytes.len() >= SCAN_CRC_MIN;
+        let mut data_crc = 0u32;
+        let total = encode_head(
+            id,
+            epoch,
+            location,
+            meta,
+            bytes,
+            &mut self.head,
+            &mut self.ranges,
+            large.then_some(&mut data_crc),
+        )?;
+        let data_len = total - self.head.len() as u64 - 4;
+        let direct = data_len >= DIRECT_MIN && data_len / self.ranges.len() as u64 >= DIRECT_MIN_RANGE;
+        if !direct {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(&self.head);
+            for r in &self.ranges {
+                self.buf.extend_from_slice(&bytes[r.clone()]);
+            }
+            let c = if large {
+                crc_combine(crc(&self.head), data_crc, data_len)
+            } else {
+                crc(&self.buf[start..])
+            };
+            put_u32(&mut self.buf, c);
+            self.written += 1;
+            if self.buf.len() >= BUFFER_BYTES {
+                self.drain()?;
+            }
+            return Ok(());
         }
+        let c = crc_combine(crc(&self.head), data_crc, data_len);
+        self.drain()?;
+        let tail = c.to_le_bytes();
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(self.ranges.len() + 2);
+        slices.push(&self.head);
+        slices.extend(self.ranges.iter().map(|r| &bytes[r.clone()]));
+        slices.push(&tail);
+        self.file.write_all_vectored(&slices).map_err(|e| Error::from(e).in_file(&self.tmp))?;
+        self.crc = crc_combine(self.crc, crc_append(c, &tail), total);
+        self.bytes += total;
+        self.written += 1;
         Ok(())
     }
 
@@ -191,7 +256,7 @@ impl CheckpointWriter {
         put_u64(&mut self.buf, self.written);
         put_u64(&mut self.buf, total);
         put_u32(&mut self.buf, 0);
-        let c = crc32c::crc32c_append(self.crc, &self.buf);
+        let c = crc_append(self.crc, &self.buf);
         put_u32(&mut self.buf, c);
         self.drain()?;
         self.file.sync().map_err(|e| Error::from(e).in_file(&self.tmp))?;
@@ -208,8 +273,22 @@ impl CheckpointWriter {
 /// # Errors
 /// [`Error::Corrupt`] with the file and offset of the first problem; [`Error::Io`].
 pub fn read(vfs: &dyn Vfs, path: &Path, limits: &Limits) -> Result<StateImage> {
-    let buf = vfs.read(path).map_err(|e| Error::from(e).in_file(path))?;
-    decode(&buf, limits).map_err(|e| e.in_file(path))
+    read_with(vfs, path, limits, None)
+}
+
+/// [`read`], with page bytes read straight into buffers of `alloc` when
+/// given (no intermediate copy of the file).
+///
+/// # Errors
+/// As [`read`].
+pub fn read_with(
+    vfs: &dyn Vfs,
+    path: &Path,
+    limits: &Limits,
+    alloc: Option<&PageAllocator>,
+) -> Result<StateImage> {
+    let mut f = vfs.open_read(path).map_err(|e| Error::from(e).in_file(path))?;
+    decode_from(f.as_mut(), limits, alloc).map_err(|e| e.in_file(path))
 }
 
 /// Decode a checkpoint held in memory.
@@ -217,7 +296,29 @@ pub fn read(vfs: &dyn Vfs, path: &Path, limits: &Limits) -> Result<StateImage> {
 /// # Errors
 /// [`Error::Corrupt`] at the offset of the first problem; never panics.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<StateImage> {
-    let mut r = Reader::new(buf, 0);
+    decode_from(&mut MemFile(buf), limits, None)
+}
+
+fn read_at(src: &mut dyn VfsRead, buf: &mut [u8], at: u64) -> Result<()> {
+    src.read_exact_at(buf, at).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::corrupt_at(at, "the checkpoint ended early (changed while read?)")
+        } else {
+            Error::from(e)
+        }
+    })
+}
+
+/// Decode a checkpoint from `src`, reading each part once: every page
+/// image's CRC is checked as it is read, and the file CRC is assembled from
+/// the pieces (CRC combination) and checked before anything is returned.
+fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAllocator>) -> Result<StateImage> {
+    let file_len = src.len();
+    let mut head = [0u8; CKPT_HEAD_LEN];
+    let head_len = file_len.min(CKPT_HEAD_LEN as u64) as usize;
+    read_at(src, &mut head[..head_len], 0)?;
+    let head = &head[..head_len];
+    let mut r = Reader::new(head, 0);
     let head = r.bytes(CKPT_HEAD_LEN, "checkpoint header")?;
     if head[..8] != CKPT_MAGIC {
         return Err(Error::corrupt_at(0, "not a checkpoint (bad magic)"));
@@ -243,45 +344,65 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<StateImage> {
     if flags & !known != 0 || h.u32("reserved")? != 0 {
         return Err(Error::corrupt_at(12, "unknown checkpoint flags"));
     }
-    if buf.len() < CKPT_HEAD_LEN + CKPT_TAIL_LEN {
-        return Err(Error::corrupt_at(buf.len() as u64, "checkpoint has no trailer"));
+    if file_len < (CKPT_HEAD_LEN + CKPT_TAIL_LEN) as u64 {
+        return Err(Error::corrupt_at(file_len, "checkpoint has no trailer"));
     }
-    let tail_at = buf.len() - CKPT_TAIL_LEN;
-    let mut t = Reader::new(&buf[tail_at..], tail_at as u64);
+    let tail_at = file_len - CKPT_TAIL_LEN as u64;
+    let mut tail = [0u8; CKPT_TAIL_LEN];
+    read_at(src, &mut tail, tail_at)?;
+    let mut t = Reader::new(&tail, tail_at);
     if t.bytes(8, "trailer magic")? != CKPT_END {
-        return Err(Error::corrupt_at(tail_at as u64, "checkpoint trailer missing (truncated?)"));
+        return Err(Error::corrupt_at(tail_at, "checkpoint trailer missing (truncated?)"));
     }
     let tcount = t.u64("trailer page count")?;
     let tlen = t.u64("trailer file length")?;
     let _ = t.u32("trailer reserved")?;
     let tcrc = t.u32("file crc")?;
-    if tlen != buf.len() as u64 || tcount != count {
-        return Err(Error::corrupt_at(tail_at as u64 + 8, "checkpoint trailer does not match the file"));
+    if tlen != file_len || tcount != count {
+        return Err(Error::corrupt_at(tail_at + 8, "checkpoint trailer does not match the file"));
     }
-    if crc(&buf[..buf.len() - 4]) != tcrc {
-        return Err(Error::corrupt_at(buf.len() as u64 - 4, "checkpoint CRC mismatch"));
-    }
+    let mut fcrc = crc(head);
     let mut image = StateImage { next_page, next_delta, timestamp, lsn, ..StateImage::default() };
-    let mut pos = CKPT_HEAD_LEN;
+    let mut pos = CKPT_HEAD_LEN as u64;
     for i in 0..count {
-        let (p, used) = decode_page(&buf[pos..tail_at], pos as u64, limits)?;
+        let (p, used, pcrc) = read_page(src, pos, tail_at - pos, pos, limits, alloc)?;
         if p.id.0 == 0 || p.id.0 >= next_page || image.pages.last_key_value().is_some_and(|(k, _)| *k >= p.id)
         {
-            return Err(Error::corrupt_at(pos as u64 + 16, format!("page {i} has id {} out of order", p.id)));
+            return Err(Error::corrupt_at(pos + 16, format!("page {i} has id {} out of order", p.id)));
         }
+        fcrc = crc_combine(fcrc, pcrc, used);
         image.pages.insert(p.id, p);
         pos += used;
     }
+    let mut graph = None;
     if flags & FLAG_GRAPH != 0 {
-        let mut g = Reader::new(&buf[pos..tail_at], pos as u64);
-        let len = g.u64("graph section length")?;
-        let bytes = g.bytes(usize::try_from(len).unwrap_or(usize::MAX), "graph section")?;
-        image.graph = postcard::from_bytes(bytes)
-            .map_err(|e| Error::corrupt_at(pos as u64 + 8, format!("malformed graph section: {e}")))?;
-        pos += 8 + bytes.len();
+        let mut lb = [0u8; 8];
+        if tail_at - pos < 8 {
+            return Err(Error::corrupt_at(pos, "graph section length: need 8 bytes"));
+        }
+        read_at(src, &mut lb, pos)?;
+        let len = u64::from_le_bytes(lb);
+        if len > tail_at - pos - 8 {
+            return Err(Error::corrupt_at(
+                pos,
+                format!("graph section of {len} bytes does not fit the file"),
+            ));
+        }
+        let mut g = vec![0u8; len as usize];
+        read_at(src, &mut g, pos + 8)?;
+        fcrc = crc_append(crc_append(fcrc, &lb), &g);
+        graph = Some((pos + 8, g));
+        pos += 8 + len;
     }
     if pos != tail_at {
-        return Err(Error::corrupt_at(pos as u64, "bytes between the last page and the trailer"));
+        return Err(Error::corrupt_at(pos, "bytes between the last page and the trailer"));
+    }
+    if crc_append(fcrc, &tail[..CKPT_TAIL_LEN - 4]) != tcrc {
+        return Err(Error::corrupt_at(file_len - 4, "checkpoint CRC mismatch"));
+    }
+    if let Some((at, g)) = graph {
+        image.graph = postcard::from_bytes(&g)
+            .map_err(|e| Error::corrupt_at(at, format!("malformed graph section: {e}")))?;
     }
     Ok(image)
 }
@@ -300,12 +421,26 @@ pub fn newest_valid(
     limits: &Limits,
     max_lsn: Option<u64>,
 ) -> Result<(Option<(PathBuf, StateImage)>, Invalid)> {
+    newest_valid_with(vfs, dir, limits, max_lsn, None)
+}
+
+/// [`newest_valid`], with page bytes read into buffers of `alloc` when given.
+///
+/// # Errors
+/// [`Error::Io`] listing the directory.
+pub fn newest_valid_with(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    limits: &Limits,
+    max_lsn: Option<u64>,
+    alloc: Option<&PageAllocator>,
+) -> Result<(Option<(PathBuf, StateImage)>, Invalid)> {
     let mut bad = Vec::new();
     for (lsn, path) in list(vfs, dir)? {
         if max_lsn.is_some_and(|m| lsn > m) {
             continue;
         }
-        match read(vfs, &path, limits) {
+        match read_with(vfs, &path, limits, alloc) {
             Ok(img) if img.lsn == lsn => return Ok((Some((path, img)), bad)),
             Ok(_) => bad.push((
                 path.clone(),
@@ -319,4 +454,108 @@ pub fn newest_valid(
         }
     }
     Ok((None, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::StdVfs;
+
+    fn pages() -> Vec<(PageId, Vec<u8>)> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x as u8) | 1
+                })
+                .collect()
+        };
+        // Dense and large: written straight from the page.
+        let dense = noise(100_000);
+        // Large, a few long present ranges, a short last block.
+        let mut ranges = vec![0u8; (1 << 20) + 5];
+        for k in (0..ranges.len()).step_by(3 * 8192) {
+            let n = 8192.min(ranges.len() - k);
+            ranges[k..k + n].copy_from_slice(&noise(n));
+        }
+        // Large, every other block present: gathered into the buffer.
+        let mut every_other = vec![0u8; 1 << 20];
+        for k in (0..every_other.len()).step_by(128) {
+            every_other[k + 3] = 9;
+        }
+        vec![
+            (PageId(1), noise(8)),
+            (PageId(2), dense),
+            (PageId(4), vec![0; 1 << 20]),
+            (PageId(5), ranges),
+            (PageId(6), noise(100)),
+            (PageId(7), every_other),
+        ]
+    }
+
+    fn write(dir: &Path, pages: &[(PageId, Vec<u8>)]) -> Result<PathBuf> {
+        let counters =
+            StateImage { next_page: 10, next_delta: 3, timestamp: 7, lsn: 5, ..StateImage::default() };
+        let mut w = CheckpointWriter::new(Arc::new(StdVfs), dir, 1, &counters, pages.len() as u64)?;
+        let meta: Metadata = [("k".to_string(), b"v".to_vec())].into();
+        for (id, bytes) in pages {
+            w.page(*id, Epoch(id.0 * 3), Location::Cpu, &meta, bytes)?;
+        }
+        Ok(w.finish()?.0)
+    }
+
+    #[test]
+    fn large_and_small_pages_round_trip_through_every_reader() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pages = pages();
+        let path = write(dir.path(), &pages)?;
+        let bytes = std::fs::read(&path)?;
+        let alloc = PageAllocator::default();
+        let images = [
+            read(&StdVfs, &path, &Limits::default())?,
+            read_with(&StdVfs, &path, &Limits::default(), Some(&alloc))?,
+            decode(&bytes, &Limits::default())?,
+        ];
+        for img in &images {
+            assert_eq!((img.lsn, img.next_page, img.next_delta, img.timestamp), (5, 10, 3, 7));
+            assert_eq!(img.pages.len(), pages.len());
+            for (id, b) in &pages {
+                let p = &img.pages[id];
+                assert_eq!(p.bytes, *b, "page {id}");
+                assert_eq!(p.epoch, Epoch(id.0 * 3));
+            }
+        }
+        // The streamed file is byte-identical to the buffered encoding.
+        let mut expect = bytes[..CKPT_HEAD_LEN].to_vec();
+        let meta: Metadata = [("k".to_string(), b"v".to_vec())].into();
+        for (id, b) in &pages {
+            crate::codec::page::encode_page(*id, Epoch(id.0 * 3), Location::Cpu, &meta, b, &mut expect)?;
+        }
+        expect.extend_from_slice(&bytes[expect.len()..]);
+        assert_eq!(expect, bytes);
+        Ok(())
+    }
+
+    #[test]
+    fn corruption_anywhere_in_a_large_page_is_detected() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = write(dir.path(), &pages())?;
+        let bytes = std::fs::read(&path)?;
+        let mut at = 0;
+        while at < bytes.len() {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            assert!(decode(&b, &Limits::default()).is_err(), "flip at {at}");
+            std::fs::write(&path, &b)?;
+            assert!(read_with(&StdVfs, &path, &Limits::default(), Some(&PageAllocator::default())).is_err());
+            at += 9973;
+        }
+        for cut in [0, 10, CKPT_HEAD_LEN, 5000, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut], &Limits::default()).is_err(), "cut at {cut}");
+        }
+        Ok(())
+    }
 }

@@ -195,6 +195,8 @@ pub(crate) struct Scratch {
     spare: Vec<&'static [u8]>,
     /// `(page, changed)` for each recompute of the last propagation, in order.
     pub(crate) fired: Vec<(PageId, bool)>,
+    /// The output buffer of derived deltas, kept for the next propagation.
+    pub(crate) derived: Vec<Derived>,
 }
 
 impl std::fmt::Debug for Scratch {
@@ -281,7 +283,7 @@ pub(crate) fn plan(
 ) -> Result<PropagationStats> {
     let mut stats = PropagationStats::default();
     let slots = &graph.slots[..];
-    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired } = sc;
+    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired, .. } = sc;
     let gen = *gen;
     for &n in graph.pending.iter().chain(extra) {
         for &c in &slots[n as usize].data_children {

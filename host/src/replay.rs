@@ -251,7 +251,7 @@ impl StateImage {
                             epoch: Epoch(0),
                             location: *location,
                             meta: (*meta).clone(),
-                            bytes: vec![0; *len as usize],
+                            bytes: vec![0; *len as usize].into(),
                         },
                     );
                     self.next_page = self.next_page.max(id.0 + 1);
@@ -521,7 +521,7 @@ pub fn page_history(
                         lsn: Lsn(img.lsn),
                         timestamp: img.timestamp,
                         epoch: p.epoch,
-                        bytes: p.bytes.clone(),
+                        bytes: p.bytes.to_vec(),
                     });
                 }
             }
@@ -539,7 +539,7 @@ pub fn page_history(
                         lsn: Lsn(img.lsn),
                         timestamp: img.timestamp,
                         epoch: p.epoch,
-                        bytes: p.bytes.clone(),
+                        bytes: p.bytes.to_vec(),
                     });
                 }
             }

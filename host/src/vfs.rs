@@ -26,7 +26,58 @@ pub trait VfsFile: Send + Debug {
     /// # Errors
     /// The OS error. A failed sync must never be retried and trusted.
     fn sync(&mut self) -> io::Result<()>;
+    /// Append every slice of `bufs`, in order (one vectored `write` where the
+    /// file system has it, so large buffers need not be gathered first).
+    ///
+    /// # Errors
+    /// As [`VfsFile::write_all`].
+    fn write_all_vectored(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
+        for b in bufs {
+            self.write_all(b)?;
+        }
+        Ok(())
+    }
 }
+
+/// A file open for reading at any offset.
+pub trait VfsRead: Send + Debug {
+    /// The file's length when it was opened.
+    fn len(&self) -> u64;
+    /// Whether the file was empty when it was opened.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill `buf` from the bytes at `offset`.
+    ///
+    /// # Errors
+    /// The OS error; [`io::ErrorKind::UnexpectedEof`] when the file ends first.
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+/// [`VfsRead`] over bytes in memory.
+#[derive(Debug)]
+pub struct MemFile<T>(pub T);
+
+impl<T: AsRef<[u8]> + Send + Debug> VfsRead for MemFile<T> {
+    fn len(&self) -> u64 {
+        self.0.as_ref().len() as u64
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let src = self.0.as_ref();
+        let at = usize::try_from(offset).unwrap_or(usize::MAX);
+        match src.get(at..).and_then(|rest| rest.get(..buf.len())) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                Ok(())
+            }
+            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file")),
+        }
+    }
+}
+
+/// What [`Vfs::remove_keep_open`] hands back: dropping it releases the
+/// removed file's storage.
+pub type Removed = Option<Box<dyn Send + Debug>>;
 
 /// The file operations of the persistence layer.
 pub trait Vfs: Send + Sync + Debug {
@@ -65,6 +116,23 @@ pub trait Vfs: Send + Sync + Debug {
     /// # Errors
     /// The OS error.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Open a file for reading at any offset.
+    ///
+    /// # Errors
+    /// The OS error.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>> {
+        Ok(Box::new(MemFile(self.read(path)?)))
+    }
+    /// Remove a file's name now, like [`Vfs::remove`], but let its storage
+    /// be released when the returned value is dropped (on a file system that
+    /// discards freed blocks, freeing a large file takes tens of
+    /// milliseconds; the caller can drop it off the critical path).
+    ///
+    /// # Errors
+    /// The OS error.
+    fn remove_keep_open(&self, path: &Path) -> io::Result<Removed> {
+        self.remove(path).map(|()| None)
+    }
 }
 
 /// [`Vfs`] over `std::fs`.
@@ -81,6 +149,59 @@ impl VfsFile for StdFile {
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_data()
     }
+    fn write_all_vectored(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> =
+            bufs.iter().filter(|b| !b.is_empty()).map(|b| io::IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match io::Write::write_vectored(&mut self.0, rest) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct StdRead {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl VfsRead for StdRead {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    #[cfg(unix)]
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        io::Seek::seek(&mut self.file, io::SeekFrom::Start(offset))?;
+        io::Read::read_exact(&mut self.file, buf)
+    }
+}
+
+/// Open a regular file for reading, never through a link and never
+/// blocking on a FIFO (a file swapped for a link after listing included).
+fn open_regular(path: &Path) -> io::Result<(std::fs::File, u64)> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let f = o.open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok((f, meta.len()))
 }
 
 impl Vfs for StdVfs {
@@ -96,24 +217,22 @@ impl Vfs for StdVfs {
         list_regular_files(dir)
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let mut o = std::fs::OpenOptions::new();
-        o.read(true);
-        // Never follow a link out of the state directory (a file swapped for
-        // a link after listing included), and never block on a FIFO.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW | libc::O_NONBLOCK);
-        let mut f = o.open(path)?;
-        let meta = f.metadata()?;
-        if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
+        let (mut f, len) = open_regular(path)?;
         let mut out = Vec::new();
-        out.try_reserve_exact(usize::try_from(meta.len()).unwrap_or(usize::MAX)).map_err(io::Error::other)?;
+        out.try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX)).map_err(io::Error::other)?;
         io::Read::read_to_end(&mut f, &mut out)?;
         Ok(out)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>> {
+        let (file, len) = open_regular(path)?;
+        Ok(Box::new(StdRead { file, len }))
+    }
+    fn remove_keep_open(&self, path: &Path) -> io::Result<Removed> {
+        // An open descriptor keeps the inode, so the unlink only drops the
+        // name; the blocks are freed when the descriptor is closed.
+        let kept = open_regular(path).ok().map(|(f, _)| Box::new(f) as Box<dyn Send + Debug>);
+        std::fs::remove_file(path)?;
+        Ok(kept)
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
         let mut o = std::fs::OpenOptions::new();

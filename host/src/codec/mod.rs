@@ -38,6 +38,18 @@ pub fn crc(bytes: &[u8]) -> u32 {
     crate::simd::crc32c(bytes)
 }
 
+/// CRC32C of `bytes` appended to data whose CRC32C is `crc`.
+#[inline]
+pub fn crc_append(crc: u32, bytes: &[u8]) -> u32 {
+    crate::simd::crc32c_append(crc, bytes)
+}
+
+/// CRC32C of `A ‖ B` from the CRCs of `A` and `B` and the length of `B`.
+#[inline]
+pub fn crc_combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    crate::simd::crc32c_combine(crc_a, crc_b, len_b)
+}
+
 /// A bounds-checked little-endian reader over untrusted bytes.
 ///
 /// Offsets in its errors are absolute: `base` plus the position in `buf`.

@@ -9,6 +9,7 @@
 //! dropped is reported. Nothing corrupt is ever applied.
 
 use super::reader;
+use crate::alloc::PageAllocator;
 use crate::codec::Limits;
 use crate::replay::StateImage;
 use crate::vfs::Vfs;
@@ -137,8 +138,23 @@ pub fn recover(
     mode: RecoveryMode,
     limits: &Limits,
 ) -> Result<(StateImage, RecoveryReport, Resume)> {
+    recover_with(vfs, state_dir, mode, limits, None)
+}
+
+/// [`recover`], with the checkpoint's page bytes read straight into buffers
+/// of `alloc` when given.
+///
+/// # Errors
+/// As [`recover`].
+pub fn recover_with(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    mode: RecoveryMode,
+    limits: &Limits,
+    alloc: Option<&PageAllocator>,
+) -> Result<(StateImage, RecoveryReport, Resume)> {
     let dir = super::log_dir(state_dir);
-    let (ckpt, invalid) = crate::checkpoint::newest_valid(vfs, &dir, limits, None)?;
+    let (ckpt, invalid) = crate::checkpoint::newest_valid_with(vfs, &dir, limits, None, alloc)?;
     let mut report = RecoveryReport {
         invalid_checkpoints: invalid.into_iter().map(|(p, e)| (p, e.to_string())).collect(),
         ..RecoveryReport::default()
