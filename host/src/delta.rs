@@ -265,6 +265,7 @@ impl Payload {
     ///
     /// # Errors
     /// [`Error::InvalidDelta`] when it does not.
+    #[inline]
     pub fn check(&self, page_len: u64) -> Result<()> {
         let ok = match self {
             Payload::Dense(d) => d.len() == page_len,
@@ -274,13 +275,19 @@ impl Payload {
         if ok {
             Ok(())
         } else {
-            let what = match self {
-                Payload::Dense(d) => format!("dense delta for {} bytes", d.len()),
-                Payload::Full(b) => format!("full delta of {} bytes", b.len()),
-                Payload::Sparse(s) => format!("sparse delta reaching byte {}", s.end()),
-            };
-            Err(Error::invalid_delta(None, format!("{what} does not fit a page of {page_len} bytes")))
+            Err(self.misfit(page_len))
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn misfit(&self, page_len: u64) -> Error {
+        let what = match self {
+            Payload::Dense(d) => format!("dense delta for {} bytes", d.len()),
+            Payload::Full(b) => format!("full delta of {} bytes", b.len()),
+            Payload::Sparse(s) => format!("sparse delta reaching byte {}", s.end()),
+        };
+        Error::invalid_delta(None, format!("{what} does not fit a page of {page_len} bytes"))
     }
 
     /// Replace the selected bytes of `page`.
@@ -288,13 +295,14 @@ impl Payload {
     /// # Errors
     /// [`Error::InvalidDelta`] when the payload does not fit; `page` is then
     /// unchanged.
+    #[inline]
     pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
         self.check(page.len() as u64)?;
         match self {
             Payload::Full(b) => page.copy_from_slice(b),
             Payload::Sparse(s) => {
                 for (r, bytes) in s.iter() {
-                    page[r.offset as usize..(r.offset + r.len) as usize].copy_from_slice(bytes);
+                    copy_small(&mut page[r.offset as usize..(r.offset + r.len) as usize], bytes);
                 }
             }
             Payload::Dense(d) => blend(page, &d.data, d.mask_words()),
@@ -539,6 +547,28 @@ fn visit_runs(a: &[u8], b: &[u8], mut f: impl FnMut(u64, u64)) {
     }
     if let Some(s) = open {
         f(s, n as u64 - s);
+    }
+}
+
+/// `dst.copy_from_slice(src)`, with the copies of at most 16 bytes that
+/// small deltas make done inline rather than through `memcpy`.
+#[inline(always)]
+pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    if dst.len() != n || n > 16 {
+        dst.copy_from_slice(src);
+    } else if n >= 8 {
+        // Two overlapping fixed-size moves cover 8..=16 bytes.
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[n - 8..].copy_from_slice(&src[n - 8..]);
+    } else if n >= 4 {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[n - 4..].copy_from_slice(&src[n - 4..]);
+    } else if n >= 2 {
+        dst[..2].copy_from_slice(&src[..2]);
+        dst[n - 2..].copy_from_slice(&src[n - 2..]);
+    } else if n == 1 {
+        dst[0] = src[0];
     }
 }
 
