@@ -1087,14 +1087,21 @@ impl Mmsb {
         let graph = !clock.deps.graph.is_empty();
         let mut applied = 0u64;
         let mut failed = None;
-        for (u, &k) in updates.into_iter().zip(slots) {
+        let mut updates = updates;
+        for (u, &k) in updates.iter_mut().zip(slots) {
             let Some((_, page)) = guards.get_mut(k) else {
                 failed = Some(Error::Invariant(format!("no lock held on page {}", u.page)));
                 break;
             };
             let bytes = if listen { u.payload.touched() } else { 0 };
-            // GPU pages queue the payload; the batch flushes below.
-            if let Err(e) = page.apply_checked(u.payload) {
+            let res = match &mut page.storage {
+                Storage::Host(b) => u.payload.apply_to(b),
+                // GPU pages queue the payload; the batch flushes below.
+                _ => {
+                    page.apply_checked(std::mem::replace(&mut u.payload, Payload::Sparse(Default::default())))
+                }
+            };
+            if let Err(e) = res {
                 failed = Some(e);
                 break;
             }

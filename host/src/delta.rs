@@ -295,19 +295,29 @@ impl Payload {
     /// # Errors
     /// [`Error::InvalidDelta`] when the payload does not fit; `page` is then
     /// unchanged.
-    #[inline]
+    #[inline(always)]
     pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
         self.check(page.len() as u64)?;
         match self {
-            Payload::Full(b) => page.copy_from_slice(b),
+            // Small sparse deltas are the common case: inline.
             Payload::Sparse(s) => {
                 for (r, bytes) in s.iter() {
                     copy_small(&mut page[r.offset as usize..(r.offset + r.len) as usize], bytes);
                 }
             }
-            Payload::Dense(d) => blend(page, &d.data, d.mask_words()),
+            other => other.apply_wide(page),
         }
         Ok(())
+    }
+
+    /// [`Payload::apply_to`] of a dense or full payload that fits `page`.
+    #[inline(never)]
+    fn apply_wide(&self, page: &mut [u8]) {
+        match self {
+            Payload::Full(b) => page.copy_from_slice(b),
+            Payload::Dense(d) => blend(page, &d.data, d.mask_words()),
+            Payload::Sparse(_) => {}
+        }
     }
 
     /// Bytes selected by the payload.

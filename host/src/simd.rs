@@ -130,8 +130,18 @@ mod x86 {
             a.copy_from_slice(w);
             c = _mm_crc32_u64(c, u64::from_le_bytes(a));
         }
+        // The last 0..=7 bytes in at most three steps (4, 2, 1 bytes).
         let mut c = c as u32;
-        for &b in words.remainder() {
+        let mut rest = words.remainder();
+        if let Some((w, r)) = rest.split_first_chunk::<4>() {
+            c = _mm_crc32_u32(c, u32::from_le_bytes(*w));
+            rest = r;
+        }
+        if let Some((w, r)) = rest.split_first_chunk::<2>() {
+            c = _mm_crc32_u16(c, u16::from_le_bytes(*w));
+            rest = r;
+        }
+        if let Some(&b) = rest.first() {
             c = _mm_crc32_u8(c, b);
         }
         !c

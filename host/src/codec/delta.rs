@@ -144,7 +144,7 @@ impl<'a> PayloadView<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] for any malformed input; never panics.
-    #[inline]
+    #[inline(always)]
     pub fn parse(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
         // Well-formed sparse payloads (the small-delta case) are checked in
         // one tight pass; anything else, and every error, takes the
@@ -261,10 +261,11 @@ impl<'a> PayloadView<'a> {
     ///
     /// # Errors
     /// [`Error::InvalidDelta`] when the payload does not fit; `page` is then unchanged.
+    #[inline(always)]
     pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
         self.check(page.len() as u64)?;
         match *self {
-            PayloadView::Full(b) => page.copy_from_slice(b),
+            // Small sparse deltas are the common case: inline.
             PayloadView::Sparse { runs, data, .. } => {
                 let mut at = 0usize;
                 for r in runs.chunks_exact(16) {
@@ -273,6 +274,17 @@ impl<'a> PayloadView<'a> {
                     at += len;
                 }
             }
+            other => other.apply_wide(page),
+        }
+        Ok(())
+    }
+
+    /// [`PayloadView::apply_to`] of a full or dense payload that fits `page`.
+    #[inline(never)]
+    fn apply_wide(&self, page: &mut [u8]) {
+        match *self {
+            PayloadView::Full(b) => page.copy_from_slice(b),
+            PayloadView::Sparse { .. } => {}
             PayloadView::Dense { mask, selected, .. } => {
                 let mut at = 0usize;
                 for (i, &m) in mask.iter().enumerate() {
@@ -295,7 +307,6 @@ impl<'a> PayloadView<'a> {
                 }
             }
         }
-        Ok(())
     }
 
     /// The owned payload.
@@ -439,7 +450,7 @@ impl<'a> DeltaView<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] for malformed input; never panics.
-    #[inline]
+    #[inline(always)]
     pub fn parse(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
         // The fixed part is read as one block; a body too short for it
         // takes the field-by-field path, which names the missing field.
