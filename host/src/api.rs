@@ -1087,6 +1087,8 @@ impl Mmsb {
         let graph = !clock.deps.graph.is_empty();
         let mut applied = 0u64;
         let mut failed = None;
+        // The counters stay in registers through the loop.
+        let (mut next_delta, mut timestamp) = (clock.next_delta, clock.timestamp);
         let mut updates = updates;
         for (u, &k) in updates.iter_mut().zip(slots) {
             let Some((_, page)) = guards.get_mut(k) else {
@@ -1107,8 +1109,8 @@ impl Mmsb {
             }
             page.epoch = Epoch(page.epoch.0 + 1);
             applied += 1;
-            clock.next_delta += 1;
-            clock.timestamp += 1;
+            next_delta += 1;
+            timestamp += 1;
             if graph {
                 clock.deps.graph.on_apply(u.page, false);
             }
@@ -1122,6 +1124,7 @@ impl Mmsb {
                 });
             }
         }
+        (clock.next_delta, clock.timestamp) = (next_delta, timestamp);
         self.monitor.deltas_applied(applied);
         if let Some(e) = failed {
             // Logged but not applied: memory and log disagree from here on.
