@@ -6,7 +6,7 @@ use crate::checkpoint::{CheckpointInfo, CheckpointWriter};
 use crate::codec::page::PageImage;
 use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source};
-use crate::events::{event_for_change, Event, EventBus, Subscription};
+use crate::events::{event_for_change, Event, EventBus, SourceKind, Subscription};
 use crate::graph::{EdgeKind, PageHandle};
 use crate::log::{Durability, LogStats, LogWriter, RecoveryMode, RecoveryReport};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
@@ -648,14 +648,12 @@ impl Mmsb {
         self.live()?;
         // Resolve and lock every page involved, in id order (no deadlock with
         // other multi-page lockers), before validating anything.
-        let mut ids: Vec<PageId> = updates.iter().map(|u| u.page).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        // `slots[i]`: index of update i's page in `ids` (and in `guards`,
+        // which shares their order).
+        let (ids, slots) = page_slots(&updates);
         let cells: Vec<(PageId, PageCell)> =
             ids.iter().map(|&id| self.registry.get(id).map(|c| (id, c))).collect::<Result<_>>()?;
         let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
-        // Index of each update's page in `guards` (ids and guards share one order).
-        let slots: Vec<usize> = updates.iter().map(|u| ids.binary_search(&u.page).unwrap_or(0)).collect();
 
         // Validate all of it, simulating the epochs a batch walks through.
         let mut epochs: Vec<Epoch> = guards.iter().map(|(_, g)| g.epoch).collect();
@@ -707,6 +705,11 @@ impl Mmsb {
                 planned = Some((stats, t0));
             }
         }
+        let Some((stats, t0)) = planned else {
+            clock.deps.scratch.derived = derived;
+            self.commit_updates(clock, updates, &slots, &mut guards)?;
+            return Ok(results);
+        };
         let changes = updates
             .into_iter()
             .enumerate()
@@ -722,11 +725,6 @@ impl Mmsb {
                 })
             })
             .collect();
-        let Some((stats, t0)) = planned else {
-            clock.deps.scratch.derived = derived;
-            self.commit(clock, changes, &mut guards)?;
-            return Ok(results);
-        };
         // Lock the derived pages the batch does not hold yet.
         let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
         for d in derived.iter().filter(|d| ids.binary_search(&d.page).is_err()) {
@@ -1134,6 +1132,76 @@ impl Mmsb {
         Ok(())
     }
 
+    /// The commit path of validated user updates with nothing to propagate
+    /// at once: the same log records, epochs, counters and events as
+    /// [`Mmsb::commit`] of the equivalent [`Change::Apply`] deltas, without
+    /// building them. `slots[i]` is the index in `guards` of update `i`'s page.
+    fn commit_updates(
+        &self,
+        clock: &mut Clock,
+        updates: Vec<Update>,
+        slots: &[usize],
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("mmsb.commit", changes = updates.len()).entered();
+        clock.log.append_updates(&updates, clock.next_delta, clock.timestamp + 1)?;
+        clock.log.commit()?;
+        let listen = self.events.active();
+        let graph = !clock.deps.graph.is_empty();
+        let mut applied = 0u64;
+        let mut failed = None;
+        // The counters stay in registers through the loop.
+        let (mut next_delta, mut timestamp) = (clock.next_delta, clock.timestamp);
+        let mut updates = updates;
+        for (u, &k) in updates.iter_mut().zip(slots) {
+            let Some((_, page)) = guards.get_mut(k) else {
+                failed = Some(Error::Invariant(format!("no lock held on page {}", u.page)));
+                break;
+            };
+            let bytes = if listen { u.payload.touched() } else { 0 };
+            let res = match &mut page.storage {
+                Storage::Host(b) => u.payload.apply_to(b),
+                // GPU pages queue the payload; the batch flushes below.
+                _ => {
+                    page.apply_checked(std::mem::replace(&mut u.payload, Payload::Sparse(Default::default())))
+                }
+            };
+            if let Err(e) = res {
+                failed = Some(e);
+                break;
+            }
+            page.epoch = Epoch(page.epoch.0 + 1);
+            applied += 1;
+            next_delta += 1;
+            timestamp += 1;
+            if graph {
+                clock.deps.graph.on_apply(u.page, false);
+            }
+            if listen {
+                let epoch = page.epoch;
+                self.events.send(Event::DeltaApplied {
+                    page: u.page,
+                    epoch,
+                    source: SourceKind::User,
+                    bytes,
+                });
+            }
+        }
+        (clock.next_delta, clock.timestamp) = (next_delta, timestamp);
+        self.monitor.deltas_applied(applied);
+        if let Some(e) = failed {
+            // Logged but not applied: memory and log disagree from here on.
+            clock.log.poison_with(format!("a logged change could not be applied: {e}"));
+            return Err(e);
+        }
+        let pages = guards.iter().filter_map(|(_, g)| g.storage.gpu());
+        if let Err(e) = crate::gpu::after_commit(self.gpu_apply, pages) {
+            clock.log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Apply one validated change and advance the clock.
     fn apply_change(
         &self,
@@ -1400,6 +1468,54 @@ impl Mmsb {
 fn graph_image(clock: &Clock) -> crate::graph::GraphImage {
     let f = &clock.deps.functions;
     clock.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.to_string()).unwrap_or_default())
+}
+
+/// The distinct pages of `updates` in ascending id order, and for each
+/// update the index of its page in that list. Large batches deduplicate
+/// through a small open-addressing table first, so only the distinct ids
+/// are sorted.
+fn page_slots(updates: &[Update]) -> (Vec<PageId>, Vec<usize>) {
+    const EMPTY: u32 = u32::MAX;
+    let n = updates.len();
+    if n <= 32 || u32::try_from(n).is_err() {
+        let mut ids: Vec<PageId> = updates.iter().map(|u| u.page).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let slots = updates.iter().map(|u| ids.binary_search(&u.page).unwrap_or(0)).collect();
+        return (ids, slots);
+    }
+    let bits = (2 * n).next_power_of_two().trailing_zeros();
+    let mask = (1usize << bits) - 1;
+    // (id, index of the id in `uniq`); EMPTY marks a free entry.
+    let mut table = vec![(0u64, EMPTY); mask + 1];
+    let mut uniq: Vec<PageId> = Vec::new();
+    let mut first: Vec<u32> = Vec::with_capacity(n);
+    for u in updates {
+        let id = u.page.0;
+        let mut h = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+        let slot = loop {
+            let e = &mut table[h];
+            if e.1 == EMPTY {
+                *e = (id, uniq.len() as u32);
+                uniq.push(u.page);
+                break e.1;
+            }
+            if e.0 == id {
+                break e.1;
+            }
+            h = (h + 1) & mask;
+        };
+        first.push(slot);
+    }
+    let mut order: Vec<u32> = (0..uniq.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| uniq[i as usize]);
+    let mut rank = vec![0usize; uniq.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        rank[i as usize] = pos;
+    }
+    let ids = order.iter().map(|&i| uniq[i as usize]).collect();
+    let slots = first.iter().map(|&i| rank[i as usize]).collect();
+    (ids, slots)
 }
 
 fn with_page(e: Error, page: PageId) -> Error {

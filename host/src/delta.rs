@@ -265,6 +265,7 @@ impl Payload {
     ///
     /// # Errors
     /// [`Error::InvalidDelta`] when it does not.
+    #[inline]
     pub fn check(&self, page_len: u64) -> Result<()> {
         let ok = match self {
             Payload::Dense(d) => d.len() == page_len,
@@ -274,13 +275,19 @@ impl Payload {
         if ok {
             Ok(())
         } else {
-            let what = match self {
-                Payload::Dense(d) => format!("dense delta for {} bytes", d.len()),
-                Payload::Full(b) => format!("full delta of {} bytes", b.len()),
-                Payload::Sparse(s) => format!("sparse delta reaching byte {}", s.end()),
-            };
-            Err(Error::invalid_delta(None, format!("{what} does not fit a page of {page_len} bytes")))
+            Err(self.misfit(page_len))
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn misfit(&self, page_len: u64) -> Error {
+        let what = match self {
+            Payload::Dense(d) => format!("dense delta for {} bytes", d.len()),
+            Payload::Full(b) => format!("full delta of {} bytes", b.len()),
+            Payload::Sparse(s) => format!("sparse delta reaching byte {}", s.end()),
+        };
+        Error::invalid_delta(None, format!("{what} does not fit a page of {page_len} bytes"))
     }
 
     /// Replace the selected bytes of `page`.
@@ -288,14 +295,24 @@ impl Payload {
     /// # Errors
     /// [`Error::InvalidDelta`] when the payload does not fit; `page` is then
     /// unchanged.
+    #[inline(always)]
     pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
         self.check(page.len() as u64)?;
         match self {
-            Payload::Full(b) => page.copy_from_slice(b),
             Payload::Sparse(s) => crate::simd::copy_runs(page, &s.runs, &s.data),
-            Payload::Dense(d) => blend(page, &d.data, d.mask_words()),
+            other => other.apply_wide(page),
         }
         Ok(())
+    }
+
+    /// [`Payload::apply_to`] of a dense or full payload that fits `page`.
+    #[inline(never)]
+    fn apply_wide(&self, page: &mut [u8]) {
+        match self {
+            Payload::Full(b) => page.copy_from_slice(b),
+            Payload::Dense(d) => blend(page, &d.data, d.mask_words()),
+            Payload::Sparse(_) => {}
+        }
     }
 
     /// Bytes selected by the payload.

@@ -234,6 +234,7 @@ impl Page {
     }
 
     /// Apply a payload already validated against this page's length.
+    #[inline]
     pub(crate) fn apply_checked(&mut self, payload: Payload) -> Result<()> {
         if let Some(g) = self.storage.gpu() {
             g.enqueue(payload);

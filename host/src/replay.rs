@@ -9,7 +9,7 @@
 
 use crate::change::Change;
 use crate::codec::delta::PayloadView;
-use crate::codec::page::PageImage;
+use crate::codec::page::{PageBytes, PageImage};
 use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source, SparseDelta};
 use crate::graph::GraphImage;
@@ -58,6 +58,7 @@ enum PayloadRef<'a> {
 }
 
 impl PayloadRef<'_> {
+    #[inline]
     fn check(&self, len: u64) -> Result<()> {
         match self {
             PayloadRef::View(v) => v.check(len),
@@ -126,6 +127,49 @@ fn op_of_change(c: &Change) -> Op<'_> {
         },
         graph => Op::Graph(graph),
     }
+}
+
+/// Validate one delta against its page (length `len`, at `epoch`) and the
+/// commit's counters; the page's next epoch. `next_delta` advances past
+/// the delta's id; `ts` is the logical time before it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn check_apply(
+    page: PageId,
+    len: u64,
+    epoch: Epoch,
+    id: DeltaId,
+    base: Option<Epoch>,
+    timestamp: u64,
+    payload: &PayloadRef<'_>,
+    strict: bool,
+    next_delta: &mut u64,
+    ts: u64,
+) -> Result<Epoch> {
+    payload.check(len).map_err(|e| match e {
+        Error::InvalidDelta { reason, .. } => Error::InvalidDelta { page: Some(page), reason },
+        o => o,
+    })?;
+    if let Some(b) = base {
+        if b != epoch {
+            return Err(Error::StaleEpoch { page, expected: b, actual: epoch });
+        }
+    }
+    let next = epoch.checked_next().ok_or_else(|| Error::invalid_delta(Some(page), "epoch overflow"))?;
+    if strict && (id.0 < *next_delta || timestamp != ts + 1) {
+        return Err(out_of_order(id, timestamp, *next_delta, ts));
+    }
+    *next_delta = (*next_delta).max(id.0.saturating_add(1));
+    Ok(next)
+}
+
+#[cold]
+#[inline(never)]
+fn out_of_order(id: DeltaId, timestamp: u64, next_delta: u64, ts: u64) -> Error {
+    Error::Invariant(format!(
+        "delta {id} at time {timestamp} is out of order (next id {next_delta}, time {})",
+        ts + 1
+    ))
 }
 
 /// Pages a graph change names.
@@ -211,32 +255,106 @@ impl StateImage {
                 }
                 Op::Apply { id, page, base, timestamp, payload } => {
                     let (len, epoch) = get(&overlay, &last, *page).ok_or(Error::PageNotFound(*page))?;
-                    payload.check(len).map_err(|e| match e {
-                        Error::InvalidDelta { reason, .. } => {
-                            Error::InvalidDelta { page: Some(*page), reason }
-                        }
-                        o => o,
-                    })?;
-                    if let Some(b) = base {
-                        if *b != epoch {
-                            return Err(Error::StaleEpoch { page: *page, expected: *b, actual: epoch });
-                        }
-                    }
-                    let next = epoch
-                        .checked_next()
-                        .ok_or_else(|| Error::invalid_delta(Some(*page), "epoch overflow"))?;
-                    if strict && (id.0 < next_delta || *timestamp != ts + 1) {
-                        return Err(Error::Invariant(format!(
-                            "delta {id} at time {timestamp} is out of order (next id {next_delta}, time {})",
-                            ts + 1
-                        )));
-                    }
-                    next_delta = next_delta.max(id.0.saturating_add(1));
+                    let next = check_apply(
+                        *page,
+                        len,
+                        epoch,
+                        *id,
+                        *base,
+                        *timestamp,
+                        payload,
+                        strict,
+                        &mut next_delta,
+                        ts,
+                    )?;
                     set(&mut overlay, &mut last, *page, Some((len, next)));
                 }
             }
             ts += 1;
         }
+        Ok(())
+    }
+
+    /// [`StateImage::apply_commit`] for a commit of delta records only:
+    /// each page the commit touches is looked up once (through a small
+    /// per-commit table, not once per record), validated like
+    /// [`StateImage::validate`] does, and its bytes are taken out of the map
+    /// while the records are applied.
+    fn apply_deltas(&mut self, commit: reader::Commit<'_, '_>) -> Result<()> {
+        const FREE: u32 = u32::MAX;
+        // (page, length, epoch as the commit leaves it so far).
+        let mut slots: Vec<(PageId, u64, Epoch)> = Vec::new();
+        // Distinct pages are at most min(records, pages): the table stays
+        // at most half full.
+        let cap = (2 * commit.len().min(self.pages.len()) + 2).next_power_of_two();
+        let bits = cap.trailing_zeros();
+        let mut table = vec![FREE; cap];
+        let mut slot_of: Vec<u32> = Vec::with_capacity(commit.len());
+        let (mut next_delta, mut ts) = (self.next_delta, self.timestamp);
+        for (_, r) in commit {
+            let Record::Delta(v) = r else {
+                return Err(Error::Invariant("a delta commit holds another record".into()));
+            };
+            let mut h = (v.page.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+            let k = loop {
+                let e = table[h];
+                if e == FREE {
+                    if 2 * (slots.len() + 1) > cap {
+                        return Err(Error::Invariant("replay page table overflow".into()));
+                    }
+                    let p = self.pages.get(&v.page).ok_or(Error::PageNotFound(v.page))?;
+                    table[h] = slots.len() as u32;
+                    slots.push((v.page, p.bytes.len() as u64, p.epoch));
+                    break slots.len() - 1;
+                }
+                if slots[e as usize].0 == v.page {
+                    break e as usize;
+                }
+                h = (h + 1) & (cap - 1);
+            };
+            let (page, len, epoch) = slots[k];
+            let payload = PayloadRef::View(v.payload);
+            let next = check_apply(
+                page,
+                len,
+                epoch,
+                v.id,
+                v.base_epoch,
+                v.timestamp,
+                &payload,
+                true,
+                &mut next_delta,
+                ts,
+            )?;
+            slots[k].2 = next;
+            slot_of.push(k as u32);
+            ts += 1;
+        }
+        // Valid as a whole: apply. The bytes of each page leave the map once.
+        let mut bytes: Vec<PageBytes> = slots
+            .iter()
+            .map(|(id, ..)| self.pages.get_mut(id).map(|p| std::mem::take(&mut p.bytes)).unwrap_or_default())
+            .collect();
+        let mut res = Ok(());
+        for ((_, r), &k) in commit.iter().zip(&slot_of) {
+            if let Record::Delta(v) = r {
+                if let Err(e) = v.payload.apply_to(&mut bytes[k as usize]) {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        for ((id, _, epoch), b) in slots.iter().zip(bytes) {
+            if let Some(p) = self.pages.get_mut(id) {
+                p.bytes = b;
+                if res.is_ok() {
+                    p.epoch = *epoch;
+                }
+            }
+        }
+        res?;
+        self.next_delta = next_delta;
+        self.timestamp = ts;
         Ok(())
     }
 
@@ -265,7 +383,7 @@ impl StateImage {
                     let p = self.pages.get_mut(page).ok_or(Error::PageNotFound(*page))?;
                     payload.apply(&mut p.bytes)?;
                     p.epoch = Epoch(p.epoch.0 + 1);
-                    self.next_delta = self.next_delta.max(id.0 + 1);
+                    self.next_delta = self.next_delta.max(id.0.saturating_add(1));
                 }
             }
             self.timestamp += 1;
@@ -279,10 +397,14 @@ impl StateImage {
     /// # Errors
     /// The typed error of the first invalid change; the image is unchanged.
     pub fn apply_commit(&mut self, commit: reader::Commit<'_, '_>) -> Result<()> {
-        // Two passes over the borrowed records: nothing is collected.
-        let ops = || commit.iter().filter_map(|(_, r)| op_of_record(r));
-        self.validate(ops(), true)?;
-        self.apply_ops(ops())?;
+        if commit.len() >= 4 && commit.iter().all(|(_, r)| matches!(r, Record::Delta(_))) {
+            self.apply_deltas(commit)?;
+        } else {
+            // Two passes over the borrowed records: nothing is collected.
+            let ops = || commit.iter().filter_map(|(_, r)| op_of_record(r));
+            self.validate(ops(), true)?;
+            self.apply_ops(ops())?;
+        }
         if let Some((lsn, _)) = commit.last() {
             self.lsn = *lsn;
         }
@@ -546,4 +668,105 @@ pub fn page_history(
         },
     )?;
     Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::delta::{encode_delta_body, DeltaView};
+    use proptest::prelude::*;
+
+    fn image() -> StateImage {
+        let mut img =
+            StateImage { next_page: 6, next_delta: 10, timestamp: 100, lsn: 7, ..StateImage::default() };
+        for (id, len, epoch) in [(1u64, 48usize, 0u64), (2, 64, 3), (3, 1, 1), (4, 41, 2)] {
+            img.pages.insert(
+                PageId(id),
+                PageImage {
+                    id: PageId(id),
+                    epoch: Epoch(epoch),
+                    location: Location::Cpu,
+                    meta: Metadata::new(),
+                    bytes: (0..len).map(|i| i as u8).collect(),
+                },
+            );
+        }
+        img
+    }
+
+    thread_local! {
+        static OUTCOMES: std::cell::RefCell<[u32; 2]> = const { std::cell::RefCell::new([0; 2]) };
+    }
+
+    #[test]
+    fn delta_commit_cases_cover_both_outcomes() {
+        delta_commits_match_the_general_path();
+        let [refused, applied] = OUTCOMES.with(|o| *o.borrow());
+        assert!(refused > 10 && applied > 10, "refused {refused}, applied {applied}");
+    }
+
+    proptest! {
+        /// The per-commit page table path accepts, refuses and applies
+        /// exactly what the general validate-then-apply path does.
+        #[test]
+        fn delta_commits_match_the_general_path(
+            ops in proptest::collection::vec(
+                (
+                    // Mostly pages that exist and fit; now and then a missing
+                    // page (5), a one-byte page (3), a stale base epoch, or
+                    // an id or timestamp out of order.
+                    prop_oneof![10 => Just(1u64), 10 => Just(2), 10 => Just(4), 1 => Just(3), 1 => Just(5)],
+                    0u64..36,
+                    1u64..6,
+                    prop_oneof![12 => Just(None), 1 => (0u64..5).prop_map(Some)],
+                    0u8..60,
+                    0u8..60,
+                ),
+                4..24,
+            ),
+        ) {
+            let bodies: Vec<Vec<u8>> = ops
+                .iter()
+                .enumerate()
+                .map(|(i, &(page, off, len, base, skew_id, skew_ts))| {
+                    let d = Delta {
+                        id: DeltaId(10 + i as u64 - u64::from(skew_id == 0 && i > 0)),
+                        page: PageId(page),
+                        base_epoch: base.map(Epoch),
+                        payload: Payload::Sparse(
+                            SparseDelta::from_pairs([(off, &vec![i as u8 + 1; len as usize][..])]).unwrap(),
+                        ),
+                        source: Source::User,
+                        tag: None,
+                        timestamp: 101 + i as u64 + u64::from(skew_ts == 0),
+                    };
+                    let mut b = Vec::new();
+                    encode_delta_body(&d, &mut b).unwrap();
+                    b
+                })
+                .collect();
+            let commit: Vec<(u64, Record<'_>)> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (8 + i as u64, Record::Delta(DeltaView::parse(b, 0, &Limits::default()).unwrap())))
+                .collect();
+            let mut fast = image();
+            let fast_res = fast.apply_commit(&commit);
+            OUTCOMES.with(|o| o.borrow_mut()[usize::from(fast_res.is_ok())] += 1);
+            let mut slow = image();
+            let ops = || commit.iter().filter_map(|(_, r)| op_of_record(r));
+            let slow_res = slow.validate(ops(), true).and_then(|()| slow.apply_ops(ops()));
+            match (&fast_res, &slow_res) {
+                (Ok(()), Ok(())) => {
+                    slow.lsn = fast.lsn;
+                    prop_assert_eq!(&fast, &slow);
+                }
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a.to_string(), b.to_string());
+                    prop_assert_eq!(&fast, &image());
+                }
+                _ => prop_assert!(false, "fast {:?} vs general {:?}", fast_res, slow_res),
+            }
+        }
+    }
 }

@@ -129,14 +129,15 @@ pub(crate) fn copy_runs_scalar(page: &mut [u8], runs: &[Run], data: &[u8]) {
         let (Some(dst), Some(src)) = (page.get_mut(o..o.saturating_add(n)), data.get(at..at + n)) else {
             return;
         };
-        copy_short(dst, src);
+        copy_small(dst, src);
         at += n;
     }
 }
 
-/// `dst.copy_from_slice(src)` (equal lengths), inline up to 64 bytes.
+/// `dst.copy_from_slice(src)` (equal lengths), inline (no `memcpy` call)
+/// up to 64 bytes: the copies small deltas and log records make.
 #[inline(always)]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
+pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
     // Head and tail blocks of K bytes; they overlap when the length < 2K.
     fn two<const K: usize>(dst: &mut [u8], src: &[u8]) {
         let n = dst.len();
@@ -260,8 +261,18 @@ mod x86 {
             a.copy_from_slice(w);
             c = _mm_crc32_u64(c, u64::from_le_bytes(a));
         }
+        // The last 0..=7 bytes in at most three steps (4, 2, 1 bytes).
         let mut c = c as u32;
-        for &b in words.remainder() {
+        let mut rest = words.remainder();
+        if let Some((w, r)) = rest.split_first_chunk::<4>() {
+            c = _mm_crc32_u32(c, u32::from_le_bytes(*w));
+            rest = r;
+        }
+        if let Some((w, r)) = rest.split_first_chunk::<2>() {
+            c = _mm_crc32_u16(c, u16::from_le_bytes(*w));
+            rest = r;
+        }
+        if let Some(&b) = rest.first() {
             c = _mm_crc32_u8(c, b);
         }
         !c

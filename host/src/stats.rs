@@ -214,6 +214,14 @@ impl Monitor {
         }
     }
 
+    /// `n` user deltas were applied.
+    #[inline]
+    pub(crate) fn deltas_applied(&self, n: u64) {
+        if n > 0 {
+            self.deltas.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// A propagation was committed after `d`.
     pub(crate) fn propagated(&self, d: Duration) {
         self.propagation.record_duration(d);

@@ -28,18 +28,38 @@ pub const DELTA_HEAD_LEN: usize = 44;
 /// Size of the blob header (magic, version, flags, body length).
 pub const BLOB_HEAD_LEN: usize = 12;
 
-const FLAG_BASE: u8 = 1;
+pub(crate) const FLAG_BASE: u8 = 1;
 const FLAG_TAG: u8 = 2;
 
 /// Append the payload encoding of `p` to `out`; writes exactly
 /// `p.encoded_len()` bytes.
 pub fn encode_payload(p: &Payload, out: &mut Vec<u8>) {
-    let mut head = [0u8; 9];
+    out.extend_from_slice(&payload_head(p));
+    encode_payload_body(p, out);
+}
+
+/// Size of the payload encoding's head (kind byte and `u64` length).
+pub(crate) const PAYLOAD_HEAD_LEN: usize = 9;
+
+/// The head of the payload encoding of `p`: kind and length or run count.
+#[inline]
+pub(crate) fn payload_head(p: &Payload) -> [u8; PAYLOAD_HEAD_LEN] {
+    let (kind, n) = match p {
+        Payload::Dense(d) => (1u8, d.len()),
+        Payload::Sparse(s) => (2, s.runs().len() as u64),
+        Payload::Full(b) => (3, b.len() as u64),
+    };
+    let mut head = [0u8; PAYLOAD_HEAD_LEN];
+    head[0] = kind;
+    head[1..].copy_from_slice(&n.to_le_bytes());
+    head
+}
+
+/// The payload encoding of `p` after its head ([`payload_head`]).
+#[inline]
+pub(crate) fn encode_payload_body(p: &Payload, out: &mut Vec<u8>) {
     match p {
         Payload::Dense(d) => {
-            head[0] = 1;
-            head[1..].copy_from_slice(&d.len().to_le_bytes());
-            out.extend_from_slice(&head);
             let nbytes = d.len().div_ceil(8) as usize;
             let words = d.mask_words();
             let start = out.len();
@@ -68,9 +88,6 @@ pub fn encode_payload(p: &Payload, out: &mut Vec<u8>) {
             }
         }
         Payload::Sparse(s) => {
-            head[0] = 2;
-            head[1..].copy_from_slice(&(s.runs().len() as u64).to_le_bytes());
-            out.extend_from_slice(&head);
             for r in s.runs() {
                 let mut run = [0u8; 16];
                 run[..8].copy_from_slice(&r.offset.to_le_bytes());
@@ -79,12 +96,7 @@ pub fn encode_payload(p: &Payload, out: &mut Vec<u8>) {
             }
             out.extend_from_slice(s.data());
         }
-        Payload::Full(b) => {
-            head[0] = 3;
-            head[1..].copy_from_slice(&(b.len() as u64).to_le_bytes());
-            out.extend_from_slice(&head);
-            out.extend_from_slice(b);
-        }
+        Payload::Full(b) => out.extend_from_slice(b),
     }
 }
 
@@ -113,6 +125,13 @@ pub enum PayloadView<'a> {
     Full(&'a [u8]),
 }
 
+#[cold]
+#[inline(never)]
+fn misfit(page_len: u64) -> Error {
+    Error::invalid_delta(None, format!("logged payload does not fit a page of {page_len} bytes"))
+}
+
+#[inline(always)]
 fn le64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
@@ -125,7 +144,42 @@ impl<'a> PayloadView<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] for any malformed input; never panics.
+    #[inline(always)]
     pub fn parse(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
+        // Well-formed sparse payloads (the small-delta case) are checked in
+        // one tight pass; anything else, and every error, takes the
+        // field-by-field path below.
+        if let Some((h, rest)) = buf.split_first_chunk::<9>() {
+            if h[0] == 2 {
+                if let Some(v) = Self::sparse_fast(le64(h, 1), rest, limits) {
+                    return Ok(v);
+                }
+            }
+        }
+        Self::parse_fields(buf, base, limits)
+    }
+
+    /// A valid sparse body of `n` runs spanning all of `rest`, or `None`.
+    #[inline]
+    fn sparse_fast(n: u64, rest: &'a [u8], limits: &Limits) -> Option<Self> {
+        if n > rest.len() as u64 / 16 {
+            return None;
+        }
+        let (runs, data) = rest.split_at(16 * n as usize);
+        let (mut total, mut prev_end) = (0u64, 0u64);
+        for (i, r) in runs.chunks_exact(16).enumerate() {
+            let (off, len) = (le64(r, 0), le64(r, 8));
+            let end = off.checked_add(len)?;
+            if len == 0 || end > limits.max_page_len || (i > 0 && off < prev_end) {
+                return None;
+            }
+            prev_end = end;
+            total += len;
+        }
+        (data.len() as u64 == total).then_some(PayloadView::Sparse { runs, data, end: prev_end })
+    }
+
+    fn parse_fields(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
         let mut r = Reader::new(buf, base);
         let at = r.offset();
         let kind = r.u8("payload kind")?;
@@ -189,6 +243,7 @@ impl<'a> PayloadView<'a> {
     ///
     /// # Errors
     /// [`Error::InvalidDelta`] when it does not.
+    #[inline]
     pub fn check(&self, page_len: u64) -> Result<()> {
         let ok = match self {
             PayloadView::Dense { len, .. } => *len == page_len,
@@ -198,7 +253,7 @@ impl<'a> PayloadView<'a> {
         if ok {
             Ok(())
         } else {
-            Err(Error::invalid_delta(None, format!("logged payload does not fit a page of {page_len} bytes")))
+            Err(misfit(page_len))
         }
     }
 
@@ -206,18 +261,30 @@ impl<'a> PayloadView<'a> {
     ///
     /// # Errors
     /// [`Error::InvalidDelta`] when the payload does not fit; `page` is then unchanged.
+    #[inline(always)]
     pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
         self.check(page.len() as u64)?;
         match *self {
-            PayloadView::Full(b) => page.copy_from_slice(b),
+            // Small sparse deltas are the common case: inline.
             PayloadView::Sparse { runs, data, .. } => {
                 let mut at = 0usize;
                 for r in runs.chunks_exact(16) {
                     let (off, len) = (le64(r, 0) as usize, le64(r, 8) as usize);
-                    page[off..off + len].copy_from_slice(&data[at..at + len]);
+                    crate::simd::copy_small(&mut page[off..off + len], &data[at..at + len]);
                     at += len;
                 }
             }
+            other => other.apply_wide(page),
+        }
+        Ok(())
+    }
+
+    /// [`PayloadView::apply_to`] of a full or dense payload that fits `page`.
+    #[inline(never)]
+    fn apply_wide(&self, page: &mut [u8]) {
+        match *self {
+            PayloadView::Full(b) => page.copy_from_slice(b),
+            PayloadView::Sparse { .. } => {}
             PayloadView::Dense { mask, selected, .. } => {
                 let mut at = 0usize;
                 for (i, &m) in mask.iter().enumerate() {
@@ -240,7 +307,6 @@ impl<'a> PayloadView<'a> {
                 }
             }
         }
-        Ok(())
     }
 
     /// The owned payload.
@@ -384,7 +450,39 @@ impl<'a> DeltaView<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] for malformed input; never panics.
+    #[inline(always)]
     pub fn parse(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
+        // The fixed part is read as one block; a body too short for it
+        // takes the field-by-field path, which names the missing field.
+        let Some(h) = buf.first_chunk::<DELTA_HEAD_LEN>() else {
+            return Self::parse_fields(buf, base, limits);
+        };
+        let u64_at = |at: usize| le64(h, at);
+        let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        let (base_raw, flags, source) = (u64_at(24), h[32], h[33]);
+        let (plen, tlen) = (u32_at(36), u32_at(40));
+        let plain =
+            flags & !FLAG_BASE == 0 && source == 0 && h[34] == 0 && h[35] == 0 && plen == 0 && tlen == 0;
+        if !plain || (flags & FLAG_BASE == 0 && base_raw != 0) {
+            // Provenance, a tag, or something to report: the general path.
+            return Self::parse_fields(buf, base, limits);
+        }
+        let pay_at = base + DELTA_HEAD_LEN as u64;
+        let payload = PayloadView::parse(&buf[DELTA_HEAD_LEN..], pay_at, limits)?;
+        Ok(DeltaView {
+            id: DeltaId(u64_at(0)),
+            page: PageId(u64_at(8)),
+            timestamp: u64_at(16),
+            base_epoch: (flags & FLAG_BASE != 0).then_some(Epoch(base_raw)),
+            source,
+            provenance: &[],
+            tag: None,
+            payload,
+        })
+    }
+
+    /// [`DeltaView::parse`] field by field.
+    fn parse_fields(buf: &'a [u8], base: u64, limits: &Limits) -> Result<Self> {
         let mut r = Reader::new(buf, base);
         let id = DeltaId(r.u64("delta id")?);
         let page = PageId(r.u64("delta page")?);
@@ -622,6 +720,29 @@ mod tests {
             let blob = encode_delta(&d).unwrap();
             prop_assert_eq!(blob.len() as u64, BLOB_HEAD_LEN as u64 + delta_body_len(&d) + 4);
             prop_assert_eq!(decode_delta(&blob, &Limits::default()).unwrap(), d);
+        }
+
+        #[test]
+        fn block_parsers_agree_with_the_field_parsers(
+            d in arb_delta(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+            cut in any::<usize>(),
+        ) {
+            let mut body = Vec::new();
+            encode_delta_body(&d, &mut body).unwrap();
+            for (at, x) in flips {
+                let n = body.len();
+                body[at % n] ^= x;
+            }
+            let body = &body[..body.len() - cut % 3];
+            let lim = Limits { max_page_len: 250, ..Limits::default() };
+            let fast = DeltaView::parse(body, 5, &lim);
+            let slow = DeltaView::parse_fields(body, 5, &lim);
+            prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+            let pay = &body[body.len().min(DELTA_HEAD_LEN)..];
+            let fast = PayloadView::parse(pay, 3, &lim);
+            let slow = PayloadView::parse_fields(pay, 3, &lim);
+            prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
         }
 
         #[test]

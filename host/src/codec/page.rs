@@ -81,6 +81,13 @@ impl PageBytes {
     }
 }
 
+/// No bytes (an empty vector).
+impl Default for PageBytes {
+    fn default() -> Self {
+        Self(Repr::Vec(Vec::new()))
+    }
+}
+
 impl From<Vec<u8>> for PageBytes {
     fn from(v: Vec<u8>) -> Self {
         Self(Repr::Vec(v))

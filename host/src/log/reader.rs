@@ -167,6 +167,7 @@ pub enum Record<'a> {
 /// # Errors
 /// [`Error::Corrupt`] for a malformed body or a required type this build
 /// does not know.
+#[inline]
 pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<'a>> {
     let base = raw.offset + RECORD_HEAD_LEN as u64;
     let mut r = Reader::new(raw.body, base);
@@ -467,38 +468,44 @@ fn scan_segment(
             let start = batch.map_or(raw.offset, |b| b.1);
             (corrupt(path, raw.offset, reason), start)
         };
-        let rec = decode_record(&raw, limits).map_err(|e| {
+        let decode_err = |e: Error| {
             let start = batch.map_or(raw.offset, |b| b.1);
             (e.in_file(path), start)
-        })?;
-        match rec {
-            Record::BatchBegin(n) => {
-                if batch.is_some() {
-                    return Err(bad("batch begins inside a batch".into()));
-                }
-                batch = Some((n, raw.offset));
-                pending.clear();
-                continue;
-            }
-            Record::BatchEnd(n) => match batch {
-                Some((m, _)) if m == n && pending.len() as u64 == u64::from(n) => {}
-                _ => {
-                    return Err(bad(format!(
-                        "batch end ({n}) does not match its begin ({batch:?}, {} records)",
-                        pending.len()
-                    )))
-                }
-            },
-            other => {
-                if let Some((n, _)) = batch {
-                    if pending.len() as u64 >= u64::from(n) {
-                        return Err(bad("batch holds more records than declared".into()));
+        };
+        let marker = raw.kind == RecordType::BatchBegin as u8 || raw.kind == RecordType::BatchEnd as u8;
+        if marker {
+            match decode_record(&raw, limits).map_err(decode_err)? {
+                Record::BatchBegin(n) => {
+                    if batch.is_some() {
+                        return Err(bad("batch begins inside a batch".into()));
                     }
-                }
-                pending.push((raw.lsn, other));
-                if batch.is_some() {
+                    batch = Some((n, raw.offset));
+                    pending.clear();
                     continue;
                 }
+                Record::BatchEnd(n) => match batch {
+                    Some((m, _)) if m == n && pending.len() as u64 == u64::from(n) => {}
+                    _ => {
+                        return Err(bad(format!(
+                            "batch end ({n}) does not match its begin ({batch:?}, {} records)",
+                            pending.len()
+                        )))
+                    }
+                },
+                _ => return Err(bad("batch marker decodes as another record".into())),
+            }
+        } else {
+            if let Some((n, _)) = batch {
+                if pending.len() as u64 >= u64::from(n) {
+                    // Decoding errors come first, as for any record.
+                    decode_record(&raw, limits).map_err(decode_err)?;
+                    return Err(bad("batch holds more records than declared".into()));
+                }
+            }
+            // Decoded straight into the commit's list: records are large.
+            pending.push((raw.lsn, decode_record(&raw, limits).map_err(decode_err)?));
+            if batch.is_some() {
+                continue;
             }
         }
         // A committed unit ends at this record.
