@@ -687,7 +687,7 @@ mod tests {
                     epoch: Epoch(epoch),
                     location: Location::Cpu,
                     meta: Metadata::new(),
-                    bytes: (0..len).map(|i| i as u8).collect(),
+                    bytes: (0..len).map(|i| i as u8).collect::<Vec<u8>>().into(),
                 },
             );
         }
