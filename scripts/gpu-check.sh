@@ -99,7 +99,7 @@ device() {
         echo "=== gpu-check summary ($card) ==="
         echo "steps:"
         cat "$summary"
-        echo "skips in the test run: $(grep -c 'SKIPPED' "$OUT/tests.log" 2>/dev/null || echo 0)"
+        echo "skips in the test run: $(grep -c 'SKIPPED' "$OUT/tests.log" 2>/dev/null || true)"
         grep -h "ERROR SUMMARY" "$OUT"/memcheck.log "$OUT"/racecheck.log "$OUT"/initcheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h "RACECHECK SUMMARY" "$OUT"/racecheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h 'latency\|_e2e' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true

@@ -92,21 +92,23 @@ fn expected(ops: &[Op]) -> Vec<u128> {
     h
 }
 
+/// File-system operations of a full, crash-free run of `ops`.
+fn full_run_ops(cfg: impl Fn(&SimVfs) -> Config, ops: &[Op]) -> Result<u64> {
+    let v = SimVfs::new();
+    let s = Mmsb::start(cfg(&v))?;
+    for op in ops {
+        run(&s, op)?;
+    }
+    drop(s);
+    Ok(v.ops())
+}
+
 #[test]
 fn every_crash_point_recovers_an_acknowledged_state() -> Result<()> {
     let mut points = 0u64;
     for ops in workloads() {
         let want = expected(&ops);
-        // Count the operations of a full run.
-        let total = {
-            let v = SimVfs::new();
-            let s = Mmsb::start(cfg(&v))?;
-            for op in &ops {
-                run(&s, op)?;
-            }
-            drop(s);
-            v.ops()
-        };
+        let total = full_run_ops(cfg, &ops)?;
         for k in 0..=total {
             for mode in
                 [CrashMode::DropUnsynced, CrashMode::KeepAll, CrashMode::Torn(k), CrashMode::Torn(k + 1000)]
@@ -157,15 +159,7 @@ fn a_checkpoint_is_durable_without_per_commit_fsyncs() -> Result<()> {
         let cfg = |v: &SimVfs| Config::at("/state").vfs(Arc::new(v.clone())).durability(durability);
         for ops in workloads() {
             let want = expected(&ops);
-            let total = {
-                let v = SimVfs::new();
-                let s = Mmsb::start(cfg(&v))?;
-                for op in &ops {
-                    run(&s, op)?;
-                }
-                drop(s);
-                v.ops()
-            };
+            let total = full_run_ops(cfg, &ops)?;
             for k in 0..=total {
                 for mode in [CrashMode::DropUnsynced, CrashMode::KeepAll] {
                     let v = SimVfs::new();

@@ -308,12 +308,25 @@ impl LogWriter {
         first_id: u64,
         first_timestamp: u64,
     ) -> Result<std::ops::RangeInclusive<Lsn>> {
+        self.framed(updates.len(), |w, i| {
+            w.user_delta_record(first_id + i as u64, &updates[i], first_timestamp + i as u64)
+        })
+    }
+
+    /// Frame `n` records as one atomic batch (begin/end markers around more
+    /// than one), `each(self, i)` writing record `i`, and account for them;
+    /// on an error the buffer and the next LSN are as they were.
+    fn framed(
+        &mut self,
+        n: usize,
+        mut each: impl FnMut(&mut Self, usize) -> Result<()>,
+    ) -> Result<std::ops::RangeInclusive<Lsn>> {
         self.live()?;
         if self.seg_bytes >= self.segment_limit {
             self.rotate()?;
         }
         let (mark, lsn0) = (self.buf.len(), self.next_lsn);
-        let res = self.append_updates_inner(updates, first_id, first_timestamp);
+        let res = self.batch_records(n, &mut each);
         if let Err(e) = res {
             self.buf.truncate(mark);
             self.next_lsn = lsn0;
@@ -327,32 +340,26 @@ impl LogWriter {
         Ok(Lsn(lsn0)..=Lsn(self.next_lsn - 1))
     }
 
-    fn append_updates_inner(
+    fn batch_records(
         &mut self,
-        updates: &[crate::api::Update],
-        first_id: u64,
-        first_timestamp: u64,
+        n: usize,
+        each: &mut impl FnMut(&mut Self, usize) -> Result<()>,
     ) -> Result<()> {
-        let n = updates.len();
-        let batch = n > 1;
-        if batch {
-            let count = u32::try_from(n)
-                .map_err(|_| Error::Serialization(format!("a batch of {n} changes is too large")))?;
-            self.record(RecordType::BatchBegin, |b| {
-                put_u32(b, count);
-                put_u32(b, 0);
-                Ok(())
-            })?;
+        let count = u32::try_from(n)
+            .map_err(|_| Error::Serialization(format!("a batch of {n} changes is too large")))?;
+        let marker = |b: &mut Vec<u8>| {
+            put_u32(b, count);
+            put_u32(b, 0);
+            Ok(())
+        };
+        if n > 1 {
+            self.record(RecordType::BatchBegin, marker)?;
         }
-        for (i, u) in updates.iter().enumerate() {
-            self.user_delta_record(first_id + i as u64, u, first_timestamp + i as u64)?;
+        for i in 0..n {
+            each(self, i)?;
         }
-        if batch {
-            self.record(RecordType::BatchEnd, |b| {
-                put_u32(b, n as u32);
-                put_u32(b, 0);
-                Ok(())
-            })?;
+        if n > 1 {
+            self.record(RecordType::BatchEnd, marker)?;
         }
         Ok(())
     }
@@ -366,72 +373,35 @@ impl LogWriter {
     /// (the buffer is then unchanged); [`Error::Io`] when rolling to a new
     /// segment fails (the log is then poisoned).
     pub fn append(&mut self, changes: &[Change]) -> Result<std::ops::RangeInclusive<Lsn>> {
-        self.live()?;
-        if self.seg_bytes >= self.segment_limit {
-            self.rotate()?;
-        }
-        let (mark, lsn0) = (self.buf.len(), self.next_lsn);
-        let res = self.append_inner(changes);
-        if let Err(e) = res {
-            self.buf.truncate(mark);
-            self.next_lsn = lsn0;
-            return Err(e);
-        }
-        let added = (self.buf.len() - mark) as u64;
-        self.seg_bytes += added;
-        self.stats.bytes += added;
-        self.stats.records += self.next_lsn - lsn0;
-        self.unsynced_records += self.next_lsn - lsn0;
-        Ok(Lsn(lsn0)..=Lsn(self.next_lsn - 1))
+        self.framed(changes.len(), |w, i| w.change_record(&changes[i]))
     }
 
-    fn append_inner(&mut self, changes: &[Change]) -> Result<()> {
-        let n = changes.len();
-        let marker = |count: usize| {
-            move |b: &mut Vec<u8>| {
-                put_u32(b, count as u32);
-                put_u32(b, 0);
+    /// Frame one change as its record.
+    fn change_record(&mut self, c: &Change) -> Result<()> {
+        match c {
+            Change::CreatePage { id, len, location, meta } => self.record(RecordType::CreatePage, |b| {
+                put_u64(b, id.0);
+                put_u64(b, *len);
+                put_location(b, *location);
+                put_metadata(b, meta);
                 Ok(())
-            }
-        };
-        if n > 1 {
-            if u32::try_from(n).is_err() {
-                return Err(Error::Serialization(format!("a batch of {n} changes is too large")));
-            }
-            self.record(RecordType::BatchBegin, marker(n))?;
-        }
-        for c in changes {
-            match c {
-                Change::CreatePage { id, len, location, meta } => {
-                    self.record(RecordType::CreatePage, |b| {
-                        put_u64(b, id.0);
-                        put_u64(b, *len);
-                        put_location(b, *location);
-                        put_metadata(b, meta);
-                        Ok(())
-                    })?
-                }
-                Change::DeletePage { id } => self.record(RecordType::DeletePage, |b| {
-                    put_u64(b, id.0);
+            }),
+            Change::DeletePage { id } => self.record(RecordType::DeletePage, |b| {
+                put_u64(b, id.0);
+                Ok(())
+            }),
+            Change::Apply(d) => self.delta_record(d),
+            other => {
+                let rec = super::GraphRecord::of(other).ok_or_else(|| {
+                    Error::Serialization(format!("no log record type for change {other:?}"))
+                })?;
+                self.record(RecordType::Graph, |b| {
+                    let bytes = postcard::to_stdvec(&rec)?;
+                    b.extend_from_slice(&bytes);
                     Ok(())
-                })?,
-                Change::Apply(d) => self.delta_record(d)?,
-                other => {
-                    let rec = super::GraphRecord::of(other).ok_or_else(|| {
-                        Error::Serialization(format!("no log record type for change {other:?}"))
-                    })?;
-                    self.record(RecordType::Graph, |b| {
-                        let bytes = postcard::to_stdvec(&rec)?;
-                        b.extend_from_slice(&bytes);
-                        Ok(())
-                    })?
-                }
+                })
             }
         }
-        if n > 1 {
-            self.record(RecordType::BatchEnd, marker(n))?;
-        }
-        Ok(())
     }
 
     fn write_out(&mut self) -> Result<()> {
