@@ -25,6 +25,17 @@ build() {
     # rows of one run, on an idle machine.
     cargo build --release --bin mmsb
     cp target/release/mmsb "$DEV/"
+    # The criterion suite (its `gpu` group times the kernels with
+    # iter_custom and a stream synchronize).
+    local exe
+    exe=$(cargo bench -p mmsb-benches --bench mmsb --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    j = json.loads(line)
+    if j.get("reason") == "compiler-artifact" and j.get("executable") and "bench" in j["target"]["kind"]:
+        print(j["executable"])' | tail -1)
+    [[ -n "$exe" ]] || { echo "gpu-check: no criterion executable" >&2; exit 1; }
+    cp "$exe" "$DEV/criterion_mmsb"
     cp /usr/local/bin/cargo-nextest "$DEV/"
     echo "gpu-check: built $DEV:"
     ls -l "$DEV"
@@ -55,7 +66,7 @@ device() {
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
     # STEPS (space-separated names) picks a subset; all steps by default.
-    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch mmsbbench} "
+    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch mmsbbench criterion} "
     step() {
         local name=$1 limit=$2
         shift 2
@@ -76,20 +87,21 @@ device() {
     # without the out-of-memory test, whose failing cuMemAlloc is its point
     # (memcheck reports every failed API call).
     local filt=(-E 'test(/gpu/) & not (test(gpu_hundred_thousand_small_deltas_match_cpu) | test(gpu_large_page_matches_cpu) | test(gpu_memory_when_a_device_page_cannot_fit))')
-    local st=${SANITIZER_TIMEOUT:-80}
+    local st=${SANITIZER_TIMEOUT:-60}
 
-    # Step limits add up to 60 + 60 + 60 + 90 + 3 x 80 = 510 s, inside one
-    # 600 s device call with room for start-up and the summary (measured on
-    # an H100: tests 17 s, bench 3 s, torch 10 s, mmsb bench 30 s, each
-    # sanitizer under 60 s). Benchmarks run before the sanitizers so that a
+    # Step limits add up to 60 + 60 + 60 + 60 + 60 + 3 x 60 = 480 s, inside
+    # one 600 s device call with room for start-up and the summary (measured
+    # on an H100: tests 28 s, bench 3 s, torch 14 s, mmsb bench 15 s, each
+    # sanitizer under 20 s). Benchmarks run before the sanitizers so that a
     # slow sanitizer never costs the figures.
-    echo "gpu-check: step limits total $((60 + 60 + 60 + 90 + 3 * st)) s"
+    echo "gpu-check: step limits total $((60 * 5 + 3 * st)) s"
     # Every test of the archive except the kill loop, whose child binary is
     # not part of a nextest archive (CI runs it on the build machine).
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
     step bench 60 target/device/gpu_bench --mib "${BENCH_MIB:-256}" --iters 20
     step torch 60 python3 scripts/torch_peer.py --mib "${BENCH_MIB:-256}" --iters 20
-    step mmsbbench 90 target/device/mmsb bench --quick --json "$OUT/mmsb-bench.json"
+    step mmsbbench 60 target/device/mmsb bench --quick --json "$OUT/mmsb-bench.json"
+    step criterion 60 env CRITERION_HOME=/tmp/mmsb-criterion target/device/criterion_mmsb --bench --quick --noplot gpu
     step memcheck "$st" compute-sanitizer --tool memcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step racecheck "$st" compute-sanitizer --tool racecheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step initcheck "$st" compute-sanitizer --tool initcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
@@ -106,6 +118,9 @@ device() {
         echo
         echo "mmsb bench --quick on this host ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs):"
         sed -n '/^benchmark /,/^GPU rows/p' "$OUT/mmsbbench.log" 2>/dev/null | grep -v '^gpu_' || true
+        echo
+        echo "criterion, group gpu (iter_custom, stream synchronize before the clock stops):"
+        grep -E "^gpu/|thrpt:|SKIPPED" "$OUT/criterion.log" 2>/dev/null | sed 's/  */ /g' | cut -c1-100 || true
         echo
         echo "card: $card"
         printf '%-40s %10s %8s\n' name GB/s ratio

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench -p mmsb-benches --bench mmsb                 # everything
 //! cargo bench -p mmsb-benches --bench mmsb -- propagate    # one area
+//! cargo bench -p mmsb-benches --bench mmsb -- gpu          # GPU kernels (skips without a device)
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -14,6 +15,7 @@ mod alloc;
 mod apply;
 mod checkpoint;
 mod codecs;
+mod gpu;
 mod log;
 mod propagation;
 mod replay;
@@ -27,6 +29,6 @@ criterion_group! {
     name = benches;
     config = config();
     targets = apply::bench, codecs::bench, alloc::bench, propagation::bench, log::bench,
-        checkpoint::bench, replay::bench
+        checkpoint::bench, replay::bench, gpu::bench
 }
 criterion_main!(benches);

@@ -14,6 +14,9 @@ use crate::{Config, Location, Mmsb, PageSpec, Result, Update};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Longest run piece the host's packer hands to the sparse kernel.
+pub use gpu_kernels::body::RUN_CHUNK;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -127,101 +130,198 @@ fn upload_random(gpu: &Gpu, block: &DeviceBlock, rng: &mut Rng) -> Result<Vec<u8
     Ok(v)
 }
 
+/// One kernel workload of [`Kernels`]: what it does and the bytes it
+/// counts per launch (read plus written).
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Name, like `gpu_apply_dense_256m`.
+    pub name: String,
+    /// Bytes counted per launch.
+    pub bytes: u64,
+    /// What is counted, or the run layout.
+    pub note: String,
+}
+
+enum Op {
+    MemcpyDtoD,
+    Copy,
+    Zero,
+    Dense,
+    Compare,
+    Sparse { runs: DeviceBlock, count: u64 },
+}
+
+/// The large-page kernel workloads on device 0, inputs uploaded once: the
+/// device-to-device copy they are measured against, page copy and zero,
+/// dense masked apply, compare, and sparse apply over the run layouts of
+/// the PyTorch peer. [`Kernels::time`] has the contract of criterion's
+/// `iter_custom`: launch `iters` times, synchronize, return the elapsed time.
+pub struct Kernels {
+    gpu: Arc<Gpu>,
+    n: u64,
+    a: DeviceBlock,
+    b: DeviceBlock,
+    data: DeviceBlock,
+    mask: DeviceBlock,
+    count: DeviceBlock,
+    ops: Vec<(Workload, Op)>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels").field("device", &self.device()).field("page_bytes", &self.n).finish()
+    }
+}
+
+impl Kernels {
+    /// Upload the inputs for pages of `large` bytes (at least 1 MiB), sparse
+    /// runs cut into pieces of at most `run_chunk` bytes.
+    ///
+    /// # Errors
+    /// [`crate::Error::NoDevice`] without a GPU; device errors otherwise.
+    pub fn open(large: u64, run_chunk: u64) -> Result<Self> {
+        let gpu = open(0)?;
+        let n = large.max(1 << 20);
+        let mut rng = Rng(0x00C0_FFEE);
+        let a = gpu.alloc(n)?;
+        let b = gpu.alloc(n)?;
+        let data = gpu.alloc(n)?;
+        let mask = gpu.alloc(n.div_ceil(8))?;
+        let count = gpu.alloc(8)?;
+        upload_random(&gpu, &a, &mut rng)?;
+        upload_random(&gpu, &b, &mut rng)?;
+        upload_random(&gpu, &data, &mut rng)?;
+        upload_random(&gpu, &mask, &mut rng)?; // about half the bits set
+        let sz = suffix(n);
+        let w = |name: String, bytes: u64, note: &str| Workload { name, bytes, note: note.to_string() };
+        let mut ops = vec![
+            (w(format!("cuda_memcpy_dtod_{sz}"), 2 * n, "reference"), Op::MemcpyDtoD),
+            (w(format!("gpu_page_copy_{sz}"), 2 * n, ""), Op::Copy),
+            (w(format!("gpu_page_zero_{sz}"), n, "write only"), Op::Zero),
+            (
+                w(
+                    format!("gpu_apply_dense_{sz}"),
+                    3 * n + n / 8,
+                    "50% mask; reads page+data+mask, writes page",
+                ),
+                Op::Dense,
+            ),
+            (w(format!("gpu_page_compare_{sz}"), 2 * n + n / 8, "reads both, writes mask"), Op::Compare),
+        ];
+        // Sparse: the same run layouts as scripts/torch_peer.py (same
+        // generator, same seeds). The data buffer mirrors the page, so a
+        // run's bytes sit at its own offset (the alignment the host packer
+        // gives). Bytes counted: 2 per covered byte (run bytes read, page
+        // bytes written), exactly the formula of the peer's sparse rows; run
+        // descriptors (24 B per run piece) and the peer's indices (8 B per
+        // byte) are metadata and counted by neither.
+        for shape in SPARSE_SHAPES {
+            let runs = sparse_runs(n, shape);
+            let covered: u64 = runs.iter().map(|r| r.len).sum();
+            let mut descs = run_descs(&runs, run_chunk);
+            for d in &mut descs {
+                d.data_offset = d.offset; // mirror layout
+            }
+            let block = gpu.alloc((descs.len() * size_of::<shared_types::RunDesc>()).max(1) as u64)?;
+            gpu.upload(block.ptr(), bytemuck::cast_slice(&descs))?;
+            let note = format!(
+                "{} runs, {:.0}% of the page, 2 B per covered byte (as torch_sparse_{})",
+                runs.len(),
+                100.0 * covered as f64 / n as f64,
+                shape.name
+            );
+            ops.push((
+                w(format!("gpu_apply_sparse_{}_{sz}", shape.name), 2 * covered, &note),
+                Op::Sparse { runs: block, count: descs.len() as u64 },
+            ));
+        }
+        Ok(Self { gpu, n, a, b, data, mask, count, ops })
+    }
+
+    /// The device's name.
+    pub fn device(&self) -> &str {
+        &self.gpu.info().name
+    }
+
+    /// The workloads, in the order [`Kernels::time`] indexes them (the
+    /// device copy first).
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.ops.iter().map(|(w, _)| w)
+    }
+
+    /// Launch workload `i` once (asynchronously).
+    fn launch(&self, i: usize) -> Result<()> {
+        let Some((_, op)) = self.ops.get(i) else {
+            return Err(crate::Error::Config(format!("no GPU workload {i}")));
+        };
+        let (n, a, b) = (self.n, self.a.ptr(), self.b.ptr());
+        // SAFETY: (every arm) a, b and data are live blocks of n bytes, mask
+        // of n / 8, count of 8, and each sparse run lies inside the page and
+        // the mirrored data block; all outlive the launches (self owns them).
+        unsafe {
+            match op {
+                Op::MemcpyDtoD => driver::copy_dtod(self.gpu.ctx(), b, a, n, self.gpu.raw_stream()),
+                Op::Copy => self.gpu.copy(b, a, n),
+                Op::Zero => self.gpu.zero(b, n),
+                Op::Dense => self.gpu.apply_dense(b, self.data.ptr(), self.mask.ptr(), n),
+                Op::Compare => {
+                    driver::memset(self.gpu.ctx(), self.count.ptr(), 0, 8, self.gpu.raw_stream())?;
+                    self.gpu.compare(a, b, self.mask.ptr(), self.count.ptr(), n)
+                }
+                Op::Sparse { runs, count } => {
+                    self.gpu.apply_sparse(b, n, self.data.ptr(), runs.ptr(), *count)
+                }
+            }
+        }
+    }
+
+    /// Wall time of `iters` launches of workload `i` on an idle stream,
+    /// stopped after a stream synchronize.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] for an unknown workload; device errors.
+    pub fn time(&self, i: usize, iters: u64) -> Result<Duration> {
+        self.gpu.sync()?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            self.launch(i)?;
+        }
+        self.gpu.sync()?;
+        Ok(t.elapsed())
+    }
+}
+
 /// Run every benchmark on device 0.
 ///
 /// # Errors
 /// [`crate::Error::NoDevice`] without a GPU; device errors otherwise.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
-    let gpu = open(0)?;
-    let n = cfg.large.max(1 << 20);
     let it = cfg.iters.max(1);
-    let mut rng = Rng(0x00C0_FFEE);
-    let a = gpu.alloc(n)?;
-    let b = gpu.alloc(n)?;
-    let data = gpu.alloc(n)?;
-    let mask = gpu.alloc(n.div_ceil(8))?;
-    let count = gpu.alloc(8)?;
-    upload_random(&gpu, &a, &mut rng)?;
-    upload_random(&gpu, &b, &mut rng)?;
-    upload_random(&gpu, &data, &mut rng)?;
-    upload_random(&gpu, &mask, &mut rng)?; // about half the bits set
-    let ctx = gpu.ctx().clone();
-    let stream = gpu.raw_stream();
-    let sz = suffix(n);
-
+    let kernels = Kernels::open(cfg.large, cfg.run_chunk)?;
+    let gpu = Arc::clone(&kernels.gpu);
     let mut rows = Vec::new();
-    // In every timed closure below, each address is a live block of the
-    // size used, and the blocks outlive the timing loops.
-    let copy_s = time(&gpu, it, || {
-        // SAFETY: a and b are live blocks of n bytes.
-        unsafe { driver::copy_dtod(&ctx, b.ptr(), a.ptr(), n, stream) }
-    })?;
-    let copy_gbps = 2.0 * n as f64 / copy_s / 1e9;
+    let mut copy_gbps = f64::NAN;
+    for (i, w) in kernels.workloads().enumerate() {
+        kernels.time(i, 1)?; // warm-up
+        let seconds = kernels.time(i, u64::from(it))?.as_secs_f64() / f64::from(it);
+        let gbps = w.bytes as f64 / seconds / 1e9;
+        if i == 0 {
+            copy_gbps = gbps;
+        }
+        rows.push(BenchRow {
+            name: w.name.clone(),
+            bytes: w.bytes,
+            seconds,
+            gbps,
+            ratio: Some(gbps / copy_gbps),
+            note: w.note.clone(),
+        });
+    }
+    drop(kernels);
     let mut row = |name: String, bytes: u64, seconds: f64, note: String| {
         let gbps = bytes as f64 / seconds / 1e9;
         rows.push(BenchRow { name, bytes, seconds, gbps, ratio: Some(gbps / copy_gbps), note });
     };
-    row(format!("cuda_memcpy_dtod_{sz}"), 2 * n, copy_s, "reference".into());
-    // SAFETY: as above.
-    let s = time(&gpu, it, || unsafe { gpu.copy(b.ptr(), a.ptr(), n) })?;
-    row(format!("gpu_page_copy_{sz}"), 2 * n, s, String::new());
-    // SAFETY: as above.
-    let s = time(&gpu, it, || unsafe { gpu.zero(b.ptr(), n) })?;
-    row(format!("gpu_page_zero_{sz}"), n, s, "write only".into());
-    // SAFETY: as above; the mask block holds n / 8 bytes.
-    let s = time(&gpu, it, || unsafe { gpu.apply_dense(b.ptr(), data.ptr(), mask.ptr(), n) })?;
-    row(
-        format!("gpu_apply_dense_{sz}"),
-        3 * n + n / 8,
-        s,
-        "50% mask; reads page+data+mask, writes page".into(),
-    );
-    // SAFETY: as above.
-    let s = time(&gpu, it, || unsafe {
-        driver::memset(&ctx, count.ptr(), 0, 8, stream)?;
-        gpu.compare(a.ptr(), b.ptr(), mask.ptr(), count.ptr(), n)
-    })?;
-    row(format!("gpu_page_compare_{sz}"), 2 * n + n / 8, s, "reads both, writes mask".into());
-
-    // Sparse rows: the same run layouts as scripts/torch_peer.py (same
-    // generator, same seeds). The data buffer mirrors the page, so a run's
-    // bytes sit at its own offset (the alignment the host packer gives).
-    // Bytes counted: 2 per covered byte (run bytes read, page bytes
-    // written), exactly the formula of the peer's sparse rows; run
-    // descriptors (24 B per run piece) and the peer's indices (8 B per
-    // byte) are metadata and counted by neither.
-    let mut runs_block: Option<DeviceBlock> = None;
-    for shape in SPARSE_SHAPES {
-        let runs = sparse_runs(n, shape);
-        let covered: u64 = runs.iter().map(|r| r.len).sum();
-        let mut descs = run_descs(&runs, cfg.run_chunk);
-        for d in &mut descs {
-            d.data_offset = d.offset; // mirror layout
-        }
-        let need = (descs.len() * 24) as u64;
-        if runs_block.as_ref().is_none_or(|b| b.len() < need) {
-            drop(runs_block.take());
-            runs_block = Some(gpu.alloc(need)?);
-        }
-        let rb = runs_block.as_ref().map_or(0, DeviceBlock::ptr);
-        gpu.upload(rb, bytemuck::cast_slice(&descs))?;
-        let nd = descs.len() as u64;
-        // SAFETY: as above; every run lies inside both page-sized blocks.
-        let s = time(&gpu, it, || unsafe { gpu.apply_sparse(b.ptr(), n, data.ptr(), rb, nd) })?;
-        row(
-            format!("gpu_apply_sparse_{}_{sz}", shape.name),
-            2 * covered,
-            s,
-            format!(
-                "{} runs, {:.0}% of the page, 2 B per covered byte (as torch_sparse_{})",
-                runs.len(),
-                100.0 * covered as f64 / n as f64,
-                shape.name
-            ),
-        );
-    }
-    drop((a, b, data, mask, runs_block));
-
     batch_rows(&gpu, cfg, it, &mut row)?;
     latency_rows(&mut rows)?;
     Ok(BenchReport { device: gpu.info().name.clone(), copy_gbps, rows })
