@@ -14,7 +14,8 @@
 //! kernel runs one block per descriptor, so the packer bounds each
 //! descriptor's work: dense and full deltas are cut into [`SEGMENT`]-byte
 //! pieces (a multiple of 32, so each piece's mask starts on a word), long
-//! runs into [`RUN_CHUNK`]-byte pieces and sparse deltas into groups of at
+//! runs into pieces of at most [`RUN_CHUNK`] bytes cut on 16-byte page
+//! offsets (`gpu_kernels::body::piece_len`) and sparse deltas into groups of at
 //! most [`RUNS_PER_DESC`] runs. Each run's bytes are placed at an offset
 //! congruent modulo 16 to their page address, so full windows of a run take
 //! the kernel's 16-byte path whatever the run's offset.

@@ -29,19 +29,13 @@ pub struct BenchConfig {
     /// Page size of the batched figure.
     pub batch_page: u64,
     /// Longest run piece of the sparse figures (the host's packer uses
-    /// [`gpu_kernels::body::RUN_CHUNK`]; other values measure the choice).
+    /// [`RUN_CHUNK`]; other values measure the choice).
     pub run_chunk: u64,
 }
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        Self {
-            large: 256 << 20,
-            iters: 20,
-            batch: 100_000,
-            batch_page: 4096,
-            run_chunk: gpu_kernels::body::RUN_CHUNK,
-        }
+        Self { large: 256 << 20, iters: 20, batch: 100_000, batch_page: 4096, run_chunk: RUN_CHUNK }
     }
 }
 
