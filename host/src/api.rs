@@ -1121,9 +1121,13 @@ impl Mmsb {
         if changes.capacity() <= SPARE_CHANGES_MAX && changes.capacity() > clock.spare_changes.capacity() {
             clock.spare_changes = changes;
         }
-        // GPU pages queue their deltas; Immediate applies them before the
-        // commit returns. A failed flush loses queued deltas that are
-        // already logged, so, like a failed apply, it poisons the log.
+        self.flush_gpu_pages(clock, guards)
+    }
+
+    /// After a commit: GPU pages queue their deltas; Immediate applies them
+    /// before the commit returns. A failed flush loses queued deltas that
+    /// are already logged, so, like a failed apply, it poisons the log.
+    fn flush_gpu_pages(&self, clock: &mut Clock, guards: &[(PageId, PageGuard<'_>)]) -> Result<()> {
         let pages = guards.iter().filter_map(|(_, g)| g.storage.gpu());
         if let Err(e) = crate::gpu::after_commit(self.gpu_apply, pages) {
             clock.log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
@@ -1194,12 +1198,7 @@ impl Mmsb {
             clock.log.poison_with(format!("a logged change could not be applied: {e}"));
             return Err(e);
         }
-        let pages = guards.iter().filter_map(|(_, g)| g.storage.gpu());
-        if let Err(e) = crate::gpu::after_commit(self.gpu_apply, pages) {
-            clock.log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
-            return Err(e);
-        }
-        Ok(())
+        self.flush_gpu_pages(clock, guards)
     }
 
     /// Apply one validated change and advance the clock.
