@@ -1190,6 +1190,32 @@ mod tests {
     }
 
     #[test]
+    fn locate_finds_the_run_of_every_window() {
+        let mut r = Rng(23);
+        for _ in 0..2000 {
+            // Window counts from 0 (an empty run) to long runs, a group of
+            // 1 ..= 32 runs, the rest padding.
+            let count = 1 + (r.next() % 32) as usize;
+            let spread = [1u64, 2, 5, 17, 70][(r.next() % 5) as usize];
+            let mut g = MemGroup {
+                runs: [RunDesc::default(); GROUP as usize],
+                starts: [0; GROUP as usize],
+                total: 0,
+            };
+            for j in 0..GROUP as usize {
+                g.starts[j] = g.total;
+                if j < count {
+                    g.total += r.next() % (spread + 1);
+                }
+            }
+            for s in 0..g.total {
+                let want = (0..GROUP as usize).rev().find(|&j| g.starts[j] <= s).unwrap_or(0);
+                assert_eq!(locate(&g, s), want as u32, "window {s} {g:?}");
+            }
+        }
+    }
+
+    #[test]
     fn sparse_groups_match_naive_for_any_run_size_and_alignment() {
         let mut r = Rng(11);
         // Fixed run sizes, as in the benchmark rows, plus odd ones.
