@@ -66,7 +66,7 @@ device() {
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
     # STEPS (space-separated names) picks a subset; all steps by default.
-    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch mmsbbench criterion} "
+    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch bound mmsbbench criterion} "
     step() {
         local name=$1 limit=$2
         shift 2
@@ -89,17 +89,20 @@ device() {
     local filt=(-E 'test(/gpu/) & not (test(gpu_hundred_thousand_small_deltas_match_cpu) | test(gpu_large_page_matches_cpu) | test(gpu_memory_when_a_device_page_cannot_fit))')
     local st=${SANITIZER_TIMEOUT:-60}
 
-    # Step limits add up to 60 + 60 + 60 + 60 + 60 + 3 x 60 = 480 s, inside
-    # one 600 s device call with room for start-up and the summary (measured
-    # on an H100: tests 28 s, bench 3 s, torch 14 s, mmsb bench 15 s, each
+    # Step limits add up to 6 x 60 + 3 x 60 = 540 s, inside one 600 s device
+    # call with room for start-up and the summary (measured on an H100:
+    # tests 28 s, bench 3 s, torch 14 s, bound 5 s, mmsb bench 15 s, each
     # sanitizer under 20 s). Benchmarks run before the sanitizers so that a
     # slow sanitizer never costs the figures.
-    echo "gpu-check: step limits total $((60 * 5 + 3 * st)) s"
+    echo "gpu-check: step limits total $((60 * 6 + 3 * st)) s"
     # Every test of the archive except the kill loop, whose child binary is
     # not part of a nextest archive (CI runs it on the build machine).
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
     step bench 60 target/device/gpu_bench --mib "${BENCH_MIB:-256}" --iters 20
     step torch 60 python3 scripts/torch_peer.py --mib "${BENCH_MIB:-256}" --iters 20
+    # The memory system's share for the same sparse layouts: a search-free
+    # CUDA C kernel (per-block byte masks precomputed on the host).
+    step bound 60 bash -c "nvcc -O3 -arch=native scripts/sparse_bound.cu -o /tmp/sparse_bound && /tmp/sparse_bound --mib ${BENCH_MIB:-256}"
     step mmsbbench 60 target/device/mmsb bench --quick --json "$OUT/mmsb-bench.json"
     step criterion 60 env CRITERION_HOME=/tmp/mmsb-criterion target/device/criterion_mmsb --bench --quick --noplot gpu
     step memcheck "$st" compute-sanitizer --tool memcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
@@ -131,13 +134,16 @@ device() {
             printf '%-40s %10s %8s\n' "$name" "$gbps" "$ratio"
         done || true
         # Sparse: MMSB over PyTorch on the same run layouts and the same
-        # byte formula (2 bytes per covered byte on both sides).
+        # byte formula (2 bytes per covered byte on both sides), and beside
+        # the search-free CUDA C kernel's ratio to the copy (the bound step).
         for shape in mixed 64b 256b 4k; do
-            local m p
+            local m p r x
             m=$(awk -v s="gpu_apply_sparse_${shape}_" '$1 == "BENCH" && index($2, s) == 1 { print $3 }' "$OUT/bench.log" 2>/dev/null | head -1)
+            r=$(awk -v s="gpu_apply_sparse_${shape}_" '$1 == "BENCH" && index($2, s) == 1 { print $4 }' "$OUT/bench.log" 2>/dev/null | head -1)
             p=$(awk -v s="torch_sparse_${shape}" '$1 == "PEER" && $2 == s { print $3 }' "$OUT/torch.log" 2>/dev/null | head -1)
+            x=$(awk -v s="sparse_${shape}" '$1 == "BOUND" && $2 == s { print $5 }' "$OUT/bound.log" 2>/dev/null | head -1)
             if [[ -n "$m" && -n "$p" ]]; then
-                awk -v s="$shape" -v m="$m" -v p="$p" 'BEGIN { printf "sparse %-6s mmsb %8.1f GB/s  torch %8.1f GB/s  mmsb/torch %.2fx\n", s, m, p, m / p }'
+                awk -v s="$shape" -v m="$m" -v p="$p" -v r="$r" -v x="${x:--}" 'BEGIN { printf "sparse %-6s mmsb %8.1f GB/s  torch %8.1f GB/s  mmsb/torch %.2fx  ratio %s, search-free CUDA C %s\n", s, m, p, m / p, r, x }'
             fi
         done
         echo "(ratio: to device-to-device copy measured in the same process, bytes read + written;"

@@ -104,7 +104,7 @@ pub const fn lanes(len: u64) -> u64 {
 #[inline(always)]
 pub const fn window(dst: u64, len: u64, i: u64) -> (u64, u64) {
     let base = (dst & !15) + 16 * i;
-    let lo = if base > dst { base - dst } else { 0 };
+    let lo = base.saturating_sub(dst);
     let end = base + 16;
     let hi = if end < dst + len { end - dst } else { len };
     (lo, hi)
@@ -254,7 +254,7 @@ pub unsafe fn copy_window(dst: u64, src: u64, len: u64, i: u64) {
     if lo >= hi {
         return;
     }
-    if hi - lo == LANE as u64 && (src + lo) % LANE as u64 == 0 {
+    if hi - lo == LANE as u64 && (src + lo).is_multiple_of(LANE as u64) {
         // SAFETY: full window, both sides 16-aligned and inside their ranges.
         unsafe { store_lane(dst + lo, load_lane(src + lo)) };
     } else {
@@ -284,7 +284,7 @@ pub unsafe fn blend_window(dst: u64, src: u64, mask: u64, len: u64, i: u64) {
     if bits == 0 {
         return;
     }
-    if hi - lo == LANE as u64 && (src + lo) % LANE as u64 == 0 {
+    if hi - lo == LANE as u64 && (src + lo).is_multiple_of(LANE as u64) {
         // SAFETY: full window, both sides 16-aligned and inside their ranges.
         unsafe {
             let s = load_lane(src + lo);
@@ -330,7 +330,7 @@ pub unsafe fn compare_window(a: u64, b: u64, mask_out: u64, len: u64, i: u64) ->
     }
     let hi = if len - lo < 16 { len } else { lo + 16 };
     let mut bits = 0u32;
-    if hi - lo == 16 && (a + lo) % 16 == 0 && (b + lo) % 16 == 0 {
+    if hi - lo == 16 && (a + lo).is_multiple_of(16) && (b + lo).is_multiple_of(16) {
         // SAFETY: full window, both sides 16-aligned and inside their ranges.
         let (x, y) = unsafe { (load_lane(a + lo), load_lane(b + lo)) };
         let mut w = 0;
@@ -389,7 +389,9 @@ pub unsafe fn merge_window(a: &MergeArgs, i: u64) {
     let n = (hi - lo) as u32;
     // SAFETY: bits lo .. hi are inside both masks.
     let (m1, m2) = unsafe { (mask_bits(a.mask1, lo, n), mask_bits(a.mask2, lo, n)) };
-    let aligned = (a.out_data + lo) % 16 == 0 && (a.data1 + lo) % 16 == 0 && (a.data2 + lo) % 16 == 0;
+    let aligned = (a.out_data + lo).is_multiple_of(16)
+        && (a.data1 + lo).is_multiple_of(16)
+        && (a.data2 + lo).is_multiple_of(16);
     if n == 16 && aligned {
         // SAFETY: full window, all three data buffers 16-aligned here.
         unsafe {
@@ -740,10 +742,12 @@ pub unsafe fn sweep_group<G: RunGroup, const W: bool>(g: &G, page: u64, data: u6
         // every load is issued before the first store (written out, so that
         // the values stay in registers).
         let s = base + lane;
-        // SAFETY (every load_flat): per the caller.
+        // SAFETY: per the caller.
         let a = unsafe { load_flat(g, page, data, total, s) };
+        // SAFETY: per the caller.
         let b = unsafe { load_flat(g, page, data, total, s + w) };
         let (c, d) = if W {
+            // SAFETY: per the caller.
             unsafe {
                 (load_flat(g, page, data, total, s + 2 * w), load_flat(g, page, data, total, s + 3 * w))
             }
@@ -855,8 +859,11 @@ pub unsafe fn apply_desc<L: Lanes>(d: &ApplyDesc, tid: u64, nthreads: u64, lanes
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// CPU checks of every body against a naive version. `cargo test` in this
+/// crate runs each one; the host crate runs [`selftest::ALL`] from its own
+/// tests (feature `selftest`), so the workspace's test command covers them.
+#[cfg(any(test, feature = "selftest"))]
+pub mod selftest {
     extern crate std;
     use super::*;
     use std::vec;
@@ -906,8 +913,8 @@ mod tests {
 
     const LENS: [usize; 12] = [1, 2, 15, 16, 17, 31, 32, 33, 63, 100, 1000, 4099];
 
-    #[test]
-    fn pieces_partition_runs_on_aligned_boundaries() {
+    /// Panics when the check fails.
+    pub fn pieces_partition_runs_on_aligned_boundaries() {
         for chunk in [0u64, 1, 16, 17, 100, 256, 1024] {
             for offset in [0u64, 1, 3, 15, 16, 17, 4095] {
                 for len in [1u64, 2, 15, 16, 17, 255, 256, 257, 1000, 1024, 1025, 5000] {
@@ -930,8 +937,8 @@ mod tests {
         assert_eq!(pieces(7, 0, 256), 0);
     }
 
-    #[test]
-    fn window_partition_covers_each_byte_once() {
+    /// Panics when the check fails.
+    pub fn window_partition_covers_each_byte_once() {
         for len in LENS {
             for off in 0..17u64 {
                 let dst = 4096 + off;
@@ -950,8 +957,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bit_tricks_match_naive() {
+    /// Panics when the check fails.
+    pub fn bit_tricks_match_naive() {
         for b in 0..16u32 {
             let mut m = 0u32;
             for k in 0..4 {
@@ -984,8 +991,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn zero_and_copy_any_size_and_alignment() {
+    /// Panics when the check fails.
+    pub fn zero_and_copy_any_size_and_alignment() {
         let mut r = Rng(1);
         for len in LENS {
             for (doff, soff) in [(0, 0), (1, 1), (3, 7), (15, 0), (0, 9), (8, 8)] {
@@ -1013,8 +1020,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn blend_matches_naive() {
+    /// Panics when the check fails.
+    pub fn blend_matches_naive() {
         let mut r = Rng(2);
         for len in LENS {
             for (doff, soff) in [(0, 0), (5, 5), (3, 11), (0, 1)] {
@@ -1050,8 +1057,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn compare_matches_naive() {
+    /// Panics when the check fails.
+    pub fn compare_matches_naive() {
         let mut r = Rng(3);
         for len in LENS {
             for (aoff, boff) in [(0, 0), (1, 1), (0, 3)] {
@@ -1060,7 +1067,7 @@ mod tests {
                 let x = r.bytes(len);
                 let mut y = x.clone();
                 for v in y.iter_mut() {
-                    if r.next() % 3 == 0 {
+                    if r.next().is_multiple_of(3) {
                         *v ^= 1 + (r.next() % 255) as u8;
                     }
                 }
@@ -1085,13 +1092,13 @@ mod tests {
         assert_eq!(c, 12);
     }
 
-    #[test]
-    fn merge_matches_naive() {
+    /// Panics when the check fails.
+    pub fn merge_matches_naive() {
         let mut r = Rng(4);
         for len in LENS {
             for off in [0usize, 3] {
-                let b1: Vec<bool> = (0..len).map(|_| r.next() % 3 == 0).collect();
-                let b2: Vec<bool> = (0..len).map(|_| r.next() % 3 == 0).collect();
+                let b1: Vec<bool> = (0..len).map(|_| r.next().is_multiple_of(3)).collect();
+                let b2: Vec<bool> = (0..len).map(|_| r.next().is_multiple_of(3)).collect();
                 let (m1, m2) = (mask_words(&b1), mask_words(&b2));
                 let mut d1 = Buf::new(len + 32);
                 let mut d2 = Buf::new(len + 32);
@@ -1189,8 +1196,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn locate_finds_the_run_of_every_window() {
+    /// Panics when the check fails.
+    pub fn locate_finds_the_run_of_every_window() {
         let mut r = Rng(23);
         for _ in 0..2000 {
             // Window counts from 0 (an empty run) to long runs, a group of
@@ -1215,8 +1222,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sparse_groups_match_naive_for_any_run_size_and_alignment() {
+    /// Panics when the check fails.
+    pub fn sparse_groups_match_naive_for_any_run_size_and_alignment() {
         let mut r = Rng(11);
         // Fixed run sizes, as in the benchmark rows, plus odd ones.
         for run_len in [1u64, 3, 15, 16, 17, 64, 100, 256, 1000, 1024, 4096] {
@@ -1258,8 +1265,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn shifts_and_partial_stores_match_bytes() {
+    /// Panics when the check fails.
+    pub fn shifts_and_partial_stores_match_bytes() {
         let mut r = Rng(12);
         for _ in 0..2000 {
             let a = (r.next(), r.next());
@@ -1295,8 +1302,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batch_descriptors_apply_like_naive() {
+    /// Panics when the check fails.
+    pub fn batch_descriptors_apply_like_naive() {
         let mut r = Rng(5);
         let len = 777usize;
         for page_off in [0usize, 3] {
@@ -1334,7 +1341,7 @@ mod tests {
             assert_eq!(page.bytes(), &want[..], "sparse, page offset {page_off}");
 
             // Dense.
-            let bits: Vec<bool> = (0..len).map(|_| r.next() % 2 == 0).collect();
+            let bits: Vec<bool> = (0..len).map(|_| r.next().is_multiple_of(2)).collect();
             let mw = mask_words(&bits);
             let mut dd = Buf::new(len);
             let src = r.bytes(len);
@@ -1377,4 +1384,34 @@ mod tests {
             assert_eq!(page.bytes(), &want[..], "full, page offset {page_off}");
         }
     }
+
+    /// Define [`ALL`] and one `#[test]` per check.
+    macro_rules! checks {
+        ($($name:ident),* $(,)?) => {
+            /// Every check with its name.
+            pub const ALL: &[(&str, fn())] = &[$((stringify!($name), $name)),*];
+            #[cfg(test)]
+            mod run {
+                $(
+                    #[test]
+                    fn $name() {
+                        super::$name()
+                    }
+                )*
+            }
+        };
+    }
+    checks!(
+        pieces_partition_runs_on_aligned_boundaries,
+        window_partition_covers_each_byte_once,
+        bit_tricks_match_naive,
+        zero_and_copy_any_size_and_alignment,
+        blend_matches_naive,
+        compare_matches_naive,
+        merge_matches_naive,
+        locate_finds_the_run_of_every_window,
+        sparse_groups_match_naive_for_any_run_size_and_alignment,
+        shifts_and_partial_stores_match_bytes,
+        batch_descriptors_apply_like_naive,
+    );
 }

@@ -3,7 +3,9 @@
 //! Each kernel is a thin `extern "ptx-kernel"` entry point (compiled only for
 //! `nvptx64`) around a plain `#[inline(always)]` body that takes a thread
 //! index. The bodies compile for the host too, so CI tests the exact kernel
-//! logic on the CPU; the device tests run the real PTX.
+//! logic on the CPU (`body::selftest`, run by `cargo test` here and, through
+//! the `selftest` feature, by the host crate's `kernel_bodies` test); the
+//! device tests run the real PTX.
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch))]
 

@@ -332,7 +332,7 @@ struct SparseShape {
     max_gap: u64,
 }
 
-/// Mirrored in scripts/torch_peer.py: keep the two in step.
+/// Mirrored in scripts/torch_peer.py and scripts/sparse_bound.cu: keep them in step.
 const SPARSE_SHAPES: [SparseShape; 4] = [
     SparseShape { name: "mixed", seed: 0x5EED_0001, min_len: 16, len_span: 2048, max_gap: 200 },
     SparseShape { name: "64b", seed: 0x5EED_0002, min_len: 64, len_span: 1, max_gap: 32 },
