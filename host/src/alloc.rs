@@ -7,11 +7,19 @@
 //! handed out again, zeroed, by the next request of that class. Larger
 //! buffers are allocated and freed directly.
 //!
+//! In front of the shards, each thread keeps at most one free buffer of
+//! each class up to [`MAX_CACHED_CLASS`] (at most 128 KiB a thread, outside
+//! the budget): a thread that frees and allocates pages of one size in turn
+//! takes no lock and touches no shared cache line. The cache serves the
+//! allocator the thread used last and goes back to the shards when the
+//! thread uses another allocator or exits.
+//!
 //! This module, `simd` and `gpu/` are the only places with `unsafe` code.
 
-use crate::sync::Mutex;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 
 use std::alloc::{self, Layout};
+use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -68,6 +76,9 @@ struct Shard {
     state: Mutex<ShardState>,
     /// Byte budget of this shard's free lists (the pool budget / SHARDS).
     budget: u64,
+    /// The pool's id ([`Pool::id`]): a thread cache keeps only buffers of
+    /// the pool it serves.
+    pool: u64,
 }
 
 // SAFETY: the raw pointers in the free lists are exclusively owned, unaliased
@@ -78,12 +89,13 @@ unsafe impl Sync for Shard {}
 
 impl Shard {
     /// Return a block of `cap` bytes: to its class's free list while the
-    /// shard's budget allows, otherwise to the system.
-    fn release(&self, ptr: NonNull<u8>, cap: usize) {
+    /// shard's budget allows, otherwise to the system. `count`: count the
+    /// return here (a thread cache handing a block on counted it already).
+    fn release(&self, ptr: NonNull<u8>, cap: usize, count: bool) {
         let mut st = self.state.lock();
         match class_of(cap).filter(|&c| class_size(c) == cap) {
             Some(class) => {
-                st.classes[class].returned += 1;
+                st.classes[class].returned += u64::from(count);
                 if st.pooled_bytes + cap as u64 <= self.budget {
                     st.pooled_bytes += cap as u64;
                     st.classes[class].free.push(ptr);
@@ -140,10 +152,20 @@ fn my_shard() -> usize {
     crate::sync::thread_slot() % SHARDS
 }
 
+/// What the clones of one [`PageAllocator`] share.
+struct Pool {
+    shards: [Arc<Shard>; SHARDS],
+    /// Unique for the life of the process (never reused, unlike an address).
+    id: u64,
+    /// The counters of the thread caches serving this pool, and the sums of
+    /// those whose thread has moved on.
+    caches: Mutex<(Vec<Arc<CacheCounters>>, CacheTotals)>,
+}
+
 /// A thread-safe pool of page buffers. Cloning shares the pool.
 #[derive(Clone)]
 pub struct PageAllocator {
-    shards: Arc<[Arc<Shard>; SHARDS]>,
+    pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for PageAllocator {
@@ -186,6 +208,8 @@ fn capacity_for(len: usize) -> Option<usize> {
 impl PageAllocator {
     /// A pool whose free lists hold at most `budget` bytes.
     pub fn new(budget: u64) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shards = std::array::from_fn(|_| {
             Arc::new(Shard {
                 state: Mutex::new(ShardState {
@@ -194,9 +218,10 @@ impl PageAllocator {
                     unpooled: (0, 0, 0),
                 }),
                 budget: budget / SHARDS as u64,
+                pool: id,
             })
         });
-        Self { shards: Arc::new(shards) }
+        Self { pool: Arc::new(Pool { shards, id, caches: Mutex::new((Vec::new(), CacheTotals::default())) }) }
     }
 
     /// A zeroed buffer of `len` bytes (1 ≤ len), 64-byte aligned.
@@ -224,8 +249,11 @@ impl PageAllocator {
         let cap = capacity_for(len).ok_or_else(|| crate::Error::InvalidPage {
             reason: format!("page length {len} exceeds the address space"),
         })?;
+        if let Some((ptr, shard)) = cache_take(&self.pool, cap) {
+            return Ok((PageBuf { ptr, len, cap, shard: Some(shard) }, true));
+        }
         let home_at = my_shard();
-        let home = &self.shards[home_at];
+        let home = &self.pool.shards[home_at];
         let oom = || crate::Error::InvalidPage { reason: format!("out of memory allocating {cap} bytes") };
         let Some(class) = class_of(len) else {
             // SAFETY: layout has non-zero size (cap >= len >= 1).
@@ -234,7 +262,7 @@ impl PageAllocator {
             st.unpooled.0 += 1;
             st.unpooled.2 += cap as u64;
             drop(st);
-            return Ok((PageBuf { ptr, len, cap, shard: Arc::clone(home) }, false));
+            return Ok((PageBuf { ptr, len, cap, shard: Some(Arc::clone(home)) }, false));
         };
         let mut st = home.state.lock();
         st.classes[class].taken += 1;
@@ -246,7 +274,7 @@ impl PageAllocator {
         } else {
             // Steal from another shard before asking the system.
             drop(st);
-            reused = (1..SHARDS).find_map(|k| self.shards[(home_at + k) % SHARDS].pop(class));
+            reused = (1..SHARDS).find_map(|k| self.pool.shards[(home_at + k) % SHARDS].pop(class));
             let mut st = home.state.lock();
             if reused.is_some() {
                 st.classes[class].hits += 1;
@@ -270,7 +298,7 @@ impl PageAllocator {
                 }
             }
         };
-        Ok((PageBuf { ptr, len, cap, shard: Arc::clone(home) }, hit))
+        Ok((PageBuf { ptr, len, cap, shard: Some(Arc::clone(home)) }, hit))
     }
 
     /// A buffer holding a copy of `bytes` (copied in once, not zeroed first).
@@ -287,27 +315,45 @@ impl PageAllocator {
     /// have returned).
     pub fn stats(&self) -> AllocStats {
         let mut st = AllocStats::default();
-        for shard in self.shards.iter() {
+        // Taken and returned counts add up over the shards and the thread
+        // caches (a buffer may be taken through one and returned through
+        // the other), so live figures are differences of the sums.
+        let mut t = CacheTotals::default();
+        for shard in self.pool.shards.iter() {
             let s = shard.state.lock();
             st.pooled_bytes += s.pooled_bytes;
             for (class, l) in s.classes.iter().enumerate() {
                 st.pool_hits += l.hits;
                 st.pool_misses += l.misses;
-                // A buffer is taken and returned through its home shard.
-                let live = l.taken - l.returned;
-                st.live_buffers += live;
-                st.live_bytes += live * class_size(class) as u64;
+                t.taken += l.taken;
+                t.taken_bytes += l.taken * class_size(class) as u64;
+                t.returned += l.returned;
+                t.returned_bytes += l.returned * class_size(class) as u64;
             }
             st.live_buffers += s.unpooled.0 - s.unpooled.1;
             st.live_bytes += s.unpooled.2;
             st.pool_misses += s.unpooled.0;
         }
+        {
+            let caches = self.pool.caches.lock();
+            t.add(&caches.1);
+            for c in &caches.0 {
+                t.add(&c.totals());
+            }
+        }
+        st.pool_hits += t.hits;
+        st.pooled_bytes += t.pooled;
+        st.live_buffers += t.taken.wrapping_sub(t.returned);
+        st.live_bytes += t.taken_bytes.wrapping_sub(t.returned_bytes);
         st
     }
 
-    /// Free every pooled (unused) buffer.
+    /// Free every pooled (unused) buffer: the shards' free lists and the
+    /// calling thread's cache (other threads' caches, at most one buffer
+    /// per class each, stay with their threads).
     pub fn trim(&self) {
-        for shard in self.shards.iter() {
+        cache_flush(self.pool.id);
+        for shard in self.pool.shards.iter() {
             shard.trim();
         }
     }
@@ -319,8 +365,9 @@ pub struct PageBuf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
-    /// The home shard: the block goes back to its free lists.
-    shard: Arc<Shard>,
+    /// The home shard: the block goes back to its free lists (or to the
+    /// dropping thread's cache). `None` only inside `drop`.
+    shard: Option<Arc<Shard>>,
 }
 
 // SAFETY: PageBuf uniquely owns its heap block, like a Box<[u8]>.
@@ -353,8 +400,199 @@ impl std::ops::DerefMut for PageBuf {
 
 impl Drop for PageBuf {
     fn drop(&mut self) {
-        self.shard.release(self.ptr, self.cap);
+        let Some(shard) = self.shard.take() else { return };
+        if let Err(shard) = cache_put(self.ptr, self.cap, shard) {
+            shard.release(self.ptr, self.cap, true);
+        }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Thread caches
+// ---------------------------------------------------------------------------
+
+/// Largest class a thread cache keeps (64 KiB): with one buffer per class
+/// from [`MIN_CLASS`] up, a cache holds less than 128 KiB.
+pub const MAX_CACHED_CLASS: usize = 64 << 10;
+/// Classes a thread cache keeps: none under the loom model checker, whose
+/// models check the shards' shared lists.
+const CACHED_CLASSES: usize = if cfg!(loom) {
+    0
+} else {
+    (MAX_CACHED_CLASS.trailing_zeros() - MIN_CLASS.trailing_zeros() + 1) as usize
+};
+
+/// Sums of cache counters.
+#[derive(Clone, Copy, Debug, Default)]
+struct CacheTotals {
+    hits: u64,
+    taken: u64,
+    taken_bytes: u64,
+    returned: u64,
+    returned_bytes: u64,
+    pooled: u64,
+}
+
+impl CacheTotals {
+    fn add(&mut self, o: &CacheTotals) {
+        self.hits += o.hits;
+        self.taken += o.taken;
+        self.taken_bytes += o.taken_bytes;
+        self.returned += o.returned;
+        self.returned_bytes += o.returned_bytes;
+        self.pooled += o.pooled;
+    }
+}
+
+/// The counters of one thread's cache for one pool. Only that thread
+/// writes them (a load and a store, no read-modify-write); `stats` reads
+/// them from any thread.
+#[derive(Default)]
+struct CacheCounters {
+    hits: AtomicU64,
+    taken_bytes: AtomicU64,
+    returned: AtomicU64,
+    returned_bytes: AtomicU64,
+    pooled: AtomicU64,
+}
+
+impl CacheCounters {
+    /// `c += by` by the owning thread.
+    fn bump(c: &AtomicU64, by: u64) {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    }
+
+    fn totals(&self) -> CacheTotals {
+        let hits = self.hits.load(Ordering::Relaxed);
+        CacheTotals {
+            hits,
+            // Every buffer a cache hands out was a hit.
+            taken: hits,
+            taken_bytes: self.taken_bytes.load(Ordering::Relaxed),
+            returned: self.returned.load(Ordering::Relaxed),
+            returned_bytes: self.returned_bytes.load(Ordering::Relaxed),
+            pooled: self.pooled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One thread's cache: the pool it serves, its counters there, and at
+/// most one free buffer per class (with the buffer's home shard).
+#[derive(Default)]
+struct ThreadCache {
+    /// [`Pool::id`] of the pool served; 0 when none.
+    pool: u64,
+    counters: Option<Arc<CacheCounters>>,
+    slots: [Option<(NonNull<u8>, Arc<Shard>)>; CACHED_CLASSES],
+}
+
+impl ThreadCache {
+    /// Give every cached buffer back to its shard and serve no pool.
+    fn flush(&mut self) {
+        let counters = self.counters.take();
+        for (class, slot) in self.slots.iter_mut().enumerate() {
+            if let Some((ptr, shard)) = slot.take() {
+                if let Some(c) = &counters {
+                    CacheCounters::bump(&c.pooled, (class_size(class) as u64).wrapping_neg());
+                }
+                shard.release(ptr, class_size(class), false);
+            }
+        }
+        self.pool = 0;
+    }
+
+    /// Serve `pool`, registering fresh counters with it.
+    fn bind(&mut self, pool: &Pool) {
+        self.flush();
+        let mine = Arc::new(CacheCounters::default());
+        {
+            let mut caches = pool.caches.lock();
+            let (list, retired) = &mut *caches;
+            // Fold the counters of caches that moved on (their thread
+            // dropped its reference; get_mut synchronises with that drop).
+            list.retain_mut(|c| match Arc::get_mut(c) {
+                Some(done) => {
+                    retired.add(&done.totals());
+                    false
+                }
+                None => true,
+            });
+            list.push(Arc::clone(&mine));
+        }
+        self.counters = Some(mine);
+        self.pool = pool.id;
+    }
+}
+
+impl Drop for ThreadCache {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<ThreadCache> = RefCell::new(ThreadCache::default());
+}
+
+/// The cached class of a `cap`-byte block, if caches keep it.
+fn cached_class(cap: usize) -> Option<usize> {
+    class_of(cap).filter(|&c| c < CACHED_CLASSES && class_size(c) == cap)
+}
+
+/// A free buffer of capacity `cap` from the calling thread's cache, if it
+/// serves `pool` and holds one (it starts serving `pool` otherwise).
+fn cache_take(pool: &Pool, cap: usize) -> Option<(NonNull<u8>, Arc<Shard>)> {
+    let class = cached_class(cap)?;
+    CACHE
+        .try_with(|cell| {
+            let mut cache = cell.try_borrow_mut().ok()?;
+            if cache.pool != pool.id {
+                cache.bind(pool);
+                return None;
+            }
+            let taken = cache.slots[class].take()?;
+            if let Some(c) = &cache.counters {
+                CacheCounters::bump(&c.hits, 1);
+                CacheCounters::bump(&c.taken_bytes, cap as u64);
+                CacheCounters::bump(&c.pooled, (cap as u64).wrapping_neg());
+            }
+            Some(taken)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Keep a freed block in the calling thread's cache; gives the shard back
+/// when the cache does not take it (another pool, a class it does not
+/// keep, its slot full, or the thread exiting).
+fn cache_put(ptr: NonNull<u8>, cap: usize, shard: Arc<Shard>) -> Result<(), Arc<Shard>> {
+    let Some(class) = cached_class(cap) else { return Err(shard) };
+    let mut shard = Some(shard);
+    let _ = CACHE.try_with(|cell| {
+        let Ok(mut cache) = cell.try_borrow_mut() else { return };
+        let Some(s) = shard.take_if(|s| cache.pool == s.pool && cache.slots[class].is_none()) else {
+            return;
+        };
+        if let Some(c) = &cache.counters {
+            CacheCounters::bump(&c.returned, 1);
+            CacheCounters::bump(&c.returned_bytes, cap as u64);
+            CacheCounters::bump(&c.pooled, cap as u64);
+        }
+        cache.slots[class] = Some((ptr, s));
+    });
+    shard.map_or(Ok(()), Err)
+}
+
+/// Give the calling thread's cache back to the shards if it serves the
+/// pool `pool`.
+fn cache_flush(pool: u64) {
+    let _ = CACHE.try_with(|cell| {
+        if let Ok(mut cache) = cell.try_borrow_mut() {
+            if cache.pool == pool {
+                cache.flush();
+            }
+        }
+    });
 }
 
 impl std::fmt::Debug for PageBuf {
@@ -411,14 +649,85 @@ mod tests {
 
     #[test]
     fn budget_bounds_the_pool() {
-        // 256 bytes per shard; all frees here land in this thread's shard.
+        // 256 bytes per shard; the first free goes to this thread's cache,
+        // the others to this thread's shard, which keeps two and frees one.
         let a = PageAllocator::new(256 * SHARDS as u64);
         let bufs: Vec<_> = (0..4).map(|_| a.alloc(128).unwrap()).collect();
         drop(bufs);
-        assert_eq!(a.stats().pooled_bytes, 256);
+        assert_eq!(a.stats().pooled_bytes, 128 + 256);
         assert_eq!(a.stats().live_bytes, 0);
         a.trim();
         assert_eq!(a.stats().pooled_bytes, 0);
+        // Classes above the cached ones go straight to the shard.
+        let big: Vec<_> = (0..2).map(|_| a.alloc(MAX_CACHED_CLASS * 2).unwrap()).collect();
+        drop(big);
+        assert_eq!(a.stats().pooled_bytes, 0, "over the shard's budget: both freed");
+    }
+
+    #[test]
+    fn thread_cache_hands_back_the_last_freed_buffer() {
+        let a = PageAllocator::new(1 << 20);
+        let first = a.alloc(4096).unwrap();
+        let p = first.as_ptr();
+        drop(first);
+        for i in 0..10u8 {
+            let mut b = a.alloc(4000).unwrap();
+            assert_eq!(b.as_ptr(), p, "round {i}: the cached buffer");
+            assert!(b.iter().all(|&x| x == 0), "round {i}: zeroed");
+            b.fill(i + 1);
+        }
+        let s = a.stats();
+        assert_eq!((s.pool_hits, s.pool_misses, s.live_buffers, s.live_bytes), (10, 1, 0, 0));
+        assert_eq!(s.pooled_bytes, 4096);
+        // A second buffer of the class finds the slot taken: the shard keeps it.
+        let (x, y) = (a.alloc(4096).unwrap(), a.alloc(4096).unwrap());
+        assert_ne!(x.as_ptr(), y.as_ptr());
+        drop((x, y));
+        let s = a.stats();
+        assert_eq!((s.live_buffers, s.pooled_bytes), (0, 2 * 4096));
+        a.trim();
+        assert_eq!(a.stats().pooled_bytes, 0);
+    }
+
+    #[test]
+    fn buffers_move_between_threads_and_pools_without_loss() {
+        let (a, b) = (PageAllocator::new(1 << 20), PageAllocator::new(1 << 20));
+        // Allocated here, freed on a thread whose cache serves the same
+        // pool, then by a thread serving another pool, then at its exit.
+        let here = a.alloc(256).unwrap();
+        let t = {
+            let (a, b) = (a.clone(), b.clone());
+            std::thread::spawn(move || {
+                drop(a.alloc(256).unwrap());
+                drop(here);
+                let mut mine = a.alloc(256).unwrap();
+                mine.fill(3);
+                drop(b.alloc(256).unwrap()); // now serves b
+                drop(mine); // an a buffer: to its shard, not b's cache
+                a.alloc(512).unwrap() // serves a again; returned below
+            })
+        };
+        let back = t.join().unwrap();
+        assert_eq!(b.stats().live_buffers, 0);
+        assert_eq!(a.stats().live_buffers, 1);
+        drop(back);
+        for pool in [&a, &b] {
+            let s = pool.stats();
+            assert_eq!((s.live_buffers, s.live_bytes), (0, 0), "{s:?}");
+            pool.trim();
+            // The exited thread's cache went back to the shards at its exit.
+            assert_eq!(pool.stats().pooled_bytes, 0, "{:?}", pool.stats());
+        }
+        // Alternating pools on one thread keeps each pool's buffers apart.
+        for i in 0..20 {
+            let (x, y) = (a.alloc(64 + i).unwrap(), b.alloc(64 + i).unwrap());
+            drop((y, x));
+        }
+        for pool in [&a, &b] {
+            assert_eq!(pool.stats().live_buffers, 0);
+            pool.trim();
+            assert_eq!(pool.stats().pooled_bytes, 0);
+        }
     }
 
     #[test]
