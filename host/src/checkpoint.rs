@@ -90,6 +90,10 @@ const DIRECT_MIN_RANGE: u64 = 4 << 10;
 const SCAN_CRC_MIN: usize = 4 << 10;
 /// Buffered bytes are written once the buffer holds this much.
 const BUFFER_BYTES: usize = 1 << 20;
+/// Bytes written between two writeback starts ([`VfsFile::start_writeback`]):
+/// the device writes the first part of a large checkpoint while the rest
+/// is scanned and copied, so the final sync waits for the last part only.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Streams a checkpoint to its temporary file.
 ///
@@ -116,6 +120,8 @@ pub struct CheckpointWriter {
     head: Vec<u8>,
     /// Data ranges of the page being written.
     ranges: Vec<std::ops::Range<usize>>,
+    /// [`CheckpointWriter::bytes`] at the last writeback start.
+    writeback_at: u64,
 }
 
 impl CheckpointWriter {
@@ -163,6 +169,7 @@ impl CheckpointWriter {
             graph,
             head: Vec::new(),
             ranges: Vec::new(),
+            writeback_at: 0,
         })
     }
 
@@ -171,7 +178,9 @@ impl CheckpointWriter {
         self.bytes += self.buf.len() as u64;
         let r = self.file.write_all(&self.buf);
         self.buf.clear();
-        r.map_err(|e| Error::from(e).in_file(&self.tmp))
+        r.map_err(|e| Error::from(e).in_file(&self.tmp))?;
+        self.writeback();
+        Ok(())
     }
 
     /// Add the next page (ids ascending).
@@ -232,7 +241,17 @@ impl CheckpointWriter {
         self.crc = crc_combine(self.crc, crc_append(c, &tail), total);
         self.bytes += total;
         self.written += 1;
+        self.writeback();
         Ok(())
+    }
+
+    /// Start the device on what was written, every [`WRITEBACK_EVERY`] bytes.
+    fn writeback(&mut self) {
+        if self.bytes - self.writeback_at >= WRITEBACK_EVERY {
+            self.writeback_at = self.bytes;
+            // A hint: without it the final sync does all of the work.
+            let _ = self.file.start_writeback();
+        }
     }
 
     /// Write the trailer, fsync, rename into place, fsync the directory.

@@ -37,6 +37,15 @@ pub trait VfsFile: Send + Debug {
         }
         Ok(())
     }
+    /// Ask the system to start writing what was written so far to the
+    /// device, without waiting (a hint: a later [`VfsFile::sync`] then has
+    /// less left to do). Durability still comes from `sync` alone.
+    ///
+    /// # Errors
+    /// The OS error, if the hint itself fails.
+    fn start_writeback(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A file open for reading at any offset.
@@ -140,21 +149,56 @@ pub trait Vfs: Send + Sync + Debug {
 pub struct StdVfs;
 
 #[derive(Debug)]
-struct StdFile(std::fs::File);
+struct StdFile {
+    file: std::fs::File,
+    /// The writeback thread ([`VfsFile::start_writeback`]): its request
+    /// channel and its result (the first error of its syncs).
+    syncer: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<io::Result<()>>)>,
+}
 
 impl VfsFile for StdFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        io::Write::write_all(&mut self.0, buf)
+        io::Write::write_all(&mut self.file, buf)
     }
     fn sync(&mut self) -> io::Result<()> {
-        self.0.sync_data()
+        // The writeback thread shares this file's description: an error of
+        // its syncs may not show in ours, so it is taken from the thread.
+        if let Some((tx, thread)) = self.syncer.take() {
+            drop(tx);
+            match thread.join() {
+                Ok(r) => r?,
+                Err(_) => return Err(io::Error::other("the writeback thread panicked")),
+            }
+        }
+        self.file.sync_data()
+    }
+    fn start_writeback(&mut self) -> io::Result<()> {
+        if self.syncer.is_none() {
+            // A thread with its own handle syncs while this one writes on;
+            // it ends at the next sync or when this file is dropped.
+            let f = self.file.try_clone()?;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let thread = std::thread::Builder::new().name("mmsb-writeback".into()).spawn(move || {
+                while rx.recv().is_ok() {
+                    f.sync_data()?;
+                }
+                Ok(())
+            })?;
+            self.syncer = Some((tx, thread));
+        }
+        if let Some((tx, _)) = &self.syncer {
+            // One request waits at most: a request while a sync runs and
+            // another waits is covered by the waiting one.
+            let _ = tx.try_send(());
+        }
+        Ok(())
     }
     fn write_all_vectored(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
         let mut slices: Vec<io::IoSlice<'_>> =
             bufs.iter().filter(|b| !b.is_empty()).map(|b| io::IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
-            match io::Write::write_vectored(&mut self.0, rest) {
+            match io::Write::write_vectored(&mut self.file, rest) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                 Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -244,7 +288,7 @@ impl Vfs for StdVfs {
             // through it to a file outside the state directory.
             o.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
         }
-        Ok(Box::new(StdFile(o.open(path)?)))
+        Ok(Box::new(StdFile { file: o.open(path)?, syncer: None }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
@@ -638,6 +682,27 @@ pub fn list_regular_files(dir: &Path) -> io::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writeback_starts_keep_every_byte_and_sync_reports_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut f = StdVfs.create(&p).unwrap();
+        let mut want = Vec::new();
+        for i in 0..20u8 {
+            let chunk = vec![i; 100_000];
+            f.write_all(&chunk).unwrap();
+            want.extend_from_slice(&chunk);
+            f.start_writeback().unwrap();
+            if i == 10 {
+                // A sync between writebacks ends the thread; the next starts another.
+                f.sync().unwrap();
+            }
+        }
+        f.sync().unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+    }
 
     #[test]
     fn unsynced_data_and_names_are_lost_at_a_crash() {
