@@ -38,7 +38,7 @@ pub const DEFAULT_POOL_BUDGET: u64 = 256 << 20;
 pub struct AllocStats {
     /// Bytes in buffers currently handed out (by capacity).
     pub live_bytes: u64,
-    /// Bytes held in the free lists, ready for reuse.
+    /// Bytes held in the free lists and the thread caches, ready for reuse.
     pub pooled_bytes: u64,
     /// Buffers currently handed out.
     pub live_buffers: u64,
