@@ -261,6 +261,158 @@ pub struct ScanResult {
 /// commit (a single change, or a whole batch without its markers).
 pub type Commit<'a, 'b> = &'b [(u64, Record<'a>)];
 
+/// The delta records of one batch, framed back to back as the segment holds
+/// them, with every frame already checked (length within the limit and the
+/// segment, type [`RecordType::Delta`], flags, LSN in sequence, CRC) and the
+/// batch's begin and end markers valid and matching. The bodies are not
+/// decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct DeltaFrames<'a> {
+    bytes: &'a [u8],
+    offset: u64,
+    count: usize,
+    first_lsn: u64,
+}
+
+impl<'a> DeltaFrames<'a> {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none (never, for a batch).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// LSN of the last record (the batch's end marker follows it).
+    pub fn last_lsn(&self) -> u64 {
+        self.first_lsn + self.count as u64 - 1
+    }
+
+    /// `(absolute offset of the body in the segment, body)` of each record,
+    /// in order.
+    pub fn bodies(&self) -> impl Iterator<Item = (u64, &'a [u8])> {
+        let (mut rest, mut at) = (self.bytes, self.offset);
+        std::iter::from_fn(move || {
+            let len = u32::from_le_bytes(*rest.first_chunk::<4>()?) as usize;
+            let framed = RECORD_HEAD_LEN + len + RECORD_TAIL_LEN;
+            let body = rest.get(RECORD_HEAD_LEN..RECORD_HEAD_LEN + len)?;
+            let here = at + RECORD_HEAD_LEN as u64;
+            rest = rest.get(framed..)?;
+            at += framed as u64;
+            Some((here, body))
+        })
+    }
+}
+
+/// Receives what a scan delivers.
+pub trait Visitor {
+    /// One committed unit, decoded; `Ok(false)` stops the scan after it.
+    ///
+    /// # Errors
+    /// Whatever the visitor refuses the unit with: the scan stops with it.
+    fn commit(&mut self, c: Commit<'_, '_>) -> Result<bool>;
+
+    /// A committed batch of delta records only, before anything of it is
+    /// decoded: `Some(go)` when the visitor has taken it whole (as
+    /// [`Visitor::commit`] would, `go` as it would return), `None` to have
+    /// it decoded and handed to [`Visitor::commit`] instead. A visitor that
+    /// returns `None` must have changed nothing.
+    fn delta_batch(&mut self, frames: DeltaFrames<'_>) -> Option<bool> {
+        let _ = frames;
+        None
+    }
+
+    /// Whether the scan should offer batches to [`Visitor::delta_batch`]
+    /// (finding one checks its frames: work lost when the visitor declines).
+    fn takes_delta_batches(&self) -> bool {
+        false
+    }
+}
+
+struct FnVisitor<'v>(&'v mut dyn FnMut(Commit<'_, '_>) -> Result<bool>);
+
+impl Visitor for FnVisitor<'_> {
+    fn commit(&mut self, c: Commit<'_, '_>) -> Result<bool> {
+        (self.0)(c)
+    }
+}
+
+/// A frame at the front of `rest` of type `kind`, with LSN `lsn`, a valid
+/// CRC and zero flags: its framed length, or `None` (the general path then
+/// reads it and says what is wrong).
+#[inline(always)]
+fn plain_frame(rest: &[u8], kind: u8, lsn: u64, limits: &Limits) -> Option<usize> {
+    let head = rest.first_chunk::<RECORD_HEAD_LEN>()?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&head[8..16]);
+    if u64::from(len) > limits.max_record_len
+        || head[4] != kind
+        || head[5] != 0
+        || head[6] != 0
+        || head[7] != 0
+        || u64::from_le_bytes(l) != lsn
+    {
+        return None;
+    }
+    let framed = RECORD_HEAD_LEN + len as usize + RECORD_TAIL_LEN;
+    let frame = rest.get(..framed)?;
+    let (data, c) = frame.split_last_chunk::<RECORD_TAIL_LEN>()?;
+    (crc(data) == u32::from_le_bytes(*c)).then_some(framed)
+}
+
+/// A batch marker of type `kind` for `n` records (or any valid count when
+/// `n` is `None`) at the front of `rest`: `(framed length, count)`.
+#[inline]
+fn plain_marker(
+    rest: &[u8],
+    kind: RecordType,
+    lsn: u64,
+    n: Option<u32>,
+    limits: &Limits,
+) -> Option<(usize, u32)> {
+    let framed = plain_frame(rest, kind as u8, lsn, limits)?;
+    if framed != RECORD_HEAD_LEN + 8 + RECORD_TAIL_LEN {
+        return None;
+    }
+    let body = rest.get(RECORD_HEAD_LEN..RECORD_HEAD_LEN + 8)?;
+    let count = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+    let reserved = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+    (reserved == 0 && count >= 2 && n.is_none_or(|n| n == count)).then_some((framed, count))
+}
+
+/// A whole committed batch of delta records at `buf[pos..]` whose first
+/// record (the begin marker) has LSN `lsn`, every frame of it valid: the
+/// delta frames, the framed lengths of the begin marker, the deltas and the
+/// end marker. `None` for anything else, valid or not.
+#[inline]
+fn delta_batch_at<'a>(
+    buf: &'a [u8],
+    pos: usize,
+    lsn: u64,
+    limits: &Limits,
+) -> Option<(DeltaFrames<'a>, [usize; 3])> {
+    let rest = buf.get(pos..)?;
+    let (begin, n) = plain_marker(rest, RecordType::BatchBegin, lsn, None, limits)?;
+    let mut at = begin;
+    let mut next = lsn + 1;
+    for _ in 0..n {
+        at += plain_frame(rest.get(at..)?, RecordType::Delta as u8, next, limits)?;
+        next += 1;
+    }
+    let deltas = at - begin;
+    let (end, _) = plain_marker(rest.get(at..)?, RecordType::BatchEnd, next, Some(n), limits)?;
+    let frames = DeltaFrames {
+        bytes: rest.get(begin..at)?,
+        offset: (pos + begin) as u64,
+        count: n as usize,
+        first_lsn: lsn + 1,
+    };
+    Some((frames, [begin, deltas, end]))
+}
+
 enum SegEnd {
     Clean,
     Cut,
@@ -284,6 +436,22 @@ pub fn scan(
     mode: RecoveryMode,
     limits: &Limits,
     visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
+) -> Result<ScanResult> {
+    scan_with(vfs, dir, after_lsn, mode, limits, &mut FnVisitor(visit))
+}
+
+/// [`scan`] with a [`Visitor`], which may take batches of delta records
+/// before they are decoded ([`Visitor::delta_batch`]).
+///
+/// # Errors
+/// As [`scan`].
+pub fn scan_with(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    after_lsn: u64,
+    mode: RecoveryMode,
+    limits: &Limits,
+    visit: &mut dyn Visitor,
 ) -> Result<ScanResult> {
     let mut res = ScanResult { last_lsn: after_lsn, ..ScanResult::default() };
     let names = match vfs.list(dir) {
@@ -319,7 +487,7 @@ fn scan_all(
     by_type: &mut [(u64, u64); 256],
     mode: RecoveryMode,
     limits: &Limits,
-    visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
+    visit: &mut dyn Visitor,
     load: impl Fn(&Path) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let _ = vfs;
@@ -389,7 +557,7 @@ fn scan_segment(
     prev_gen: &mut Option<u64>,
     by_type: &mut [(u64, u64); 256],
     limits: &Limits,
-    visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
+    visit: &mut dyn Visitor,
 ) -> Result<SegEnd, (Error, u64)> {
     let expected = res.last_lsn + 1;
     let h = match parse_segment_header(buf) {
@@ -442,6 +610,34 @@ fn scan_segment(
         }
         if pos == buf.len() {
             break;
+        }
+        if batch.is_none() && visit.takes_delta_batches() {
+            // A whole valid batch of deltas may go to the visitor undecoded.
+            if let Some((frames, [begin, deltas, end])) = delta_batch_at(buf, pos, lsn, limits) {
+                let last = lsn + frames.len() as u64 + 1;
+                if last > res.last_lsn {
+                    if let Some(go) = visit.delta_batch(frames) {
+                        let n = frames.len() as u64;
+                        summary.records += n + 2;
+                        summary.lsns = Some((summary.lsns.map_or(lsn, |l| l.0), last));
+                        for (kind, count, bytes) in [
+                            (RecordType::BatchBegin, 1, begin),
+                            (RecordType::Delta, n, deltas),
+                            (RecordType::BatchEnd, 1, end),
+                        ] {
+                            by_type[kind as usize].0 += count;
+                            by_type[kind as usize].1 += bytes as u64;
+                        }
+                        pos += begin + deltas + end;
+                        lsn = last + 1;
+                        res.last_lsn = last;
+                        if !go {
+                            return Ok(SegEnd::Stopped);
+                        }
+                        continue;
+                    }
+                }
+            }
         }
         let raw = match read_frame(buf, pos, lsn, limits) {
             Ok(r) => r,
@@ -513,7 +709,7 @@ fn scan_segment(
         batch = None;
         if raw.lsn > res.last_lsn {
             pending.retain(|(_, r)| !matches!(r, Record::Optional(_)));
-            let go = if pending.is_empty() { Ok(true) } else { visit(&pending) };
+            let go = if pending.is_empty() { Ok(true) } else { visit.commit(&pending) };
             match go {
                 Ok(go) => {
                     res.last_lsn = raw.lsn;
