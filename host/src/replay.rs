@@ -8,7 +8,7 @@
 //! validated as a whole before any of it is applied.
 
 use crate::change::Change;
-use crate::codec::delta::{DeltaView, PayloadView};
+use crate::codec::delta::{plain_sparse, DeltaView, PayloadView};
 use crate::codec::page::{PageBytes, PageImage};
 use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source, SparseDelta};
@@ -183,6 +183,23 @@ fn graph_pages(c: &Change) -> Vec<PageId> {
     }
 }
 
+/// What applying a logged delta needs of it.
+#[derive(Clone, Copy)]
+struct ApplyView<'a> {
+    id: DeltaId,
+    page: PageId,
+    timestamp: u64,
+    base: Option<Epoch>,
+    payload: PayloadView<'a>,
+}
+
+impl<'a> ApplyView<'a> {
+    #[inline(always)]
+    fn of(v: DeltaView<'a>) -> Self {
+        Self { id: v.id, page: v.page, timestamp: v.timestamp, base: v.base_epoch, payload: v.payload }
+    }
+}
+
 /// A page's state as a validation pass sees it: `None` = absent.
 type Sim = Option<(u64, Epoch)>;
 
@@ -284,7 +301,7 @@ impl StateImage {
         self.apply_delta_views(
             commit.len(),
             commit.iter().map(|(_, r)| match r {
-                Record::Delta(v) => Ok(*v),
+                Record::Delta(v) => Ok(ApplyView::of(*v)),
                 _ => Err(Error::Invariant("a delta commit holds another record".into())),
             }),
         )
@@ -296,7 +313,7 @@ impl StateImage {
     fn apply_delta_views<'v>(
         &mut self,
         n: usize,
-        views: impl Iterator<Item = Result<DeltaView<'v>>>,
+        views: impl Iterator<Item = Result<ApplyView<'v>>>,
     ) -> Result<()> {
         const FREE: u32 = u32::MAX;
         // (page, length, epoch as the commit leaves it so far).
@@ -335,7 +352,7 @@ impl StateImage {
                 len,
                 epoch,
                 v.id,
-                v.base_epoch,
+                v.base,
                 v.timestamp,
                 &payload,
                 true,
@@ -374,12 +391,25 @@ impl StateImage {
 
     /// [`StateImage::apply_commit`] for a batch of delta records read
     /// straight from their frames: each body is decoded as the commit is
-    /// validated, with nothing collected but the payloads to apply. Errors
-    /// are those of the first invalid record, though not always in the words
-    /// of [`StateImage::apply_commit`] (callers re-read a refused batch the
+    /// validated (plain bodies with sparse payloads in one pass), with
+    /// nothing collected but the payloads to apply. Errors are those of the
+    /// first invalid record, though not always in the words of
+    /// [`StateImage::apply_commit`] (callers re-read a refused batch the
     /// general way to report it); the image is then unchanged.
     fn apply_delta_frames(&mut self, frames: reader::DeltaFrames<'_>, limits: &Limits) -> Result<()> {
-        self.apply_delta_views(frames.len(), frames.bodies().map(|(at, b)| DeltaView::parse(b, at, limits)))?;
+        self.apply_delta_views(
+            frames.len(),
+            frames.bodies().map(|(at, body)| match plain_sparse(body, limits) {
+                Some(p) => Ok(ApplyView {
+                    id: DeltaId(p.id),
+                    page: PageId(p.page),
+                    timestamp: p.timestamp,
+                    base: p.base_epoch.map(Epoch),
+                    payload: PayloadView::Sparse { runs: p.runs, data: p.data, end: p.end },
+                }),
+                None => DeltaView::parse(body, at, limits).map(ApplyView::of),
+            }),
+        )?;
         self.lsn = frames.last_lsn();
         Ok(())
     }
