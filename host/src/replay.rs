@@ -317,9 +317,9 @@ impl StateImage {
     ) -> Result<()> {
         const FREE: u32 = u32::MAX;
         // (page, length, epoch as the commit leaves it so far).
-        let mut slots: Vec<(PageId, u64, Epoch)> = Vec::new();
         // Distinct pages are at most min(records, pages): the table stays
         // at most half full.
+        let mut slots: Vec<(PageId, u64, Epoch)> = Vec::with_capacity(n.min(self.pages.len()));
         let cap = (2 * n.min(self.pages.len()) + 2).next_power_of_two();
         let bits = cap.trailing_zeros();
         let mut table = vec![FREE; cap];
