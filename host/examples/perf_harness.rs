@@ -5,7 +5,10 @@
 //! `update` (single-delta `update_page`), `batch` (`update_batch` of 1000),
 //! `replay` (append then replay; only the replay is timed), `chain10`,
 //! `chain1000` (propagation through a chain of copies), `dense`, `sparse`
-//! (CPU apply on 1 MiB, with memcpy beside it), `alloc` (pooled 4 KiB).
+//! (CPU apply on 1 MiB, with memcpy beside it), `alloc` (pooled 4 KiB),
+//! `replay_small` (the disk bench's replay row: `n` sparse deltas of 1–8
+//! bytes on 64 pages of 64 bytes, batches of 1000, replayed 11 times with
+//! `replay_to_lsn` beside a plain read of the segment files).
 
 use mmsb::alloc::PageAllocator;
 use mmsb::log::{Durability, LogWriter};
@@ -83,6 +86,70 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((v, t.elapsed().as_secs_f64()))
 }
 
+fn replay_small(n: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let s = Mmsb::start(Config::at(dir.path()).durability(Durability::None))?;
+        let ids = (0..64).map(|_| s.create_page(PageSpec::new(64))).collect::<Result<Vec<_>>>()?;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for _ in 0..n.div_ceil(1000) {
+            let mut b = Vec::with_capacity(1000);
+            for k in 0..1000 {
+                let len = 1 + rnd(8);
+                let off = rnd(64 - len + 1);
+                let data: Vec<u8> = (0..len).map(|_| rnd(256) as u8).collect();
+                b.push(Update::new(
+                    ids[k % 64],
+                    Payload::Sparse(SparseDelta::from_pairs([(off, &data[..])])?),
+                ));
+            }
+            s.update_batch(b)?;
+        }
+        s.stop()?;
+    }
+    let log = mmsb::log::log_dir(dir.path());
+    let mut segs: Vec<_> = std::fs::read_dir(&log)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segs.sort();
+    let deltas = n.div_ceil(1000) * 1000;
+    // Nanoseconds per delta of each replay and read; the minimum is the
+    // figure least disturbed by other work on the machine.
+    let (mut replays, mut reads) = (Vec::new(), Vec::new());
+    for _ in 0..11 {
+        let (img, dt) = timed(|| {
+            mmsb::replay::replay_to_lsn(&StdVfs, dir.path(), None, &mmsb::codec::Limits::default())
+        })?;
+        black_box(img.state_hash());
+        let t = Instant::now();
+        for p in &segs {
+            black_box(std::fs::read(p)?);
+        }
+        reads.push(t.elapsed().as_secs_f64() * 1e9 / deltas as f64);
+        replays.push(dt * 1e9 / deltas as f64);
+    }
+    replays.sort_by(f64::total_cmp);
+    reads.sort_by(f64::total_cmp);
+    println!(
+        "replay_small: ns per delta: replay min {:.1} median {:.1}, read min {:.1} median {:.1}; \
+         ratio of minima {:.3}, of medians {:.3}",
+        replays[0],
+        replays[5],
+        reads[0],
+        reads[5],
+        reads[0] / replays[0],
+        reads[5] / replays[5]
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let case = args.get(1).map_or("append", String::as_str);
@@ -99,6 +166,7 @@ fn main() -> Result<()> {
             let (r, dt) = timed(|| mmsb::tools::replay(dir.path(), None))?;
             println!("replay: {:.2} M deltas/s ({})", n as f64 / dt / 1e6, r.timestamp);
         }
+        "replay_small" => replay_small(n)?,
         "update" | "batch" => {
             let s = Mmsb::start(Config::temporary())?;
             let p = s.create_page(PageSpec::new(4096))?;

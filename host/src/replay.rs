@@ -8,12 +8,12 @@
 //! validated as a whole before any of it is applied.
 
 use crate::change::Change;
-use crate::codec::delta::PayloadView;
+use crate::codec::delta::{plain_sparse, DeltaView, PayloadView};
 use crate::codec::page::{PageBytes, PageImage};
 use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source, SparseDelta};
 use crate::graph::GraphImage;
-use crate::log::reader::{self, Record};
+use crate::log::reader::{self, Record, Visitor};
 use crate::log::recovery::RecoveryMode;
 use crate::page::{check_metadata, Location, Metadata};
 use crate::vfs::Vfs;
@@ -183,6 +183,23 @@ fn graph_pages(c: &Change) -> Vec<PageId> {
     }
 }
 
+/// What applying a logged delta needs of it.
+#[derive(Clone, Copy)]
+struct ApplyView<'a> {
+    id: DeltaId,
+    page: PageId,
+    timestamp: u64,
+    base: Option<Epoch>,
+    payload: PayloadView<'a>,
+}
+
+impl<'a> ApplyView<'a> {
+    #[inline(always)]
+    fn of(v: DeltaView<'a>) -> Self {
+        Self { id: v.id, page: v.page, timestamp: v.timestamp, base: v.base_epoch, payload: v.payload }
+    }
+}
+
 /// A page's state as a validation pass sees it: `None` = absent.
 type Sim = Option<(u64, Epoch)>;
 
@@ -281,20 +298,36 @@ impl StateImage {
     /// [`StateImage::validate`] does, and its bytes are taken out of the map
     /// while the records are applied.
     fn apply_deltas(&mut self, commit: reader::Commit<'_, '_>) -> Result<()> {
+        self.apply_delta_views(
+            commit.len(),
+            commit.iter().map(|(_, r)| match r {
+                Record::Delta(v) => Ok(ApplyView::of(*v)),
+                _ => Err(Error::Invariant("a delta commit holds another record".into())),
+            }),
+        )
+    }
+
+    /// [`StateImage::apply_deltas`] over the `n` delta views `views` yields
+    /// (an `Err` among them refuses the commit): all are validated before
+    /// any is applied.
+    fn apply_delta_views<'v>(
+        &mut self,
+        n: usize,
+        views: impl Iterator<Item = Result<ApplyView<'v>>>,
+    ) -> Result<()> {
         const FREE: u32 = u32::MAX;
         // (page, length, epoch as the commit leaves it so far).
-        let mut slots: Vec<(PageId, u64, Epoch)> = Vec::new();
         // Distinct pages are at most min(records, pages): the table stays
         // at most half full.
-        let cap = (2 * commit.len().min(self.pages.len()) + 2).next_power_of_two();
+        let mut slots: Vec<(PageId, u64, Epoch)> = Vec::with_capacity(n.min(self.pages.len()));
+        let cap = (2 * n.min(self.pages.len()) + 2).next_power_of_two();
         let bits = cap.trailing_zeros();
         let mut table = vec![FREE; cap];
-        let mut slot_of: Vec<u32> = Vec::with_capacity(commit.len());
+        // Each record's page slot and payload, for the apply pass.
+        let mut plan: Vec<(u32, PayloadView<'v>)> = Vec::with_capacity(n);
         let (mut next_delta, mut ts) = (self.next_delta, self.timestamp);
-        for (_, r) in commit {
-            let Record::Delta(v) = r else {
-                return Err(Error::Invariant("a delta commit holds another record".into()));
-            };
+        for v in views {
+            let v = v?;
             let mut h = (v.page.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
             let k = loop {
                 let e = table[h];
@@ -319,7 +352,7 @@ impl StateImage {
                 len,
                 epoch,
                 v.id,
-                v.base_epoch,
+                v.base,
                 v.timestamp,
                 &payload,
                 true,
@@ -327,7 +360,7 @@ impl StateImage {
                 ts,
             )?;
             slots[k].2 = next;
-            slot_of.push(k as u32);
+            plan.push((k as u32, v.payload));
             ts += 1;
         }
         // Valid as a whole: apply. The bytes of each page leave the map once.
@@ -336,12 +369,10 @@ impl StateImage {
             .map(|(id, ..)| self.pages.get_mut(id).map(|p| std::mem::take(&mut p.bytes)).unwrap_or_default())
             .collect();
         let mut res = Ok(());
-        for ((_, r), &k) in commit.iter().zip(&slot_of) {
-            if let Record::Delta(v) = r {
-                if let Err(e) = v.payload.apply_to(&mut bytes[k as usize]) {
-                    res = Err(e);
-                    break;
-                }
+        for (k, payload) in &plan {
+            if let Err(e) = payload.apply_to(&mut bytes[*k as usize]) {
+                res = Err(e);
+                break;
             }
         }
         for ((id, _, epoch), b) in slots.iter().zip(bytes) {
@@ -355,6 +386,31 @@ impl StateImage {
         res?;
         self.next_delta = next_delta;
         self.timestamp = ts;
+        Ok(())
+    }
+
+    /// [`StateImage::apply_commit`] for a batch of delta records read
+    /// straight from their frames: each body is decoded as the commit is
+    /// validated (plain bodies with sparse payloads in one pass), with
+    /// nothing collected but the payloads to apply. Errors are those of the
+    /// first invalid record, though not always in the words of
+    /// [`StateImage::apply_commit`] (callers re-read a refused batch the
+    /// general way to report it); the image is then unchanged.
+    fn apply_delta_frames(&mut self, frames: reader::DeltaFrames<'_>, limits: &Limits) -> Result<()> {
+        self.apply_delta_views(
+            frames.len(),
+            frames.bodies().map(|(at, body)| match plain_sparse(body, limits) {
+                Some(p) => Ok(ApplyView {
+                    id: DeltaId(p.id),
+                    page: PageId(p.page),
+                    timestamp: p.timestamp,
+                    base: p.base_epoch.map(Epoch),
+                    payload: PayloadView::Sparse { runs: p.runs, data: p.data, end: p.end },
+                }),
+                None => DeltaView::parse(body, at, limits).map(ApplyView::of),
+            }),
+        )?;
+        self.lsn = frames.last_lsn();
         Ok(())
     }
 
@@ -535,19 +591,66 @@ pub fn replay_with(
     stop: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>) -> bool,
     seen: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>),
 ) -> Result<StateImage> {
-    let dir = crate::log::log_dir(state_dir);
-    let (ckpt, _) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
-    let mut image = ckpt.map(|(_, img)| img).unwrap_or_default();
-    let after = image.lsn;
-    reader::scan(vfs, &dir, after, RecoveryMode::Strict, limits, &mut |c| {
-        if stop(&image, c) {
+    replay_impl(vfs, state_dir, max_ckpt_lsn, limits, stop, seen, None)
+}
+
+/// Whether a batch of delta records (last LSN, record count) must go the
+/// general way because the stop rule may stop at it; the image as it is
+/// before the batch.
+type FastStop<'s> = &'s dyn Fn(&StateImage, u64, usize) -> bool;
+
+struct Replayer<'r> {
+    image: StateImage,
+    limits: &'r Limits,
+    stop: &'r mut dyn FnMut(&StateImage, reader::Commit<'_, '_>) -> bool,
+    seen: &'r mut dyn FnMut(&StateImage, reader::Commit<'_, '_>),
+    /// Set when `seen` ignores batches of delta records and this answers
+    /// for `stop` on them: such batches are then applied undecoded.
+    fast_stop: Option<FastStop<'r>>,
+}
+
+impl Visitor for Replayer<'_> {
+    fn commit(&mut self, c: reader::Commit<'_, '_>) -> Result<bool> {
+        if (self.stop)(&self.image, c) {
             return Ok(false);
         }
-        image.apply_commit(c)?;
-        seen(&image, c);
+        self.image.apply_commit(c)?;
+        (self.seen)(&self.image, c);
         Ok(true)
-    })?;
-    Ok(image)
+    }
+
+    fn delta_batch(&mut self, frames: reader::DeltaFrames<'_>) -> Option<bool> {
+        let general = self.fast_stop?;
+        if general(&self.image, frames.last_lsn(), frames.len()) {
+            return None;
+        }
+        // A refused batch is left to `commit`, which reports why.
+        self.image.apply_delta_frames(frames, self.limits).ok().map(|()| true)
+    }
+
+    fn takes_delta_batches(&self) -> bool {
+        self.fast_stop.is_some()
+    }
+}
+
+/// [`replay_with`], and with `fast_stop` (see [`Replayer`]) batches of
+/// delta records are applied without being decoded into records.
+fn replay_impl(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    max_ckpt_lsn: Option<u64>,
+    limits: &Limits,
+    stop: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>) -> bool,
+    seen: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>),
+    fast_stop: Option<FastStop<'_>>,
+) -> Result<StateImage> {
+    let dir = crate::log::log_dir(state_dir);
+    let (ckpt, _) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
+    let image = ckpt.map(|(_, img)| img).unwrap_or_default();
+    let after = image.lsn;
+    let mut r = Replayer { image, limits, stop, seen, fast_stop };
+    reader::scan_with(vfs, &dir, after, RecoveryMode::Strict, limits, &mut r)?;
+    Ok(r.image)
 }
 
 /// The state as of LSN `to` (every commit whose last record is at or
@@ -563,15 +666,15 @@ pub fn replay_to_lsn(
     limits: &Limits,
 ) -> Result<StateImage> {
     let target = to.map_or(u64::MAX, |l| l.0);
-    let img = replay_with(
+    replay_impl(
         vfs,
         state_dir,
         Some(target),
         limits,
         &mut |_, c| c.last().is_some_and(|(l, _)| *l > target),
         &mut |_, _| {},
-    )?;
-    Ok(img)
+        Some(&|_, last, _| last > target),
+    )
 }
 
 /// The state as of logical time `t`: the last commit boundary at which at
@@ -591,13 +694,14 @@ pub fn replay_to_timestamp(vfs: &dyn Vfs, state_dir: &Path, t: u64, limits: &Lim
             }
         }
     }
-    replay_with(
+    replay_impl(
         vfs,
         state_dir,
         Some(best.unwrap_or(0)),
         limits,
         &mut |img, c| img.timestamp + c.len() as u64 > t,
         &mut |_, _| {},
+        Some(&|img, _, n| img.timestamp + n as u64 > t),
     )
 }
 

@@ -561,6 +561,65 @@ impl<'a> DeltaView<'a> {
     }
 }
 
+/// What replay needs of a delta body with no provenance and no tag and a
+/// sparse payload of at least one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PlainSparse<'a> {
+    pub id: u64,
+    pub page: u64,
+    pub timestamp: u64,
+    pub base_epoch: Option<u64>,
+    /// Encoded runs, validated sorted, disjoint and non-empty.
+    pub runs: &'a [u8],
+    /// Their bytes.
+    pub data: &'a [u8],
+    /// One past the last byte touched.
+    pub end: u64,
+}
+
+/// A delta body spanning all of `buf` that [`DeltaView::parse`] accepts as
+/// user-sourced, untagged, with a sparse payload of at least one run, read in
+/// one pass; `None` for any other body, valid or not.
+#[inline(always)]
+pub(crate) fn plain_sparse<'a>(buf: &'a [u8], limits: &Limits) -> Option<PlainSparse<'a>> {
+    const AT: usize = DELTA_HEAD_LEN + PAYLOAD_HEAD_LEN;
+    let (h, rest) = buf.split_first_chunk::<AT>()?;
+    let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let (base_raw, flags) = (le64(h, 24), h[32]);
+    let plain = flags & !FLAG_BASE == 0
+        && h[33] == 0
+        && h[34] == 0
+        && h[35] == 0
+        && u32_at(36) == 0
+        && u32_at(40) == 0
+        && (flags & FLAG_BASE != 0 || base_raw == 0)
+        && h[DELTA_HEAD_LEN] == 2;
+    let n = le64(h, DELTA_HEAD_LEN + 1);
+    if !plain || n == 0 || n > rest.len() as u64 / 16 {
+        return None;
+    }
+    let (runs, data) = rest.split_at(16 * n as usize);
+    let (mut total, mut prev_end) = (0u64, 0u64);
+    for (i, r) in runs.chunks_exact(16).enumerate() {
+        let (off, len) = (le64(r, 0), le64(r, 8));
+        let end = off.checked_add(len)?;
+        if len == 0 || end > limits.max_page_len || (i > 0 && off < prev_end) {
+            return None;
+        }
+        prev_end = end;
+        total += len;
+    }
+    (data.len() as u64 == total).then_some(PlainSparse {
+        id: le64(h, 0),
+        page: le64(h, 8),
+        timestamp: le64(h, 16),
+        base_epoch: (flags & FLAG_BASE != 0).then_some(base_raw),
+        runs,
+        data,
+        end: prev_end,
+    })
+}
+
 fn parse_provenance(buf: &[u8], base: u64) -> Result<Provenance> {
     let mut r = Reader::new(buf, base);
     let at = r.offset();
@@ -743,6 +802,43 @@ mod tests {
             let fast = PayloadView::parse(pay, 3, &lim);
             let slow = PayloadView::parse_fields(pay, 3, &lim);
             prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+        }
+
+        #[test]
+        fn plain_sparse_agrees_with_the_delta_parser(
+            d in arb_delta(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+            cut in any::<usize>(),
+        ) {
+            let mut body = Vec::new();
+            encode_delta_body(&d, &mut body).unwrap();
+            for (at, x) in flips {
+                let n = body.len();
+                body[at % n] ^= x;
+            }
+            let body = &body[..body.len() - cut % 3];
+            let lim = Limits { max_page_len: 250, ..Limits::default() };
+            let view = DeltaView::parse(body, 0, &lim);
+            match plain_sparse(body, &lim) {
+                Some(p) => {
+                    let v = view.unwrap();
+                    prop_assert_eq!(
+                        (v.id.0, v.page.0, v.timestamp, v.base_epoch.map(|e| e.0)),
+                        (p.id, p.page, p.timestamp, p.base_epoch)
+                    );
+                    prop_assert_eq!((v.source, v.provenance, v.tag), (0, &[][..], None));
+                    prop_assert_eq!(v.payload, PayloadView::Sparse { runs: p.runs, data: p.data, end: p.end });
+                }
+                None => {
+                    // Only bodies it does not cover are left to the general parser.
+                    if let Ok(v) = view {
+                        let covered = v.source == 0
+                            && v.tag.is_none()
+                            && matches!(v.payload, PayloadView::Sparse { runs, .. } if !runs.is_empty());
+                        prop_assert!(!covered, "{:?}", v);
+                    }
+                }
+            }
         }
 
         #[test]

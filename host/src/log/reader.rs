@@ -11,7 +11,7 @@ use crate::change::Change;
 use crate::codec::delta::DeltaView;
 use crate::codec::{crc, read_location, read_metadata, Limits, Reader};
 use crate::page::{Location, Metadata};
-use crate::vfs::Vfs;
+use crate::vfs::{Vfs, VfsRead};
 use crate::{Error, Result};
 use shared_types::PageId;
 use std::collections::BTreeMap;
@@ -261,6 +261,221 @@ pub struct ScanResult {
 /// commit (a single change, or a whole batch without its markers).
 pub type Commit<'a, 'b> = &'b [(u64, Record<'a>)];
 
+/// The delta records of one batch, framed back to back as the segment holds
+/// them, with every frame already checked (length within the limit and the
+/// segment, type [`RecordType::Delta`], flags, LSN in sequence, CRC) and the
+/// batch's begin and end markers valid and matching. The bodies are not
+/// decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct DeltaFrames<'a> {
+    bytes: &'a [u8],
+    offset: u64,
+    count: usize,
+    first_lsn: u64,
+}
+
+impl<'a> DeltaFrames<'a> {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none (never, for a batch).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// LSN of the last record (the batch's end marker follows it).
+    pub fn last_lsn(&self) -> u64 {
+        self.first_lsn + self.count as u64 - 1
+    }
+
+    /// `(absolute offset of the body in the segment, body)` of each record,
+    /// in order.
+    pub fn bodies(&self) -> impl Iterator<Item = (u64, &'a [u8])> {
+        let (mut rest, mut at) = (self.bytes, self.offset);
+        std::iter::from_fn(move || {
+            let len = u32::from_le_bytes(*rest.first_chunk::<4>()?) as usize;
+            let framed = RECORD_HEAD_LEN + len + RECORD_TAIL_LEN;
+            let body = rest.get(RECORD_HEAD_LEN..RECORD_HEAD_LEN + len)?;
+            let here = at + RECORD_HEAD_LEN as u64;
+            rest = rest.get(framed..)?;
+            at += framed as u64;
+            Some((here, body))
+        })
+    }
+}
+
+/// Receives what a scan delivers.
+pub trait Visitor {
+    /// One committed unit, decoded; `Ok(false)` stops the scan after it.
+    ///
+    /// # Errors
+    /// Whatever the visitor refuses the unit with: the scan stops with it.
+    fn commit(&mut self, c: Commit<'_, '_>) -> Result<bool>;
+
+    /// A committed batch of delta records only, before anything of it is
+    /// decoded: `Some(go)` when the visitor has taken it whole (as
+    /// [`Visitor::commit`] would, `go` as it would return), `None` to have
+    /// it decoded and handed to [`Visitor::commit`] instead. A visitor that
+    /// returns `None` must have changed nothing.
+    fn delta_batch(&mut self, frames: DeltaFrames<'_>) -> Option<bool> {
+        let _ = frames;
+        None
+    }
+
+    /// Whether the scan should offer batches to [`Visitor::delta_batch`]
+    /// (finding one checks its frames: work lost when the visitor declines).
+    fn takes_delta_batches(&self) -> bool {
+        false
+    }
+}
+
+struct FnVisitor<'v>(&'v mut dyn FnMut(Commit<'_, '_>) -> Result<bool>);
+
+impl Visitor for FnVisitor<'_> {
+    fn commit(&mut self, c: Commit<'_, '_>) -> Result<bool> {
+        (self.0)(c)
+    }
+}
+
+/// How the frame at some position of a commit's bytes reads.
+enum Frame {
+    /// Valid ([`read_frame`] accepts it): its framed length and type.
+    Valid { framed: usize, kind: u8 },
+    /// Cut off by the end of the bytes, which must hold this many for it.
+    Short(usize),
+    /// Invalid whatever follows.
+    Bad,
+}
+
+/// The checks of [`read_frame`] on the frame at `rest[at..]` with LSN
+/// `lsn`, telling a frame the bytes end inside from an invalid one.
+#[inline(always)]
+fn frame_at(rest: &[u8], at: usize, lsn: u64, limits: &Limits) -> Frame {
+    const MIN: usize = RECORD_HEAD_LEN + RECORD_TAIL_LEN;
+    let Some(head) = rest.get(at..).and_then(|r| r.first_chunk::<RECORD_HEAD_LEN>()) else {
+        return Frame::Short(at + MIN);
+    };
+    if rest.len() - at < MIN {
+        return Frame::Short(at + MIN);
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    if u64::from(len) > limits.max_record_len {
+        return Frame::Bad;
+    }
+    let Some(framed) = (len as usize).checked_add(MIN) else {
+        return Frame::Bad;
+    };
+    let Some(frame) = rest.get(at..).and_then(|r| r.get(..framed)) else {
+        return Frame::Short(at.saturating_add(framed));
+    };
+    let (kind, flags, reserved) = (head[4], head[5], u16::from_le_bytes([head[6], head[7]]));
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&head[8..16]);
+    let Some((data, c)) = frame.split_last_chunk::<RECORD_TAIL_LEN>() else {
+        return Frame::Bad;
+    };
+    if crc(data) != u32::from_le_bytes(*c)
+        || kind == 0
+        || flags != 0
+        || reserved != 0
+        || u64::from_le_bytes(l) != lsn
+    {
+        return Frame::Bad;
+    }
+    Frame::Valid { framed, kind }
+}
+
+/// The count of a well-formed batch marker frame (as [`decode_record`]
+/// accepts it) at the front of `frame`.
+#[inline]
+fn marker_count(frame: &[u8]) -> Option<u32> {
+    let body = frame.get(RECORD_HEAD_LEN..)?;
+    if frame.len() != RECORD_HEAD_LEN + 8 + RECORD_TAIL_LEN {
+        return None;
+    }
+    let count = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+    let reserved = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+    (reserved == 0 && count >= 2).then_some(count)
+}
+
+/// How the commit at the front of some bytes reads.
+enum Walk {
+    /// Every frame of it is valid and present; `spans` holds them.
+    Whole,
+    /// The bytes end inside it: they must hold this many.
+    Short(usize),
+    /// A frame of it is invalid.
+    Bad,
+}
+
+/// The frames of the committed unit that starts at the front of `rest`
+/// (first LSN `lsn`), as `(offset, framed length)` into `spans`: one record,
+/// or a batch from its begin marker to its end marker. Where the scan would
+/// stop the unit early with an error (a malformed begin marker, another
+/// begin marker, more records than declared) the frames end there too.
+fn walk_commit(rest: &[u8], lsn: u64, limits: &Limits, spans: &mut Vec<(usize, usize)>) -> Walk {
+    let first = match frame_at(rest, 0, lsn, limits) {
+        Frame::Valid { framed, kind } => (framed, kind),
+        Frame::Short(n) => return Walk::Short(n),
+        Frame::Bad => return Walk::Bad,
+    };
+    spans.push((0, first.0));
+    if first.1 != RecordType::BatchBegin as u8 {
+        return Walk::Whole;
+    }
+    let Some(n) = marker_count(&rest[..first.0]) else {
+        return Walk::Whole;
+    };
+    let (mut at, mut next) = (first.0, lsn + 1);
+    for _ in 0..=n {
+        match frame_at(rest, at, next, limits) {
+            Frame::Valid { framed, kind } => {
+                spans.push((at, framed));
+                at += framed;
+                next += 1;
+                if kind == RecordType::BatchBegin as u8 || kind == RecordType::BatchEnd as u8 {
+                    break;
+                }
+            }
+            Frame::Short(n) => return Walk::Short(n),
+            Frame::Bad => return Walk::Bad,
+        }
+    }
+    Walk::Whole
+}
+
+/// The delta records of a walked commit (see [`walk_commit`]) that is a
+/// well-formed batch of delta records only, whose bytes `rest` start at
+/// segment offset `pos`, first LSN `lsn`.
+fn delta_batch_of<'a>(
+    rest: &'a [u8],
+    spans: &[(usize, usize)],
+    pos: u64,
+    lsn: u64,
+) -> Option<DeltaFrames<'a>> {
+    let (&(b, bl), &(e, el)) = (spans.first()?, spans.last()?);
+    let n = marker_count(rest.get(b..b + bl)?)?;
+    if spans.len() as u64 != u64::from(n) + 2
+        || rest.get(b + 4) != Some(&(RecordType::BatchBegin as u8))
+        || rest.get(e + 4) != Some(&(RecordType::BatchEnd as u8))
+        || marker_count(rest.get(e..e + el)?) != Some(n)
+        || spans[1..spans.len() - 1]
+            .iter()
+            .any(|&(at, _)| rest.get(at + 4) != Some(&(RecordType::Delta as u8)))
+    {
+        return None;
+    }
+    let first = spans[1].0;
+    Some(DeltaFrames {
+        bytes: rest.get(first..e)?,
+        offset: pos + first as u64,
+        count: n as usize,
+        first_lsn: lsn + 1,
+    })
+}
+
 enum SegEnd {
     Clean,
     Cut,
@@ -285,6 +500,41 @@ pub fn scan(
     limits: &Limits,
     visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
 ) -> Result<ScanResult> {
+    scan_with(vfs, dir, after_lsn, mode, limits, &mut FnVisitor(visit))
+}
+
+/// [`scan`] with a [`Visitor`], which may take batches of delta records
+/// before they are decoded ([`Visitor::delta_batch`]).
+///
+/// # Errors
+/// As [`scan`].
+pub fn scan_with(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    after_lsn: u64,
+    mode: RecoveryMode,
+    limits: &Limits,
+    visit: &mut dyn Visitor,
+) -> Result<ScanResult> {
+    scan_windowed(vfs, dir, after_lsn, mode, limits, visit, SCAN_WINDOW)
+}
+
+/// [`scan_with`] reading `window` bytes of a segment at a time (any
+/// window gives the same scan; tests use small ones), or with `window` 0
+/// each segment whole and record by record.
+///
+/// # Errors
+/// As [`scan`].
+#[doc(hidden)]
+pub fn scan_windowed(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    after_lsn: u64,
+    mode: RecoveryMode,
+    limits: &Limits,
+    visit: &mut dyn Visitor,
+    window: usize,
+) -> Result<ScanResult> {
     let mut res = ScanResult { last_lsn: after_lsn, ..ScanResult::default() };
     let names = match vfs.list(dir) {
         Ok(n) => n,
@@ -295,11 +545,10 @@ pub fn scan(
         names.iter().filter_map(|n| parse_segment_name(n).map(|s| (s, dir.join(n)))).collect();
     seqs.sort();
     res.max_seq = seqs.last().map(|s| s.0);
-    let load = |p: &Path| vfs.read(p).map_err(|e| Error::from(e).in_file(p));
     let mut prev_gen: Option<u64> = None;
     let mut by_type = [(0u64, 0u64); 256];
-    let res =
-        scan_all(vfs, &seqs, &mut res, &mut prev_gen, &mut by_type, mode, limits, visit, load).map(|()| res);
+    let res = scan_all(vfs, &seqs, &mut res, &mut prev_gen, &mut by_type, mode, limits, visit, window)
+        .map(|()| res);
     res.map(|mut r| {
         for (k, v) in by_type.iter().enumerate() {
             if v.0 > 0 {
@@ -308,6 +557,185 @@ pub fn scan(
         }
         r
     })
+}
+
+/// Bytes of the segment files a scan reads at a time (more when one
+/// committed unit needs more): the records are decoded while the bytes are
+/// still in cache, and the buffer is reused from file to file.
+pub const SCAN_WINDOW: usize = 512 << 10;
+
+/// A segment file opened for a scan.
+struct Seg {
+    file: Box<dyn VfsRead>,
+    len: u64,
+    /// Its first bytes (the header, or all of a shorter file).
+    head: Vec<u8>,
+}
+
+fn open_segment(vfs: &dyn Vfs, path: &Path) -> std::io::Result<Seg> {
+    let mut file = vfs.open_read(path)?;
+    let len = file.len();
+    let mut head = vec![0u8; len.min(SEGMENT_HEAD_LEN as u64) as usize];
+    match file.read_exact_at(&mut head, 0) {
+        Ok(()) => Ok(Seg { file, len, head }),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // Shorter than when it was opened: take what it holds now.
+            let all = vfs.read(path)?;
+            head = all[..all.len().min(SEGMENT_HEAD_LEN)].to_vec();
+            Ok(Seg { len: all.len() as u64, file: Box::new(crate::vfs::MemFile(all)), head })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The bytes `[base, base + filled)` of the segment being scanned.
+#[derive(Default)]
+struct Window {
+    buf: Vec<u8>,
+    base: u64,
+    filled: usize,
+    /// Bytes read at a time.
+    chunk: usize,
+}
+
+impl Window {
+    /// Keep the bytes from `pos` on, and read more: at least `need` from
+    /// `pos` (the caller checked that the file holds them), else a chunk.
+    fn refill(&mut self, seg: &mut Seg, pos: u64, need: usize) -> std::io::Result<()> {
+        let keep = match pos.checked_sub(self.base) {
+            Some(k) if k <= self.filled as u64 => k as usize,
+            _ => self.filled,
+        };
+        self.buf.copy_within(keep..self.filled, 0);
+        self.filled -= keep;
+        self.base = pos;
+        // No more than the file holds from `pos` on.
+        let left = usize::try_from(seg.len.saturating_sub(pos)).unwrap_or(usize::MAX);
+        let want = need.max(self.chunk).min(left).max(1);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        let end = self.base + self.filled as u64;
+        let n = (self.buf.len() - self.filled).min(usize::try_from(seg.len - end).unwrap_or(usize::MAX));
+        seg.file.read_exact_at(&mut self.buf[self.filled..self.filled + n], end)?;
+        self.filled += n;
+        Ok(())
+    }
+}
+
+/// Where a scan is in a segment: offset and LSN of the next record, the
+/// open batch (declared count, offset of its begin record) and the records
+/// of the committed unit so far.
+struct Cursor<'a> {
+    pos: usize,
+    lsn: u64,
+    batch: Option<(u32, u64)>,
+    pending: Vec<(u64, Record<'a>)>,
+}
+
+/// An empty list that reuses the allocation of `v`.
+fn recycle<'b>(mut v: Vec<(u64, Record<'_>)>) -> Vec<(u64, Record<'b>)> {
+    v.clear();
+    // An empty iteration that changes the lifetime: collected in place.
+    #[allow(clippy::unnecessary_filter_map)]
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// Take one valid frame into the committed unit at `cur`, delivering the
+/// unit when it ends there: `Some(Stopped)` when the visitor stops.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn take_frame<'a>(
+    raw: RawRecord<'a>,
+    cur: &mut Cursor<'a>,
+    path: &Path,
+    res: &mut ScanResult,
+    summary: &mut SegmentSummary,
+    by_type: &mut [(u64, u64); 256],
+    limits: &Limits,
+    visit: &mut dyn Visitor,
+) -> Result<Option<SegEnd>, (Error, u64)> {
+    let lsn = cur.lsn;
+    summary.records += 1;
+    summary.lsns = Some((summary.lsns.map_or(lsn, |l| l.0), lsn));
+    by_type[raw.kind as usize].0 += 1;
+    by_type[raw.kind as usize].1 += raw.framed as u64;
+    cur.pos += raw.framed;
+    cur.lsn += 1;
+    let batch = cur.batch;
+    let bad = |reason: String| {
+        let start = batch.map_or(raw.offset, |b| b.1);
+        (corrupt(path, raw.offset, reason), start)
+    };
+    let decode_err = |e: Error| {
+        let start = batch.map_or(raw.offset, |b| b.1);
+        (e.in_file(path), start)
+    };
+    let pending = &mut cur.pending;
+    let marker = raw.kind == RecordType::BatchBegin as u8 || raw.kind == RecordType::BatchEnd as u8;
+    if marker {
+        match decode_record(&raw, limits).map_err(decode_err)? {
+            Record::BatchBegin(n) => {
+                if batch.is_some() {
+                    return Err(bad("batch begins inside a batch".into()));
+                }
+                cur.batch = Some((n, raw.offset));
+                pending.clear();
+                return Ok(None);
+            }
+            Record::BatchEnd(n) => match batch {
+                Some((m, _)) if m == n && pending.len() as u64 == u64::from(n) => {}
+                _ => {
+                    return Err(bad(format!(
+                        "batch end ({n}) does not match its begin ({batch:?}, {} records)",
+                        pending.len()
+                    )))
+                }
+            },
+            _ => return Err(bad("batch marker decodes as another record".into())),
+        }
+    } else {
+        if let Some((n, _)) = batch {
+            if pending.len() as u64 >= u64::from(n) {
+                // Decoding errors come first, as for any record.
+                decode_record(&raw, limits).map_err(decode_err)?;
+                return Err(bad("batch holds more records than declared".into()));
+            }
+        }
+        // Decoded straight into the commit's list: records are large.
+        pending.push((raw.lsn, decode_record(&raw, limits).map_err(decode_err)?));
+        if batch.is_some() {
+            return Ok(None);
+        }
+    }
+    // A committed unit ends at this record.
+    let start = batch.map_or(raw.offset, |b| b.1);
+    cur.batch = None;
+    if raw.lsn > res.last_lsn {
+        pending.retain(|(_, r)| !matches!(r, Record::Optional(_)));
+        let go = if pending.is_empty() { Ok(true) } else { visit.commit(pending) };
+        match go {
+            Ok(go) => {
+                res.last_lsn = raw.lsn;
+                if !go {
+                    return Ok(Some(SegEnd::Stopped));
+                }
+            }
+            Err(e) => {
+                let e = match e {
+                    Error::Corrupt { .. } => e.in_file(path),
+                    other => corrupt(
+                        path,
+                        start,
+                        format!("record at LSN {} cannot be replayed: {other}", pending[0].0),
+                    ),
+                };
+                return Err((e, start));
+            }
+        }
+    }
+    pending.clear();
+    Ok(None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -319,32 +747,42 @@ fn scan_all(
     by_type: &mut [(u64, u64); 256],
     mode: RecoveryMode,
     limits: &Limits,
-    visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
-    load: impl Fn(&Path) -> Result<Vec<u8>>,
+    visit: &mut dyn Visitor,
+    window: usize,
 ) -> Result<()> {
-    let _ = vfs;
-    let mut next_buf: Option<Vec<u8>> = match seqs.first() {
-        Some((_, p)) => Some(load(p)?),
+    let open = |p: &Path| open_segment(vfs, p).map_err(|e| Error::from(e).in_file(p));
+    let load = |p: &Path| vfs.read(p).map_err(|e| Error::from(e).in_file(p));
+    let mut win = Window { chunk: window, ..Window::default() };
+    let mut next: Option<Seg> = match seqs.first() {
+        Some((_, p)) => Some(open(p)?),
         None => None,
     };
     for i in 0..seqs.len() {
         let path = &seqs[i].1;
-        let buf = next_buf.take().unwrap_or_default();
-        next_buf = match seqs.get(i + 1) {
-            Some((_, p)) => Some(load(p)?),
+        let Some(mut seg) = next.take() else { break };
+        next = match seqs.get(i + 1) {
+            Some((_, p)) => Some(open(p)?),
             None => None,
         };
-        let is_last = next_buf.is_none();
-        let nh = next_buf.as_deref().and_then(|b| parse_segment_header(b).ok());
-        let mut summary = SegmentSummary {
-            path: path.clone(),
-            bytes: buf.len() as u64,
-            header: None,
-            records: 0,
-            lsns: None,
-        };
-        let outcome =
-            scan_segment(&buf, path, res, &mut summary, nh, is_last, prev_gen, by_type, limits, visit);
+        let is_last = next.is_none();
+        let nh = next.as_ref().and_then(|s| parse_segment_header(&s.head).ok());
+        let mut summary =
+            SegmentSummary { path: path.clone(), bytes: seg.len, header: None, records: 0, lsns: None };
+        let outcome = scan_segment(
+            vfs,
+            &mut seg,
+            &mut win,
+            path,
+            res,
+            &mut summary,
+            nh,
+            is_last,
+            prev_gen,
+            by_type,
+            limits,
+            visit,
+        )?;
+        let scanned = summary.bytes;
         res.segments.push(summary);
         match outcome {
             Ok(SegEnd::Clean) | Ok(SegEnd::Cut) => {}
@@ -359,7 +797,7 @@ fn scan_all(
                 res.dropped.push(Dropped {
                     file: path.clone(),
                     offset,
-                    bytes: buf.len() as u64 - offset,
+                    bytes: scanned.saturating_sub(offset),
                     reason: e.to_string(),
                 });
                 for (_, p) in &seqs[i + 1..] {
@@ -378,9 +816,15 @@ fn scan_all(
     Ok(())
 }
 
+/// Scan one segment: its header, then its records, read a window at a
+/// time while every committed unit is whole and valid; from the first one
+/// that is not (a torn tail, corruption), the rest of the file is read
+/// whole and scanned record by record.
 #[allow(clippy::too_many_arguments)]
 fn scan_segment(
-    buf: &[u8],
+    vfs: &dyn Vfs,
+    seg: &mut Seg,
+    win: &mut Window,
     path: &Path,
     res: &mut ScanResult,
     summary: &mut SegmentSummary,
@@ -389,65 +833,212 @@ fn scan_segment(
     prev_gen: &mut Option<u64>,
     by_type: &mut [(u64, u64); 256],
     limits: &Limits,
-    visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
-) -> Result<SegEnd, (Error, u64)> {
+    visit: &mut dyn Visitor,
+) -> Result<Result<SegEnd, (Error, u64)>> {
     let expected = res.last_lsn + 1;
-    let h = match parse_segment_header(buf) {
+    let h = match parse_segment_header(&seg.head) {
         Ok(h) => h,
         Err(e) => {
             if is_last {
-                res.torn = Some(TornTail { file: path.to_path_buf(), offset: 0, bytes: buf.len() as u64 });
-                return Ok(SegEnd::Cut);
+                res.torn = Some(TornTail { file: path.to_path_buf(), offset: 0, bytes: seg.len });
+                return Ok(Ok(SegEnd::Cut));
             }
             // A segment whose header never reached the disk, abandoned by a
             // later generation that starts exactly where the log ended.
             if next.is_some_and(|n| prev_gen.is_none_or(|g| n.generation > g) && n.first_lsn <= expected) {
-                return Ok(SegEnd::Cut);
+                return Ok(Ok(SegEnd::Cut));
             }
-            return Err((e.in_file(path), 0));
+            return Ok(Err((e.in_file(path), 0)));
         }
     };
     summary.header = Some(h);
     res.max_generation = res.max_generation.max(h.generation);
     if prev_gen.is_some_and(|g| h.generation < g) {
-        return Err((
+        return Ok(Err((
             corrupt(
                 path,
                 16,
                 format!("generation {} after generation {}", h.generation, prev_gen.unwrap_or(0)),
             ),
             0,
-        ));
+        )));
     }
     *prev_gen = Some(h.generation);
     // Segments wholly at or below the start LSN (covered by a checkpoint) are skipped.
     if next.is_some_and(|n| n.generation >= h.generation && n.first_lsn <= expected) {
-        return Ok(SegEnd::Clean);
+        return Ok(Ok(SegEnd::Clean));
     }
     if h.first_lsn > expected {
-        return Err((
+        return Ok(Err((
             corrupt(path, 32, format!("log records {expected}..{} are missing", h.first_lsn - 1)),
             SEGMENT_HEAD_LEN as u64,
-        ));
+        )));
     }
     let cut = next.filter(|n| n.generation > h.generation).map(|n| n.first_lsn);
-    let mut pos = SEGMENT_HEAD_LEN;
-    let mut lsn = h.first_lsn;
-    // Open batch: (declared count, offset of its begin record).
-    let mut batch: Option<(u32, u64)> = None;
-    let mut pending: Vec<(u64, Record<'_>)> = Vec::new();
+    let (mut pos, mut lsn) = (SEGMENT_HEAD_LEN, h.first_lsn);
+    match stream_segment(seg, win, path, res, summary, &mut pos, &mut lsn, cut, by_type, limits, visit)? {
+        Streamed::Ended(end) => Ok(end),
+        Streamed::AtEnd => Ok(segment_end(path, res, None, cut, next, &h, pos, lsn, is_last, seg.len)),
+        Streamed::Slow => {
+            let buf = vfs.read(path).map_err(|e| Error::from(e).in_file(path))?;
+            summary.bytes = buf.len() as u64;
+            let cur = Cursor { pos, lsn, batch: None, pending: Vec::new() };
+            Ok(scan_records(&buf, cur, path, res, summary, next, &h, cut, is_last, by_type, limits, visit))
+        }
+    }
+}
+
+/// How far [`stream_segment`] went.
+enum Streamed {
+    /// The segment's scan ended (cut, stopped, or an error).
+    Ended(Result<SegEnd, (Error, u64)>),
+    /// Every record was taken; no batch is open.
+    AtEnd,
+    /// A committed unit is not whole and valid: the general scan goes on
+    /// from the position reached.
+    Slow,
+}
+
+/// The records of a segment from `pos` (LSN `lsn`) on, one committed unit at
+/// a time through the window, while each unit is whole and valid.
+#[allow(clippy::too_many_arguments)]
+fn stream_segment(
+    seg: &mut Seg,
+    win: &mut Window,
+    path: &Path,
+    res: &mut ScanResult,
+    summary: &mut SegmentSummary,
+    pos: &mut usize,
+    lsn: &mut u64,
+    cut: Option<u64>,
+    by_type: &mut [(u64, u64); 256],
+    limits: &Limits,
+    visit: &mut dyn Visitor,
+) -> Result<Streamed> {
+    if win.chunk == 0 {
+        // No window: the whole file, record by record.
+        return Ok(Streamed::Slow);
+    }
+    // The window holds nothing of this segment yet.
+    win.base = *pos as u64;
+    win.filled = 0;
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut store: Vec<(u64, Record<'_>)> = Vec::new();
     loop {
-        if cut == Some(lsn) && batch.is_none() {
+        if cut == Some(*lsn) {
+            return Ok(Streamed::Ended(Ok(SegEnd::Cut)));
+        }
+        let at = *pos as u64;
+        if at >= seg.len {
+            return Ok(Streamed::AtEnd);
+        }
+        let local = match at.checked_sub(win.base) {
+            Some(l) if l <= win.filled as u64 => l as usize,
+            _ => return Ok(Streamed::Slow),
+        };
+        spans.clear();
+        match walk_commit(&win.buf[local..win.filled], *lsn, limits, &mut spans) {
+            Walk::Whole => {}
+            Walk::Short(need) => {
+                let more = win.base + (win.filled as u64) < seg.len;
+                if more && at.saturating_add(need as u64) <= seg.len {
+                    match win.refill(seg, at, need) {
+                        Ok(()) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Streamed::Slow),
+                        Err(e) => return Err(Error::from(e).in_file(path)),
+                    }
+                }
+                return Ok(Streamed::Slow);
+            }
+            Walk::Bad => return Ok(Streamed::Slow),
+        }
+        let bytes = &win.buf[local..win.filled];
+        if visit.takes_delta_batches() {
+            if let Some(frames) = delta_batch_of(bytes, &spans, at, *lsn) {
+                let last = *lsn + frames.len() as u64 + 1;
+                if last > res.last_lsn {
+                    if let Some(go) = visit.delta_batch(frames) {
+                        let n = frames.len() as u64;
+                        summary.records += n + 2;
+                        summary.lsns = Some((summary.lsns.map_or(*lsn, |l| l.0), last));
+                        let (b, d) = (spans[1].0, spans[spans.len() - 1].0);
+                        let e = spans[spans.len() - 1].1;
+                        for (kind, count, len) in [
+                            (RecordType::BatchBegin, 1, b),
+                            (RecordType::Delta, n, d - b),
+                            (RecordType::BatchEnd, 1, e),
+                        ] {
+                            by_type[kind as usize].0 += count;
+                            by_type[kind as usize].1 += len as u64;
+                        }
+                        *pos += d + e;
+                        *lsn = last + 1;
+                        res.last_lsn = last;
+                        if !go {
+                            return Ok(Streamed::Ended(Ok(SegEnd::Stopped)));
+                        }
+                        continue;
+                    }
+                }
+            }
+        }
+        // Record by record; every frame of the unit is known valid.
+        let mut cur =
+            Cursor { pos: *pos, lsn: *lsn, batch: None, pending: recycle(std::mem::take(&mut store)) };
+        for &(off, framed) in &spans {
+            let kind = bytes[off + 4];
+            let raw = RawRecord {
+                offset: (*pos + off) as u64,
+                framed,
+                kind,
+                lsn: cur.lsn,
+                body: &bytes[off + RECORD_HEAD_LEN..off + framed - RECORD_TAIL_LEN],
+            };
+            match take_frame(raw, &mut cur, path, res, summary, by_type, limits, visit) {
+                Ok(None) => {}
+                Ok(Some(end)) => return Ok(Streamed::Ended(Ok(end))),
+                Err(e) => return Ok(Streamed::Ended(Err(e))),
+            }
+        }
+        if cur.batch.is_some() {
+            return Err(Error::Invariant("a committed unit read whole left its batch open".into()));
+        }
+        *pos = cur.pos;
+        *lsn = cur.lsn;
+        store = recycle(cur.pending);
+    }
+}
+
+/// The records of a whole segment `buf` from the cursor on, frame by frame
+/// (the general scan, which tells torn tails from corruption).
+#[allow(clippy::too_many_arguments)]
+fn scan_records<'a>(
+    buf: &'a [u8],
+    mut cur: Cursor<'a>,
+    path: &Path,
+    res: &mut ScanResult,
+    summary: &mut SegmentSummary,
+    next: Option<SegmentHeader>,
+    h: &SegmentHeader,
+    cut: Option<u64>,
+    is_last: bool,
+    by_type: &mut [(u64, u64); 256],
+    limits: &Limits,
+    visit: &mut dyn Visitor,
+) -> Result<SegEnd, (Error, u64)> {
+    loop {
+        if cut == Some(cur.lsn) && cur.batch.is_none() {
             return Ok(SegEnd::Cut);
         }
-        if pos == buf.len() {
+        if cur.pos == buf.len() {
             break;
         }
-        let raw = match read_frame(buf, pos, lsn, limits) {
+        let raw = match read_frame(buf, cur.pos, cur.lsn, limits) {
             Ok(r) => r,
             Err(reason) => {
-                let start = batch.map_or(pos as u64, |b| b.1);
-                if is_last && valid_record_after(buf, pos + 1, lsn.saturating_sub(1), limits).is_none() {
+                let pos = cur.pos;
+                let start = cur.batch.map_or(pos as u64, |b| b.1);
+                if is_last && valid_record_after(buf, pos + 1, cur.lsn.saturating_sub(1), limits).is_none() {
                     res.torn = Some(TornTail {
                         file: path.to_path_buf(),
                         offset: start,
@@ -458,89 +1049,30 @@ fn scan_segment(
                 return Err((corrupt(path, pos as u64, reason), start));
             }
         };
-        summary.records += 1;
-        summary.lsns = Some((summary.lsns.map_or(lsn, |l| l.0), lsn));
-        by_type[raw.kind as usize].0 += 1;
-        by_type[raw.kind as usize].1 += raw.framed as u64;
-        pos += raw.framed;
-        lsn += 1;
-        let bad = |reason: String| {
-            let start = batch.map_or(raw.offset, |b| b.1);
-            (corrupt(path, raw.offset, reason), start)
-        };
-        let decode_err = |e: Error| {
-            let start = batch.map_or(raw.offset, |b| b.1);
-            (e.in_file(path), start)
-        };
-        let marker = raw.kind == RecordType::BatchBegin as u8 || raw.kind == RecordType::BatchEnd as u8;
-        if marker {
-            match decode_record(&raw, limits).map_err(decode_err)? {
-                Record::BatchBegin(n) => {
-                    if batch.is_some() {
-                        return Err(bad("batch begins inside a batch".into()));
-                    }
-                    batch = Some((n, raw.offset));
-                    pending.clear();
-                    continue;
-                }
-                Record::BatchEnd(n) => match batch {
-                    Some((m, _)) if m == n && pending.len() as u64 == u64::from(n) => {}
-                    _ => {
-                        return Err(bad(format!(
-                            "batch end ({n}) does not match its begin ({batch:?}, {} records)",
-                            pending.len()
-                        )))
-                    }
-                },
-                _ => return Err(bad("batch marker decodes as another record".into())),
-            }
-        } else {
-            if let Some((n, _)) = batch {
-                if pending.len() as u64 >= u64::from(n) {
-                    // Decoding errors come first, as for any record.
-                    decode_record(&raw, limits).map_err(decode_err)?;
-                    return Err(bad("batch holds more records than declared".into()));
-                }
-            }
-            // Decoded straight into the commit's list: records are large.
-            pending.push((raw.lsn, decode_record(&raw, limits).map_err(decode_err)?));
-            if batch.is_some() {
-                continue;
-            }
+        if let Some(end) = take_frame(raw, &mut cur, path, res, summary, by_type, limits, visit)? {
+            return Ok(end);
         }
-        // A committed unit ends at this record.
-        let start = batch.map_or(raw.offset, |b| b.1);
-        batch = None;
-        if raw.lsn > res.last_lsn {
-            pending.retain(|(_, r)| !matches!(r, Record::Optional(_)));
-            let go = if pending.is_empty() { Ok(true) } else { visit(&pending) };
-            match go {
-                Ok(go) => {
-                    res.last_lsn = raw.lsn;
-                    if !go {
-                        return Ok(SegEnd::Stopped);
-                    }
-                }
-                Err(e) => {
-                    let e = match e {
-                        Error::Corrupt { .. } => e.in_file(path),
-                        other => corrupt(
-                            path,
-                            start,
-                            format!("record at LSN {} cannot be replayed: {other}", pending[0].0),
-                        ),
-                    };
-                    return Err((e, start));
-                }
-            }
-        }
-        pending.clear();
     }
-    // End of the segment's bytes.
+    segment_end(path, res, cur.batch, cut, next, h, cur.pos, cur.lsn, is_last, buf.len() as u64)
+}
+
+/// The end of a segment's bytes at `pos`, the next record's LSN `lsn`.
+#[allow(clippy::too_many_arguments)]
+fn segment_end(
+    path: &Path,
+    res: &mut ScanResult,
+    batch: Option<(u32, u64)>,
+    cut: Option<u64>,
+    next: Option<SegmentHeader>,
+    h: &SegmentHeader,
+    pos: usize,
+    lsn: u64,
+    is_last: bool,
+    len: u64,
+) -> Result<SegEnd, (Error, u64)> {
     if let Some((_, begin)) = batch {
         if is_last {
-            res.torn =
-                Some(TornTail { file: path.to_path_buf(), offset: begin, bytes: buf.len() as u64 - begin });
+            res.torn = Some(TornTail { file: path.to_path_buf(), offset: begin, bytes: len - begin });
             return Ok(SegEnd::Cut);
         }
         return Err((corrupt(path, begin, "batch not closed before the segment ends"), begin));
