@@ -3,11 +3,13 @@
 use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
 use crate::change::Change;
 use crate::checkpoint::{CheckpointInfo, CheckpointWriter};
+use crate::codec::delta::apply_encoded;
 use crate::codec::page::PageImage;
 use crate::codec::Limits;
-use crate::delta::{Delta, Payload, Source};
+use crate::delta::{Payload, Source};
 use crate::events::{event_for_change, Event, EventBus, SourceKind, Subscription};
 use crate::graph::{EdgeKind, PageHandle};
+use crate::log::writer::DerivedRecord;
 use crate::log::{Durability, LogStats, LogWriter, RecoveryMode, RecoveryReport};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
 use crate::propagate::{self, Deps, Derived, PropagationMode, PropagationStats, Settings};
@@ -16,7 +18,7 @@ use crate::replay::StateImage;
 use crate::vfs::{StdVfs, Vfs};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
-use shared_types::{DeltaId, Epoch, PageId};
+use shared_types::{Epoch, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -216,13 +218,7 @@ struct Clock {
     timestamp: u64,
     log: LogWriter,
     deps: Deps,
-    /// An emptied change list kept by `commit` for the next propagation's
-    /// derived deltas (a multi-KiB allocation per propagation otherwise).
-    spare_changes: Vec<Change>,
 }
-
-/// Change lists up to this many entries are kept for reuse.
-const SPARE_CHANGES_MAX: usize = 1 << 12;
 
 enum DirHolder {
     Temp(tempfile::TempDir),
@@ -365,7 +361,6 @@ impl Mmsb {
                 timestamp: image.timestamp,
                 log,
                 deps: Deps::default(),
-                spare_changes: Vec::new(),
             }),
             stopped: AtomicBool::new(false),
             vfs,
@@ -710,31 +705,24 @@ impl Mmsb {
             self.commit_updates(clock, updates, &slots, &mut guards)?;
             return Ok(results);
         };
-        let changes = updates
-            .into_iter()
-            .enumerate()
-            .map(|(i, u)| {
-                Change::Apply(Delta {
-                    id: DeltaId(clock.next_delta + i as u64),
-                    page: u.page,
-                    base_epoch: u.base_epoch,
-                    payload: u.payload,
-                    source: Source::User,
-                    tag: None,
-                    timestamp: clock.timestamp + 1 + i as u64,
-                })
-            })
-            .collect();
-        // Lock the derived pages the batch does not hold yet.
+        // Lock the derived pages the batch does not hold yet, after the
+        // batch's own (which keep their places: `slots` stays valid), and
+        // note where each derived page's lock is.
+        let held = guards.len();
         let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
-        for d in derived.iter().filter(|d| ids.binary_search(&d.page).is_err()) {
-            cells.push((d.page, clock.deps.graph.cell(d.node)?));
+        for d in derived.iter_mut() {
+            d.guard = match ids.binary_search(&d.page) {
+                Ok(k) => k,
+                Err(_) => {
+                    cells.push((d.page, clock.deps.graph.cell(d.node)?));
+                    held + cells.len() - 1
+                }
+            };
         }
         let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
         all.reserve(cells.len());
         all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
-        all.sort_unstable_by_key(|(id, _)| *id);
-        self.commit(clock, changes, &mut all)?;
+        self.commit_updates(clock, updates, &slots, &mut all)?;
         self.commit_derived(clock, &mut derived, stats, t0, &mut all)?;
         clock.deps.scratch.derived = derived;
         Ok(results)
@@ -754,19 +742,8 @@ impl Mmsb {
         if listen {
             self.events.send(Event::PropagationStarted { dirty: stats.dirty });
         }
-        let mut changes = std::mem::take(&mut clock.spare_changes);
-        changes.extend(derived.drain(..).enumerate().map(|(i, d)| {
-            Change::Apply(Delta {
-                id: DeltaId(clock.next_delta + i as u64),
-                page: d.page,
-                base_epoch: None,
-                payload: d.payload,
-                source: Source::Propagation(d.provenance),
-                tag: None,
-                timestamp: clock.timestamp + 1 + i as u64,
-            })
-        }));
-        self.commit(clock, changes, guards)?;
+        self.commit_planned(clock, derived, guards)?;
+        derived.clear();
         clock.deps.graph.clear_pending();
         stats.duration = t0.elapsed();
         self.monitor.propagated(stats.duration);
@@ -784,6 +761,80 @@ impl Mmsb {
         Ok(stats)
     }
 
+    /// The commit path of planned derived deltas: the same log records,
+    /// epochs, counters and events as [`Mmsb::commit`] of the equivalent
+    /// [`Change::Apply`] deltas with [`Source::Propagation`], framed and
+    /// applied from the payload encodings and parents the plan left in its
+    /// scratch sink, without building them. `guards` holds the write lock of
+    /// every derived page, at index [`Derived::guard`].
+    fn commit_planned(
+        &self,
+        clock: &mut Clock,
+        derived: &[Derived],
+        guards: &mut [(PageId, PageGuard<'_>)],
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("mmsb.commit", changes = derived.len()).entered();
+        let Clock { log, deps, next_delta, timestamp, .. } = clock;
+        let Deps { graph, functions, scratch } = deps;
+        let sink = &scratch.sink;
+        let (first_id, first_ts) = (*next_delta, *timestamp + 1);
+        log.append_derived(derived.len(), |i| {
+            let d = &derived[i];
+            DerivedRecord {
+                id: first_id + i as u64,
+                page: d.page,
+                timestamp: first_ts + i as u64,
+                function: &functions.entries[d.func as usize].name,
+                version: d.version,
+                parents: d.parent_epochs(sink),
+                payload: d.encoded(sink),
+            }
+        })?;
+        log.commit()?;
+        let listen = self.events.active();
+        let mut applied = 0u64;
+        let mut failed = None;
+        for d in derived {
+            let page = match guards.get_mut(d.guard) {
+                Some((id, page)) if *id == d.page => page,
+                _ => {
+                    failed = Some(Error::PageNotFound(d.page));
+                    break;
+                }
+            };
+            let enc = d.encoded(sink);
+            let res = match &mut page.storage {
+                Storage::Host(b) => apply_encoded(enc, b),
+                // GPU pages queue the payload; the batch flushes below.
+                _ => d.payload(sink).and_then(|p| page.apply_checked(p)),
+            };
+            if let Err(e) = res {
+                failed = Some(e);
+                break;
+            }
+            page.epoch = Epoch(page.epoch.0 + 1);
+            applied += 1;
+            *next_delta += 1;
+            *timestamp += 1;
+            graph.on_apply_node(d.node, true);
+            if listen {
+                self.events.send(Event::DeltaApplied {
+                    page: d.page,
+                    epoch: page.epoch,
+                    source: SourceKind::Propagation,
+                    bytes: d.touched,
+                });
+            }
+        }
+        self.monitor.derived_applied(applied);
+        if let Some(e) = failed {
+            // Logged but not applied: memory and log disagree from here on.
+            clock.log.poison_with(format!("a logged change could not be applied: {e}"));
+            return Err(e);
+        }
+        self.flush_gpu_pages(clock, guards)
+    }
+
     /// Plan and commit a propagation of the queued work.
     fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
         let _span = tracing::debug_span!("mmsb.propagate").entered();
@@ -792,10 +843,12 @@ impl Mmsb {
         let mut derived = std::mem::take(&mut scratch.derived);
         scratch.begin(graph.bound());
         let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
-        let cells: Vec<(PageId, PageCell)> =
-            derived.iter().map(|d| graph.cell(d.node).map(|c| (d.page, c))).collect::<Result<_>>()?;
+        let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
+        for (k, d) in derived.iter_mut().enumerate() {
+            cells.push((d.page, graph.cell(d.node)?));
+            d.guard = k;
+        }
         let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
-        guards.sort_unstable_by_key(|(id, _)| *id);
         let stats = self.commit_derived(clock, &mut derived, stats, t0, &mut guards)?;
         clock.deps.scratch.derived = derived;
         Ok(stats)
@@ -1110,16 +1163,12 @@ impl Mmsb {
         }
         clock.log.append(&changes)?;
         clock.log.commit()?;
-        let mut changes = changes;
-        for change in changes.drain(..) {
+        for change in changes {
             if let Err(e) = self.apply_change(clock, change, guards) {
                 // Logged but not applied: memory and log disagree from here on.
                 clock.log.poison_with(format!("a logged change could not be applied: {e}"));
                 return Err(e);
             }
-        }
-        if changes.capacity() <= SPARE_CHANGES_MAX && changes.capacity() > clock.spare_changes.capacity() {
-            clock.spare_changes = changes;
         }
         self.flush_gpu_pages(clock, guards)
     }

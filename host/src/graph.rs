@@ -431,7 +431,14 @@ impl Graph {
     /// propagation, its data children are due.
     #[inline]
     pub(crate) fn on_apply(&mut self, page: PageId, propagated: bool) {
-        let Some(n) = self.node(page) else { return };
+        if let Some(n) = self.node(page) {
+            self.on_apply_node(n, propagated);
+        }
+    }
+
+    /// [`Graph::on_apply`] for the page of live node `n`.
+    #[inline]
+    pub(crate) fn on_apply_node(&mut self, n: u32, propagated: bool) {
         let s = &mut self.slots[n as usize];
         s.stale = false;
         let due = !propagated && !s.data_children.is_empty() && !s.pending;

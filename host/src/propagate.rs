@@ -25,7 +25,7 @@
 //!
 //! [`Mmsb::register_function`]: crate::Mmsb::register_function
 
-use crate::delta::{Payload, Provenance};
+use crate::delta::{encode_diff, Payload};
 use crate::graph::{Graph, Slot};
 use crate::page::Page;
 use crate::{Error, Result};
@@ -164,19 +164,87 @@ pub(crate) struct Settings {
     pub(crate) parallel_min_bytes: usize,
 }
 
-/// A derived delta ready to commit.
-#[derive(Debug)]
+/// A derived delta ready to commit. Its payload encoding and the parents
+/// of its provenance live in the [`Sink`] of the propagation that planned
+/// it (no allocation per delta); [`Derived::payload`] rebuilds the owned
+/// payload.
+#[derive(Clone, Debug)]
 pub(crate) struct Derived {
     pub(crate) node: u32,
     pub(crate) page: PageId,
-    pub(crate) payload: Payload,
-    pub(crate) provenance: Provenance,
+    /// Index of the recompute function in [`Functions::entries`].
+    pub(crate) func: u32,
+    pub(crate) version: u32,
+    /// Where its payload encoding is in [`Sink::enc`].
+    pub(crate) enc: std::ops::Range<usize>,
+    /// Where its parents are in [`Sink::parents`].
+    pub(crate) parents: std::ops::Range<usize>,
+    /// Bytes the payload touches ([`Payload::touched`]).
+    pub(crate) touched: u64,
+    /// Where the commit path holds the page's write lock (set by it).
+    pub(crate) guard: usize,
+}
+
+impl Derived {
+    /// The payload encoding.
+    #[inline]
+    pub(crate) fn encoded<'s>(&self, sink: &'s Sink) -> &'s [u8] {
+        &sink.enc[self.enc.clone()]
+    }
+
+    /// The parents and the epochs they were read at.
+    #[inline]
+    pub(crate) fn parent_epochs<'s>(&self, sink: &'s Sink) -> &'s [(PageId, Epoch)] {
+        &sink.parents[self.parents.clone()]
+    }
+
+    /// The owned payload.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] only if the sink does not hold this delta.
+    pub(crate) fn payload(&self, sink: &Sink) -> Result<Payload> {
+        crate::codec::delta::decode_payload(self.encoded(sink), &crate::codec::Limits::unbounded())
+    }
+}
+
+/// Payload encodings and provenance parents of the derived deltas of one
+/// propagation, appended in commit order.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub(crate) enc: Vec<u8>,
+    pub(crate) parents: Vec<(PageId, Epoch)>,
+}
+
+impl Sink {
+    fn clear(&mut self) {
+        self.enc.clear();
+        self.parents.clear();
+    }
 }
 
 pub(crate) enum Outcome {
     Unchanged,
-    Changed { payload: Payload, parents: Vec<(PageId, Epoch)>, epoch: Epoch },
+    /// Payload encoding and parents at these ranges of the sink the
+    /// recompute wrote to.
+    Changed {
+        enc: std::ops::Range<usize>,
+        parents: usize,
+        touched: u64,
+        epoch: Epoch,
+    },
     Failed(Error),
+}
+
+impl Outcome {
+    /// The outcome with its sink ranges moved by `enc` and `parents`.
+    fn shifted(self, enc: usize, parents: usize) -> Outcome {
+        match self {
+            Outcome::Changed { enc: r, parents: p, touched, epoch } => {
+                Outcome::Changed { enc: r.start + enc..r.end + enc, parents: p + parents, touched, epoch }
+            }
+            other => other,
+        }
+    }
 }
 
 /// Buffers reused across propagations, indexed by dense node index. Marks
@@ -197,6 +265,9 @@ pub(crate) struct Scratch {
     pub(crate) fired: Vec<(PageId, bool)>,
     /// The output buffer of derived deltas, kept for the next propagation.
     pub(crate) derived: Vec<Derived>,
+    /// Payload encodings and parents of the derived deltas of the last
+    /// propagation.
+    pub(crate) sink: Sink,
 }
 
 impl std::fmt::Debug for Scratch {
@@ -235,6 +306,10 @@ impl Scratch {
         self.arena.clear();
         self.heap.clear();
         self.fired.clear();
+        if self.sink.enc.capacity() > ARENA_KEEP {
+            self.sink = Sink::default();
+        }
+        self.sink.clear();
     }
 
     /// Stage node `n` with a copy of `bytes` at `epoch`, for the propagation
@@ -283,8 +358,10 @@ pub(crate) fn plan(
 ) -> Result<PropagationStats> {
     let mut stats = PropagationStats::default();
     let slots = &graph.slots[..];
-    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired, .. } = sc;
+    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired, sink, .. } =
+        sc;
     let gen = *gen;
+    out.clear();
     for &n in graph.pending.iter().chain(extra) {
         for &c in &slots[n as usize].data_children {
             stats.dirty += u64::from(enqueue(queued, heap, gen, slots, c));
@@ -317,9 +394,9 @@ pub(crate) fn plan(
         outcomes.clear();
         let threads = settings.threads.min(level.len());
         if threads > 1 && work >= settings.parallel_min_bytes {
-            compute_parallel(&ctx, level, fresh, threads, outcomes, spare);
+            compute_parallel(&ctx, level, fresh, threads, outcomes, spare, sink);
         } else {
-            compute(&ctx, level, fresh, outcomes, spare);
+            compute(&ctx, level, fresh, outcomes, spare, sink);
         }
         let mut at = base;
         for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
@@ -331,7 +408,7 @@ pub(crate) fn plan(
                     stats.cut_off += 1;
                     fired.push((s.page, false));
                 }
-                Outcome::Changed { payload, parents, epoch: e } => {
+                Outcome::Changed { enc, parents, touched, epoch: e } => {
                     staged[n as usize] = gen;
                     off[n as usize] = at;
                     epoch[n as usize] = e;
@@ -340,12 +417,12 @@ pub(crate) fn plan(
                     out.push(Derived {
                         node: n,
                         page: s.page,
-                        payload,
-                        provenance: Provenance {
-                            function: functions.entries[b.func as usize].name.clone(),
-                            version: b.version,
-                            parents,
-                        },
+                        func: b.func,
+                        version: b.version,
+                        enc,
+                        parents: parents..parents + s.args.len(),
+                        touched,
+                        guard: usize::MAX,
                     });
                     fired.push((s.page, true));
                     for &c in &s.data_children {
@@ -391,6 +468,7 @@ fn compute_parallel(
     threads: usize,
     outcomes: &mut Vec<Outcome>,
     spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
 ) {
     let chunk = level.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -410,16 +488,22 @@ fn compute_parallel(
             }
             handles.push(scope.spawn(move || {
                 let mut oc = Vec::with_capacity(nodes.len());
-                compute(ctx, nodes, o, &mut oc, &mut Vec::new());
-                oc
+                let mut own = Sink::default();
+                compute(ctx, nodes, o, &mut oc, &mut Vec::new(), &mut own);
+                (oc, own)
             }));
         }
         if let Some((nodes, o)) = first {
-            compute(ctx, nodes, o, outcomes, spare);
+            compute(ctx, nodes, o, outcomes, spare, sink);
         }
         for h in handles {
             match h.join() {
-                Ok(oc) => outcomes.extend(oc),
+                Ok((oc, own)) => {
+                    let (enc, parents) = (sink.enc.len(), sink.parents.len());
+                    sink.enc.extend_from_slice(&own.enc);
+                    sink.parents.extend_from_slice(&own.parents);
+                    outcomes.extend(oc.into_iter().map(|o| o.shifted(enc, parents)));
+                }
                 Err(p) => outcomes.push(Outcome::Failed(Error::Invariant(format!(
                     "propagation worker failed: {}",
                     panic_message(p.as_ref())
@@ -435,6 +519,7 @@ fn compute<'g>(
     mut out: &mut [u8],
     outcomes: &mut Vec<Outcome>,
     spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
 ) {
     let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
     for &n in nodes {
@@ -442,7 +527,7 @@ fn compute<'g>(
         let (o, rest) = std::mem::take(&mut out).split_at_mut(slot.len);
         out = rest;
         guards.clear();
-        outcomes.push(compute_one(ctx, n, o, &mut guards, spare));
+        outcomes.push(compute_one(ctx, n, o, &mut guards, spare, sink));
     }
 }
 
@@ -458,12 +543,37 @@ fn unrecycle(mut v: Vec<&[u8]>) -> Vec<&'static [u8]> {
     v.into_iter().map(|_| -> &'static [u8] { &[] }).collect()
 }
 
+/// Parents up to this many are passed to a function from a list on the stack.
+const INLINE_INPUTS: usize = 8;
+
+/// Fill `dst` (one entry per argument) with the parents' bytes: staged
+/// copies, or the pages read through `guards` (one per unstaged argument,
+/// in order).
+fn inputs<'a>(
+    ctx: &Ctx<'a>,
+    args: &[u32],
+    guards: &'a [RwLockReadGuard<'_, Page>],
+    dst: &mut [&'a [u8]],
+) -> Result<()> {
+    let mut gi = 0;
+    for (d, &p) in dst.iter_mut().zip(args) {
+        *d = if ctx.is_staged(p) {
+            ctx.staged_bytes(p)
+        } else {
+            gi += 1;
+            guards[gi - 1].bytes()?
+        };
+    }
+    Ok(())
+}
+
 fn compute_one<'g>(
     ctx: &Ctx<'g>,
     n: u32,
     o: &mut [u8],
     guards: &mut Vec<RwLockReadGuard<'g, Page>>,
     spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
 ) -> Outcome {
     let slot: &'g Slot = &ctx.slots[n as usize];
     let Some(b) = slot.binding else {
@@ -490,24 +600,25 @@ fn compute_one<'g>(
         }
     }
     let guards = &*guards;
-    let mut slices: Vec<&[u8]> = recycle(spare);
-    let mut gi = 0;
-    for &p in &slot.args {
-        if ctx.is_staged(p) {
-            slices.push(ctx.staged_bytes(p));
-        } else {
-            match guards[gi].bytes() {
-                Ok(b) => slices.push(b),
-                Err(e) => {
-                    *spare = unrecycle(slices);
-                    return Outcome::Failed(e);
-                }
-            }
-            gi += 1;
+    let k = slot.args.len();
+    let run = if k <= INLINE_INPUTS {
+        // Few parents (the common case): the input list lives on the stack.
+        let mut inline: [&[u8]; INLINE_INPUTS] = [&[]; INLINE_INPUTS];
+        if let Err(e) = inputs(ctx, &slot.args, guards, &mut inline[..k]) {
+            return Outcome::Failed(e);
         }
-    }
-    let run = catch_unwind(AssertUnwindSafe(|| f(&slices, o)));
-    *spare = unrecycle(slices);
+        catch_unwind(AssertUnwindSafe(|| f(&inline[..k], o)))
+    } else {
+        let mut slices: Vec<&[u8]> = recycle(spare);
+        slices.resize(k, &[]);
+        if let Err(e) = inputs(ctx, &slot.args, guards, &mut slices) {
+            *spare = unrecycle(slices);
+            return Outcome::Failed(e);
+        }
+        let run = catch_unwind(AssertUnwindSafe(|| f(&slices, o)));
+        *spare = unrecycle(slices);
+        run
+    };
     if let Err(p) = run {
         return Outcome::Failed(Error::Recompute {
             page: slot.page,
@@ -534,25 +645,25 @@ fn compute_one<'g>(
     let Some(after) = before.checked_next() else {
         return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
     };
-    let payload = match Payload::diff(old, o) {
-        Ok(p) => p,
+    let at = sink.enc.len();
+    let touched = match encode_diff(old, o, &mut sink.enc) {
+        Ok(t) => t,
         Err(e) => return Outcome::Failed(e),
     };
+    let parents = sink.parents.len();
+    sink.parents.reserve(k);
     let mut gi = 0;
-    let parents = slot
-        .args
-        .iter()
-        .map(|&p| {
-            let page = ctx.slots[p as usize].page;
-            if ctx.is_staged(p) {
-                (page, ctx.epoch[p as usize])
-            } else {
-                gi += 1;
-                (page, guards[gi - 1].epoch)
-            }
-        })
-        .collect();
-    Outcome::Changed { payload, parents, epoch: after }
+    for &p in &slot.args {
+        let page = ctx.slots[p as usize].page;
+        let epoch = if ctx.is_staged(p) {
+            ctx.epoch[p as usize]
+        } else {
+            gi += 1;
+            guards[gi - 1].epoch
+        };
+        sink.parents.push((page, epoch));
+    }
+    Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after }
 }
 
 /// Run a node's function on the current page bytes (no staging) and say
@@ -566,7 +677,7 @@ pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result
     let ctx =
         Ctx { slots, functions: &functions.entries, gen: 1, staged: &[], off: &[], epoch: &[], done: &[] };
     let mut out = vec![0u8; slots[n as usize].len];
-    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new()) {
+    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new(), &mut Sink::default()) {
         Outcome::Unchanged => Ok(true),
         Outcome::Changed { .. } => Ok(false),
         Outcome::Failed(e) => Err(e),
