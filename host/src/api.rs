@@ -8,11 +8,14 @@ use crate::codec::page::PageImage;
 use crate::codec::Limits;
 use crate::delta::{Payload, Source};
 use crate::events::{event_for_change, Event, EventBus, SourceKind, Subscription};
+use crate::graph::Graph;
 use crate::graph::{EdgeKind, PageHandle};
 use crate::log::writer::DerivedRecord;
 use crate::log::{Durability, LogStats, LogWriter, RecoveryMode, RecoveryReport};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
-use crate::propagate::{self, Deps, Derived, PropagationMode, PropagationStats, Settings};
+use crate::propagate::{
+    self, Deps, Derived, Functions, PropagationMode, PropagationStats, Scratch, Settings, Sink,
+};
 use crate::registry::{PageCell, Registry};
 use crate::replay::StateImage;
 use crate::vfs::{StdVfs, Vfs};
@@ -208,6 +211,14 @@ impl std::fmt::Debug for PageRef {
 }
 
 type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
+
+/// The parts of the clock a commit of deltas advances. The graph is left
+/// out: locks borrowed from it may be held meanwhile.
+struct Tally<'c> {
+    log: &'c mut LogWriter,
+    next_delta: &'c mut u64,
+    timestamp: &'c mut u64,
+}
 
 /// Counters, log and dependency state owned by the commit path (one
 /// writer at a time).
@@ -670,11 +681,9 @@ impl Mmsb {
 
         // Immediate propagation is planned on staged copies before anything
         // is applied: if a recompute fails, the batch is refused whole.
-        // The output buffer is reused across propagations.
-        let mut derived = std::mem::take(&mut clock.deps.scratch.derived);
-        let mut planned = None;
         if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
-            let Deps { graph, functions, scratch } = &mut clock.deps;
+            let Clock { log, deps, next_delta, timestamp, .. } = &mut *clock;
+            let Deps { graph, functions, scratch } = deps;
             let nodes: Vec<(u32, usize)> = guards
                 .iter()
                 .enumerate()
@@ -695,60 +704,75 @@ impl Mmsb {
                     }
                 }
                 let extra: Vec<u32> = nodes.iter().map(|t| t.0).collect();
-                let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
-                let stats = propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived)?;
-                planned = Some((stats, t0));
+                // The output buffer is reused across propagations. The plan
+                // write-locks each page it changes, after the batch's own
+                // (which keep their places: `slots` stays valid); a page of
+                // the batch keeps its lock there.
+                let mut derived = std::mem::take(&mut scratch.derived);
+                let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
+                let stats = {
+                    let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
+                    propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived, &mut all)?
+                };
+                for d in derived.iter_mut().filter(|d| d.guard == usize::MAX) {
+                    d.guard = ids.binary_search(&d.page).unwrap_or(usize::MAX);
+                }
+                let mut updates = updates;
+                let mut tally = Tally { log, next_delta, timestamp };
+                let (mut users, mut applied) = (0, 0);
+                let res = self
+                    .apply_updates(&mut tally, &mut updates, &slots, &mut all, &mut users)
+                    .and_then(|()| {
+                        self.commit_derived(
+                            &mut tally,
+                            functions,
+                            scratch,
+                            &derived,
+                            stats,
+                            t0,
+                            &mut all,
+                            &mut applied,
+                        )
+                    });
+                drop(all);
+                for u in &updates[..users] {
+                    graph.on_apply(u.page, false);
+                }
+                Self::settle_propagation(graph, &mut derived, applied, res.is_ok());
+                scratch.derived = derived;
+                res?;
+                return Ok(results);
             }
         }
-        let Some((stats, t0)) = planned else {
-            clock.deps.scratch.derived = derived;
-            self.commit_updates(clock, updates, &slots, &mut guards)?;
-            return Ok(results);
-        };
-        // Lock the derived pages the batch does not hold yet, after the
-        // batch's own (which keep their places: `slots` stays valid), and
-        // note where each derived page's lock is.
-        let held = guards.len();
-        let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
-        for d in derived.iter_mut() {
-            d.guard = match ids.binary_search(&d.page) {
-                Ok(k) => k,
-                Err(_) => {
-                    cells.push((d.page, clock.deps.graph.cell(d.node)?));
-                    held + cells.len() - 1
-                }
-            };
-        }
-        let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
-        all.reserve(cells.len());
-        all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
-        self.commit_updates(clock, updates, &slots, &mut all)?;
-        self.commit_derived(clock, &mut derived, stats, t0, &mut all)?;
-        clock.deps.scratch.derived = derived;
+        self.commit_updates(clock, updates, &slots, &mut guards)?;
         Ok(results)
     }
 
-    /// Commit the deltas of a planned propagation (pages locked in
-    /// `guards`), emit its events and forget the work it covered.
+    /// Commit the deltas of a planned propagation (each page locked in
+    /// `guards` at [`Derived::guard`]) and emit its events; `applied`
+    /// counts the deltas applied, for the caller to tell the graph about
+    /// (see [`Mmsb::settle_propagation`]).
+    #[allow(clippy::too_many_arguments)]
     fn commit_derived(
         &self,
-        clock: &mut Clock,
-        derived: &mut Vec<Derived>,
+        tally: &mut Tally<'_>,
+        functions: &Functions,
+        scratch: &Scratch,
+        derived: &[Derived],
         mut stats: PropagationStats,
         t0: Instant,
         guards: &mut [(PageId, PageGuard<'_>)],
+        applied: &mut usize,
     ) -> Result<PropagationStats> {
         let listen = self.events.active();
         if listen {
             self.events.send(Event::PropagationStarted { dirty: stats.dirty });
         }
-        self.commit_planned(clock, derived, guards)?;
-        derived.clear();
-        clock.deps.graph.clear_pending();
+        self.commit_planned(tally, functions, &scratch.sink, derived, guards, applied)?;
         stats.duration = t0.elapsed();
         self.monitor.propagated(stats.duration);
         if listen {
-            for &(page, changed) in &clock.deps.scratch.fired {
+            for &(page, changed) in &scratch.fired {
                 self.events.send(Event::Recomputed { page, changed });
             }
             self.events.send(Event::PropagationFinished {
@@ -761,6 +785,19 @@ impl Mmsb {
         Ok(stats)
     }
 
+    /// After a committed propagation (once the locks borrowed from the
+    /// graph are released): the first `applied` derived deltas reach the
+    /// graph, and the queued work is forgotten when the commit succeeded.
+    fn settle_propagation(graph: &mut Graph, derived: &mut Vec<Derived>, applied: usize, ok: bool) {
+        for d in &derived[..applied] {
+            graph.on_apply_node(d.node, true);
+        }
+        derived.clear();
+        if ok {
+            graph.clear_pending();
+        }
+    }
+
     /// The commit path of planned derived deltas: the same log records,
     /// epochs, counters and events as [`Mmsb::commit`] of the equivalent
     /// [`Change::Apply`] deltas with [`Source::Propagation`], framed and
@@ -769,16 +806,16 @@ impl Mmsb {
     /// every derived page, at index [`Derived::guard`].
     fn commit_planned(
         &self,
-        clock: &mut Clock,
+        tally: &mut Tally<'_>,
+        functions: &Functions,
+        sink: &Sink,
         derived: &[Derived],
         guards: &mut [(PageId, PageGuard<'_>)],
+        applied: &mut usize,
     ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.commit", changes = derived.len()).entered();
-        let Clock { log, deps, next_delta, timestamp, .. } = clock;
-        let Deps { graph, functions, scratch } = deps;
-        let sink = &scratch.sink;
-        let (first_id, first_ts) = (*next_delta, *timestamp + 1);
-        log.append_derived(derived.len(), |i| {
+        let (first_id, first_ts) = (*tally.next_delta, *tally.timestamp + 1);
+        tally.log.append_derived(derived.len(), |i| {
             let d = &derived[i];
             DerivedRecord {
                 id: first_id + i as u64,
@@ -790,10 +827,10 @@ impl Mmsb {
                 payload: d.encoded(sink),
             }
         })?;
-        log.commit()?;
+        tally.log.commit()?;
         let listen = self.events.active();
-        let mut applied = 0u64;
         let mut failed = None;
+        let mut n = 0;
         for d in derived {
             let page = match guards.get_mut(d.guard) {
                 Some((id, page)) if *id == d.page => page,
@@ -813,10 +850,7 @@ impl Mmsb {
                 break;
             }
             page.epoch = Epoch(page.epoch.0 + 1);
-            applied += 1;
-            *next_delta += 1;
-            *timestamp += 1;
-            graph.on_apply_node(d.node, true);
+            n += 1;
             if listen {
                 self.events.send(Event::DeltaApplied {
                     page: d.page,
@@ -826,32 +860,46 @@ impl Mmsb {
                 });
             }
         }
-        self.monitor.derived_applied(applied);
+        *tally.next_delta += n as u64;
+        *tally.timestamp += n as u64;
+        *applied = n;
+        self.monitor.derived_applied(n as u64);
         if let Some(e) = failed {
             // Logged but not applied: memory and log disagree from here on.
-            clock.log.poison_with(format!("a logged change could not be applied: {e}"));
+            tally.log.poison_with(format!("a logged change could not be applied: {e}"));
             return Err(e);
         }
-        self.flush_gpu_pages(clock, guards)
+        self.flush_gpu_pages(tally.log, guards)
     }
 
     /// Plan and commit a propagation of the queued work.
     fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
         let _span = tracing::debug_span!("mmsb.propagate").entered();
         let t0 = Instant::now();
-        let Deps { graph, functions, scratch } = &mut clock.deps;
+        let Clock { log, deps, next_delta, timestamp, .. } = clock;
+        let Deps { graph, functions, scratch } = deps;
         let mut derived = std::mem::take(&mut scratch.derived);
         scratch.begin(graph.bound());
-        let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
-        let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
-        for (k, d) in derived.iter_mut().enumerate() {
-            cells.push((d.page, graph.cell(d.node)?));
-            d.guard = k;
-        }
-        let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
-        let stats = self.commit_derived(clock, &mut derived, stats, t0, &mut guards)?;
-        clock.deps.scratch.derived = derived;
-        Ok(stats)
+        // The plan write-locks each page it changes (in `guards`).
+        let mut guards: Vec<(PageId, PageGuard<'_>)> = Vec::new();
+        let stats =
+            propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived, &mut guards)?;
+        let mut tally = Tally { log, next_delta, timestamp };
+        let mut applied = 0;
+        let res = self.commit_derived(
+            &mut tally,
+            functions,
+            scratch,
+            &derived,
+            stats,
+            t0,
+            &mut guards,
+            &mut applied,
+        );
+        drop(guards);
+        Self::settle_propagation(graph, &mut derived, applied, res.is_ok());
+        scratch.derived = derived;
+        res
     }
 
     /// Bring every derived page up to date: recompute the pages below the
@@ -1170,16 +1218,16 @@ impl Mmsb {
                 return Err(e);
             }
         }
-        self.flush_gpu_pages(clock, guards)
+        self.flush_gpu_pages(&mut clock.log, guards)
     }
 
     /// After a commit: GPU pages queue their deltas; Immediate applies them
     /// before the commit returns. A failed flush loses queued deltas that
     /// are already logged, so, like a failed apply, it poisons the log.
-    fn flush_gpu_pages(&self, clock: &mut Clock, guards: &[(PageId, PageGuard<'_>)]) -> Result<()> {
+    fn flush_gpu_pages(&self, log: &mut LogWriter, guards: &[(PageId, PageGuard<'_>)]) -> Result<()> {
         let pages = guards.iter().filter_map(|(_, g)| g.storage.gpu());
         if let Err(e) = crate::gpu::after_commit(self.gpu_apply, pages) {
-            clock.log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
+            log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
             return Err(e);
         }
         Ok(())
@@ -1192,20 +1240,42 @@ impl Mmsb {
     fn commit_updates(
         &self,
         clock: &mut Clock,
-        updates: Vec<Update>,
+        mut updates: Vec<Update>,
         slots: &[usize],
         guards: &mut [(PageId, PageGuard<'_>)],
     ) -> Result<()> {
+        let Clock { log, deps, next_delta, timestamp, .. } = clock;
+        let mut tally = Tally { log, next_delta, timestamp };
+        let mut applied = 0;
+        let res = self.apply_updates(&mut tally, &mut updates, slots, guards, &mut applied);
+        if !deps.graph.is_empty() {
+            for u in &updates[..applied] {
+                deps.graph.on_apply(u.page, false);
+            }
+        }
+        res
+    }
+
+    /// Log and apply validated user updates (see [`Mmsb::commit_updates`])
+    /// with the graph left alone: `applied` counts the updates applied, for
+    /// the caller to tell the graph about (also when one fails after
+    /// logging, which poisons the log).
+    fn apply_updates(
+        &self,
+        tally: &mut Tally<'_>,
+        updates: &mut [Update],
+        slots: &[usize],
+        guards: &mut [(PageId, PageGuard<'_>)],
+        applied: &mut usize,
+    ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.commit", changes = updates.len()).entered();
-        clock.log.append_updates(&updates, clock.next_delta, clock.timestamp + 1)?;
-        clock.log.commit()?;
+        tally.log.append_updates(updates, *tally.next_delta, *tally.timestamp + 1)?;
+        tally.log.commit()?;
         let listen = self.events.active();
-        let graph = !clock.deps.graph.is_empty();
-        let mut applied = 0u64;
         let mut failed = None;
         // The counters stay in registers through the loop.
-        let (mut next_delta, mut timestamp) = (clock.next_delta, clock.timestamp);
-        let mut updates = updates;
+        let (mut next_delta, mut timestamp) = (*tally.next_delta, *tally.timestamp);
+        let mut n = 0;
         for (u, &k) in updates.iter_mut().zip(slots) {
             let Some((_, page)) = guards.get_mut(k) else {
                 failed = Some(Error::Invariant(format!("no lock held on page {}", u.page)));
@@ -1224,12 +1294,9 @@ impl Mmsb {
                 break;
             }
             page.epoch = Epoch(page.epoch.0 + 1);
-            applied += 1;
+            n += 1;
             next_delta += 1;
             timestamp += 1;
-            if graph {
-                clock.deps.graph.on_apply(u.page, false);
-            }
             if listen {
                 let epoch = page.epoch;
                 self.events.send(Event::DeltaApplied {
@@ -1240,14 +1307,15 @@ impl Mmsb {
                 });
             }
         }
-        (clock.next_delta, clock.timestamp) = (next_delta, timestamp);
-        self.monitor.deltas_applied(applied);
+        (*tally.next_delta, *tally.timestamp) = (next_delta, timestamp);
+        *applied = n;
+        self.monitor.deltas_applied(n as u64);
         if let Some(e) = failed {
             // Logged but not applied: memory and log disagree from here on.
-            clock.log.poison_with(format!("a logged change could not be applied: {e}"));
+            tally.log.poison_with(format!("a logged change could not be applied: {e}"));
             return Err(e);
         }
-        self.flush_gpu_pages(clock, guards)
+        self.flush_gpu_pages(tally.log, guards)
     }
 
     /// Apply one validated change and advance the clock.

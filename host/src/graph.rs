@@ -143,14 +143,6 @@ impl Graph {
         self.index.get(&page).copied()
     }
 
-    /// The page handle of a live node.
-    ///
-    /// # Errors
-    /// [`Error::Invariant`] for a free slot.
-    pub(crate) fn cell(&self, n: u32) -> Result<PageCell> {
-        self.slots[n as usize].cell.clone().ok_or_else(|| Error::Invariant(format!("graph slot {n} is free")))
-    }
-
     /// One past the largest dense index.
     pub(crate) fn bound(&self) -> usize {
         self.slots.len()

@@ -29,7 +29,7 @@ use crate::delta::{encode_diff, Payload};
 use crate::graph::{Graph, Slot};
 use crate::page::Page;
 use crate::{Error, Result};
-use parking_lot::RwLockReadGuard;
+use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
 use shared_types::{Epoch, PageId};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -181,7 +181,7 @@ pub(crate) struct Derived {
     pub(crate) parents: std::ops::Range<usize>,
     /// Bytes the payload touches ([`Payload::touched`]).
     pub(crate) touched: u64,
-    /// Where the commit path holds the page's write lock (set by it).
+    /// Where the commit path holds the page's write lock (see [`plan`]).
     pub(crate) guard: usize,
 }
 
@@ -344,17 +344,22 @@ fn enqueue(
 /// Recompute everything below the graph's queued work and the `extra`
 /// changed nodes, staging new bytes; fills `out` with the derived deltas in
 /// commit order. Reads pages through read locks, or the staged copies.
+/// Each page a delta changes is write-locked onto `held` (the delta's
+/// [`Derived::guard`] is its index there), except pages staged by the
+/// caller before the plan, whose guard is left at `usize::MAX`.
 ///
 /// # Errors
 /// The first failed recompute ([`Error::Recompute`], [`Error::Function`]);
 /// nothing was applied.
-pub(crate) fn plan(
-    graph: &Graph,
+#[allow(clippy::type_complexity)]
+pub(crate) fn plan<'g>(
+    graph: &'g Graph,
     functions: &Functions,
     sc: &mut Scratch,
     extra: &[u32],
     settings: Settings,
     out: &mut Vec<Derived>,
+    held: &mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
 ) -> Result<PropagationStats> {
     let mut stats = PropagationStats::default();
     let slots = &graph.slots[..];
@@ -409,6 +414,19 @@ pub(crate) fn plan(
                     fired.push((s.page, false));
                 }
                 Outcome::Changed { enc, parents, touched, epoch: e } => {
+                    // A page staged before its recompute is one the caller
+                    // writes and holds; any other is locked here, for the
+                    // commit (nothing else writes pages meanwhile: the
+                    // commit lock is held).
+                    let guard = if staged[n as usize] == gen {
+                        usize::MAX
+                    } else {
+                        let Some(cell) = &s.cell else {
+                            return Err(Error::Invariant(format!("page {} has no cell", s.page)));
+                        };
+                        held.push((s.page, cell.write()));
+                        held.len() - 1
+                    };
                     staged[n as usize] = gen;
                     off[n as usize] = at;
                     epoch[n as usize] = e;
@@ -422,7 +440,7 @@ pub(crate) fn plan(
                         enc,
                         parents: parents..parents + s.args.len(),
                         touched,
-                        guard: usize::MAX,
+                        guard,
                     });
                     fired.push((s.page, true));
                     for &c in &s.data_children {
