@@ -29,7 +29,7 @@ use crate::delta::{encode_diff, Payload};
 use crate::graph::{Graph, Slot};
 use crate::page::Page;
 use crate::{Error, Result};
-use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use shared_types::{Epoch, PageId};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -324,6 +324,10 @@ impl Scratch {
     }
 }
 
+/// A recomputed page's lock, kept from the read of its current bytes in
+/// case its new bytes differ (readers may share it meanwhile).
+type Upgradable<'g> = RwLockUpgradableReadGuard<'g, Page>;
+
 #[inline]
 fn enqueue(
     queued: &mut [u32],
@@ -375,6 +379,8 @@ pub(crate) fn plan<'g>(
     for &n in &graph.forced {
         stats.dirty += u64::from(enqueue(queued, heap, gen, slots, n));
     }
+    // One per node of a level recomputed on this thread: its lock.
+    let mut locks: Vec<Option<Upgradable<'g>>> = Vec::new();
     while let Some(Reverse(key)) = heap.pop() {
         let lvl = key >> 32;
         level.clear();
@@ -401,10 +407,10 @@ pub(crate) fn plan<'g>(
         if threads > 1 && work >= settings.parallel_min_bytes {
             compute_parallel(&ctx, level, fresh, threads, outcomes, spare, sink);
         } else {
-            compute(&ctx, level, fresh, outcomes, spare, sink);
+            compute(&ctx, level, fresh, outcomes, spare, sink, Some(&mut locks));
         }
         let mut at = base;
-        for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
+        for (i, (&n, outcome)) in level.iter().zip(outcomes.drain(..)).enumerate() {
             let s = &slots[n as usize];
             stats.recomputed += 1;
             match outcome {
@@ -421,10 +427,14 @@ pub(crate) fn plan<'g>(
                     let guard = if staged[n as usize] == gen {
                         usize::MAX
                     } else {
-                        let Some(cell) = &s.cell else {
-                            return Err(Error::Invariant(format!("page {} has no cell", s.page)));
+                        let write = match locks.get_mut(i).and_then(Option::take) {
+                            Some(g) => RwLockUpgradableReadGuard::upgrade(g),
+                            None => match &s.cell {
+                                Some(cell) => cell.write(),
+                                None => return Err(Error::Invariant(format!("page {} has no cell", s.page))),
+                            },
                         };
-                        held.push((s.page, cell.write()));
+                        held.push((s.page, write));
                         held.len() - 1
                     };
                     staged[n as usize] = gen;
@@ -450,14 +460,15 @@ pub(crate) fn plan<'g>(
             }
             at += s.len;
         }
+        locks.clear();
     }
     stats.written = out.len() as u64;
     Ok(stats)
 }
 
 /// Read-only view shared by the workers of one level.
-struct Ctx<'a> {
-    slots: &'a [Slot],
+struct Ctx<'g, 'a> {
+    slots: &'g [Slot],
     functions: &'a [FunctionEntry],
     gen: u32,
     staged: &'a [u32],
@@ -466,7 +477,7 @@ struct Ctx<'a> {
     done: &'a [u8],
 }
 
-impl<'a> Ctx<'a> {
+impl<'a> Ctx<'_, 'a> {
     #[inline]
     fn is_staged(&self, n: u32) -> bool {
         self.staged.get(n as usize) == Some(&self.gen)
@@ -480,7 +491,7 @@ impl<'a> Ctx<'a> {
 }
 
 fn compute_parallel(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx<'_, '_>,
     level: &[u32],
     fresh: &mut [u8],
     threads: usize,
@@ -507,12 +518,12 @@ fn compute_parallel(
             handles.push(scope.spawn(move || {
                 let mut oc = Vec::with_capacity(nodes.len());
                 let mut own = Sink::default();
-                compute(ctx, nodes, o, &mut oc, &mut Vec::new(), &mut own);
+                compute(ctx, nodes, o, &mut oc, &mut Vec::new(), &mut own, None);
                 (oc, own)
             }));
         }
         if let Some((nodes, o)) = first {
-            compute(ctx, nodes, o, outcomes, spare, sink);
+            compute(ctx, nodes, o, outcomes, spare, sink, None);
         }
         for h in handles {
             match h.join() {
@@ -532,12 +543,13 @@ fn compute_parallel(
 }
 
 fn compute<'g>(
-    ctx: &Ctx<'g>,
+    ctx: &Ctx<'g, '_>,
     nodes: &[u32],
     mut out: &mut [u8],
     outcomes: &mut Vec<Outcome>,
     spare: &mut Vec<&'static [u8]>,
     sink: &mut Sink,
+    mut locks: Option<&mut Vec<Option<Upgradable<'g>>>>,
 ) {
     let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
     for &n in nodes {
@@ -545,7 +557,12 @@ fn compute<'g>(
         let (o, rest) = std::mem::take(&mut out).split_at_mut(slot.len);
         out = rest;
         guards.clear();
-        outcomes.push(compute_one(ctx, n, o, &mut guards, spare, sink));
+        let keep = locks.as_deref_mut().map(|l| {
+            l.push(None);
+            let last = l.len() - 1;
+            &mut l[last]
+        });
+        outcomes.push(compute_one(ctx, n, o, &mut guards, spare, sink, keep));
     }
 }
 
@@ -568,7 +585,7 @@ const INLINE_INPUTS: usize = 8;
 /// copies, or the pages read through `guards` (one per unstaged argument,
 /// in order).
 fn inputs<'a>(
-    ctx: &Ctx<'a>,
+    ctx: &Ctx<'_, 'a>,
     args: &[u32],
     guards: &'a [RwLockReadGuard<'_, Page>],
     dst: &mut [&'a [u8]],
@@ -586,12 +603,13 @@ fn inputs<'a>(
 }
 
 fn compute_one<'g>(
-    ctx: &Ctx<'g>,
+    ctx: &Ctx<'g, '_>,
     n: u32,
     o: &mut [u8],
     guards: &mut Vec<RwLockReadGuard<'g, Page>>,
     spare: &mut Vec<&'static [u8]>,
     sink: &mut Sink,
+    keep: Option<&mut Option<Upgradable<'g>>>,
 ) -> Outcome {
     let slot: &'g Slot = &ctx.slots[n as usize];
     let Some(b) = slot.binding else {
@@ -651,9 +669,17 @@ fn compute_one<'g>(
         let Some(cell) = &slot.cell else {
             return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
         };
-        child = cell.read_recursive();
-        match child.bytes() {
-            Ok(b) => (b, child.epoch),
+        // With `keep`, an upgradable lock stays there for the caller to
+        // turn into the commit's write lock if the page changes.
+        let page: &Page = match keep {
+            Some(k) => k.insert(cell.upgradable_read()),
+            None => {
+                child = cell.read_recursive();
+                &child
+            }
+        };
+        match page.bytes() {
+            Ok(b) => (b, page.epoch),
             Err(e) => return Outcome::Failed(e),
         }
     };
@@ -695,7 +721,7 @@ pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result
     let ctx =
         Ctx { slots, functions: &functions.entries, gen: 1, staged: &[], off: &[], epoch: &[], done: &[] };
     let mut out = vec![0u8; slots[n as usize].len];
-    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new(), &mut Sink::default()) {
+    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new(), &mut Sink::default(), None) {
         Outcome::Unchanged => Ok(true),
         Outcome::Changed { .. } => Ok(false),
         Outcome::Failed(e) => Err(e),

@@ -340,9 +340,13 @@ impl LogWriter {
         let Ok(plen) = u32::try_from(plen) else {
             return Err(Error::invalid_delta(Some(d.page), "tag or provenance too large to encode"));
         };
-        const FIXED: usize = RECORD_HEAD_LEN + DELTA_HEAD_LEN + 4;
-        const STACK: usize = 256;
-        let mut head = [0u8; FIXED];
+        // The frame is sized first and written in place: header, delta
+        // head, provenance, payload, then the CRC of all of it.
+        let framed = RECORD_HEAD_LEN + body as usize + RECORD_TAIL_LEN;
+        let start = self.buf.len();
+        self.buf.resize(start + framed, 0);
+        let rec = &mut self.buf[start..];
+        let (head, rest) = rec.split_at_mut(RECORD_HEAD_LEN + DELTA_HEAD_LEN);
         head[0..4].copy_from_slice(&len.to_le_bytes());
         head[4] = RecordType::Delta as u8;
         head[8..16].copy_from_slice(&self.next_lsn.to_le_bytes());
@@ -353,50 +357,22 @@ impl LogWriter {
         // No base epoch, no flags; source 1 (propagation); no tag.
         h[33] = 1;
         h[36..40].copy_from_slice(&plen.to_le_bytes());
-        h[44..48].copy_from_slice(&(name.len() as u32).to_le_bytes());
-        let framed = RECORD_HEAD_LEN + body as usize + RECORD_TAIL_LEN;
-        if framed <= STACK {
-            // A small record is assembled and checksummed on the stack and
-            // enters the buffer as one copy.
-            let mut rec = [0u8; STACK];
-            rec[..FIXED].copy_from_slice(&head);
-            let mut at = FIXED;
-            let mut put = |b: &[u8]| {
-                copy_small(&mut rec[at..at + b.len()], b);
-                at += b.len();
-            };
-            put(name);
-            put(&d.version.to_le_bytes());
-            put(&(d.parents.len() as u32).to_le_bytes());
-            for (page, epoch) in d.parents {
-                put(&page.0.to_le_bytes());
-                put(&epoch.0.to_le_bytes());
-            }
-            put(d.payload);
-            let c = crc(&rec[..at]);
-            rec[at..at + RECORD_TAIL_LEN].copy_from_slice(&c.to_le_bytes());
-            debug_assert_eq!(at + RECORD_TAIL_LEN, framed);
-            self.buf.extend_from_slice(&rec[..framed]);
-        } else {
-            let start = self.buf.len();
-            self.buf.reserve(framed);
-            self.buf.extend_from_slice(&head);
-            self.buf.extend_from_slice(name);
-            let mut counts = [0u8; 8];
-            counts[0..4].copy_from_slice(&d.version.to_le_bytes());
-            counts[4..8].copy_from_slice(&(d.parents.len() as u32).to_le_bytes());
-            self.buf.extend_from_slice(&counts);
-            for (page, epoch) in d.parents {
-                let mut pe = [0u8; 16];
-                pe[0..8].copy_from_slice(&page.0.to_le_bytes());
-                pe[8..16].copy_from_slice(&epoch.0.to_le_bytes());
-                self.buf.extend_from_slice(&pe);
-            }
-            self.buf.extend_from_slice(d.payload);
-            debug_assert_eq!(self.buf.len() - start, RECORD_HEAD_LEN + body as usize);
-            let c = crc(&self.buf[start..]);
-            self.buf.extend_from_slice(&c.to_le_bytes());
+        rest[0..4].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        let mut at = 4;
+        copy_small(&mut rest[at..at + name.len()], name);
+        at += name.len();
+        rest[at..at + 4].copy_from_slice(&d.version.to_le_bytes());
+        rest[at + 4..at + 8].copy_from_slice(&(d.parents.len() as u32).to_le_bytes());
+        at += 8;
+        for (page, epoch) in d.parents {
+            rest[at..at + 8].copy_from_slice(&page.0.to_le_bytes());
+            rest[at + 8..at + 16].copy_from_slice(&epoch.0.to_le_bytes());
+            at += 16;
         }
+        copy_small(&mut rest[at..at + d.payload.len()], d.payload);
+        debug_assert_eq!(RECORD_HEAD_LEN + DELTA_HEAD_LEN + at + d.payload.len() + RECORD_TAIL_LEN, framed);
+        let (covered, tail) = rec.split_at_mut(framed - RECORD_TAIL_LEN);
+        tail.copy_from_slice(&crc(covered).to_le_bytes());
         self.next_lsn += 1;
         Ok(())
     }
