@@ -328,23 +328,6 @@ impl Scratch {
 /// case its new bytes differ (readers may share it meanwhile).
 type Upgradable<'g> = RwLockUpgradableReadGuard<'g, Page>;
 
-#[inline]
-fn enqueue(
-    queued: &mut [u32],
-    heap: &mut BinaryHeap<Reverse<u64>>,
-    gen: u32,
-    slots: &[Slot],
-    n: u32,
-) -> bool {
-    let q = &mut queued[n as usize];
-    if *q == gen {
-        return false;
-    }
-    *q = gen;
-    heap.push(Reverse((u64::from(slots[n as usize].level) << 32) | u64::from(n)));
-    true
-}
-
 /// Recompute everything below the graph's queued work and the `extra`
 /// changed nodes, staging new bytes; fills `out` with the derived deltas in
 /// commit order. Reads pages through read locks, or the staged copies.
@@ -365,105 +348,188 @@ pub(crate) fn plan<'g>(
     out: &mut Vec<Derived>,
     held: &mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
 ) -> Result<PropagationStats> {
-    let mut stats = PropagationStats::default();
     let slots = &graph.slots[..];
     let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired, sink, .. } =
         sc;
-    let gen = *gen;
     out.clear();
+    let mut st = Settle {
+        slots,
+        gen: *gen,
+        staged,
+        off,
+        epoch,
+        queued,
+        heap,
+        out,
+        fired,
+        held,
+        stats: PropagationStats::default(),
+    };
     for &n in graph.pending.iter().chain(extra) {
         for &c in &slots[n as usize].data_children {
-            stats.dirty += u64::from(enqueue(queued, heap, gen, slots, c));
+            st.enqueue(c);
         }
     }
     for &n in &graph.forced {
-        stats.dirty += u64::from(enqueue(queued, heap, gen, slots, n));
+        st.enqueue(n);
     }
-    // One per node of a level recomputed on this thread: its lock.
-    let mut locks: Vec<Option<Upgradable<'g>>> = Vec::new();
-    while let Some(Reverse(key)) = heap.pop() {
+    // Read locks of the current recompute's unstaged parents.
+    let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
+    while let Some(Reverse(key)) = st.heap.pop() {
         let lvl = key >> 32;
         level.clear();
         level.push(key as u32);
-        while let Some(&Reverse(k)) = heap.peek() {
+        while let Some(&Reverse(k)) = st.heap.peek() {
             if k >> 32 != lvl {
                 break;
             }
-            heap.pop();
+            st.heap.pop();
             level.push(k as u32);
         }
         let base = arena.len();
-        let (mut total, mut work) = (0usize, 0usize);
-        for &n in level.iter() {
-            let s = &slots[n as usize];
-            total += s.len;
-            work += s.len + s.args.iter().map(|&p| slots[p as usize].len).sum::<usize>();
-        }
-        arena.resize(base + total, 0);
-        let (done, fresh) = arena.split_at_mut(base);
-        let ctx = Ctx { slots, functions: &functions.entries, gen, staged, off, epoch, done };
-        outcomes.clear();
+        let total: usize = level.iter().map(|&n| slots[n as usize].len).sum();
         let threads = settings.threads.min(level.len());
-        if threads > 1 && work >= settings.parallel_min_bytes {
-            compute_parallel(&ctx, level, fresh, threads, outcomes, spare, sink);
-        } else {
-            compute(&ctx, level, fresh, outcomes, spare, sink, Some(&mut locks));
-        }
+        let parallel = threads > 1 && {
+            let inputs = |s: &Slot| s.args.iter().map(|&p| slots[p as usize].len).sum::<usize>();
+            total + level.iter().map(|&n| inputs(&slots[n as usize])).sum::<usize>()
+                >= settings.parallel_min_bytes
+        };
+        arena.resize(base + total, 0);
         let mut at = base;
-        for (i, (&n, outcome)) in level.iter().zip(outcomes.drain(..)).enumerate() {
-            let s = &slots[n as usize];
-            stats.recomputed += 1;
-            match outcome {
-                Outcome::Failed(e) => return Err(e),
-                Outcome::Unchanged => {
-                    stats.cut_off += 1;
-                    fired.push((s.page, false));
-                }
-                Outcome::Changed { enc, parents, touched, epoch: e } => {
-                    // A page staged before its recompute is one the caller
-                    // writes and holds; any other is locked here, for the
-                    // commit (nothing else writes pages meanwhile: the
-                    // commit lock is held).
-                    let guard = if staged[n as usize] == gen {
-                        usize::MAX
-                    } else {
-                        let write = match locks.get_mut(i).and_then(Option::take) {
-                            Some(g) => RwLockUpgradableReadGuard::upgrade(g),
-                            None => match &s.cell {
-                                Some(cell) => cell.write(),
-                                None => return Err(Error::Invariant(format!("page {} has no cell", s.page))),
-                            },
-                        };
-                        held.push((s.page, write));
-                        held.len() - 1
+        if parallel {
+            let (done, fresh) = arena.split_at_mut(base);
+            outcomes.clear();
+            compute_parallel(&st.ctx(functions, done), level, fresh, threads, outcomes, spare, sink);
+            for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
+                st.settle(n, outcome, at, None)?;
+                at += slots[n as usize].len;
+            }
+        } else {
+            // One recompute at a time, each settled at once (pages of one
+            // level never read each other): no outcome list, and the page's
+            // lock goes straight from the read to the commit.
+            for &n in level.iter() {
+                let len = slots[n as usize].len;
+                let (done, fresh) = arena.split_at_mut(base);
+                let mut lock = None;
+                let outcome = compute_one(
+                    &st.ctx(functions, done),
+                    n,
+                    &mut fresh[at - base..at - base + len],
+                    &mut guards,
+                    spare,
+                    sink,
+                    Some(&mut lock),
+                );
+                guards.clear();
+                st.settle(n, outcome, at, lock)?;
+                at += len;
+            }
+        }
+    }
+    let mut stats = st.stats;
+    stats.written = st.out.len() as u64;
+    Ok(stats)
+}
+
+/// The state a plan updates as it settles each recompute.
+struct Settle<'g, 'p> {
+    slots: &'g [Slot],
+    gen: u32,
+    staged: &'p mut Vec<u32>,
+    off: &'p mut Vec<usize>,
+    epoch: &'p mut Vec<Epoch>,
+    queued: &'p mut Vec<u32>,
+    heap: &'p mut BinaryHeap<Reverse<u64>>,
+    out: &'p mut Vec<Derived>,
+    fired: &'p mut Vec<(PageId, bool)>,
+    held: &'p mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
+    stats: PropagationStats,
+}
+
+impl<'g> Settle<'g, '_> {
+    /// Queue node `n` for recomputation, once per propagation.
+    #[inline]
+    fn enqueue(&mut self, n: u32) {
+        let q = &mut self.queued[n as usize];
+        if *q == self.gen {
+            return;
+        }
+        *q = self.gen;
+        self.heap.push(Reverse((u64::from(self.slots[n as usize].level) << 32) | u64::from(n)));
+        self.stats.dirty += 1;
+    }
+
+    /// The read-only view recomputes need, with `done` the settled part of
+    /// the arena.
+    #[inline]
+    fn ctx<'a>(&'a self, functions: &'a Functions, done: &'a [u8]) -> Ctx<'g, 'a> {
+        Ctx {
+            slots: self.slots,
+            functions: &functions.entries,
+            gen: self.gen,
+            staged: self.staged,
+            off: self.off,
+            epoch: self.epoch,
+            done,
+        }
+    }
+
+    /// Account for the recompute of node `n`, whose new bytes are at `at`
+    /// in the arena; `lock` is the upgradable lock its read took, if any.
+    ///
+    /// # Errors
+    /// The recompute's failure.
+    #[inline]
+    fn settle(&mut self, n: u32, outcome: Outcome, at: usize, lock: Option<Upgradable<'g>>) -> Result<()> {
+        let s = &self.slots[n as usize];
+        self.stats.recomputed += 1;
+        match outcome {
+            Outcome::Failed(e) => return Err(e),
+            Outcome::Unchanged => {
+                self.stats.cut_off += 1;
+                self.fired.push((s.page, false));
+            }
+            Outcome::Changed { enc, parents, touched, epoch } => {
+                let b = s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
+                // A page staged before its recompute is one the caller
+                // writes and holds; any other is locked here, for the
+                // commit (nothing else writes pages meanwhile: the commit
+                // lock is held).
+                let guard = if self.staged[n as usize] == self.gen {
+                    usize::MAX
+                } else {
+                    let write = match lock {
+                        Some(g) => RwLockUpgradableReadGuard::upgrade(g),
+                        None => match &s.cell {
+                            Some(cell) => cell.write(),
+                            None => return Err(Error::Invariant(format!("page {} has no cell", s.page))),
+                        },
                     };
-                    staged[n as usize] = gen;
-                    off[n as usize] = at;
-                    epoch[n as usize] = e;
-                    let b =
-                        s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
-                    out.push(Derived {
-                        node: n,
-                        page: s.page,
-                        func: b.func,
-                        version: b.version,
-                        enc,
-                        parents: parents..parents + s.args.len(),
-                        touched,
-                        guard,
-                    });
-                    fired.push((s.page, true));
-                    for &c in &s.data_children {
-                        stats.dirty += u64::from(enqueue(queued, heap, gen, slots, c));
-                    }
+                    self.held.push((s.page, write));
+                    self.held.len() - 1
+                };
+                self.staged[n as usize] = self.gen;
+                self.off[n as usize] = at;
+                self.epoch[n as usize] = epoch;
+                self.out.push(Derived {
+                    node: n,
+                    page: s.page,
+                    func: b.func,
+                    version: b.version,
+                    enc,
+                    parents: parents..parents + s.args.len(),
+                    touched,
+                    guard,
+                });
+                self.fired.push((s.page, true));
+                for &c in &s.data_children {
+                    self.enqueue(c);
                 }
             }
-            at += s.len;
         }
-        locks.clear();
+        Ok(())
     }
-    stats.written = out.len() as u64;
-    Ok(stats)
 }
 
 /// Read-only view shared by the workers of one level.
@@ -518,12 +584,12 @@ fn compute_parallel(
             handles.push(scope.spawn(move || {
                 let mut oc = Vec::with_capacity(nodes.len());
                 let mut own = Sink::default();
-                compute(ctx, nodes, o, &mut oc, &mut Vec::new(), &mut own, None);
+                compute(ctx, nodes, o, &mut oc, &mut Vec::new(), &mut own);
                 (oc, own)
             }));
         }
         if let Some((nodes, o)) = first {
-            compute(ctx, nodes, o, outcomes, spare, sink, None);
+            compute(ctx, nodes, o, outcomes, spare, sink);
         }
         for h in handles {
             match h.join() {
@@ -549,7 +615,6 @@ fn compute<'g>(
     outcomes: &mut Vec<Outcome>,
     spare: &mut Vec<&'static [u8]>,
     sink: &mut Sink,
-    mut locks: Option<&mut Vec<Option<Upgradable<'g>>>>,
 ) {
     let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
     for &n in nodes {
@@ -557,12 +622,7 @@ fn compute<'g>(
         let (o, rest) = std::mem::take(&mut out).split_at_mut(slot.len);
         out = rest;
         guards.clear();
-        let keep = locks.as_deref_mut().map(|l| {
-            l.push(None);
-            let last = l.len() - 1;
-            &mut l[last]
-        });
-        outcomes.push(compute_one(ctx, n, o, &mut guards, spare, sink, keep));
+        outcomes.push(compute_one(ctx, n, o, &mut guards, spare, sink, None));
     }
 }
 
