@@ -789,7 +789,9 @@ impl Mmsb {
     /// graph are released): the first `applied` derived deltas reach the
     /// graph, and the queued work is forgotten when the commit succeeded.
     fn settle_propagation(graph: &mut Graph, derived: &mut Vec<Derived>, applied: usize, ok: bool) {
-        for d in &derived[..applied] {
+        // A derived delta of a page that was not stale and has no control
+        // edges leaves the graph as it is.
+        for d in derived[..applied].iter().filter(|d| d.flags) {
             graph.on_apply_node(d.node, true);
         }
         derived.clear();

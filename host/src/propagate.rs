@@ -183,6 +183,9 @@ pub(crate) struct Derived {
     pub(crate) touched: u64,
     /// Where the commit path holds the page's write lock (see [`plan`]).
     pub(crate) guard: usize,
+    /// Whether applying it may change the graph's flags (the page is stale
+    /// or has control edges): see [`Graph::on_apply_node`].
+    pub(crate) flags: bool,
 }
 
 impl Derived {
@@ -521,6 +524,9 @@ impl<'g> Settle<'g, '_> {
                     parents: parents..parents + s.args.len(),
                     touched,
                     guard,
+                    // Only control edges make a page stale between the plan
+                    // and the commit.
+                    flags: s.stale || !s.control_children.is_empty() || !s.control_parents.is_empty(),
                 });
                 self.fired.push((s.page, true));
                 for &c in &s.data_children {
