@@ -212,6 +212,9 @@ impl std::fmt::Debug for PageRef {
 
 type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
 
+/// Most derived-page locks a propagation makes room for up front.
+const GUARDS_RESERVE_MAX: usize = 1 << 10;
+
 /// The parts of the clock a commit of deltas advances. The graph is left
 /// out: locks borrowed from it may be held meanwhile.
 struct Tally<'c> {
@@ -684,32 +687,33 @@ impl Mmsb {
         if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
             let Clock { log, deps, next_delta, timestamp, .. } = &mut *clock;
             let Deps { graph, functions, scratch } = deps;
-            let nodes: Vec<(u32, usize)> = guards
-                .iter()
-                .enumerate()
-                .filter_map(|(k, (id, _))| graph.node(*id).map(|n| (n, k)))
-                .collect();
-            let feeds = nodes.iter().any(|&(n, _)| !graph.slots[n as usize].data_children.is_empty());
+            // The graph node of each page of the batch (u32::MAX: none).
+            let node_of: Vec<u32> =
+                guards.iter().map(|(id, _)| graph.node(*id).unwrap_or(u32::MAX)).collect();
+            let feeds =
+                node_of.iter().any(|&n| n != u32::MAX && !graph.slots[n as usize].data_children.is_empty());
             if feeds || graph.has_pending() {
                 let t0 = Instant::now();
                 scratch.begin(graph.bound());
-                let mut node_of = vec![u32::MAX; guards.len()];
-                for &(n, k) in &nodes {
+                for (k, &n) in node_of.iter().enumerate().filter(|(_, &n)| n != u32::MAX) {
                     scratch.stage(n, guards[k].1.bytes()?, epochs[k]);
-                    node_of[k] = n;
                 }
                 for (u, &k) in updates.iter().zip(&slots) {
                     if node_of[k] != u32::MAX {
                         u.payload.apply_to(scratch.staged_mut(node_of[k], guards[k].1.len as usize))?;
                     }
                 }
-                let extra: Vec<u32> = nodes.iter().map(|t| t.0).collect();
+                let extra: Vec<u32> = node_of.into_iter().filter(|&n| n != u32::MAX).collect();
                 // The output buffer is reused across propagations. The plan
                 // write-locks each page it changes, after the batch's own
                 // (which keep their places: `slots` stays valid); a page of
                 // the batch keeps its lock there.
                 let mut derived = std::mem::take(&mut scratch.derived);
                 let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
+                // Room for as many derived pages as the last propagation had
+                // (up to a bound: one huge propagation should not make every
+                // later write allocate as much).
+                all.reserve(derived.capacity().min(GUARDS_RESERVE_MAX));
                 let stats = {
                     let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
                     propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived, &mut all)?
@@ -883,7 +887,8 @@ impl Mmsb {
         let mut derived = std::mem::take(&mut scratch.derived);
         scratch.begin(graph.bound());
         // The plan write-locks each page it changes (in `guards`).
-        let mut guards: Vec<(PageId, PageGuard<'_>)> = Vec::new();
+        let mut guards: Vec<(PageId, PageGuard<'_>)> =
+            Vec::with_capacity(derived.capacity().min(GUARDS_RESERVE_MAX));
         let stats =
             propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived, &mut guards)?;
         let mut tally = Tally { log, next_delta, timestamp };

@@ -522,7 +522,7 @@ const SMALL_DIFF: usize = 120;
 /// counts the differing bytes and picks dense or full as [`diff_direct`] does.
 fn encode_small_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> u64 {
     let len = new.len() as u64;
-    let ndiff = old.iter().zip(new).filter(|(a, b)| a != b).count() as u64;
+    let ndiff = count_differing(old, new);
     if ndiff == 0 {
         // The sparse encoding of no runs.
         out.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -544,10 +544,29 @@ fn encode_small_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> u64 {
         ndiff
     } else {
         head[0] = 3;
+        out.reserve(9 + new.len());
         out.extend_from_slice(&head);
         out.extend_from_slice(new);
         len
     }
+}
+
+/// How many bytes of `a` and `b` (of equal length) differ, eight at a time.
+#[inline]
+fn count_differing(a: &[u8], b: &[u8]) -> u64 {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let (mut n, mut wa, mut wb) = (0u64, a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut wa).zip(&mut wb) {
+        let (mut p, mut q) = ([0u8; 8], [0u8; 8]);
+        p.copy_from_slice(x);
+        q.copy_from_slice(y);
+        let d = u64::from_ne_bytes(p) ^ u64::from_ne_bytes(q);
+        // The high bit of each byte of `nz` is set exactly when that byte of
+        // `d` is not zero.
+        let nz = ((d & LOW7) + LOW7) | d;
+        n += u64::from((nz & !LOW7).count_ones());
+    }
+    n + wa.remainder().iter().zip(wb.remainder()).filter(|(x, y)| x != y).count() as u64
 }
 
 /// [`Payload::diff`] without an intermediate run list: one pass sizes the

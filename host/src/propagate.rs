@@ -555,7 +555,7 @@ impl<'a> Ctx<'_, 'a> {
         self.staged.get(n as usize) == Some(&self.gen)
     }
 
-    #[inline]
+    #[inline(always)]
     fn staged_bytes(&self, n: u32) -> &'a [u8] {
         let at = self.off[n as usize];
         &self.done[at..at + self.slots[n as usize].len]
@@ -650,6 +650,7 @@ const INLINE_INPUTS: usize = 8;
 /// Fill `dst` (one entry per argument) with the parents' bytes: staged
 /// copies, or the pages read through `guards` (one per unstaged argument,
 /// in order).
+#[inline]
 fn inputs<'a>(
     ctx: &Ctx<'_, 'a>,
     args: &[u32],
