@@ -709,6 +709,7 @@ impl Mmsb {
                 // (which keep their places: `slots` stays valid); a page of
                 // the batch keeps its lock there.
                 let mut derived = std::mem::take(&mut scratch.derived);
+                let own = guards.len();
                 let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
                 // Room for as many derived pages as the last propagation had
                 // (up to a bound: one huge propagation should not make every
@@ -725,7 +726,7 @@ impl Mmsb {
                 let mut tally = Tally { log, next_delta, timestamp };
                 let (mut users, mut applied) = (0, 0);
                 let res = self
-                    .apply_updates(&mut tally, &mut updates, &slots, &mut all, &mut users)
+                    .apply_updates(&mut tally, &mut updates, &slots, &mut all[..own], &mut users)
                     .and_then(|()| {
                         self.commit_derived(
                             &mut tally,
@@ -734,7 +735,7 @@ impl Mmsb {
                             &derived,
                             stats,
                             t0,
-                            &mut all,
+                            (&mut all, own),
                             &mut applied,
                         )
                     });
@@ -753,7 +754,8 @@ impl Mmsb {
     }
 
     /// Commit the deltas of a planned propagation (each page locked in
-    /// `guards` at [`Derived::guard`]) and emit its events; `applied`
+    /// `guards.0` at [`Derived::guard`], the first `guards.1` of them the
+    /// batch's own) and emit its events; `applied`
     /// counts the deltas applied, for the caller to tell the graph about
     /// (see [`Mmsb::settle_propagation`]).
     #[allow(clippy::too_many_arguments)]
@@ -765,7 +767,7 @@ impl Mmsb {
         derived: &[Derived],
         mut stats: PropagationStats,
         t0: Instant,
-        guards: &mut [(PageId, PageGuard<'_>)],
+        guards: (&mut [(PageId, PageGuard<'_>)], usize),
         applied: &mut usize,
     ) -> Result<PropagationStats> {
         let listen = self.events.active();
@@ -809,14 +811,20 @@ impl Mmsb {
     /// [`Change::Apply`] deltas with [`Source::Propagation`], framed and
     /// applied from the payload encodings and parents the plan left in its
     /// scratch sink, without building them. `guards` holds the write lock of
-    /// every derived page, at index [`Derived::guard`].
+    /// every derived page, at index [`Derived::guard`]; its first `own` are
+    /// the locks of the pages a batch writes itself.
+    ///
+    /// Derived pages are in host memory (the plan read their bytes and
+    /// holds their locks since), so only the batch's own pages can be GPU
+    /// pages for the post-commit flush, unless a derived one turns out not
+    /// to be (then every page is looked at, as the general path does).
     fn commit_planned(
         &self,
         tally: &mut Tally<'_>,
         functions: &Functions,
         sink: &Sink,
         derived: &[Derived],
-        guards: &mut [(PageId, PageGuard<'_>)],
+        (guards, own): (&mut [(PageId, PageGuard<'_>)], usize),
         applied: &mut usize,
     ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.commit", changes = derived.len()).entered();
@@ -837,6 +845,7 @@ impl Mmsb {
         let listen = self.events.active();
         let mut failed = None;
         let mut n = 0;
+        let mut device = false;
         for d in derived {
             let page = match guards.get_mut(d.guard) {
                 Some((id, page)) if *id == d.page => page,
@@ -849,7 +858,10 @@ impl Mmsb {
             let res = match &mut page.storage {
                 Storage::Host(b) => apply_encoded(enc, b),
                 // GPU pages queue the payload; the batch flushes below.
-                _ => d.payload(sink).and_then(|p| page.apply_checked(p)),
+                _ => {
+                    device = true;
+                    d.payload(sink).and_then(|p| page.apply_checked(p))
+                }
             };
             if let Err(e) = res {
                 failed = Some(e);
@@ -875,7 +887,8 @@ impl Mmsb {
             tally.log.poison_with(format!("a logged change could not be applied: {e}"));
             return Err(e);
         }
-        self.flush_gpu_pages(tally.log, guards)
+        let flush = if device { &guards[..] } else { &guards[..own.min(guards.len())] };
+        self.flush_gpu_pages(tally.log, flush)
     }
 
     /// Plan and commit a propagation of the queued work.
@@ -900,7 +913,7 @@ impl Mmsb {
             &derived,
             stats,
             t0,
-            &mut guards,
+            (&mut guards, 0),
             &mut applied,
         );
         drop(guards);
