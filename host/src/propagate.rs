@@ -9,9 +9,9 @@
 //! - a recompute whose bytes equal the page's current bytes writes nothing
 //!   and wakes nothing below it (**early cutoff**); otherwise the smallest
 //!   payload ([`Payload::diff`]) becomes a delta with
-//!   [`Source::Propagation`](crate::Source::Propagation), committed through
-//!   the same path as user deltas, so a log records it and replay needs no
-//!   recompute code;
+//!   [`Source::Propagation`](crate::Source::Propagation), logged as the
+//!   same record a user-built delta of that content would be, so replay
+//!   needs no recompute code;
 //! - pages of one level do not depend on each other; a wide level with
 //!   enough bytes is recomputed on several threads, with results identical
 //!   to the sequential order (outputs are committed in (level, node) order);
@@ -20,8 +20,10 @@
 //!   A panicking function is caught and reported as [`Error::Recompute`].
 //!
 //! The hot loop works on dense node indices with buffers reused across
-//! propagations: no map lookups and no per-node allocation besides the
-//! delta that is committed.
+//! propagations: no map lookups and no per-node allocation. A derived
+//! delta is its payload encoding and provenance parents in a scratch
+//! sink, framed into the log and applied from there; a page whose bytes
+//! change is locked once, from the read of its current bytes to the commit.
 //!
 //! [`Mmsb::register_function`]: crate::Mmsb::register_function
 
@@ -309,7 +311,7 @@ impl Scratch {
         self.arena.clear();
         self.heap.clear();
         self.fired.clear();
-        if self.sink.enc.capacity() > ARENA_KEEP {
+        if self.sink.enc.capacity() > ARENA_KEEP || self.sink.parents.capacity() > ARENA_KEEP / 16 {
             self.sink = Sink::default();
         }
         self.sink.clear();
