@@ -3,20 +3,25 @@
 use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
 use crate::change::Change;
 use crate::checkpoint::{CheckpointInfo, CheckpointWriter};
+use crate::codec::delta::apply_encoded;
 use crate::codec::page::PageImage;
 use crate::codec::Limits;
-use crate::delta::{Delta, Payload, Source};
+use crate::delta::{Payload, Source};
 use crate::events::{event_for_change, Event, EventBus, SourceKind, Subscription};
+use crate::graph::Graph;
 use crate::graph::{EdgeKind, PageHandle};
+use crate::log::writer::DerivedRecord;
 use crate::log::{Durability, LogStats, LogWriter, RecoveryMode, RecoveryReport};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
-use crate::propagate::{self, Deps, Derived, PropagationMode, PropagationStats, Settings};
+use crate::propagate::{
+    self, Deps, Derived, Functions, PropagationMode, PropagationStats, Scratch, Settings, Sink,
+};
 use crate::registry::{PageCell, Registry};
 use crate::replay::StateImage;
 use crate::vfs::{StdVfs, Vfs};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
-use shared_types::{DeltaId, Epoch, PageId};
+use shared_types::{Epoch, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -207,6 +212,17 @@ impl std::fmt::Debug for PageRef {
 
 type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
 
+/// Most derived-page locks a propagation makes room for up front.
+const GUARDS_RESERVE_MAX: usize = 1 << 10;
+
+/// The parts of the clock a commit of deltas advances. The graph is left
+/// out: locks borrowed from it may be held meanwhile.
+struct Tally<'c> {
+    log: &'c mut LogWriter,
+    next_delta: &'c mut u64,
+    timestamp: &'c mut u64,
+}
+
 /// Counters, log and dependency state owned by the commit path (one
 /// writer at a time).
 #[derive(Debug)]
@@ -216,13 +232,7 @@ struct Clock {
     timestamp: u64,
     log: LogWriter,
     deps: Deps,
-    /// An emptied change list kept by `commit` for the next propagation's
-    /// derived deltas (a multi-KiB allocation per propagation otherwise).
-    spare_changes: Vec<Change>,
 }
-
-/// Change lists up to this many entries are kept for reuse.
-const SPARE_CHANGES_MAX: usize = 1 << 12;
 
 enum DirHolder {
     Temp(tempfile::TempDir),
@@ -365,7 +375,6 @@ impl Mmsb {
                 timestamp: image.timestamp,
                 log,
                 deps: Deps::default(),
-                spare_changes: Vec::new(),
             }),
             stopped: AtomicBool::new(false),
             vfs,
@@ -675,103 +684,101 @@ impl Mmsb {
 
         // Immediate propagation is planned on staged copies before anything
         // is applied: if a recompute fails, the batch is refused whole.
-        // The output buffer is reused across propagations.
-        let mut derived = std::mem::take(&mut clock.deps.scratch.derived);
-        let mut planned = None;
         if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
-            let Deps { graph, functions, scratch } = &mut clock.deps;
-            let nodes: Vec<(u32, usize)> = guards
-                .iter()
-                .enumerate()
-                .filter_map(|(k, (id, _))| graph.node(*id).map(|n| (n, k)))
-                .collect();
-            let feeds = nodes.iter().any(|&(n, _)| !graph.slots[n as usize].data_children.is_empty());
+            let Clock { log, deps, next_delta, timestamp, .. } = &mut *clock;
+            let Deps { graph, functions, scratch } = deps;
+            // The graph node of each page of the batch (u32::MAX: none).
+            let node_of: Vec<u32> =
+                guards.iter().map(|(id, _)| graph.node(*id).unwrap_or(u32::MAX)).collect();
+            let feeds =
+                node_of.iter().any(|&n| n != u32::MAX && !graph.slots[n as usize].data_children.is_empty());
             if feeds || graph.has_pending() {
                 let t0 = Instant::now();
                 scratch.begin(graph.bound());
-                let mut node_of = vec![u32::MAX; guards.len()];
-                for &(n, k) in &nodes {
+                for (k, &n) in node_of.iter().enumerate().filter(|(_, &n)| n != u32::MAX) {
                     scratch.stage(n, guards[k].1.bytes()?, epochs[k]);
-                    node_of[k] = n;
                 }
                 for (u, &k) in updates.iter().zip(&slots) {
                     if node_of[k] != u32::MAX {
                         u.payload.apply_to(scratch.staged_mut(node_of[k], guards[k].1.len as usize))?;
                     }
                 }
-                let extra: Vec<u32> = nodes.iter().map(|t| t.0).collect();
-                let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
-                let stats = propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived)?;
-                planned = Some((stats, t0));
+                let extra: Vec<u32> = node_of.into_iter().filter(|&n| n != u32::MAX).collect();
+                // The output buffer is reused across propagations. The plan
+                // write-locks each page it changes, after the batch's own
+                // (which keep their places: `slots` stays valid); a page of
+                // the batch keeps its lock there.
+                let mut derived = std::mem::take(&mut scratch.derived);
+                let own = guards.len();
+                let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
+                // Room for as many derived pages as the last propagation had
+                // (up to a bound: one huge propagation should not make every
+                // later write allocate as much).
+                all.reserve(derived.capacity().min(GUARDS_RESERVE_MAX));
+                let stats = {
+                    let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
+                    propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived, &mut all)?
+                };
+                for d in derived.iter_mut().filter(|d| d.guard == usize::MAX) {
+                    d.guard = ids.binary_search(&d.page).unwrap_or(usize::MAX);
+                }
+                let mut updates = updates;
+                let mut tally = Tally { log, next_delta, timestamp };
+                let (mut users, mut applied) = (0, 0);
+                let res = self
+                    .apply_updates(&mut tally, &mut updates, &slots, &mut all[..own], &mut users)
+                    .and_then(|()| {
+                        self.commit_derived(
+                            &mut tally,
+                            functions,
+                            scratch,
+                            &derived,
+                            stats,
+                            t0,
+                            (&mut all, own),
+                            &mut applied,
+                        )
+                    });
+                drop(all);
+                for u in &updates[..users] {
+                    graph.on_apply(u.page, false);
+                }
+                Self::settle_propagation(graph, &mut derived, applied, res.is_ok());
+                scratch.derived = derived;
+                res?;
+                return Ok(results);
             }
         }
-        let Some((stats, t0)) = planned else {
-            clock.deps.scratch.derived = derived;
-            self.commit_updates(clock, updates, &slots, &mut guards)?;
-            return Ok(results);
-        };
-        let changes = updates
-            .into_iter()
-            .enumerate()
-            .map(|(i, u)| {
-                Change::Apply(Delta {
-                    id: DeltaId(clock.next_delta + i as u64),
-                    page: u.page,
-                    base_epoch: u.base_epoch,
-                    payload: u.payload,
-                    source: Source::User,
-                    tag: None,
-                    timestamp: clock.timestamp + 1 + i as u64,
-                })
-            })
-            .collect();
-        // Lock the derived pages the batch does not hold yet.
-        let mut cells: Vec<(PageId, PageCell)> = Vec::with_capacity(derived.len());
-        for d in derived.iter().filter(|d| ids.binary_search(&d.page).is_err()) {
-            cells.push((d.page, clock.deps.graph.cell(d.node)?));
-        }
-        let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
-        all.reserve(cells.len());
-        all.extend(cells.iter().map(|(id, c)| (*id, c.write())));
-        all.sort_unstable_by_key(|(id, _)| *id);
-        self.commit(clock, changes, &mut all)?;
-        self.commit_derived(clock, &mut derived, stats, t0, &mut all)?;
-        clock.deps.scratch.derived = derived;
+        self.commit_updates(clock, updates, &slots, &mut guards)?;
         Ok(results)
     }
 
-    /// Commit the deltas of a planned propagation (pages locked in
-    /// `guards`), emit its events and forget the work it covered.
+    /// Commit the deltas of a planned propagation (each page locked in
+    /// `guards.0` at [`Derived::guard`], the first `guards.1` of them the
+    /// batch's own) and emit its events; `applied`
+    /// counts the deltas applied, for the caller to tell the graph about
+    /// (see [`Mmsb::settle_propagation`]).
+    #[allow(clippy::too_many_arguments)]
     fn commit_derived(
         &self,
-        clock: &mut Clock,
-        derived: &mut Vec<Derived>,
+        tally: &mut Tally<'_>,
+        functions: &Functions,
+        scratch: &Scratch,
+        derived: &[Derived],
         mut stats: PropagationStats,
         t0: Instant,
-        guards: &mut [(PageId, PageGuard<'_>)],
+        guards: (&mut [(PageId, PageGuard<'_>)], usize),
+        applied: &mut usize,
     ) -> Result<PropagationStats> {
         let listen = self.events.active();
         if listen {
             self.events.send(Event::PropagationStarted { dirty: stats.dirty });
         }
-        let mut changes = std::mem::take(&mut clock.spare_changes);
-        changes.extend(derived.drain(..).enumerate().map(|(i, d)| {
-            Change::Apply(Delta {
-                id: DeltaId(clock.next_delta + i as u64),
-                page: d.page,
-                base_epoch: None,
-                payload: d.payload,
-                source: Source::Propagation(d.provenance),
-                tag: None,
-                timestamp: clock.timestamp + 1 + i as u64,
-            })
-        }));
-        self.commit(clock, changes, guards)?;
-        clock.deps.graph.clear_pending();
+        self.commit_planned(tally, functions, &scratch.sink, derived, guards, applied)?;
         stats.duration = t0.elapsed();
         self.monitor.propagated(stats.duration);
         if listen {
-            for &(page, changed) in &clock.deps.scratch.fired {
+            for &(page, changed) in &scratch.fired {
                 self.events.send(Event::Recomputed { page, changed });
             }
             self.events.send(Event::PropagationFinished {
@@ -784,21 +791,135 @@ impl Mmsb {
         Ok(stats)
     }
 
+    /// After a committed propagation (once the locks borrowed from the
+    /// graph are released): the first `applied` derived deltas reach the
+    /// graph, and the queued work is forgotten when the commit succeeded.
+    fn settle_propagation(graph: &mut Graph, derived: &mut Vec<Derived>, applied: usize, ok: bool) {
+        // A derived delta of a page that was not stale and has no control
+        // edges leaves the graph as it is.
+        for d in derived[..applied].iter().filter(|d| d.flags) {
+            graph.on_apply_node(d.node, true);
+        }
+        derived.clear();
+        if ok {
+            graph.clear_pending();
+        }
+    }
+
+    /// The commit path of planned derived deltas: the same log records,
+    /// epochs, counters and events as [`Mmsb::commit`] of the equivalent
+    /// [`Change::Apply`] deltas with [`Source::Propagation`], framed and
+    /// applied from the payload encodings and parents the plan left in its
+    /// scratch sink, without building them. `guards` holds the write lock of
+    /// every derived page, at index [`Derived::guard`]; its first `own` are
+    /// the locks of the pages a batch writes itself.
+    ///
+    /// Derived pages are in host memory (the plan read their bytes and
+    /// holds their locks since), so only the batch's own pages can be GPU
+    /// pages for the post-commit flush, unless a derived one turns out not
+    /// to be (then every page is looked at, as the general path does).
+    fn commit_planned(
+        &self,
+        tally: &mut Tally<'_>,
+        functions: &Functions,
+        sink: &Sink,
+        derived: &[Derived],
+        (guards, own): (&mut [(PageId, PageGuard<'_>)], usize),
+        applied: &mut usize,
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("mmsb.commit", changes = derived.len()).entered();
+        let (first_id, first_ts) = (*tally.next_delta, *tally.timestamp + 1);
+        tally.log.append_derived(derived.len(), |i| {
+            let d = &derived[i];
+            DerivedRecord {
+                id: first_id + i as u64,
+                page: d.page,
+                timestamp: first_ts + i as u64,
+                function: &functions.entries[d.func as usize].name,
+                version: d.version,
+                parents: d.parent_epochs(sink),
+                payload: d.encoded(sink),
+            }
+        })?;
+        tally.log.commit()?;
+        let listen = self.events.active();
+        let mut failed = None;
+        let mut n = 0;
+        let mut device = false;
+        for d in derived {
+            let page = match guards.get_mut(d.guard) {
+                Some((id, page)) if *id == d.page => page,
+                _ => {
+                    failed = Some(Error::PageNotFound(d.page));
+                    break;
+                }
+            };
+            let enc = d.encoded(sink);
+            let res = match &mut page.storage {
+                Storage::Host(b) => apply_encoded(enc, b),
+                // GPU pages queue the payload; the batch flushes below.
+                _ => {
+                    device = true;
+                    d.payload(sink).and_then(|p| page.apply_checked(p))
+                }
+            };
+            if let Err(e) = res {
+                failed = Some(e);
+                break;
+            }
+            page.epoch = Epoch(page.epoch.0 + 1);
+            n += 1;
+            if listen {
+                self.events.send(Event::DeltaApplied {
+                    page: d.page,
+                    epoch: page.epoch,
+                    source: SourceKind::Propagation,
+                    bytes: d.touched,
+                });
+            }
+        }
+        *tally.next_delta += n as u64;
+        *tally.timestamp += n as u64;
+        *applied = n;
+        self.monitor.derived_applied(n as u64);
+        if let Some(e) = failed {
+            // Logged but not applied: memory and log disagree from here on.
+            tally.log.poison_with(format!("a logged change could not be applied: {e}"));
+            return Err(e);
+        }
+        let flush = if device { &guards[..] } else { &guards[..own.min(guards.len())] };
+        self.flush_gpu_pages(tally.log, flush)
+    }
+
     /// Plan and commit a propagation of the queued work.
     fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
         let _span = tracing::debug_span!("mmsb.propagate").entered();
         let t0 = Instant::now();
-        let Deps { graph, functions, scratch } = &mut clock.deps;
+        let Clock { log, deps, next_delta, timestamp, .. } = clock;
+        let Deps { graph, functions, scratch } = deps;
         let mut derived = std::mem::take(&mut scratch.derived);
         scratch.begin(graph.bound());
-        let stats = propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived)?;
-        let cells: Vec<(PageId, PageCell)> =
-            derived.iter().map(|d| graph.cell(d.node).map(|c| (d.page, c))).collect::<Result<_>>()?;
-        let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
-        guards.sort_unstable_by_key(|(id, _)| *id);
-        let stats = self.commit_derived(clock, &mut derived, stats, t0, &mut guards)?;
-        clock.deps.scratch.derived = derived;
-        Ok(stats)
+        // The plan write-locks each page it changes (in `guards`).
+        let mut guards: Vec<(PageId, PageGuard<'_>)> =
+            Vec::with_capacity(derived.capacity().min(GUARDS_RESERVE_MAX));
+        let stats =
+            propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived, &mut guards)?;
+        let mut tally = Tally { log, next_delta, timestamp };
+        let mut applied = 0;
+        let res = self.commit_derived(
+            &mut tally,
+            functions,
+            scratch,
+            &derived,
+            stats,
+            t0,
+            (&mut guards, 0),
+            &mut applied,
+        );
+        drop(guards);
+        Self::settle_propagation(graph, &mut derived, applied, res.is_ok());
+        scratch.derived = derived;
+        res
     }
 
     /// Bring every derived page up to date: recompute the pages below the
@@ -1110,27 +1231,23 @@ impl Mmsb {
         }
         clock.log.append(&changes)?;
         clock.log.commit()?;
-        let mut changes = changes;
-        for change in changes.drain(..) {
+        for change in changes {
             if let Err(e) = self.apply_change(clock, change, guards) {
                 // Logged but not applied: memory and log disagree from here on.
                 clock.log.poison_with(format!("a logged change could not be applied: {e}"));
                 return Err(e);
             }
         }
-        if changes.capacity() <= SPARE_CHANGES_MAX && changes.capacity() > clock.spare_changes.capacity() {
-            clock.spare_changes = changes;
-        }
-        self.flush_gpu_pages(clock, guards)
+        self.flush_gpu_pages(&mut clock.log, guards)
     }
 
     /// After a commit: GPU pages queue their deltas; Immediate applies them
     /// before the commit returns. A failed flush loses queued deltas that
     /// are already logged, so, like a failed apply, it poisons the log.
-    fn flush_gpu_pages(&self, clock: &mut Clock, guards: &[(PageId, PageGuard<'_>)]) -> Result<()> {
+    fn flush_gpu_pages(&self, log: &mut LogWriter, guards: &[(PageId, PageGuard<'_>)]) -> Result<()> {
         let pages = guards.iter().filter_map(|(_, g)| g.storage.gpu());
         if let Err(e) = crate::gpu::after_commit(self.gpu_apply, pages) {
-            clock.log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
+            log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
             return Err(e);
         }
         Ok(())
@@ -1143,20 +1260,42 @@ impl Mmsb {
     fn commit_updates(
         &self,
         clock: &mut Clock,
-        updates: Vec<Update>,
+        mut updates: Vec<Update>,
         slots: &[usize],
         guards: &mut [(PageId, PageGuard<'_>)],
     ) -> Result<()> {
+        let Clock { log, deps, next_delta, timestamp, .. } = clock;
+        let mut tally = Tally { log, next_delta, timestamp };
+        let mut applied = 0;
+        let res = self.apply_updates(&mut tally, &mut updates, slots, guards, &mut applied);
+        if !deps.graph.is_empty() {
+            for u in &updates[..applied] {
+                deps.graph.on_apply(u.page, false);
+            }
+        }
+        res
+    }
+
+    /// Log and apply validated user updates (see [`Mmsb::commit_updates`])
+    /// with the graph left alone: `applied` counts the updates applied, for
+    /// the caller to tell the graph about (also when one fails after
+    /// logging, which poisons the log).
+    fn apply_updates(
+        &self,
+        tally: &mut Tally<'_>,
+        updates: &mut [Update],
+        slots: &[usize],
+        guards: &mut [(PageId, PageGuard<'_>)],
+        applied: &mut usize,
+    ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.commit", changes = updates.len()).entered();
-        clock.log.append_updates(&updates, clock.next_delta, clock.timestamp + 1)?;
-        clock.log.commit()?;
+        tally.log.append_updates(updates, *tally.next_delta, *tally.timestamp + 1)?;
+        tally.log.commit()?;
         let listen = self.events.active();
-        let graph = !clock.deps.graph.is_empty();
-        let mut applied = 0u64;
         let mut failed = None;
         // The counters stay in registers through the loop.
-        let (mut next_delta, mut timestamp) = (clock.next_delta, clock.timestamp);
-        let mut updates = updates;
+        let (mut next_delta, mut timestamp) = (*tally.next_delta, *tally.timestamp);
+        let mut n = 0;
         for (u, &k) in updates.iter_mut().zip(slots) {
             let Some((_, page)) = guards.get_mut(k) else {
                 failed = Some(Error::Invariant(format!("no lock held on page {}", u.page)));
@@ -1175,12 +1314,9 @@ impl Mmsb {
                 break;
             }
             page.epoch = Epoch(page.epoch.0 + 1);
-            applied += 1;
+            n += 1;
             next_delta += 1;
             timestamp += 1;
-            if graph {
-                clock.deps.graph.on_apply(u.page, false);
-            }
             if listen {
                 let epoch = page.epoch;
                 self.events.send(Event::DeltaApplied {
@@ -1191,14 +1327,15 @@ impl Mmsb {
                 });
             }
         }
-        (clock.next_delta, clock.timestamp) = (next_delta, timestamp);
-        self.monitor.deltas_applied(applied);
+        (*tally.next_delta, *tally.timestamp) = (next_delta, timestamp);
+        *applied = n;
+        self.monitor.deltas_applied(n as u64);
         if let Some(e) = failed {
             // Logged but not applied: memory and log disagree from here on.
-            clock.log.poison_with(format!("a logged change could not be applied: {e}"));
+            tally.log.poison_with(format!("a logged change could not be applied: {e}"));
             return Err(e);
         }
-        self.flush_gpu_pages(clock, guards)
+        self.flush_gpu_pages(tally.log, guards)
     }
 
     /// Apply one validated change and advance the clock.

@@ -416,6 +416,159 @@ impl Payload {
     }
 }
 
+/// Append the payload encoding (see [`crate::codec::delta`]) of
+/// [`Payload::diff`]`(old, new)` to `out`, byte for byte what
+/// [`crate::codec::delta::encode_payload`] writes for it, without building
+/// the payload; returns the bytes it touches ([`Payload::touched`]). `out`
+/// is unchanged on error.
+///
+/// # Errors
+/// As [`Payload::diff`].
+pub(crate) fn encode_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<u64> {
+    if old.len() != new.len() {
+        return Err(Error::invalid_delta(
+            None,
+            format!("cannot diff pages of {} and {} bytes", old.len(), new.len()),
+        ));
+    }
+    if old.is_empty() {
+        return Err(Error::invalid_delta(None, "cannot diff empty pages"));
+    }
+    let len = new.len() as u64;
+    if new.len() <= SMALL_DIFF {
+        return Ok(encode_small_diff(old, new, out));
+    }
+    // The sizing pass of `diff_direct`, for the same choice.
+    let (mut ndiff, mut bridged_runs, mut bridged_bytes) = (0u64, 0u64, 0u64);
+    let mut cur: Option<(u64, u64)> = None;
+    visit_runs(old, new, |o, l| {
+        ndiff += l;
+        cur = match cur {
+            Some((s, e)) if o - e < 16 => Some((s, o + l)),
+            Some((s, e)) => {
+                bridged_runs += 1;
+                bridged_bytes += e - s;
+                Some((o, o + l))
+            }
+            None => Some((o, o + l)),
+        };
+    });
+    if let Some((s, e)) = cur {
+        bridged_runs += 1;
+        bridged_bytes += e - s;
+    }
+    let sparse_cost = 16 * bridged_runs + bridged_bytes;
+    let dense_cost = len.div_ceil(8) + ndiff;
+    let start = out.len();
+    if sparse_cost <= dense_cost && sparse_cost <= len {
+        out.reserve(9 + sparse_cost as usize);
+        out.push(2);
+        out.extend_from_slice(&bridged_runs.to_le_bytes());
+        // Run table first, then the runs' bytes.
+        let table = out.len();
+        out.resize(table + 16 * bridged_runs as usize, 0);
+        let mut k = table;
+        let mut emit = |out: &mut Vec<u8>, s: u64, e: u64| {
+            out[k..k + 8].copy_from_slice(&s.to_le_bytes());
+            out[k + 8..k + 16].copy_from_slice(&(e - s).to_le_bytes());
+            k += 16;
+            out.extend_from_slice(&new[s as usize..e as usize]);
+        };
+        let mut cur: Option<(u64, u64)> = None;
+        visit_runs(old, new, |o, l| {
+            cur = match cur {
+                Some((s, e)) if o - e < 16 => Some((s, o + l)),
+                Some((s, e)) => {
+                    emit(out, s, e);
+                    Some((o, o + l))
+                }
+                None => Some((o, o + l)),
+            };
+        });
+        if let Some((s, e)) = cur {
+            emit(out, s, e);
+        }
+        debug_assert_eq!(out.len() - start, 9 + sparse_cost as usize);
+        Ok(bridged_bytes)
+    } else if dense_cost <= len {
+        out.reserve(9 + dense_cost as usize);
+        out.push(1);
+        out.extend_from_slice(&len.to_le_bytes());
+        let mask = out.len();
+        out.resize(mask + len.div_ceil(8) as usize, 0);
+        visit_runs(old, new, |o, l| {
+            for i in o..o + l {
+                out[mask + (i / 8) as usize] |= 1 << (i % 8);
+            }
+            out.extend_from_slice(&new[o as usize..(o + l) as usize]);
+        });
+        debug_assert_eq!(out.len() - start, 9 + dense_cost as usize);
+        Ok(ndiff)
+    } else {
+        out.reserve(9 + new.len());
+        out.push(3);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(new);
+        Ok(len)
+    }
+}
+
+/// Pages up to this length never take the sparse encoding of a non-empty
+/// diff: its cost is at least 16 (one run header) plus the differing bytes,
+/// more than the dense cost of `ceil(len / 8)` mask bytes plus the same.
+const SMALL_DIFF: usize = 120;
+
+/// [`encode_diff`] of pages of equal length up to [`SMALL_DIFF`] bytes:
+/// counts the differing bytes and picks dense or full as [`diff_direct`] does.
+fn encode_small_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> u64 {
+    let len = new.len() as u64;
+    let ndiff = count_differing(old, new);
+    if ndiff == 0 {
+        // The sparse encoding of no runs.
+        out.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        return 0;
+    }
+    let mut head = [0u8; 9];
+    head[1..].copy_from_slice(&len.to_le_bytes());
+    if len.div_ceil(8) + ndiff <= len {
+        head[0] = 1;
+        out.extend_from_slice(&head);
+        let mask = out.len();
+        out.resize(mask + new.len().div_ceil(8), 0);
+        for (i, (a, b)) in old.iter().zip(new).enumerate() {
+            if a != b {
+                out[mask + i / 8] |= 1 << (i % 8);
+            }
+        }
+        out.extend(old.iter().zip(new).filter(|(a, b)| a != b).map(|(_, b)| *b));
+        ndiff
+    } else {
+        head[0] = 3;
+        out.reserve(9 + new.len());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(new);
+        len
+    }
+}
+
+/// How many bytes of `a` and `b` (of equal length) differ, eight at a time.
+#[inline]
+fn count_differing(a: &[u8], b: &[u8]) -> u64 {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let (mut n, mut wa, mut wb) = (0u64, a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut wa).zip(&mut wb) {
+        let (mut p, mut q) = ([0u8; 8], [0u8; 8]);
+        p.copy_from_slice(x);
+        q.copy_from_slice(y);
+        let d = u64::from_ne_bytes(p) ^ u64::from_ne_bytes(q);
+        // The high bit of each byte of `nz` is set exactly when that byte of
+        // `d` is not zero.
+        let nz = ((d & LOW7) + LOW7) | d;
+        n += u64::from((nz & !LOW7).count_ones());
+    }
+    n + wa.remainder().iter().zip(wb.remainder()).filter(|(x, y)| x != y).count() as u64
+}
+
 /// [`Payload::diff`] without an intermediate run list: one pass sizes the
 /// three encodings, a second builds the cheapest (the same choice as
 /// [`diff_from_runs`]).
@@ -756,6 +909,75 @@ mod tests {
             d.apply_to(&mut page).unwrap();
             proptest::prop_assert_eq!(page, new);
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoded_diff_is_the_encoding_of_the_diff(
+            pairs in proptest::collection::vec((proptest::prelude::any::<u8>(), 0u8..64), 1..700),
+            every in 1u8..64,
+            prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
+        ) {
+            let old: Vec<u8> = pairs.iter().map(|p| p.0).collect();
+            let new: Vec<u8> =
+                pairs.iter().map(|p| if p.1 % every == 0 { p.0.wrapping_add(1) } else { p.0 }).collect();
+            let d = Payload::diff(&old, &new).unwrap();
+            let mut want = prefix.clone();
+            crate::codec::delta::encode_payload(&d, &mut want);
+            let mut got = prefix.clone();
+            let touched = encode_diff(&old, &new, &mut got).unwrap();
+            proptest::prop_assert_eq!(&got, &want);
+            proptest::prop_assert_eq!(touched, d.touched());
+        }
+    }
+
+    #[test]
+    fn encoded_diff_covers_each_kind_and_refuses_bad_lengths() {
+        let old = vec![0u8; 4096];
+        let mut one = old.clone();
+        one[100] = 1;
+        let mut half = old.clone();
+        half.iter_mut().step_by(2).for_each(|b| *b = 1);
+        let every = vec![3u8; 4096];
+        for (new, kind) in [(&one, 2u8), (&half, 1), (&every, 3)] {
+            let mut want = Vec::new();
+            crate::codec::delta::encode_payload(&Payload::diff(&old, new).unwrap(), &mut want);
+            let mut got = vec![7u8];
+            encode_diff(&old, new, &mut got).unwrap();
+            assert_eq!(got[0], 7);
+            assert_eq!(got[1], kind);
+            assert_eq!(&got[1..], &want[..]);
+        }
+        // Around the small-page cut-over, every kind and no change at all.
+        for len in [1usize, 7, 8, 9, 15, 16, 17, 119, 120, 121, 128, 200] {
+            let old: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            type Edit<'a> = &'a dyn Fn(&mut Vec<u8>);
+            let edits: [Edit<'_>; 5] = [
+                &|_| {},
+                &|v| v[0] ^= 1,
+                &|v| {
+                    let n = v.len();
+                    v[n - 1] ^= 1;
+                    v[n / 2] ^= 2;
+                },
+                &|v| v.iter_mut().step_by(3).for_each(|b| *b ^= 4),
+                &|v| v.iter_mut().for_each(|b| *b ^= 8),
+            ];
+            for edit in edits {
+                let mut new = old.clone();
+                edit(&mut new);
+                let d = Payload::diff(&old, &new).unwrap();
+                let mut want = Vec::new();
+                crate::codec::delta::encode_payload(&d, &mut want);
+                let mut got = Vec::new();
+                assert_eq!(encode_diff(&old, &new, &mut got).unwrap(), d.touched());
+                assert_eq!(got, want, "{len} bytes");
+            }
+        }
+        let mut out = vec![1u8, 2];
+        assert!(encode_diff(&old, &old[1..], &mut out).is_err());
+        assert!(encode_diff(&[], &[], &mut out).is_err());
+        assert_eq!(out, [1, 2]);
     }
 
     #[test]

@@ -143,14 +143,6 @@ impl Graph {
         self.index.get(&page).copied()
     }
 
-    /// The page handle of a live node.
-    ///
-    /// # Errors
-    /// [`Error::Invariant`] for a free slot.
-    pub(crate) fn cell(&self, n: u32) -> Result<PageCell> {
-        self.slots[n as usize].cell.clone().ok_or_else(|| Error::Invariant(format!("graph slot {n} is free")))
-    }
-
     /// One past the largest dense index.
     pub(crate) fn bound(&self) -> usize {
         self.slots.len()
@@ -431,7 +423,14 @@ impl Graph {
     /// propagation, its data children are due.
     #[inline]
     pub(crate) fn on_apply(&mut self, page: PageId, propagated: bool) {
-        let Some(n) = self.node(page) else { return };
+        if let Some(n) = self.node(page) {
+            self.on_apply_node(n, propagated);
+        }
+    }
+
+    /// [`Graph::on_apply`] for the page of live node `n`.
+    #[inline]
+    pub(crate) fn on_apply_node(&mut self, n: u32, propagated: bool) {
         let s = &mut self.slots[n as usize];
         s.stale = false;
         let due = !propagated && !s.data_children.is_empty() && !s.pending;

@@ -9,9 +9,9 @@
 //! - a recompute whose bytes equal the page's current bytes writes nothing
 //!   and wakes nothing below it (**early cutoff**); otherwise the smallest
 //!   payload ([`Payload::diff`]) becomes a delta with
-//!   [`Source::Propagation`](crate::Source::Propagation), committed through
-//!   the same path as user deltas, so a log records it and replay needs no
-//!   recompute code;
+//!   [`Source::Propagation`](crate::Source::Propagation), logged as the
+//!   same record a user-built delta of that content would be, so replay
+//!   needs no recompute code;
 //! - pages of one level do not depend on each other; a wide level with
 //!   enough bytes is recomputed on several threads, with results identical
 //!   to the sequential order (outputs are committed in (level, node) order);
@@ -20,16 +20,18 @@
 //!   A panicking function is caught and reported as [`Error::Recompute`].
 //!
 //! The hot loop works on dense node indices with buffers reused across
-//! propagations: no map lookups and no per-node allocation besides the
-//! delta that is committed.
+//! propagations: no map lookups and no per-node allocation. A derived
+//! delta is its payload encoding and provenance parents in a scratch
+//! sink, framed into the log and applied from there; a page whose bytes
+//! change is locked once, from the read of its current bytes to the commit.
 //!
 //! [`Mmsb::register_function`]: crate::Mmsb::register_function
 
-use crate::delta::{Payload, Provenance};
+use crate::delta::{encode_diff, Payload};
 use crate::graph::{Graph, Slot};
 use crate::page::Page;
 use crate::{Error, Result};
-use parking_lot::RwLockReadGuard;
+use parking_lot::{RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use shared_types::{Epoch, PageId};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -164,19 +166,90 @@ pub(crate) struct Settings {
     pub(crate) parallel_min_bytes: usize,
 }
 
-/// A derived delta ready to commit.
-#[derive(Debug)]
+/// A derived delta ready to commit. Its payload encoding and the parents
+/// of its provenance live in the [`Sink`] of the propagation that planned
+/// it (no allocation per delta); [`Derived::payload`] rebuilds the owned
+/// payload.
+#[derive(Clone, Debug)]
 pub(crate) struct Derived {
     pub(crate) node: u32,
     pub(crate) page: PageId,
-    pub(crate) payload: Payload,
-    pub(crate) provenance: Provenance,
+    /// Index of the recompute function in [`Functions::entries`].
+    pub(crate) func: u32,
+    pub(crate) version: u32,
+    /// Where its payload encoding is in [`Sink::enc`].
+    pub(crate) enc: std::ops::Range<usize>,
+    /// Where its parents are in [`Sink::parents`].
+    pub(crate) parents: std::ops::Range<usize>,
+    /// Bytes the payload touches ([`Payload::touched`]).
+    pub(crate) touched: u64,
+    /// Where the commit path holds the page's write lock (see [`plan`]).
+    pub(crate) guard: usize,
+    /// Whether applying it may change the graph's flags (the page is stale
+    /// or has control edges): see [`Graph::on_apply_node`].
+    pub(crate) flags: bool,
+}
+
+impl Derived {
+    /// The payload encoding.
+    #[inline]
+    pub(crate) fn encoded<'s>(&self, sink: &'s Sink) -> &'s [u8] {
+        &sink.enc[self.enc.clone()]
+    }
+
+    /// The parents and the epochs they were read at.
+    #[inline]
+    pub(crate) fn parent_epochs<'s>(&self, sink: &'s Sink) -> &'s [(PageId, Epoch)] {
+        &sink.parents[self.parents.clone()]
+    }
+
+    /// The owned payload.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] only if the sink does not hold this delta.
+    pub(crate) fn payload(&self, sink: &Sink) -> Result<Payload> {
+        crate::codec::delta::decode_payload(self.encoded(sink), &crate::codec::Limits::unbounded())
+    }
+}
+
+/// Payload encodings and provenance parents of the derived deltas of one
+/// propagation, appended in commit order.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub(crate) enc: Vec<u8>,
+    pub(crate) parents: Vec<(PageId, Epoch)>,
+}
+
+impl Sink {
+    fn clear(&mut self) {
+        self.enc.clear();
+        self.parents.clear();
+    }
 }
 
 pub(crate) enum Outcome {
     Unchanged,
-    Changed { payload: Payload, parents: Vec<(PageId, Epoch)>, epoch: Epoch },
+    /// Payload encoding and parents at these ranges of the sink the
+    /// recompute wrote to.
+    Changed {
+        enc: std::ops::Range<usize>,
+        parents: usize,
+        touched: u64,
+        epoch: Epoch,
+    },
     Failed(Error),
+}
+
+impl Outcome {
+    /// The outcome with its sink ranges moved by `enc` and `parents`.
+    fn shifted(self, enc: usize, parents: usize) -> Outcome {
+        match self {
+            Outcome::Changed { enc: r, parents: p, touched, epoch } => {
+                Outcome::Changed { enc: r.start + enc..r.end + enc, parents: p + parents, touched, epoch }
+            }
+            other => other,
+        }
+    }
 }
 
 /// Buffers reused across propagations, indexed by dense node index. Marks
@@ -197,6 +270,9 @@ pub(crate) struct Scratch {
     pub(crate) fired: Vec<(PageId, bool)>,
     /// The output buffer of derived deltas, kept for the next propagation.
     pub(crate) derived: Vec<Derived>,
+    /// Payload encodings and parents of the derived deltas of the last
+    /// propagation.
+    pub(crate) sink: Sink,
 }
 
 impl std::fmt::Debug for Scratch {
@@ -235,6 +311,10 @@ impl Scratch {
         self.arena.clear();
         self.heap.clear();
         self.fired.clear();
+        if self.sink.enc.capacity() > ARENA_KEEP || self.sink.parents.capacity() > ARENA_KEEP / 16 {
+            self.sink = Sink::default();
+        }
+        self.sink.clear();
     }
 
     /// Stage node `n` with a copy of `bytes` at `epoch`, for the propagation
@@ -249,120 +329,220 @@ impl Scratch {
     }
 }
 
-#[inline]
-fn enqueue(
-    queued: &mut [u32],
-    heap: &mut BinaryHeap<Reverse<u64>>,
-    gen: u32,
-    slots: &[Slot],
-    n: u32,
-) -> bool {
-    let q = &mut queued[n as usize];
-    if *q == gen {
-        return false;
-    }
-    *q = gen;
-    heap.push(Reverse((u64::from(slots[n as usize].level) << 32) | u64::from(n)));
-    true
-}
+/// A recomputed page's lock, kept from the read of its current bytes in
+/// case its new bytes differ (readers may share it meanwhile).
+type Upgradable<'g> = RwLockUpgradableReadGuard<'g, Page>;
 
 /// Recompute everything below the graph's queued work and the `extra`
 /// changed nodes, staging new bytes; fills `out` with the derived deltas in
 /// commit order. Reads pages through read locks, or the staged copies.
+/// Each page a delta changes is write-locked onto `held` (the delta's
+/// [`Derived::guard`] is its index there), except pages staged by the
+/// caller before the plan, whose guard is left at `usize::MAX`.
 ///
 /// # Errors
 /// The first failed recompute ([`Error::Recompute`], [`Error::Function`]);
 /// nothing was applied.
-pub(crate) fn plan(
-    graph: &Graph,
+#[allow(clippy::type_complexity)]
+pub(crate) fn plan<'g>(
+    graph: &'g Graph,
     functions: &Functions,
     sc: &mut Scratch,
     extra: &[u32],
     settings: Settings,
     out: &mut Vec<Derived>,
+    held: &mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
 ) -> Result<PropagationStats> {
-    let mut stats = PropagationStats::default();
     let slots = &graph.slots[..];
-    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired, .. } = sc;
-    let gen = *gen;
+    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired, sink, .. } =
+        sc;
+    out.clear();
+    let mut st = Settle {
+        slots,
+        gen: *gen,
+        staged,
+        off,
+        epoch,
+        queued,
+        heap,
+        out,
+        fired,
+        held,
+        stats: PropagationStats::default(),
+    };
     for &n in graph.pending.iter().chain(extra) {
         for &c in &slots[n as usize].data_children {
-            stats.dirty += u64::from(enqueue(queued, heap, gen, slots, c));
+            st.enqueue(c);
         }
     }
     for &n in &graph.forced {
-        stats.dirty += u64::from(enqueue(queued, heap, gen, slots, n));
+        st.enqueue(n);
     }
-    while let Some(Reverse(key)) = heap.pop() {
+    // Read locks of the current recompute's unstaged parents.
+    let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
+    while let Some(Reverse(key)) = st.heap.pop() {
         let lvl = key >> 32;
         level.clear();
         level.push(key as u32);
-        while let Some(&Reverse(k)) = heap.peek() {
+        while let Some(&Reverse(k)) = st.heap.peek() {
             if k >> 32 != lvl {
                 break;
             }
-            heap.pop();
+            st.heap.pop();
             level.push(k as u32);
         }
         let base = arena.len();
-        let (mut total, mut work) = (0usize, 0usize);
-        for &n in level.iter() {
-            let s = &slots[n as usize];
-            total += s.len;
-            work += s.len + s.args.iter().map(|&p| slots[p as usize].len).sum::<usize>();
-        }
-        arena.resize(base + total, 0);
-        let (done, fresh) = arena.split_at_mut(base);
-        let ctx = Ctx { slots, functions: &functions.entries, gen, staged, off, epoch, done };
-        outcomes.clear();
+        let total: usize = level.iter().map(|&n| slots[n as usize].len).sum();
         let threads = settings.threads.min(level.len());
-        if threads > 1 && work >= settings.parallel_min_bytes {
-            compute_parallel(&ctx, level, fresh, threads, outcomes, spare);
-        } else {
-            compute(&ctx, level, fresh, outcomes, spare);
-        }
+        let parallel = threads > 1 && {
+            let inputs = |s: &Slot| s.args.iter().map(|&p| slots[p as usize].len).sum::<usize>();
+            total + level.iter().map(|&n| inputs(&slots[n as usize])).sum::<usize>()
+                >= settings.parallel_min_bytes
+        };
+        arena.resize(base + total, 0);
         let mut at = base;
-        for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
-            let s = &slots[n as usize];
-            stats.recomputed += 1;
-            match outcome {
-                Outcome::Failed(e) => return Err(e),
-                Outcome::Unchanged => {
-                    stats.cut_off += 1;
-                    fired.push((s.page, false));
-                }
-                Outcome::Changed { payload, parents, epoch: e } => {
-                    staged[n as usize] = gen;
-                    off[n as usize] = at;
-                    epoch[n as usize] = e;
-                    let b =
-                        s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
-                    out.push(Derived {
-                        node: n,
-                        page: s.page,
-                        payload,
-                        provenance: Provenance {
-                            function: functions.entries[b.func as usize].name.clone(),
-                            version: b.version,
-                            parents,
-                        },
-                    });
-                    fired.push((s.page, true));
-                    for &c in &s.data_children {
-                        stats.dirty += u64::from(enqueue(queued, heap, gen, slots, c));
-                    }
-                }
+        if parallel {
+            let (done, fresh) = arena.split_at_mut(base);
+            outcomes.clear();
+            compute_parallel(&st.ctx(functions, done), level, fresh, threads, outcomes, spare, sink);
+            for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
+                st.settle(n, outcome, at, None)?;
+                at += slots[n as usize].len;
             }
-            at += s.len;
+        } else {
+            // One recompute at a time, each settled at once (pages of one
+            // level never read each other): no outcome list, and the page's
+            // lock goes straight from the read to the commit.
+            for &n in level.iter() {
+                let len = slots[n as usize].len;
+                let (done, fresh) = arena.split_at_mut(base);
+                let mut lock = None;
+                let outcome = compute_one(
+                    &st.ctx(functions, done),
+                    n,
+                    &mut fresh[at - base..at - base + len],
+                    &mut guards,
+                    spare,
+                    sink,
+                    Some(&mut lock),
+                );
+                guards.clear();
+                st.settle(n, outcome, at, lock)?;
+                at += len;
+            }
         }
     }
-    stats.written = out.len() as u64;
+    let mut stats = st.stats;
+    stats.written = st.out.len() as u64;
     Ok(stats)
 }
 
+/// The state a plan updates as it settles each recompute.
+struct Settle<'g, 'p> {
+    slots: &'g [Slot],
+    gen: u32,
+    staged: &'p mut Vec<u32>,
+    off: &'p mut Vec<usize>,
+    epoch: &'p mut Vec<Epoch>,
+    queued: &'p mut Vec<u32>,
+    heap: &'p mut BinaryHeap<Reverse<u64>>,
+    out: &'p mut Vec<Derived>,
+    fired: &'p mut Vec<(PageId, bool)>,
+    held: &'p mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
+    stats: PropagationStats,
+}
+
+impl<'g> Settle<'g, '_> {
+    /// Queue node `n` for recomputation, once per propagation.
+    #[inline]
+    fn enqueue(&mut self, n: u32) {
+        let q = &mut self.queued[n as usize];
+        if *q == self.gen {
+            return;
+        }
+        *q = self.gen;
+        self.heap.push(Reverse((u64::from(self.slots[n as usize].level) << 32) | u64::from(n)));
+        self.stats.dirty += 1;
+    }
+
+    /// The read-only view recomputes need, with `done` the settled part of
+    /// the arena.
+    #[inline]
+    fn ctx<'a>(&'a self, functions: &'a Functions, done: &'a [u8]) -> Ctx<'g, 'a> {
+        Ctx {
+            slots: self.slots,
+            functions: &functions.entries,
+            gen: self.gen,
+            staged: self.staged,
+            off: self.off,
+            epoch: self.epoch,
+            done,
+        }
+    }
+
+    /// Account for the recompute of node `n`, whose new bytes are at `at`
+    /// in the arena; `lock` is the upgradable lock its read took, if any.
+    ///
+    /// # Errors
+    /// The recompute's failure.
+    #[inline]
+    fn settle(&mut self, n: u32, outcome: Outcome, at: usize, lock: Option<Upgradable<'g>>) -> Result<()> {
+        let s = &self.slots[n as usize];
+        self.stats.recomputed += 1;
+        match outcome {
+            Outcome::Failed(e) => return Err(e),
+            Outcome::Unchanged => {
+                self.stats.cut_off += 1;
+                self.fired.push((s.page, false));
+            }
+            Outcome::Changed { enc, parents, touched, epoch } => {
+                let b = s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
+                // A page staged before its recompute is one the caller
+                // writes and holds; any other is locked here, for the
+                // commit (nothing else writes pages meanwhile: the commit
+                // lock is held).
+                let guard = if self.staged[n as usize] == self.gen {
+                    usize::MAX
+                } else {
+                    let write = match lock {
+                        Some(g) => RwLockUpgradableReadGuard::upgrade(g),
+                        None => match &s.cell {
+                            Some(cell) => cell.write(),
+                            None => return Err(Error::Invariant(format!("page {} has no cell", s.page))),
+                        },
+                    };
+                    self.held.push((s.page, write));
+                    self.held.len() - 1
+                };
+                self.staged[n as usize] = self.gen;
+                self.off[n as usize] = at;
+                self.epoch[n as usize] = epoch;
+                self.out.push(Derived {
+                    node: n,
+                    page: s.page,
+                    func: b.func,
+                    version: b.version,
+                    enc,
+                    parents: parents..parents + s.args.len(),
+                    touched,
+                    guard,
+                    // Only control edges make a page stale between the plan
+                    // and the commit.
+                    flags: s.stale || !s.control_children.is_empty() || !s.control_parents.is_empty(),
+                });
+                self.fired.push((s.page, true));
+                for &c in &s.data_children {
+                    self.enqueue(c);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Read-only view shared by the workers of one level.
-struct Ctx<'a> {
-    slots: &'a [Slot],
+struct Ctx<'g, 'a> {
+    slots: &'g [Slot],
     functions: &'a [FunctionEntry],
     gen: u32,
     staged: &'a [u32],
@@ -371,13 +551,13 @@ struct Ctx<'a> {
     done: &'a [u8],
 }
 
-impl<'a> Ctx<'a> {
+impl<'a> Ctx<'_, 'a> {
     #[inline]
     fn is_staged(&self, n: u32) -> bool {
         self.staged.get(n as usize) == Some(&self.gen)
     }
 
-    #[inline]
+    #[inline(always)]
     fn staged_bytes(&self, n: u32) -> &'a [u8] {
         let at = self.off[n as usize];
         &self.done[at..at + self.slots[n as usize].len]
@@ -385,12 +565,13 @@ impl<'a> Ctx<'a> {
 }
 
 fn compute_parallel(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx<'_, '_>,
     level: &[u32],
     fresh: &mut [u8],
     threads: usize,
     outcomes: &mut Vec<Outcome>,
     spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
 ) {
     let chunk = level.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -410,16 +591,22 @@ fn compute_parallel(
             }
             handles.push(scope.spawn(move || {
                 let mut oc = Vec::with_capacity(nodes.len());
-                compute(ctx, nodes, o, &mut oc, &mut Vec::new());
-                oc
+                let mut own = Sink::default();
+                compute(ctx, nodes, o, &mut oc, &mut Vec::new(), &mut own);
+                (oc, own)
             }));
         }
         if let Some((nodes, o)) = first {
-            compute(ctx, nodes, o, outcomes, spare);
+            compute(ctx, nodes, o, outcomes, spare, sink);
         }
         for h in handles {
             match h.join() {
-                Ok(oc) => outcomes.extend(oc),
+                Ok((oc, own)) => {
+                    let (enc, parents) = (sink.enc.len(), sink.parents.len());
+                    sink.enc.extend_from_slice(&own.enc);
+                    sink.parents.extend_from_slice(&own.parents);
+                    outcomes.extend(oc.into_iter().map(|o| o.shifted(enc, parents)));
+                }
                 Err(p) => outcomes.push(Outcome::Failed(Error::Invariant(format!(
                     "propagation worker failed: {}",
                     panic_message(p.as_ref())
@@ -430,11 +617,12 @@ fn compute_parallel(
 }
 
 fn compute<'g>(
-    ctx: &Ctx<'g>,
+    ctx: &Ctx<'g, '_>,
     nodes: &[u32],
     mut out: &mut [u8],
     outcomes: &mut Vec<Outcome>,
     spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
 ) {
     let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
     for &n in nodes {
@@ -442,7 +630,7 @@ fn compute<'g>(
         let (o, rest) = std::mem::take(&mut out).split_at_mut(slot.len);
         out = rest;
         guards.clear();
-        outcomes.push(compute_one(ctx, n, o, &mut guards, spare));
+        outcomes.push(compute_one(ctx, n, o, &mut guards, spare, sink, None));
     }
 }
 
@@ -458,12 +646,39 @@ fn unrecycle(mut v: Vec<&[u8]>) -> Vec<&'static [u8]> {
     v.into_iter().map(|_| -> &'static [u8] { &[] }).collect()
 }
 
+/// Parents up to this many are passed to a function from a list on the stack.
+const INLINE_INPUTS: usize = 8;
+
+/// Fill `dst` (one entry per argument) with the parents' bytes: staged
+/// copies, or the pages read through `guards` (one per unstaged argument,
+/// in order).
+#[inline]
+fn inputs<'a>(
+    ctx: &Ctx<'_, 'a>,
+    args: &[u32],
+    guards: &'a [RwLockReadGuard<'_, Page>],
+    dst: &mut [&'a [u8]],
+) -> Result<()> {
+    let mut gi = 0;
+    for (d, &p) in dst.iter_mut().zip(args) {
+        *d = if ctx.is_staged(p) {
+            ctx.staged_bytes(p)
+        } else {
+            gi += 1;
+            guards[gi - 1].bytes()?
+        };
+    }
+    Ok(())
+}
+
 fn compute_one<'g>(
-    ctx: &Ctx<'g>,
+    ctx: &Ctx<'g, '_>,
     n: u32,
     o: &mut [u8],
     guards: &mut Vec<RwLockReadGuard<'g, Page>>,
     spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
+    keep: Option<&mut Option<Upgradable<'g>>>,
 ) -> Outcome {
     let slot: &'g Slot = &ctx.slots[n as usize];
     let Some(b) = slot.binding else {
@@ -490,24 +705,25 @@ fn compute_one<'g>(
         }
     }
     let guards = &*guards;
-    let mut slices: Vec<&[u8]> = recycle(spare);
-    let mut gi = 0;
-    for &p in &slot.args {
-        if ctx.is_staged(p) {
-            slices.push(ctx.staged_bytes(p));
-        } else {
-            match guards[gi].bytes() {
-                Ok(b) => slices.push(b),
-                Err(e) => {
-                    *spare = unrecycle(slices);
-                    return Outcome::Failed(e);
-                }
-            }
-            gi += 1;
+    let k = slot.args.len();
+    let run = if k <= INLINE_INPUTS {
+        // Few parents (the common case): the input list lives on the stack.
+        let mut inline: [&[u8]; INLINE_INPUTS] = [&[]; INLINE_INPUTS];
+        if let Err(e) = inputs(ctx, &slot.args, guards, &mut inline[..k]) {
+            return Outcome::Failed(e);
         }
-    }
-    let run = catch_unwind(AssertUnwindSafe(|| f(&slices, o)));
-    *spare = unrecycle(slices);
+        catch_unwind(AssertUnwindSafe(|| f(&inline[..k], o)))
+    } else {
+        let mut slices: Vec<&[u8]> = recycle(spare);
+        slices.resize(k, &[]);
+        if let Err(e) = inputs(ctx, &slot.args, guards, &mut slices) {
+            *spare = unrecycle(slices);
+            return Outcome::Failed(e);
+        }
+        let run = catch_unwind(AssertUnwindSafe(|| f(&slices, o)));
+        *spare = unrecycle(slices);
+        run
+    };
     if let Err(p) = run {
         return Outcome::Failed(Error::Recompute {
             page: slot.page,
@@ -522,9 +738,17 @@ fn compute_one<'g>(
         let Some(cell) = &slot.cell else {
             return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
         };
-        child = cell.read_recursive();
-        match child.bytes() {
-            Ok(b) => (b, child.epoch),
+        // With `keep`, an upgradable lock stays there for the caller to
+        // turn into the commit's write lock if the page changes.
+        let page: &Page = match keep {
+            Some(k) => k.insert(cell.upgradable_read()),
+            None => {
+                child = cell.read_recursive();
+                &child
+            }
+        };
+        match page.bytes() {
+            Ok(b) => (b, page.epoch),
             Err(e) => return Outcome::Failed(e),
         }
     };
@@ -534,25 +758,25 @@ fn compute_one<'g>(
     let Some(after) = before.checked_next() else {
         return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
     };
-    let payload = match Payload::diff(old, o) {
-        Ok(p) => p,
+    let at = sink.enc.len();
+    let touched = match encode_diff(old, o, &mut sink.enc) {
+        Ok(t) => t,
         Err(e) => return Outcome::Failed(e),
     };
+    let parents = sink.parents.len();
+    sink.parents.reserve(k);
     let mut gi = 0;
-    let parents = slot
-        .args
-        .iter()
-        .map(|&p| {
-            let page = ctx.slots[p as usize].page;
-            if ctx.is_staged(p) {
-                (page, ctx.epoch[p as usize])
-            } else {
-                gi += 1;
-                (page, guards[gi - 1].epoch)
-            }
-        })
-        .collect();
-    Outcome::Changed { payload, parents, epoch: after }
+    for &p in &slot.args {
+        let page = ctx.slots[p as usize].page;
+        let epoch = if ctx.is_staged(p) {
+            ctx.epoch[p as usize]
+        } else {
+            gi += 1;
+            guards[gi - 1].epoch
+        };
+        sink.parents.push((page, epoch));
+    }
+    Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after }
 }
 
 /// Run a node's function on the current page bytes (no staging) and say
@@ -566,7 +790,7 @@ pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result
     let ctx =
         Ctx { slots, functions: &functions.entries, gen: 1, staged: &[], off: &[], epoch: &[], done: &[] };
     let mut out = vec![0u8; slots[n as usize].len];
-    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new()) {
+    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new(), &mut Sink::default(), None) {
         Outcome::Unchanged => Ok(true),
         Outcome::Changed { .. } => Ok(false),
         Outcome::Failed(e) => Err(e),

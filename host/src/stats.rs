@@ -222,6 +222,15 @@ impl Monitor {
         }
     }
 
+    /// `n` derived deltas were applied.
+    #[inline]
+    pub(crate) fn derived_applied(&self, n: u64) {
+        if n > 0 {
+            self.deltas.fetch_add(n, Ordering::Relaxed);
+            self.derived.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// A propagation was committed after `d`.
     pub(crate) fn propagated(&self, d: Duration) {
         self.propagation.record_duration(d);

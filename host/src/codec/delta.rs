@@ -338,6 +338,24 @@ impl<'a> PayloadView<'a> {
     }
 }
 
+/// Apply the payload encoding `enc` (spanning all of it) to `page`: a full
+/// payload of the page's length is copied straight in, anything else is
+/// parsed (with no size bounds: for encodings this process made) and applied.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a malformed encoding, [`Error::InvalidDelta`]
+/// when it does not fit; `page` is then unchanged.
+#[inline]
+pub(crate) fn apply_encoded(enc: &[u8], page: &mut [u8]) -> Result<()> {
+    if let Some((h, body)) = enc.split_first_chunk::<9>() {
+        if h[0] == 3 && body.len() == page.len() && le64(h, 1) == body.len() as u64 {
+            page.copy_from_slice(body);
+            return Ok(());
+        }
+    }
+    PayloadView::parse(enc, 0, &Limits::unbounded())?.apply_to(page)
+}
+
 /// Decode a payload encoding spanning all of `buf`.
 ///
 /// # Errors

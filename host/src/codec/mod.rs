@@ -32,6 +32,13 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// No bounds: for decoding what this process encoded itself.
+    pub(crate) fn unbounded() -> Self {
+        Self { max_page_len: u64::MAX, max_record_len: u64::MAX }
+    }
+}
+
 /// CRC32C (Castagnoli) of `bytes`.
 #[inline]
 pub fn crc(bytes: &[u8]) -> u32 {

@@ -17,7 +17,7 @@ use crate::delta::Payload;
 use crate::simd::copy_small;
 use crate::vfs::{Vfs, VfsFile};
 use crate::{Error, Result};
-use shared_types::Lsn;
+use shared_types::{Epoch, Lsn, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +64,20 @@ pub struct LogWriter {
     last_sync: Instant,
     poisoned: Option<String>,
     stats: LogStats,
+}
+
+/// A derived delta as its log record needs it, borrowed from the
+/// propagation that planned it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DerivedRecord<'a> {
+    pub(crate) id: u64,
+    pub(crate) page: PageId,
+    pub(crate) timestamp: u64,
+    pub(crate) function: &'a str,
+    pub(crate) version: u32,
+    pub(crate) parents: &'a [(PageId, Epoch)],
+    /// The payload encoding (kind, length, body).
+    pub(crate) payload: &'a [u8],
 }
 
 /// Encode a segment header.
@@ -311,6 +325,71 @@ impl LogWriter {
         self.framed(updates.len(), |w, i| {
             w.user_delta_record(first_id + i as u64, &updates[i], first_timestamp + i as u64)
         })
+    }
+
+    /// Frame the delta record of a derived delta (source propagation, no
+    /// base epoch, no tag): the same bytes [`LogWriter::append`] writes for
+    /// the equivalent [`Change::Apply`], from borrowed parts.
+    #[inline]
+    fn derived_delta_record(&mut self, d: &DerivedRecord<'_>) -> Result<()> {
+        let name = d.function.as_bytes();
+        let plen = 12 + name.len() as u64 + 16 * d.parents.len() as u64;
+        let body = DELTA_HEAD_LEN as u64 + plen + d.payload.len() as u64;
+        let len = u32::try_from(body)
+            .map_err(|_| Error::Serialization(format!("log record of {body} bytes exceeds 4 GiB")))?;
+        let Ok(plen) = u32::try_from(plen) else {
+            return Err(Error::invalid_delta(Some(d.page), "tag or provenance too large to encode"));
+        };
+        // The frame is sized first and written in place: header, delta
+        // head, provenance, payload, then the CRC of all of it.
+        let framed = RECORD_HEAD_LEN + body as usize + RECORD_TAIL_LEN;
+        let start = self.buf.len();
+        self.buf.resize(start + framed, 0);
+        let rec = &mut self.buf[start..];
+        let (head, rest) = rec.split_at_mut(RECORD_HEAD_LEN + DELTA_HEAD_LEN);
+        head[0..4].copy_from_slice(&len.to_le_bytes());
+        head[4] = RecordType::Delta as u8;
+        head[8..16].copy_from_slice(&self.next_lsn.to_le_bytes());
+        let h = &mut head[RECORD_HEAD_LEN..];
+        h[0..8].copy_from_slice(&d.id.to_le_bytes());
+        h[8..16].copy_from_slice(&d.page.0.to_le_bytes());
+        h[16..24].copy_from_slice(&d.timestamp.to_le_bytes());
+        // No base epoch, no flags; source 1 (propagation); no tag.
+        h[33] = 1;
+        h[36..40].copy_from_slice(&plen.to_le_bytes());
+        rest[0..4].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        let mut at = 4;
+        copy_small(&mut rest[at..at + name.len()], name);
+        at += name.len();
+        rest[at..at + 4].copy_from_slice(&d.version.to_le_bytes());
+        rest[at + 4..at + 8].copy_from_slice(&(d.parents.len() as u32).to_le_bytes());
+        at += 8;
+        for (page, epoch) in d.parents {
+            rest[at..at + 8].copy_from_slice(&page.0.to_le_bytes());
+            rest[at + 8..at + 16].copy_from_slice(&epoch.0.to_le_bytes());
+            at += 16;
+        }
+        copy_small(&mut rest[at..at + d.payload.len()], d.payload);
+        debug_assert_eq!(RECORD_HEAD_LEN + DELTA_HEAD_LEN + at + d.payload.len() + RECORD_TAIL_LEN, framed);
+        let (covered, tail) = rec.split_at_mut(framed - RECORD_TAIL_LEN);
+        tail.copy_from_slice(&crc(covered).to_le_bytes());
+        self.next_lsn += 1;
+        Ok(())
+    }
+
+    /// Frame `n` derived deltas as one atomic batch, exactly as
+    /// [`LogWriter::append`] frames the [`Change::Apply`] deltas with
+    /// [`crate::Source::Propagation`] they stand for; `each(i)` describes
+    /// delta `i`. Nothing is written yet: call [`LogWriter::commit`].
+    ///
+    /// # Errors
+    /// As [`LogWriter::append`].
+    pub(crate) fn append_derived<'a>(
+        &mut self,
+        n: usize,
+        each: impl Fn(usize) -> DerivedRecord<'a>,
+    ) -> Result<std::ops::RangeInclusive<Lsn>> {
+        self.framed(n, |w, i| w.derived_delta_record(&each(i)))
     }
 
     /// Frame `n` records as one atomic batch (begin/end markers around more
@@ -591,6 +670,82 @@ mod tests {
                 assert_eq!(lsns.end().0 + 1 - lsns.start().0, if n > 1 { n as u64 + 2 } else { n as u64 });
             });
             assert_eq!(generic, fast, "{n} updates");
+        }
+    }
+
+    #[test]
+    fn derived_deltas_frame_like_the_equivalent_changes() {
+        // (function, parents, payload): small records (assembled on the
+        // stack) and large ones (many parents, a long name, a big payload).
+        let big_runs: Vec<(u64, Vec<u8>)> = (0..12).map(|k| (k * 40, vec![k as u8; 5])).collect();
+        type Sample = (String, Vec<(PageId, Epoch)>, Payload);
+        let samples: Vec<Sample> = vec![
+            ("copy".into(), vec![(PageId(1), Epoch(4))], Payload::Full(vec![7; 8])),
+            (
+                "sum".into(),
+                vec![(PageId(1), Epoch(4)), (PageId(2), Epoch(9)), (PageId(1), Epoch(4))],
+                Payload::Dense(DenseDelta::from_options(&[Some(1), None, Some(3), None, None]).unwrap()),
+            ),
+            (
+                "f".repeat(300),
+                vec![(PageId(8), Epoch(1))],
+                Payload::Sparse(SparseDelta::from_pairs([(3u64, &[1u8, 2][..])]).unwrap()),
+            ),
+            (
+                "wide".into(),
+                (0..20).map(|i| (PageId(i), Epoch(i * 3))).collect(),
+                Payload::Sparse(SparseDelta::from_pairs(big_runs.iter().map(|(o, d)| (*o, &d[..]))).unwrap()),
+            ),
+            ("nil".into(), vec![], Payload::Full(vec![1; 600])),
+            ("empty".into(), vec![(PageId(3), Epoch(0))], Payload::Sparse(SparseDelta::default())),
+        ];
+        let encoded: Vec<Vec<u8>> = samples
+            .iter()
+            .map(|(_, _, p)| {
+                let mut e = Vec::new();
+                crate::codec::delta::encode_payload(p, &mut e);
+                e
+            })
+            .collect();
+        for n in [0usize, 1, 2, 3, samples.len()] {
+            let changes: Vec<Change> = samples
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, (f, parents, p))| {
+                    Change::Apply(Delta {
+                        id: DeltaId(70 + i as u64),
+                        page: PageId(100 + i as u64),
+                        base_epoch: None,
+                        payload: p.clone(),
+                        source: Source::Propagation(crate::delta::Provenance {
+                            function: Arc::from(f.as_str()),
+                            version: 3 + i as u32,
+                            parents: parents.clone(),
+                        }),
+                        tag: None,
+                        timestamp: 20 + i as u64,
+                    })
+                })
+                .collect();
+            let generic = log_bytes(|w| {
+                w.append(&changes).unwrap();
+            });
+            let fast = log_bytes(|w| {
+                let lsns = w
+                    .append_derived(n, |i| DerivedRecord {
+                        id: 70 + i as u64,
+                        page: PageId(100 + i as u64),
+                        timestamp: 20 + i as u64,
+                        function: &samples[i].0,
+                        version: 3 + i as u32,
+                        parents: &samples[i].1,
+                        payload: &encoded[i],
+                    })
+                    .unwrap();
+                assert_eq!(lsns.end().0 + 1 - lsns.start().0, if n > 1 { n as u64 + 2 } else { n as u64 });
+            });
+            assert_eq!(generic, fast, "{n} derived deltas");
         }
     }
 }
