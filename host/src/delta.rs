@@ -403,16 +403,56 @@ impl Payload {
     /// # Errors
     /// [`Error::InvalidDelta`] when the lengths differ or are zero.
     pub fn diff(old: &[u8], new: &[u8]) -> Result<Payload> {
-        if old.len() != new.len() {
-            return Err(Error::invalid_delta(
-                None,
-                format!("cannot diff pages of {} and {} bytes", old.len(), new.len()),
-            ));
-        }
-        if old.is_empty() {
-            return Err(Error::invalid_delta(None, "cannot diff empty pages"));
-        }
+        check_diff(old, new)?;
         Ok(diff_direct(old, new))
+    }
+}
+
+/// The pages [`Payload::diff`] can compare: equal, non-zero lengths.
+fn check_diff(old: &[u8], new: &[u8]) -> Result<()> {
+    if old.len() != new.len() {
+        return Err(Error::invalid_delta(
+            None,
+            format!("cannot diff pages of {} and {} bytes", old.len(), new.len()),
+        ));
+    }
+    if old.is_empty() {
+        return Err(Error::invalid_delta(None, "cannot diff empty pages"));
+    }
+    Ok(())
+}
+
+/// What [`Payload::diff`] chooses its encoding by, from one pass over the
+/// pages: the differing bytes, and the runs and bytes of the sparse form
+/// once gaps of fewer than 16 equal bytes are bridged (a bridged gap costs
+/// its bytes and saves a 16-byte run header).
+struct DiffSizes {
+    ndiff: u64,
+    bridged_runs: u64,
+    bridged_bytes: u64,
+}
+
+impl DiffSizes {
+    fn of(old: &[u8], new: &[u8]) -> Self {
+        let mut z = Self { ndiff: 0, bridged_runs: 0, bridged_bytes: 0 };
+        let mut cur: Option<(u64, u64)> = None;
+        visit_runs(old, new, |o, l| {
+            z.ndiff += l;
+            cur = match cur {
+                Some((s, e)) if o - e < 16 => Some((s, o + l)),
+                Some((s, e)) => {
+                    z.bridged_runs += 1;
+                    z.bridged_bytes += e - s;
+                    Some((o, o + l))
+                }
+                None => Some((o, o + l)),
+            };
+        });
+        if let Some((s, e)) = cur {
+            z.bridged_runs += 1;
+            z.bridged_bytes += e - s;
+        }
+        z
     }
 }
 
@@ -425,38 +465,12 @@ impl Payload {
 /// # Errors
 /// As [`Payload::diff`].
 pub(crate) fn encode_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<u64> {
-    if old.len() != new.len() {
-        return Err(Error::invalid_delta(
-            None,
-            format!("cannot diff pages of {} and {} bytes", old.len(), new.len()),
-        ));
-    }
-    if old.is_empty() {
-        return Err(Error::invalid_delta(None, "cannot diff empty pages"));
-    }
+    check_diff(old, new)?;
     let len = new.len() as u64;
     if new.len() <= SMALL_DIFF {
         return Ok(encode_small_diff(old, new, out));
     }
-    // The sizing pass of `diff_direct`, for the same choice.
-    let (mut ndiff, mut bridged_runs, mut bridged_bytes) = (0u64, 0u64, 0u64);
-    let mut cur: Option<(u64, u64)> = None;
-    visit_runs(old, new, |o, l| {
-        ndiff += l;
-        cur = match cur {
-            Some((s, e)) if o - e < 16 => Some((s, o + l)),
-            Some((s, e)) => {
-                bridged_runs += 1;
-                bridged_bytes += e - s;
-                Some((o, o + l))
-            }
-            None => Some((o, o + l)),
-        };
-    });
-    if let Some((s, e)) = cur {
-        bridged_runs += 1;
-        bridged_bytes += e - s;
-    }
+    let DiffSizes { ndiff, bridged_runs, bridged_bytes } = DiffSizes::of(old, new);
     let sparse_cost = 16 * bridged_runs + bridged_bytes;
     let dense_cost = len.div_ceil(8) + ndiff;
     let start = out.len();
@@ -574,24 +588,7 @@ fn count_differing(a: &[u8], b: &[u8]) -> u64 {
 /// [`diff_from_runs`]).
 fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
     let len = new.len() as u64;
-    let (mut ndiff, mut bridged_runs, mut bridged_bytes) = (0u64, 0u64, 0u64);
-    let mut cur: Option<(u64, u64)> = None;
-    visit_runs(old, new, |o, l| {
-        ndiff += l;
-        cur = match cur {
-            Some((s, e)) if o - e < 16 => Some((s, o + l)),
-            Some((s, e)) => {
-                bridged_runs += 1;
-                bridged_bytes += e - s;
-                Some((o, o + l))
-            }
-            None => Some((o, o + l)),
-        };
-    });
-    if let Some((s, e)) = cur {
-        bridged_runs += 1;
-        bridged_bytes += e - s;
-    }
+    let DiffSizes { ndiff, bridged_runs, bridged_bytes } = DiffSizes::of(old, new);
     let sparse_cost = 16 * bridged_runs + bridged_bytes;
     let dense_cost = len.div_ceil(8) + ndiff;
     if sparse_cost <= dense_cost && sparse_cost <= len {
