@@ -1499,13 +1499,22 @@ impl Mmsb {
             let g = ca.read();
             return f(&g, &g);
         }
-        // Lock in id order, like the commit path.
-        let (first, second) = if a < b { (&ca, &cb) } else { (&cb, &ca) };
-        let (g1, g2) = (first.read(), second.read());
-        if a < b {
-            f(&g1, &g2)
-        } else {
-            f(&g2, &g1)
+        // Never wait for one lock while holding the other: a propagation
+        // write-locks the pages it changes in dependency order, which need
+        // not be id order, so a reader holding one page while it waits for
+        // the other could wait on a writer that waits on it.
+        loop {
+            let ga = ca.read();
+            if let Some(gb) = cb.try_read() {
+                return f(&ga, &gb);
+            }
+            drop(ga);
+            let gb = cb.read();
+            if let Some(ga) = ca.try_read() {
+                return f(&ga, &gb);
+            }
+            drop(gb);
+            std::thread::yield_now();
         }
     }
 

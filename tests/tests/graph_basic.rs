@@ -428,3 +428,57 @@ fn mmsb_macro_declares_derived_pages() -> Result {
     assert!(state.has_function("neg", 3));
     Ok(())
 }
+
+/// A reader of two pages (compare, diff) and a propagation that writes them
+/// in the opposite order of their ids never wait on each other for good:
+/// the page with the smaller id is derived from the one with the larger.
+#[test]
+fn two_page_readers_and_propagation_do_not_deadlock() -> Result {
+    let state = Arc::new(Mmsb::start(Config::temporary())?);
+    state.register_function("add", 1, add)?;
+    let low = page(&state, 4096)?; // smaller id, level 2
+    let high = page(&state, 4096)?; // larger id, level 1
+    let src = page(&state, 4096)?;
+    state.declare_derived(high, "add", &[src])?;
+    state.declare_derived(low, "add", &[high])?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let readers: Vec<_> = (0..2)
+        .map(|k| {
+            let (state, stop, done) = (Arc::clone(&state), Arc::clone(&stop), done_tx.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r =
+                        if k == 0 { state.compare_pages(low, high) } else { state.compare_pages(high, low) };
+                    r.expect("compare");
+                    n += 1;
+                }
+                let _ = done.send(n);
+            })
+        })
+        .collect();
+    let writer = {
+        let (state, done) = (Arc::clone(&state), done_tx.clone());
+        std::thread::spawn(move || {
+            for i in 0..3000u64 {
+                state.update_page(src, Payload::Full(vec![i as u8; 4096])).expect("update");
+            }
+            let _ = done.send(u64::MAX);
+        })
+    };
+    // The writer finishes, then the readers stop; a deadlock shows as a
+    // thread that never reports.
+    let wait = std::time::Duration::from_secs(60);
+    assert_eq!(done_rx.recv_timeout(wait), Ok(u64::MAX), "the writer did not finish: deadlock");
+    stop.store(true, Ordering::Relaxed);
+    for _ in 0..2 {
+        assert!(done_rx.recv_timeout(wait).is_ok(), "a reader did not finish: deadlock");
+    }
+    writer.join().expect("writer");
+    for r in readers {
+        r.join().expect("reader");
+    }
+    assert_eq!(state.query_page(low)?, vec![2999u64 as u8; 4096]);
+    Ok(())
+}
