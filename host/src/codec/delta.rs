@@ -774,6 +774,19 @@ mod tests {
             })
     }
 
+    /// The body of `d` with the bytes of `flips` flipped and up to two
+    /// bytes cut off its end.
+    fn mutated_body(d: &Delta, flips: &[(usize, u8)], cut: usize) -> Vec<u8> {
+        let mut body = Vec::new();
+        encode_delta_body(d, &mut body).unwrap();
+        for &(at, x) in flips {
+            let n = body.len();
+            body[at % n] ^= x;
+        }
+        body.truncate(body.len() - cut % 3);
+        body
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
@@ -805,13 +818,8 @@ mod tests {
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
             cut in any::<usize>(),
         ) {
-            let mut body = Vec::new();
-            encode_delta_body(&d, &mut body).unwrap();
-            for (at, x) in flips {
-                let n = body.len();
-                body[at % n] ^= x;
-            }
-            let body = &body[..body.len() - cut % 3];
+            let body = mutated_body(&d, &flips, cut);
+            let body = &body[..];
             let lim = Limits { max_page_len: 250, ..Limits::default() };
             let fast = DeltaView::parse(body, 5, &lim);
             let slow = DeltaView::parse_fields(body, 5, &lim);
@@ -828,13 +836,8 @@ mod tests {
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
             cut in any::<usize>(),
         ) {
-            let mut body = Vec::new();
-            encode_delta_body(&d, &mut body).unwrap();
-            for (at, x) in flips {
-                let n = body.len();
-                body[at % n] ^= x;
-            }
-            let body = &body[..body.len() - cut % 3];
+            let body = mutated_body(&d, &flips, cut);
+            let body = &body[..];
             let lim = Limits { max_page_len: 250, ..Limits::default() };
             let view = DeltaView::parse(body, 0, &lim);
             match plain_sparse(body, &lim) {
