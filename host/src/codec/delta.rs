@@ -613,28 +613,20 @@ pub(crate) fn plain_sparse<'a>(buf: &'a [u8], limits: &Limits) -> Option<PlainSp
         && (flags & FLAG_BASE != 0 || base_raw == 0)
         && h[DELTA_HEAD_LEN] == 2;
     let n = le64(h, DELTA_HEAD_LEN + 1);
-    if !plain || n == 0 || n > rest.len() as u64 / 16 {
+    if !plain || n == 0 {
         return None;
     }
-    let (runs, data) = rest.split_at(16 * n as usize);
-    let (mut total, mut prev_end) = (0u64, 0u64);
-    for (i, r) in runs.chunks_exact(16).enumerate() {
-        let (off, len) = (le64(r, 0), le64(r, 8));
-        let end = off.checked_add(len)?;
-        if len == 0 || end > limits.max_page_len || (i > 0 && off < prev_end) {
-            return None;
-        }
-        prev_end = end;
-        total += len;
-    }
-    (data.len() as u64 == total).then_some(PlainSparse {
+    let PayloadView::Sparse { runs, data, end } = PayloadView::sparse_fast(n, rest, limits)? else {
+        return None;
+    };
+    Some(PlainSparse {
         id: le64(h, 0),
         page: le64(h, 8),
         timestamp: le64(h, 16),
         base_epoch: (flags & FLAG_BASE != 0).then_some(base_raw),
         runs,
         data,
-        end: prev_end,
+        end,
     })
 }
 
