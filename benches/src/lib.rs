@@ -204,15 +204,14 @@ pub fn full_payload(len: usize, seed: u64) -> Payload {
     Payload::Full(data)
 }
 
-/// A small random sparse payload (one run of 1..=`max` bytes) for a page of `len`.
+/// A small random sparse payload (one run of 1..=`max` bytes, at most 64)
+/// for a page of `len`, built as an application would write a small field.
 pub fn small_sparse(rng: &mut ChaCha8Rng, len: usize, max: usize) -> Payload {
-    let run = rng.random_range(1..=max.min(len));
+    let run = rng.random_range(1..=max.min(len).min(64));
     let off = rng.random_range(0..=len - run);
-    let mut data = vec![0u8; run];
-    rng.fill_bytes(&mut data);
-    Payload::Sparse(
-        SparseDelta::new(vec![Run { offset: off as u64, len: run as u64 }], data).expect("in range"),
-    )
+    let mut data = [0u8; 64];
+    rng.fill_bytes(&mut data[..run]);
+    Payload::Sparse(SparseDelta::from_pairs([(off as u64, &data[..run])]).expect("in range"))
 }
 
 fn short(v: f64) -> String {

@@ -18,6 +18,30 @@ use crate::{Error, Result};
 use bitvec::prelude::{BitVec, Lsb0};
 use serde::{Deserialize, Serialize};
 use shared_types::{DeltaId, Epoch, PageId};
+use smallvec::SmallVec;
+
+/// Bytes of a sparse delta kept inside the delta itself, with no heap
+/// allocation: small writes (a counter, a field, a short record) are the
+/// common case, and a batch of them then costs no allocation or free.
+pub const SPARSE_INLINE_BYTES: usize = 16;
+
+/// Runs of a sparse delta: one inline, more on the heap.
+pub(crate) type RunBuf = SmallVec<[Run; 1]>;
+/// Bytes of a sparse delta: up to [`SPARSE_INLINE_BYTES`] inline.
+pub(crate) type ByteBuf = SmallVec<[u8; SPARSE_INLINE_BYTES]>;
+
+/// `v` as a small vector: inline when its elements fit (the vector is then
+/// freed), else the vector's own heap buffer, not copied.
+pub(crate) fn small<A: smallvec::Array>(v: Vec<A::Item>) -> SmallVec<A>
+where
+    A::Item: Copy,
+{
+    if v.len() <= A::size() {
+        SmallVec::from_slice(&v)
+    } else {
+        SmallVec::from_vec(v)
+    }
+}
 
 /// A byte run of a sparse delta: `len` bytes starting at page byte `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -135,10 +159,13 @@ impl DenseDelta {
 }
 
 /// A sparse delta: sorted, non-overlapping byte runs plus their bytes.
+///
+/// A delta of one run and at most [`SPARSE_INLINE_BYTES`] bytes holds them
+/// inline: building, logging, applying and dropping it allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SparseDelta {
-    runs: Vec<Run>,
-    data: Vec<u8>,
+    runs: RunBuf,
+    data: ByteBuf,
 }
 
 impl SparseDelta {
@@ -150,6 +177,11 @@ impl SparseDelta {
     /// overlapping, an offset overflow, or a data length that differs from
     /// the sum of the run lengths.
     pub fn new(runs: Vec<Run>, data: Vec<u8>) -> Result<Self> {
+        Self::from_bufs(small(runs), small(data))
+    }
+
+    /// [`SparseDelta::new`] of runs and bytes already in their buffers.
+    pub(crate) fn from_bufs(mut runs: RunBuf, data: ByteBuf) -> Result<Self> {
         let mut total: u64 = 0;
         let mut prev_end: Option<u64> = None;
         for (i, r) in runs.iter().enumerate() {
@@ -178,14 +210,15 @@ impl SparseDelta {
                 format!("runs cover {total} bytes but {} data bytes were given", data.len()),
             ));
         }
-        let mut out: Vec<Run> = Vec::with_capacity(runs.len());
-        for r in runs {
-            match out.last_mut() {
-                Some(last) if last.offset + last.len == r.offset => last.len += r.len,
-                _ => out.push(r),
+        // Coalesce adjacent runs in place (`last` is the run kept before `r`).
+        runs.dedup_by(|r, last| {
+            let adjacent = last.offset + last.len == r.offset;
+            if adjacent {
+                last.len += r.len;
             }
-        }
-        Ok(Self { runs: out, data })
+            adjacent
+        });
+        Ok(Self { runs, data })
     }
 
     /// Build from `(offset, bytes)` pairs (sorted, non-overlapping).
@@ -193,13 +226,13 @@ impl SparseDelta {
     /// # Errors
     /// As [`SparseDelta::new`].
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Self> {
-        let mut runs = Vec::new();
-        let mut data = Vec::new();
+        let mut runs = RunBuf::new();
+        let mut data = ByteBuf::new();
         for (offset, bytes) in pairs {
             runs.push(Run { offset, len: bytes.len() as u64 });
             data.extend_from_slice(bytes);
         }
-        Self::new(runs, data)
+        Self::from_bufs(runs, data)
     }
 
     /// The runs, sorted and non-adjacent.
@@ -601,7 +634,7 @@ fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
         for r in &runs {
             data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
         }
-        Payload::Sparse(SparseDelta { runs, data })
+        Payload::Sparse(SparseDelta { runs: small(runs), data: small(data) })
     } else if dense_cost <= len {
         let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
         let mut data = vec![0u8; new.len()];
@@ -642,7 +675,7 @@ pub(crate) fn diff_from_runs(raw: Vec<Run>, new: &[u8]) -> Payload {
             for r in &bridged {
                 data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
             }
-            Payload::Sparse(SparseDelta { runs: bridged, data })
+            Payload::Sparse(SparseDelta { runs: small(bridged), data: small(data) })
         } else if dense_cost <= full_cost {
             let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
             let mut data = vec![0u8; new.len()];
@@ -773,7 +806,7 @@ fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
             data[at..at + bytes.len()].copy_from_slice(bytes);
         }
     }
-    SparseDelta { runs: all, data }
+    SparseDelta { runs: small(all), data: small(data) }
 }
 
 /// Which recompute function produced a derived delta, from which inputs.

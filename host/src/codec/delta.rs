@@ -15,7 +15,7 @@
 //! allocating and can apply itself to a page directly (the replay fast path).
 
 use super::{crc, put_u16, put_u32, put_u64, Limits, Reader};
-use crate::delta::{Delta, DenseDelta, Payload, Provenance, Run, Source, SparseDelta};
+use crate::delta::{ByteBuf, Delta, DenseDelta, Payload, Provenance, Run, RunBuf, Source, SparseDelta};
 use crate::{Error, Result};
 use shared_types::{DeltaId, Epoch, PageId};
 
@@ -317,9 +317,9 @@ impl<'a> PayloadView<'a> {
         match *self {
             PayloadView::Full(b) => Ok(Payload::Full(b.to_vec())),
             PayloadView::Sparse { runs, data, .. } => {
-                let runs: Vec<Run> =
+                let runs: RunBuf =
                     runs.chunks_exact(16).map(|r| Run { offset: le64(r, 0), len: le64(r, 8) }).collect();
-                SparseDelta::new(runs, data.to_vec())
+                SparseDelta::from_bufs(runs, ByteBuf::from_slice(data))
                     .map(Payload::Sparse)
                     .map_err(|e| Error::corrupt(format!("sparse payload: {e}")))
             }
