@@ -332,7 +332,7 @@ impl Payload {
     pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
         self.check(page.len() as u64)?;
         match self {
-            Payload::Sparse(s) => crate::simd::copy_runs(page, &s.runs, &s.data),
+            Payload::Sparse(s) => crate::simd::copy_sparse(page, s),
             other => other.apply_wide(page),
         }
         Ok(())

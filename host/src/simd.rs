@@ -7,7 +7,7 @@
 //! time by CPU feature detection and give bit-identical results (tested
 //! against the scalar versions with proptest).
 
-use crate::delta::Run;
+use crate::delta::{Run, SparseDelta};
 
 /// Expands 8 mask bits into a 64-bit byte mask (bit `i` → byte `i` = 0xFF).
 const EXPAND: [u64; 256] = {
@@ -103,17 +103,40 @@ fn blend_tail(dst: &mut [u8], src: &[u8], m: u64) {
     }
 }
 
-/// Copy the bytes of each run into `page`, `data` holding the runs' bytes
-/// one after the other. Stops at the first run that does not fit `page` or
-/// whose bytes `data` lacks (a valid sparse delta has none; the caller
-/// checks first), so it is safe for any input.
+/// Copy the bytes of a sparse delta into `page`: nothing when the delta
+/// reaches past the page's end (its caller has checked that already).
 #[inline]
-pub(crate) fn copy_runs(page: &mut [u8], runs: &[Run], data: &[u8]) {
+pub(crate) fn copy_sparse(page: &mut [u8], s: &SparseDelta) {
+    if s.end() > page.len() as u64 {
+        return;
+    }
+    // SAFETY: a sparse delta's runs are sorted and apart and its data holds
+    // exactly their bytes (every constructor of `SparseDelta` ensures it and
+    // its fields are private); its end, checked just above, is inside the
+    // page, so every run is.
+    unsafe { copy_runs_valid(page, s.runs(), s.data()) }
+}
+
+/// Copy the bytes of each run into `page`, `data` holding the runs' bytes
+/// one after the other, for runs already known to be valid: no per-run
+/// checks.
+///
+/// # Safety
+/// `runs` are sorted by offset and do not overlap, each ends at or before
+/// `page.len()` (so the last one's end bounds them all), and their lengths
+/// sum to exactly `data.len()`: what a [`crate::SparseDelta`] guarantees,
+/// once its end has been checked against the page.
+#[inline]
+unsafe fn copy_runs_valid(page: &mut [u8], runs: &[Run], data: &[u8]) {
+    debug_assert!(runs.windows(2).all(|w| w[0].offset + w[0].len <= w[1].offset));
+    debug_assert!(runs.last().is_none_or(|r| r.offset + r.len <= page.len() as u64));
+    debug_assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), data.len() as u64);
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         if runs.len() >= 4 && std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU supports AVX-512BW (checked just above).
-            unsafe { x86::copy_runs_avx512(page, runs, data) };
+            // SAFETY: the CPU supports AVX-512BW (checked just above); the
+            // runs are valid for `page` and `data` (this function's contract).
+            unsafe { x86::copy_runs_valid_avx512(page, runs, data) };
             return;
         }
     }
@@ -122,6 +145,8 @@ pub(crate) fn copy_runs(page: &mut [u8], runs: &[Run], data: &[u8]) {
 
 /// The portable run copy: runs of up to 64 bytes with two overlapping
 /// fixed-size moves (inline, no `memcpy` call), longer ones with `memcpy`.
+/// Stops at the first run that does not fit `page` or whose bytes `data`
+/// lacks, so it is safe for any input.
 pub(crate) fn copy_runs_scalar(page: &mut [u8], runs: &[Run], data: &[u8]) {
     let mut at = 0usize;
     for r in runs {
@@ -317,32 +342,40 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU must support AVX-512BW (and F).
-    #[target_feature(enable = "avx512f,avx512bw,bmi2")]
-    pub(super) unsafe fn copy_runs_avx512(page: &mut [u8], runs: &[Run], data: &[u8]) {
+    /// The CPU must support AVX-512BW (and F), and the runs must be valid
+    /// for `page` and `data` as [`super::copy_runs_valid`] requires.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,bmi2")]
+    pub(super) unsafe fn copy_runs_valid_avx512(page: &mut [u8], runs: &[Run], data: &[u8]) {
         let (d, s) = (page.as_mut_ptr(), data.as_ptr());
-        let (plen, dlen) = (page.len() as u64, data.len() as u64);
-        let mut at = 0u64;
+        let mut at = 0usize;
         for r in runs {
-            let (o, n) = (r.offset, r.len);
-            // Bounds first: with them every access below stays inside the
-            // two slices.
-            if n > plen || o > plen - n || n > dlen - at {
-                return;
-            }
-            if n <= 64 {
-                // One masked load and one masked store: the lanes past `n`
-                // are masked off, and masked-off lanes neither fault nor write.
-                let k: __mmask64 = _bzhi_u64(u64::MAX, n as u32);
-                // SAFETY: bytes o .. o + n of the page and at .. at + n of
-                // data are in bounds (checked above); only they are touched.
-                unsafe {
-                    let v = _mm512_maskz_loadu_epi8(k, s.add(at as usize).cast());
-                    _mm512_mask_storeu_epi8(d.add(o as usize).cast(), k, v);
+            let (o, n) = (r.offset as usize, r.len as usize);
+            // SAFETY: bytes o .. o + n of the page and at .. at + n of data
+            // are in bounds, since the runs are valid and `at` is the sum of
+            // the lengths before this run; each access below stays inside
+            // those ranges (two blocks overlap when the length is between
+            // one and two blocks); masked-off lanes neither fault nor write.
+            unsafe {
+                let (s0, d0) = (s.add(at), d.add(o));
+                if n >= 32 {
+                    if n <= 64 {
+                        let h = _mm256_loadu_si256(s0.cast());
+                        let t = _mm256_loadu_si256(s0.add(n - 32).cast());
+                        _mm256_storeu_si256(d0.cast(), h);
+                        _mm256_storeu_si256(d0.add(n - 32).cast(), t);
+                    } else if n <= 128 {
+                        let h = _mm512_loadu_si512(s0.cast());
+                        let t = _mm512_loadu_si512(s0.add(n - 64).cast());
+                        _mm512_storeu_si512(d0.cast(), h);
+                        _mm512_storeu_si512(d0.add(n - 64).cast(), t);
+                    } else {
+                        core::ptr::copy_nonoverlapping(s0, d0, n);
+                    }
+                } else {
+                    let k: __mmask32 = _bzhi_u32(u32::MAX, n as u32);
+                    let v = _mm256_maskz_loadu_epi8(k, s0.cast());
+                    _mm256_mask_storeu_epi8(d0.cast(), k, v);
                 }
-            } else {
-                // SAFETY: as above; the ranges are in different slices.
-                unsafe { core::ptr::copy_nonoverlapping(s.add(at as usize), d.add(o as usize), n as usize) };
             }
             at += n;
         }
@@ -418,11 +451,14 @@ mod tests {
             let data_len = total.saturating_sub(if extra == 2 { 1 } else { 0 });
             let data: Vec<u8> = (0..data_len).map(|i| (i * 31 + 7) as u8).collect();
             let seed: Vec<u8> = (0..page_len).map(|i| (i * 13) as u8).collect();
-            let (mut a, mut b) = (seed.clone(), seed.clone());
-            copy_runs(&mut a, &runs, &data);
-            copy_runs_scalar(&mut b, &runs, &data);
-            prop_assert_eq!(&a, &b);
+            let mut a = seed.clone();
+            copy_runs_scalar(&mut a, &runs, &data);
             if extra == 0 {
+                let mut b = seed.clone();
+                // SAFETY: sorted, apart, inside the page, lengths summing
+                // to the data's.
+                unsafe { copy_runs_valid(&mut b, &runs, &data) };
+                prop_assert_eq!(&a, &b);
                 let mut want = seed.clone();
                 let mut k = 0usize;
                 for r in &runs {
