@@ -163,6 +163,21 @@ pub(crate) fn copy_runs_scalar(page: &mut [u8], runs: &[Run], data: &[u8]) {
 /// up to 64 bytes: the copies small deltas and log records make.
 #[inline(always)]
 pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        // One masked move for every length up to 32: lengths of short
+        // writes vary, and the branches below would be mispredicted.
+        if dst.len() <= 32
+            && src.len() == dst.len()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU supports AVX-512BW and VL (checked just
+            // above); the lengths are equal and at most 32.
+            unsafe { x86::copy_masked32(dst, src) };
+            return;
+        }
+    }
     // Head and tail blocks of K bytes; they overlap when the length < 2K.
     fn two<const K: usize>(dst: &mut [u8], src: &[u8]) {
         let n = dst.len();
@@ -266,6 +281,25 @@ pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
 mod x86 {
     use crate::delta::Run;
     use std::arch::x86_64::*;
+
+    /// How far ahead (in 64-byte lines) the dense blend prefetches.
+    const PREFETCH_LINES: usize = 16;
+
+    /// `dst.copy_from_slice(src)` with one masked load and store.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512BW and VL; `dst.len() == src.len() <= 32`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,bmi2")]
+    pub(super) unsafe fn copy_masked32(dst: &mut [u8], src: &[u8]) {
+        let k: __mmask32 = _bzhi_u32(u32::MAX, dst.len() as u32);
+        // SAFETY: only the first `len` lanes are read and written, inside
+        // both slices; masked-off lanes neither fault nor write.
+        unsafe {
+            let v = _mm256_maskz_loadu_epi8(k, src.as_ptr().cast());
+            _mm256_mask_storeu_epi8(dst.as_mut_ptr().cast(), k, v);
+        }
+    }
 
     /// # Safety
     /// The CPU must support SSE4.2.
@@ -389,6 +423,12 @@ mod x86 {
         let full = (dst.len() / 64).min(words.len()).min(src.len() / 64);
         let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
         for (i, &m) in words[..full].iter().enumerate() {
+            // Three streams (data, mask, page) are more than the hardware
+            // prefetcher keeps ahead of on pages past the L2: ask for the
+            // data and page lines a kilobyte ahead. A prefetch never faults,
+            // and past the end it only fetches a line it need not have.
+            _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add((i + PREFETCH_LINES) * 64).cast());
+            _mm_prefetch::<_MM_HINT_T0>(d.wrapping_add((i + PREFETCH_LINES) * 64).cast());
             if m == 0 {
                 continue;
             }
