@@ -305,9 +305,44 @@ mod x86 {
     /// The CPU must support SSE4.2.
     #[target_feature(enable = "sse4.2")]
     pub(super) unsafe fn crc32c_short(bytes: &[u8]) -> u32 {
-        // SAFETY: same requirement as this function's.
-        unsafe { crc32c_short_append(0, bytes) }
+        let len = bytes.len();
+        let Some(first) = bytes.first_chunk::<8>() else {
+            // SAFETY: same requirement as this function's.
+            return unsafe { crc32c_short_append(0, bytes) };
+        };
+        // The `r = len % 8` leading bytes go first, in one step and with no
+        // branch on `r`: placed at the top of a word whose low bytes are
+        // zero, from a zero register (zeros leave a zero register as it
+        // is); the CRC being linear, the initial register's effect over `r`
+        // bytes is then added from a table.
+        let r = len % 8;
+        let head = u64::from_le_bytes(*first).checked_shl(8 * (8 - r) as u32).unwrap_or(0);
+        let mut c = _mm_crc32_u64(0, head) ^ u64::from(INIT_OVER_ZEROS[r]);
+        for w in bytes[r..].chunks_exact(8) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            c = _mm_crc32_u64(c, u64::from_le_bytes(a));
+        }
+        !(c as u32)
     }
+
+    /// The CRC32C register after `r` zero bytes from the initial register
+    /// (all ones), for `r` in 0..8.
+    const INIT_OVER_ZEROS: [u32; 8] = {
+        let mut t = [0u32; 8];
+        let mut reg = u32::MAX;
+        let mut r = 0;
+        while r < 8 {
+            t[r] = reg;
+            let mut bit = 0;
+            while bit < 8 {
+                reg = (reg >> 1) ^ (0x82F6_3B78 & 0u32.wrapping_sub(reg & 1));
+                bit += 1;
+            }
+            r += 1;
+        }
+        t
+    };
 
     /// # Safety
     /// The CPU must support SSE4.2.
