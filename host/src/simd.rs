@@ -133,9 +133,13 @@ unsafe fn copy_runs_valid(page: &mut [u8], runs: &[Run], data: &[u8]) {
     debug_assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), data.len() as u64);
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
-        if runs.len() >= 4 && std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU supports AVX-512BW (checked just above); the
-            // runs are valid for `page` and `data` (this function's contract).
+        if runs.len() >= 4
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU supports AVX-512BW and VL (checked just
+            // above); the runs are valid for `page` and `data` (this
+            // function's contract).
             unsafe { x86::copy_runs_valid_avx512(page, runs, data) };
             return;
         }
@@ -411,42 +415,80 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU must support AVX-512BW (and F), and the runs must be valid
-    /// for `page` and `data` as [`super::copy_runs_valid`] requires.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,bmi2")]
+    /// The CPU must support AVX-512BW and VL (and F), and the runs must be
+    /// valid for `page` and `data` as [`super::copy_runs_valid`] requires.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,bmi2")]
     pub(super) unsafe fn copy_runs_valid_avx512(page: &mut [u8], runs: &[Run], data: &[u8]) {
         let (d, s) = (page.as_mut_ptr(), data.as_ptr());
         let mut at = 0usize;
-        for r in runs {
-            let (o, n) = (r.offset as usize, r.len as usize);
-            // SAFETY: bytes o .. o + n of the page and at .. at + n of data
-            // are in bounds, since the runs are valid and `at` is the sum of
-            // the lengths before this run; each access below stays inside
-            // those ranges (two blocks overlap when the length is between
-            // one and two blocks); masked-off lanes neither fault nor write.
-            unsafe {
-                let (s0, d0) = (s.add(at), d.add(o));
-                if n >= 32 {
-                    if n <= 64 {
+        // Four runs at a time: when all four are 32 to 64 bytes long (the
+        // common case of runs of about a cache line), one branch for the
+        // four and two unmasked moves each; otherwise run by run.
+        let mut groups = runs.chunks_exact(4);
+        for g in &mut groups {
+            let lens = [g[0].len, g[1].len, g[2].len, g[3].len];
+            if lens.iter().all(|&n| (32..=64).contains(&n)) {
+                for r in g {
+                    let (o, n) = (r.offset as usize, r.len as usize);
+                    // SAFETY: bytes o .. o + n of the page and at .. at + n
+                    // of data are in bounds (the runs are valid and `at` is
+                    // the sum of the lengths before this run); 32 <= n <= 64,
+                    // so both 32-byte blocks lie inside those ranges.
+                    unsafe {
+                        let (s0, d0) = (s.add(at), d.add(o));
                         let h = _mm256_loadu_si256(s0.cast());
                         let t = _mm256_loadu_si256(s0.add(n - 32).cast());
                         _mm256_storeu_si256(d0.cast(), h);
                         _mm256_storeu_si256(d0.add(n - 32).cast(), t);
-                    } else if n <= 128 {
-                        let h = _mm512_loadu_si512(s0.cast());
-                        let t = _mm512_loadu_si512(s0.add(n - 64).cast());
-                        _mm512_storeu_si512(d0.cast(), h);
-                        _mm512_storeu_si512(d0.add(n - 64).cast(), t);
-                    } else {
-                        core::ptr::copy_nonoverlapping(s0, d0, n);
                     }
-                } else {
-                    let k: __mmask32 = _bzhi_u32(u32::MAX, n as u32);
-                    let v = _mm256_maskz_loadu_epi8(k, s0.cast());
-                    _mm256_mask_storeu_epi8(d0.cast(), k, v);
+                    at += n;
+                }
+            } else {
+                for r in g {
+                    // SAFETY: as below.
+                    unsafe { one_run(s.add(at), d.add(r.offset as usize), r.len as usize) };
+                    at += r.len as usize;
                 }
             }
-            at += n;
+        }
+        for r in groups.remainder() {
+            // SAFETY: bytes o .. o + n of the page and at .. at + n of data
+            // are in bounds, since the runs are valid and `at` is the sum of
+            // the lengths before this run.
+            unsafe { one_run(s.add(at), d.add(r.offset as usize), r.len as usize) };
+            at += r.len as usize;
+        }
+    }
+
+    /// Copy `n` bytes from `s0` to `d0`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512BW and VL; `n` bytes at `s0` are
+    /// readable, `n` bytes at `d0` writable, and the two do not overlap.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,bmi2")]
+    unsafe fn one_run(s0: *const u8, d0: *mut u8, n: usize) {
+        // SAFETY: every access stays inside the n bytes at each pointer:
+        // masked-off lanes neither fault nor write, and two blocks overlap
+        // when n is between one and two blocks long.
+        unsafe {
+            if n < 32 {
+                let k: __mmask32 = _bzhi_u32(u32::MAX, n as u32);
+                let v = _mm256_maskz_loadu_epi8(k, s0.cast());
+                _mm256_mask_storeu_epi8(d0.cast(), k, v);
+            } else if n <= 64 {
+                let h = _mm256_loadu_si256(s0.cast());
+                let t = _mm256_loadu_si256(s0.add(n - 32).cast());
+                _mm256_storeu_si256(d0.cast(), h);
+                _mm256_storeu_si256(d0.add(n - 32).cast(), t);
+            } else if n <= 128 {
+                let h = _mm512_loadu_si512(s0.cast());
+                let t = _mm512_loadu_si512(s0.add(n - 64).cast());
+                _mm512_storeu_si512(d0.cast(), h);
+                _mm512_storeu_si512(d0.add(n - 64).cast(), t);
+            } else {
+                core::ptr::copy_nonoverlapping(s0, d0, n);
+            }
         }
     }
 
@@ -511,9 +553,14 @@ mod tests {
             lens in proptest::collection::vec(0u64..200, 0..40),
             gaps in proptest::collection::vec(0u64..70, 40),
             extra in 0u64..3,
+            near_a_line: bool,
         ) {
             // Runs from lengths and gaps; `extra` > 0 makes the last run (or
-            // the data) too short, which both versions must stop at.
+            // the data) too short, which both versions must stop at. With
+            // `near_a_line`, lengths around 32 to 64 (groups of such runs
+            // take their own path).
+            let lens: Vec<u64> =
+                if near_a_line { lens.iter().map(|l| 30 + l % 37).collect() } else { lens };
             let mut runs = Vec::new();
             let mut at = 0u64;
             for (l, g) in lens.iter().zip(&gaps) {
