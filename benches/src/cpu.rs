@@ -1,7 +1,7 @@
 //! CPU rows: delta apply against memcpy, pooled allocation against plain
 //! allocation.
 
-use crate::{dense_payload, full_payload, sparse_payload, time_per_iter, Budget, Row};
+use crate::{dense_payload, full_payload, paired_per_iter, sparse_payload, time_per_iter, Budget, Row};
 use mmsb::alloc::PageAllocator;
 use mmsb::Payload;
 use std::hint::black_box;
@@ -16,34 +16,32 @@ fn human(len: usize) -> String {
     }
 }
 
-/// Seconds to memcpy `len` bytes between two warm buffers.
-pub fn memcpy_time(budget: Budget, len: usize) -> f64 {
-    let src = vec![1u8; len];
-    let mut dst = vec![0u8; len];
-    time_per_iter(budget, || {
-        dst.copy_from_slice(black_box(&src));
-        black_box(&mut dst);
-    })
-}
-
-/// Seconds per `apply_to` on a warm page buffer from the engine's page
-/// allocator (64-byte aligned, as every page of the engine is).
-fn apply_time(budget: Budget, len: usize, payload: &Payload) -> f64 {
+/// Seconds per `apply_to` of `payload` on a warm page buffer of `len`
+/// bytes from the engine's page allocator (64-byte aligned, as every page
+/// of the engine is), and seconds to memcpy `limit` bytes between two warm
+/// buffers, sampled in turn.
+fn apply_and_memcpy(budget: Budget, len: usize, payload: &Payload, limit: usize) -> (f64, f64) {
     let mut page = PageAllocator::default().alloc(len).expect("page buffer");
     page.fill(0x5A);
-    time_per_iter(budget, || {
-        payload.apply_to(black_box(&mut page)).expect("payload fits");
-    })
+    let src = vec![1u8; limit];
+    let mut dst = vec![0u8; limit];
+    paired_per_iter(
+        budget,
+        || payload.apply_to(black_box(&mut page)).expect("payload fits"),
+        || {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&mut dst);
+        },
+    )
 }
 
 /// Apply rows for one page size.
 pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
     let gbs = |bytes: usize, secs: f64| bytes as f64 / secs / 1e9;
-    let memcpy = memcpy_time(budget, len);
     let mut rows = Vec::new();
     let target_dense = (len == 1 << 20).then_some(0.8);
     let dense = dense_payload(len, 1);
-    let t = apply_time(budget, len, &dense);
+    let (t, memcpy) = apply_and_memcpy(budget, len, &dense, len);
     rows.push(Row::throughput(
         &format!("cpu_apply_dense_{}", human(len)),
         gbs(len, t),
@@ -56,8 +54,7 @@ pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
     let sparse = sparse_payload(len, 64, 128, 2);
     let touched = sparse.touched() as usize;
     if touched > 0 {
-        let t = apply_time(budget, len, &sparse);
-        let m = memcpy_time(budget, touched);
+        let (t, m) = apply_and_memcpy(budget, len, &sparse, touched);
         rows.push(Row::throughput(
             &format!("cpu_apply_sparse64_{}", human(len)),
             gbs(touched, t),
@@ -68,7 +65,7 @@ pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
         ));
     }
     let full = full_payload(len, 3);
-    let t = apply_time(budget, len, &full);
+    let (t, memcpy) = apply_and_memcpy(budget, len, &full, len);
     rows.push(Row::throughput(
         &format!("cpu_apply_full_{}", human(len)),
         gbs(len, t),

@@ -145,7 +145,28 @@ impl Budget {
 /// Median seconds per call of `f`, over `budget.samples` samples that each
 /// run `f` repeatedly for about `budget.sample`.
 pub fn time_per_iter(budget: Budget, mut f: impl FnMut()) -> f64 {
-    // Calibrate: how many calls fill one sample.
+    let n = calls_per_sample(budget.sample, &mut f);
+    let mut samples: Vec<f64> = (0..budget.samples.max(1)).map(|_| sample(n, &mut f)).collect();
+    median(&mut samples)
+}
+
+/// Median seconds per call of `f` and of `g`, their samples taken in turn
+/// (each about half of `budget.sample`): a figure and its limit measured
+/// under the same conditions, so that a machine whose speed drifts (other
+/// tenants, frequency changes) moves both alike.
+pub fn paired_per_iter(budget: Budget, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
+    let half = budget.sample / 2;
+    let (nf, ng) = (calls_per_sample(half, &mut f), calls_per_sample(half, &mut g));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..budget.samples.max(1) {
+        a.push(sample(nf, &mut f));
+        b.push(sample(ng, &mut g));
+    }
+    (median(&mut a), median(&mut b))
+}
+
+/// How many calls of `f` fill about `span`.
+fn calls_per_sample(span: Duration, f: &mut impl FnMut()) -> u64 {
     f();
     let mut n = 1u64;
     loop {
@@ -154,23 +175,25 @@ pub fn time_per_iter(budget: Budget, mut f: impl FnMut()) -> f64 {
             f();
         }
         let e = t.elapsed();
-        if e >= budget.sample / 4 || n >= 1 << 30 {
-            n = ((n as f64) * budget.sample.as_secs_f64() / e.as_secs_f64().max(1e-9)).ceil().max(1.0) as u64;
-            break;
+        if e >= span / 4 || n >= 1 << 30 {
+            return ((n as f64) * span.as_secs_f64() / e.as_secs_f64().max(1e-9)).ceil().max(1.0) as u64;
         }
         n *= 4;
     }
-    let mut samples: Vec<f64> = (0..budget.samples.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed().as_secs_f64() / n as f64
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+}
+
+/// Seconds per call of `f` over `n` calls.
+fn sample(n: u64, f: &mut impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed().as_secs_f64() / n as f64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// A dense payload for a `len`-byte page selecting about half the bytes.

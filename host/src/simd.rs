@@ -288,6 +288,9 @@ mod x86 {
 
     /// How far ahead (in 64-byte lines) the dense blend prefetches.
     const PREFETCH_LINES: usize = 16;
+    /// Pages from this length on are blended with prefetching (smaller ones
+    /// sit in the L1 or L2 cache, where it only costs instructions).
+    const PREFETCH_MIN: usize = 64 << 10;
 
     /// `dst.copy_from_slice(src)` with one masked load and store.
     ///
@@ -497,15 +500,34 @@ mod x86 {
     /// `words` holds at least `dst.len() / 64` words.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn blend_avx512(dst: &mut [u8], src: &[u8], words: &[u64]) {
+        if dst.len() >= PREFETCH_MIN {
+            // SAFETY: this function's own requirements.
+            unsafe { blend_avx512_with::<true>(dst, src, words) }
+        } else {
+            // SAFETY: this function's own requirements.
+            unsafe { blend_avx512_with::<false>(dst, src, words) }
+        }
+    }
+
+    /// [`blend_avx512`], prefetching ahead when `PREFETCH`.
+    ///
+    /// # Safety
+    /// As [`blend_avx512`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn blend_avx512_with<const PREFETCH: bool>(dst: &mut [u8], src: &[u8], words: &[u64]) {
         let full = (dst.len() / 64).min(words.len()).min(src.len() / 64);
         let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
         for (i, &m) in words[..full].iter().enumerate() {
-            // Three streams (data, mask, page) are more than the hardware
-            // prefetcher keeps ahead of on pages past the L2: ask for the
-            // data and page lines a kilobyte ahead. A prefetch never faults,
-            // and past the end it only fetches a line it need not have.
-            _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add((i + PREFETCH_LINES) * 64).cast());
-            _mm_prefetch::<_MM_HINT_T0>(d.wrapping_add((i + PREFETCH_LINES) * 64).cast());
+            if PREFETCH {
+                // Three streams (data, mask, page) are more than the
+                // hardware prefetcher keeps ahead of on pages past the L2:
+                // ask for the data and page lines a kilobyte ahead. A
+                // prefetch never faults, and past the end it only fetches a
+                // line it need not have.
+                _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add((i + PREFETCH_LINES) * 64).cast());
+                _mm_prefetch::<_MM_HINT_T0>(d.wrapping_add((i + PREFETCH_LINES) * 64).cast());
+            }
             if m == 0 {
                 continue;
             }
