@@ -108,8 +108,9 @@ impl Shard {
             }
         }
         drop(st);
-        // SAFETY: ptr was allocated with layout(cap) and is no longer used.
-        unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) };
+        // SAFETY: ptr was allocated by sys_alloc_zeroed(cap) and is no
+        // longer used.
+        unsafe { sys_free(ptr, cap) };
     }
 
     /// Pop a free block of `class`, adjusting the budget count.
@@ -131,8 +132,9 @@ impl Shard {
             }
         }
         for (ptr, class) in drained {
-            // SAFETY: an owned block of `class`, allocated with layout(class_size(class)).
-            unsafe { alloc::dealloc(ptr.as_ptr(), layout(class_size(class))) };
+            // SAFETY: an owned block of `class`, allocated by
+            // sys_alloc_zeroed(class_size(class)).
+            unsafe { sys_free(ptr, class_size(class)) };
         }
     }
 }
@@ -190,6 +192,55 @@ fn class_of(len: usize) -> Option<usize> {
 
 const fn class_size(class: usize) -> usize {
     MIN_CLASS << class
+}
+
+/// Blocks of at least this many bytes are mapped straight from the
+/// operating system, with their memory populated at once. The global
+/// allocator can only clear a block aligned past 16 bytes with a `memset`
+/// after allocating it, touching every page one fault at a time; a
+/// populated mapping arrives zeroed and resident in one call.
+#[cfg(all(target_os = "linux", not(miri), not(loom)))]
+const MAP_MIN: usize = 256 << 10;
+
+/// A zeroed block of `cap` bytes (`cap >= 1`, a multiple of
+/// [`PAGE_ALIGN`]), aligned to [`PAGE_ALIGN`]; null when out of memory.
+fn sys_alloc_zeroed(cap: usize) -> *mut u8 {
+    #[cfg(all(target_os = "linux", not(miri), not(loom)))]
+    if cap >= MAP_MIN {
+        // SAFETY: a new private anonymous mapping touches no existing
+        // memory; its address is page-aligned (a multiple of PAGE_ALIGN)
+        // and its bytes are zero.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                cap,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        return if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() };
+    }
+    // SAFETY: the layout has a non-zero size (cap >= 1).
+    unsafe { alloc::alloc_zeroed(layout(cap)) }
+}
+
+/// Free a block of [`sys_alloc_zeroed`].
+///
+/// # Safety
+/// `ptr` came from `sys_alloc_zeroed(cap)` with this `cap` and is not used
+/// again.
+unsafe fn sys_free(ptr: NonNull<u8>, cap: usize) {
+    #[cfg(all(target_os = "linux", not(miri), not(loom)))]
+    if cap >= MAP_MIN {
+        // SAFETY: the whole mapping of `cap` bytes made for this block (a
+        // whole mapping never needs splitting, so munmap cannot fail).
+        unsafe { libc::munmap(ptr.as_ptr().cast(), cap) };
+        return;
+    }
+    // SAFETY: allocated with layout(cap) by the global allocator.
+    unsafe { alloc::dealloc(ptr.as_ptr(), layout(cap)) }
 }
 
 fn layout(size: usize) -> Layout {
@@ -256,8 +307,7 @@ impl PageAllocator {
         let home = &self.pool.shards[home_at];
         let oom = || crate::Error::InvalidPage { reason: format!("out of memory allocating {cap} bytes") };
         let Some(class) = class_of(len) else {
-            // SAFETY: layout has non-zero size (cap >= len >= 1).
-            let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout(cap)) }).ok_or_else(oom)?;
+            let ptr = NonNull::new(sys_alloc_zeroed(cap)).ok_or_else(oom)?;
             let mut st = home.state.lock();
             st.unpooled.0 += 1;
             st.unpooled.2 += cap as u64;
@@ -288,8 +338,7 @@ impl PageAllocator {
             // bytes, now owned by the new buffer.
             Some(ptr) => ptr,
             None => {
-                // SAFETY: layout has non-zero size (cap >= MIN_CLASS).
-                match NonNull::new(unsafe { alloc::alloc_zeroed(layout(cap)) }) {
+                match NonNull::new(sys_alloc_zeroed(cap)) {
                     Some(p) => p,
                     None => {
                         home.state.lock().classes[class].taken -= 1;
