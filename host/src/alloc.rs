@@ -337,15 +337,13 @@ impl PageAllocator {
             // The block came from a free list of this class: `cap` writable
             // bytes, now owned by the new buffer.
             Some(ptr) => ptr,
-            None => {
-                match NonNull::new(sys_alloc_zeroed(cap)) {
-                    Some(p) => p,
-                    None => {
-                        home.state.lock().classes[class].taken -= 1;
-                        return Err(oom());
-                    }
+            None => match NonNull::new(sys_alloc_zeroed(cap)) {
+                Some(p) => p,
+                None => {
+                    home.state.lock().classes[class].taken -= 1;
+                    return Err(oom());
                 }
-            }
+            },
         };
         Ok((PageBuf { ptr, len, cap, shard: Some(Arc::clone(home)) }, hit))
     }
