@@ -5,7 +5,9 @@
 //! a dropped buffer goes back to its class's free list in its home shard
 //! (while that shard holds less than its share of the byte budget) and is
 //! handed out again, zeroed, by the next request of that class. Larger
-//! buffers are allocated and freed directly.
+//! buffers are allocated and freed directly. On Linux, blocks of 256 KiB
+//! and more come from populated private mappings of their own (zeroed and
+//! resident in one call), the rest from the global allocator.
 //!
 //! In front of the shards, each thread keeps at most one free buffer of
 //! each class up to [`MAX_CACHED_CLASS`] (at most 128 KiB a thread, outside

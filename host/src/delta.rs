@@ -651,8 +651,12 @@ fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
 
 /// The payload [`Payload::diff`] picks, given the maximal runs where the old
 /// page differs from `new` (shared by the CPU diff and the GPU diff, which
-/// finds the runs on the device).
+/// finds the runs on the device). `raw` must be sorted, non-empty runs apart
+/// from each other and inside `new`, as the mask scans that produce it give
+/// them: a sparse delta's runs are trusted to be so wherever it is applied.
 pub(crate) fn diff_from_runs(raw: Vec<Run>, new: &[u8]) -> Payload {
+    debug_assert!(raw.windows(2).all(|w| w[0].offset + w[0].len < w[1].offset));
+    debug_assert!(raw.iter().all(|r| r.len > 0 && r.offset + r.len <= new.len() as u64));
     {
         let len = new.len() as u64;
         let ndiff: u64 = raw.iter().map(|r| r.len).sum();
