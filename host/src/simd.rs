@@ -133,10 +133,7 @@ unsafe fn copy_runs_valid(page: &mut [u8], runs: &[Run], data: &[u8]) {
     debug_assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), data.len() as u64);
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
-        if runs.len() >= 4
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
+        if runs.len() >= 4 && x86::has_avx512_bw_vl() {
             // SAFETY: the CPU supports AVX-512BW and VL (checked just
             // above); the runs are valid for `page` and `data` (this
             // function's contract).
@@ -171,14 +168,10 @@ pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
     {
         // One masked move for every length up to 32: lengths of short
         // writes vary, and the branches below would be mispredicted.
-        if dst.len() <= 32
-            && src.len() == dst.len()
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
+        if dst.len() <= 32 && src.len() == dst.len() && x86::has_avx512_bw_vl() {
             // SAFETY: the CPU supports AVX-512BW and VL (checked just
-            // above); the lengths are equal and at most 32.
-            unsafe { x86::copy_masked32(dst, src) };
+            // above); the slices are distinct, of equal length, at most 32.
+            unsafe { x86::copy_upto32(src.as_ptr(), dst.as_mut_ptr(), dst.len()) };
             return;
         }
     }
@@ -292,19 +285,45 @@ mod x86 {
     /// sit in the L1 or L2 cache, where it only costs instructions).
     const PREFETCH_MIN: usize = 64 << 10;
 
-    /// `dst.copy_from_slice(src)` with one masked load and store.
+    /// Whether the CPU has AVX-512BW and VL (masked moves of 32 bytes).
+    #[inline]
+    pub(super) fn has_avx512_bw_vl() -> bool {
+        std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+
+    /// Copy `n <= 32` bytes from `s0` to `d0` with one masked load and store.
     ///
     /// # Safety
-    /// The CPU must support AVX-512BW and VL; `dst.len() == src.len() <= 32`.
+    /// The CPU must support AVX-512BW and VL; `n <= 32` bytes at `s0` are
+    /// readable, `n` bytes at `d0` writable, and the two do not overlap.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,bmi2")]
-    pub(super) unsafe fn copy_masked32(dst: &mut [u8], src: &[u8]) {
-        let k: __mmask32 = _bzhi_u32(u32::MAX, dst.len() as u32);
-        // SAFETY: only the first `len` lanes are read and written, inside
-        // both slices; masked-off lanes neither fault nor write.
+    pub(super) unsafe fn copy_upto32(s0: *const u8, d0: *mut u8, n: usize) {
+        let k: __mmask32 = _bzhi_u32(u32::MAX, n as u32);
+        // SAFETY: only the first `n` lanes are read and written, inside the
+        // caller's ranges; masked-off lanes neither fault nor write.
         unsafe {
-            let v = _mm256_maskz_loadu_epi8(k, src.as_ptr().cast());
-            _mm256_mask_storeu_epi8(dst.as_mut_ptr().cast(), k, v);
+            let v = _mm256_maskz_loadu_epi8(k, s0.cast());
+            _mm256_mask_storeu_epi8(d0.cast(), k, v);
+        }
+    }
+
+    /// Copy `n` bytes, 32 <= n <= 64, from `s0` to `d0`: two 32-byte moves,
+    /// overlapping when `n < 64`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `n` bytes at `s0` are readable, `n` bytes
+    /// at `d0` writable, and the two do not overlap.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn copy_32_to_64(s0: *const u8, d0: *mut u8, n: usize) {
+        // SAFETY: both blocks lie inside the n bytes at each pointer
+        // (32 <= n <= 64).
+        unsafe {
+            let h = _mm256_loadu_si256(s0.cast());
+            let t = _mm256_loadu_si256(s0.add(n - 32).cast());
+            _mm256_storeu_si256(d0.cast(), h);
+            _mm256_storeu_si256(d0.add(n - 32).cast(), t);
         }
     }
 
@@ -435,15 +454,8 @@ mod x86 {
                     let (o, n) = (r.offset as usize, r.len as usize);
                     // SAFETY: bytes o .. o + n of the page and at .. at + n
                     // of data are in bounds (the runs are valid and `at` is
-                    // the sum of the lengths before this run); 32 <= n <= 64,
-                    // so both 32-byte blocks lie inside those ranges.
-                    unsafe {
-                        let (s0, d0) = (s.add(at), d.add(o));
-                        let h = _mm256_loadu_si256(s0.cast());
-                        let t = _mm256_loadu_si256(s0.add(n - 32).cast());
-                        _mm256_storeu_si256(d0.cast(), h);
-                        _mm256_storeu_si256(d0.add(n - 32).cast(), t);
-                    }
+                    // the sum of the lengths before this run); 32 <= n <= 64.
+                    unsafe { copy_32_to_64(s.add(at), d.add(o), n) };
                     at += n;
                 }
             } else {
@@ -472,18 +484,13 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,bmi2")]
     unsafe fn one_run(s0: *const u8, d0: *mut u8, n: usize) {
         // SAFETY: every access stays inside the n bytes at each pointer:
-        // masked-off lanes neither fault nor write, and two blocks overlap
-        // when n is between one and two blocks long.
+        // the helpers' bounds on n hold in their branches, and two 64-byte
+        // blocks overlap when n is between one and two blocks long.
         unsafe {
             if n < 32 {
-                let k: __mmask32 = _bzhi_u32(u32::MAX, n as u32);
-                let v = _mm256_maskz_loadu_epi8(k, s0.cast());
-                _mm256_mask_storeu_epi8(d0.cast(), k, v);
+                copy_upto32(s0, d0, n);
             } else if n <= 64 {
-                let h = _mm256_loadu_si256(s0.cast());
-                let t = _mm256_loadu_si256(s0.add(n - 32).cast());
-                _mm256_storeu_si256(d0.cast(), h);
-                _mm256_storeu_si256(d0.add(n - 32).cast(), t);
+                copy_32_to_64(s0, d0, n);
             } else if n <= 128 {
                 let h = _mm512_loadu_si512(s0.cast());
                 let t = _mm512_loadu_si512(s0.add(n - 64).cast());
