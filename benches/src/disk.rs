@@ -2,7 +2,7 @@
 //! replay. Each next to the raw file operation on the same bytes, in a
 //! directory on the same file system, measured in the same run.
 
-use crate::{small_sparse, Row};
+use crate::{median, small_sparse, Row};
 use mmsb::codec::Limits;
 use mmsb::log::Durability;
 use mmsb::vfs::StdVfs;
@@ -55,11 +55,6 @@ const PAGES: usize = 64;
 const PAGE_LEN: usize = 64;
 /// Largest small delta.
 const SMALL: usize = 8;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 fn small_pages(s: &Mmsb) -> Result<Vec<PageId>> {
     (0..PAGES).map(|_| s.create_page(PageSpec::new(PAGE_LEN as u64))).collect()
@@ -233,18 +228,18 @@ pub fn checkpoint_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
     Ok(vec![
         Row::throughput(
             &format!("checkpoint_write_{mb}m"),
-            gbs(median(write_times)),
+            gbs(median(&mut write_times)),
             "GB/s",
             &format!("raw sequential write+fdatasync of {mb} MB"),
-            gbs(median(raw_write_times)),
+            gbs(median(&mut raw_write_times)),
             Some(0.8),
         ),
         Row::throughput(
             &format!("checkpoint_restore_{mb}m"),
-            gbs(median(restore_times)),
+            gbs(median(&mut restore_times)),
             "GB/s",
             &format!("raw sequential read of the {mb} MB file (page cache)"),
-            gbs(median(raw_read_times)),
+            gbs(median(&mut raw_read_times)),
             Some(0.8),
         ),
     ])
@@ -315,10 +310,10 @@ pub fn replay_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
     // speed at which the same segment files can merely be read.
     Ok(vec![Row::throughput(
         "replay_small_deltas",
-        deltas / median(replay),
+        deltas / median(&mut replay),
         "deltas/s",
         &format!("read of the same {} MB of segments", bytes >> 20),
-        deltas / median(read),
+        deltas / median(&mut read),
         Some(0.7),
     )])
 }

@@ -191,9 +191,10 @@ fn sample(n: u64, f: &mut impl FnMut()) -> f64 {
     t.elapsed().as_secs_f64() / n as f64
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (the upper one of an even count; NaN when empty).
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A dense payload for a `len`-byte page selecting about half the bytes.
