@@ -694,7 +694,7 @@ impl Mmsb {
                 node_of.iter().any(|&n| n != u32::MAX && !graph.slots[n as usize].data_children.is_empty());
             if feeds || graph.has_pending() {
                 let t0 = Instant::now();
-                scratch.begin(graph.bound());
+                scratch.begin(graph.bound(), self.events.active());
                 for (k, &n) in node_of.iter().enumerate().filter(|(_, &n)| n != u32::MAX) {
                     scratch.stage(n, guards[k].1.bytes()?, epochs[k]);
                 }
@@ -770,7 +770,9 @@ impl Mmsb {
         guards: (&mut [(PageId, PageGuard<'_>)], usize),
         applied: &mut usize,
     ) -> Result<PropagationStats> {
-        let listen = self.events.active();
+        // Decided when the propagation began, so that its events come whole
+        // or not at all.
+        let listen = scratch.listen;
         if listen {
             self.events.send(Event::PropagationStarted { dirty: stats.dirty });
         }
@@ -898,7 +900,7 @@ impl Mmsb {
         let Clock { log, deps, next_delta, timestamp, .. } = clock;
         let Deps { graph, functions, scratch } = deps;
         let mut derived = std::mem::take(&mut scratch.derived);
-        scratch.begin(graph.bound());
+        scratch.begin(graph.bound(), self.events.active());
         // The plan write-locks each page it changes (in `guards`).
         let mut guards: Vec<(PageId, PageGuard<'_>)> =
             Vec::with_capacity(derived.capacity().min(GUARDS_RESERVE_MAX));

@@ -501,7 +501,7 @@ pub(crate) fn encode_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<u
     check_diff(old, new)?;
     let len = new.len() as u64;
     if new.len() <= SMALL_DIFF {
-        return Ok(encode_small_diff(old, new, out));
+        return Ok(encode_small_diff(old, new, count_differing(old, new), out));
     }
     let DiffSizes { ndiff, bridged_runs, bridged_bytes } = DiffSizes::of(old, new);
     let sparse_cost = 16 * bridged_runs + bridged_bytes;
@@ -565,11 +565,31 @@ pub(crate) fn encode_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<u
 /// more than the dense cost of `ceil(len / 8)` mask bytes plus the same.
 const SMALL_DIFF: usize = 120;
 
+/// [`encode_diff`] when `new` differs from `old`, nothing when they are
+/// equal (`Ok(None)`, `out` unchanged; empty pages are equal): one pass
+/// over small pages decides both, larger ones compare first.
+///
+/// # Errors
+/// As [`encode_diff`].
+#[inline]
+pub(crate) fn encode_change(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<Option<u64>> {
+    if old.len() == new.len() && new.len() <= SMALL_DIFF {
+        return Ok(match count_differing(old, new) {
+            0 => None,
+            ndiff => Some(encode_small_diff(old, new, ndiff, out)),
+        });
+    }
+    if old == new {
+        return Ok(None);
+    }
+    encode_diff(old, new, out).map(Some)
+}
+
 /// [`encode_diff`] of pages of equal length up to [`SMALL_DIFF`] bytes:
 /// counts the differing bytes and picks dense or full as [`diff_direct`] does.
-fn encode_small_diff(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> u64 {
+/// `ndiff` is [`count_differing`]`(old, new)`.
+fn encode_small_diff(old: &[u8], new: &[u8], ndiff: u64, out: &mut Vec<u8>) -> u64 {
     let len = new.len() as u64;
-    let ndiff = count_differing(old, new);
     if ndiff == 0 {
         // The sparse encoding of no runs.
         out.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -962,6 +982,20 @@ mod tests {
             let touched = encode_diff(&old, &new, &mut got).unwrap();
             proptest::prop_assert_eq!(&got, &want);
             proptest::prop_assert_eq!(touched, d.touched());
+            // encode_change: the same bytes when the pages differ, nothing
+            // at all when they are equal.
+            let mut got = prefix.clone();
+            let changed = encode_change(&old, &new, &mut got).unwrap();
+            if old == new {
+                proptest::prop_assert_eq!(changed, None);
+                proptest::prop_assert_eq!(&got, &prefix);
+            } else {
+                proptest::prop_assert_eq!(changed, Some(d.touched()));
+                proptest::prop_assert_eq!(&got, &want);
+            }
+            let mut same = prefix.clone();
+            proptest::prop_assert_eq!(encode_change(&new, &new, &mut same).unwrap(), None);
+            proptest::prop_assert_eq!(&same, &prefix);
         }
     }
 
@@ -1011,6 +1045,10 @@ mod tests {
         let mut out = vec![1u8, 2];
         assert!(encode_diff(&old, &old[1..], &mut out).is_err());
         assert!(encode_diff(&[], &[], &mut out).is_err());
+        assert!(encode_change(&old, &old[1..], &mut out).is_err());
+        let big = vec![1u8; 4096];
+        assert!(encode_change(&big, &big[1..], &mut out).is_err());
+        assert_eq!(encode_change(&[], &[], &mut out).unwrap(), None);
         assert_eq!(out, [1, 2]);
     }
 

@@ -27,7 +27,7 @@
 //!
 //! [`Mmsb::register_function`]: crate::Mmsb::register_function
 
-use crate::delta::{encode_diff, Payload};
+use crate::delta::{encode_change, Payload};
 use crate::graph::{Graph, Slot};
 use crate::page::Page;
 use crate::{Error, Result};
@@ -266,8 +266,12 @@ pub(crate) struct Scratch {
     level: Vec<u32>,
     outcomes: Vec<Outcome>,
     spare: Vec<&'static [u8]>,
-    /// `(page, changed)` for each recompute of the last propagation, in order.
+    /// `(page, changed)` for each recompute of the last propagation, in
+    /// order, when it was begun with `listen` (see [`Scratch::begin`]).
     pub(crate) fired: Vec<(PageId, bool)>,
+    /// Whether this propagation's events are sent (subscribers were there
+    /// when it began).
+    pub(crate) listen: bool,
     /// The output buffer of derived deltas, kept for the next propagation.
     pub(crate) derived: Vec<Derived>,
     /// Payload encodings and parents of the derived deltas of the last
@@ -291,8 +295,10 @@ impl Scratch {
         &mut self.arena[at..at + len]
     }
 
-    /// Start a propagation over a graph of `bound` slots.
-    pub(crate) fn begin(&mut self, bound: usize) {
+    /// Start a propagation over a graph of `bound` slots; `listen`: record
+    /// the recomputes in [`Scratch::fired`] (for events).
+    pub(crate) fn begin(&mut self, bound: usize, listen: bool) {
+        self.listen = listen;
         if self.gen == u32::MAX {
             self.queued.iter_mut().for_each(|s| *s = 0);
             self.staged.iter_mut().for_each(|s| *s = 0);
@@ -354,8 +360,22 @@ pub(crate) fn plan<'g>(
     held: &mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
 ) -> Result<PropagationStats> {
     let slots = &graph.slots[..];
-    let Scratch { gen, queued, staged, off, epoch, heap, arena, level, outcomes, spare, fired, sink, .. } =
-        sc;
+    let Scratch {
+        gen,
+        queued,
+        staged,
+        off,
+        epoch,
+        heap,
+        arena,
+        level,
+        outcomes,
+        spare,
+        fired,
+        listen,
+        sink,
+        ..
+    } = sc;
     out.clear();
     let mut st = Settle {
         slots,
@@ -367,6 +387,7 @@ pub(crate) fn plan<'g>(
         heap,
         out,
         fired,
+        listen: *listen,
         held,
         stats: PropagationStats::default(),
     };
@@ -448,6 +469,7 @@ struct Settle<'g, 'p> {
     heap: &'p mut BinaryHeap<Reverse<u64>>,
     out: &'p mut Vec<Derived>,
     fired: &'p mut Vec<(PageId, bool)>,
+    listen: bool,
     held: &'p mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
     stats: PropagationStats,
 }
@@ -493,7 +515,9 @@ impl<'g> Settle<'g, '_> {
             Outcome::Failed(e) => return Err(e),
             Outcome::Unchanged => {
                 self.stats.cut_off += 1;
-                self.fired.push((s.page, false));
+                if self.listen {
+                    self.fired.push((s.page, false));
+                }
             }
             Outcome::Changed { enc, parents, touched, epoch } => {
                 let b = s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
@@ -530,7 +554,9 @@ impl<'g> Settle<'g, '_> {
                     // and the commit.
                     flags: s.stale || !s.control_children.is_empty() || !s.control_parents.is_empty(),
                 });
-                self.fired.push((s.page, true));
+                if self.listen {
+                    self.fired.push((s.page, true));
+                }
                 for &c in &s.data_children {
                     self.enqueue(c);
                 }
@@ -652,7 +678,7 @@ const INLINE_INPUTS: usize = 8;
 /// Fill `dst` (one entry per argument) with the parents' bytes: staged
 /// copies, or the pages read through `guards` (one per unstaged argument,
 /// in order).
-#[inline]
+#[inline(always)]
 fn inputs<'a>(
     ctx: &Ctx<'_, 'a>,
     args: &[u32],
@@ -752,16 +778,15 @@ fn compute_one<'g>(
             Err(e) => return Outcome::Failed(e),
         }
     };
-    if old == &*o {
-        return Outcome::Unchanged;
-    }
-    let Some(after) = before.checked_next() else {
-        return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
-    };
     let at = sink.enc.len();
-    let touched = match encode_diff(old, o, &mut sink.enc) {
-        Ok(t) => t,
+    let touched = match encode_change(old, o, &mut sink.enc) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Outcome::Unchanged,
         Err(e) => return Outcome::Failed(e),
+    };
+    let Some(after) = before.checked_next() else {
+        sink.enc.truncate(at);
+        return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
     };
     let parents = sink.parents.len();
     sink.parents.reserve(k);
