@@ -236,16 +236,19 @@ impl SparseDelta {
     }
 
     /// The runs, sorted and non-adjacent.
+    #[inline]
     pub fn runs(&self) -> &[Run] {
         &self.runs
     }
 
     /// The runs' bytes, concatenated in run order.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.data
     }
 
     /// One past the last byte touched (0 for no runs).
+    #[inline]
     pub fn end(&self) -> u64 {
         self.runs.last().map_or(0, |r| r.offset + r.len)
     }
