@@ -336,8 +336,44 @@ impl Scratch {
 }
 
 /// A recomputed page's lock, kept from the read of its current bytes in
-/// case its new bytes differ (readers may share it meanwhile).
-type Upgradable<'g> = RwLockUpgradableReadGuard<'g, Page>;
+/// case its new bytes differ: the write lock when no reader holds the page
+/// (one lock and one unlock in all), else an upgradable read lock that
+/// shares the page with its readers until the commit needs it (so a
+/// reader, even on the propagating thread, never makes a recompute that
+/// changes nothing wait).
+enum Held<'g> {
+    Write(RwLockWriteGuard<'g, Page>),
+    Upgradable(RwLockUpgradableReadGuard<'g, Page>),
+}
+
+impl<'g> Held<'g> {
+    /// Lock `cell` for a recompute's read.
+    #[inline]
+    fn take(cell: &'g parking_lot::RwLock<Page>) -> Self {
+        match cell.try_write() {
+            Some(w) => Held::Write(w),
+            None => Held::Upgradable(cell.upgradable_read()),
+        }
+    }
+
+    /// The page, read-only.
+    #[inline]
+    fn page(&self) -> &Page {
+        match self {
+            Held::Write(w) => w,
+            Held::Upgradable(u) => u,
+        }
+    }
+
+    /// The write lock, for the commit.
+    #[inline]
+    fn into_write(self) -> RwLockWriteGuard<'g, Page> {
+        match self {
+            Held::Write(w) => w,
+            Held::Upgradable(u) => RwLockUpgradableReadGuard::upgrade(u),
+        }
+    }
+}
 
 /// Recompute everything below the graph's queued work and the `extra`
 /// changed nodes, staging new bytes; fills `out` with the derived deltas in
@@ -503,12 +539,12 @@ impl<'g> Settle<'g, '_> {
     }
 
     /// Account for the recompute of node `n`, whose new bytes are at `at`
-    /// in the arena; `lock` is the upgradable lock its read took, if any.
+    /// in the arena; `lock` is the lock its read took, if any.
     ///
     /// # Errors
     /// The recompute's failure.
     #[inline]
-    fn settle(&mut self, n: u32, outcome: Outcome, at: usize, lock: Option<Upgradable<'g>>) -> Result<()> {
+    fn settle(&mut self, n: u32, outcome: Outcome, at: usize, lock: Option<Held<'g>>) -> Result<()> {
         let s = &self.slots[n as usize];
         self.stats.recomputed += 1;
         match outcome {
@@ -529,7 +565,7 @@ impl<'g> Settle<'g, '_> {
                     usize::MAX
                 } else {
                     let write = match lock {
-                        Some(g) => RwLockUpgradableReadGuard::upgrade(g),
+                        Some(g) => g.into_write(),
                         None => match &s.cell {
                             Some(cell) => cell.write(),
                             None => return Err(Error::Invariant(format!("page {} has no cell", s.page))),
@@ -704,7 +740,7 @@ fn compute_one<'g>(
     guards: &mut Vec<RwLockReadGuard<'g, Page>>,
     spare: &mut Vec<&'static [u8]>,
     sink: &mut Sink,
-    keep: Option<&mut Option<Upgradable<'g>>>,
+    keep: Option<&mut Option<Held<'g>>>,
 ) -> Outcome {
     let slot: &'g Slot = &ctx.slots[n as usize];
     let Some(b) = slot.binding else {
@@ -764,10 +800,10 @@ fn compute_one<'g>(
         let Some(cell) = &slot.cell else {
             return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
         };
-        // With `keep`, an upgradable lock stays there for the caller to
-        // turn into the commit's write lock if the page changes.
+        // With `keep`, the lock stays there for the caller to turn into
+        // the commit's write lock if the page changes.
         let page: &Page = match keep {
-            Some(k) => k.insert(cell.upgradable_read()),
+            Some(k) => k.insert(Held::take(cell)).page(),
             None => {
                 child = cell.read_recursive();
                 &child

@@ -482,3 +482,33 @@ fn two_page_readers_and_propagation_do_not_deadlock() -> Result {
     assert_eq!(state.query_page(low)?, vec![2999u64 as u8; 4096]);
     Ok(())
 }
+
+#[test]
+fn a_held_page_ref_does_not_block_a_recompute_that_changes_nothing() -> Result {
+    // One thread reads a derived page through a `PageRef` and, holding it,
+    // writes the page's source: the derived page's function reproduces its
+    // bytes, so the propagation must not wait for the reader (which would
+    // never let go).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let run = || -> Result<(u64, Vec<u8>)> {
+            let state = Mmsb::start(Config::temporary())?;
+            state.register_function("zero", 1, |_: &[&[u8]], _: &mut [u8]| {})?;
+            let src = page(&state, 64)?;
+            let derived = page(&state, 64)?;
+            state.declare_derived(derived, "zero", &[src])?;
+            let held = state.read_page(derived)?;
+            state.update_page(src, Payload::Full(vec![7; 64]))?;
+            let seen = held.bytes().to_vec();
+            drop(held);
+            Ok((state.page_info(derived)?.epoch.0, seen))
+        };
+        let _ = tx.send(run());
+    });
+    let (epoch, seen) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the update waited for the reader of an unchanged page: deadlock")?;
+    assert_eq!(seen, vec![0u8; 64]);
+    assert_eq!(epoch, 0, "an unchanged derived page is not written");
+    Ok(())
+}
