@@ -333,10 +333,17 @@ impl Payload {
     /// unchanged.
     #[inline(always)]
     pub fn apply_to(&self, page: &mut [u8]) -> Result<()> {
-        self.check(page.len() as u64)?;
         match self {
-            Payload::Sparse(s) => crate::simd::copy_sparse(page, s),
-            other => other.apply_wide(page),
+            // The run copy checks the delta's end against the page itself.
+            Payload::Sparse(s) => {
+                if !crate::simd::copy_sparse(page, s) {
+                    return Err(self.misfit(page.len() as u64));
+                }
+            }
+            other => {
+                other.check(page.len() as u64)?;
+                other.apply_wide(page);
+            }
         }
         Ok(())
     }
@@ -933,6 +940,14 @@ mod tests {
         assert!(sparse(&[(8, &[0, 0, 0])]).apply_to(&mut page).is_err());
         assert!(Payload::Full(vec![0; 9]).apply_to(&mut page).is_err());
         assert_eq!(page, vec![1u8; 10]);
+        // Many runs (the vector copy), only the last one past the end:
+        // nothing is copied, and the error says what did not fit.
+        let mut big = vec![1u8; 640];
+        let runs: Vec<(u64, &[u8])> = (0..6).map(|i| (i * 128, &[0u8; 64][..])).collect();
+        let err = sparse(&runs).apply_to(&mut big).unwrap_err();
+        assert!(matches!(err, Error::InvalidDelta { .. }), "{err}");
+        assert!(err.to_string().contains("reaching byte 704"), "{err}");
+        assert_eq!(big, vec![1u8; 640]);
     }
 
     #[test]

@@ -103,18 +103,20 @@ fn blend_tail(dst: &mut [u8], src: &[u8], m: u64) {
     }
 }
 
-/// Copy the bytes of a sparse delta into `page`: nothing when the delta
-/// reaches past the page's end (its caller has checked that already).
+/// Copy the bytes of a sparse delta into `page` and return true; return
+/// false and copy nothing when the delta reaches past the page's end.
 #[inline]
-pub(crate) fn copy_sparse(page: &mut [u8], s: &SparseDelta) {
-    if s.end() > page.len() as u64 {
-        return;
+pub(crate) fn copy_sparse(page: &mut [u8], s: &SparseDelta) -> bool {
+    let runs = s.runs();
+    if runs.last().is_some_and(|r| r.offset + r.len > page.len() as u64) {
+        return false;
     }
     // SAFETY: a sparse delta's runs are sorted and apart and its data holds
     // exactly their bytes (every constructor of `SparseDelta` ensures it and
-    // its fields are private); its end, checked just above, is inside the
-    // page, so every run is.
-    unsafe { copy_runs_valid(page, s.runs(), s.data()) }
+    // its fields are private); the last run's end, checked just above, is
+    // inside the page, so every run is.
+    unsafe { copy_runs_valid(page, runs, s.data()) };
+    true
 }
 
 /// Copy the bytes of each run into `page`, `data` holding the runs' bytes
