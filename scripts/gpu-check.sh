@@ -71,13 +71,22 @@ device() {
         local name=$1 limit=$2
         shift 2
         [[ "$steps" == *" $name "* ]] || return 0
-        local t0=$SECONDS rc=0
+        local t0=$SECONDS rc=0 note=""
         echo "== $name: $*" | tee "$OUT/$name.log"
         timeout --kill-after=10 "$limit" "$@" >>"$OUT/$name.log" 2>&1 || rc=$?
+        # compute-sanitizer itself has crashed with SIGSEGV (exit 139) now
+        # and then, at start-up or between tests, reporting nothing: such a
+        # step runs once more, and the summary says so.
+        if [[ $rc -eq 139 && "$name" == *check ]]; then
+            echo "== $name: exit 139 (the tool crashed); running it once more" | tee -a "$OUT/$name.log"
+            note=", rerun after exit 139"
+            rc=0
+            timeout --kill-after=10 "$limit" "$@" >>"$OUT/$name.log" 2>&1 || rc=$?
+        fi
         local status=ok
         [[ $rc -eq 0 ]] || status="FAILED(rc=$rc)"
         [[ $rc -eq 124 || $rc -eq 137 ]] && status="TIMEOUT(${limit}s)"
-        printf '%-12s %-18s %4ds  %s\n' "$name" "$status" $((SECONDS - t0)) "$OUT/$name.log" >>"$summary"
+        printf '%-12s %-18s %4ds  %s%s\n' "$name" "$status" $((SECONDS - t0)) "$OUT/$name.log" "$note" >>"$summary"
         tail -n 4 "$OUT/$name.log" | sed 's/^/   /'
     }
 
@@ -92,7 +101,8 @@ device() {
     # Step limits add up to 6 x 60 + 3 x 60 = 540 s, inside one 600 s device
     # call with room for start-up and the summary (measured on an H100:
     # tests 28 s, bench 3 s, torch 14 s, bound 5 s, mmsb bench 15 s, each
-    # sanitizer under 20 s). Benchmarks run before the sanitizers so that a
+    # sanitizer under 20 s; a sanitizer that crashes runs once more, which
+    # can add its limit once). Benchmarks run before the sanitizers so that a
     # slow sanitizer never costs the figures.
     echo "gpu-check: step limits total $((60 * 6 + 3 * st)) s"
     # Every test of the archive except the kill loop, whose child binary is
