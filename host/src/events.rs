@@ -13,7 +13,9 @@
 //! State-change events (pages, deltas, edges, derivations) are a pure
 //! function of the [`Change`]s, so the live stream and the rebuilt one
 //! agree. Propagation events (`PropagationStarted`, `Recomputed`,
-//! `PropagationFinished`) describe work, not state: they are live only.
+//! `PropagationFinished`) describe work, not state: they are live only,
+//! and a propagation sends all of them or none (none when nobody was
+//! subscribed as it began).
 
 use crate::change::Change;
 use crate::delta::Source;
