@@ -107,15 +107,14 @@ fn blend_tail(dst: &mut [u8], src: &[u8], m: u64) {
 /// false and copy nothing when the delta reaches past the page's end.
 #[inline]
 pub(crate) fn copy_sparse(page: &mut [u8], s: &SparseDelta) -> bool {
-    let runs = s.runs();
-    if runs.last().is_some_and(|r| r.offset + r.len > page.len() as u64) {
+    if s.end() > page.len() as u64 {
         return false;
     }
     // SAFETY: a sparse delta's runs are sorted and apart and its data holds
     // exactly their bytes (every constructor of `SparseDelta` ensures it and
-    // its fields are private); the last run's end, checked just above, is
-    // inside the page, so every run is.
-    unsafe { copy_runs_valid(page, runs, s.data()) };
+    // its fields are private); its end, checked just above, is inside the
+    // page, so every run is.
+    unsafe { copy_runs_valid(page, s.runs(), s.data()) };
     true
 }
 
