@@ -4,13 +4,13 @@ use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
 use crate::change::Change;
 use crate::checkpoint::{CheckpointInfo, CheckpointWriter};
 use crate::codec::delta::apply_encoded;
+use crate::codec::derived::DerivedEntry;
 use crate::codec::page::PageImage;
 use crate::codec::Limits;
 use crate::delta::{Payload, Source};
 use crate::events::{event_for_change, Event, EventBus, SourceKind, Subscription};
 use crate::graph::Graph;
 use crate::graph::{EdgeKind, PageHandle};
-use crate::log::writer::DerivedRecord;
 use crate::log::{Durability, LogStats, LogWriter, RecoveryMode, RecoveryReport};
 use crate::page::{Location, Metadata, Page, PageSpec, Storage};
 use crate::propagate::{
@@ -831,12 +831,11 @@ impl Mmsb {
     ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.commit", changes = derived.len()).entered();
         let (first_id, first_ts) = (*tally.next_delta, *tally.timestamp + 1);
-        tally.log.append_derived(derived.len(), |i| {
+        tally.log.append_derived(derived.len(), (first_id, first_ts), |i| {
             let d = &derived[i];
-            DerivedRecord {
-                id: first_id + i as u64,
+            DerivedEntry {
                 page: d.page,
-                timestamp: first_ts + i as u64,
+                func: d.func,
                 function: &functions.entries[d.func as usize].name,
                 version: d.version,
                 parents: d.parent_epochs(sink),

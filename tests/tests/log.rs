@@ -286,15 +286,16 @@ fn diff_turns_one_state_into_another() -> Result<()> {
     Ok(())
 }
 
-/// Every derived delta in the log: the general delta encoding of itself
-/// (byte for byte), the payload `Payload::diff` picks for its effect, and a
-/// provenance naming each parent at the epoch it had when the page was
-/// recomputed. Covers full, dense and sparse payloads, one to three
+/// Every derived delta in the log: in a derived record (none is a delta
+/// record), reading back as its general delta encoding would, with the
+/// payload `Payload::diff` picks for its effect, and a provenance naming
+/// each parent at the epoch it had when the page was recomputed. Covers full, dense and sparse payloads, one to three
 /// parents, pages also written by the user in the same batch, immediate
 /// and deferred propagation.
 #[test]
 fn derived_delta_records_are_the_general_encoding_of_each_diff() -> Result<()> {
-    use mmsb::codec::delta::{encode_delta_body, DeltaView};
+    use mmsb::codec::delta::{decode_delta_body, encode_delta_body, DeltaView};
+    use mmsb::codec::derived::DerivedView;
     use mmsb::log::reader::{parse_segment_header, read_frame};
     use mmsb::log::{RecordType, SEGMENT_HEAD_LEN};
     use mmsb::{Epoch, PageId, PropagationMode, Source};
@@ -365,26 +366,35 @@ fn derived_delta_records_are_the_general_encoding_of_each_diff() -> Result<()> {
                 bytes.insert(id, vec![0; len as usize]);
                 epochs.insert(id, Epoch(0));
             }
-            if raw.kind != RecordType::Delta as u8 {
+            let deltas = if raw.kind == RecordType::Delta as u8 {
+                vec![DeltaView::parse(raw.body, 0, &limits)?.to_delta()?]
+            } else if raw.kind == RecordType::Derived as u8 {
+                let mut views = Vec::new();
+                DerivedView::parse(raw.body, 0, &limits)?.for_each(&limits, |v| views.push(v))?;
+                views.iter().map(DeltaView::to_delta).collect::<Result<Vec<_>>>()?
+            } else {
                 continue;
-            }
-            let delta = DeltaView::parse(raw.body, 0, &limits)?.to_delta()?;
-            let page = bytes.get_mut(&delta.page).unwrap();
-            let before = page.clone();
-            delta.payload.apply_to(page)?;
-            let ep = epochs.get_mut(&delta.page).unwrap();
-            *ep = Epoch(ep.get() + 1);
-            if let Source::Propagation(prov) = &delta.source {
-                derived += 1;
-                let mut general = Vec::new();
-                encode_delta_body(&delta, &mut general)?;
-                assert_eq!(general, raw.body, "delta {:?}", delta.id);
-                assert_eq!(delta.payload, Payload::diff(&before, page)?, "delta {:?}", delta.id);
-                assert!(delta.base_epoch.is_none() && delta.tag.is_none());
-                let want = if &*prov.function == "copy" { 1 } else { 2 };
-                assert_eq!(prov.version, want);
-                for (p, e) in &prov.parents {
-                    assert_eq!(epochs[p], *e, "parent {p} of delta {:?}", delta.id);
+            };
+            for delta in deltas {
+                let page = bytes.get_mut(&delta.page).unwrap();
+                let before = page.clone();
+                delta.payload.apply_to(page)?;
+                let ep = epochs.get_mut(&delta.page).unwrap();
+                *ep = Epoch(ep.get() + 1);
+                let derived_record = raw.kind == RecordType::Derived as u8;
+                assert_eq!(derived_record, matches!(delta.source, Source::Propagation(_)));
+                if let Source::Propagation(prov) = &delta.source {
+                    derived += 1;
+                    let mut general = Vec::new();
+                    encode_delta_body(&delta, &mut general)?;
+                    assert_eq!(decode_delta_body(&general, &limits)?, delta, "delta {:?}", delta.id);
+                    assert_eq!(delta.payload, Payload::diff(&before, page)?, "delta {:?}", delta.id);
+                    assert!(delta.base_epoch.is_none() && delta.tag.is_none());
+                    let want = if &*prov.function == "copy" { 1 } else { 2 };
+                    assert_eq!(prov.version, want);
+                    for (p, e) in &prov.parents {
+                        assert_eq!(epochs[p], *e, "parent {p} of delta {:?}", delta.id);
+                    }
                 }
             }
         }

@@ -184,6 +184,18 @@ impl<'a> PayloadView<'a> {
         let at = r.offset();
         let kind = r.u8("payload kind")?;
         let n = r.u64("payload length")?;
+        let view = Self::read_body(kind, n, at, &mut r, limits)?;
+        r.finish("payload")?;
+        Ok(view)
+    }
+
+    /// Read the body of a payload of `kind` and length or run count `n`
+    /// (as its encoding's head gives them; `at` is the head's offset) from
+    /// `r`, exactly as many bytes as the body holds.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for any malformed input; never panics.
+    pub(crate) fn read_body(kind: u8, n: u64, at: u64, r: &mut Reader<'a>, limits: &Limits) -> Result<Self> {
         let view = match kind {
             1 => {
                 if n == 0 || n > limits.max_page_len {
@@ -235,7 +247,6 @@ impl<'a> PayloadView<'a> {
             }
             k => return Err(Error::corrupt_at(at, format!("unknown payload kind {k}"))),
         };
-        r.finish("payload")?;
         Ok(view)
     }
 
@@ -455,8 +466,8 @@ pub struct DeltaView<'a> {
     pub base_epoch: Option<Epoch>,
     /// Source code: 0 user, 1 propagation, 2 replay.
     pub source: u8,
-    /// Raw provenance section (validated; empty unless propagation).
-    pub provenance: &'a [u8],
+    /// Provenance (validated; [`ProvenanceView::None`] unless propagation).
+    pub provenance: ProvenanceView<'a>,
     /// Tag bytes (validated UTF-8), when the tag flag is set.
     pub tag: Option<&'a str>,
     /// The payload.
@@ -493,7 +504,7 @@ impl<'a> DeltaView<'a> {
             timestamp: u64_at(16),
             base_epoch: (flags & FLAG_BASE != 0).then_some(Epoch(base_raw)),
             source,
-            provenance: &[],
+            provenance: ProvenanceView::None,
             tag: None,
             payload,
         })
@@ -551,7 +562,7 @@ impl<'a> DeltaView<'a> {
             timestamp,
             base_epoch: (flags & FLAG_BASE != 0).then_some(Epoch(base_raw)),
             source,
-            provenance,
+            provenance: if source == 1 { ProvenanceView::Body(provenance) } else { ProvenanceView::None },
             tag,
             payload,
         })
@@ -564,7 +575,7 @@ impl<'a> DeltaView<'a> {
     pub fn to_delta(&self) -> Result<Delta> {
         let source = match self.source {
             0 => Source::User,
-            1 => Source::Propagation(parse_provenance(self.provenance, 0)?),
+            1 => Source::Propagation(self.provenance.to_provenance()?),
             _ => Source::Replay,
         };
         Ok(Delta {
@@ -576,6 +587,49 @@ impl<'a> DeltaView<'a> {
             tag: self.tag.map(str::to_owned),
             timestamp: self.timestamp,
         })
+    }
+}
+
+/// The provenance of a delta as a log record holds it, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProvenanceView<'a> {
+    /// None: the delta's source is not propagation.
+    None,
+    /// The provenance section of a delta body (docs/FORMAT.md).
+    Body(&'a [u8]),
+    /// An entry of a derived record ([`super::derived`]).
+    Derived {
+        /// Function name.
+        function: &'a str,
+        /// Function version.
+        version: u32,
+        /// Parent count.
+        count: u64,
+        /// The parents: `count` pairs of LEB128 numbers (page, epoch).
+        parents: &'a [u8],
+    },
+}
+
+impl ProvenanceView<'_> {
+    /// The owned provenance.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for [`ProvenanceView::None`] and for hand-built
+    /// inconsistent views.
+    pub fn to_provenance(&self) -> Result<Provenance> {
+        match *self {
+            ProvenanceView::None => Err(Error::corrupt_at(0, "a propagation delta without provenance")),
+            ProvenanceView::Body(b) => parse_provenance(b, 0),
+            ProvenanceView::Derived { function, version, count, parents } => {
+                let mut r = Reader::new(parents, 0);
+                let mut out = Vec::with_capacity(count.min(parents.len() as u64 / 2) as usize);
+                for _ in 0..count {
+                    out.push((PageId(r.varint("parent page")?), Epoch(r.varint("parent epoch")?)));
+                }
+                r.finish("derived parents")?;
+                Ok(Provenance { function: function.into(), version, parents: out })
+            }
+        }
     }
 }
 
@@ -839,7 +893,7 @@ mod tests {
                         (v.id.0, v.page.0, v.timestamp, v.base_epoch.map(|e| e.0)),
                         (p.id, p.page, p.timestamp, p.base_epoch)
                     );
-                    prop_assert_eq!((v.source, v.provenance, v.tag), (0, &[][..], None));
+                    prop_assert_eq!((v.source, v.provenance, v.tag), (0, ProvenanceView::None, None));
                     prop_assert_eq!(v.payload, PayloadView::Sparse { runs: p.runs, data: p.data, end: p.end });
                 }
                 None => {

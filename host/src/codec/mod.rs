@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | page image v2 (presence bitvector + RLE + non-zero blocks) | [`page`] | `MSPG` |
 //! | delta blob / delta record body, payload encoding | [`delta`] | `MSDL` |
+//! | derived record body (the deltas of one propagation) | [`derived`] | – |
 //!
 //! Every field is little-endian and written explicitly; nothing is a raw
 //! struct image. Decoders treat their input as untrusted: every length is
@@ -12,6 +13,7 @@
 //! the offset of the first bad byte. No decoder panics on any input.
 
 pub mod delta;
+pub mod derived;
 pub mod page;
 
 use crate::page::Location;
@@ -168,6 +170,42 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
+    /// Position of the next byte in the input (not counting `base`).
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The input bytes `[from, position)`.
+    pub(crate) fn since(&self, from: usize) -> &'a [u8] {
+        self.buf.get(from..self.pos).unwrap_or_default()
+    }
+
+    /// An unsigned LEB128 number (7 bits a byte, low first, high bit set
+    /// on every byte but the last), in its shortest form.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] at the end of input, for a number over 64 bits,
+    /// or for an overlong form (a last byte of zero after the first).
+    #[inline]
+    pub fn varint(&mut self, what: &str) -> Result<u64> {
+        let at = self.offset();
+        let mut v = 0u64;
+        for i in 0..10u32 {
+            let b = self.u8(what)?;
+            if i == 9 && b > 1 {
+                return Err(Error::corrupt_at(at, format!("{what}: number over 64 bits")));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                if b == 0 && i > 0 {
+                    return Err(Error::corrupt_at(at, format!("{what}: overlong number")));
+                }
+                return Ok(v);
+            }
+        }
+        Err(Error::corrupt_at(at, format!("{what}: number over 64 bits")))
+    }
+
     /// Fail unless every byte was consumed.
     ///
     /// # Errors
@@ -178,6 +216,23 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// Most bytes of a LEB128 number.
+pub(crate) const VARINT_MAX: usize = 10;
+
+/// Write `v` as a shortest-form LEB128 number (see [`Reader::varint`]) at
+/// `out[at..]`, which must have room for [`VARINT_MAX`] bytes; returns the
+/// position after it.
+#[inline(always)]
+pub(crate) fn put_varint_at(out: &mut [u8], mut at: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        out[at] = v as u8 | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    out[at] = v as u8;
+    at + 1
 }
 
 #[inline]

@@ -63,6 +63,8 @@ pub enum RecordType {
     BatchBegin = 0x04,
     /// End of a batch of `count` records; the batch is committed.
     BatchEnd = 0x05,
+    /// Deltas of one propagation, compactly ([`crate::codec::derived`]).
+    Derived = 0x06,
     /// A dependency-graph change (edge added or removed, page declared
     /// derived): a postcard-encoded [`GraphRecord`].
     Graph = 0x10,
@@ -77,6 +79,7 @@ impl RecordType {
             0x03 => RecordType::Delta,
             0x04 => RecordType::BatchBegin,
             0x05 => RecordType::BatchEnd,
+            0x06 => RecordType::Derived,
             0x10 => RecordType::Graph,
             _ => return None,
         })
@@ -95,6 +98,7 @@ impl RecordType {
             Some(RecordType::Delta) => "delta",
             Some(RecordType::BatchBegin) => "batch_begin",
             Some(RecordType::BatchEnd) => "batch_end",
+            Some(RecordType::Derived) => "derived",
             Some(RecordType::Graph) => "graph",
             None if RecordType::is_optional(code) => "optional",
             None => "unknown",

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::change::Change;
 use crate::codec::delta::DeltaView;
+use crate::codec::derived::DerivedView;
 use crate::codec::{crc, read_location, read_metadata, Limits, Reader};
 use crate::page::{Location, Metadata};
 use crate::vfs::{Vfs, VfsRead};
@@ -152,6 +153,10 @@ pub enum Record<'a> {
     },
     /// A delta was applied.
     Delta(DeltaView<'a>),
+    /// The deltas of one propagation. A scan never delivers this: it hands
+    /// each of its deltas to the visitor as a [`Record::Delta`], all with
+    /// the record's LSN.
+    Derived(DerivedView<'a>),
     /// A batch of this many records follows.
     BatchBegin(u32),
     /// The batch of this many records is complete.
@@ -189,6 +194,7 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
             Record::Delete { id }
         }
         Some(RecordType::Delta) => Record::Delta(DeltaView::parse(raw.body, base, limits)?),
+        Some(RecordType::Derived) => Record::Derived(DerivedView::parse(raw.body, base, limits)?),
         Some(t @ (RecordType::BatchBegin | RecordType::BatchEnd)) => {
             let n = r.u32("batch count")?;
             if r.u32("batch reserved")? != 0 || n < 2 {
@@ -624,12 +630,13 @@ impl Window {
 }
 
 /// Where a scan is in a segment: offset and LSN of the next record, the
-/// open batch (declared count, offset of its begin record) and the records
-/// of the committed unit so far.
+/// open batch (declared count, offset of its begin record, records taken
+/// into it) and the records of the committed unit so far (a derived
+/// record's deltas one by one).
 struct Cursor<'a> {
     pos: usize,
     lsn: u64,
-    batch: Option<(u32, u64)>,
+    batch: Option<(u32, u64, u64)>,
     pending: Vec<(u64, Record<'a>)>,
 }
 
@@ -679,32 +686,41 @@ fn take_frame<'a>(
                 if batch.is_some() {
                     return Err(bad("batch begins inside a batch".into()));
                 }
-                cur.batch = Some((n, raw.offset));
+                cur.batch = Some((n, raw.offset, 0));
                 pending.clear();
                 return Ok(None);
             }
             Record::BatchEnd(n) => match batch {
-                Some((m, _)) if m == n && pending.len() as u64 == u64::from(n) => {}
+                Some((m, _, taken)) if m == n && taken == u64::from(n) => {}
                 _ => {
                     return Err(bad(format!(
-                        "batch end ({n}) does not match its begin ({batch:?}, {} records)",
-                        pending.len()
+                        "batch end ({n}) does not match its begin ({:?}, {} records)",
+                        batch.map(|b| (b.0, b.1)),
+                        batch.map_or(0, |b| b.2)
                     )))
                 }
             },
             _ => return Err(bad("batch marker decodes as another record".into())),
         }
     } else {
-        if let Some((n, _)) = batch {
-            if pending.len() as u64 >= u64::from(n) {
+        if let Some((n, _, taken)) = batch {
+            if taken >= u64::from(n) {
                 // Decoding errors come first, as for any record.
                 decode_record(&raw, limits).map_err(decode_err)?;
                 return Err(bad("batch holds more records than declared".into()));
             }
         }
         // Decoded straight into the commit's list: records are large.
-        pending.push((raw.lsn, decode_record(&raw, limits).map_err(decode_err)?));
-        if batch.is_some() {
+        if raw.kind == RecordType::Derived as u8 {
+            let base = raw.offset + RECORD_HEAD_LEN as u64;
+            DerivedView::head(raw.body, base)
+                .and_then(|v| v.for_each(limits, |d| pending.push((raw.lsn, Record::Delta(d)))))
+                .map_err(decode_err)?;
+        } else {
+            pending.push((raw.lsn, decode_record(&raw, limits).map_err(decode_err)?));
+        }
+        if let Some(b) = &mut cur.batch {
+            b.2 += 1;
             return Ok(None);
         }
     }
@@ -1053,7 +1069,18 @@ fn scan_records<'a>(
             return Ok(end);
         }
     }
-    segment_end(path, res, cur.batch, cut, next, h, cur.pos, cur.lsn, is_last, buf.len() as u64)
+    segment_end(
+        path,
+        res,
+        cur.batch.map(|b| (b.0, b.1)),
+        cut,
+        next,
+        h,
+        cur.pos,
+        cur.lsn,
+        is_last,
+        buf.len() as u64,
+    )
 }
 
 /// The end of a segment's bytes at `pos`, the next record's LSN `lsn`.

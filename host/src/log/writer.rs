@@ -12,18 +12,26 @@ use crate::codec::delta::{
     delta_body_len, delta_head, encode_delta_rest, encode_payload_body, payload_head, DELTA_HEAD_LEN,
     FLAG_BASE, PAYLOAD_HEAD_LEN,
 };
+use crate::codec::derived::{DerivedEntry, FunctionSlots, DERIVED_HEAD_LEN};
 use crate::codec::{crc, put_location, put_metadata, put_u32, put_u64};
 use crate::delta::Payload;
 use crate::simd::copy_small;
 use crate::vfs::{Vfs, VfsFile};
 use crate::{Error, Result};
-use shared_types::{Epoch, Lsn, PageId};
+use shared_types::Lsn;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// With [`Durability::None`], the buffer is written once it holds this much.
 pub const BUFFER_BYTES: usize = 1 << 20;
+
+/// A propagation's derived deltas go into derived records of about this
+/// many bytes at most.
+pub const DERIVED_RECORD_BYTES: usize = 1 << 20;
+
+/// Framed size of a batch marker record.
+const MARKER_LEN: usize = RECORD_HEAD_LEN + 8 + RECORD_TAIL_LEN;
 
 /// Counters of a log writer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,20 +72,8 @@ pub struct LogWriter {
     last_sync: Instant,
     poisoned: Option<String>,
     stats: LogStats,
-}
-
-/// A derived delta as its log record needs it, borrowed from the
-/// propagation that planned it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DerivedRecord<'a> {
-    pub(crate) id: u64,
-    pub(crate) page: PageId,
-    pub(crate) timestamp: u64,
-    pub(crate) function: &'a str,
-    pub(crate) version: u32,
-    pub(crate) parents: &'a [(PageId, Epoch)],
-    /// The payload encoding (kind, length, body).
-    pub(crate) payload: &'a [u8],
+    /// Function definitions of the derived record being framed.
+    slots: FunctionSlots,
 }
 
 /// Encode a segment header.
@@ -127,6 +123,7 @@ impl LogWriter {
             last_sync: Instant::now(),
             poisoned: None,
             stats: LogStats::default(),
+            slots: FunctionSlots::default(),
         };
         w.start_segment(seq)?;
         Ok(w)
@@ -327,69 +324,115 @@ impl LogWriter {
         })
     }
 
-    /// Frame the delta record of a derived delta (source propagation, no
-    /// base epoch, no tag): the same bytes [`LogWriter::append`] writes for
-    /// the equivalent [`Change::Apply`], from borrowed parts.
-    #[inline]
-    fn derived_delta_record(&mut self, d: &DerivedRecord<'_>) -> Result<()> {
-        let name = d.function.as_bytes();
-        let plen = 12 + name.len() as u64 + 16 * d.parents.len() as u64;
-        let body = DELTA_HEAD_LEN as u64 + plen + d.payload.len() as u64;
-        let len = u32::try_from(body)
-            .map_err(|_| Error::Serialization(format!("log record of {body} bytes exceeds 4 GiB")))?;
-        let Ok(plen) = u32::try_from(plen) else {
-            return Err(Error::invalid_delta(Some(d.page), "tag or provenance too large to encode"));
-        };
-        // The frame is sized first and written in place: header, delta
-        // head, provenance, payload, then the CRC of all of it.
-        let framed = RECORD_HEAD_LEN + body as usize + RECORD_TAIL_LEN;
-        let start = self.buf.len();
-        self.buf.resize(start + framed, 0);
-        let rec = &mut self.buf[start..];
-        let (head, rest) = rec.split_at_mut(RECORD_HEAD_LEN + DELTA_HEAD_LEN);
-        head[0..4].copy_from_slice(&len.to_le_bytes());
-        head[4] = RecordType::Delta as u8;
-        head[8..16].copy_from_slice(&self.next_lsn.to_le_bytes());
-        let h = &mut head[RECORD_HEAD_LEN..];
-        h[0..8].copy_from_slice(&d.id.to_le_bytes());
-        h[8..16].copy_from_slice(&d.page.0.to_le_bytes());
-        h[16..24].copy_from_slice(&d.timestamp.to_le_bytes());
-        // No base epoch, no flags; source 1 (propagation); no tag.
-        h[33] = 1;
-        h[36..40].copy_from_slice(&plen.to_le_bytes());
-        rest[0..4].copy_from_slice(&(name.len() as u32).to_le_bytes());
-        let mut at = 4;
-        copy_small(&mut rest[at..at + name.len()], name);
-        at += name.len();
-        rest[at..at + 4].copy_from_slice(&d.version.to_le_bytes());
-        rest[at + 4..at + 8].copy_from_slice(&(d.parents.len() as u32).to_le_bytes());
-        at += 8;
-        for (page, epoch) in d.parents {
-            rest[at..at + 8].copy_from_slice(&page.0.to_le_bytes());
-            rest[at + 8..at + 16].copy_from_slice(&epoch.0.to_le_bytes());
-            at += 16;
+    /// Frame derived deltas `from..` of a propagation as one derived record
+    /// (docs/FORMAT.md) of about [`DERIVED_RECORD_BYTES`] at most (one delta
+    /// more when it alone is larger): delta `i` has id `first_id + i` and
+    /// timestamp `first_ts + i`. Returns the index of the first delta left.
+    fn derived_record<'a>(
+        &mut self,
+        (from, n): (usize, usize),
+        (first_id, first_ts): (u64, u64),
+        each: &impl Fn(usize) -> DerivedEntry<'a>,
+    ) -> Result<usize> {
+        const HEAD: usize = RECORD_HEAD_LEN + DERIVED_HEAD_LEN;
+        let Self { buf, slots, next_lsn, .. } = self;
+        let start = buf.len();
+        // Zeroed ahead of the entries, as much again as the record holds
+        // (from 256 bytes to 64 KiB at a time).
+        buf.resize(start + HEAD + 256, 0);
+        slots.reset();
+        let (mut at, mut i) = (start + HEAD, from);
+        while i < n && (i == from || at - start < DERIVED_RECORD_BYTES) {
+            let e = each(i);
+            let room = at + e.bound() + RECORD_TAIL_LEN;
+            if room > buf.len() {
+                buf.resize(room.max(buf.len() + (at - start).clamp(256, 64 << 10)), 0);
+            }
+            at = slots.put_entry(buf, at, &e);
+            i += 1;
         }
-        copy_small(&mut rest[at..at + d.payload.len()], d.payload);
-        debug_assert_eq!(RECORD_HEAD_LEN + DELTA_HEAD_LEN + at + d.payload.len() + RECORD_TAIL_LEN, framed);
-        let (covered, tail) = rec.split_at_mut(framed - RECORD_TAIL_LEN);
-        tail.copy_from_slice(&crc(covered).to_le_bytes());
-        self.next_lsn += 1;
-        Ok(())
+        let len = at - start - RECORD_HEAD_LEN;
+        let len = u32::try_from(len)
+            .map_err(|_| Error::Serialization(format!("log record of {len} bytes exceeds 4 GiB")))?;
+        let rec = &mut buf[start..];
+        rec[0..4].copy_from_slice(&len.to_le_bytes());
+        rec[4] = RecordType::Derived as u8;
+        rec[8..16].copy_from_slice(&next_lsn.to_le_bytes());
+        let h = &mut rec[RECORD_HEAD_LEN..HEAD];
+        h[0..4].copy_from_slice(&((i - from) as u32).to_le_bytes());
+        h[8..16].copy_from_slice(&(first_id + from as u64).to_le_bytes());
+        h[16..24].copy_from_slice(&(first_ts + from as u64).to_le_bytes());
+        let end = at - start;
+        let c = crc(&rec[..end]);
+        rec[end..end + RECORD_TAIL_LEN].copy_from_slice(&c.to_le_bytes());
+        buf.truncate(at + RECORD_TAIL_LEN);
+        *next_lsn += 1;
+        Ok(i)
     }
 
-    /// Frame `n` derived deltas as one atomic batch, exactly as
-    /// [`LogWriter::append`] frames the [`Change::Apply`] deltas with
-    /// [`crate::Source::Propagation`] they stand for; `each(i)` describes
-    /// delta `i`. Nothing is written yet: call [`LogWriter::commit`].
+    /// Frame the `n` derived deltas of a propagation (source propagation,
+    /// no base epoch, no tag; delta `i` with id `first_id + i` and timestamp
+    /// `first_ts + i`, described by `each(i)`) as derived records of about
+    /// [`DERIVED_RECORD_BYTES`] at most, one atomic batch when there are
+    /// several. They read as the [`Change::Apply`] deltas with
+    /// [`crate::Source::Propagation`] they stand for. Nothing is written
+    /// yet: call [`LogWriter::commit`].
     ///
     /// # Errors
-    /// As [`LogWriter::append`].
+    /// As [`LogWriter::append`]; [`Error::Serialization`] when the ids or
+    /// timestamps would pass `u64::MAX`.
     pub(crate) fn append_derived<'a>(
         &mut self,
         n: usize,
-        each: impl Fn(usize) -> DerivedRecord<'a>,
+        first: (u64, u64),
+        each: impl Fn(usize) -> DerivedEntry<'a>,
     ) -> Result<std::ops::RangeInclusive<Lsn>> {
-        self.framed(n, |w, i| w.derived_delta_record(&each(i)))
+        if first.0.checked_add(n as u64).is_none() || first.1.checked_add(n as u64).is_none() {
+            return Err(Error::Serialization("derived delta ids or timestamps overflow".into()));
+        }
+        self.framed_with(|w| {
+            let (mark, mut records) = (w.buf.len(), 0u32);
+            let mut from = 0;
+            while from < n {
+                from = w.derived_record((from, n), first, &each)?;
+                records += 1;
+                if records == 1 && from < n {
+                    // A second record follows: the first opens a batch
+                    // (its count written once known).
+                    w.insert_batch_begin(mark);
+                }
+            }
+            if records > 1 {
+                w.record(RecordType::BatchEnd, |b| {
+                    put_u32(b, records);
+                    put_u32(b, 0);
+                    Ok(())
+                })?;
+                let h = &mut w.buf[mark..mark + MARKER_LEN];
+                h[RECORD_HEAD_LEN..RECORD_HEAD_LEN + 4].copy_from_slice(&records.to_le_bytes());
+                let c = crc(&h[..MARKER_LEN - RECORD_TAIL_LEN]);
+                h[MARKER_LEN - RECORD_TAIL_LEN..].copy_from_slice(&c.to_le_bytes());
+            }
+            Ok(())
+        })
+    }
+
+    /// Put a batch begin marker (count 0 for now) before the one record
+    /// framed at `buf[mark..]`, taking its LSN; the record moves to the
+    /// next LSN (its frame's LSN and CRC written again).
+    fn insert_batch_begin(&mut self, mark: usize) {
+        let lsn = u64::from_le_bytes(self.buf[mark + 8..mark + 16].try_into().unwrap_or_default());
+        let mut m = [0u8; MARKER_LEN];
+        m[0..4].copy_from_slice(&8u32.to_le_bytes());
+        m[4] = RecordType::BatchBegin as u8;
+        m[8..16].copy_from_slice(&lsn.to_le_bytes());
+        self.buf.splice(mark..mark, m);
+        let rec = &mut self.buf[mark + MARKER_LEN..];
+        rec[8..16].copy_from_slice(&(lsn + 1).to_le_bytes());
+        let end = rec.len() - RECORD_TAIL_LEN;
+        let c = crc(&rec[..end]);
+        rec[end..].copy_from_slice(&c.to_le_bytes());
+        self.next_lsn += 1;
     }
 
     /// Frame `n` records as one atomic batch (begin/end markers around more
@@ -400,12 +443,21 @@ impl LogWriter {
         n: usize,
         mut each: impl FnMut(&mut Self, usize) -> Result<()>,
     ) -> Result<std::ops::RangeInclusive<Lsn>> {
+        self.framed_with(|w| w.batch_records(n, &mut each))
+    }
+
+    /// Frame what `records` writes (whole committed units) and account for
+    /// it; on an error the buffer and the next LSN are as they were.
+    fn framed_with(
+        &mut self,
+        records: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<std::ops::RangeInclusive<Lsn>> {
         self.live()?;
         if self.seg_bytes >= self.segment_limit {
             self.rotate()?;
         }
         let (mark, lsn0) = (self.buf.len(), self.next_lsn);
-        let res = self.batch_records(n, &mut each);
+        let res = records(self);
         if let Err(e) = res {
             self.buf.truncate(mark);
             self.next_lsn = lsn0;
@@ -673,13 +725,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn derived_deltas_frame_like_the_equivalent_changes() {
-        // (function, parents, payload): small records (assembled on the
-        // stack) and large ones (many parents, a long name, a big payload).
+    /// Every delta a scan of the log `bytes` (segment 1 of `/log`, first
+    /// LSN 5 as [`log_bytes`] writes it) delivers,
+    /// with its LSN.
+    fn scanned(bytes: &[u8]) -> Vec<(u64, Delta)> {
+        let vfs = SimVfs::new();
+        let dir = Path::new("/log");
+        vfs.create_dir_all(dir).unwrap();
+        vfs.create(&dir.join(segment_name(1))).unwrap().write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let limits = crate::codec::Limits::default();
+        super::super::reader::scan(&vfs, dir, 4, super::super::RecoveryMode::Strict, &limits, &mut |c| {
+            for (lsn, r) in c {
+                match r {
+                    super::super::reader::Record::Delta(v) => out.push((*lsn, v.to_delta()?)),
+                    other => panic!("unexpected record {other:?}"),
+                }
+            }
+            Ok(true)
+        })
+        .unwrap();
+        out
+    }
+
+    type Sample = (String, Vec<(PageId, Epoch)>, Payload);
+
+    /// (function, parents, payload): short and long names, no parent to
+    /// many, every payload kind, small and large.
+    fn derived_samples() -> Vec<Sample> {
         let big_runs: Vec<(u64, Vec<u8>)> = (0..12).map(|k| (k * 40, vec![k as u8; 5])).collect();
-        type Sample = (String, Vec<(PageId, Epoch)>, Payload);
-        let samples: Vec<Sample> = vec![
+        vec![
             ("copy".into(), vec![(PageId(1), Epoch(4))], Payload::Full(vec![7; 8])),
             (
                 "sum".into(),
@@ -693,59 +768,144 @@ mod tests {
             ),
             (
                 "wide".into(),
-                (0..20).map(|i| (PageId(i), Epoch(i * 3))).collect(),
+                (0..20).map(|i| (PageId(i * 1000), Epoch(u64::MAX - i))).collect(),
                 Payload::Sparse(SparseDelta::from_pairs(big_runs.iter().map(|(o, d)| (*o, &d[..]))).unwrap()),
             ),
             ("nil".into(), vec![], Payload::Full(vec![1; 600])),
             ("empty".into(), vec![(PageId(3), Epoch(0))], Payload::Sparse(SparseDelta::default())),
-        ];
-        let encoded: Vec<Vec<u8>> = samples
+        ]
+    }
+
+    /// The deltas `samples[pick[i]]` stand for, as changes (ids from 70,
+    /// timestamps from 20, pages from 100, function version `3 + pick`,
+    /// or 9 for the key `vary` at odd positions).
+    fn derived_changes(samples: &[Sample], pick: &[usize], vary: Option<usize>) -> Vec<Change> {
+        pick.iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let (f, parents, p) = &samples[k];
+                Change::Apply(Delta {
+                    id: DeltaId(70 + i as u64),
+                    page: PageId(100 + i as u64 * 300),
+                    base_epoch: None,
+                    payload: p.clone(),
+                    source: Source::Propagation(crate::delta::Provenance {
+                        function: Arc::from(f.as_str()),
+                        version: if vary == Some(k) && i % 2 == 1 { 9 } else { 3 + k as u32 },
+                        parents: parents.clone(),
+                    }),
+                    tag: None,
+                    timestamp: 20 + i as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Frame `changes` (all derived) with `append_derived`, each function
+    /// keyed by its sample index `pick[i]`.
+    fn derived_log(changes: &[Change], pick: &[usize]) -> (Vec<u8>, u64) {
+        let encoded: Vec<Vec<u8>> = changes
             .iter()
-            .map(|(_, _, p)| {
+            .map(|c| {
+                let Change::Apply(d) = c else { unreachable!() };
                 let mut e = Vec::new();
-                crate::codec::delta::encode_payload(p, &mut e);
+                crate::codec::delta::encode_payload(&d.payload, &mut e);
                 e
             })
             .collect();
-        for n in [0usize, 1, 2, 3, samples.len()] {
-            let changes: Vec<Change> = samples
-                .iter()
-                .take(n)
-                .enumerate()
-                .map(|(i, (f, parents, p))| {
-                    Change::Apply(Delta {
-                        id: DeltaId(70 + i as u64),
-                        page: PageId(100 + i as u64),
-                        base_epoch: None,
-                        payload: p.clone(),
-                        source: Source::Propagation(crate::delta::Provenance {
-                            function: Arc::from(f.as_str()),
-                            version: 3 + i as u32,
-                            parents: parents.clone(),
-                        }),
-                        tag: None,
-                        timestamp: 20 + i as u64,
-                    })
+        let mut lsns = 0;
+        let bytes = log_bytes(|w| {
+            let r = w
+                .append_derived(changes.len(), (70, 20), |i| {
+                    let Change::Apply(d) = &changes[i] else { unreachable!() };
+                    let Source::Propagation(p) = &d.source else { unreachable!() };
+                    DerivedEntry {
+                        page: d.page,
+                        func: pick[i] as u32,
+                        function: &p.function,
+                        version: p.version,
+                        parents: &p.parents,
+                        payload: &encoded[i],
+                    }
                 })
-                .collect();
+                .unwrap();
+            lsns = if changes.is_empty() { 0 } else { r.end().0 + 1 - r.start().0 };
+        });
+        (bytes, lsns)
+    }
+
+    fn deltas_of(changes: &[Change]) -> Vec<Delta> {
+        changes.iter().map(|c| if let Change::Apply(d) = c { d.clone() } else { unreachable!() }).collect()
+    }
+
+    #[test]
+    fn derived_records_read_as_the_equivalent_changes() {
+        let samples = derived_samples();
+        let all: Vec<usize> = (0..samples.len()).collect();
+        // Functions used again (defined once per record), and one key
+        // whose version changes between deltas (defined again).
+        let mixed = [0, 1, 0, 0, 3, 1, 2, 2, 0, 4, 5, 3];
+        for (pick, vary) in [(&all[..0], None), (&all[..1], None), (&all[..2], None), (&all[..], None)]
+            .into_iter()
+            .chain([(&mixed[..], None), (&mixed[..], Some(0))])
+        {
+            let changes = derived_changes(&samples, pick, vary);
             let generic = log_bytes(|w| {
                 w.append(&changes).unwrap();
             });
-            let fast = log_bytes(|w| {
-                let lsns = w
-                    .append_derived(n, |i| DerivedRecord {
-                        id: 70 + i as u64,
-                        page: PageId(100 + i as u64),
-                        timestamp: 20 + i as u64,
-                        function: &samples[i].0,
-                        version: 3 + i as u32,
-                        parents: &samples[i].1,
-                        payload: &encoded[i],
-                    })
-                    .unwrap();
-                assert_eq!(lsns.end().0 + 1 - lsns.start().0, if n > 1 { n as u64 + 2 } else { n as u64 });
-            });
-            assert_eq!(generic, fast, "{n} derived deltas");
+            let (compact, lsns) = derived_log(&changes, pick);
+            let want = deltas_of(&changes);
+            let read: Vec<Delta> = scanned(&compact).into_iter().map(|(_, d)| d).collect();
+            assert_eq!(read, want, "{pick:?}");
+            let generic: Vec<Delta> = scanned(&generic).into_iter().map(|(_, d)| d).collect();
+            assert_eq!(generic, want, "{pick:?}");
+            // One record, one LSN, whatever the count.
+            assert_eq!(lsns, u64::from(!pick.is_empty()), "{pick:?}");
+            assert!(compact.len() < log_bytes(|w| drop(w.append(&changes))).len() || pick.is_empty());
         }
+    }
+
+    #[test]
+    fn a_large_propagation_spans_several_derived_records_in_one_batch() {
+        // 600 deltas of 4 KiB: about 2.4 MiB, so three records and the
+        // batch markers around them, every delta read back.
+        let samples: Vec<Sample> = (0..3)
+            .map(|k| (format!("f{k}"), vec![(PageId(k), Epoch(k))], Payload::Full(vec![k as u8 + 1; 4096])))
+            .collect();
+        let pick: Vec<usize> = (0..600).map(|i| i % 3).collect();
+        let changes = derived_changes(&samples, &pick, None);
+        let (bytes, lsns) = derived_log(&changes, &pick);
+        assert_eq!(lsns, 3 + 2, "three records and the batch markers");
+        let read = scanned(&bytes);
+        assert_eq!(read.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(), deltas_of(&changes));
+        // The deltas of one record share its LSN.
+        let mut per_lsn = std::collections::BTreeMap::new();
+        for (lsn, _) in &read {
+            *per_lsn.entry(*lsn).or_insert(0) += 1;
+        }
+        assert_eq!(per_lsn.len(), 3);
+        assert!(per_lsn.values().all(|&n| n < 300 && n > 50), "{per_lsn:?}");
+    }
+
+    #[test]
+    fn derived_ids_past_u64_max_are_refused_and_leave_the_buffer_alone() {
+        let vfs = Arc::new(SimVfs::new());
+        let dir = Path::new("/log");
+        vfs.create_dir_all(dir).unwrap();
+        let mut w = LogWriter::open(vfs, dir, 1, 1, 5, Durability::Flush, 1 << 30).unwrap();
+        let payload = [3u8, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+        let e = |_| DerivedEntry {
+            page: PageId(1),
+            func: 0,
+            function: "f",
+            version: 1,
+            parents: &[],
+            payload: &payload,
+        };
+        let before = (w.buf.len(), w.next_lsn());
+        assert!(matches!(w.append_derived(2, (u64::MAX - 1, 0), e), Err(Error::Serialization(_))));
+        assert!(matches!(w.append_derived(2, (0, u64::MAX), e), Err(Error::Serialization(_))));
+        assert_eq!((w.buf.len(), w.next_lsn()), before);
+        w.append_derived(2, (u64::MAX - 2, 0), e).unwrap();
     }
 }
