@@ -215,12 +215,28 @@ type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
 /// Most derived-page locks a propagation makes room for up front.
 const GUARDS_RESERVE_MAX: usize = 1 << 10;
 
+/// The log entry of planned derived delta `d`.
+#[inline]
+fn derived_entry<'a>(functions: &'a Functions, sink: &'a Sink, d: &Derived) -> DerivedEntry<'a> {
+    DerivedEntry {
+        page: d.page,
+        func: d.func,
+        function: &functions.entries[d.func as usize].name,
+        version: d.version,
+        parents: d.parent_epochs(sink),
+        payload: d.encoded(sink),
+    }
+}
+
 /// The parts of the clock a commit of deltas advances. The graph is left
 /// out: locks borrowed from it may be held meanwhile.
 struct Tally<'c> {
     log: &'c mut LogWriter,
     next_delta: &'c mut u64,
     timestamp: &'c mut u64,
+    /// The changes being applied are logged already (a write and its
+    /// immediate propagation are one committed unit of the log).
+    logged: bool,
 }
 
 /// Counters, log and dependency state owned by the commit path (one
@@ -723,10 +739,15 @@ impl Mmsb {
                     d.guard = ids.binary_search(&d.page).unwrap_or(usize::MAX);
                 }
                 let mut updates = updates;
-                let mut tally = Tally { log, next_delta, timestamp };
+                let mut tally = Tally { log, next_delta, timestamp, logged: false };
                 let (mut users, mut applied) = (0, 0);
+                // The write and its propagation go into the log as one
+                // committed unit: recovery finds both or neither.
                 let res = self
-                    .apply_updates(&mut tally, &mut updates, &slots, &mut all[..own], &mut users)
+                    .log_propagated(&mut tally, &updates, functions, &scratch.sink, &derived)
+                    .and_then(|()| {
+                        self.apply_updates(&mut tally, &mut updates, &slots, &mut all[..own], &mut users)
+                    })
                     .and_then(|()| {
                         self.commit_derived(
                             &mut tally,
@@ -751,6 +772,27 @@ impl Mmsb {
         }
         self.commit_updates(clock, updates, &slots, &mut guards)?;
         Ok(results)
+    }
+
+    /// Log user updates and the derived deltas of their immediate
+    /// propagation as one committed unit (nothing applied yet), and mark
+    /// `tally` logged for the apply steps that follow.
+    fn log_propagated(
+        &self,
+        tally: &mut Tally<'_>,
+        updates: &[Update],
+        functions: &Functions,
+        sink: &Sink,
+        derived: &[Derived],
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("mmsb.log", changes = updates.len() + derived.len()).entered();
+        let first = (*tally.next_delta, *tally.timestamp + 1);
+        tally.log.append_propagated(updates, first, derived.len(), |i| {
+            derived_entry(functions, sink, &derived[i])
+        })?;
+        tally.log.commit()?;
+        tally.logged = true;
+        Ok(())
     }
 
     /// Commit the deltas of a planned propagation (each page locked in
@@ -830,19 +872,13 @@ impl Mmsb {
         applied: &mut usize,
     ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.commit", changes = derived.len()).entered();
-        let (first_id, first_ts) = (*tally.next_delta, *tally.timestamp + 1);
-        tally.log.append_derived(derived.len(), (first_id, first_ts), |i| {
-            let d = &derived[i];
-            DerivedEntry {
-                page: d.page,
-                func: d.func,
-                function: &functions.entries[d.func as usize].name,
-                version: d.version,
-                parents: d.parent_epochs(sink),
-                payload: d.encoded(sink),
-            }
-        })?;
-        tally.log.commit()?;
+        if !tally.logged {
+            let first = (*tally.next_delta, *tally.timestamp + 1);
+            tally
+                .log
+                .append_derived(derived.len(), first, |i| derived_entry(functions, sink, &derived[i]))?;
+            tally.log.commit()?;
+        }
         let listen = self.events.active();
         let mut failed = None;
         let mut n = 0;
@@ -905,7 +941,7 @@ impl Mmsb {
             Vec::with_capacity(derived.capacity().min(GUARDS_RESERVE_MAX));
         let stats =
             propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived, &mut guards)?;
-        let mut tally = Tally { log, next_delta, timestamp };
+        let mut tally = Tally { log, next_delta, timestamp, logged: false };
         let mut applied = 0;
         let res = self.commit_derived(
             &mut tally,
@@ -1266,7 +1302,7 @@ impl Mmsb {
         guards: &mut [(PageId, PageGuard<'_>)],
     ) -> Result<()> {
         let Clock { log, deps, next_delta, timestamp, .. } = clock;
-        let mut tally = Tally { log, next_delta, timestamp };
+        let mut tally = Tally { log, next_delta, timestamp, logged: false };
         let mut applied = 0;
         let res = self.apply_updates(&mut tally, &mut updates, slots, guards, &mut applied);
         if !deps.graph.is_empty() {
@@ -1290,8 +1326,10 @@ impl Mmsb {
         applied: &mut usize,
     ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.commit", changes = updates.len()).entered();
-        tally.log.append_updates(updates, *tally.next_delta, *tally.timestamp + 1)?;
-        tally.log.commit()?;
+        if !tally.logged {
+            tally.log.append_updates(updates, *tally.next_delta, *tally.timestamp + 1)?;
+            tally.log.commit()?;
+        }
         let listen = self.events.active();
         let mut failed = None;
         // The counters stay in registers through the loop.

@@ -9,9 +9,10 @@
 //! - a recompute whose bytes equal the page's current bytes writes nothing
 //!   and wakes nothing below it (**early cutoff**); otherwise the smallest
 //!   payload ([`Payload::diff`]) becomes a delta with
-//!   [`Source::Propagation`](crate::Source::Propagation), logged as the
-//!   same record a user-built delta of that content would be, so replay
-//!   needs no recompute code;
+//!   [`Source::Propagation`](crate::Source::Propagation), logged (the
+//!   deltas of one propagation together, in compact derived records) so
+//!   that it reads back as the delta a user-built delta of that content
+//!   would be, and replay needs no recompute code;
 //! - pages of one level do not depend on each other; a wide level with
 //!   enough bytes is recomputed on several threads, with results identical
 //!   to the sequential order (outputs are committed in (level, node) order);
@@ -50,7 +51,8 @@ pub type RecomputeFn = Arc<dyn Fn(&[&[u8]], &mut [u8]) + Send + Sync>;
 pub enum PropagationMode {
     /// Within each write: `update_page`/`update_batch` return with every
     /// derived page up to date, and write and propagation are one atomic
-    /// step.
+    /// step (one committed unit of the log: recovery finds both or
+    /// neither).
     #[default]
     Immediate,
     /// On demand: writes queue work and [`Mmsb::propagate`](crate::Mmsb::propagate) does it.

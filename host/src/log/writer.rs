@@ -403,18 +403,74 @@ impl LogWriter {
                 }
             }
             if records > 1 {
-                w.record(RecordType::BatchEnd, |b| {
-                    put_u32(b, records);
-                    put_u32(b, 0);
-                    Ok(())
-                })?;
-                let h = &mut w.buf[mark..mark + MARKER_LEN];
-                h[RECORD_HEAD_LEN..RECORD_HEAD_LEN + 4].copy_from_slice(&records.to_le_bytes());
-                let c = crc(&h[..MARKER_LEN - RECORD_TAIL_LEN]);
-                h[MARKER_LEN - RECORD_TAIL_LEN..].copy_from_slice(&c.to_le_bytes());
+                w.end_batch(mark, records)?;
             }
             Ok(())
         })
+    }
+
+    /// Frame user updates (as [`LogWriter::append_updates`] frames them,
+    /// update `i` with id `first_id + i` and timestamp `first_ts + i`) and
+    /// the `n` derived deltas of their propagation after them (as
+    /// [`LogWriter::append_derived`] frames them, from the next id and
+    /// timestamp on) as one atomic batch. Nothing is written yet: call
+    /// [`LogWriter::commit`].
+    ///
+    /// # Errors
+    /// As [`LogWriter::append_derived`].
+    pub(crate) fn append_propagated<'a>(
+        &mut self,
+        updates: &[crate::api::Update],
+        (first_id, first_ts): (u64, u64),
+        n: usize,
+        each: impl Fn(usize) -> DerivedEntry<'a>,
+    ) -> Result<std::ops::RangeInclusive<Lsn>> {
+        let users = updates.len() as u64;
+        if n == 0 {
+            return self.append_updates(updates, first_id, first_ts);
+        }
+        let derived = match (first_id.checked_add(users), first_ts.checked_add(users)) {
+            (Some(id), Some(ts)) if users > 0 => (id, ts),
+            (Some(_), Some(_)) => return self.append_derived(n, (first_id, first_ts), each),
+            _ => return Err(Error::Serialization("delta ids or timestamps overflow".into())),
+        };
+        if derived.0.checked_add(n as u64).is_none() || derived.1.checked_add(n as u64).is_none() {
+            return Err(Error::Serialization("derived delta ids or timestamps overflow".into()));
+        }
+        self.framed_with(|w| {
+            let mark = w.buf.len();
+            w.record(RecordType::BatchBegin, |b| {
+                put_u32(b, 0);
+                put_u32(b, 0);
+                Ok(())
+            })?;
+            let lsn0 = w.next_lsn;
+            for (i, u) in updates.iter().enumerate() {
+                w.user_delta_record(first_id + i as u64, u, first_ts + i as u64)?;
+            }
+            let mut from = 0;
+            while from < n {
+                from = w.derived_record((from, n), derived, &each)?;
+            }
+            let records = u32::try_from(w.next_lsn - lsn0)
+                .map_err(|_| Error::Serialization("a batch of more than 2^32 records".into()))?;
+            w.end_batch(mark, records)
+        })
+    }
+
+    /// Close the batch whose begin marker is at `buf[mark..]` after its
+    /// `records` records: its end marker, and the count in its begin marker.
+    fn end_batch(&mut self, mark: usize, records: u32) -> Result<()> {
+        self.record(RecordType::BatchEnd, |b| {
+            put_u32(b, records);
+            put_u32(b, 0);
+            Ok(())
+        })?;
+        let h = &mut self.buf[mark..mark + MARKER_LEN];
+        h[RECORD_HEAD_LEN..RECORD_HEAD_LEN + 4].copy_from_slice(&records.to_le_bytes());
+        let c = crc(&h[..MARKER_LEN - RECORD_TAIL_LEN]);
+        h[MARKER_LEN - RECORD_TAIL_LEN..].copy_from_slice(&c.to_le_bytes());
+        Ok(())
     }
 
     /// Put a batch begin marker (count 0 for now) before the one record
@@ -862,6 +918,89 @@ mod tests {
             // One record, one LSN, whatever the count.
             assert_eq!(lsns, u64::from(!pick.is_empty()), "{pick:?}");
             assert!(compact.len() < log_bytes(|w| drop(w.append(&changes))).len() || pick.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_write_and_its_propagation_read_as_one_commit_of_both() {
+        let samples = derived_samples();
+        let pick = [0usize, 1, 0, 3];
+        for users in [0usize, 1, 3] {
+            for derived in [0usize, 1, 4] {
+                let updates: Vec<Update> = sample_updates().into_iter().take(users).collect();
+                // Users' deltas from id 70 and timestamp 20, the derived after them.
+                let mut changes: Vec<Change> = updates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        Change::Apply(Delta {
+                            id: DeltaId(70 + i as u64),
+                            page: u.page,
+                            base_epoch: u.base_epoch,
+                            payload: u.payload.clone(),
+                            source: Source::User,
+                            tag: None,
+                            timestamp: 20 + i as u64,
+                        })
+                    })
+                    .collect();
+                let mut d = derived_changes(&samples, &pick[..derived], None);
+                for c in &mut d {
+                    if let Change::Apply(x) = c {
+                        x.id = DeltaId(x.id.0 + users as u64);
+                        x.timestamp += users as u64;
+                    }
+                }
+                let encoded: Vec<Vec<u8>> = d
+                    .iter()
+                    .map(|c| {
+                        let Change::Apply(x) = c else { unreachable!() };
+                        let mut e = Vec::new();
+                        crate::codec::delta::encode_payload(&x.payload, &mut e);
+                        e
+                    })
+                    .collect();
+                let mut commits = 0;
+                let bytes = log_bytes(|w| {
+                    w.append_propagated(&updates, (70, 20), derived, |i| {
+                        let Change::Apply(x) = &d[i] else { unreachable!() };
+                        let Source::Propagation(p) = &x.source else { unreachable!() };
+                        DerivedEntry {
+                            page: x.page,
+                            func: pick[i] as u32,
+                            function: &p.function,
+                            version: p.version,
+                            parents: &p.parents,
+                            payload: &encoded[i],
+                        }
+                    })
+                    .unwrap();
+                });
+                changes.extend(d);
+                let want = deltas_of(&changes);
+                // One commit holding all of them.
+                let vfs = SimVfs::new();
+                let dir = Path::new("/log");
+                vfs.create_dir_all(dir).unwrap();
+                vfs.create(&dir.join(segment_name(1))).unwrap().write_all(&bytes).unwrap();
+                let limits = crate::codec::Limits::default();
+                super::super::reader::scan(
+                    &vfs,
+                    dir,
+                    4,
+                    super::super::RecoveryMode::Strict,
+                    &limits,
+                    &mut |c| {
+                        commits += 1;
+                        assert_eq!(c.len(), want.len());
+                        Ok(true)
+                    },
+                )
+                .unwrap();
+                assert_eq!(commits, u32::from(!want.is_empty()), "{users} users, {derived} derived");
+                let read: Vec<Delta> = scanned(&bytes).into_iter().map(|(_, d)| d).collect();
+                assert_eq!(read, want, "{users} users, {derived} derived");
+            }
         }
     }
 
