@@ -103,47 +103,71 @@ fn full_run_ops(cfg: impl Fn(&SimVfs) -> Config, ops: &[Op]) -> Result<u64> {
     Ok(v.ops())
 }
 
+/// Run `ops` (`run` each, on a store from `start`) crashing at every file
+/// operation of a full run, under every crash mode, and hand each store
+/// recovered after the crash to `check`, with the number of ops
+/// acknowledged before it and a name for the crash point. Returns the
+/// number of crash points.
+fn at_every_crash_point<O>(
+    ops: &[O],
+    start: impl Fn(Config) -> Result<Mmsb>,
+    run: impl Fn(&Mmsb, &O) -> Result<()>,
+    mut check: impl FnMut(&Mmsb, usize, &str) -> Result<()>,
+) -> Result<u64> {
+    let total = {
+        let v = SimVfs::new();
+        let s = start(cfg(&v))?;
+        for op in ops {
+            run(&s, op)?;
+        }
+        drop(s);
+        v.ops()
+    };
+    let mut points = 0;
+    for k in 0..=total {
+        for mode in
+            [CrashMode::DropUnsynced, CrashMode::KeepAll, CrashMode::Torn(k), CrashMode::Torn(k + 1000)]
+        {
+            points += 1;
+            let v = SimVfs::new();
+            v.crash_after(k);
+            let mut done = 0;
+            if let Ok(s) = start(cfg(&v)) {
+                for op in ops {
+                    if run(&s, op).is_err() {
+                        break;
+                    }
+                    done += 1;
+                }
+            }
+            v.crash(mode);
+            let at = format!("crash at op {k} ({mode:?}) after {done} acknowledged ops");
+            let s = start(cfg(&v)).unwrap_or_else(|e| panic!("{at}: {e}"));
+            check(&s, done, &at)?;
+            // The recovered store accepts writes and reopens to the same state.
+            let p = s.create_page(PageSpec::new(8))?;
+            s.update_page(p, Payload::Full(vec![3; 8]))?;
+            let h2 = s.state_hash()?;
+            drop(s);
+            v.crash(CrashMode::DropUnsynced);
+            let s = start(cfg(&v))?;
+            assert_eq!(s.state_hash()?, h2, "{at}: second recovery");
+        }
+    }
+    Ok(points)
+}
+
 #[test]
 fn every_crash_point_recovers_an_acknowledged_state() -> Result<()> {
     let mut points = 0u64;
     for ops in workloads() {
         let want = expected(&ops);
-        let total = full_run_ops(cfg, &ops)?;
-        for k in 0..=total {
-            for mode in
-                [CrashMode::DropUnsynced, CrashMode::KeepAll, CrashMode::Torn(k), CrashMode::Torn(k + 1000)]
-            {
-                points += 1;
-                let v = SimVfs::new();
-                v.crash_after(k);
-                let mut done = 0;
-                if let Ok(s) = Mmsb::start(cfg(&v)) {
-                    for op in &ops {
-                        if run(&s, op).is_err() {
-                            break;
-                        }
-                        done += 1;
-                    }
-                }
-                v.crash(mode);
-                let s = Mmsb::start(cfg(&v)).unwrap_or_else(|e| panic!("crash at op {k} ({mode:?}): {e}"));
-                let h = s.state_hash().unwrap();
-                let ok = h == want[done] || (done < ops.len() && h == want[done + 1]);
-                assert!(
-                    ok,
-                    "crash at op {k} ({mode:?}) after {done} acknowledged ops: {}",
-                    s.recovery_report()
-                );
-                // The recovered store accepts writes and reopens to the same state.
-                let p = s.create_page(PageSpec::new(8))?;
-                s.update_page(p, Payload::Full(vec![3; 8]))?;
-                let h2 = s.state_hash().unwrap();
-                drop(s);
-                v.crash(CrashMode::DropUnsynced);
-                let s = Mmsb::start(cfg(&v))?;
-                assert_eq!(s.state_hash().unwrap(), h2, "crash at op {k} ({mode:?}): second recovery");
-            }
-        }
+        points += at_every_crash_point(&ops, Mmsb::start, run, |s, done, at| {
+            let h = s.state_hash()?;
+            let ok = h == want[done] || (done < ops.len() && h == want[done + 1]);
+            assert!(ok, "{at}: {}", s.recovery_report());
+            Ok(())
+        })?;
     }
     eprintln!("crash points checked: {points} (every file operation of every workload, 4 crash modes)");
     Ok(())
@@ -194,48 +218,26 @@ fn every_crash_point_of_a_propagating_workload_recovers_an_acknowledged_state() 
         }
         h
     };
-    let total = {
-        let v = SimVfs::new();
-        let s = start_propagating(cfg(&v))?;
-        for op in &ops {
-            op(&s)?;
-        }
-        drop(s);
-        v.ops()
-    };
-    let mut points = 0;
-    for k in 0..=total {
-        for mode in
-            [CrashMode::DropUnsynced, CrashMode::KeepAll, CrashMode::Torn(k), CrashMode::Torn(k + 1000)]
-        {
-            points += 1;
-            let v = SimVfs::new();
-            v.crash_after(k);
-            let mut done = 0;
-            if let Ok(s) = start_propagating(cfg(&v)) {
-                for op in &ops {
-                    if op(&s).is_err() {
-                        break;
-                    }
-                    done += 1;
-                }
-            }
-            v.crash(mode);
-            let s = start_propagating(cfg(&v)).unwrap_or_else(|e| panic!("crash at op {k} ({mode:?}): {e}"));
+    let points = at_every_crash_point(
+        &ops,
+        start_propagating,
+        |s, op| op(s),
+        |s, done, at| {
             let h = s.state_hash()?;
             // Op 1 is many commits: any prefix of it is acknowledged.
             let ok = h == want[done] || (done < ops.len() && h == want[done + 1]) || done == 1;
-            assert!(ok, "crash at op {k} ({mode:?}) after {done} acknowledged ops: {}", s.recovery_report());
+            assert!(ok, "{at}: {}", s.recovery_report());
             // A write and its propagation are recovered together: every
             // derived page is filled with the source's first byte.
             if let Some((&src, derived)) = s.page_ids().split_first() {
                 let b = s.query_page(src)?[0];
                 for p in derived {
-                    assert!(s.query_page(*p)?.iter().all(|&x| x == b), "crash at op {k} ({mode:?})");
+                    assert!(s.query_page(*p)?.iter().all(|&x| x == b), "{at}");
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     eprintln!("crash points checked: {points}");
     Ok(())
 }

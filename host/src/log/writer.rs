@@ -751,25 +751,31 @@ mod tests {
         ]
     }
 
+    /// The changes user `updates` stand for: update `i` with id
+    /// `first_id + i` and timestamp `first_ts + i`.
+    fn user_changes(updates: &[Update], first_id: u64, first_ts: u64) -> Vec<Change> {
+        updates
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                Change::Apply(Delta {
+                    id: DeltaId(first_id + i as u64),
+                    page: u.page,
+                    base_epoch: u.base_epoch,
+                    payload: u.payload.clone(),
+                    source: Source::User,
+                    tag: None,
+                    timestamp: first_ts + i as u64,
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn user_updates_frame_like_the_equivalent_changes() {
         for n in [0usize, 1, 2, 7] {
             let updates: Vec<Update> = sample_updates().into_iter().take(n).collect();
-            let changes: Vec<Change> = updates
-                .iter()
-                .enumerate()
-                .map(|(i, u)| {
-                    Change::Apply(Delta {
-                        id: DeltaId(40 + i as u64),
-                        page: u.page,
-                        base_epoch: u.base_epoch,
-                        payload: u.payload.clone(),
-                        source: Source::User,
-                        tag: None,
-                        timestamp: 90 + i as u64,
-                    })
-                })
-                .collect();
+            let changes = user_changes(&updates, 40, 90);
             let generic = log_bytes(|w| {
                 w.append(&changes).unwrap();
             });
@@ -857,10 +863,9 @@ mod tests {
             .collect()
     }
 
-    /// Frame `changes` (all derived) with `append_derived`, each function
-    /// keyed by its sample index `pick[i]`.
-    fn derived_log(changes: &[Change], pick: &[usize]) -> (Vec<u8>, u64) {
-        let encoded: Vec<Vec<u8>> = changes
+    /// The payload encoding of each delta of `changes`.
+    fn payload_encodings(changes: &[Change]) -> Vec<Vec<u8>> {
+        changes
             .iter()
             .map(|c| {
                 let Change::Apply(d) = c else { unreachable!() };
@@ -868,22 +873,32 @@ mod tests {
                 crate::codec::delta::encode_payload(&d.payload, &mut e);
                 e
             })
-            .collect();
+            .collect()
+    }
+
+    /// The derived entry of derived delta `c` (function key `key`, payload
+    /// encoding `payload`).
+    fn entry_of<'a>(c: &'a Change, key: usize, payload: &'a [u8]) -> DerivedEntry<'a> {
+        let Change::Apply(d) = c else { unreachable!() };
+        let Source::Propagation(p) = &d.source else { unreachable!() };
+        DerivedEntry {
+            page: d.page,
+            func: key as u32,
+            function: &p.function,
+            version: p.version,
+            parents: &p.parents,
+            payload,
+        }
+    }
+
+    /// Frame `changes` (all derived) with `append_derived`, each function
+    /// keyed by its sample index `pick[i]`.
+    fn derived_log(changes: &[Change], pick: &[usize]) -> (Vec<u8>, u64) {
+        let encoded = payload_encodings(changes);
         let mut lsns = 0;
         let bytes = log_bytes(|w| {
             let r = w
-                .append_derived(changes.len(), (70, 20), |i| {
-                    let Change::Apply(d) = &changes[i] else { unreachable!() };
-                    let Source::Propagation(p) = &d.source else { unreachable!() };
-                    DerivedEntry {
-                        page: d.page,
-                        func: pick[i] as u32,
-                        function: &p.function,
-                        version: p.version,
-                        parents: &p.parents,
-                        payload: &encoded[i],
-                    }
-                })
+                .append_derived(changes.len(), (70, 20), |i| entry_of(&changes[i], pick[i], &encoded[i]))
                 .unwrap();
             lsns = if changes.is_empty() { 0 } else { r.end().0 + 1 - r.start().0 };
         });
@@ -929,21 +944,7 @@ mod tests {
             for derived in [0usize, 1, 4] {
                 let updates: Vec<Update> = sample_updates().into_iter().take(users).collect();
                 // Users' deltas from id 70 and timestamp 20, the derived after them.
-                let mut changes: Vec<Change> = updates
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| {
-                        Change::Apply(Delta {
-                            id: DeltaId(70 + i as u64),
-                            page: u.page,
-                            base_epoch: u.base_epoch,
-                            payload: u.payload.clone(),
-                            source: Source::User,
-                            tag: None,
-                            timestamp: 20 + i as u64,
-                        })
-                    })
-                    .collect();
+                let mut changes = user_changes(&updates, 70, 20);
                 let mut d = derived_changes(&samples, &pick[..derived], None);
                 for c in &mut d {
                     if let Change::Apply(x) = c {
@@ -951,28 +952,11 @@ mod tests {
                         x.timestamp += users as u64;
                     }
                 }
-                let encoded: Vec<Vec<u8>> = d
-                    .iter()
-                    .map(|c| {
-                        let Change::Apply(x) = c else { unreachable!() };
-                        let mut e = Vec::new();
-                        crate::codec::delta::encode_payload(&x.payload, &mut e);
-                        e
-                    })
-                    .collect();
+                let encoded = payload_encodings(&d);
                 let mut commits = 0;
                 let bytes = log_bytes(|w| {
                     w.append_propagated(&updates, (70, 20), derived, |i| {
-                        let Change::Apply(x) = &d[i] else { unreachable!() };
-                        let Source::Propagation(p) = &x.source else { unreachable!() };
-                        DerivedEntry {
-                            page: x.page,
-                            func: pick[i] as u32,
-                            function: &p.function,
-                            version: p.version,
-                            parents: &p.parents,
-                            payload: &encoded[i],
-                        }
+                        entry_of(&d[i], pick[i], &encoded[i])
                     })
                     .unwrap();
                 });
