@@ -35,6 +35,8 @@ pub struct InspectReport {
     pub segments: Vec<SegmentSummary>,
     /// Record count and framed bytes per record type name.
     pub by_type: BTreeMap<&'static str, (u64, u64)>,
+    /// Deltas held by the derived records (each holds a propagation's).
+    pub derived_deltas: u64,
     /// LSN range of the valid records.
     pub lsn_range: Option<(u64, u64)>,
     /// Tail or corruption notes.
@@ -67,7 +69,11 @@ impl fmt::Display for InspectReport {
         }
         writeln!(f, "records by type:")?;
         for (t, (n, b)) in &self.by_type {
-            writeln!(f, "  {t:<12} {n:>10} records {b:>14} bytes")?;
+            write!(f, "  {t:<12} {n:>10} records {b:>14} bytes")?;
+            if *t == "derived" {
+                write!(f, " ({} deltas)", self.derived_deltas)?;
+            }
+            writeln!(f)?;
         }
         match self.lsn_range {
             Some((a, b)) => writeln!(f, "LSN range: {a}..={b}")?,
@@ -112,6 +118,7 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
         e.0 += v.0;
         e.1 += v.1;
     }
+    rep.derived_deltas = scan.derived_deltas;
     rep.lsn_range = scan.segments.iter().filter_map(|s| s.lsns).fold(None, |acc, (a, b)| match acc {
         None => Some((a, b)),
         Some((x, y)) => Some((x.min(a), y.max(b))),

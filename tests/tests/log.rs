@@ -400,6 +400,12 @@ fn derived_delta_records_are_the_general_encoding_of_each_diff() -> Result<()> {
         }
         assert!(derived >= 30, "{derived} derived deltas");
         assert_eq!(bytes, live);
+        // `inspect` counts them, and the records holding them.
+        let rep = mmsb::tools::inspect_with(&vfs, Path::new("/state"), &limits)?;
+        assert_eq!(rep.derived_deltas, derived);
+        let records = rep.by_type.get("derived").map_or(0, |r| r.0);
+        assert!(records >= 1 && records < derived, "{records} derived records");
+        assert!(rep.to_string().contains(&format!("bytes ({derived} deltas)")), "{rep}");
     }
     Ok(())
 }

@@ -261,6 +261,8 @@ pub struct ScanResult {
     pub stopped: bool,
     /// Count and framed bytes of records per type code.
     pub by_type: BTreeMap<u8, (u64, u64)>,
+    /// Deltas held by the derived records of `by_type`.
+    pub derived_deltas: u64,
 }
 
 /// One committed unit handed to the visitor: `(lsn, record)` pairs of one
@@ -713,9 +715,11 @@ fn take_frame<'a>(
         // Decoded straight into the commit's list: records are large.
         if raw.kind == RecordType::Derived as u8 {
             let base = raw.offset + RECORD_HEAD_LEN as u64;
+            let before = pending.len();
             DerivedView::head(raw.body, base)
                 .and_then(|v| v.for_each(limits, |d| pending.push((raw.lsn, Record::Delta(d)))))
                 .map_err(decode_err)?;
+            res.derived_deltas += (pending.len() - before) as u64;
         } else {
             pending.push((raw.lsn, decode_record(&raw, limits).map_err(decode_err)?));
         }
