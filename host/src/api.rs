@@ -445,6 +445,23 @@ impl Mmsb {
         }
         let lsn = clock.log.next_lsn().0 - 1;
         let dir = crate::log::log_dir(self.dir());
+        // Propagation work queued now is not in the checkpoint: a due record
+        // names it, first in a new segment, durable before the checkpoint
+        // is (a crash in between recovers from the older checkpoint, and
+        // replays the due record too: it only queues work again).
+        let due = clock.deps.graph.has_pending();
+        if due {
+            let g = &clock.deps.graph;
+            let pages = |nodes: &[u32]| {
+                let mut v: Vec<PageId> = nodes.iter().map(|&n| g.slots[n as usize].page).collect();
+                v.sort_unstable();
+                v
+            };
+            let (written, forced) = (pages(&g.pending), pages(&g.forced));
+            clock.log.rotate()?;
+            clock.log.append_due(&written, &forced)?;
+            clock.log.sync()?;
+        }
         let counters = StateImage {
             pages: Default::default(),
             next_page: clock.next_page,
@@ -472,7 +489,8 @@ impl Mmsb {
         // midway, or before the removals reach the disk with the next
         // directory sync, leaves extras that recovery skips). Their names go
         // now; their blocks are freed on another thread.
-        let new_seq = clock.log.rotate_covered()?;
+        // With `due`, the log went on to a new segment already.
+        let new_seq = if due { clock.log.seq() } else { clock.log.rotate_covered()? };
         let (mut removed_segments, mut removed_checkpoints) = (0, 0);
         let mut released = Vec::new();
         for (l, p) in crate::checkpoint::list(self.vfs.as_ref(), &dir)? {
@@ -991,7 +1009,9 @@ impl Mmsb {
     /// Rebuild the dependency graph recovered from the checkpoint and log.
     /// Functions are bound by name; their code is registered again by the
     /// application (registering the recorded version recomputes nothing).
-    /// Recovered derived pages are current: nothing is queued.
+    /// Propagation work that recovery found queued and not done
+    /// ([`RecoveryReport::due`](crate::log::RecoveryReport::due)) is queued
+    /// again.
     fn restore_graph(&self, g: &crate::graph::GraphImage) -> Result<()> {
         if g.is_empty() {
             return Ok(());
@@ -1013,7 +1033,31 @@ impl Mmsb {
             }
         }
         deps.graph.clear_pending();
+        // Work the log shows queued and not done is queued again.
+        let due = &self.report.due;
+        for &p in &due.written {
+            deps.graph.on_apply(p, false);
+        }
+        for &p in &due.forced {
+            if let Some(n) = deps.graph.node(p).filter(|&n| deps.graph.slots[n as usize].binding.is_some()) {
+                deps.graph.force(n);
+            }
+        }
         Ok(())
+    }
+
+    /// Whether every function the queued propagation work needs is
+    /// registered at the version its pages are bound to.
+    fn due_ready(deps: &Deps) -> bool {
+        let g = &deps.graph;
+        g.downstream_of_pending().iter().enumerate().filter(|(_, &due)| due).all(|(n, _)| {
+            g.slots[n].binding.is_none_or(|b| {
+                deps.functions
+                    .entries
+                    .get(b.func as usize)
+                    .is_some_and(|e| e.f.is_some() && e.version == b.version)
+            })
+        })
     }
 
     fn handle(&self, id: PageId) -> Result<PageHandle> {
@@ -1031,7 +1075,10 @@ impl Mmsb {
     /// Register recompute function `name` at `version`. Pages derived by an
     /// earlier version of it are re-declared at this version (logged as
     /// [`Change::DeclareDerived`]), marked stale and recomputed (at once in
-    /// immediate mode). Returns those pages.
+    /// immediate mode, with any other queued work, once every function
+    /// that work needs is registered: after a restart that found work
+    /// queued, the registration that completes them runs it). Returns
+    /// those pages.
     ///
     /// The function gets the parents' bytes in declaration order and writes
     /// the page's new bytes into a zeroed buffer of the page's length. It
@@ -1067,7 +1114,11 @@ impl Mmsb {
         }
         pages.sort_unstable();
         self.commit(clock, changes, &mut [])?;
-        self.after_graph_change(clock)?;
+        // Queued work that needs a function not registered yet (after a
+        // restart, say) waits for it.
+        if Self::due_ready(&clock.deps) {
+            self.after_graph_change(clock)?;
+        }
         Ok(pages)
     }
 

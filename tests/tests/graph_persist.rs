@@ -96,3 +96,90 @@ fn removed_edges_and_deleted_pages_stay_removed() -> mmsb::Result<()> {
     assert_eq!(live, offline, "offline replay rebuilds the same graph");
     Ok(())
 }
+
+#[test]
+fn deferred_work_left_at_a_stop_is_done_after_reopen() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
+    let (a, c) = {
+        let s = Mmsb::start(cfg())?;
+        s.register_function("sum", 1, sum)?;
+        let a = s.create_page(PageSpec::new(4))?;
+        let b = s.create_page(PageSpec::new(4))?;
+        let c = s.create_page(PageSpec::new(4))?;
+        s.declare_derived(c, "sum", &[a, b])?;
+        s.propagate()?;
+        s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+        s.stop()?;
+        (a, c)
+    };
+    let s = Mmsb::start(cfg())?;
+    s.register_function("sum", 1, sum)?;
+    s.propagate()?;
+    assert_eq!(s.query_page(a)?, vec![1, 2, 3, 4]);
+    assert_eq!(s.query_page(c)?, vec![1, 2, 3, 4], "the write queued before the stop is propagated");
+    Ok(())
+}
+
+#[test]
+fn deferred_work_queued_at_a_checkpoint_is_done_after_reopen() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
+    let (a, c, d) = {
+        let s = Mmsb::start(cfg())?;
+        s.register_function("sum", 1, sum)?;
+        let a = s.create_page(PageSpec::new(4))?;
+        let b = s.create_page(PageSpec::new(4))?;
+        let c = s.create_page(PageSpec::new(4))?;
+        s.declare_derived(c, "sum", &[a, b])?;
+        s.propagate()?;
+        s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+        // Declared, never computed: queued too.
+        let d = s.create_page(PageSpec::new(4))?;
+        s.declare_derived(d, "sum", &[a, a])?;
+        s.checkpoint()?;
+        s.stop()?;
+        (a, c, d)
+    };
+    let s = Mmsb::start(cfg())?;
+    let due = &s.recovery_report().due;
+    assert_eq!((due.written.len(), due.forced.len()), (1, 1), "{}", s.recovery_report());
+    s.register_function("sum", 1, sum)?;
+    s.propagate()?;
+    assert_eq!(s.query_page(a)?, vec![1, 2, 3, 4]);
+    assert_eq!(s.query_page(c)?, vec![1, 2, 3, 4]);
+    assert_eq!(s.query_page(d)?, vec![2, 4, 6, 8]);
+    // Done now: a checkpoint and a reopen owe nothing.
+    s.checkpoint()?;
+    s.stop()?;
+    let s = Mmsb::start(cfg())?;
+    assert!(s.recovery_report().due.is_empty(), "{}", s.recovery_report());
+    Ok(())
+}
+
+#[test]
+fn immediate_mode_runs_recovered_work_once_its_functions_are_registered() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let (a, c) = {
+        let s = Mmsb::start(Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred))?;
+        s.register_function("sum", 1, sum)?;
+        s.register_function("other", 1, sum)?;
+        let a = s.create_page(PageSpec::new(4))?;
+        let c = s.create_page(PageSpec::new(4))?;
+        let e = s.create_page(PageSpec::new(4))?;
+        s.declare_derived(c, "sum", &[a])?;
+        s.declare_derived(e, "other", &[a])?;
+        s.propagate()?;
+        s.update_page(a, Payload::Full(vec![5, 6, 7, 8]))?;
+        s.stop()?;
+        (a, c)
+    };
+    // Reopened in immediate mode: registering one of the two functions
+    // runs nothing (the other is needed too), the second runs the work.
+    let s = Mmsb::start(Config::at(dir.path()))?;
+    s.register_function("sum", 1, sum)?;
+    assert_eq!(s.query_page(c)?, vec![0, 0, 0, 0]);
+    s.register_function("other", 1, sum)?;
+    assert_eq!(s.query_page(c)?, s.query_page(a)?);
+    s.verify()
+}

@@ -29,7 +29,7 @@ pub mod reader;
 pub mod recovery;
 pub mod writer;
 
-pub use recovery::{Dropped, RecoveryMode, RecoveryReport, TornTail};
+pub use recovery::{Dropped, Due, RecoveryMode, RecoveryReport, TornTail};
 
 use crate::change::Change;
 use shared_types::PageId;
@@ -65,6 +65,10 @@ pub enum RecordType {
     BatchEnd = 0x05,
     /// Deltas of one propagation, compactly ([`crate::codec::derived`]).
     Derived = 0x06,
+    /// Propagation work queued when a checkpoint was taken (optional:
+    /// it changes no page; a reader that skips it recovers the same pages
+    /// and loses only that queued work).
+    Due = 0x80,
     /// A dependency-graph change (edge added or removed, page declared
     /// derived): a postcard-encoded [`GraphRecord`].
     Graph = 0x10,
@@ -80,6 +84,7 @@ impl RecordType {
             0x04 => RecordType::BatchBegin,
             0x05 => RecordType::BatchEnd,
             0x06 => RecordType::Derived,
+            0x80 => RecordType::Due,
             0x10 => RecordType::Graph,
             _ => return None,
         })
@@ -99,6 +104,7 @@ impl RecordType {
             Some(RecordType::BatchBegin) => "batch_begin",
             Some(RecordType::BatchEnd) => "batch_end",
             Some(RecordType::Derived) => "derived",
+            Some(RecordType::Due) => "due",
             Some(RecordType::Graph) => "graph",
             None if RecordType::is_optional(code) => "optional",
             None => "unknown",

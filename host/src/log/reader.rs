@@ -163,6 +163,14 @@ pub enum Record<'a> {
     BatchEnd(u32),
     /// A dependency-graph change.
     Graph(Change),
+    /// Propagation work queued at a checkpoint: pages written whose data
+    /// children are due, and derived pages to recompute.
+    Due {
+        /// Written pages.
+        written: Vec<PageId>,
+        /// Derived pages.
+        forced: Vec<PageId>,
+    },
     /// An optional record this reader skips.
     Optional(u8),
 }
@@ -215,6 +223,16 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
                 return Err(Error::corrupt_at(base, "trailing bytes after a graph record"));
             }
             Record::Graph(rec.into_change())
+        }
+        Some(RecordType::Due) => {
+            let (w, f) = (r.u32("due written count")?, r.u32("due forced count")?);
+            if (u64::from(w) + u64::from(f)) * 8 != r.remaining() as u64 {
+                return Err(Error::corrupt_at(base, "due record counts do not match its length"));
+            }
+            let mut ids = |n: u32| (0..n).map(|_| r.u64("due page").map(PageId)).collect::<Result<Vec<_>>>();
+            let written = ids(w)?;
+            let forced = ids(f)?;
+            Record::Due { written, forced }
         }
         None if RecordType::is_optional(raw.kind) => Record::Optional(raw.kind),
         None => {

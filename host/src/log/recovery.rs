@@ -14,7 +14,8 @@ use crate::codec::Limits;
 use crate::replay::StateImage;
 use crate::vfs::Vfs;
 use crate::Result;
-use shared_types::Lsn;
+use shared_types::{Lsn, PageId};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,64 @@ pub struct Dropped {
     pub reason: String,
 }
 
+/// Propagation work a recovered state still owes: what the live graph had
+/// queued when the log ends (a write of a parent whose propagation did not
+/// reach the log, in deferred mode or because of a crash; a derivation
+/// declared but not yet computed). Conservative: it may name work that a
+/// propagation did and found nothing to change (recomputing it again
+/// changes nothing either).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Pages written since the last propagation: their data children are due.
+    pub written: BTreeSet<PageId>,
+    /// Derived pages queued for recomputation.
+    pub forced: BTreeSet<PageId>,
+}
+
+impl Due {
+    /// Whether nothing is owed.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty() && self.forced.is_empty()
+    }
+
+    /// Account for a committed unit of the log, replayed onto a state whose
+    /// dependency graph is empty when `no_graph`: a propagation's deltas
+    /// settle everything queued before them (a propagation covers all
+    /// queued work); a write queues its page's children; a declaration
+    /// queues its page; a due record queues what it names.
+    pub fn note(&mut self, no_graph: bool, commit: reader::Commit<'_, '_>) {
+        use reader::Record;
+        let mut propagated = false;
+        for (_, r) in commit {
+            match r {
+                Record::Delta(v) if v.source == 1 => propagated = true,
+                Record::Delta(v) if !no_graph => {
+                    self.written.insert(v.page);
+                }
+                Record::Graph(
+                    crate::Change::DeclareDerived { page, .. }
+                    | crate::Change::AddEdge { to: page, kind: crate::graph::EdgeKind::Data, .. },
+                ) => {
+                    self.forced.insert(*page);
+                }
+                Record::Delete { id } => {
+                    self.written.remove(id);
+                    self.forced.remove(id);
+                }
+                Record::Due { written, forced } => {
+                    self.written.extend(written);
+                    self.forced.extend(forced);
+                }
+                _ => {}
+            }
+        }
+        if propagated {
+            self.written.clear();
+            self.forced.clear();
+        }
+    }
+}
+
 /// What [`crate::Mmsb::start`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -73,6 +132,8 @@ pub struct RecoveryReport {
     pub dropped: Vec<Dropped>,
     /// Generation of the segments written from now on.
     pub generation: u64,
+    /// Propagation work the recovered state owes (queued again at start).
+    pub due: Due,
 }
 
 impl RecoveryReport {
@@ -97,6 +158,14 @@ impl fmt::Display for RecoveryReport {
             "log: {} segments, {} commits / {} changes replayed, last LSN {}",
             self.segments, self.commits_replayed, self.changes_replayed, self.last_lsn
         )?;
+        if !self.due.is_empty() {
+            writeln!(
+                f,
+                "queued propagation: children of {} written pages, {} derived pages",
+                self.due.written.len(),
+                self.due.forced.len()
+            )?;
+        }
         if let Some(t) = &self.torn_tail {
             writeln!(f, "torn tail cut: {} bytes at offset {} of {}", t.bytes, t.offset, t.file.display())?;
         }
@@ -168,8 +237,10 @@ pub fn recover_with(
     };
     let after = image.lsn;
     let (mut commits, mut changes) = (0u64, 0u64);
+    let mut due = Due::default();
     let scan = reader::scan(vfs, &dir, after, mode, limits, &mut |c| {
         image.apply_commit(c)?;
+        due.note(image.graph.is_empty(), c);
         commits += 1;
         changes += c.len() as u64;
         Ok(true)
@@ -181,6 +252,7 @@ pub fn recover_with(
     report.torn_tail = scan.torn;
     report.dropped = scan.dropped;
     report.generation = scan.max_generation + 1;
+    report.due = due;
     image.lsn = report.last_lsn.0;
     let resume = Resume {
         seq: scan.max_seq.map_or(1, |s| s + 1),

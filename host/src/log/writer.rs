@@ -18,7 +18,7 @@ use crate::delta::Payload;
 use crate::simd::copy_small;
 use crate::vfs::{Vfs, VfsFile};
 use crate::{Error, Result};
-use shared_types::Lsn;
+use shared_types::{Lsn, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -549,6 +549,30 @@ impl LogWriter {
             self.record(RecordType::BatchEnd, marker)?;
         }
         Ok(())
+    }
+
+    /// Frame a due record: propagation work queued at a checkpoint (pages
+    /// written whose data children are due, derived pages to recompute).
+    /// Nothing is written yet: call [`LogWriter::commit`] or
+    /// [`LogWriter::sync`].
+    ///
+    /// # Errors
+    /// As [`LogWriter::append`].
+    pub(crate) fn append_due(&mut self, written: &[PageId], forced: &[PageId]) -> Result<()> {
+        let (Ok(w), Ok(f)) = (u32::try_from(written.len()), u32::try_from(forced.len())) else {
+            return Err(Error::Serialization("too many pages in a due record".into()));
+        };
+        self.framed(1, |log, _| {
+            log.record(RecordType::Due, |b| {
+                put_u32(b, w);
+                put_u32(b, f);
+                for p in written.iter().chain(forced) {
+                    put_u64(b, p.0);
+                }
+                Ok(())
+            })
+        })
+        .map(drop)
     }
 
     /// Frame `changes` as one atomic batch (begin/end markers around more than
