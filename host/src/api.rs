@@ -762,7 +762,7 @@ impl Mmsb {
                 // The write and its propagation go into the log as one
                 // committed unit: recovery finds both or neither.
                 let res = self
-                    .log_propagated(&mut tally, &updates, functions, &scratch.sink, &derived)
+                    .log_propagated(&mut tally, &updates, functions, &scratch.sink, &derived, stats.dirty > 0)
                     .and_then(|()| {
                         self.apply_updates(&mut tally, &mut updates, &slots, &mut all[..own], &mut users)
                     })
@@ -794,7 +794,8 @@ impl Mmsb {
 
     /// Log user updates and the derived deltas of their immediate
     /// propagation as one committed unit (nothing applied yet), and mark
-    /// `tally` logged for the apply steps that follow.
+    /// `tally` logged for the apply steps that follow. When the propagation
+    /// `ran` and changed nothing, a settled record follows the updates.
     fn log_propagated(
         &self,
         tally: &mut Tally<'_>,
@@ -802,12 +803,16 @@ impl Mmsb {
         functions: &Functions,
         sink: &Sink,
         derived: &[Derived],
+        ran: bool,
     ) -> Result<()> {
         let _span = tracing::trace_span!("mmsb.log", changes = updates.len() + derived.len()).entered();
         let first = (*tally.next_delta, *tally.timestamp + 1);
         tally.log.append_propagated(updates, first, derived.len(), |i| {
             derived_entry(functions, sink, &derived[i])
         })?;
+        if ran && derived.is_empty() {
+            tally.log.append_settled()?;
+        }
         tally.log.commit()?;
         tally.logged = true;
         Ok(())
@@ -835,6 +840,10 @@ impl Mmsb {
         let listen = scratch.listen;
         if listen {
             self.events.send(Event::PropagationStarted { dirty: stats.dirty });
+        }
+        if !tally.logged && derived.is_empty() && stats.dirty > 0 {
+            // It ran and changed nothing: recovery needs to know it ran.
+            tally.log.append_settled()?;
         }
         self.commit_planned(tally, functions, &scratch.sink, derived, guards, applied)?;
         stats.duration = t0.elapsed();

@@ -183,3 +183,31 @@ fn immediate_mode_runs_recovered_work_once_its_functions_are_registered() -> mms
     assert_eq!(s.query_page(c)?, s.query_page(a)?);
     s.verify()
 }
+
+#[test]
+fn a_propagation_that_changes_nothing_leaves_nothing_due() -> mmsb::Result<()> {
+    for mode in [mmsb::PropagationMode::Immediate, mmsb::PropagationMode::Deferred] {
+        let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+        let cfg = || Config::at(dir.path()).with_propagation(mode);
+        {
+            let s = Mmsb::start(cfg())?;
+            // A function whose output never changes: every recompute is cut off.
+            s.register_function("zero", 1, |_: &[&[u8]], _: &mut [u8]| {})?;
+            let a = s.create_page(PageSpec::new(4))?;
+            let c = s.create_page(PageSpec::new(4))?;
+            s.declare_derived(c, "zero", &[a])?;
+            s.propagate()?;
+            s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+            let stats = s.propagate()?;
+            if mode == mmsb::PropagationMode::Deferred {
+                assert_eq!((stats.recomputed, stats.cut_off), (1, 1));
+            }
+            s.stop()?;
+        }
+        let s = Mmsb::start(cfg())?;
+        assert!(s.recovery_report().due.is_empty(), "{mode:?}: {}", s.recovery_report());
+        let rep = mmsb::tools::inspect(dir.path())?;
+        assert!(rep.by_type.contains_key("settled"), "{mode:?}: {rep}");
+    }
+    Ok(())
+}

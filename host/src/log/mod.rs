@@ -69,6 +69,9 @@ pub enum RecordType {
     /// it changes no page; a reader that skips it recovers the same pages
     /// and loses only that queued work).
     Due = 0x80,
+    /// A propagation ran and changed no page (optional, empty): what the
+    /// writes before it queued is done.
+    Settled = 0x81,
     /// A dependency-graph change (edge added or removed, page declared
     /// derived): a postcard-encoded [`GraphRecord`].
     Graph = 0x10,
@@ -85,6 +88,7 @@ impl RecordType {
             0x05 => RecordType::BatchEnd,
             0x06 => RecordType::Derived,
             0x80 => RecordType::Due,
+            0x81 => RecordType::Settled,
             0x10 => RecordType::Graph,
             _ => return None,
         })
@@ -105,6 +109,7 @@ impl RecordType {
             Some(RecordType::BatchEnd) => "batch_end",
             Some(RecordType::Derived) => "derived",
             Some(RecordType::Due) => "due",
+            Some(RecordType::Settled) => "settled",
             Some(RecordType::Graph) => "graph",
             None if RecordType::is_optional(code) => "optional",
             None => "unknown",

@@ -171,6 +171,8 @@ pub enum Record<'a> {
         /// Derived pages.
         forced: Vec<PageId>,
     },
+    /// A propagation ran and changed no page.
+    Settled,
     /// An optional record this reader skips.
     Optional(u8),
 }
@@ -233,6 +235,10 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
             let written = ids(w)?;
             let forced = ids(f)?;
             Record::Due { written, forced }
+        }
+        Some(RecordType::Settled) => {
+            r.finish("settled record")?;
+            Record::Settled
         }
         None if RecordType::is_optional(raw.kind) => Record::Optional(raw.kind),
         None => {

@@ -74,9 +74,9 @@ impl Due {
     }
 
     /// Account for a committed unit of the log, replayed onto a state whose
-    /// dependency graph is empty when `no_graph`: a propagation's deltas
-    /// settle everything queued before them (a propagation covers all
-    /// queued work); a write queues its page's children; a declaration
+    /// dependency graph is empty when `no_graph`: a propagation's deltas,
+    /// or its settled record when it changed nothing, settle everything
+    /// queued before them (a propagation covers all queued work); a write queues its page's children; a declaration
     /// queues its page; a due record queues what it names.
     pub fn note(&mut self, no_graph: bool, commit: reader::Commit<'_, '_>) {
         use reader::Record;
@@ -84,6 +84,7 @@ impl Due {
         for (_, r) in commit {
             match r {
                 Record::Delta(v) if v.source == 1 => propagated = true,
+                Record::Settled => propagated = true,
                 Record::Delta(v) if !no_graph => {
                     self.written.insert(v.page);
                 }

@@ -575,6 +575,16 @@ impl LogWriter {
         .map(drop)
     }
 
+    /// Frame a settled record: a propagation ran and changed no page (so
+    /// that recovery does not queue again what the writes before it
+    /// queued). Nothing is written yet: call [`LogWriter::commit`].
+    ///
+    /// # Errors
+    /// As [`LogWriter::append`].
+    pub(crate) fn append_settled(&mut self) -> Result<()> {
+        self.framed(1, |log, _| log.record(RecordType::Settled, |_| Ok(()))).map(drop)
+    }
+
     /// Frame `changes` as one atomic batch (begin/end markers around more than
     /// one change) into the buffer and return the LSN range they occupy.
     /// Nothing is written yet: call [`LogWriter::commit`].
@@ -1009,6 +1019,41 @@ mod tests {
                 let read: Vec<Delta> = scanned(&bytes).into_iter().map(|(_, d)| d).collect();
                 assert_eq!(read, want, "{users} users, {derived} derived");
             }
+        }
+    }
+
+    #[test]
+    fn due_and_settled_records_read_back_and_malformed_due_records_are_corrupt() {
+        use super::super::reader::{decode_record, read_frame, Record};
+        let (written, forced) = ([PageId(3), PageId(300)], [PageId(7)]);
+        let bytes = log_bytes(|w| {
+            w.append_due(&written, &forced).unwrap();
+            w.append_settled().unwrap();
+        });
+        let limits = crate::codec::Limits::default();
+        let first = read_frame(&bytes, SEGMENT_HEAD_LEN, 5, &limits).unwrap();
+        match decode_record(&first, &limits).unwrap() {
+            Record::Due { written: w, forced: f } => {
+                assert_eq!((&w[..], &f[..]), (&written[..], &forced[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        let second = read_frame(&bytes, SEGMENT_HEAD_LEN + first.framed, 6, &limits).unwrap();
+        assert!(matches!(decode_record(&second, &limits).unwrap(), Record::Settled));
+        // Counts that do not match the body, and a settled record with a body.
+        for (kind, body) in [
+            (RecordType::Due, vec![2u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
+            (RecordType::Due, vec![0u8, 0, 0]),
+            (RecordType::Settled, vec![0u8]),
+        ] {
+            let raw = super::super::reader::RawRecord {
+                offset: 0,
+                framed: 0,
+                kind: kind as u8,
+                lsn: 1,
+                body: &body,
+            };
+            assert!(matches!(decode_record(&raw, &limits), Err(Error::Corrupt { .. })), "{kind:?} {body:?}");
         }
     }
 
