@@ -97,19 +97,26 @@ fn removed_edges_and_deleted_pages_stay_removed() -> mmsb::Result<()> {
     Ok(())
 }
 
+/// In deferred mode: a, b, c = sum(a, b) computed, then a written and its
+/// propagation left queued.
+fn queued_write(s: &Mmsb) -> mmsb::Result<(PageId, PageId)> {
+    s.register_function("sum", 1, sum)?;
+    let a = s.create_page(PageSpec::new(4))?;
+    let b = s.create_page(PageSpec::new(4))?;
+    let c = s.create_page(PageSpec::new(4))?;
+    s.declare_derived(c, "sum", &[a, b])?;
+    s.propagate()?;
+    s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+    Ok((a, c))
+}
+
 #[test]
 fn deferred_work_left_at_a_stop_is_done_after_reopen() -> mmsb::Result<()> {
     let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
     let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
     let (a, c) = {
         let s = Mmsb::start(cfg())?;
-        s.register_function("sum", 1, sum)?;
-        let a = s.create_page(PageSpec::new(4))?;
-        let b = s.create_page(PageSpec::new(4))?;
-        let c = s.create_page(PageSpec::new(4))?;
-        s.declare_derived(c, "sum", &[a, b])?;
-        s.propagate()?;
-        s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+        let (a, c) = queued_write(&s)?;
         s.stop()?;
         (a, c)
     };
@@ -127,13 +134,7 @@ fn deferred_work_queued_at_a_checkpoint_is_done_after_reopen() -> mmsb::Result<(
     let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
     let (a, c, d) = {
         let s = Mmsb::start(cfg())?;
-        s.register_function("sum", 1, sum)?;
-        let a = s.create_page(PageSpec::new(4))?;
-        let b = s.create_page(PageSpec::new(4))?;
-        let c = s.create_page(PageSpec::new(4))?;
-        s.declare_derived(c, "sum", &[a, b])?;
-        s.propagate()?;
-        s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+        let (a, c) = queued_write(&s)?;
         // Declared, never computed: queued too.
         let d = s.create_page(PageSpec::new(4))?;
         s.declare_derived(d, "sum", &[a, a])?;
