@@ -1,6 +1,7 @@
 //! Model-based test of propagation: random DAGs of derived pages, random
-//! update batches, random propagation schedules and function upgrades,
-//! against a plain sequential reference that recomputes in index order.
+//! update batches, random propagation schedules, function upgrades and
+//! restarts (queued work must come back exactly), against a plain
+//! sequential reference that recomputes in index order.
 //! Beyond the bytes, the event stream must show exactly the recomputes the
 //! reference predicts: each dirty page once, nothing below an early cutoff.
 
@@ -18,6 +19,9 @@ enum Op {
     Propagate,
     /// Register the next version of "coarse" (a different shift).
     Bump,
+    /// Stop, start again from the state directory and register the
+    /// functions again: queued work must come back exactly.
+    Reopen,
 }
 
 #[derive(Clone, Debug)]
@@ -41,7 +45,8 @@ fn case() -> impl Strategy<Value = Case> {
                 1..4,
             )
             .prop_map(Op::Update);
-            let op = prop_oneof![6 => update, 2 => Just(Op::Propagate), 1 => Just(Op::Bump)];
+            let op =
+                prop_oneof![6 => update, 2 => Just(Op::Propagate), 1 => Just(Op::Bump), 1 => Just(Op::Reopen)];
             (Just(sources), derived, prop::collection::vec(op, 1..10), any::<bool>(), any::<bool>())
         })
         .prop_map(|(sources, derived, ops, deferred, parallel)| Case {
@@ -146,22 +151,30 @@ fn fired_from(events: &[Event], ids: &[PageId]) -> BTreeMap<usize, bool> {
     fired
 }
 
-fn run(case: &Case) -> mmsb::Result<()> {
-    let mut cfg = Config::temporary().with_propagation(if case.deferred {
-        PropagationMode::Deferred
-    } else {
-        PropagationMode::Immediate
-    });
-    if case.parallel {
-        cfg.propagation_threads = 2;
-        cfg.parallel_min_bytes = 0;
-    } else {
-        cfg.propagation_threads = 1;
-    }
-    let state = Mmsb::start(cfg)?;
+/// Register the functions, "coarse" at `coarse_version`.
+fn register_all(state: &Mmsb, coarse_version: u32) -> mmsb::Result<()> {
     state.register_function("sum", 1, sum)?;
     state.register_function("max", 1, max)?;
-    register_coarse(&state, 1)?;
+    register_coarse(state, coarse_version)?;
+    Ok(())
+}
+
+fn run(case: &Case) -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let cfg = || {
+        let mut cfg = Config::at(dir.path()).durability(mmsb::log::Durability::None).with_propagation(
+            if case.deferred { PropagationMode::Deferred } else { PropagationMode::Immediate },
+        );
+        if case.parallel {
+            cfg.propagation_threads = 2;
+            cfg.parallel_min_bytes = 0;
+        } else {
+            cfg.propagation_threads = 1;
+        }
+        cfg
+    };
+    let mut state = Mmsb::start(cfg())?;
+    register_all(&state, 1)?;
     let names = ["sum", "max", "coarse"];
     let total = case.sources + case.derived.len();
     let mut ids = Vec::new();
@@ -182,7 +195,7 @@ fn run(case: &Case) -> mmsb::Result<()> {
         forced: vec![false; total],
     };
     // All pages start zeroed and every function maps zeros to zeros.
-    let events = state.subscribe();
+    let mut events = state.subscribe();
     for op in &case.ops {
         let before: Vec<Vec<u8>> = ids.iter().map(|&p| state.query_page(p)).collect::<mmsb::Result<_>>()?;
         let mut propagated = None;
@@ -219,6 +232,16 @@ fn run(case: &Case) -> mmsb::Result<()> {
                 if !case.deferred {
                     propagated = Some(model.propagate());
                 }
+            }
+            Op::Reopen => {
+                drop(events);
+                state.stop()?;
+                drop(state);
+                state = Mmsb::start(cfg())?;
+                // The recorded versions: nothing is re-declared, and in
+                // immediate mode nothing was left queued to run.
+                register_all(&state, model.coarse_version)?;
+                events = state.subscribe();
             }
         }
         let seen = events.drain();
