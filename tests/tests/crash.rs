@@ -93,9 +93,14 @@ fn expected(ops: &[Op]) -> Vec<u128> {
 }
 
 /// File-system operations of a full, crash-free run of `ops`.
-fn full_run_ops(cfg: impl Fn(&SimVfs) -> Config, ops: &[Op]) -> Result<u64> {
+fn full_run_ops<O>(
+    cfg: impl Fn(&SimVfs) -> Config,
+    start: impl Fn(Config) -> Result<Mmsb>,
+    run: impl Fn(&Mmsb, &O) -> Result<()>,
+    ops: &[O],
+) -> Result<u64> {
     let v = SimVfs::new();
-    let s = Mmsb::start(cfg(&v))?;
+    let s = start(cfg(&v))?;
     for op in ops {
         run(&s, op)?;
     }
@@ -114,15 +119,7 @@ fn at_every_crash_point<O>(
     run: impl Fn(&Mmsb, &O) -> Result<()>,
     mut check: impl FnMut(&Mmsb, usize, &str) -> Result<()>,
 ) -> Result<u64> {
-    let total = {
-        let v = SimVfs::new();
-        let s = start(cfg(&v))?;
-        for op in ops {
-            run(&s, op)?;
-        }
-        drop(s);
-        v.ops()
-    };
+    let total = full_run_ops(cfg, &start, &run, ops)?;
     let mut points = 0;
     for k in 0..=total {
         for mode in
@@ -173,14 +170,27 @@ fn every_crash_point_recovers_an_acknowledged_state() -> Result<()> {
     Ok(())
 }
 
+/// The source page of the propagating workloads (the first created).
+fn src(s: &Mmsb) -> PageId {
+    s.page_ids()[0]
+}
+
+/// Every page but the source is filled with the source's first byte.
+fn derived_follow_the_source(s: &Mmsb, at: &str) -> Result<()> {
+    if let Some((&src, derived)) = s.page_ids().split_first() {
+        let b = s.query_page(src)?[0];
+        for p in derived {
+            assert!(s.query_page(*p)?.iter().all(|&x| x == b), "{at}: {}", s.recovery_report());
+        }
+    }
+    Ok(())
+}
+
 /// A state whose writes propagate: a source page of 8 bytes and 40 pages
 /// of 32 KiB derived from it (each filled with the source's first byte), so
 /// that each write of the source commits 1.3 MB of derived deltas: two
 /// derived records in one batch.
 fn propagating_ops() -> Vec<fn(&Mmsb) -> Result<()>> {
-    fn src(s: &Mmsb) -> PageId {
-        s.page_ids()[0]
-    }
     vec![
         |s| s.create_page(PageSpec::new(8)).map(drop),
         |s| {
@@ -229,13 +239,7 @@ fn every_crash_point_of_a_propagating_workload_recovers_an_acknowledged_state() 
             assert!(ok, "{at}: {}", s.recovery_report());
             // A write and its propagation are recovered together: every
             // derived page is filled with the source's first byte.
-            if let Some((&src, derived)) = s.page_ids().split_first() {
-                let b = s.query_page(src)?[0];
-                for p in derived {
-                    assert!(s.query_page(*p)?.iter().all(|&x| x == b), "{at}");
-                }
-            }
-            Ok(())
+            derived_follow_the_source(s, at)
         },
     )?;
     eprintln!("crash points checked: {points}");
@@ -249,9 +253,6 @@ fn every_crash_point_of_a_propagating_workload_recovers_an_acknowledged_state() 
 /// crash.
 #[test]
 fn every_crash_point_of_a_deferred_workload_keeps_the_queued_work() -> Result<()> {
-    fn src(s: &Mmsb) -> PageId {
-        s.page_ids()[0]
-    }
     let ops: Vec<fn(&Mmsb) -> Result<()>> = vec![
         |s| s.create_page(PageSpec::new(8)).map(drop),
         |s| {
@@ -276,13 +277,7 @@ fn every_crash_point_of_a_deferred_workload_keeps_the_queued_work() -> Result<()
         |s, op| op(s),
         |s, _, at| {
             s.propagate()?;
-            if let Some((&src, derived)) = s.page_ids().split_first() {
-                let b = s.query_page(src)?[0];
-                for p in derived {
-                    assert!(s.query_page(*p)?.iter().all(|&x| x == b), "{at}: {}", s.recovery_report());
-                }
-            }
-            Ok(())
+            derived_follow_the_source(s, at)
         },
     )?;
     eprintln!("crash points checked: {points}");
@@ -299,7 +294,7 @@ fn a_checkpoint_is_durable_without_per_commit_fsyncs() -> Result<()> {
         let cfg = |v: &SimVfs| Config::at("/state").vfs(Arc::new(v.clone())).durability(durability);
         for ops in workloads() {
             let want = expected(&ops);
-            let total = full_run_ops(cfg, &ops)?;
+            let total = full_run_ops(cfg, Mmsb::start, run, &ops)?;
             for k in 0..=total {
                 for mode in [CrashMode::DropUnsynced, CrashMode::KeepAll] {
                     let v = SimVfs::new();

@@ -76,8 +76,9 @@ impl Due {
     /// Account for a committed unit of the log, replayed onto a state whose
     /// dependency graph is empty when `no_graph`: a propagation's deltas,
     /// or its settled record when it changed nothing, settle everything
-    /// queued before them (a propagation covers all queued work); a write queues its page's children; a declaration
-    /// queues its page; a due record queues what it names.
+    /// queued before them (a propagation covers all queued work); a write
+    /// queues its page's children; a declaration queues its page; a due
+    /// record queues what it names.
     pub fn note(&mut self, no_graph: bool, commit: reader::Commit<'_, '_>) {
         use reader::Record;
         let mut propagated = false;

@@ -473,9 +473,10 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Put a batch begin marker (count 0 for now) before the one record
-    /// framed at `buf[mark..]`, taking its LSN; the record moves to the
-    /// next LSN (its frame's LSN and CRC written again).
+    /// Put a batch begin marker before the one record framed at
+    /// `buf[mark..]`, taking its LSN (its count and CRC are left for
+    /// [`LogWriter::end_batch`] to write); the record moves to the next LSN
+    /// (its frame's LSN and CRC written again).
     fn insert_batch_begin(&mut self, mark: usize) {
         let lsn = u64::from_le_bytes(self.buf[mark + 8..mark + 16].try_into().unwrap_or_default());
         let mut m = [0u8; MARKER_LEN];
