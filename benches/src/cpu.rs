@@ -1,7 +1,7 @@
 //! CPU rows: delta apply against memcpy, pooled allocation against plain
 //! allocation.
 
-use crate::{dense_payload, full_payload, paired_per_iter, sparse_payload, time_per_iter, Budget, Row};
+use crate::{dense_payload, full_payload, in_turn_per_iter, sparse_payload, time_per_iter, Budget, Row};
 use mmsb::alloc::PageAllocator;
 use mmsb::Payload;
 use std::hint::black_box;
@@ -19,29 +19,73 @@ fn human(len: usize) -> String {
 /// Seconds per `apply_to` of `payload` on a warm page buffer of `len`
 /// bytes from the engine's page allocator (64-byte aligned, as every page
 /// of the engine is), and seconds to memcpy `limit` bytes between two warm
-/// buffers, sampled in turn.
-fn apply_and_memcpy(budget: Budget, len: usize, payload: &Payload, limit: usize) -> (f64, f64) {
-    let mut page = PageAllocator::default().alloc(len).expect("page buffer");
+/// buffers, sampled in turn; with `bound`, also seconds per call of
+/// `bound` on a page buffer of its own, sampled in the same turns.
+fn apply_and_memcpy(
+    budget: Budget,
+    len: usize,
+    payload: &Payload,
+    limit: usize,
+    bound: Option<Bound>,
+) -> (f64, f64, Option<f64>) {
+    let alloc = PageAllocator::default();
+    let mut page = alloc.alloc(len).expect("page buffer");
     page.fill(0x5A);
     let src = vec![1u8; limit];
     let mut dst = vec![0u8; limit];
-    paired_per_iter(
+    let mut bound_page = alloc.alloc(len).expect("page buffer");
+    bound_page.fill(0x5A);
+    let mut run_bound = bound.map(|b| move || b(black_box(&mut bound_page), black_box(payload)));
+    in_turn_per_iter(
         budget,
         || payload.apply_to(black_box(&mut page)).expect("payload fits"),
         || {
             dst.copy_from_slice(black_box(&src));
             black_box(&mut dst);
         },
+        run_bound.as_mut().map(|f| f as &mut dyn FnMut()),
     )
 }
 
-/// Apply rows for one page size.
+/// A loop with the memory traffic an apply cannot avoid, and no more: the
+/// bound a row's ratio is read against (what the layout allows, not what
+/// the engine does).
+type Bound = fn(&mut [u8], &Payload);
+
+/// The dense merge's reads and writes without its mask: every page byte
+/// read, combined with the data byte at its place, written back (a masked
+/// merge must read each page line it does not overwrite whole, where
+/// memcpy only writes).
+pub fn merge_bound(page: &mut [u8], payload: &Payload) {
+    if let Payload::Dense(d) = payload {
+        for (p, s) in page.iter_mut().zip(d.data()) {
+            *p ^= *s;
+        }
+    }
+}
+
+/// The sparse rows' layout (64-byte runs every 128 bytes) copied with no
+/// run descriptors: each 64 bytes of data to its place, the places
+/// computed, not read.
+pub fn layout_bound(page: &mut [u8], payload: &Payload) {
+    if let Payload::Sparse(s) = payload {
+        for (dst, src) in page.chunks_exact_mut(128).zip(s.data().chunks_exact(64)) {
+            dst[..64].copy_from_slice(src);
+        }
+    }
+}
+
+/// Apply rows for one page size; pages of 1 MiB and more also get a bound
+/// row for the dense and sparse layouts (the bound loop against the same
+/// memcpy samples).
 pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
     let gbs = |bytes: usize, secs: f64| bytes as f64 / secs / 1e9;
     let mut rows = Vec::new();
+    let large = len >= 1 << 20;
     let target_dense = (len == 1 << 20).then_some(0.8);
     let dense = dense_payload(len, 1);
-    let (t, memcpy) = apply_and_memcpy(budget, len, &dense, len);
+    let (t, memcpy, bound) =
+        apply_and_memcpy(budget, len, &dense, len, large.then_some(merge_bound as Bound));
     rows.push(Row::throughput(
         &format!("cpu_apply_dense_{}", human(len)),
         gbs(len, t),
@@ -50,11 +94,22 @@ pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
         gbs(len, memcpy),
         target_dense,
     ));
+    if let Some(b) = bound {
+        rows.push(Row::throughput(
+            &format!("cpu_apply_dense_{}_bound", human(len)),
+            gbs(len, b),
+            "GB/s",
+            &format!("memcpy {} (bound: page ^= data, no mask)", human(len)),
+            gbs(len, memcpy),
+            None,
+        ));
+    }
     // Sparse: 64-byte runs every 128 bytes; the limit copies the touched bytes.
     let sparse = sparse_payload(len, 64, 128, 2);
     let touched = sparse.touched() as usize;
     if touched > 0 {
-        let (t, m) = apply_and_memcpy(budget, len, &sparse, touched);
+        let (t, m, bound) =
+            apply_and_memcpy(budget, len, &sparse, touched, large.then_some(layout_bound as Bound));
         rows.push(Row::throughput(
             &format!("cpu_apply_sparse64_{}", human(len)),
             gbs(touched, t),
@@ -63,9 +118,22 @@ pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
             gbs(touched, m),
             Some(0.7),
         ));
+        if let Some(b) = bound {
+            rows.push(Row::throughput(
+                &format!("cpu_apply_sparse64_{}_bound", human(len)),
+                gbs(touched, b),
+                "GB/s",
+                &format!(
+                    "memcpy {} (bound: the runs' bytes copied to their places, no descriptors)",
+                    human(touched)
+                ),
+                gbs(touched, m),
+                None,
+            ));
+        }
     }
     let full = full_payload(len, 3);
-    let (t, memcpy) = apply_and_memcpy(budget, len, &full, len);
+    let (t, memcpy, _) = apply_and_memcpy(budget, len, &full, len, None);
     rows.push(Row::throughput(
         &format!("cpu_apply_full_{}", human(len)),
         gbs(len, t),

@@ -154,15 +154,32 @@ pub fn time_per_iter(budget: Budget, mut f: impl FnMut()) -> f64 {
 /// (each about half of `budget.sample`): a figure and its limit measured
 /// under the same conditions, so that a machine whose speed drifts (other
 /// tenants, frequency changes) moves both alike.
-pub fn paired_per_iter(budget: Budget, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
-    let half = budget.sample / 2;
-    let (nf, ng) = (calls_per_sample(half, &mut f), calls_per_sample(half, &mut g));
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+pub fn paired_per_iter(budget: Budget, f: impl FnMut(), g: impl FnMut()) -> (f64, f64) {
+    let (a, b, _) = in_turn_per_iter(budget, f, g, None);
+    (a, b)
+}
+
+/// [`paired_per_iter`] with a third function `h` sampled in the same turns
+/// when given (a bound measured beside the figure and its limit); its
+/// median is the third value.
+pub fn in_turn_per_iter(
+    budget: Budget,
+    mut f: impl FnMut(),
+    mut g: impl FnMut(),
+    mut h: Option<&mut dyn FnMut()>,
+) -> (f64, f64, Option<f64>) {
+    let part = budget.sample / if h.is_some() { 3 } else { 2 };
+    let (nf, ng) = (calls_per_sample(part, &mut f), calls_per_sample(part, &mut g));
+    let nh = h.as_mut().map(|h| calls_per_sample(part, h));
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..budget.samples.max(1) {
         a.push(sample(nf, &mut f));
         b.push(sample(ng, &mut g));
+        if let (Some(h), Some(n)) = (h.as_mut(), nh) {
+            c.push(sample(n, h));
+        }
     }
-    (median(&mut a), median(&mut b))
+    (median(&mut a), median(&mut b), nh.map(|_| median(&mut c)))
 }
 
 /// How many calls of `f` fill about `span`.

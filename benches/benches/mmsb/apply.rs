@@ -1,6 +1,8 @@
 //! CPU delta apply against memcpy of the same page.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use mmsb::Payload;
+use mmsb_benches::cpu::{layout_bound, merge_bound};
 use mmsb_benches::{dense_payload, full_payload, sparse_payload};
 use std::hint::black_box;
 
@@ -22,6 +24,18 @@ pub fn bench(c: &mut Criterion) {
             ("full", full_payload(len, 3)),
         ] {
             g.bench_function(BenchmarkId::new(name, len), |b| b.iter(|| p.apply_to(black_box(&mut page))));
+            // The loop with only the traffic the layout needs (see
+            // `mmsb_benches::cpu`), beside the apply on large pages.
+            let bound: Option<fn(&mut [u8], &Payload)> = match name {
+                "dense" => Some(merge_bound),
+                "sparse64" => Some(layout_bound),
+                _ => None,
+            };
+            if let (Some(f), true) = (bound, len >= 1 << 20) {
+                g.bench_function(BenchmarkId::new(format!("{name}_bound"), len), |b| {
+                    b.iter(|| f(black_box(&mut page), black_box(&p)))
+                });
+            }
         }
         g.finish();
     }
