@@ -186,3 +186,43 @@ pub fn rows(budget: Budget, full: bool) -> Vec<Row> {
     rows.extend(alloc_rows(budget, 4096, 2));
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Budget;
+    use std::time::Duration;
+
+    #[test]
+    fn the_layout_bound_moves_the_bytes_the_sparse_apply_moves() {
+        let len = 64 << 10;
+        let sparse = sparse_payload(len, 64, 128, 2);
+        let (mut applied, mut bound) = (vec![0x5Au8; len], vec![0x5Au8; len]);
+        sparse.apply_to(&mut applied).expect("fits");
+        layout_bound(&mut bound, &sparse);
+        assert_eq!(applied, bound);
+    }
+
+    #[test]
+    fn the_merge_bound_reads_and_writes_every_page_byte() {
+        let len = 64 << 10;
+        let dense = dense_payload(len, 1);
+        let Payload::Dense(d) = &dense else { unreachable!("a dense payload") };
+        let mut page: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let want: Vec<u8> = page.iter().zip(d.data()).map(|(p, s)| p ^ s).collect();
+        merge_bound(&mut page, &dense);
+        assert_eq!(page, want);
+    }
+
+    #[test]
+    fn samples_in_turn_time_every_function_given() {
+        let budget = Budget { sample: Duration::from_millis(3), samples: 3 };
+        let (mut f, mut g, mut h) = (0u64, 0u64, 0u64);
+        let mut third = || h += 1;
+        let (a, b, c) = in_turn_per_iter(budget, || f += 1, || g += 1, Some(&mut third));
+        assert!(a > 0.0 && b > 0.0 && c.is_some_and(|c| c > 0.0), "{a} {b} {c:?}");
+        assert!(f > 0 && g > 0 && h > 0);
+        let (_, _, none) = in_turn_per_iter(budget, || (), || (), None);
+        assert!(none.is_none());
+    }
+}
