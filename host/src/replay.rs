@@ -14,13 +14,13 @@ use crate::codec::Limits;
 use crate::delta::{Delta, Payload, Source, SparseDelta};
 use crate::graph::GraphImage;
 use crate::log::reader::{self, Record, Visitor};
-use crate::log::recovery::RecoveryMode;
+use crate::log::recovery::{RecoveryMode, TornTail};
 use crate::page::{check_metadata, Location, Metadata};
 use crate::vfs::Vfs;
 use crate::{Error, Result};
 use shared_types::{DeltaId, Epoch, Lsn, PageId};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A complete state: pages in id order plus the commit path's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -591,7 +591,7 @@ pub fn replay_with(
     stop: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>) -> bool,
     seen: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>),
 ) -> Result<StateImage> {
-    replay_impl(vfs, state_dir, max_ckpt_lsn, limits, stop, seen, None)
+    replay_impl(vfs, state_dir, max_ckpt_lsn, limits, stop, seen, None).map(|(image, _)| image)
 }
 
 /// Whether a batch of delta records (last LSN, record count) must go the
@@ -643,66 +643,172 @@ fn replay_impl(
     stop: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>) -> bool,
     seen: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>),
     fast_stop: Option<FastStop<'_>>,
-) -> Result<StateImage> {
+) -> Result<(StateImage, Option<TornTail>)> {
     let dir = crate::log::log_dir(state_dir);
-    let (ckpt, _) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
+    let (ckpt, bad) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
     let image = ckpt.map(|(_, img)| img).unwrap_or_default();
     let after = image.lsn;
+    if let Some(first) = oldest_logged(vfs, &dir).filter(|&f| f > after + 1) {
+        return Err(history_gap(vfs, &dir, after, first, bad)?);
+    }
     let mut r = Replayer { image, limits, stop, seen, fast_stop };
-    reader::scan_with(vfs, &dir, after, RecoveryMode::Strict, limits, &mut r)?;
-    Ok(r.image)
+    let scan = reader::scan_with(vfs, &dir, after, RecoveryMode::Strict, limits, &mut r)?;
+    Ok((r.image, scan.torn))
+}
+
+/// The first LSN of the oldest log segment, when its header reads.
+fn oldest_logged(vfs: &dyn Vfs, dir: &Path) -> Option<u64> {
+    let names = vfs.list(dir).ok()?;
+    let (_, name) = names.iter().filter_map(|n| crate::log::parse_segment_name(n).map(|s| (s, n))).min()?;
+    let mut f = vfs.open_read(&dir.join(name)).ok()?;
+    let mut head = [0u8; crate::log::SEGMENT_HEAD_LEN];
+    f.read_exact_at(&mut head, 0).ok()?;
+    reader::parse_segment_header(&head).ok().map(|h| h.first_lsn)
+}
+
+/// Why a replay that would start after LSN `after` cannot: the log starts
+/// at LSN `first`, later. Earlier records go when a checkpoint retires
+/// them, so this is either a point before the oldest history kept (a
+/// checkpoint after it exists), a checkpoint that should cover the gap but
+/// does not verify (`bad`, newest first), or lost files.
+fn history_gap(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    after: u64,
+    first: u64,
+    bad: Vec<(PathBuf, Error)>,
+) -> Result<Error> {
+    if let Some((path, e)) = bad.into_iter().next() {
+        let (offset, why) = match e {
+            Error::Corrupt { offset, reason, .. } => (offset, reason),
+            other => (None, other.to_string()),
+        };
+        return Ok(Error::Corrupt {
+            file: Some(path),
+            offset,
+            reason: format!(
+                "{why}; this checkpoint does not verify, and the log records it covers ({}..{}) \
+                 were retired when it was taken: the state cannot be rebuilt without it",
+                after + 1,
+                first - 1
+            ),
+        });
+    }
+    let kept = crate::checkpoint::list(vfs, dir)?;
+    Ok(match kept.last() {
+        Some((oldest, _)) => Error::Config(format!(
+            "the point asked for is before the oldest history kept in {}: its oldest checkpoint \
+             is at LSN {oldest} and the log starts at LSN {first} (a checkpoint retires the log \
+             records before it); replay to that checkpoint or later",
+            dir.display()
+        )),
+        None => Error::Corrupt {
+            file: Some(dir.to_path_buf()),
+            offset: None,
+            reason: format!(
+                "the log starts at LSN {first} and no checkpoint covers records {}..{}",
+                after + 1,
+                first - 1
+            ),
+        },
+    })
+}
+
+/// Where [`replay_to`] stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// The end of the log.
+    End,
+    /// The last commit whose last record is at or before this LSN.
+    Lsn(Lsn),
+    /// The last commit boundary at which at most this many changes
+    /// (logical time) had been accepted.
+    Time(u64),
+}
+
+/// What [`replay_to`] rebuilt, and what it found at the end of the log.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The state.
+    pub image: StateImage,
+    /// The torn tail the log ends in (the bytes of a write that never
+    /// completed, left out of the replay, as recovery leaves them out),
+    /// when the replay read that far and there is one.
+    pub torn: Option<TornTail>,
+}
+
+/// Replay `state_dir` (newest usable checkpoint at or before the point,
+/// then the log) up to `until`.
+///
+/// # Errors
+/// As [`replay_with`]; [`Error::Config`] when the point precedes the
+/// oldest history still on disk (a checkpoint retired the log before it);
+/// [`Error::Corrupt`] naming the checkpoint when the one that should cover
+/// the retired log does not verify.
+pub fn replay_to(vfs: &dyn Vfs, state_dir: &Path, until: Until, limits: &Limits) -> Result<Replayed> {
+    let (image, torn) = match until {
+        Until::End | Until::Lsn(_) => {
+            let target = match until {
+                Until::Lsn(l) => l.0,
+                _ => u64::MAX,
+            };
+            replay_impl(
+                vfs,
+                state_dir,
+                Some(target),
+                limits,
+                &mut |_, c| c.last().is_some_and(|(l, _)| *l > target),
+                &mut |_, _| {},
+                Some(&|_, last, _| last > target),
+            )?
+        }
+        Until::Time(t) => {
+            let dir = crate::log::log_dir(state_dir);
+            // The newest checkpoint not past `t`.
+            let mut best: Option<u64> = None;
+            for (lsn, path) in crate::checkpoint::list(vfs, &dir)? {
+                if let Ok(img) = crate::checkpoint::read(vfs, &path, limits) {
+                    if img.timestamp <= t {
+                        best = Some(lsn);
+                        break;
+                    }
+                }
+            }
+            replay_impl(
+                vfs,
+                state_dir,
+                Some(best.unwrap_or(0)),
+                limits,
+                &mut |img, c| img.timestamp + c.len() as u64 > t,
+                &mut |_, _| {},
+                Some(&|img, _, n| img.timestamp + n as u64 > t),
+            )?
+        }
+    };
+    Ok(Replayed { image, torn })
 }
 
 /// The state as of LSN `to` (every commit whose last record is at or
-/// before it), or the end of the log.
+/// before it), or the end of the log: [`replay_to`]'s state.
 ///
 /// # Errors
-/// As [`replay_with`]; [`Error::Config`] when `to` precedes the oldest
-/// history still on disk (the newest usable checkpoint is later).
+/// As [`replay_to`].
 pub fn replay_to_lsn(
     vfs: &dyn Vfs,
     state_dir: &Path,
     to: Option<Lsn>,
     limits: &Limits,
 ) -> Result<StateImage> {
-    let target = to.map_or(u64::MAX, |l| l.0);
-    replay_impl(
-        vfs,
-        state_dir,
-        Some(target),
-        limits,
-        &mut |_, c| c.last().is_some_and(|(l, _)| *l > target),
-        &mut |_, _| {},
-        Some(&|_, last, _| last > target),
-    )
+    replay_to(vfs, state_dir, to.map_or(Until::End, Until::Lsn), limits).map(|r| r.image)
 }
 
 /// The state as of logical time `t`: the last commit boundary at which at
-/// most `t` changes had been accepted.
+/// most `t` changes had been accepted ([`replay_to`]'s state).
 ///
 /// # Errors
-/// As [`replay_with`].
+/// As [`replay_to`].
 pub fn replay_to_timestamp(vfs: &dyn Vfs, state_dir: &Path, t: u64, limits: &Limits) -> Result<StateImage> {
-    let dir = crate::log::log_dir(state_dir);
-    // The newest checkpoint not past `t`.
-    let mut best: Option<u64> = None;
-    for (lsn, path) in crate::checkpoint::list(vfs, &dir)? {
-        if let Ok(img) = crate::checkpoint::read(vfs, &path, limits) {
-            if img.timestamp <= t {
-                best = Some(lsn);
-                break;
-            }
-        }
-    }
-    replay_impl(
-        vfs,
-        state_dir,
-        Some(best.unwrap_or(0)),
-        limits,
-        &mut |img, c| img.timestamp + c.len() as u64 > t,
-        &mut |_, _| {},
-        Some(&|img, _, n| img.timestamp + n as u64 > t),
-    )
+    replay_to(vfs, state_dir, Until::Time(t), limits).map(|r| r.image)
 }
 
 /// One version of a page.

@@ -262,6 +262,35 @@ fn replay_to_lsn_timestamp_and_page_history() -> Result<()> {
 }
 
 #[test]
+fn replay_before_the_oldest_history_kept_is_a_config_error_and_later_points_replay() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s = Mmsb::start(Config::at(dir.path()))?;
+    let p = s.create_page(PageSpec::new(16))?;
+    for i in 0..5u8 {
+        s.update_page(p, sparse(u64::from(i), &[i + 1]))?;
+    }
+    // The checkpoint at LSN 6 retires the log before it.
+    let ck = s.checkpoint()?;
+    let at_ck = s.state_hash()?;
+    s.update_page(p, sparse(9, &[7]))?;
+    let end = s.state_hash()?;
+    s.sync()?;
+    let vfs = mmsb::vfs::StdVfs;
+    let lim = Default::default();
+    for early in [replay::Until::Lsn(Lsn(2)), replay::Until::Time(2)] {
+        match replay::replay_to(&vfs, dir.path(), early, &lim) {
+            Err(mmsb::Error::Config(m)) => assert!(m.contains("before the oldest history kept"), "{m}"),
+            other => panic!("{early:?}: {other:?}"),
+        }
+    }
+    let r = replay::replay_to(&vfs, dir.path(), replay::Until::Lsn(ck.lsn), &lim)?;
+    assert_eq!(r.image.state_hash(), at_ck);
+    let r = replay::replay_to(&vfs, dir.path(), replay::Until::End, &lim)?;
+    assert_eq!((r.image.state_hash(), r.torn), (end, None));
+    Ok(())
+}
+
+#[test]
 fn diff_turns_one_state_into_another() -> Result<()> {
     let a = Mmsb::start(Config::temporary())?;
     let b = Mmsb::start(Config::temporary())?;
