@@ -55,15 +55,24 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 log.display()
             )));
         }
+        // Its pages would join the state there, and its checkpoint would
+        // retire that state's older log segments: start only in a new
+        // directory or one without a state.
+        if std::fs::read_dir(&log).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(mmsb::Error::Config(format!(
+                "{} already holds an MMSB state; the demo runs only in a new or empty directory",
+                dir.display()
+            )));
+        }
     }
     let gpu = if args.gpu {
         match mmsb::gpu::probe() {
             Ok(info) => {
-                println!("GPU 0: {}; pages {GPU_PAGES:?} of the demo live on it", info.name);
+                outln!("GPU 0: {}; pages {GPU_PAGES:?} of the demo live on it", info.name);
                 true
             }
             Err(e) => {
-                println!("no GPU found ({e}); running every page on the CPU");
+                outln!("no GPU found ({e}); running every page on the CPU");
                 false
             }
         }
@@ -129,24 +138,33 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     state.verify_recompute()?;
 
     let secs = apply_time.as_secs_f64().max(1e-9);
-    println!("mmsb demo: state in {}", state.dir().display());
-    println!("  pages            {} ({} bytes, sizes {:?})", pages.len(), total_bytes, SIZES);
-    println!(
-        "  deltas           {} (dense {}, sparse {}, full {})",
-        args.deltas, kinds[0], kinds[1], kinds[2]
+    if args.dir.is_some() {
+        outln!("mmsb demo: state in {}", state.dir().display());
+    } else {
+        outln!(
+            "mmsb demo: state in {} (temporary: removed when the demo ends; --dir DIR keeps one)",
+            state.dir().display()
+        );
+    }
+    outln!(
+        "  pages            {} written ({} bytes, sizes {:?}) and 1 derived from two of them",
+        pages.len(),
+        total_bytes,
+        SIZES
     );
-    println!("  bytes written    {bytes_touched}");
-    println!("  apply time       {:.3} s", secs);
-    println!("  deltas/s         {:.0}", args.deltas as f64 / secs);
-    println!(
+    outln!("  deltas           {} (dense {}, sparse {}, full {})", args.deltas, kinds[0], kinds[1], kinds[2]);
+    outln!("  bytes written    {bytes_touched}");
+    outln!("  apply time       {:.3} s", secs);
+    outln!("  deltas/s         {:.0}", args.deltas as f64 / secs);
+    outln!(
         "  check            every page matches the naive reference; the derived page matches its recompute"
     );
     if gpu {
-        println!("  gpu pages        {} on GPU 0, checked against the same reference", GPU_PAGES.len());
+        outln!("  gpu pages        {} on GPU 0, checked against the same reference", GPU_PAGES.len());
     }
     if args.dir.is_some() {
         let info = state.checkpoint()?;
-        println!(
+        outln!(
             "  checkpoint       {} (LSN {}, {} pages, {} bytes)",
             info.path.display(),
             info.lsn,
@@ -154,7 +172,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             info.bytes
         );
     }
-    println!("state hash: {:032x}", state.state_hash()?);
+    outln!("state hash: {:032x}", state.state_hash()?);
     state.stop()?;
     Ok(())
 }

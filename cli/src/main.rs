@@ -6,13 +6,35 @@
 //! | `inspect DIR` | records by type, sizes, LSN range, checkpoints |
 //! | `verify DIR` | every CRC and invariant; exit 1 naming the file and offset of the first problem |
 //! | `replay DIR` | the state at the end of the log, an LSN or a logical time; its hash on the last line |
+//! | `stats DIR` | pages, graph, log and checkpoints in brief; `--provenance PAGE`: how that page's value was computed |
 //! | `bench` | the performance envelope, each figure next to a limit measured in the same run |
 //!
-//! The offline commands (`inspect`, `verify`, `replay`) only read, and never
+//! The offline commands (`inspect`, `verify`, `replay`, `stats`) only read, and never
 //! follow a path out of the directory they are given.
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `print!` to standard output that never panics: once the reader of a
+/// pipe has gone (`mmsb inspect DIR | head`), the rest of the output is
+/// dropped and the command runs to its end (its exit status and clean-up
+/// unchanged); any other write error makes the exit status 1.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::emit(format_args!($($t)*))
+    };
+}
+
+/// `println!` that behaves as [`out!`].
+macro_rules! outln {
+    () => {
+        $crate::emit(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::emit(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
 
 mod bench;
 mod confined;
@@ -65,15 +87,43 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(&args),
     };
     match result {
+        Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mmsb: error: {e}");
+            let mut shown = e.to_string();
+            eprintln!("mmsb: error: {shown}");
+            // Causes the message does not already quote.
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                let cause = s.to_string();
+                if !shown.contains(&cause) {
+                    eprintln!("  caused by: {cause}");
+                    shown.push_str(&cause);
+                }
                 source = s.source();
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Set once standard output can take no more (see [`out!`]).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// Set when a write to standard output failed for another reason than a
+/// closed pipe.
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Write to standard output; see [`out!`].
+pub(crate) fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            eprintln!("mmsb: error: writing to standard output: {e}");
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::confined::Confined;
 use crate::progress;
 use mmsb::codec::Limits;
 use mmsb::log::reader::Record;
-use mmsb::replay::StateImage;
+use mmsb::replay::{StateImage, Until};
 use mmsb::{Error, Lsn, PageId, Result, Source};
 
 use std::collections::BTreeMap;
@@ -48,7 +48,7 @@ pub struct ReplayArgs {
 }
 
 /// Open `dir` for reading and check that it looks like a state directory.
-fn open(dir: &Path) -> Result<Confined> {
+pub(crate) fn open(dir: &Path) -> Result<Confined> {
     let v = Confined::new(dir).map_err(|e| Error::from(e).in_file(dir))?;
     let log = mmsb::log::log_dir(dir);
     match std::fs::symlink_metadata(&log) {
@@ -71,11 +71,11 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     let rep = mmsb::tools::inspect_with(&v, v.root(), &Limits::default());
     spin.finish_and_clear();
     let rep = rep?;
-    println!("state directory: {}", args.dir.display());
-    print!("{rep}");
+    outln!("state directory: {}", args.dir.display());
+    out!("{rep}");
     let total: u64 = rep.segments.iter().map(|s| s.bytes).sum::<u64>()
         + rep.checkpoints.iter().map(|c| c.bytes).sum::<u64>();
-    println!("total bytes: {total}");
+    outln!("total bytes: {total}");
     Ok(())
 }
 
@@ -85,23 +85,20 @@ pub fn verify(args: &VerifyArgs) -> Result<bool> {
     let spin = progress::spinner("checking every CRC and replaying every commit");
     let rep = mmsb::tools::verify_with(&v, v.root(), &Limits::default());
     spin.finish_and_clear();
-    println!("{rep}");
-    if let Some(p) = &rep.problem {
-        eprintln!(
-            "mmsb verify: first problem in {} at offset {}: {}",
-            p.file.as_ref().map_or_else(|| args.dir.display().to_string(), |f| f.display().to_string()),
-            p.offset.map_or_else(|| "unknown".to_string(), |o| o.to_string()),
-            p.reason
-        );
+    if rep.problem.is_some() {
+        // The first problem, once, where errors go.
+        eprintln!("mmsb verify: {rep}");
         return Ok(false);
     }
+    outln!("{rep}");
     if args.recompute {
         match check_provenance(&v) {
-            Ok(n) => println!(
+            Ok(n) => outln!(
                 "derived pages: {} declared, their pages exist; {} derived deltas in the log \
                  consistent with their declarations; graph acyclic (recompute functions not run: \
                  they are code in the program that registered them; Mmsb::verify_recompute runs them)",
-                n.derived, n.deltas
+                n.derived,
+                n.deltas
             ),
             Err(e) => {
                 eprintln!("mmsb verify --recompute: {e}");
@@ -242,20 +239,36 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     let v = open(&args.dir)?;
     let limits = Limits::default();
     let bar = progress::spinner("replaying");
-    let img = match args.to_time {
-        Some(t) => mmsb::replay::replay_to_timestamp(&v, v.root(), t, &limits),
-        None => mmsb::replay::replay_to_lsn(&v, v.root(), args.to.map(Lsn), &limits),
+    let until = match (args.to_time, args.to) {
+        (Some(t), _) => Until::Time(t),
+        (None, Some(l)) => Until::Lsn(Lsn(l)),
+        (None, None) => Until::End,
     };
+    let replayed = mmsb::replay::replay_to(&v, v.root(), until, &limits);
     bar.finish_and_clear();
-    let img = img?;
-    if let Some(to) = args.to {
-        if img.lsn < to {
+    let replayed = replayed?;
+    let img = &replayed.image;
+    match until {
+        Until::Lsn(Lsn(to)) if img.lsn < to => {
             eprintln!("note: the log ends at LSN {} (before the requested LSN {to})", img.lsn);
         }
+        Until::Time(t) if img.timestamp < t => {
+            eprintln!("note: the log ends at logical time {} (before the requested time {t})", img.timestamp);
+        }
+        _ => {}
+    }
+    if let Some(t) = &replayed.torn {
+        eprintln!(
+            "note: the log ends in a torn tail: {} bytes at offset {} of {} (a write that never \
+             completed; left out, as recovery leaves it out)",
+            t.bytes,
+            t.offset,
+            t.file.display()
+        );
     }
     let bytes: u64 = img.pages.values().map(|p| p.bytes.len() as u64).sum();
-    println!("replayed {} to LSN {} (logical time {})", args.dir.display(), Lsn(img.lsn), img.timestamp);
-    println!("pages: {} ({bytes} bytes)", img.pages.len());
-    println!("state hash: {:032x}", img.state_hash());
+    outln!("replayed {} to LSN {} (logical time {})", args.dir.display(), Lsn(img.lsn), img.timestamp);
+    outln!("pages: {} ({bytes} bytes)", img.pages.len());
+    outln!("state hash: {:032x}", img.state_hash());
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! `mmsb stats DIR`: counters of a state directory, read without changing it.
+//! `mmsb stats DIR`: counters of a state directory, read without changing it
+//! (through the same confined reader as the other offline commands).
 use clap::Args;
+use mmsb::codec::Limits;
 use std::path::PathBuf;
 
 /// Arguments of `mmsb stats`.
@@ -14,10 +16,16 @@ pub struct StatsArgs {
 }
 
 /// Print the report.
+///
+/// # Errors
+/// When `dir` is not a state directory (missing, or no `log/` inside), or
+/// as the report's reading fails.
 pub fn run(args: &StatsArgs) -> mmsb::Result<()> {
+    let v = crate::offline::open(&args.dir)?;
+    let limits = Limits::default();
     match args.provenance {
-        Some(p) => print!("{}", mmsb::provenance::chain(&args.dir, mmsb::PageId(p))?),
-        None => print!("{}", mmsb::stats::dir_stats(&args.dir)?),
+        Some(p) => out!("{}", mmsb::provenance::chain_with(&v, v.root(), mmsb::PageId(p), None, &limits)?),
+        None => out!("{}", mmsb::stats::dir_stats_with(&v, v.root(), &limits)?),
     }
     Ok(())
 }

@@ -120,6 +120,113 @@ fn corrupt_checkpoint_byte_names_file_and_offset() -> Result {
 }
 
 #[test]
+fn a_corrupt_checkpoint_whose_log_is_retired_is_named_by_replay_and_stats() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    let (_, ckpt) = demo(&dir, 500)?;
+    let mut bytes = std::fs::read(&ckpt)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&ckpt, &bytes)?;
+    let name = ckpt.file_name().and_then(|n| n.to_str()).ok_or("name")?;
+    for cmd in ["replay", "stats"] {
+        let o = mmsb(&[cmd, dir.to_str().ok_or("path")?])?;
+        assert_clean_failure(&o, &format!("{cmd} with a corrupt checkpoint"));
+        let (out, err) = text(&o);
+        assert!(err.contains(name) && err.contains("does not verify"), "{cmd}: {out}\n{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn replay_before_the_oldest_history_kept_says_so() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    demo(&dir, 500)?;
+    let d = dir.to_str().ok_or("path")?;
+    for args in [&["replay", d, "--to", "1"][..], &["replay", d, "--to-time", "1"][..]] {
+        let o = mmsb(args)?;
+        assert_clean_failure(&o, &format!("{args:?}"));
+        let (out, err) = text(&o);
+        assert!(err.contains("before the oldest history kept") && !err.contains("corrupt"), "{out}\n{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn replay_notes_a_torn_tail() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    let hash = {
+        let s = mmsb::Mmsb::start(mmsb::Config::at(&dir))?;
+        let p = s.create_page(mmsb::PageSpec::new(64))?;
+        for i in 0..20u8 {
+            s.update_page(p, mmsb::Payload::Full(vec![i; 64]))?;
+        }
+        let h = s.state_hash()?;
+        s.update_page(p, mmsb::Payload::Full(vec![99; 64]))?;
+        s.stop()?;
+        h
+    };
+    let seg = std::fs::read_dir(dir.join("log"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+        .ok_or("no segment")?;
+    // Cut the last record (the write of 99s) short.
+    let len = std::fs::metadata(&seg)?.len();
+    std::fs::OpenOptions::new().write(true).open(&seg)?.set_len(len - 10)?;
+    let o = mmsb(&["replay", dir.to_str().ok_or("path")?])?;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert_eq!(hash_line(&out), Some(format!("{hash:032x}")), "{out}\n{err}");
+    assert!(err.contains("torn tail") && err.contains("offset"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn demo_refuses_a_directory_that_holds_a_state() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("state");
+    demo(&dir, 300)?;
+    let listing = |d: &Path| -> Result<Vec<(String, u64)>> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(d.join("log"))?
+            .filter_map(|e| e.ok())
+            .map(|e| Ok((e.file_name().to_string_lossy().into_owned(), e.metadata()?.len())))
+            .collect::<Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let before = listing(&dir)?;
+    let o = mmsb(&["demo", "--dir", dir.to_str().ok_or("path")?, "--deltas", "300"])?;
+    assert_clean_failure(&o, "demo over an existing state");
+    assert!(text(&o).1.contains("already holds an MMSB state"), "{:?}", text(&o));
+    assert_eq!(listing(&dir)?, before, "the state was left as it was");
+    // An empty directory is fine.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    demo(&empty, 300)?;
+    Ok(())
+}
+
+#[test]
+fn a_closed_output_pipe_ends_no_command_in_a_panic() -> Result {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mmsb"))
+        .args(["demo", "--deltas", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The reader goes before the command writes its report.
+    drop(child.stdout.take());
+    let o = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}\n{err}", o.status);
+    assert!(!err.contains("panicked"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn corrupt_log_byte_names_segment_and_offset() -> Result {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("state");
@@ -171,7 +278,7 @@ fn garbage_directories_fail_cleanly() -> Result {
     let missing = tmp.path().join("missing");
     let file = plain.join("junk");
     for d in [&plain, &missing, &file] {
-        for cmd in ["inspect", "verify", "replay"] {
+        for cmd in ["inspect", "verify", "replay", "stats"] {
             let o = mmsb(&[cmd, d.to_str().ok_or("path")?])?;
             assert_clean_failure(&o, &format!("{cmd} {}", d.display()));
         }
@@ -193,7 +300,7 @@ fn garbage_directories_fail_cleanly() -> Result {
         let ds = d.to_str().ok_or("path")?;
         let o = mmsb(&["verify", ds])?;
         assert_clean_failure(&o, "verify of garbage");
-        for cmd in ["inspect", "replay"] {
+        for cmd in ["inspect", "replay", "stats"] {
             let o = mmsb(&[cmd, ds])?;
             assert!(!text(&o).1.contains("panicked"), "{cmd} panicked: {:?}", text(&o));
             assert!(matches!(o.status.code(), Some(0 | 1)), "{cmd}: {:?}", o.status);

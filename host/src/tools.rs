@@ -179,20 +179,22 @@ impl VerifyReport {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} checkpoints, {} segments, {} commits up to LSN {}: ",
+        let counts = format!(
+            "{} checkpoints, {} segments, {} commits up to LSN {}",
             self.checkpoints, self.segments, self.commits, self.last_lsn
-        )?;
+        );
         match &self.problem {
-            None => write!(f, "OK"),
-            Some(p) => write!(
-                f,
-                "PROBLEM in {} at offset {}: {}",
-                p.file.as_ref().map_or("?".into(), |f| f.display().to_string()),
-                p.offset.map_or("?".into(), |o| o.to_string()),
-                p.reason
-            ),
+            None => write!(f, "{counts}: OK"),
+            Some(p) => {
+                write!(f, "PROBLEM")?;
+                if let Some(file) = &p.file {
+                    write!(f, " in {}", file.display())?;
+                }
+                if let Some(o) = p.offset {
+                    write!(f, " at offset {o}")?;
+                }
+                write!(f, ": {} (checked before it: {counts})", p.reason)
+            }
         }
     }
 }
