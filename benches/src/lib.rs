@@ -303,5 +303,9 @@ pub fn table(rows: &[Row]) -> String {
             r.unit
         ));
     }
+    out.push_str(
+        "ratio: value / limit, or limit / value for times (higher is better); target: a bare number is \
+         a ratio the row's ratio must reach, <=N or >=N a bound on the value itself, in its unit\n",
+    );
     out
 }

@@ -3,6 +3,7 @@
 use mmsb::{Error, Result};
 use mmsb_benches::disk::{self, DiskBudget};
 use mmsb_benches::{Budget, Row};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -47,32 +48,38 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let budget = if args.quick { Budget::QUICK } else { Budget::FULL };
     let disk_budget = if args.quick { DiskBudget::QUICK } else { DiskBudget::FULL };
     let mut rows: Vec<Row> = Vec::new();
+    // The output files are opened first: a path that cannot be written
+    // fails before minutes of measuring, not after.
+    let create = |p: &PathBuf| std::fs::File::create(p).map_err(|e| Error::from(e).in_file(p));
+    let json_file = args.json.as_ref().map(create).transpose()?;
+    let plot_file = args.plot.as_ref().map(create).transpose()?;
     eprintln!("mmsb bench: CPU ({})", mmsb_benches::cpu_model());
     if want("apply") {
         rows.extend(section("cpu apply and allocation", || {
             Ok(mmsb_benches::cpu::rows(budget, !args.quick))
         })?);
     }
-    let scratch = match &args.scratch {
-        Some(d) => tempfile::Builder::new().prefix("mmsb-bench-").tempdir_in(d),
-        None => tempfile::Builder::new().prefix("mmsb-bench-").tempdir(),
+    if ["append", "durable", "checkpoint", "replay"].iter().any(|s| want(s)) {
+        let scratch = match &args.scratch {
+            Some(d) => tempfile::Builder::new().prefix("mmsb-bench-").tempdir_in(d),
+            None => tempfile::Builder::new().prefix("mmsb-bench-").tempdir(),
+        }
+        .map_err(Error::from)?;
+        let base = scratch.path();
+        eprintln!("  disk rows in {}", base.display());
+        if want("append") {
+            rows.extend(section("log append", || disk::append_rows(disk_budget, base))?);
+        }
+        if want("durable") {
+            rows.extend(section("durable commit", || disk::durable_rows(disk_budget, base))?);
+        }
+        if want("checkpoint") {
+            rows.extend(section("checkpoint", || disk::checkpoint_rows(disk_budget, base))?);
+        }
+        if want("replay") {
+            rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);
+        }
     }
-    .map_err(Error::from)?;
-    let base = scratch.path();
-    eprintln!("  disk rows in {}", base.display());
-    if want("append") {
-        rows.extend(section("log append", || disk::append_rows(disk_budget, base))?);
-    }
-    if want("durable") {
-        rows.extend(section("durable commit", || disk::durable_rows(disk_budget, base))?);
-    }
-    if want("checkpoint") {
-        rows.extend(section("checkpoint", || disk::checkpoint_rows(disk_budget, base))?);
-    }
-    if want("replay") {
-        rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);
-    }
-    drop(scratch);
     if want("propagation") {
         rows.extend(section("propagation", || mmsb_benches::prop::rows(budget))?);
     }
@@ -81,23 +88,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         Err("not selected by --only".to_string())
     };
-    println!("{}", mmsb_benches::table(&rows_with(&rows, gpu.as_deref().unwrap_or(&[]))));
+    outln!("{}", mmsb_benches::table(&rows_with(&rows, gpu.as_deref().unwrap_or(&[]))));
     match &gpu {
         Ok(g) => {
-            println!("GPU rows: {} measured on {}", g.len(), g.first().map_or("-", |r| r.device.as_str()));
+            outln!("GPU rows: {} measured on {}", g.len(), g.first().map_or("-", |r| r.device.as_str()));
             rows.extend(g.iter().cloned());
         }
-        Err(why) => println!("GPU rows: absent ({why})."),
+        Err(why) => outln!("GPU rows: absent ({why})."),
     }
     eprintln!("mmsb bench: {:.0} s in all", started.elapsed().as_secs_f64());
-    if let Some(path) = &args.json {
+    if let (Some(path), Some(mut f)) = (&args.json, json_file) {
         let json = serde_json::to_string_pretty(&rows).map_err(|e| Error::Serialization(e.to_string()))?;
-        std::fs::write(path, json).map_err(|e| Error::from(e).in_file(path))?;
+        f.write_all(json.as_bytes()).map_err(|e| Error::from(e).in_file(path))?;
         eprintln!("wrote {}", path.display());
     }
-    if let Some(path) = &args.plot {
+    if let (Some(path), Some(mut f)) = (&args.plot, plot_file) {
         let svg = mmsb_benches::plot::svg(&rows, &format!("mmsb bench on {}", mmsb_benches::cpu_model()));
-        std::fs::write(path, svg).map_err(|e| Error::from(e).in_file(path))?;
+        f.write_all(svg.as_bytes()).map_err(|e| Error::from(e).in_file(path))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
