@@ -56,7 +56,8 @@ enum Command {
     /// against a naive reference and print a summary.
     Demo(demo::DemoArgs),
     /// Describe a state directory: records by type, sizes, LSN range,
-    /// checkpoints, torn tails.
+    /// checkpoints, torn tails. It describes damage too (exit 0 whenever
+    /// the directory could be read); `verify` judges it.
     Inspect(offline::InspectArgs),
     /// Check every CRC and invariant of a state directory. Exit status 0
     /// when sound; 1 with the file and offset of the first problem.

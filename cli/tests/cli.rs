@@ -135,6 +135,11 @@ fn a_corrupt_checkpoint_whose_log_is_retired_is_named_by_replay_and_stats() -> R
         let (out, err) = text(&o);
         assert!(err.contains(name) && err.contains("does not verify"), "{cmd}: {out}\n{err}");
     }
+    // inspect describes it, naming the checkpoint and the missing records.
+    let o = mmsb(&["inspect", dir.to_str().ok_or("path")?])?;
+    let (out, err) = text(&o);
+    assert!(out.contains(name) && out.contains("INVALID"), "{out}\n{err}");
+    assert!(out.contains("no checkpoint that verifies") && !out.contains("unreadable"), "{out}\n{err}");
     Ok(())
 }
 

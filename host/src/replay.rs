@@ -657,7 +657,7 @@ fn replay_impl(
 }
 
 /// The first LSN of the oldest log segment, when its header reads.
-fn oldest_logged(vfs: &dyn Vfs, dir: &Path) -> Option<u64> {
+pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path) -> Option<u64> {
     let names = vfs.list(dir).ok()?;
     let (_, name) = names.iter().filter_map(|n| crate::log::parse_segment_name(n).map(|s| (s, n))).min()?;
     let mut f = vfs.open_read(&dir.join(name)).ok()?;

@@ -111,7 +111,23 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
     }
     // The log is read after the newest valid checkpoint, as recovery reads
     // it: segments the checkpoint made unnecessary may be gone.
-    let after = rep.checkpoints.iter().find(|c| c.error.is_none()).map_or(0, |c| c.lsn);
+    let mut after = rep.checkpoints.iter().find(|c| c.error.is_none()).map_or(0, |c| c.lsn);
+    if let Some(first) = crate::replay::oldest_logged(vfs, &dir).filter(|&f| f > after + 1) {
+        // No usable checkpoint covers the start of the log: say so once,
+        // and describe the log from where it starts.
+        let covered = if after == 0 {
+            "there is no checkpoint that verifies".to_string()
+        } else {
+            format!("the newest checkpoint that verifies is at LSN {after}")
+        };
+        rep.notes.push(format!(
+            "the log starts at LSN {first} and {covered}: records {}..{} are in no file (a checkpoint \
+             retires the log before it), so the state cannot be rebuilt",
+            after + 1,
+            first - 1
+        ));
+        after = first - 1;
+    }
     let scan = reader::scan(vfs, &dir, after, RecoveryMode::Tolerant, limits, &mut |_| Ok(true))?;
     for (code, v) in &scan.by_type {
         let e = rep.by_type.entry(RecordType::name(*code)).or_default();
