@@ -292,6 +292,9 @@ pub struct Mmsb {
     /// Releases the storage of files a checkpoint made unnecessary (their
     /// names are already gone); joined by the next checkpoint, `stop` and drop.
     reaper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The hold on the state directory ([`Vfs::lock_dir`]): released by
+    /// `stop` and by drop, so that the directory can be started again.
+    lock: Mutex<Option<crate::vfs::DirLock>>,
 }
 
 impl Drop for Mmsb {
@@ -338,6 +341,12 @@ impl Mmsb {
         };
         let log_dir = crate::log::log_dir(&state_dir);
         vfs.create_dir_all(&log_dir).map_err(|e| Error::from(e).in_file(&log_dir))?;
+        // One writing handle per directory, held before anything is read or
+        // removed (the temporaries below may be another handle's).
+        let lock = vfs.lock_dir(&log_dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::InUse { dir: state_dir.clone() },
+            _ => Error::from(e).in_file(&log_dir),
+        })?;
         if let Ok(names) = vfs.list(&log_dir) {
             for n in names.iter().filter(|n| n.ends_with(".tmp")) {
                 let _ = vfs.remove(&log_dir.join(n));
@@ -405,6 +414,7 @@ impl Mmsb {
             },
             monitor: crate::stats::Monitor::default(),
             reaper: Mutex::new(None),
+            lock: Mutex::new(lock),
         };
         state.restore_graph(&image.graph)?;
         Ok(state)
@@ -420,6 +430,7 @@ impl Mmsb {
     /// # Errors
     /// [`Error::Io`] (the log is then poisoned) or [`Error::Poisoned`].
     pub fn sync(&self) -> Result<()> {
+        self.live()?;
         self.clock.lock().log.sync()
     }
 
@@ -591,8 +602,13 @@ impl Mmsb {
         &self.limits
     }
 
-    /// Stop the state. Later calls on any clone of this handle's pages
-    /// return [`Error::Stopped`].
+    /// Stop the state: the log is synced and the state directory released
+    /// (another handle may start on it). Every later call that would change
+    /// the state or write to its directory (updates, page creation and
+    /// deletion, derivations, functions, propagation, checkpoints, `sync`)
+    /// returns [`Error::Stopped`]; reads of what is in memory (pages, their
+    /// info, the state hash, a snapshot, comparisons) keep answering until
+    /// the handle is dropped.
     ///
     /// # Errors
     /// [`Error::Stopped`] when already stopped.
@@ -602,7 +618,11 @@ impl Mmsb {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
         }
-        clock.log.sync()
+        let synced = clock.log.sync();
+        // Every later call is refused, so the directory is free for another
+        // handle from here on.
+        self.lock.lock().take();
+        synced
     }
 
     /// The state directory.
@@ -631,13 +651,26 @@ impl Mmsb {
     /// Create a zero-filled page and return its id.
     ///
     /// # Errors
-    /// [`Error::InvalidPage`] for a bad spec; [`Error::NoDevice`] for a GPU
+    /// [`Error::InvalidPage`] for a bad spec, a length over the state's
+    /// [`Limits::max_page_len`](crate::codec::Limits::max_page_len) (which recovery holds
+    /// pages to), or a page the memory cannot hold (allocated before
+    /// anything is logged: nothing changes); [`Error::NoDevice`] for a GPU
     /// or unified page when there is no such device;
     /// [`Error::UnsupportedLocation`] for unified memory on a device without
     /// managed memory; [`Error::GpuMemory`] when the device is full.
     pub fn create_page(&self, spec: PageSpec) -> Result<PageId> {
         let _span = tracing::debug_span!("mmsb.create_page", len = spec.len).entered();
         spec.validate()?;
+        if spec.len > self.limits.max_page_len {
+            // Recovery and replay read no page longer than this: one
+            // created here could never be read back.
+            return Err(Error::InvalidPage {
+                reason: format!(
+                    "page length {} is over this state's limit of {} bytes (Config::limits.max_page_len)",
+                    spec.len, self.limits.max_page_len
+                ),
+            });
+        }
         let mut clock = self.clock.lock();
         self.live()?;
         let change = Change::CreatePage {
@@ -650,7 +683,11 @@ impl Mmsb {
         Ok(PageId(clock.next_page - 1))
     }
 
-    /// Delete a page and free its bytes.
+    /// Delete a page and free its bytes, with its edges: a derived page
+    /// that read it as a data parent keeps its other parents (its function
+    /// is called with those from then on), is marked stale and is
+    /// recomputed by the next propagation; a derived page's own derivation
+    /// goes with it.
     ///
     /// # Errors
     /// [`Error::PageNotFound`].
@@ -1140,7 +1177,11 @@ impl Mmsb {
     /// data edges from each parent (in call order; a parent may repeat).
     /// Replaces an earlier derivation. The function runs once on the
     /// current bytes before anything changes; the page is then recomputed
-    /// (at once in immediate mode).
+    /// (at once in immediate mode). A derived page can still be written
+    /// directly (an override, logged as a user write): the next recompute,
+    /// when a parent changes, replaces those bytes, and
+    /// [`Mmsb::verify_recompute`] reports an override its function does not
+    /// reproduce.
     ///
     /// # Errors
     /// [`Error::PageNotFound`]; [`Error::Function`] when `function` is not
@@ -1321,15 +1362,20 @@ impl Mmsb {
         // durable as configured before any is applied; a log failure leaves
         // the state unchanged. A page for a device must have its device
         // before it is logged.
+        // The bytes of a new page are allocated before it is logged too: a
+        // page the memory cannot hold fails here, with nothing written.
+        let mut storage = Vec::new();
         for c in &changes {
-            if let Change::CreatePage { location, .. } = c {
+            if let Change::CreatePage { len, location, .. } = c {
                 crate::gpu::check_location(*location)?;
+                storage.push(self.storage_for(*location, *len)?);
             }
         }
         clock.log.append(&changes)?;
         clock.log.commit()?;
+        let mut storage = storage.into_iter();
         for change in changes {
-            if let Err(e) = self.apply_change(clock, change, guards) {
+            if let Err(e) = self.apply_change(clock, change, guards, &mut storage) {
                 // Logged but not applied: memory and log disagree from here on.
                 clock.log.poison_with(format!("a logged change could not be applied: {e}"));
                 return Err(e);
@@ -1437,20 +1483,30 @@ impl Mmsb {
         self.flush_gpu_pages(tally.log, guards)
     }
 
-    /// Apply one validated change and advance the clock.
+    /// Fresh zeroed storage for a page of `len` bytes at `location`.
+    fn storage_for(&self, location: Location, len: u64) -> Result<Storage> {
+        Ok(match location {
+            Location::Cpu => Storage::Host(self.alloc.alloc(len as usize)?),
+            Location::Gpu(_) => Storage::Device(crate::gpu::create_page(location, len)?),
+            Location::Unified => Storage::Unified(crate::gpu::create_page(location, len)?),
+        })
+    }
+
+    /// Apply one validated change and advance the clock; a created page
+    /// takes the next of `storage` (allocated before the change was logged).
     fn apply_change(
         &self,
         clock: &mut Clock,
         change: Change,
         guards: &mut [(PageId, PageGuard<'_>)],
+        storage: &mut impl Iterator<Item = Storage>,
     ) -> Result<()> {
         let mut event = if self.events.active() { event_for_change(&change, Epoch(0)) } else { None };
         match change {
             Change::CreatePage { id, len, location, meta } => {
-                let storage = match location {
-                    Location::Cpu => Storage::Host(self.alloc.alloc(len as usize)?),
-                    Location::Gpu(_) => Storage::Device(crate::gpu::create_page(location, len)?),
-                    Location::Unified => Storage::Unified(crate::gpu::create_page(location, len)?),
+                let storage = match storage.next() {
+                    Some(s) => s,
+                    None => self.storage_for(location, len)?,
                 };
                 self.registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage })?;
                 clock.next_page = clock.next_page.max(id.0 + 1);
@@ -1513,7 +1569,6 @@ impl Mmsb {
     /// # Errors
     /// [`Error::PageNotFound`]; [`Error::Gpu`] when the device fails.
     pub fn query_page(&self, id: PageId) -> Result<Vec<u8>> {
-        self.live()?;
         let cell = self.registry.get(id)?;
         let page = cell.read();
         page.copy_bytes()
@@ -1546,21 +1601,19 @@ impl Mmsb {
     /// Runs on the GPU when both pages live on the same device.
     ///
     /// # Errors
-    /// [`Error::PageNotFound`]; [`Error::InvalidDelta`] for different lengths.
+    /// [`Error::PageNotFound`]; [`Error::InvalidPage`] for pages of
+    /// different lengths.
     pub fn compare_pages(&self, a: PageId, b: PageId) -> Result<u64> {
-        self.with_two_pages(a, b, |pa, pb| match (pa.storage.gpu(), pb.storage.gpu()) {
-            (Some(ga), Some(gb)) if crate::gpu::same_device(ga, gb) => {
-                crate::gpu::compare(ga, gb).map(|(_, n)| n)
-            }
-            _ => {
-                let (x, y) = (pa.copy_bytes()?, pb.copy_bytes()?);
-                if x.len() != y.len() {
-                    return Err(Error::invalid_delta(
-                        None,
-                        format!("cannot compare pages of {} and {} bytes", x.len(), y.len()),
-                    ));
+        self.with_two_pages(a, b, |pa, pb| {
+            same_length(pa, pb)?;
+            match (pa.storage.gpu(), pb.storage.gpu()) {
+                (Some(ga), Some(gb)) if crate::gpu::same_device(ga, gb) => {
+                    crate::gpu::compare(ga, gb).map(|(_, n)| n)
                 }
-                Ok(x.iter().zip(&y).filter(|(p, q)| p != q).count() as u64)
+                _ => {
+                    let (x, y) = (pa.copy_bytes()?, pb.copy_bytes()?);
+                    Ok(x.iter().zip(&y).filter(|(p, q)| p != q).count() as u64)
+                }
             }
         })
     }
@@ -1570,11 +1623,15 @@ impl Mmsb {
     /// the GPU when both pages live on the same device.
     ///
     /// # Errors
-    /// [`Error::PageNotFound`]; [`Error::InvalidDelta`] for different lengths.
+    /// [`Error::PageNotFound`]; [`Error::InvalidPage`] for pages of
+    /// different lengths.
     pub fn diff_pages(&self, old: PageId, new: PageId) -> Result<Payload> {
-        self.with_two_pages(old, new, |po, pn| match (po.storage.gpu(), pn.storage.gpu()) {
-            (Some(go), Some(gn)) if crate::gpu::same_device(go, gn) => crate::gpu::diff(go, gn),
-            _ => Payload::diff(&po.copy_bytes()?, &pn.copy_bytes()?),
+        self.with_two_pages(old, new, |po, pn| {
+            same_length(po, pn)?;
+            match (po.storage.gpu(), pn.storage.gpu()) {
+                (Some(go), Some(gn)) if crate::gpu::same_device(go, gn) => crate::gpu::diff(go, gn),
+                _ => Payload::diff(&po.copy_bytes()?, &pn.copy_bytes()?),
+            }
         })
     }
 
@@ -1592,7 +1649,6 @@ impl Mmsb {
         b: PageId,
         f: impl FnOnce(&Page, &Page) -> Result<T>,
     ) -> Result<T> {
-        self.live()?;
         let (ca, cb) = (self.registry.get(a)?, self.registry.get(b)?);
         if a == b {
             let g = ca.read();
@@ -1623,7 +1679,6 @@ impl Mmsb {
     /// [`Error::PageNotFound`]; [`Error::UnsupportedLocation`] for a page
     /// whose bytes are not in host memory (use [`Mmsb::query_page`]).
     pub fn read_page(&self, id: PageId) -> Result<PageRef> {
-        self.live()?;
         let cell = self.registry.get(id)?;
         let guard = cell.read_arc();
         if guard.location != Location::Cpu {
@@ -1712,6 +1767,19 @@ impl Mmsb {
 fn graph_image(clock: &Clock) -> crate::graph::GraphImage {
     let f = &clock.deps.functions;
     clock.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.to_string()).unwrap_or_default())
+}
+
+/// [`Error::InvalidPage`] naming both pages unless they have one length.
+fn same_length(a: &Page, b: &Page) -> Result<()> {
+    if a.len == b.len {
+        return Ok(());
+    }
+    Err(Error::InvalidPage {
+        reason: format!(
+            "pages {} ({} bytes) and {} ({} bytes) differ in length: only pages of one length compare",
+            a.id, a.len, b.id, b.len
+        ),
+    })
 }
 
 /// The distinct pages of `updates` in ascending id order, and for each

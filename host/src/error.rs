@@ -155,9 +155,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// An earlier write or fsync of the log failed; the log refuses writes
-    /// until the state is reopened (a failed fsync is never retried and trusted).
-    #[error("the log is poisoned by an earlier I/O failure: {0}")]
+    /// An earlier write or fsync of the log failed, or a logged change
+    /// could not be applied; the log refuses writes until the state is
+    /// reopened (a failed fsync is never retried and trusted).
+    #[error("the log is poisoned by an earlier failure: {0}")]
     Poisoned(String),
 
     /// An invariant check (`verify`) found a violation.
@@ -171,6 +172,15 @@ pub enum Error {
     /// The handle was stopped.
     #[error("the state was stopped")]
     Stopped,
+
+    /// Another handle holds the state directory (in this process or
+    /// another): two writers would hand out the same ids and overwrite each
+    /// other's log.
+    #[error("state directory {} is in use by another handle (its log/LOCK is held); stop that handle first", .dir.display())]
+    InUse {
+        /// The state directory.
+        dir: PathBuf,
+    },
 
     /// A typed view ([`crate::typed`]) does not fit the page: the type's
     /// size does not match the page (or the range asked for), or the type

@@ -645,6 +645,8 @@ fn replay_impl(
     fast_stop: Option<FastStop<'_>>,
 ) -> Result<(StateImage, Option<TornTail>)> {
     let dir = crate::log::log_dir(state_dir);
+    // A directory that is not there is an error, not an empty state.
+    vfs.list(&dir).map_err(|e| Error::from(e).in_file(&dir))?;
     let (ckpt, bad) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
     let image = ckpt.map(|(_, img)| img).unwrap_or_default();
     let after = image.lsn;
@@ -829,7 +831,8 @@ pub struct PageVersion {
 /// first (history starts at the oldest checkpoint kept, or at creation).
 ///
 /// # Errors
-/// As [`replay_with`].
+/// As [`replay_with`]; [`Error::PageNotFound`] when the history on disk
+/// holds no version of the page.
 pub fn page_history(
     vfs: &dyn Vfs,
     state_dir: &Path,
@@ -877,7 +880,11 @@ pub fn page_history(
             }
         },
     )?;
-    Ok(out.into_inner())
+    let versions = out.into_inner();
+    if versions.is_empty() {
+        return Err(Error::PageNotFound(id));
+    }
+    Ok(versions)
 }
 
 #[cfg(test)]

@@ -88,6 +88,10 @@ impl<T: AsRef<[u8]> + Send + Debug> VfsRead for MemFile<T> {
 /// removed file's storage.
 pub type Removed = Option<Box<dyn Send + Debug>>;
 
+/// What [`Vfs::lock_dir`] hands back: the directory stays held until it
+/// is dropped.
+pub type DirLock = Box<dyn Send + Sync + Debug>;
+
 /// The file operations of the persistence layer.
 pub trait Vfs: Send + Sync + Debug {
     /// Create `dir` and its parents.
@@ -141,6 +145,17 @@ pub trait Vfs: Send + Sync + Debug {
     /// The OS error.
     fn remove_keep_open(&self, path: &Path) -> io::Result<Removed> {
         self.remove(path).map(|()| None)
+    }
+    /// Hold the log directory `dir` for one writing handle until the
+    /// returned value is dropped; while it is held, another hold fails with
+    /// an error of kind [`io::ErrorKind::WouldBlock`]. The default holds
+    /// nothing (a file system without locks).
+    ///
+    /// # Errors
+    /// The OS error, or `WouldBlock` when another holder has it.
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
+        let _ = dir;
+        Ok(None)
     }
 }
 
@@ -299,7 +314,29 @@ impl Vfs for StdVfs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
     }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
+        // An advisory lock on an open file (flock on Unix): it goes with the
+        // file's last descriptor, so a process that dies releases it.
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true).read(true).write(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+        }
+        let f = o.open(dir.join(LOCK_NAME))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Box::new(f))),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(io::Error::new(io::ErrorKind::WouldBlock, "the directory's lock is held"))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
 }
+
+/// The file in a log directory that [`StdVfs::lock_dir`] locks.
+pub const LOCK_NAME: &str = "LOCK";
 
 /// Mode of files [`StdVfs`] creates (owner read/write), before the umask.
 pub const FILE_MODE: u32 = 0o600;

@@ -42,3 +42,108 @@ fn gpu_memory_when_a_device_page_cannot_fit() -> mmsb::Result<()> {
     assert!(s.page_ids().is_empty(), "no page was created");
     Ok(())
 }
+
+#[test]
+fn a_page_longer_than_recovery_reads_is_refused_and_nothing_is_logged() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s = Mmsb::start(Config::at(dir.path()))?;
+    let max = s.limits().max_page_len;
+    let err = s.create_page(PageSpec::new(max + 64)).unwrap_err();
+    assert!(matches!(err, Error::InvalidPage { .. }), "{err}");
+    // The state goes on, and starts again.
+    let p = s.create_page(PageSpec::new(8))?;
+    s.update_page(p, Payload::Full(vec![7; 8]))?;
+    let hash = s.state_hash()?;
+    s.stop()?;
+    let s = Mmsb::start(Config::at(dir.path()))?;
+    assert_eq!(s.state_hash()?, hash);
+    assert_eq!(s.page_info(p)?.len, 8);
+    Ok(())
+}
+
+#[test]
+fn a_page_the_memory_cannot_hold_changes_nothing() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = Config::at(dir.path());
+    cfg.limits.max_page_len = u64::MAX;
+    let s = Mmsb::start(cfg.clone())?;
+    let p = s.create_page(PageSpec::new(8))?;
+    // More than any address space gives one mapping.
+    let err = s.create_page(PageSpec::new(1 << 50)).unwrap_err();
+    assert!(matches!(err, Error::InvalidPage { .. }), "{err}");
+    // Not logged, so the log is not poisoned and the id is not used up.
+    let q = s.create_page(PageSpec::new(8))?;
+    assert_eq!(q.0, p.0 + 1);
+    s.update_page(q, Payload::Full(vec![1; 8]))?;
+    let hash = s.state_hash()?;
+    s.stop()?;
+    let s = Mmsb::start(cfg)?;
+    assert_eq!(s.state_hash()?, hash);
+    Ok(())
+}
+
+#[test]
+fn a_second_handle_on_a_directory_in_use_is_refused() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let first = Mmsb::start(Config::at(dir.path()))?;
+    let p = first.create_page(PageSpec::new(8))?;
+    match Mmsb::start(Config::at(dir.path())) {
+        Err(Error::InUse { dir: d }) => assert_eq!(d, dir.path()),
+        other => panic!("a second handle started: {other:?}"),
+    }
+    first.update_page(p, Payload::Full(vec![3; 8]))?;
+    let hash = first.state_hash()?;
+    // Stopping releases the directory, before the handle is dropped.
+    first.stop()?;
+    let second = Mmsb::start(Config::at(dir.path()))?;
+    assert_eq!(second.state_hash()?, hash);
+    drop(second);
+    // Dropping releases it too.
+    let third = Mmsb::start(Config::at(dir.path()))?;
+    assert_eq!(third.state_hash()?, hash);
+    Ok(())
+}
+
+#[test]
+fn changes_after_stop_are_refused_reads_answer_and_pages_of_two_lengths_do_not_compare() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    let a = s.create_page(PageSpec::new(8))?;
+    let b = s.create_page(PageSpec::new(9))?;
+    for err in [s.compare_pages(a, b).unwrap_err(), s.diff_pages(a, b).unwrap_err()] {
+        match err {
+            Error::InvalidPage { reason } => assert!(reason.contains("differ in length"), "{reason}"),
+            other => panic!("{other}"),
+        }
+    }
+    s.update_page(a, Payload::Full(vec![4; 8]))?;
+    let hash = s.state_hash()?;
+    s.stop()?;
+    // Changes are refused; what is in memory still reads.
+    assert!(matches!(s.update_page(a, Payload::Full(vec![0; 8])), Err(Error::Stopped)));
+    assert!(matches!(s.create_page(PageSpec::new(1)), Err(Error::Stopped)));
+    assert!(matches!(s.checkpoint(), Err(Error::Stopped)));
+    assert!(matches!(s.sync(), Err(Error::Stopped)));
+    assert_eq!(s.query_page(a)?, vec![4; 8]);
+    assert_eq!(s.page_info(a)?.len, 8);
+    assert_eq!(s.state_hash()?, hash);
+    assert_eq!(s.compare_pages(a, a)?, 0);
+    Ok(())
+}
+
+#[test]
+fn replay_of_a_missing_directory_and_history_of_an_unknown_page_are_errors() -> mmsb::Result<()> {
+    let vfs = mmsb::vfs::StdVfs;
+    let lim = Default::default();
+    let missing = std::env::temp_dir().join("mmsb-no-such-state-directory");
+    let err = mmsb::replay::replay_to_lsn(&vfs, &missing, None, &lim).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    let dir = tempfile::tempdir()?;
+    let s = Mmsb::start(Config::at(dir.path()))?;
+    let p = s.create_page(PageSpec::new(4))?;
+    s.update_page(p, Payload::Full(vec![1; 4]))?;
+    s.sync()?;
+    assert_eq!(mmsb::replay::page_history(&vfs, dir.path(), p, &lim)?.len(), 2);
+    let err = mmsb::replay::page_history(&vfs, dir.path(), PageId(999), &lim).unwrap_err();
+    assert!(matches!(err, Error::PageNotFound(PageId(999))), "{err}");
+    Ok(())
+}

@@ -156,17 +156,18 @@ impl LogWriter {
     }
 
     fn poison(&mut self, e: Error) -> Error {
-        if self.poisoned.is_none() {
-            self.poisoned = Some(e.to_string());
-        }
-        self.file = None;
-        self.buf.clear();
+        self.poison_with(e.to_string());
         e
     }
 
-    /// Poison the log: every later write returns [`Error::Poisoned`].
+    /// Poison the log: every later write returns [`Error::Poisoned`] with
+    /// `reason` (the first reason given is kept).
     pub fn poison_with(&mut self, reason: String) {
-        let _ = self.poison(Error::Poisoned(reason));
+        if self.poisoned.is_none() {
+            self.poisoned = Some(reason);
+        }
+        self.file = None;
+        self.buf.clear();
     }
 
     fn live(&self) -> Result<()> {
