@@ -658,14 +658,17 @@ fn replay_impl(
     Ok((r.image, scan.torn))
 }
 
-/// The first LSN of the oldest log segment, when its header reads.
+/// The lowest first LSN among the log segments whose headers read (any
+/// segment, whatever its generation: a replay can start in none earlier).
 pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path) -> Option<u64> {
-    let names = vfs.list(dir).ok()?;
-    let (_, name) = names.iter().filter_map(|n| crate::log::parse_segment_name(n).map(|s| (s, n))).min()?;
-    let mut f = vfs.open_read(&dir.join(name)).ok()?;
-    let mut head = [0u8; crate::log::SEGMENT_HEAD_LEN];
-    f.read_exact_at(&mut head, 0).ok()?;
-    reader::parse_segment_header(&head).ok().map(|h| h.first_lsn)
+    let first = |name: &String| -> Option<u64> {
+        crate::log::parse_segment_name(name)?;
+        let mut f = vfs.open_read(&dir.join(name)).ok()?;
+        let mut head = [0u8; crate::log::SEGMENT_HEAD_LEN];
+        f.read_exact_at(&mut head, 0).ok()?;
+        reader::parse_segment_header(&head).ok().map(|h| h.first_lsn)
+    };
+    vfs.list(dir).ok()?.iter().filter_map(first).min()
 }
 
 /// Why a replay that would start after LSN `after` cannot: the log starts
