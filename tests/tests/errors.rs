@@ -35,11 +35,18 @@ fn gpu_memory_when_a_device_page_cannot_fit() -> mmsb::Result<()> {
     if !mmsb_tests::gpu_available("gpu_memory_when_a_device_page_cannot_fit") {
         return Ok(());
     }
-    let s = Mmsb::start(Config::temporary())?;
-    // Far beyond any card's memory (64 TiB), yet a valid page length.
+    // Far beyond any card's memory (64 TiB), yet a valid page length once
+    // the state's limit allows it.
+    let mut cfg = Config::temporary();
+    cfg.limits.max_page_len = u64::MAX;
+    let s = Mmsb::start(cfg)?;
     let err = s.create_page(PageSpec::new(64 << 40).on(Location::Gpu(0))).unwrap_err();
     assert!(matches!(err, Error::GpuMemory { .. }), "{err}");
     assert!(s.page_ids().is_empty(), "no page was created");
+    // Refused before it was logged: the state goes on.
+    let p = s.create_page(PageSpec::new(8).on(Location::Gpu(0)))?;
+    s.update_page(p, Payload::Full(vec![5; 8]))?;
+    assert_eq!(s.query_page(p)?, vec![5; 8]);
     Ok(())
 }
 
