@@ -315,6 +315,9 @@ impl Vfs for StdVfs {
         std::fs::File::open(dir)?.sync_all()
     }
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<DirLock>> {
+        // The lock file is created in the directory itself, never through
+        // a link to another one (O_NOFOLLOW guards only the file's name).
+        refuse_symlink(dir)?;
         // An advisory lock on an open file (flock on Unix): it goes with the
         // file's last descriptor, so a process that dies releases it.
         let mut o = std::fs::OpenOptions::new();

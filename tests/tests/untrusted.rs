@@ -82,9 +82,20 @@ fn a_log_directory_that_is_a_symlink_is_refused() -> Result<()> {
     let state = root.path().join("state");
     std::fs::create_dir(&state)?;
     std::os::unix::fs::symlink(elsewhere.join("log"), state.join("log"))?;
+    let names = |d: &std::path::Path| -> Result<Vec<std::ffi::OsString>> {
+        let mut v: Vec<_> = std::fs::read_dir(d)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    // The state there held its lock file; without it, a lock taken
+    // through the link would show as a new file.
+    std::fs::remove_file(elsewhere.join("log").join(mmsb::vfs::LOCK_NAME))?;
+    let before = names(&elsewhere.join("log"))?;
     let Err(err) = Mmsb::start(Config::at(&state)) else { panic!("a symlinked log directory was opened") };
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert!(!mmsb::tools::verify(&state).is_ok());
+    // Nothing was created through the link (not even the lock file).
+    assert_eq!(names(&elsewhere.join("log"))?, before);
     Ok(())
 }
 
