@@ -83,7 +83,8 @@ fn a_log_directory_that_is_a_symlink_is_refused() -> Result<()> {
     std::fs::create_dir(&state)?;
     std::os::unix::fs::symlink(elsewhere.join("log"), state.join("log"))?;
     let names = |d: &std::path::Path| -> Result<Vec<std::ffi::OsString>> {
-        let mut v: Vec<_> = std::fs::read_dir(d)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
+        let mut v: Vec<_> =
+            std::fs::read_dir(d)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
         v.sort();
         Ok(v)
     };
