@@ -1504,10 +1504,9 @@ impl Mmsb {
         let mut event = if self.events.active() { event_for_change(&change, Epoch(0)) } else { None };
         match change {
             Change::CreatePage { id, len, location, meta } => {
-                let storage = match storage.next() {
-                    Some(s) => s,
-                    None => self.storage_for(location, len)?,
-                };
+                let storage = storage.next().ok_or_else(|| {
+                    Error::Invariant(format!("page {id} was logged without storage allocated for it"))
+                })?;
                 self.registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage })?;
                 clock.next_page = clock.next_page.max(id.0 + 1);
             }

@@ -646,11 +646,11 @@ fn replay_impl(
 ) -> Result<(StateImage, Option<TornTail>)> {
     let dir = crate::log::log_dir(state_dir);
     // A directory that is not there is an error, not an empty state.
-    vfs.list(&dir).map_err(|e| Error::from(e).in_file(&dir))?;
+    let names = vfs.list(&dir).map_err(|e| Error::from(e).in_file(&dir))?;
     let (ckpt, bad) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
     let image = ckpt.map(|(_, img)| img).unwrap_or_default();
     let after = image.lsn;
-    if let Some(first) = oldest_logged(vfs, &dir).filter(|&f| f > after + 1) {
+    if let Some(first) = oldest_logged(vfs, &dir, &names).filter(|&f| f > after + 1) {
         return Err(history_gap(vfs, &dir, after, first, bad)?);
     }
     let mut r = Replayer { image, limits, stop, seen, fast_stop };
@@ -658,9 +658,10 @@ fn replay_impl(
     Ok((r.image, scan.torn))
 }
 
-/// The lowest first LSN among the log segments whose headers read (any
-/// segment, whatever its generation: a replay can start in none earlier).
-pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path) -> Option<u64> {
+/// The lowest first LSN among the log segments of `dir` (its file
+/// `names`) whose headers read (any segment, whatever its generation: a
+/// replay can start in none earlier).
+pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path, names: &[String]) -> Option<u64> {
     let first = |name: &String| -> Option<u64> {
         crate::log::parse_segment_name(name)?;
         let mut f = vfs.open_read(&dir.join(name)).ok()?;
@@ -668,7 +669,7 @@ pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path) -> Option<u64> {
         f.read_exact_at(&mut head, 0).ok()?;
         reader::parse_segment_header(&head).ok().map(|h| h.first_lsn)
     };
-    vfs.list(dir).ok()?.iter().filter_map(first).min()
+    names.iter().filter_map(first).min()
 }
 
 /// Why a replay that would start after LSN `after` cannot: the log starts

@@ -296,14 +296,7 @@ impl Vfs for StdVfs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
         let mut o = std::fs::OpenOptions::new();
         o.create(true).write(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            // Owner-only, and a planted link is an error, not a write
-            // through it to a file outside the state directory.
-            o.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
-        }
-        Ok(Box::new(StdFile { file: o.open(path)?, syncer: None }))
+        Ok(Box::new(StdFile { file: owner_only_no_link(&mut o).open(path)?, syncer: None }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
@@ -322,12 +315,7 @@ impl Vfs for StdVfs {
         // file's last descriptor, so a process that dies releases it.
         let mut o = std::fs::OpenOptions::new();
         o.create(true).read(true).write(true).truncate(false);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
-        }
-        let f = o.open(dir.join(LOCK_NAME))?;
+        let f = owner_only_no_link(&mut o).open(dir.join(LOCK_NAME))?;
         match f.try_lock() {
             Ok(()) => Ok(Some(Box::new(f))),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -336,6 +324,18 @@ impl Vfs for StdVfs {
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }
+}
+
+/// Files [`StdVfs`] creates are owner-only, and a planted link at their
+/// name is an error, not a write through it to a file outside the state
+/// directory.
+fn owner_only_no_link(o: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+    }
+    o
 }
 
 /// The file in a log directory that [`StdVfs::lock_dir`] locks.
