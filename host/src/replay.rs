@@ -651,7 +651,7 @@ fn replay_impl(
     let image = ckpt.map(|(_, img)| img).unwrap_or_default();
     let after = image.lsn;
     if let Some(first) = oldest_logged(vfs, &dir, &names).filter(|&f| f > after + 1) {
-        return Err(history_gap(vfs, &dir, after, first, bad)?);
+        return Err(history_gap(vfs, &dir, after, first, &bad)?);
     }
     let mut r = Replayer { image, limits, stop, seen, fast_stop };
     let scan = reader::scan_with(vfs, &dir, after, RecoveryMode::Strict, limits, &mut r)?;
@@ -677,20 +677,20 @@ pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path, names: &[String]) -> Opti
 /// them, so this is either a point before the oldest history kept (a
 /// checkpoint after it exists), a checkpoint that should cover the gap but
 /// does not verify (`bad`, newest first), or lost files.
-fn history_gap(
+pub(crate) fn history_gap(
     vfs: &dyn Vfs,
     dir: &Path,
     after: u64,
     first: u64,
-    bad: Vec<(PathBuf, Error)>,
+    bad: &[(PathBuf, Error)],
 ) -> Result<Error> {
-    if let Some((path, e)) = bad.into_iter().next() {
+    if let Some((path, e)) = bad.first() {
         let (offset, why) = match e {
-            Error::Corrupt { offset, reason, .. } => (offset, reason),
+            Error::Corrupt { offset, reason, .. } => (*offset, reason.clone()),
             other => (None, other.to_string()),
         };
         return Ok(Error::Corrupt {
-            file: Some(path),
+            file: Some(path.clone()),
             offset,
             reason: format!(
                 "{why}; this checkpoint does not verify, and the log records it covers ({}..{}) \

@@ -290,6 +290,38 @@ fn replay_before_the_oldest_history_kept_is_a_config_error_and_later_points_repl
     Ok(())
 }
 
+/// A checkpoint that does not verify, whose log its writing retired: the
+/// state cannot be rebuilt, and opening it says which file is at fault
+/// (not only that log records are missing).
+#[test]
+fn start_names_the_corrupt_checkpoint_that_retired_the_log() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ck = {
+        let s = Mmsb::start(Config::at(dir.path()))?;
+        let p = s.create_page(PageSpec::new(4096))?;
+        for i in 0..5u8 {
+            s.update_page(p, sparse(u64::from(i) * 100, &[i + 1; 50]))?;
+        }
+        let ck = s.checkpoint()?;
+        s.stop()?;
+        ck
+    };
+    let mut bytes = std::fs::read(&ck.path)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&ck.path, &bytes)?;
+    match Mmsb::start(Config::at(dir.path())) {
+        Err(mmsb::Error::Corrupt { file, reason, .. }) => {
+            assert_eq!(file.as_deref(), Some(ck.path.as_path()), "{reason}");
+            assert!(reason.contains("does not verify") && reason.contains("retired"), "{reason}");
+        }
+        other => panic!("start over a corrupt covering checkpoint: {other:?}"),
+    }
+    // Nothing was removed or rewritten by the refusal.
+    assert_eq!(std::fs::read(&ck.path)?, bytes);
+    Ok(())
+}
+
 #[test]
 fn diff_turns_one_state_into_another() -> Result<()> {
     let a = Mmsb::start(Config::temporary())?;

@@ -200,7 +200,9 @@ pub struct Resume {
 /// Recover the state stored in `state_dir`.
 ///
 /// # Errors
-/// [`crate::Error::Corrupt`] (strict mode, or a gap no mode can bridge),
+/// [`crate::Error::Corrupt`] (strict mode, or a gap no mode can bridge;
+/// when the gap is the log a checkpoint retired and that checkpoint does
+/// not verify, the error names the checkpoint's file and fault),
 /// [`crate::Error::Io`], or the typed error of a logged change that does not
 /// validate (strict mode).
 pub fn recover(
@@ -226,6 +228,16 @@ pub fn recover_with(
 ) -> Result<(StateImage, RecoveryReport, Resume)> {
     let dir = super::log_dir(state_dir);
     let (ckpt, invalid) = crate::checkpoint::newest_valid_with(vfs, &dir, limits, None, alloc)?;
+    let after = ckpt.as_ref().map_or(0, |(_, img)| img.lsn);
+    if !invalid.is_empty() {
+        // A checkpoint that does not verify may be the one that covered
+        // the log records its writing retired: name it, rather than the
+        // gap the log reader would find.
+        let names = vfs.list(&dir).map_err(|e| crate::Error::from(e).in_file(&dir))?;
+        if let Some(first) = crate::replay::oldest_logged(vfs, &dir, &names).filter(|&f| f > after + 1) {
+            return Err(crate::replay::history_gap(vfs, &dir, after, first, &invalid)?);
+        }
+    }
     let mut report = RecoveryReport {
         invalid_checkpoints: invalid.into_iter().map(|(p, e)| (p, e.to_string())).collect(),
         ..RecoveryReport::default()
@@ -237,7 +249,6 @@ pub fn recover_with(
         }
         None => StateImage::default(),
     };
-    let after = image.lsn;
     let (mut commits, mut changes) = (0u64, 0u64);
     let mut due = Due::default();
     let scan = reader::scan(vfs, &dir, after, mode, limits, &mut |c| {
