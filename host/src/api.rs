@@ -22,6 +22,7 @@ use crate::vfs::{StdVfs, Vfs};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
 use shared_types::{Epoch, PageId};
+use smallvec::SmallVec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -211,6 +212,9 @@ impl std::fmt::Debug for PageRef {
 }
 
 type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
+
+/// A write's per-page bookkeeping: on the stack up to four pages.
+type Small<T> = SmallVec<[T; 4]>;
 
 /// Most derived-page locks a propagation makes room for up front.
 const GUARDS_RESERVE_MAX: usize = 1 << 10;
@@ -706,7 +710,7 @@ impl Mmsb {
     /// [`Error::PageNotFound`], [`Error::InvalidDelta`] (the page is then
     /// unchanged), [`Error::UnsupportedLocation`].
     pub fn update_page(&self, id: PageId, payload: Payload) -> Result<Epoch> {
-        self.update_batch(vec![Update::new(id, payload)]).map(|v| v[0])
+        self.update_slice(&mut [Update::new(id, payload)]).map(|v| v[0])
     }
 
     /// Apply `payload` only if page `id` is at epoch `base`.
@@ -714,7 +718,7 @@ impl Mmsb {
     /// # Errors
     /// As [`Mmsb::update_page`], plus [`Error::StaleEpoch`].
     pub fn update_page_at(&self, id: PageId, payload: Payload, base: Epoch) -> Result<Epoch> {
-        self.update_batch(vec![Update::new(id, payload).at_epoch(base)]).map(|v| v[0])
+        self.update_slice(&mut [Update::new(id, payload).at_epoch(base)]).map(|v| v[0])
     }
 
     /// Apply several updates atomically, in order: either all are applied or
@@ -722,7 +726,14 @@ impl Mmsb {
     ///
     /// # Errors
     /// The first problem found; nothing is applied then.
-    pub fn update_batch(&self, updates: Vec<Update>) -> Result<Vec<Epoch>> {
+    pub fn update_batch(&self, mut updates: Vec<Update>) -> Result<Vec<Epoch>> {
+        self.update_slice(&mut updates).map(SmallVec::into_vec)
+    }
+
+    /// [`Mmsb::update_batch`] over a slice (its payloads may be taken), with
+    /// the batch's bookkeeping on the stack for small batches: a write of
+    /// one page allocates nothing here.
+    fn update_slice(&self, updates: &mut [Update]) -> Result<Small<Epoch>> {
         let _span = tracing::debug_span!("mmsb.update", updates = updates.len()).entered();
         let mut clock = self.clock.lock();
         self.live()?;
@@ -730,14 +741,17 @@ impl Mmsb {
         // other multi-page lockers), before validating anything.
         // `slots[i]`: index of update i's page in `ids` (and in `guards`,
         // which shares their order).
-        let (ids, slots) = page_slots(&updates);
-        let cells: Vec<(PageId, PageCell)> =
-            ids.iter().map(|&id| self.registry.get(id).map(|c| (id, c))).collect::<Result<_>>()?;
-        let mut guards: Vec<(PageId, PageGuard<'_>)> = cells.iter().map(|(id, c)| (*id, c.write())).collect();
+        let (ids, slots) = page_slots(updates);
+        let mut cells: Small<(PageId, PageCell)> = Small::with_capacity(ids.len());
+        for &id in &ids {
+            cells.push((id, self.registry.get(id)?));
+        }
+        let mut guards: Small<(PageId, PageGuard<'_>)> =
+            cells.iter().map(|(id, c)| (*id, c.write())).collect();
 
         // Validate all of it, simulating the epochs a batch walks through.
-        let mut epochs: Vec<Epoch> = guards.iter().map(|(_, g)| g.epoch).collect();
-        let mut results = Vec::with_capacity(updates.len());
+        let mut epochs: Small<Epoch> = guards.iter().map(|(_, g)| g.epoch).collect();
+        let mut results = Small::with_capacity(updates.len());
         for (u, &k) in updates.iter().zip(&slots) {
             let page = &guards[k].1;
             u.payload.check(page.len).map_err(|e| with_page(e, u.page))?;
@@ -759,7 +773,7 @@ impl Mmsb {
             let Clock { log, deps, next_delta, timestamp, .. } = &mut *clock;
             let Deps { graph, functions, scratch } = deps;
             // The graph node of each page of the batch (u32::MAX: none).
-            let node_of: Vec<u32> =
+            let node_of: Small<u32> =
                 guards.iter().map(|(id, _)| graph.node(*id).unwrap_or(u32::MAX)).collect();
             let feeds =
                 node_of.iter().any(|&n| n != u32::MAX && !graph.slots[n as usize].data_children.is_empty());
@@ -774,18 +788,23 @@ impl Mmsb {
                         u.payload.apply_to(scratch.staged_mut(node_of[k], guards[k].1.len as usize))?;
                     }
                 }
-                let extra: Vec<u32> = node_of.into_iter().filter(|&n| n != u32::MAX).collect();
+                let extra: Small<u32> = node_of.into_iter().filter(|&n| n != u32::MAX).collect();
                 // The output buffer is reused across propagations. The plan
                 // write-locks each page it changes, after the batch's own
                 // (which keep their places: `slots` stays valid); a page of
                 // the batch keeps its lock there.
                 let mut derived = std::mem::take(&mut scratch.derived);
                 let own = guards.len();
-                let mut all: Vec<(PageId, PageGuard<'_>)> = std::mem::take(&mut guards);
                 // Room for as many derived pages as the last propagation had
                 // (up to a bound: one huge propagation should not make every
                 // later write allocate as much).
-                all.reserve(derived.capacity().min(GUARDS_RESERVE_MAX));
+                let mut all: Vec<(PageId, PageGuard<'_>)> =
+                    Vec::with_capacity(own + derived.capacity().min(GUARDS_RESERVE_MAX));
+                // One by one: each guard coerces to the plan's shorter
+                // lifetime (an `extend` would tie the two together).
+                for g in guards.drain(..) {
+                    all.push(g);
+                }
                 let stats = {
                     let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
                     propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived, &mut all)?
@@ -793,15 +812,14 @@ impl Mmsb {
                 for d in derived.iter_mut().filter(|d| d.guard == usize::MAX) {
                     d.guard = ids.binary_search(&d.page).unwrap_or(usize::MAX);
                 }
-                let mut updates = updates;
                 let mut tally = Tally { log, next_delta, timestamp, logged: false };
                 let (mut users, mut applied) = (0, 0);
                 // The write and its propagation go into the log as one
                 // committed unit: recovery finds both or neither.
                 let res = self
-                    .log_propagated(&mut tally, &updates, functions, &scratch.sink, &derived, stats.dirty > 0)
+                    .log_propagated(&mut tally, updates, functions, &scratch.sink, &derived, stats.dirty > 0)
                     .and_then(|()| {
-                        self.apply_updates(&mut tally, &mut updates, &slots, &mut all[..own], &mut users)
+                        self.apply_updates(&mut tally, updates, &slots, &mut all[..own], &mut users)
                     })
                     .and_then(|()| {
                         self.commit_derived(
@@ -1403,14 +1421,14 @@ impl Mmsb {
     fn commit_updates(
         &self,
         clock: &mut Clock,
-        mut updates: Vec<Update>,
+        updates: &mut [Update],
         slots: &[usize],
         guards: &mut [(PageId, PageGuard<'_>)],
     ) -> Result<()> {
         let Clock { log, deps, next_delta, timestamp, .. } = clock;
         let mut tally = Tally { log, next_delta, timestamp, logged: false };
         let mut applied = 0;
-        let res = self.apply_updates(&mut tally, &mut updates, slots, guards, &mut applied);
+        let res = self.apply_updates(&mut tally, updates, slots, guards, &mut applied);
         if !deps.graph.is_empty() {
             for u in &updates[..applied] {
                 deps.graph.on_apply(u.page, false);
@@ -1785,11 +1803,11 @@ fn same_length(a: &Page, b: &Page) -> Result<()> {
 /// update the index of its page in that list. Large batches deduplicate
 /// through a small open-addressing table first, so only the distinct ids
 /// are sorted.
-fn page_slots(updates: &[Update]) -> (Vec<PageId>, Vec<usize>) {
+fn page_slots(updates: &[Update]) -> (Small<PageId>, Small<usize>) {
     const EMPTY: u32 = u32::MAX;
     let n = updates.len();
     if n <= 32 || u32::try_from(n).is_err() {
-        let mut ids: Vec<PageId> = updates.iter().map(|u| u.page).collect();
+        let mut ids: Small<PageId> = updates.iter().map(|u| u.page).collect();
         ids.sort_unstable();
         ids.dedup();
         let slots = updates.iter().map(|u| ids.binary_search(&u.page).unwrap_or(0)).collect();
