@@ -40,7 +40,8 @@ pub struct Config {
     pub durability: Durability,
     /// What recovery does about corruption that is not a torn tail.
     pub recovery: RecoveryMode,
-    /// Segment size at which the log starts a new segment file.
+    /// Segment size at which the log starts a new segment file (at least
+    /// [`MIN_SEGMENT_BYTES`]).
     pub segment_bytes: u64,
     /// Bounds the decoders enforce on persisted data.
     pub limits: Limits,
@@ -49,13 +50,13 @@ pub struct Config {
     /// When derived pages are recomputed.
     pub propagation: PropagationMode,
     /// Threads a propagation may use for one wide level (0: the number of
-    /// available cores).
+    /// available cores; at most [`MAX_PROPAGATION_THREADS`]).
     pub propagation_threads: usize,
     /// Bytes (outputs plus inputs) a level must involve before it is
     /// recomputed on several threads; thread start-up costs microseconds.
     pub parallel_min_bytes: u64,
-    /// Capacity of each subscriber's event channel; events beyond it are
-    /// dropped for that subscriber and counted.
+    /// Capacity of each subscriber's event channel (at least 1); events
+    /// beyond it are dropped for that subscriber and counted.
     pub event_capacity: usize,
     /// When deltas accepted for GPU pages are applied on the device (see
     /// [`crate::gpu::GpuApply`]).
@@ -82,6 +83,29 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The settings [`Mmsb::start`] refuses, as it refuses them.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first setting out of range.
+    pub fn check(&self) -> Result<()> {
+        if self.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(Error::Config(format!(
+                "segment_bytes {} is under the minimum of {MIN_SEGMENT_BYTES}",
+                self.segment_bytes
+            )));
+        }
+        if self.event_capacity == 0 {
+            return Err(Error::Config("event_capacity must be at least 1".into()));
+        }
+        if self.propagation_threads > MAX_PROPAGATION_THREADS {
+            return Err(Error::Config(format!(
+                "propagation_threads {} is over the maximum of {MAX_PROPAGATION_THREADS} (0 means one per core)",
+                self.propagation_threads
+            )));
+        }
+        Ok(())
+    }
+
     /// A configuration with a temporary state directory.
     pub fn temporary() -> Self {
         Self::default()
@@ -178,8 +202,22 @@ pub struct PageInfo {
     pub meta: Metadata,
 }
 
+/// The smallest [`Config::segment_bytes`]: a segment's header and one
+/// small record (a segment is started when a record would pass the size,
+/// so smaller values only multiply files).
+pub const MIN_SEGMENT_BYTES: u64 = 1024;
+
+/// The most threads [`Config::propagation_threads`] may ask for.
+pub const MAX_PROPAGATION_THREADS: usize = 1024;
+
 /// A read guard on one page: borrows its bytes without copying. Writers to
-/// this page wait until it is dropped; hold it briefly.
+/// this page wait until it is dropped, and so does a write to any page the
+/// guarded page is derived from whose propagation changes it: that write
+/// holds the state's commit lock while it waits, so every other change
+/// (from any thread) waits too. Hold it briefly, and never call a method
+/// that changes the state while holding it on the same thread (a change
+/// that has to write the guarded page would wait for itself); copy with
+/// [`Mmsb::query_page`] instead when in doubt.
 pub struct PageRef {
     guard: parking_lot::ArcRwLockReadGuard<RawRwLock, Page>,
 }
@@ -322,9 +360,15 @@ impl Mmsb {
     /// [`Error::Io`] when the directory cannot be created or read;
     /// [`Error::Corrupt`] when the stored state is corrupt (in
     /// [`RecoveryMode::Strict`]) or a logged change does not validate;
-    /// [`Error::UnsupportedLocation`] for a stored page this build cannot hold.
+    /// [`Error::UnsupportedLocation`] for a stored page this build cannot hold;
+    /// [`Error::InUse`] when another handle holds the directory;
+    /// [`Error::Config`] for settings out of range (checked before the
+    /// directory is touched): `segment_bytes` under
+    /// [`MIN_SEGMENT_BYTES`], `event_capacity` 0, `propagation_threads`
+    /// over [`MAX_PROPAGATION_THREADS`].
     pub fn start(config: Config) -> Result<Mmsb> {
         let _span = tracing::info_span!("mmsb.start").entered();
+        config.check()?;
         let vfs: Arc<dyn Vfs> = config.vfs.clone().unwrap_or_else(|| Arc::new(StdVfs));
         let dir = match config.dir {
             Some(d) => {
@@ -644,7 +688,7 @@ impl Mmsb {
         }
     }
 
-    fn live(&self) -> Result<()> {
+    pub(crate) fn live(&self) -> Result<()> {
         if self.stopped.load(Ordering::Acquire) {
             Err(Error::Stopped)
         } else {
@@ -689,19 +733,65 @@ impl Mmsb {
 
     /// Delete a page and free its bytes, with its edges: a derived page
     /// that read it as a data parent keeps its other parents (its function
-    /// is called with those from then on), is marked stale and is
-    /// recomputed by the next propagation; a derived page's own derivation
-    /// goes with it.
+    /// is called with those from then on) and is recomputed from them (at
+    /// once in immediate mode; stale until the next propagation in
+    /// deferred mode); a derived page's own derivation goes with it.
     ///
     /// # Errors
-    /// [`Error::PageNotFound`].
+    /// [`Error::PageNotFound`]; [`Error::Recompute`] when the function of
+    /// a derived page that read it panics on the parents it keeps (run
+    /// once before anything changes), [`Error::Function`] when that
+    /// function is not registered (immediate mode). Nothing changes on
+    /// error.
     pub fn delete_page(&self, id: PageId) -> Result<()> {
         let mut clock = self.clock.lock();
         self.live()?;
         if !self.registry.contains(id) {
             return Err(Error::PageNotFound(id));
         }
-        self.commit(&mut clock, vec![Change::DeletePage { id }], &mut [])
+        let deps = &clock.deps;
+        if let Some(n) = deps.graph.node(id) {
+            for &c in &deps.graph.slots[n as usize].data_children {
+                self.try_recompute_without(deps, c, n)?;
+            }
+        }
+        self.commit(&mut clock, vec![Change::DeletePage { id }], &mut [])?;
+        self.after_graph_change(&mut clock)
+    }
+
+    /// Run the function of derived node `c` once on the current bytes of
+    /// its data parents other than node `gone`, as the recompute after
+    /// `gone` leaves its arguments would: a function that panics is
+    /// refused before anything changes. A function without code is refused
+    /// in immediate mode (the recompute would fail after the change) and
+    /// left to the propagation in deferred mode.
+    ///
+    /// # Errors
+    /// [`Error::Recompute`], [`Error::Function`].
+    fn try_recompute_without(&self, deps: &Deps, c: u32, gone: u32) -> Result<()> {
+        let s = &deps.graph.slots[c as usize];
+        let Some(b) = s.binding else { return Ok(()) };
+        let entry = &deps.functions.entries[b.func as usize];
+        let f = match &entry.f {
+            Some(f) if entry.version == b.version => f,
+            _ if self.mode == PropagationMode::Deferred => return Ok(()),
+            _ => {
+                return Err(Error::Function {
+                    name: entry.name.to_string(),
+                    reason: format!(
+                        "version {} (bound by page {}) is not registered, and the change would recompute that page",
+                        b.version, s.page
+                    ),
+                })
+            }
+        };
+        let parents: Vec<PageHandle> = s
+            .args
+            .iter()
+            .filter(|&&p| p != gone)
+            .map(|&p| self.handle(deps.graph.slots[p as usize].page))
+            .collect::<Result<_>>()?;
+        dry_run(f, &entry.name, s.page, s.len, &parents)
     }
 
     /// Apply `payload` to page `id` and return the page's new epoch.
@@ -1215,17 +1305,8 @@ impl Mmsb {
         let handles: Vec<PageHandle> = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
         clock.deps.graph.check_declare(page, parents)?;
         // Dry run, so that a function that panics is refused up front.
-        if let Some(f) = clock.deps.functions.entries[fi as usize].f.clone() {
-            let locks: Vec<_> = handles.iter().map(|h| h.1.read_recursive()).collect();
-            let inputs: Vec<&[u8]> = locks.iter().map(|g| g.bytes()).collect::<Result<_>>()?;
-            let mut out = vec![0u8; len];
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inputs, &mut out))).map_err(|p| {
-                Error::Recompute {
-                    page,
-                    function: function.to_owned(),
-                    reason: propagate::panic_message(p.as_ref()),
-                }
-            })?;
+        if let Some(f) = &clock.deps.functions.entries[fi as usize].f {
+            dry_run(f, function, page, len, &handles)?;
         }
         drop(cell);
         let change = Change::DeclareDerived {
@@ -1264,22 +1345,36 @@ impl Mmsb {
     }
 
     /// Remove the dependency edge `from → to`. Removing a data edge drops
-    /// `from` from the child's arguments and recomputes the child.
+    /// `from` from the child's arguments and recomputes the child (at once
+    /// in immediate mode).
     ///
     /// # Errors
-    /// [`Error::InvalidEdge`] when there is no such edge.
+    /// [`Error::InvalidEdge`] when there is no such edge; for a data edge,
+    /// as [`Mmsb::delete_page`] for the child's function. Nothing changes
+    /// on error.
     pub fn remove_edge(&self, from: PageId, to: PageId) -> Result<()> {
         let mut clock = self.clock.lock();
         self.live()?;
-        if clock.deps.graph.edge(from, to).is_none() {
-            return Err(Error::InvalidEdge { from, to, reason: "no edge between these pages".into() });
+        let g = &clock.deps.graph;
+        match (g.edge(from, to), g.node(from), g.node(to)) {
+            (None, ..) => {
+                return Err(Error::InvalidEdge { from, to, reason: "no edge between these pages".into() })
+            }
+            (Some(EdgeKind::Data), Some(a), Some(b)) => self.try_recompute_without(&clock.deps, b, a)?,
+            _ => {}
         }
         self.commit(&mut clock, vec![Change::RemoveEdge { from, to }], &mut [])?;
         self.after_graph_change(&mut clock)
     }
 
-    /// Whether `page` is stale: a control parent changed, a data parent was
-    /// deleted, or a recomputation is queued (deferred mode).
+    /// Whether `page`'s bytes may be out of date: a control parent changed
+    /// since the page was last written, or a recomputation of it is queued
+    /// (a new derivation, a data edge added or removed, a data parent
+    /// deleted), or, in deferred mode, a page it depends on through data
+    /// edges was written and [`Mmsb::propagate`] has not run since.
+    /// Staleness from control edges is kept in memory only: after a
+    /// restart a page reads as fresh until one of its control parents
+    /// changes again (owed recomputations are recovered and stay stale).
     ///
     /// # Errors
     /// [`Error::PageNotFound`].
@@ -1287,7 +1382,7 @@ impl Mmsb {
         self.registry.get(page)?;
         let clock = self.clock.lock();
         let g = &clock.deps.graph;
-        Ok(g.node(page).is_some_and(|n| g.slots[n as usize].stale))
+        Ok(g.node(page).is_some_and(|n| g.out_of_date(n)))
     }
 
     /// How `page` is derived, if it is.
@@ -1730,9 +1825,9 @@ impl Mmsb {
     }
 
     /// Run `f` on page `id` under its read lock (typed views read bytes
-    /// and epoch together through this).
+    /// and epoch together through this). A read: it answers after
+    /// [`Mmsb::stop`] too.
     pub(crate) fn read_locked<R>(&self, id: PageId, f: impl FnOnce(&Page) -> Result<R>) -> Result<R> {
-        self.live()?;
         let cell = self.registry.get(id)?;
         let page = cell.read();
         f(&page)
@@ -1845,6 +1940,26 @@ fn page_slots(updates: &[Update]) -> (Small<PageId>, Small<usize>) {
     let ids = order.iter().map(|&i| uniq[i as usize]).collect();
     let slots = first.iter().map(|&i| rank[i as usize]).collect();
     (ids, slots)
+}
+
+/// Run `f` (registered as `function`, deriving `page` of `len` bytes) once
+/// on the current bytes of `parents`, discarding its output.
+///
+/// # Errors
+/// [`Error::Recompute`] when it panics.
+fn dry_run(
+    f: &propagate::RecomputeFn,
+    function: &str,
+    page: PageId,
+    len: usize,
+    parents: &[PageHandle],
+) -> Result<()> {
+    let locks: Vec<_> = parents.iter().map(|h| h.1.read_recursive()).collect();
+    let inputs: Vec<&[u8]> = locks.iter().map(|g| g.bytes()).collect::<Result<_>>()?;
+    let mut out = vec![0u8; len];
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inputs, &mut out))).map_err(|p| {
+        Error::Recompute { page, function: function.to_owned(), reason: propagate::panic_message(p.as_ref()) }
+    })
 }
 
 fn with_page(e: Error, page: PageId) -> Error {

@@ -391,14 +391,14 @@ impl Graph {
     }
 
     /// Remove a page's node and all its edges. Derived children lose the
-    /// page from their arguments and are marked stale (not recomputed).
+    /// page from their arguments and are queued for recomputation from
+    /// the parents they keep (and marked stale until then).
     pub(crate) fn remove_page(&mut self, page: PageId) {
         let Some(n) = self.index.remove(&page) else { return };
         let s = std::mem::take(&mut self.slots[n as usize]);
         for &c in &s.data_children {
-            let cs = &mut self.slots[c as usize];
-            cs.args.retain(|&p| p != n);
-            cs.stale = true;
+            self.slots[c as usize].args.retain(|&p| p != n);
+            self.force(c);
         }
         for &c in &s.control_children {
             self.slots[c as usize].control_parents.retain(|&p| p != n);
@@ -445,6 +445,34 @@ impl Graph {
         if due {
             self.pending.push(n);
         }
+    }
+
+    /// Whether node `n`'s bytes may be out of date: it is stale (a control
+    /// parent changed, or it is queued for recomputation), or a page it
+    /// depends on through data edges was written or is queued and the
+    /// propagation that covers it has not run yet (deferred mode).
+    pub(crate) fn out_of_date(&self, n: u32) -> bool {
+        let s = &self.slots[n as usize];
+        if s.stale || s.forced {
+            return true;
+        }
+        if !self.has_pending() {
+            return false;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![n];
+        while let Some(x) = stack.pop() {
+            for &p in &self.slots[x as usize].args {
+                let ps = &self.slots[p as usize];
+                if ps.pending || ps.forced {
+                    return true;
+                }
+                if seen.insert(p) {
+                    stack.push(p);
+                }
+            }
+        }
+        false
     }
 
     /// Forget the queued work (after a propagation that covered it).

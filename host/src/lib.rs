@@ -59,7 +59,9 @@ pub mod tools;
 pub mod typed;
 pub mod vfs;
 
-pub use api::{Config, Derivation, Mmsb, PageInfo, PageRef, Update};
+pub use api::{
+    Config, Derivation, Mmsb, PageInfo, PageRef, Update, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES,
+};
 pub use change::Change;
 pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Source, SparseDelta};
 pub use error::{Error, Result};

@@ -254,7 +254,8 @@ impl StateImage {
                             "page id {id} is out of order (next is {next_page})"
                         )));
                     }
-                    if *len == 0 || usize::try_from(*len).is_err() {
+                    // No allocation can hold more than isize::MAX bytes.
+                    if *len == 0 || *len > isize::MAX as u64 {
                         return Err(Error::InvalidPage { reason: format!("page length {len}") });
                     }
                     check_metadata(meta)?;

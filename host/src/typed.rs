@@ -196,6 +196,8 @@ impl Mmsb {
     fn write_shape<T: Pod>(&self, page: PageId, shape: Shape, f: &mut dyn FnMut(&mut [T])) -> Result<Epoch> {
         let _span = tracing::debug_span!("mmsb.write_typed", page = page.0, ty = std::any::type_name::<T>())
             .entered();
+        // A write, even one that turns out to change nothing.
+        self.live()?;
         let mut attempt = 0;
         loop {
             attempt += 1;

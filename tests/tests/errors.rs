@@ -134,7 +134,25 @@ fn changes_after_stop_are_refused_reads_answer_and_pages_of_two_lengths_do_not_c
     assert_eq!(s.page_info(a)?.len, 8);
     assert_eq!(s.state_hash()?, hash);
     assert_eq!(s.compare_pages(a, a)?, 0);
+    // Typed views read too, and typed writes are refused, even one that
+    // would change nothing.
+    assert_eq!(s.read::<u64>(a)?, u64::from_le_bytes([4; 8]));
+    assert_eq!(s.read_slice::<u32>(a)?.0, vec![u32::from_le_bytes([4; 4]); 2]);
+    assert!(matches!(s.write::<u64>(a, |_| {}), Err(Error::Stopped)));
+    assert!(matches!(s.write::<u64>(a, |v| *v = 1), Err(Error::Stopped)));
     Ok(())
+}
+
+#[test]
+fn a_change_list_creating_a_page_no_allocation_can_hold_is_refused() {
+    let mut img = StateImage::new();
+    for len in [u64::MAX, 1 << 63] {
+        let create =
+            Change::CreatePage { id: PageId(1), len, location: Location::Cpu, meta: Metadata::new() };
+        let err = img.apply_changes(&[create]).unwrap_err();
+        assert!(matches!(err, Error::InvalidPage { .. }), "{len}: {err}");
+        assert!(img.pages.is_empty());
+    }
 }
 
 #[test]
@@ -153,4 +171,34 @@ fn replay_of_a_missing_directory_and_history_of_an_unknown_page_are_errors() -> 
     let err = mmsb::replay::page_history(&vfs, dir.path(), PageId(999), &lim).unwrap_err();
     assert!(matches!(err, Error::PageNotFound(PageId(999))), "{err}");
     Ok(())
+}
+
+#[test]
+fn settings_out_of_range_are_refused_before_the_directory_is_touched() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("state");
+    type Setting = (&'static str, fn(&mut Config));
+    let bad: [Setting; 4] = [
+        ("segment_bytes", |c| c.segment_bytes = 1),
+        ("segment_bytes", |c| c.segment_bytes = mmsb::MIN_SEGMENT_BYTES - 1),
+        ("event_capacity", |c| c.event_capacity = 0),
+        ("propagation_threads", |c| c.propagation_threads = mmsb::MAX_PROPAGATION_THREADS + 1),
+    ];
+    for (name, set) in bad {
+        let mut cfg = Config::at(&dir);
+        set(&mut cfg);
+        match Mmsb::start(cfg) {
+            Err(Error::Config(m)) => assert!(m.contains(name), "{m}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(!dir.exists(), "{name}: nothing created");
+    }
+    let mut cfg = Config::at(&dir);
+    cfg.segment_bytes = mmsb::MIN_SEGMENT_BYTES;
+    cfg.propagation_threads = mmsb::MAX_PROPAGATION_THREADS;
+    let s = Mmsb::start(cfg).expect("the limits themselves are accepted");
+    let p = s.create_page(PageSpec::new(600)).expect("page");
+    for i in 0..10u8 {
+        s.update_page(p, Payload::Full(vec![i; 600])).expect("write");
+    }
 }

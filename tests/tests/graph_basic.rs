@@ -321,8 +321,12 @@ fn deleting_a_page_removes_its_edges() -> Result {
     let (a, b, c, d) = (page(&state, 1)?, page(&state, 1)?, page(&state, 1)?, page(&state, 1)?);
     state.declare_derived(c, "add", &[a, b])?;
     state.add_edge(c, d, EdgeKind::Control)?;
+    state.update_page(a, Payload::Full(vec![1]))?;
+    state.update_page(b, Payload::Full(vec![2]))?;
+    assert_eq!(state.query_page(c)?, [3]);
     state.delete_page(a)?;
-    assert!(state.is_stale(c)?, "a derived page that lost a parent is stale");
+    assert_eq!(state.query_page(c)?, [2], "recomputed from the parent it keeps");
+    assert!(!state.is_stale(c)?);
     assert_eq!(state.derivation(c)?.map(|d| d.parents), Some(vec![b]));
     state.delete_page(c)?;
     assert_eq!(state.children(b)?, vec![]);
@@ -331,8 +335,79 @@ fn deleting_a_page_removes_its_edges() -> Result {
     let (e, f) = (page(&state, 1)?, page(&state, 1)?);
     state.declare_derived(f, "add", &[b, e])?;
     state.update_page(e, Payload::Full(vec![4]))?;
-    assert_eq!(state.query_page(f)?, [4]);
+    assert_eq!(state.query_page(f)?, [6]);
     state.verify()
+}
+
+fn first(ins: &[&[u8]], out: &mut [u8]) {
+    out.copy_from_slice(ins[0]);
+}
+
+#[test]
+fn deleting_a_data_parent_in_deferred_mode_leaves_the_child_stale_until_propagate() -> Result {
+    let state = Mmsb::start(Config::temporary().with_propagation(PropagationMode::Deferred))?;
+    state.register_function("add", 1, add)?;
+    let (a, b, c) = (page(&state, 1)?, page(&state, 1)?, page(&state, 1)?);
+    state.declare_derived(c, "add", &[a, b])?;
+    state.update_page(a, Payload::Full(vec![1]))?;
+    state.update_page(b, Payload::Full(vec![2]))?;
+    state.propagate()?;
+    assert_eq!(state.query_page(c)?, [3]);
+    state.delete_page(a)?;
+    assert!(state.is_stale(c)?);
+    assert_eq!(state.query_page(c)?, [3], "not recomputed before propagate");
+    let st = state.propagate()?;
+    assert_eq!((st.recomputed, st.written), (1, 1));
+    assert_eq!(state.query_page(c)?, [2]);
+    assert!(!state.is_stale(c)?);
+    assert_eq!(state.verify_recompute()?, 1, "c checked");
+    state.verify()
+}
+
+#[test]
+fn a_deletion_or_edge_removal_whose_recompute_would_panic_is_refused_whole() -> Result {
+    for mode in [PropagationMode::Immediate, PropagationMode::Deferred] {
+        let state = Mmsb::start(Config::temporary().with_propagation(mode))?;
+        state.register_function("first", 1, first)?;
+        let (a, c) = (page(&state, 1)?, page(&state, 1)?);
+        state.declare_derived(c, "first", &[a])?;
+        state.update_page(a, Payload::Full(vec![5]))?;
+        state.propagate()?;
+        let (hash, time) = (state.state_hash()?, state.timestamp());
+        // With no parent left, `first` indexes an empty input list.
+        assert!(matches!(state.delete_page(a), Err(Error::Recompute { page, .. }) if page == c), "{mode:?}");
+        assert!(
+            matches!(state.remove_edge(a, c), Err(Error::Recompute { page, .. }) if page == c),
+            "{mode:?}"
+        );
+        assert_eq!((state.state_hash()?, state.timestamp()), (hash, time), "{mode:?}: nothing changed");
+        assert_eq!(state.derivation(c)?.map(|d| d.parents), Some(vec![a]));
+        assert!(!state.is_stale(c)?);
+        state.update_page(a, Payload::Full(vec![6]))?;
+        state.propagate()?;
+        assert_eq!(state.query_page(c)?, [6], "{mode:?}: the graph still works");
+    }
+    Ok(())
+}
+
+#[test]
+fn in_deferred_mode_every_page_below_a_write_is_stale_until_propagate() -> Result {
+    let state = Mmsb::start(Config::temporary().with_propagation(PropagationMode::Deferred))?;
+    state.register_function("first", 1, first)?;
+    let (a, b, c, other) = (page(&state, 1)?, page(&state, 1)?, page(&state, 1)?, page(&state, 1)?);
+    state.declare_derived(b, "first", &[a])?;
+    state.declare_derived(c, "first", &[b])?;
+    state.propagate()?;
+    assert!(!state.is_stale(b)? && !state.is_stale(c)?);
+    state.update_page(a, Payload::Full(vec![4]))?;
+    assert!(!state.is_stale(a)?, "the written page itself is current");
+    assert!(state.is_stale(b)?, "its child");
+    assert!(state.is_stale(c)?, "and its grandchild");
+    assert!(!state.is_stale(other)?);
+    state.propagate()?;
+    assert!(!state.is_stale(b)? && !state.is_stale(c)?);
+    assert_eq!(state.query_page(c)?, [4]);
+    Ok(())
 }
 
 #[test]

@@ -97,6 +97,42 @@ fn removed_edges_and_deleted_pages_stay_removed() -> mmsb::Result<()> {
     Ok(())
 }
 
+/// A derived page whose data parent was deleted is recomputed from the
+/// parent it keeps: at once in immediate mode, and after a restart still
+/// owed (stale, queued) in deferred mode when the stop came first.
+#[test]
+fn a_deleted_parent_leaves_its_child_recomputed_or_owed_across_a_restart() -> mmsb::Result<()> {
+    for mode in [mmsb::PropagationMode::Immediate, mmsb::PropagationMode::Deferred] {
+        let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+        let cfg = || Config::at(dir.path()).with_propagation(mode);
+        let (b, c) = {
+            let s = Mmsb::start(cfg())?;
+            s.register_function("sum", 1, sum)?;
+            let a = s.create_page(PageSpec::new(4))?;
+            let b = s.create_page(PageSpec::new(4))?;
+            let c = s.create_page(PageSpec::new(4))?;
+            s.declare_derived(c, "sum", &[a, b])?;
+            s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+            s.update_page(b, Payload::Full(vec![10, 20, 30, 40]))?;
+            s.propagate()?;
+            s.delete_page(a)?;
+            s.stop()?;
+            (b, c)
+        };
+        let s = Mmsb::start(cfg())?;
+        s.register_function("sum", 1, sum)?;
+        if mode == mmsb::PropagationMode::Deferred {
+            assert!(s.is_stale(c)?, "the recompute is still owed");
+            assert!(s.recovery_report().due.forced.contains(&c));
+            s.propagate()?;
+        }
+        assert_eq!(s.query_page(c)?, s.query_page(b)?, "{mode:?}");
+        assert!(!s.is_stale(c)?);
+        assert_eq!(s.verify_recompute()?, 1, "{mode:?}: c checked");
+    }
+    Ok(())
+}
+
 /// In deferred mode: a, b, c = sum(a, b) computed, then a written and its
 /// propagation left queued.
 fn queued_write(s: &Mmsb) -> mmsb::Result<(PageId, PageId)> {

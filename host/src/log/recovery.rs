@@ -111,6 +111,26 @@ impl Due {
             self.forced.clear();
         }
     }
+
+    /// Before a committed unit is applied to a state whose graph is
+    /// `graph`: the derived pages that read a page it deletes as a data
+    /// parent are queued (they are recomputed from the parents they keep).
+    pub(crate) fn note_deletions(
+        &mut self,
+        graph: &crate::graph::GraphImage,
+        commit: reader::Commit<'_, '_>,
+    ) {
+        for (_, r) in commit {
+            if let reader::Record::Delete { id } = r {
+                let from = (*id, PageId(0))..=(*id, PageId(u64::MAX));
+                for (&(_, child), _) in
+                    graph.edges.range(from).filter(|(_, &k)| k == crate::graph::EdgeKind::Data)
+                {
+                    self.forced.insert(child);
+                }
+            }
+        }
+    }
 }
 
 /// What [`crate::Mmsb::start`] found and did.
@@ -252,6 +272,7 @@ pub fn recover_with(
     let (mut commits, mut changes) = (0u64, 0u64);
     let mut due = Due::default();
     let scan = reader::scan(vfs, &dir, after, mode, limits, &mut |c| {
+        due.note_deletions(&image.graph, c);
         image.apply_commit(c)?;
         due.note(image.graph.is_empty(), c);
         commits += 1;
