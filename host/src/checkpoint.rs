@@ -375,7 +375,9 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
     }
     let tcount = t.u64("trailer page count")?;
     let tlen = t.u64("trailer file length")?;
-    let _ = t.u32("trailer reserved")?;
+    if t.u32("trailer reserved")? != 0 {
+        return Err(Error::corrupt_at(tail_at + 24, "checkpoint trailer reserved field is not zero"));
+    }
     let tcrc = t.u32("file crc")?;
     if tlen != file_len || tcount != count {
         return Err(Error::corrupt_at(tail_at + 8, "checkpoint trailer does not match the file"));
@@ -422,6 +424,15 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
     if let Some((at, g)) = graph {
         image.graph = postcard::from_bytes(&g)
             .map_err(|e| Error::corrupt_at(at, format!("malformed graph section: {e}")))?;
+        // The section is the canonical encoding of what it decodes to: no
+        // trailing bytes, no overlong varints, pages and edges ascending
+        // and each once (postcard alone would take all of those).
+        if postcard::to_stdvec(&image.graph).ok().as_deref() != Some(&g[..]) {
+            return Err(Error::corrupt_at(
+                at,
+                "graph section not in its canonical encoding (trailing bytes, an overlong varint, or entries out of order or repeated)",
+            ));
+        }
     }
     Ok(image)
 }

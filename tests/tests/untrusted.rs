@@ -5,6 +5,7 @@
 
 use mmsb::codec::page::decode_page;
 use mmsb::codec::Limits;
+use mmsb::graph::EdgeKind;
 use mmsb::log::writer::segment_header;
 use mmsb::log::{segment_name, RecoveryMode};
 use mmsb::{Config, Mmsb, PageSpec, Payload, Result};
@@ -235,5 +236,91 @@ fn many_tiny_segments_open_in_bounded_time() -> Result<()> {
     let v = mmsb::tools::verify(&state);
     assert!(v.is_ok(), "{v}");
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    Ok(())
+}
+
+/// A create_page record body: page `id` of 4 bytes on the CPU, no metadata.
+fn create_body(id: u64) -> Vec<u8> {
+    let mut body = id.to_le_bytes().to_vec();
+    body.extend_from_slice(&4u64.to_le_bytes());
+    body.extend_from_slice(&[0; 8]);
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body
+}
+
+#[test]
+fn a_graph_record_in_anything_but_its_canonical_encoding_is_corrupt() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    // AddEdge { from: 1, to: 2, kind: Control }; then the same with `from`
+    // as an overlong two-byte varint, and with a byte after the value.
+    for (name, graph, ok) in [
+        ("canonical", vec![0u8, 1, 2, 1], true),
+        ("overlong", vec![0u8, 0x81, 0x00, 2, 1], false),
+        ("trailing", vec![0u8, 1, 2, 1, 0], false),
+    ] {
+        let state = root.path().join(name);
+        let log = state.join("log");
+        std::fs::create_dir_all(&log)?;
+        let mut seg = segment_header(1, 1, 1).to_vec();
+        seg.extend_from_slice(&frame(1, 1, &create_body(1)));
+        seg.extend_from_slice(&frame(1, 2, &create_body(2)));
+        seg.extend_from_slice(&frame(0x10, 3, &graph));
+        std::fs::write(log.join(segment_name(1)), &seg)?;
+        match Mmsb::start(Config::at(&state)) {
+            Ok(s) if ok => {
+                assert_eq!(s.children(mmsb::PageId(1))?, vec![(mmsb::PageId(2), EdgeKind::Control)])
+            }
+            Err(mmsb::Error::Corrupt { .. }) if !ok => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_checkpoint_graph_section_with_trailing_bytes_or_a_nonzero_reserved_field_is_corrupt() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let path = {
+        let s = Mmsb::start(Config::at(&state))?;
+        let a = s.create_page(PageSpec::new(4))?;
+        let b = s.create_page(PageSpec::new(4))?;
+        s.add_edge(a, b, EdgeKind::Control)?;
+        let ck = s.checkpoint()?;
+        s.stop()?;
+        ck.path
+    };
+    let good = std::fs::read(&path)?;
+    let lim = Limits::default();
+    assert!(mmsb::checkpoint::read(&mmsb::vfs::StdVfs, &path, &lim).is_ok());
+    let e = good.len() - 32;
+    // Find the graph section: its length field sits just before its bytes,
+    // which end where the trailer starts.
+    let glen = (1..e - 8)
+        .find(|&l| u64::from_le_bytes(good[e - l - 8..e - l].try_into().unwrap_or_default()) == l as u64)
+        .ok_or_else(|| mmsb::Error::Invariant("no graph section found".into()))?;
+    // The file with its trailer and CRC made consistent again.
+    let seal = |mut f: Vec<u8>| -> Vec<u8> {
+        let n = f.len();
+        f[n - 16..n - 8].copy_from_slice(&(n as u64).to_le_bytes());
+        let c = crc(&f[..n - 4]);
+        f[n - 4..].copy_from_slice(&c.to_le_bytes());
+        f
+    };
+    let mut trailing = good[..e].to_vec();
+    trailing.extend_from_slice(&[0, 0]);
+    let at = e - glen - 8;
+    trailing[at..at + 8].copy_from_slice(&(glen as u64 + 2).to_le_bytes());
+    trailing.extend_from_slice(&good[e..]);
+    let mut reserved = good.clone();
+    reserved[e + 24..e + 28].copy_from_slice(&0xdead_beef_u32.to_le_bytes());
+    assert_eq!(seal(good.clone()), good, "sealing the good file changes nothing");
+    for (name, bytes) in [("trailing bytes", seal(trailing)), ("reserved field", seal(reserved))] {
+        std::fs::write(&path, &bytes)?;
+        match mmsb::checkpoint::read(&mmsb::vfs::StdVfs, &path, &lim) {
+            Err(mmsb::Error::Corrupt { .. }) => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
     Ok(())
 }

@@ -224,6 +224,11 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
             if !rest.is_empty() {
                 return Err(Error::corrupt_at(base, "trailing bytes after a graph record"));
             }
+            // One encoding per record, as for every other field: postcard
+            // would also take overlong varints.
+            if postcard::to_stdvec(&rec).ok().as_deref() != Some(raw.body) {
+                return Err(Error::corrupt_at(base, "graph record not in its canonical encoding"));
+            }
             Record::Graph(rec.into_change())
         }
         Some(RecordType::Due) => {
