@@ -211,13 +211,15 @@ pub const MIN_SEGMENT_BYTES: u64 = 1024;
 pub const MAX_PROPAGATION_THREADS: usize = 1024;
 
 /// A read guard on one page: borrows its bytes without copying. Writers to
-/// this page wait until it is dropped, and so does a write to any page the
-/// guarded page is derived from whose propagation changes it: that write
-/// holds the state's commit lock while it waits, so every other change
-/// (from any thread) waits too. Hold it briefly, and never call a method
-/// that changes the state while holding it on the same thread (a change
-/// that has to write the guarded page would wait for itself); copy with
-/// [`Mmsb::query_page`] instead when in doubt.
+/// this page on other threads wait until it is dropped, and so does a
+/// write to any page the guarded page is derived from whose propagation
+/// changes it: that write holds the state's commit lock while it waits,
+/// so every other change (from any thread) waits too; hold it briefly,
+/// and copy with [`Mmsb::query_page`] when in doubt. On the thread that
+/// holds it, a change that would have to write the guarded page (an
+/// update, a typed write, a propagation reaching it, a migration) is
+/// refused whole with [`Error::PageBorrowed`] instead of waiting for
+/// itself. The guard stays on the thread that made it (it is not `Send`).
 pub struct PageRef {
     guard: parking_lot::ArcRwLockReadGuard<RawRwLock, Page>,
 }
@@ -240,6 +242,12 @@ impl PageRef {
     /// The epoch.
     pub fn epoch(&self) -> Epoch {
         self.guard.epoch
+    }
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        crate::registry::note_release(self.guard.id);
     }
 }
 
@@ -798,7 +806,9 @@ impl Mmsb {
     ///
     /// # Errors
     /// [`Error::PageNotFound`], [`Error::InvalidDelta`] (the page is then
-    /// unchanged), [`Error::UnsupportedLocation`].
+    /// unchanged), [`Error::UnsupportedLocation`], [`Error::PageBorrowed`]
+    /// (this thread holds a [`PageRef`] on the page or on a page the
+    /// write's propagation would change; nothing changes).
     pub fn update_page(&self, id: PageId, payload: Payload) -> Result<Epoch> {
         self.update_slice(&mut [Update::new(id, payload)]).map(|v| v[0])
     }
@@ -836,8 +846,10 @@ impl Mmsb {
         for &id in &ids {
             cells.push((id, self.registry.get(id)?));
         }
-        let mut guards: Small<(PageId, PageGuard<'_>)> =
-            cells.iter().map(|(id, c)| (*id, c.write())).collect();
+        let mut guards: Small<(PageId, PageGuard<'_>)> = Small::with_capacity(cells.len());
+        for (id, c) in &cells {
+            guards.push((*id, crate::registry::write_page(c, *id)?));
+        }
 
         // Validate all of it, simulating the epochs a batch walks through.
         let mut epochs: Small<Epoch> = guards.iter().map(|(_, g)| g.epoch).collect();
@@ -1695,7 +1707,7 @@ impl Mmsb {
         let _clock = self.clock.lock();
         self.live()?;
         let cell = self.registry.get(id)?;
-        let mut page = cell.write();
+        let mut page = crate::registry::write_page(&cell, id)?;
         if page.location == to {
             return Ok(());
         }
@@ -1796,6 +1808,7 @@ impl Mmsb {
         if guard.location != Location::Cpu {
             return Err(Error::UnsupportedLocation { op: "read_page", location: guard.location });
         }
+        crate::registry::note_borrow(id);
         Ok(PageRef { guard })
     }
 

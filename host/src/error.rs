@@ -182,6 +182,18 @@ pub enum Error {
         dir: PathBuf,
     },
 
+    /// A change needs the write lock of a page that this thread holds a
+    /// [`crate::PageRef`] on (the page itself, or a derived page its
+    /// propagation would write): waiting would never end, so the change is
+    /// refused whole. Drop the guard first.
+    #[error(
+        "page {page} is borrowed by a PageRef on this thread; drop it before a change that writes the page"
+    )]
+    PageBorrowed {
+        /// The page.
+        page: PageId,
+    },
+
     /// A typed view ([`crate::typed`]) does not fit the page: the type's
     /// size does not match the page (or the range asked for), or the type
     /// has size zero.

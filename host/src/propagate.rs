@@ -346,14 +346,19 @@ impl Scratch {
 enum Held<'g> {
     Write(RwLockWriteGuard<'g, Page>),
     Upgradable(RwLockUpgradableReadGuard<'g, Page>),
+    /// This thread holds a [`crate::PageRef`] on the page: a plain read,
+    /// enough for a recompute that changes nothing; one that changes the
+    /// page is refused ([`Held::into_write`]).
+    Borrowed(RwLockReadGuard<'g, Page>, PageId),
 }
 
 impl<'g> Held<'g> {
-    /// Lock `cell` for a recompute's read.
+    /// Lock page `id`'s `cell` for a recompute's read.
     #[inline]
-    fn take(cell: &'g parking_lot::RwLock<Page>) -> Self {
+    fn take(cell: &'g parking_lot::RwLock<Page>, id: PageId) -> Self {
         match cell.try_write() {
             Some(w) => Held::Write(w),
+            None if crate::registry::borrowed_here(id) => Held::Borrowed(cell.read_recursive(), id),
             None => Held::Upgradable(cell.upgradable_read()),
         }
     }
@@ -364,15 +369,21 @@ impl<'g> Held<'g> {
         match self {
             Held::Write(w) => w,
             Held::Upgradable(u) => u,
+            Held::Borrowed(r, _) => r,
         }
     }
 
     /// The write lock, for the commit.
+    ///
+    /// # Errors
+    /// [`Error::PageBorrowed`] for a page this thread holds a read guard
+    /// on: the wait would never end.
     #[inline]
-    fn into_write(self) -> RwLockWriteGuard<'g, Page> {
+    fn into_write(self) -> Result<RwLockWriteGuard<'g, Page>> {
         match self {
-            Held::Write(w) => w,
-            Held::Upgradable(u) => RwLockUpgradableReadGuard::upgrade(u),
+            Held::Write(w) => Ok(w),
+            Held::Upgradable(u) => Ok(RwLockUpgradableReadGuard::upgrade(u)),
+            Held::Borrowed(_, id) => Err(crate::registry::borrowed_error(id)),
         }
     }
 }
@@ -567,9 +578,9 @@ impl<'g> Settle<'g, '_> {
                     usize::MAX
                 } else {
                     let write = match lock {
-                        Some(g) => g.into_write(),
+                        Some(g) => g.into_write()?,
                         None => match &s.cell {
-                            Some(cell) => cell.write(),
+                            Some(cell) => crate::registry::write_page(cell, s.page)?,
                             None => return Err(Error::Invariant(format!("page {} has no cell", s.page))),
                         },
                     };
@@ -805,7 +816,7 @@ fn compute_one<'g>(
         // With `keep`, the lock stays there for the caller to turn into
         // the commit's write lock if the page changes.
         let page: &Page = match keep {
-            Some(k) => k.insert(Held::take(cell)).page(),
+            Some(k) => k.insert(Held::take(cell, slot.page)).page(),
             None => {
                 child = cell.read_recursive();
                 &child

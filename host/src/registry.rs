@@ -13,6 +13,57 @@ use std::sync::Arc;
 /// A shared, lockable page.
 pub type PageCell = Arc<parking_lot::RwLock<Page>>;
 
+thread_local! {
+    /// Pages this thread holds a [`crate::PageRef`] on, one entry per
+    /// guard (guards cannot leave their thread).
+    static BORROWED: std::cell::RefCell<Vec<PageId>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Note a [`crate::PageRef`] on page `id`, made on this thread.
+pub(crate) fn note_borrow(id: PageId) {
+    let _ = BORROWED.try_with(|b| b.borrow_mut().push(id));
+}
+
+/// Note that a [`crate::PageRef`] on page `id` of this thread is gone.
+pub(crate) fn note_release(id: PageId) {
+    let _ = BORROWED.try_with(|b| {
+        let mut b = b.borrow_mut();
+        if let Some(i) = b.iter().rposition(|&x| x == id) {
+            b.swap_remove(i);
+        }
+    });
+}
+
+/// Whether this thread holds a [`crate::PageRef`] on page `id`.
+pub(crate) fn borrowed_here(id: PageId) -> bool {
+    BORROWED.try_with(|b| b.borrow().contains(&id)).unwrap_or(false)
+}
+
+/// The error for a change that needs page `id`'s write lock while this
+/// thread holds a read guard on it: waiting would never end.
+pub(crate) fn borrowed_error(id: PageId) -> Error {
+    Error::PageBorrowed { page: id }
+}
+
+/// The write lock of page `id`: at once when it is free; an error when
+/// this thread holds a [`crate::PageRef`] on it (the wait would never end);
+/// otherwise once the readers on other threads are done.
+///
+/// # Errors
+/// [`Error::PageBorrowed`].
+pub(crate) fn write_page(
+    cell: &parking_lot::RwLock<Page>,
+    id: PageId,
+) -> Result<parking_lot::RwLockWriteGuard<'_, Page>> {
+    if let Some(w) = cell.try_write() {
+        return Ok(w);
+    }
+    if borrowed_here(id) {
+        return Err(borrowed_error(id));
+    }
+    Ok(cell.write())
+}
+
 /// Concurrent id → page map with invariant checks.
 #[derive(Debug, Default)]
 pub struct Registry {

@@ -192,3 +192,74 @@ fn error_stopped() -> mmsb::Result<()> {
     assert!(matches!(s.stop(), Err(Error::Stopped)));
     Ok(())
 }
+
+fn copy(ins: &[&[u8]], out: &mut [u8]) {
+    out.copy_from_slice(ins[0]);
+}
+
+/// A change that would have to wait for a read guard held on its own thread
+/// is refused with `PageBorrowed` instead of waiting forever, and changes
+/// nothing; a guard held on another thread is waited for.
+#[test]
+fn a_write_behind_a_read_guard_of_the_same_thread_is_refused_not_a_hang() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary())?;
+    s.register_function("copy", 1, copy)?;
+    let (a, c) = (s.create_page(PageSpec::new(2))?, s.create_page(PageSpec::new(2))?);
+    s.declare_derived(c, "copy", &[a])?;
+    s.update_page(a, Payload::Full(vec![1, 1]))?;
+    let (hash, time) = (s.state_hash()?, s.timestamp());
+
+    // The page itself, held twice: both guards must go.
+    let r1 = s.read_page(a)?;
+    let r2 = s.read_page(a)?;
+    assert!(
+        matches!(s.update_page(a, Payload::Full(vec![2, 2])), Err(Error::PageBorrowed { page }) if page == a)
+    );
+    drop(r1);
+    assert!(matches!(s.write::<u16>(a, |v| *v = 7), Err(Error::PageBorrowed { page }) if page == a));
+    drop(r2);
+    // A derived page the write's propagation would change.
+    let rc = s.read_page(c)?;
+    assert!(
+        matches!(s.update_page(a, Payload::Full(vec![3, 3])), Err(Error::PageBorrowed { page }) if page == c)
+    );
+    assert_eq!(rc.bytes(), [1, 1]);
+    drop(rc);
+    assert_eq!((s.state_hash()?, s.timestamp()), (hash, time), "nothing changed");
+    s.update_page(a, Payload::Full(vec![4, 4]))?;
+    assert_eq!(s.query_page(c)?, [4, 4]);
+
+    // A guard on another thread is waited for.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| -> mmsb::Result<()> {
+        let s = &s;
+        scope.spawn(move || {
+            let r = s.read_page(c).expect("read");
+            held_tx.send(()).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(r);
+        });
+        held_rx.recv().map_err(|e| Error::Invariant(e.to_string()))?;
+        s.update_page(a, Payload::Full(vec![5, 5]))?;
+        Ok(())
+    })?;
+    assert_eq!(s.query_page(c)?, [5, 5]);
+    s.verify()
+}
+
+#[test]
+fn a_deferred_propagation_behind_a_read_guard_of_the_same_thread_is_refused() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary().with_propagation(mmsb::PropagationMode::Deferred))?;
+    s.register_function("copy", 1, copy)?;
+    let (a, c) = (s.create_page(PageSpec::new(2))?, s.create_page(PageSpec::new(2))?);
+    s.declare_derived(c, "copy", &[a])?;
+    s.propagate()?;
+    let rc = s.read_page(c)?;
+    s.update_page(a, Payload::Full(vec![6, 6]))?;
+    assert!(matches!(s.propagate(), Err(Error::PageBorrowed { page }) if page == c));
+    assert_eq!(rc.bytes(), [0, 0]);
+    drop(rc);
+    s.propagate()?;
+    assert_eq!(s.query_page(c)?, [6, 6]);
+    Ok(())
+}
