@@ -7,7 +7,7 @@
 //! count (the log's and the state's background threads are left out).
 
 use mmsb::log::Durability;
-use mmsb::{Config, Mmsb, PageSpec, Payload};
+use mmsb::{Config, Mmsb, PageId, PageSpec, Payload};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -67,26 +67,33 @@ fn copy(ins: &[&[u8]], out: &mut [u8]) {
     out.copy_from_slice(ins[0]);
 }
 
-#[test]
-fn a_one_page_write_allocates_nothing_beyond_its_payload() -> mmsb::Result<()> {
-    let s = Mmsb::start(Config::temporary().durability(Durability::None))?;
-    let p = s.create_page(PageSpec::new(64))?;
-    let n = 2_000u32;
-    let mut payloads: Vec<Payload> = (0..2 * n).map(|i| Payload::Full(vec![i as u8; 64])).collect();
-    // Warm up: the log's buffers reach their working size.
+/// Writes `n` full payloads of `len` bytes to `page` to warm up (the log's
+/// buffers reach their working size), then `n` more; returns the
+/// allocations this thread made during the second `n` (payloads built
+/// before).
+fn allocations_of_writes(s: &Mmsb, page: PageId, len: usize, n: u32) -> mmsb::Result<u64> {
+    let mut payloads: Vec<Payload> = (0..2 * n).map(|i| Payload::Full(vec![i as u8; len])).collect();
     for pl in payloads.drain(..n as usize) {
-        s.update_page(p, pl)?;
+        s.update_page(page, pl)?;
     }
     let mut res = Ok(());
     let count = allocations(|| {
         for pl in payloads.drain(..) {
-            if let Err(e) = s.update_page(p, pl) {
+            if let Err(e) = s.update_page(page, pl) {
                 res = Err(e);
                 break;
             }
         }
     });
-    res?;
+    res.map(|()| count)
+}
+
+#[test]
+fn a_one_page_write_allocates_nothing_beyond_its_payload() -> mmsb::Result<()> {
+    let s = Mmsb::start(Config::temporary().durability(Durability::None))?;
+    let p = s.create_page(PageSpec::new(64))?;
+    let n = 2_000;
+    let count = allocations_of_writes(&s, p, 64, n)?;
     // Amortized growth of the log buffer only (it doubles).
     assert!(count <= 3, "{count} allocations in {n} one-page writes");
     Ok(())
@@ -103,21 +110,8 @@ fn a_write_with_a_derived_chain_allocates_a_bounded_amount() -> mmsb::Result<()>
         s.declare_derived(d, "copy", &[prev])?;
         prev = d;
     }
-    let n = 2_000u32;
-    let mut payloads: Vec<Payload> = (0..2 * n).map(|i| Payload::Full(vec![i as u8; 8])).collect();
-    for pl in payloads.drain(..n as usize) {
-        s.update_page(src, pl)?;
-    }
-    let mut res = Ok(());
-    let count = allocations(|| {
-        for pl in payloads.drain(..) {
-            if let Err(e) = s.update_page(src, pl) {
-                res = Err(e);
-                break;
-            }
-        }
-    });
-    res?;
+    let n = 2_000;
+    let count = allocations_of_writes(&s, src, 8, n)?;
     assert_eq!(s.read_page(prev)?.bytes(), &[(2 * n - 1) as u8; 8]);
     // The locks of the pages a propagation writes are gathered in one
     // vector per write; nothing else is allocated per write or per node.
