@@ -881,7 +881,7 @@ impl Mmsb {
                 node_of.iter().any(|&n| n != u32::MAX && !graph.slots[n as usize].data_children.is_empty());
             if feeds || graph.has_pending() {
                 let t0 = Instant::now();
-                scratch.begin(graph.bound(), self.events.active());
+                scratch.begin(graph.bound(), self.events.listeners());
                 for (k, &n) in node_of.iter().enumerate().filter(|(_, &n)| n != u32::MAX) {
                     scratch.stage(n, guards[k].1.bytes()?, epochs[k]);
                 }
@@ -993,10 +993,10 @@ impl Mmsb {
         applied: &mut usize,
     ) -> Result<PropagationStats> {
         // Decided when the propagation began, so that its events come whole
-        // or not at all.
-        let listen = scratch.listen;
+        // or not at all: to the subscribers of that moment only.
+        let (listen, to) = (scratch.listen, scratch.listeners);
         if listen {
-            self.events.send(Event::PropagationStarted { dirty: stats.dirty });
+            self.events.send_to(Event::PropagationStarted { dirty: stats.dirty }, to);
         }
         if !tally.logged && derived.is_empty() && stats.dirty > 0 {
             // It ran and changed nothing: recovery needs to know it ran.
@@ -1007,14 +1007,17 @@ impl Mmsb {
         self.monitor.propagated(stats.duration);
         if listen {
             for &(page, changed) in &scratch.fired {
-                self.events.send(Event::Recomputed { page, changed });
+                self.events.send_to(Event::Recomputed { page, changed }, to);
             }
-            self.events.send(Event::PropagationFinished {
-                dirty: stats.dirty,
-                recomputed: stats.recomputed,
-                cut_off: stats.cut_off,
-                duration: stats.duration,
-            });
+            self.events.send_to(
+                Event::PropagationFinished {
+                    dirty: stats.dirty,
+                    recomputed: stats.recomputed,
+                    cut_off: stats.cut_off,
+                    duration: stats.duration,
+                },
+                to,
+            );
         }
         Ok(stats)
     }
@@ -1119,7 +1122,7 @@ impl Mmsb {
         let Clock { log, deps, next_delta, timestamp, .. } = clock;
         let Deps { graph, functions, scratch } = deps;
         let mut derived = std::mem::take(&mut scratch.derived);
-        scratch.begin(graph.bound(), self.events.active());
+        scratch.begin(graph.bound(), self.events.listeners());
         // The plan write-locks each page it changes (in `guards`).
         let mut guards: Vec<(PageId, PageGuard<'_>)> =
             Vec::with_capacity(derived.capacity().min(GUARDS_RESERVE_MAX));

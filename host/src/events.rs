@@ -14,8 +14,9 @@
 //! function of the [`Change`]s, so the live stream and the rebuilt one
 //! agree. Propagation events (`PropagationStarted`, `Recomputed`,
 //! `PropagationFinished`) describe work, not state: they are live only,
-//! and a propagation sends all of them or none (none when nobody was
-//! subscribed as it began).
+//! and a propagation sends all of them, to the subscribers there as it
+//! began (a subscriber that joins while it runs gets none of them, and
+//! none are sent when nobody was subscribed).
 
 use crate::change::Change;
 use crate::delta::Source;
@@ -235,14 +236,23 @@ impl Subscription {
 }
 
 struct Subscriber {
+    /// Subscribers are numbered in the order they came.
+    id: u64,
     tx: SyncSender<Event>,
     dropped: Arc<AtomicU64>,
+}
+
+/// The subscribers, and the number the next one gets.
+#[derive(Default)]
+struct Subs {
+    list: Vec<Subscriber>,
+    next: u64,
 }
 
 /// The subscriber list. `count` lets writers skip building events when
 /// nobody listens.
 pub(crate) struct EventBus {
-    subs: Mutex<Vec<Subscriber>>,
+    subs: Mutex<Subs>,
     count: AtomicUsize,
     capacity: usize,
 }
@@ -255,16 +265,29 @@ impl std::fmt::Debug for EventBus {
 
 impl EventBus {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { subs: Mutex::new(Vec::new()), count: AtomicUsize::new(0), capacity: capacity.max(1) }
+        Self { subs: Mutex::new(Subs::default()), count: AtomicUsize::new(0), capacity: capacity.max(1) }
     }
 
     pub(crate) fn subscribe(&self) -> Subscription {
         let (tx, rx) = std::sync::mpsc::sync_channel(self.capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let mut subs = self.subs.lock();
-        subs.push(Subscriber { tx, dropped: dropped.clone() });
-        self.count.store(subs.len(), Ordering::Release);
+        let id = subs.next;
+        subs.next += 1;
+        subs.list.push(Subscriber { id, tx, dropped: dropped.clone() });
+        self.count.store(subs.list.len(), Ordering::Release);
         Subscription { rx, dropped }
+    }
+
+    /// A mark of who listens now, when anyone does: events sent with
+    /// [`EventBus::send_to`] and this mark reach exactly the subscribers of
+    /// this moment that are still there (so a propagation's events reach a
+    /// subscriber whole or not at all).
+    pub(crate) fn listeners(&self) -> Option<u64> {
+        if !self.active() {
+            return None;
+        }
+        Some(self.subs.lock().next)
     }
 
     /// Whether anyone listens.
@@ -275,18 +298,29 @@ impl EventBus {
 
     /// Deliver `event` to every subscriber without blocking.
     pub(crate) fn send(&self, event: Event) {
+        self.send_to(event, u64::MAX);
+    }
+
+    /// Deliver `event`, without blocking, to the subscribers that came
+    /// before the mark `before` (see [`EventBus::listeners`]).
+    pub(crate) fn send_to(&self, event: Event, before: u64) {
         let mut subs = self.subs.lock();
-        let before = subs.len();
-        subs.retain(|s| match s.tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                s.dropped.fetch_add(1, Ordering::Relaxed);
-                true
+        let n = subs.list.len();
+        subs.list.retain(|s| {
+            if s.id >= before {
+                return true;
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            match s.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
         });
-        if subs.len() != before {
-            self.count.store(subs.len(), Ordering::Release);
+        if subs.list.len() != n {
+            self.count.store(subs.list.len(), Ordering::Release);
         }
     }
 }

@@ -274,6 +274,9 @@ pub(crate) struct Scratch {
     /// Whether this propagation's events are sent (subscribers were there
     /// when it began).
     pub(crate) listen: bool,
+    /// With `listen`: the subscribers' mark (see
+    /// [`crate::events::EventBus::listeners`]).
+    pub(crate) listeners: u64,
     /// The output buffer of derived deltas, kept for the next propagation.
     pub(crate) derived: Vec<Derived>,
     /// Payload encodings and parents of the derived deltas of the last
@@ -297,10 +300,13 @@ impl Scratch {
         &mut self.arena[at..at + len]
     }
 
-    /// Start a propagation over a graph of `bound` slots; `listen`: record
-    /// the recomputes in [`Scratch::fired`] (for events).
-    pub(crate) fn begin(&mut self, bound: usize, listen: bool) {
-        self.listen = listen;
+    /// Start a propagation over a graph of `bound` slots; `listeners`: the
+    /// event bus's mark when anyone listens (the recomputes are then
+    /// recorded in [`Scratch::fired`], and the propagation's events go to
+    /// those subscribers only).
+    pub(crate) fn begin(&mut self, bound: usize, listeners: Option<u64>) {
+        self.listen = listeners.is_some();
+        self.listeners = listeners.unwrap_or(0);
         if self.gen == u32::MAX {
             self.queued.iter_mut().for_each(|s| *s = 0);
             self.staged.iter_mut().for_each(|s| *s = 0);

@@ -587,3 +587,56 @@ fn a_held_page_ref_does_not_block_a_recompute_that_changes_nothing() -> Result {
     assert_eq!(epoch, 0, "an unchanged derived page is not written");
     Ok(())
 }
+
+/// A subscriber that joins while a propagation is under way gets none of
+/// its events: the first propagation event it sees starts a propagation.
+#[test]
+fn a_subscriber_joining_mid_propagation_gets_whole_propagations_only() -> Result {
+    let state = Mmsb::start(Config::temporary())?;
+    state.register_function("add", 1, add)?;
+    let src = page(&state, 8)?;
+    for _ in 0..100 {
+        let d = page(&state, 8)?;
+        state.declare_derived(d, "add", &[src])?;
+    }
+    // Someone listens throughout, so that every propagation sends events.
+    let _early = state.subscribe();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut checked, mut partial) = (0u32, Vec::new());
+    std::thread::scope(|scope| -> Result {
+        let writer = scope.spawn(|| -> Result {
+            for i in 0..3_000u64 {
+                state.update_page(src, Payload::Full(i.to_le_bytes().to_vec()))?;
+            }
+            done.store(true, Ordering::Release);
+            Ok(())
+        });
+        while !done.load(Ordering::Acquire) {
+            let late = state.subscribe();
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            let first = late.drain().into_iter().find(|e| {
+                matches!(
+                    e,
+                    Event::PropagationStarted { .. }
+                        | Event::Recomputed { .. }
+                        | Event::PropagationFinished { .. }
+                )
+            });
+            if late.dropped() == 0 {
+                checked += 1;
+                if let Some(e) = first.filter(|e| !matches!(e, Event::PropagationStarted { .. })) {
+                    partial.push(e);
+                }
+            }
+        }
+        writer.join().map_err(|_| Error::Invariant("writer panicked".into()))?
+    })?;
+    assert!(
+        partial.is_empty(),
+        "{} of {checked} late subscribers began mid-propagation: {:?}",
+        partial.len(),
+        partial.first()
+    );
+    assert!(checked > 0);
+    Ok(())
+}
