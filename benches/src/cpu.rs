@@ -75,9 +75,9 @@ pub fn layout_bound(page: &mut [u8], payload: &Payload) {
     }
 }
 
-/// Apply rows for one page size; pages of 1 MiB and more also get a bound
-/// row for the dense and sparse layouts (the bound loop against the same
-/// memcpy samples).
+/// Apply rows for one page size; every sparse row gets a bound row, and
+/// pages of 1 MiB and more one for the dense layout too (the bound loop
+/// against the same memcpy samples).
 pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
     let gbs = |bytes: usize, secs: f64| bytes as f64 / secs / 1e9;
     let mut rows = Vec::new();
@@ -108,8 +108,7 @@ pub fn apply_rows(budget: Budget, len: usize) -> Vec<Row> {
     let sparse = sparse_payload(len, 64, 128, 2);
     let touched = sparse.touched() as usize;
     if touched > 0 {
-        let (t, m, bound) =
-            apply_and_memcpy(budget, len, &sparse, touched, large.then_some(layout_bound as Bound));
+        let (t, m, bound) = apply_and_memcpy(budget, len, &sparse, touched, Some(layout_bound as Bound));
         rows.push(Row::throughput(
             &format!("cpu_apply_sparse64_{}", human(len)),
             gbs(touched, t),

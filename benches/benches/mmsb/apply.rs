@@ -25,13 +25,14 @@ pub fn bench(c: &mut Criterion) {
         ] {
             g.bench_function(BenchmarkId::new(name, len), |b| b.iter(|| p.apply_to(black_box(&mut page))));
             // The loop with only the traffic the layout needs (see
-            // `mmsb_benches::cpu`), beside the apply on large pages.
+            // `mmsb_benches::cpu`), beside every sparse apply and the dense
+            // apply on large pages.
             let bound: Option<fn(&mut [u8], &Payload)> = match name {
-                "dense" => Some(merge_bound),
+                "dense" if len >= 1 << 20 => Some(merge_bound),
                 "sparse64" => Some(layout_bound),
                 _ => None,
             };
-            if let (Some(f), true) = (bound, len >= 1 << 20) {
+            if let Some(f) = bound {
                 g.bench_function(BenchmarkId::new(format!("{name}_bound"), len), |b| {
                     b.iter(|| f(black_box(&mut page), black_box(&p)))
                 });
