@@ -247,7 +247,7 @@ impl PageRef {
 
 impl Drop for PageRef {
     fn drop(&mut self) {
-        crate::registry::note_release(self.guard.id);
+        crate::registry::note_release(parking_lot::ArcRwLockReadGuard::rwlock(&self.guard));
     }
 }
 
@@ -1811,7 +1811,7 @@ impl Mmsb {
         if guard.location != Location::Cpu {
             return Err(Error::UnsupportedLocation { op: "read_page", location: guard.location });
         }
-        crate::registry::note_borrow(id);
+        crate::registry::note_borrow(parking_lot::ArcRwLockReadGuard::rwlock(&guard));
         Ok(PageRef { guard })
     }
 

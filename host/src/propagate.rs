@@ -364,7 +364,7 @@ impl<'g> Held<'g> {
     fn take(cell: &'g parking_lot::RwLock<Page>, id: PageId) -> Self {
         match cell.try_write() {
             Some(w) => Held::Write(w),
-            None if crate::registry::borrowed_here(id) => Held::Borrowed(cell.read_recursive(), id),
+            None if crate::registry::borrowed_here(cell) => Held::Borrowed(cell.read_recursive(), id),
             None => Held::Upgradable(cell.upgradable_read()),
         }
     }

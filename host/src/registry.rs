@@ -14,29 +14,37 @@ use std::sync::Arc;
 pub type PageCell = Arc<parking_lot::RwLock<Page>>;
 
 thread_local! {
-    /// Pages this thread holds a [`crate::PageRef`] on, one entry per
-    /// guard (guards cannot leave their thread).
-    static BORROWED: std::cell::RefCell<Vec<PageId>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The page locks this thread holds a [`crate::PageRef`] on, by
+    /// address (one entry per guard; a guard keeps its lock alive, and
+    /// cannot leave its thread). Addresses, not page ids: ids repeat across
+    /// the states of one process.
+    static BORROWED: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Note a [`crate::PageRef`] on page `id`, made on this thread.
-pub(crate) fn note_borrow(id: PageId) {
-    let _ = BORROWED.try_with(|b| b.borrow_mut().push(id));
+fn address(lock: &parking_lot::RwLock<Page>) -> usize {
+    std::ptr::from_ref(lock) as usize
 }
 
-/// Note that a [`crate::PageRef`] on page `id` of this thread is gone.
-pub(crate) fn note_release(id: PageId) {
+/// Note a [`crate::PageRef`] on `lock`, made on this thread.
+pub(crate) fn note_borrow(lock: &parking_lot::RwLock<Page>) {
+    let _ = BORROWED.try_with(|b| b.borrow_mut().push(address(lock)));
+}
+
+/// Note that a [`crate::PageRef`] on `lock` of this thread is gone.
+pub(crate) fn note_release(lock: &parking_lot::RwLock<Page>) {
+    let at = address(lock);
     let _ = BORROWED.try_with(|b| {
         let mut b = b.borrow_mut();
-        if let Some(i) = b.iter().rposition(|&x| x == id) {
+        if let Some(i) = b.iter().rposition(|&x| x == at) {
             b.swap_remove(i);
         }
     });
 }
 
-/// Whether this thread holds a [`crate::PageRef`] on page `id`.
-pub(crate) fn borrowed_here(id: PageId) -> bool {
-    BORROWED.try_with(|b| b.borrow().contains(&id)).unwrap_or(false)
+/// Whether this thread holds a [`crate::PageRef`] on `lock`.
+pub(crate) fn borrowed_here(lock: &parking_lot::RwLock<Page>) -> bool {
+    let at = address(lock);
+    BORROWED.try_with(|b| b.borrow().contains(&at)).unwrap_or(false)
 }
 
 /// The error for a change that needs page `id`'s write lock while this
@@ -58,7 +66,7 @@ pub(crate) fn write_page(
     if let Some(w) = cell.try_write() {
         return Ok(w);
     }
-    if borrowed_here(id) {
+    if borrowed_here(cell) {
         return Err(borrowed_error(id));
     }
     Ok(cell.write())

@@ -263,3 +263,31 @@ fn a_deferred_propagation_behind_a_read_guard_of_the_same_thread_is_refused() ->
     assert_eq!(s.query_page(c)?, [6, 6]);
     Ok(())
 }
+
+/// A guard on a page of one state says nothing about the page with the
+/// same id in another state of the process: a write there waits for that
+/// page's own readers, and goes through.
+#[test]
+fn a_read_guard_in_one_state_does_not_refuse_writes_in_another() -> mmsb::Result<()> {
+    let (one, two) = (Mmsb::start(Config::temporary())?, Mmsb::start(Config::temporary())?);
+    let (p1, p2) = (one.create_page(PageSpec::new(2))?, two.create_page(PageSpec::new(2))?);
+    assert_eq!(p1, p2, "the same id in both states");
+    let mine = one.read_page(p1)?;
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| -> mmsb::Result<()> {
+        let two = &two;
+        scope.spawn(move || {
+            let r = two.read_page(p2).expect("read");
+            held_tx.send(()).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(r);
+        });
+        held_rx.recv().map_err(|e| Error::Invariant(e.to_string()))?;
+        // The lock is taken by the other thread: this write waits for it.
+        two.update_page(p2, Payload::Full(vec![8, 8]))?;
+        Ok(())
+    })?;
+    assert_eq!(two.query_page(p2)?, [8, 8]);
+    assert_eq!(mine.bytes(), [0, 0]);
+    Ok(())
+}
