@@ -651,7 +651,7 @@ fn replay_impl(
     let (ckpt, bad) = crate::checkpoint::newest_valid(vfs, &dir, limits, max_ckpt_lsn)?;
     let image = ckpt.map(|(_, img)| img).unwrap_or_default();
     let after = image.lsn;
-    if let Some(first) = oldest_logged(vfs, &dir, &names).filter(|&f| f > after + 1) {
+    if let Some(first) = log_starts_after(vfs, &dir, &names, after) {
         return Err(history_gap(vfs, &dir, after, first, &bad)?);
     }
     let mut r = Replayer { image, limits, stop, seen, fast_stop };
@@ -659,10 +659,12 @@ fn replay_impl(
     Ok((r.image, scan.torn))
 }
 
-/// The lowest first LSN among the log segments of `dir` (its file
-/// `names`) whose headers read (any segment, whatever its generation: a
-/// replay can start in none earlier).
-pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path, names: &[String]) -> Option<u64> {
+/// Where the log of `dir` (its file `names`) starts, when that is past
+/// LSN `after + 1`: the records after `after` before it are in no file.
+/// The start is the lowest first LSN among the segments whose headers read
+/// (any segment, whatever its generation: a replay can start in none
+/// earlier).
+pub(crate) fn log_starts_after(vfs: &dyn Vfs, dir: &Path, names: &[String], after: u64) -> Option<u64> {
     let first = |name: &String| -> Option<u64> {
         crate::log::parse_segment_name(name)?;
         let mut f = vfs.open_read(&dir.join(name)).ok()?;
@@ -670,7 +672,7 @@ pub(crate) fn oldest_logged(vfs: &dyn Vfs, dir: &Path, names: &[String]) -> Opti
         f.read_exact_at(&mut head, 0).ok()?;
         reader::parse_segment_header(&head).ok().map(|h| h.first_lsn)
     };
-    names.iter().filter_map(first).min()
+    names.iter().filter_map(first).min().filter(|&f| f > after + 1)
 }
 
 /// Why a replay that would start after LSN `after` cannot: the log starts

@@ -113,7 +113,7 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
     // it: segments the checkpoint made unnecessary may be gone.
     let mut after = rep.checkpoints.iter().find(|c| c.error.is_none()).map_or(0, |c| c.lsn);
     let names = vfs.list(&dir).unwrap_or_default();
-    if let Some(first) = crate::replay::oldest_logged(vfs, &dir, &names).filter(|&f| f > after + 1) {
+    if let Some(first) = crate::replay::log_starts_after(vfs, &dir, &names, after) {
         // No usable checkpoint covers the start of the log: say so once,
         // and describe the log from where it starts.
         let covered = if after == 0 {

@@ -254,7 +254,7 @@ pub fn recover_with(
         // the log records its writing retired: name it, rather than the
         // gap the log reader would find.
         let names = vfs.list(&dir).map_err(|e| crate::Error::from(e).in_file(&dir))?;
-        if let Some(first) = crate::replay::oldest_logged(vfs, &dir, &names).filter(|&f| f > after + 1) {
+        if let Some(first) = crate::replay::log_starts_after(vfs, &dir, &names, after) {
             return Err(crate::replay::history_gap(vfs, &dir, after, first, &invalid)?);
         }
     }
