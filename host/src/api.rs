@@ -994,8 +994,8 @@ impl Mmsb {
     ) -> Result<PropagationStats> {
         // Decided when the propagation began, so that its events come whole
         // or not at all: to the subscribers of that moment only.
-        let (listen, to) = (scratch.listen, scratch.listeners);
-        if listen {
+        let listeners = scratch.listeners;
+        if let Some(to) = listeners {
             self.events.send_to(Event::PropagationStarted { dirty: stats.dirty }, to);
         }
         if !tally.logged && derived.is_empty() && stats.dirty > 0 {
@@ -1005,7 +1005,7 @@ impl Mmsb {
         self.commit_planned(tally, functions, &scratch.sink, derived, guards, applied)?;
         stats.duration = t0.elapsed();
         self.monitor.propagated(stats.duration);
-        if listen {
+        if let Some(to) = listeners {
             for &(page, changed) in &scratch.fired {
                 self.events.send_to(Event::Recomputed { page, changed }, to);
             }

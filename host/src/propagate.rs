@@ -269,14 +269,12 @@ pub(crate) struct Scratch {
     outcomes: Vec<Outcome>,
     spare: Vec<&'static [u8]>,
     /// `(page, changed)` for each recompute of the last propagation, in
-    /// order, when it was begun with `listen` (see [`Scratch::begin`]).
+    /// order, when it was begun with listeners (see [`Scratch::begin`]).
     pub(crate) fired: Vec<(PageId, bool)>,
-    /// Whether this propagation's events are sent (subscribers were there
-    /// when it began).
-    pub(crate) listen: bool,
-    /// With `listen`: the subscribers' mark (see
+    /// The subscribers' mark when anyone listened as this propagation
+    /// began (its events are sent then, to them only; see
     /// [`crate::events::EventBus::listeners`]).
-    pub(crate) listeners: u64,
+    pub(crate) listeners: Option<u64>,
     /// The output buffer of derived deltas, kept for the next propagation.
     pub(crate) derived: Vec<Derived>,
     /// Payload encodings and parents of the derived deltas of the last
@@ -305,8 +303,7 @@ impl Scratch {
     /// recorded in [`Scratch::fired`], and the propagation's events go to
     /// those subscribers only).
     pub(crate) fn begin(&mut self, bound: usize, listeners: Option<u64>) {
-        self.listen = listeners.is_some();
-        self.listeners = listeners.unwrap_or(0);
+        self.listeners = listeners;
         if self.gen == u32::MAX {
             self.queued.iter_mut().for_each(|s| *s = 0);
             self.staged.iter_mut().for_each(|s| *s = 0);
@@ -427,7 +424,7 @@ pub(crate) fn plan<'g>(
         outcomes,
         spare,
         fired,
-        listen,
+        listeners,
         sink,
         ..
     } = sc;
@@ -442,7 +439,7 @@ pub(crate) fn plan<'g>(
         heap,
         out,
         fired,
-        listen: *listen,
+        listen: listeners.is_some(),
         held,
         stats: PropagationStats::default(),
     };
