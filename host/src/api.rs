@@ -780,18 +780,10 @@ impl Mmsb {
         let s = &deps.graph.slots[c as usize];
         let Some(b) = s.binding else { return Ok(()) };
         let entry = &deps.functions.entries[b.func as usize];
-        let f = match &entry.f {
-            Some(f) if entry.version == b.version => f,
-            _ if self.mode == PropagationMode::Deferred => return Ok(()),
-            _ => {
-                return Err(Error::Function {
-                    name: entry.name.to_string(),
-                    reason: format!(
-                        "version {} (bound by page {}) is not registered, and the change would recompute that page",
-                        b.version, s.page
-                    ),
-                })
-            }
+        let f = match entry.code(b.version, s.page) {
+            Ok(f) => f,
+            Err(_) if self.mode == PropagationMode::Deferred => return Ok(()),
+            Err(e) => return Err(e),
         };
         let parents: Vec<PageHandle> = s
             .args

@@ -81,6 +81,23 @@ pub(crate) struct FunctionEntry {
     pub(crate) f: Option<RecomputeFn>,
 }
 
+impl FunctionEntry {
+    /// The code a page bound to `version` of this function runs.
+    ///
+    /// # Errors
+    /// [`Error::Function`] (naming `page`) when no code is registered at
+    /// that version.
+    pub(crate) fn code(&self, version: u32, page: PageId) -> Result<&RecomputeFn> {
+        match &self.f {
+            Some(f) if self.version == version => Ok(f),
+            _ => Err(Error::Function {
+                name: self.name.to_string(),
+                reason: format!("version {version} (bound by page {page}) is not registered"),
+            }),
+        }
+    }
+}
+
 /// The recompute registry: name → (version, function), with dense indices
 /// that derived pages bind to.
 #[derive(Default)]
@@ -763,14 +780,9 @@ fn compute_one<'g>(
         return Outcome::Failed(Error::Invariant(format!("page {} is not derived", slot.page)));
     };
     let entry = &ctx.functions[b.func as usize];
-    let f = match &entry.f {
-        Some(f) if entry.version == b.version => f,
-        _ => {
-            return Outcome::Failed(Error::Function {
-                name: entry.name.to_string(),
-                reason: format!("version {} (bound by page {}) is not registered", b.version, slot.page),
-            })
-        }
+    let f = match entry.code(b.version, slot.page) {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(e),
     };
     for &p in &slot.args {
         if !ctx.is_staged(p) {
