@@ -248,3 +248,46 @@ fn a_propagation_that_changes_nothing_leaves_nothing_due() -> mmsb::Result<()> {
     }
     Ok(())
 }
+
+/// Before its functions are registered again, a recovered state refuses a
+/// deletion whose recompute could not run in immediate mode (nothing
+/// changes), and queues it in deferred mode.
+#[test]
+fn deleting_a_parent_before_the_function_is_registered() -> mmsb::Result<()> {
+    for mode in [mmsb::PropagationMode::Immediate, mmsb::PropagationMode::Deferred] {
+        let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+        let cfg = || Config::at(dir.path()).with_propagation(mode);
+        let (a, b, c) = {
+            let s = Mmsb::start(cfg())?;
+            s.register_function("sum", 1, sum)?;
+            let (a, b, c) = (
+                s.create_page(PageSpec::new(4))?,
+                s.create_page(PageSpec::new(4))?,
+                s.create_page(PageSpec::new(4))?,
+            );
+            s.declare_derived(c, "sum", &[a, b])?;
+            s.update_page(a, Payload::Full(vec![1; 4]))?;
+            s.update_page(b, Payload::Full(vec![2; 4]))?;
+            s.propagate()?;
+            s.stop()?;
+            (a, b, c)
+        };
+        let s = Mmsb::start(cfg())?;
+        let (hash, time) = (s.state_hash()?, s.timestamp());
+        match (mode, s.delete_page(a)) {
+            (mmsb::PropagationMode::Immediate, Err(mmsb::Error::Function { name, .. })) => {
+                assert_eq!(name, "sum");
+                assert_eq!((s.state_hash()?, s.timestamp()), (hash, time), "nothing changed");
+                assert!(s.page_ids().contains(&a));
+            }
+            (mmsb::PropagationMode::Deferred, Ok(())) => {
+                assert!(s.is_stale(c)?);
+                s.register_function("sum", 1, sum)?;
+                s.propagate()?;
+                assert_eq!(s.query_page(c)?, s.query_page(b)?);
+            }
+            (mode, other) => panic!("{mode:?}: {other:?}"),
+        }
+    }
+    Ok(())
+}
