@@ -403,7 +403,7 @@ impl<'g> Held<'g> {
         match self {
             Held::Write(w) => Ok(w),
             Held::Upgradable(u) => Ok(RwLockUpgradableReadGuard::upgrade(u)),
-            Held::Borrowed(_, id) => Err(crate::registry::borrowed_error(id)),
+            Held::Borrowed(_, page) => Err(Error::PageBorrowed { page }),
         }
     }
 }

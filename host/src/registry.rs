@@ -47,12 +47,6 @@ pub(crate) fn borrowed_here(lock: &parking_lot::RwLock<Page>) -> bool {
     BORROWED.try_with(|b| b.borrow().contains(&at)).unwrap_or(false)
 }
 
-/// The error for a change that needs page `id`'s write lock while this
-/// thread holds a read guard on it: waiting would never end.
-pub(crate) fn borrowed_error(id: PageId) -> Error {
-    Error::PageBorrowed { page: id }
-}
-
 /// The write lock of page `id`: at once when it is free; an error when
 /// this thread holds a [`crate::PageRef`] on it (the wait would never end);
 /// otherwise once the readers on other threads are done.
@@ -67,7 +61,7 @@ pub(crate) fn write_page(
         return Ok(w);
     }
     if borrowed_here(cell) {
-        return Err(borrowed_error(id));
+        return Err(Error::PageBorrowed { page: id });
     }
     Ok(cell.write())
 }
