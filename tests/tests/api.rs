@@ -197,6 +197,22 @@ fn copy(ins: &[&[u8]], out: &mut [u8]) {
     out.copy_from_slice(ins[0]);
 }
 
+/// Run `f` on this thread while another thread holds a read guard on
+/// `page` of `s` (taken before `f` starts, dropped 100 ms later).
+fn while_read_elsewhere(s: &Mmsb, page: PageId, f: impl FnOnce() -> mmsb::Result<()>) -> mmsb::Result<()> {
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let r = s.read_page(page).expect("read");
+            held_tx.send(()).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(r);
+        });
+        held_rx.recv().map_err(|e| Error::Invariant(e.to_string()))?;
+        f()
+    })
+}
+
 /// A change that would have to wait for a read guard held on its own thread
 /// is refused with `PageBorrowed` instead of waiting forever, and changes
 /// nothing; a guard held on another thread is waited for.
@@ -230,19 +246,7 @@ fn a_write_behind_a_read_guard_of_the_same_thread_is_refused_not_a_hang() -> mms
     assert_eq!(s.query_page(c)?, [4, 4]);
 
     // A guard on another thread is waited for.
-    let (held_tx, held_rx) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| -> mmsb::Result<()> {
-        let s = &s;
-        scope.spawn(move || {
-            let r = s.read_page(c).expect("read");
-            held_tx.send(()).expect("send");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            drop(r);
-        });
-        held_rx.recv().map_err(|e| Error::Invariant(e.to_string()))?;
-        s.update_page(a, Payload::Full(vec![5, 5]))?;
-        Ok(())
-    })?;
+    while_read_elsewhere(&s, c, || s.update_page(a, Payload::Full(vec![5, 5])).map(drop))?;
     assert_eq!(s.query_page(c)?, [5, 5]);
     s.verify()
 }
@@ -273,20 +277,8 @@ fn a_read_guard_in_one_state_does_not_refuse_writes_in_another() -> mmsb::Result
     let (p1, p2) = (one.create_page(PageSpec::new(2))?, two.create_page(PageSpec::new(2))?);
     assert_eq!(p1, p2, "the same id in both states");
     let mine = one.read_page(p1)?;
-    let (held_tx, held_rx) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| -> mmsb::Result<()> {
-        let two = &two;
-        scope.spawn(move || {
-            let r = two.read_page(p2).expect("read");
-            held_tx.send(()).expect("send");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            drop(r);
-        });
-        held_rx.recv().map_err(|e| Error::Invariant(e.to_string()))?;
-        // The lock is taken by the other thread: this write waits for it.
-        two.update_page(p2, Payload::Full(vec![8, 8]))?;
-        Ok(())
-    })?;
+    // The lock is taken by the other thread: this write waits for it.
+    while_read_elsewhere(&two, p2, || two.update_page(p2, Payload::Full(vec![8, 8])).map(drop))?;
     assert_eq!(two.query_page(p2)?, [8, 8]);
     assert_eq!(mine.bytes(), [0, 0]);
     Ok(())
