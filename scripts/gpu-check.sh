@@ -15,6 +15,8 @@ DEV=target/device
 
 build() {
     mkdir -p "$DEV"
+    # The device build must carry the kernels: no rust-src is an error here.
+    export MMSB_REQUIRE_PTX=1
     rm -f "$DEV"/tests.tar.zst "$DEV"/gpu_bench
     # Release, no debug info, stripped: the carried folder must stay small.
     export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols

@@ -53,7 +53,7 @@ ensure_ptxas() {
 ensure_ptxas sm_90 nvidia-cuda-nvcc
 ensure_ptxas sm_70 nvidia-cuda-nvcc-cu12
 
-cargo build -p mmsb --quiet
+MMSB_REQUIRE_PTX=1 cargo build -p mmsb --quiet
 PTX=$(ls -t target/*/build/mmsb-*/out/mmsb_kernels.ptx 2>/dev/null | head -1 || true)
 if [[ -z "$PTX" ]]; then
     echo "ptx-check: FAIL: no target/*/build/mmsb-*/out/mmsb_kernels.ptx after the build" >&2

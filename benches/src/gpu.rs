@@ -10,7 +10,7 @@ use mmsb::gpu::bench::{run, BenchConfig};
 /// A sentence saying why no GPU row was measured (no driver, no device,
 /// or the device failed).
 pub fn rows(quick: bool) -> Result<Vec<Row>, String> {
-    let info = mmsb::gpu::probe().map_err(|e| format!("no GPU: {e}"))?;
+    let info = mmsb::gpu::probe().map_err(|e| format!("no usable GPU: {e}"))?;
     let cfg = if quick {
         BenchConfig { large: 64 << 20, iters: 10, ..BenchConfig::default() }
     } else {

@@ -72,7 +72,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 true
             }
             Err(e) => {
-                outln!("no GPU found ({e}); running every page on the CPU");
+                outln!("no usable GPU ({e}); running every page on the CPU");
                 false
             }
         }

@@ -1,7 +1,13 @@
 //! The PTX module built from `gpu-kernels` by `build.rs`, and checks on it.
 
 /// PTX text of every MMSB kernel, built by rustc's NVPTX backend.
+/// Empty when [`SKIPPED`] says why no kernels were built.
 pub const PTX: &str = include_str!(env!("MMSB_PTX_PATH"));
+
+/// Why this binary carries no kernels (the toolchain lacked `rust-src`, or
+/// the build ran under Miri); `None` when [`PTX`] holds them. A GPU backend
+/// refuses to start in a build without them.
+pub const SKIPPED: Option<&str> = option_env!("MMSB_PTX_SKIPPED");
 
 pub use gpu_kernels::names as kernel_names;
 
@@ -28,6 +34,14 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "the PTX build is skipped under Miri")]
     fn embedded_ptx_declares_every_kernel_and_no_externs() {
+        if let Some(why) = SKIPPED {
+            // Only a build that lacked rust-src gets here; CI and the GPU
+            // check build with MMSB_REQUIRE_PTX=1, where that is an error.
+            // Straight to stderr: the harness hides a passing test's output.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "SKIPPED: embedded PTX check ({why})");
+            return;
+        }
         let entries = entries(PTX);
         for name in kernel_names::ALL {
             assert!(entries.contains(name), "kernel {name} missing from PTX entries {entries:?}");

@@ -78,18 +78,23 @@ pub fn random_payload(rng: &mut Rng, len: u64) -> Payload {
     }
 }
 
-/// Whether a CUDA device is usable. When it is not, prints
+/// Whether a CUDA device is usable. When there is none, prints
 /// `SKIPPED: no CUDA device (reason)` for `test` and returns `false`.
+///
+/// # Panics
+/// When a device is present but cannot be started (a build without the
+/// kernels, a driver failure): a GPU test must not pass by skipping there.
 pub fn gpu_available(test: &str) -> bool {
     match mmsb::gpu::probe() {
         Ok(_) => true,
-        Err(e) => {
+        Err(e @ mmsb::Error::NoDevice { .. }) => {
             // Straight to the process's stderr: the test harness captures
             // `println!`, and a skip must be seen even when the test passes.
             use std::io::Write;
             let _ = writeln!(std::io::stderr().lock(), "SKIPPED: no CUDA device ({e}) in {test}");
             false
         }
+        Err(e) => panic!("{test}: a CUDA device is present but unusable: {e}"),
     }
 }
 

@@ -245,6 +245,9 @@ fn ceil_div(a: u64, b: u64) -> u64 {
 
 impl Gpu {
     fn create(ordinal: u32) -> Result<Gpu> {
+        if let Some(why) = crate::ptx::SKIPPED {
+            return Err(Error::Gpu { context: format!("starting device {ordinal}"), source: why.into() });
+        }
         let ctx = CudaContext::new(ordinal as usize)
             .map_err(driver::gpu_err(format!("creating a context on device {ordinal}")))?;
         let attr = |a| ctx.attribute(a).map_err(driver::gpu_err("cuDeviceGetAttribute"));
