@@ -616,7 +616,8 @@ mod tests {
                     "avx2" => std::arch::is_x86_feature_detected!("avx2"),
                     _ => std::arch::is_x86_feature_detected!("sse4.1"),
                 };
-                let kernels: [(&str, unsafe fn(&mut [u8], &[u8], &[u64])); 3] =
+                type Kernel = unsafe fn(&mut [u8], &[u8], &[u64]);
+                let kernels: [(&str, Kernel); 3] =
                     [("avx512bw", x86::blend_avx512), ("avx2", x86::blend_avx2), ("sse4.1", x86::blend_sse41)];
                 for (feature, kernel) in kernels {
                     if detected(feature) {
