@@ -47,9 +47,10 @@ fn apply_and_memcpy(
     )
 }
 
-/// A loop with the memory traffic an apply cannot avoid, and no more: the
-/// bound a row's ratio is read against (what the layout allows, not what
-/// the engine does).
+/// A plain loop with the memory traffic an apply cannot avoid, and no
+/// more: what portable code (no vector kernels chosen at run time) gets
+/// from the layout, for an apply row's ratio to be read against. The
+/// engine's vector kernels can beat it.
 type Bound = fn(&mut [u8], &Payload);
 
 /// The dense merge's memory traffic without its blend: every page byte

@@ -10,7 +10,10 @@ use mmsb::gpu::bench::{run, BenchConfig};
 /// A sentence saying why no GPU row was measured (no driver, no device,
 /// or the device failed).
 pub fn rows(quick: bool) -> Result<Vec<Row>, String> {
-    let info = mmsb::gpu::probe().map_err(|e| format!("no usable GPU: {e}"))?;
+    let info = mmsb::gpu::probe().map_err(|e| match e {
+        mmsb::Error::NoDevice { .. } => e.to_string(),
+        other => format!("the GPU could not be started: {other}"),
+    })?;
     let cfg = if quick {
         BenchConfig { large: 64 << 20, iters: 10, ..BenchConfig::default() }
     } else {

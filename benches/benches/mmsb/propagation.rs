@@ -5,6 +5,11 @@
 //! Every recompute here writes a one-byte change, so each fired node pays
 //! for a diff, a derived delta and its commit; `*_cutoff` variants pay for
 //! the recompute and comparison only.
+//!
+//! The states keep the default durability (`Flush`: one `write` system
+//! call per commit), so each update here includes its log write; the
+//! propagation rows of `mmsb bench` run with `Durability::None` and leave
+//! the log's cost to the log rows.
 
 use criterion::{BatchSize, Criterion, Throughput};
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload, PropagationMode, Update};
