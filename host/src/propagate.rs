@@ -87,13 +87,20 @@ impl FunctionEntry {
     /// # Errors
     /// [`Error::Function`] (naming `page`) when no code is registered at
     /// that version.
+    #[inline]
     pub(crate) fn code(&self, version: u32, page: PageId) -> Result<&RecomputeFn> {
         match &self.f {
             Some(f) if self.version == version => Ok(f),
-            _ => Err(Error::Function {
-                name: self.name.to_string(),
-                reason: format!("version {version} (bound by page {page}) is not registered"),
-            }),
+            _ => Err(self.missing(version, page)),
+        }
+    }
+
+    /// The error of [`FunctionEntry::code`], out of the recompute's path.
+    #[cold]
+    fn missing(&self, version: u32, page: PageId) -> Error {
+        Error::Function {
+            name: self.name.to_string(),
+            reason: format!("version {version} (bound by page {page}) is not registered"),
         }
     }
 }
@@ -576,7 +583,7 @@ impl<'g> Settle<'g, '_> {
     ///
     /// # Errors
     /// The recompute's failure.
-    #[inline]
+    #[inline(always)]
     fn settle(&mut self, n: u32, outcome: Outcome, at: usize, lock: Option<Held<'g>>) -> Result<()> {
         let s = &self.slots[n as usize];
         self.stats.recomputed += 1;
@@ -766,6 +773,7 @@ fn inputs<'a>(
     Ok(())
 }
 
+#[inline(always)]
 fn compute_one<'g>(
     ctx: &Ctx<'g, '_>,
     n: u32,

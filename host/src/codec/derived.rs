@@ -199,7 +199,7 @@ impl FunctionSlots {
     /// Write `e` at `out[at..]` (room for [`DerivedEntry::bound`] bytes),
     /// defining its function if this record has not; returns the position
     /// after it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put_entry(&mut self, out: &mut [u8], mut at: usize, e: &DerivedEntry<'_>) -> usize {
         use super::put_varint_at;
         at = put_varint_at(out, at, e.page.0);
