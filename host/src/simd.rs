@@ -611,16 +611,14 @@ mod tests {
             // picks here.
             #[cfg(all(target_arch = "x86_64", not(miri)))]
             {
-                let detected = |f: &str| match f {
-                    "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
-                    "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-                    _ => std::arch::is_x86_feature_detected!("sse4.1"),
-                };
                 type Kernel = unsafe fn(&mut [u8], &[u8], &[u64]);
-                let kernels: [(&str, Kernel); 3] =
-                    [("avx512bw", x86::blend_avx512), ("avx2", x86::blend_avx2), ("sse4.1", x86::blend_sse41)];
-                for (feature, kernel) in kernels {
-                    if detected(feature) {
+                let kernels: [(&str, bool, Kernel); 3] = [
+                    ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw"), x86::blend_avx512),
+                    ("avx2", std::arch::is_x86_feature_detected!("avx2"), x86::blend_avx2),
+                    ("sse4.1", std::arch::is_x86_feature_detected!("sse4.1"), x86::blend_sse41),
+                ];
+                for (feature, present, kernel) in kernels {
+                    if present {
                         let mut v = seed.clone();
                         // SAFETY: the CPU has the kernel's feature; equal
                         // lengths and enough mask words.
