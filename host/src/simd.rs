@@ -292,6 +292,29 @@ mod x86 {
     /// sit in the L1 or L2 cache, where it only costs instructions).
     const PREFETCH_MIN: usize = 64 << 10;
 
+    /// Whether the dense blend's software prefetch pays on this CPU: on
+    /// Intel parts (measured on a Sapphire Rapids class host, 2 MiB of L2
+    /// per core) it lifts the 1 MiB blend by 5 to 9 %; on AMD parts
+    /// (measured on an AVX-512 EPYC, 1 MiB of L2) the hardware prefetchers
+    /// already keep ahead and the extra instructions cost 15 to 20 %.
+    /// Decided once from the CPUID vendor string.
+    #[inline]
+    fn prefetch_pays() -> bool {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static PAYS: AtomicU8 = AtomicU8::new(0);
+        match PAYS.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let leaf = __cpuid(0);
+                // "GenuineIntel": EBX, EDX, ECX in that order.
+                let intel = (leaf.ebx, leaf.edx, leaf.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e);
+                PAYS.store(if intel { 2 } else { 1 }, Ordering::Relaxed);
+                intel
+            }
+        }
+    }
+
     /// Whether the CPU has AVX-512BW and VL (masked moves of 32 bytes).
     #[inline]
     pub(super) fn has_avx512_bw_vl() -> bool {
@@ -539,7 +562,7 @@ mod x86 {
     /// `words` holds at least `dst.len() / 64` words.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn blend_avx512(dst: &mut [u8], src: &[u8], words: &[u64]) {
-        if dst.len() >= PREFETCH_MIN {
+        if dst.len() >= PREFETCH_MIN && prefetch_pays() {
             // SAFETY: this function's own requirements.
             unsafe { blend_avx512_with::<true>(dst, src, words) }
         } else {
@@ -554,7 +577,7 @@ mod x86 {
     /// As [`blend_avx512`].
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn blend_avx512_with<const PREFETCH: bool>(dst: &mut [u8], src: &[u8], words: &[u64]) {
+    pub(super) unsafe fn blend_avx512_with<const PREFETCH: bool>(dst: &mut [u8], src: &[u8], words: &[u64]) {
         let full = (dst.len() / 64).min(words.len()).min(src.len() / 64);
         let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
         for (i, &m) in words[..full].iter().enumerate() {
@@ -612,8 +635,12 @@ mod tests {
             #[cfg(all(target_arch = "x86_64", not(miri)))]
             {
                 type Kernel = unsafe fn(&mut [u8], &[u8], &[u64]);
-                let kernels: [(&str, bool, Kernel); 3] = [
-                    ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw"), x86::blend_avx512),
+                let avx512 = std::arch::is_x86_feature_detected!("avx512bw");
+                // Both forms of the AVX-512 loop: which one a large page
+                // gets depends on the CPU's vendor.
+                let kernels: [(&str, bool, Kernel); 4] = [
+                    ("avx512bw", avx512, x86::blend_avx512_with::<false>),
+                    ("avx512bw, prefetching", avx512, x86::blend_avx512_with::<true>),
                     ("avx2", std::arch::is_x86_feature_detected!("avx2"), x86::blend_avx2),
                     ("sse4.1", std::arch::is_x86_feature_detected!("sse4.1"), x86::blend_sse41),
                 ];
