@@ -510,23 +510,35 @@ mod x86 {
     pub(super) unsafe fn copy_runs_valid_avx512(page: &mut [u8], runs: &[Run], data: &[u8]) {
         let (d, s) = (page.as_mut_ptr(), data.as_ptr());
         let mut at = 0usize;
-        // Run by run, one predictable branch for runs of one cache line
-        // (one 64-byte move), the length classes of `one_run` otherwise.
-        // Runs of one length class cost no mispredictions; grouping four
-        // runs behind one length check was slower than this loop.
-        for r in runs {
-            let (o, n) = (r.offset as usize, r.len as usize);
+        // Two runs a step while both are one cache line long (two loads
+        // issued before the two stores, one branch for the pair), the
+        // length classes of `one_run` otherwise. Runs of one length class
+        // cost no mispredictions.
+        let mut pairs = runs.chunks_exact(2);
+        for p in &mut pairs {
+            let (a, b) = (p[0], p[1]);
             // SAFETY: bytes o .. o + n of the page and at .. at + n of data
-            // are in bounds, since the runs are valid and `at` is the sum of
-            // the lengths before this run; the 64-byte move has n == 64.
+            // are in bounds for each run, since the runs are valid and `at`
+            // is the sum of the lengths before it; the 64-byte moves have
+            // n == 64 for both runs, and the runs do not overlap.
             unsafe {
-                if n == 64 {
-                    _mm512_storeu_si512(d.add(o).cast(), _mm512_loadu_si512(s.add(at).cast()));
+                if a.len == 64 && b.len == 64 {
+                    let x = _mm512_loadu_si512(s.add(at).cast());
+                    let y = _mm512_loadu_si512(s.add(at + 64).cast());
+                    _mm512_storeu_si512(d.add(a.offset as usize).cast(), x);
+                    _mm512_storeu_si512(d.add(b.offset as usize).cast(), y);
+                    at += 128;
                 } else {
-                    one_run(s.add(at), d.add(o), n);
+                    one_run(s.add(at), d.add(a.offset as usize), a.len as usize);
+                    at += a.len as usize;
+                    one_run(s.add(at), d.add(b.offset as usize), b.len as usize);
+                    at += b.len as usize;
                 }
             }
-            at += n;
+        }
+        if let [r] = pairs.remainder() {
+            // SAFETY: as for the pairs.
+            unsafe { one_run(s.add(at), d.add(r.offset as usize), r.len as usize) };
         }
     }
 
@@ -661,14 +673,19 @@ mod tests {
             lens in proptest::collection::vec(0u64..200, 0..40),
             gaps in proptest::collection::vec(0u64..70, 40),
             extra in 0u64..3,
-            near_a_line: bool,
+            shape in 0u8..3,
         ) {
             // Runs from lengths and gaps; `extra` > 0 makes the last run (or
-            // the data) too short, which both versions must stop at. With
-            // `near_a_line`, lengths of 30 to 66 (the two-block moves of 32
-            // to 64 bytes, and the one-move path of runs of exactly 64).
-            let lens: Vec<u64> =
-                if near_a_line { lens.iter().map(|l| 30 + l % 37).collect() } else { lens };
+            // the data) too short, which both versions must stop at. Shape 1:
+            // lengths of 30 to 66 (the two-block moves of 32 to 64 bytes,
+            // and the one-move path of runs of exactly 64); shape 2: three
+            // runs in four of exactly 64 bytes (pairs of one-line runs, and
+            // pairs of one such run and another).
+            let lens: Vec<u64> = match shape {
+                1 => lens.iter().map(|l| 30 + l % 37).collect(),
+                2 => lens.iter().map(|&l| if l % 4 == 0 { l } else { 64 }).collect(),
+                _ => lens,
+            };
             let mut runs = Vec::new();
             let mut at = 0u64;
             for (l, g) in lens.iter().zip(&gaps) {
