@@ -510,35 +510,40 @@ mod x86 {
     pub(super) unsafe fn copy_runs_valid_avx512(page: &mut [u8], runs: &[Run], data: &[u8]) {
         let (d, s) = (page.as_mut_ptr(), data.as_ptr());
         let mut at = 0usize;
-        // Two runs a step while both are one cache line long (two loads
-        // issued before the two stores, one branch for the pair), the
-        // length classes of `one_run` otherwise. Runs of one length class
-        // cost no mispredictions.
-        let mut pairs = runs.chunks_exact(2);
-        for p in &mut pairs {
-            let (a, b) = (p[0], p[1]);
+        // Four runs a step while all four are one cache line long (one
+        // branch for the group, its four loads issued before its four
+        // stores), the length classes of `one_run` otherwise. Runs of one
+        // length class cost no mispredictions.
+        let mut groups = runs.chunks_exact(4);
+        for g in &mut groups {
+            let lines = (g[0].len ^ 64) | (g[1].len ^ 64) | (g[2].len ^ 64) | (g[3].len ^ 64) == 0;
             // SAFETY: bytes o .. o + n of the page and at .. at + n of data
             // are in bounds for each run, since the runs are valid and `at`
             // is the sum of the lengths before it; the 64-byte moves have
-            // n == 64 for both runs, and the runs do not overlap.
+            // n == 64 for all four runs, and the runs do not overlap.
             unsafe {
-                if a.len == 64 && b.len == 64 {
-                    let x = _mm512_loadu_si512(s.add(at).cast());
-                    let y = _mm512_loadu_si512(s.add(at + 64).cast());
-                    _mm512_storeu_si512(d.add(a.offset as usize).cast(), x);
-                    _mm512_storeu_si512(d.add(b.offset as usize).cast(), y);
-                    at += 128;
+                if lines {
+                    let x0 = _mm512_loadu_si512(s.add(at).cast());
+                    let x1 = _mm512_loadu_si512(s.add(at + 64).cast());
+                    let x2 = _mm512_loadu_si512(s.add(at + 128).cast());
+                    let x3 = _mm512_loadu_si512(s.add(at + 192).cast());
+                    _mm512_storeu_si512(d.add(g[0].offset as usize).cast(), x0);
+                    _mm512_storeu_si512(d.add(g[1].offset as usize).cast(), x1);
+                    _mm512_storeu_si512(d.add(g[2].offset as usize).cast(), x2);
+                    _mm512_storeu_si512(d.add(g[3].offset as usize).cast(), x3);
+                    at += 256;
                 } else {
-                    one_run(s.add(at), d.add(a.offset as usize), a.len as usize);
-                    at += a.len as usize;
-                    one_run(s.add(at), d.add(b.offset as usize), b.len as usize);
-                    at += b.len as usize;
+                    for r in g {
+                        one_run(s.add(at), d.add(r.offset as usize), r.len as usize);
+                        at += r.len as usize;
+                    }
                 }
             }
         }
-        if let [r] = pairs.remainder() {
-            // SAFETY: as for the pairs.
+        for r in groups.remainder() {
+            // SAFETY: as for the groups.
             unsafe { one_run(s.add(at), d.add(r.offset as usize), r.len as usize) };
+            at += r.len as usize;
         }
     }
 
@@ -679,8 +684,8 @@ mod tests {
             // the data) too short, which both versions must stop at. Shape 1:
             // lengths of 30 to 66 (the two-block moves of 32 to 64 bytes,
             // and the one-move path of runs of exactly 64); shape 2: three
-            // runs in four of exactly 64 bytes (pairs of one-line runs, and
-            // pairs of one such run and another).
+            // runs in four of exactly 64 bytes (groups of four one-line
+            // runs, and groups with another length among them).
             let lens: Vec<u64> = match shape {
                 1 => lens.iter().map(|l| 30 + l % 37).collect(),
                 2 => lens.iter().map(|&l| if l % 4 == 0 { l } else { 64 }).collect(),
