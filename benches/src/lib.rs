@@ -137,7 +137,7 @@ pub struct Budget {
 
 impl Budget {
     /// The `--quick` budget.
-    pub const QUICK: Budget = Budget { sample: Duration::from_millis(60), samples: 5 };
+    pub const QUICK: Budget = Budget { sample: Duration::from_millis(60), samples: 9 };
     /// The full budget.
     pub const FULL: Budget = Budget { sample: Duration::from_millis(300), samples: 9 };
 }
