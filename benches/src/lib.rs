@@ -273,6 +273,18 @@ fn num(v: f64) -> String {
     }
 }
 
+/// One line on the rows' targets: how many are met, and which are missed.
+pub fn target_summary(rows: &[Row]) -> String {
+    let judged = rows.iter().filter(|r| r.meets_target.is_some()).count();
+    let missed: Vec<&str> =
+        rows.iter().filter(|r| r.meets_target == Some(false)).map(|r| r.name.as_str()).collect();
+    match (judged, missed.len()) {
+        (0, _) => "targets: none among these rows".into(),
+        (n, 0) => format!("targets: all {n} met"),
+        (n, m) => format!("targets: {} of {n} met; missed: {}", n - m, missed.join(", ")),
+    }
+}
+
 /// Format rows as an aligned text table.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
@@ -308,4 +320,21 @@ pub fn table(rows: &[Row]) -> String {
          a ratio the row's ratio must reach, <=N or >=N a bound on the value itself, in its unit\n",
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_line_counts_met_and_names_missed() {
+        let met = Row::throughput("fast", 2.0, "GB/s", "memcpy", 2.0, Some(0.8));
+        let missed = Row::throughput("slow", 1.0, "GB/s", "memcpy", 2.0, Some(0.8));
+        let late = Row::latency("late", 200.0, "ns", "call", 10.0, Some(150.0));
+        let free = Row::throughput("free", 1.0, "GB/s", "memcpy", 2.0, None);
+        assert_eq!(target_summary(&[]), "targets: none among these rows");
+        assert_eq!(target_summary(std::slice::from_ref(&free)), "targets: none among these rows");
+        assert_eq!(target_summary(&[met.clone(), free.clone()]), "targets: all 1 met");
+        assert_eq!(target_summary(&[met, missed, free, late]), "targets: 1 of 3 met; missed: slow, late");
+    }
 }

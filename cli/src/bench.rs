@@ -96,6 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         Err(why) => outln!("GPU rows: absent ({why})."),
     }
+    outln!("{}", mmsb_benches::target_summary(&rows));
     eprintln!("mmsb bench: {:.0} s in all", started.elapsed().as_secs_f64());
     if let (Some(path), Some(mut f)) = (&args.json, json_file) {
         let json = serde_json::to_string_pretty(&rows).map_err(|e| Error::Serialization(e.to_string()))?;

@@ -344,3 +344,63 @@ fn demo_gpu_flag_runs_with_or_without_a_device() -> Result {
     assert!(hash_line(&out).is_some());
     Ok(())
 }
+
+#[test]
+fn bench_writes_its_rows_and_their_targets() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let json = tmp.path().join("rows.json");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    let o = mmsb(&[
+        "bench",
+        "--quick",
+        "--only",
+        "durable",
+        "--json",
+        json.to_str().ok_or("path")?,
+        "--scratch",
+        scratch.to_str().ok_or("path")?,
+    ])?;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "bench failed\n{out}\n{err}");
+    assert!(out.contains("log_commit_durable_small"), "{out}");
+    assert!(out.contains("GPU rows: absent (not selected by --only)."), "{out}");
+    let line = out.lines().find(|l| l.starts_with("targets: ")).ok_or("no targets line")?;
+    assert!(line == "targets: all 1 met" || line.contains("missed: log_commit_durable_small"), "{line}");
+    // The JSON array has the fields the table shows, one object per row.
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let rows = rows.as_array().ok_or("not an array")?;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r["name"], "log_commit_durable_small");
+    assert_eq!(r["unit"], "commits/s");
+    assert_eq!(r["target"], 0.8);
+    for key in ["value", "limit_value", "ratio"] {
+        let v = r[key].as_f64().ok_or(key)?;
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    let ratio = r["value"].as_f64().ok_or("value")? / r["limit_value"].as_f64().ok_or("limit")?;
+    assert!((ratio - r["ratio"].as_f64().ok_or("ratio")?).abs() < 1e-9 * ratio.max(1.0));
+    assert!(r["limit_name"].as_str().is_some_and(|s| s.contains("fdatasync")), "{r}");
+    assert!(r["device"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+    assert_eq!(r["meets_target"].as_bool(), Some(r["ratio"].as_f64().ok_or("ratio")? >= 0.8));
+    // The engine's scratch files are gone; the directory given is left.
+    assert!(scratch.is_dir());
+    assert_eq!(std::fs::read_dir(&scratch)?.count(), 0, "scratch left behind");
+    Ok(())
+}
+
+#[test]
+fn bench_refuses_bad_arguments_before_measuring() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let o = mmsb(&["bench", "--quick", "--only", "nothing"])?;
+    assert_clean_failure(&o, "unknown section");
+    // An output file that cannot be created fails at once, naming it.
+    let bad = tmp.path().join("no-such-dir").join("rows.json");
+    let o = mmsb(&["bench", "--quick", "--only", "durable", "--json", bad.to_str().ok_or("path")?])?;
+    assert_clean_failure(&o, "unwritable json");
+    let (out, err) = text(&o);
+    assert!(err.contains("rows.json"), "{out}\n{err}");
+    assert!(!out.contains("log_commit_durable_small"), "measured before failing:\n{out}");
+    Ok(())
+}
