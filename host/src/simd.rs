@@ -295,8 +295,8 @@ mod x86 {
     /// Whether the dense blend's software prefetch pays on this CPU: on
     /// Intel parts (measured on a Sapphire Rapids class host, 2 MiB of L2
     /// per core) it lifts the 1 MiB blend by 4 to 13 %; on AMD parts
-    /// (measured on an AVX-512 EPYC, 1 MiB of L2) the hardware prefetchers
-    /// already keep ahead and the extra instructions cost 13 to 20 %.
+    /// (measured on an AVX-512 EPYC, 1 MiB of L2) it cost the same blend 13
+    /// to 20 %.
     /// Decided once from the CPUID vendor string.
     #[inline]
     fn prefetch_pays() -> bool {
