@@ -300,19 +300,12 @@ mod x86 {
     /// Decided once from the CPUID vendor string.
     #[inline]
     fn prefetch_pays() -> bool {
-        use std::sync::atomic::{AtomicU8, Ordering};
-        static PAYS: AtomicU8 = AtomicU8::new(0);
-        match PAYS.load(Ordering::Relaxed) {
-            1 => false,
-            2 => true,
-            _ => {
-                let leaf = __cpuid(0);
-                // "GenuineIntel": EBX, EDX, ECX in that order.
-                let intel = (leaf.ebx, leaf.edx, leaf.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e);
-                PAYS.store(if intel { 2 } else { 1 }, Ordering::Relaxed);
-                intel
-            }
-        }
+        static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *INTEL.get_or_init(|| {
+            let leaf = __cpuid(0);
+            // "GenuineIntel": EBX, EDX, ECX in that order.
+            (leaf.ebx, leaf.edx, leaf.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+        })
     }
 
     /// Whether the CPU has AVX-512BW and VL (masked moves of 32 bytes).
