@@ -505,8 +505,8 @@ mod x86 {
         let mut at = 0usize;
         // Four runs a step while all four are one cache line long (one
         // branch for the group, its four loads issued before its four
-        // stores), the length classes of `one_run` otherwise. Runs of one
-        // length class cost no mispredictions.
+        // stores), `one_run` run by run otherwise. Runs of one length class
+        // cost no mispredictions.
         let mut groups = runs.chunks_exact(4);
         for g in &mut groups {
             let lines = (g[0].len ^ 64) | (g[1].len ^ 64) | (g[2].len ^ 64) | (g[3].len ^ 64) == 0;
@@ -540,7 +540,9 @@ mod x86 {
         }
     }
 
-    /// Copy `n` bytes from `s0` to `d0`.
+    /// Copy `n` bytes from `s0` to `d0`: one 64-byte move for a run of one
+    /// cache line (tested first: the common length), a length class
+    /// otherwise.
     ///
     /// # Safety
     /// The CPU must support AVX-512BW and VL; `n` bytes at `s0` are
@@ -552,7 +554,9 @@ mod x86 {
         // the helpers' bounds on n hold in their branches, and two 64-byte
         // blocks overlap when n is between one and two blocks long.
         unsafe {
-            if n < 32 {
+            if n == 64 {
+                _mm512_storeu_si512(d0.cast(), _mm512_loadu_si512(s0.cast()));
+            } else if n < 32 {
                 copy_upto32(s0, d0, n);
             } else if n <= 64 {
                 copy_32_to_64(s0, d0, n);
