@@ -27,8 +27,10 @@ pub const SPARSE_INLINE_BYTES: usize = 16;
 
 /// Runs of a sparse delta: one inline, more on the heap.
 pub(crate) type RunBuf = SmallVec<[Run; 1]>;
-/// Bytes of a sparse delta: up to [`SPARSE_INLINE_BYTES`] inline.
-pub(crate) type ByteBuf = SmallVec<[u8; SPARSE_INLINE_BYTES]>;
+/// Bytes of a sparse delta: up to [`SPARSE_INLINE_BYTES`] inline, more on
+/// 64-byte-aligned lines.
+pub(crate) use crate::linebuf::ByteBuf;
+const _: () = assert!(SPARSE_INLINE_BYTES == crate::linebuf::INLINE);
 
 /// `v` as a small vector: inline when its elements fit (the vector is then
 /// freed), else the vector's own heap buffer, not copied.
@@ -162,6 +164,9 @@ impl DenseDelta {
 ///
 /// A delta of one run and at most [`SPARSE_INLINE_BYTES`] bytes holds them
 /// inline: building, logging, applying and dropping it allocates nothing.
+/// More bytes are kept from a 64-byte boundary, as pages are: a run on
+/// whole cache lines of the page is then read from whole lines too, where
+/// a heap `Vec` (16 bytes past a line) would split every 64-byte load.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SparseDelta {
     runs: RunBuf,
@@ -170,14 +175,16 @@ pub struct SparseDelta {
 
 impl SparseDelta {
     /// Build from runs and their concatenated bytes. Adjacent runs are
-    /// coalesced.
+    /// coalesced. The bytes are copied onto 64-byte-aligned storage (see
+    /// the type's notes); [`SparseDelta::from_pairs`] writes them there
+    /// directly.
     ///
     /// # Errors
     /// [`Error::InvalidDelta`] for an empty run, runs out of order or
     /// overlapping, an offset overflow, or a data length that differs from
     /// the sum of the run lengths.
     pub fn new(runs: Vec<Run>, data: Vec<u8>) -> Result<Self> {
-        Self::from_bufs(small(runs), small(data))
+        Self::from_bufs(small(runs), ByteBuf::from_slice(&data))
     }
 
     /// [`SparseDelta::new`] of runs and bytes already in their buffers.
@@ -660,11 +667,11 @@ fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
             Some(last) if o - (last.offset + last.len) < 16 => last.len = o + l - last.offset,
             _ => runs.push(Run { offset: o, len: l }),
         });
-        let mut data = Vec::with_capacity(bridged_bytes as usize);
+        let mut data = ByteBuf::with_capacity(bridged_bytes as usize);
         for r in &runs {
             data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
         }
-        Payload::Sparse(SparseDelta { runs: small(runs), data: small(data) })
+        Payload::Sparse(SparseDelta { runs: small(runs), data })
     } else if dense_cost <= len {
         let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
         let mut data = vec![0u8; new.len()];
@@ -705,11 +712,11 @@ pub(crate) fn diff_from_runs(raw: Vec<Run>, new: &[u8]) -> Payload {
         let dense_cost = len.div_ceil(8) + ndiff;
         let full_cost = len;
         if sparse_cost <= dense_cost && sparse_cost <= full_cost {
-            let mut data = Vec::with_capacity((sparse_cost - 16 * bridged.len() as u64) as usize);
+            let mut data = ByteBuf::with_capacity((sparse_cost - 16 * bridged.len() as u64) as usize);
             for r in &bridged {
                 data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
             }
-            Payload::Sparse(SparseDelta { runs: small(bridged), data: small(data) })
+            Payload::Sparse(SparseDelta { runs: small(bridged), data })
         } else if dense_cost <= full_cost {
             let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
             let mut data = vec![0u8; new.len()];
@@ -823,7 +830,7 @@ fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
         }
     }
     let total: u64 = all.iter().map(|r| r.len).sum();
-    let mut data = vec![0u8; total as usize];
+    let mut data = ByteBuf::zeroed(total as usize);
     let mut starts = Vec::with_capacity(all.len());
     let mut acc = 0u64;
     for r in &all {
@@ -840,7 +847,7 @@ fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
             data[at..at + bytes.len()].copy_from_slice(bytes);
         }
     }
-    SparseDelta { runs: small(all), data: small(data) }
+    SparseDelta { runs: small(all), data }
 }
 
 /// Which recompute function produced a derived delta, from which inputs.
@@ -1089,5 +1096,40 @@ mod tests {
         let same = Payload::diff(&old, &old).unwrap();
         assert_eq!(same.touched(), 0);
         assert!(Payload::diff(&old, &old[1..]).is_err());
+    }
+
+    #[test]
+    fn sparse_bytes_past_the_inline_size_start_on_a_line() {
+        let on_line = |p: &Payload| match p {
+            Payload::Sparse(s) => {
+                s.data().len() > SPARSE_INLINE_BYTES && s.data().as_ptr() as usize % 64 == 0
+            }
+            _ => false,
+        };
+        let a = Payload::Sparse(SparseDelta::new(vec![Run { offset: 64, len: 64 }], vec![1; 64]).unwrap());
+        let b = sparse(&[(0, &[2; 40]), (200, &[3; 30])]);
+        let old = vec![0u8; 4096];
+        let mut new = old.clone();
+        new[128..192].fill(4);
+        let diffed = Payload::diff(&old, &new).unwrap();
+        let from_runs = diff_from_runs(vec![Run { offset: 128, len: 64 }], &new);
+        let merged = a.merge(&b, 4096).unwrap();
+        let mut enc = Vec::new();
+        crate::codec::delta::encode_payload(&b, &mut enc);
+        let decoded = crate::codec::delta::decode_payload(&enc, &crate::codec::Limits::default()).unwrap();
+        for (what, p) in [
+            ("new", &a),
+            ("from_pairs", &b),
+            ("diff", &diffed),
+            ("diff_from_runs", &from_runs),
+            ("merge", &merged),
+            ("decode", &decoded),
+        ] {
+            assert!(on_line(p), "{what}: {p:?}");
+        }
+        assert_eq!(decoded, b);
+        // Up to the inline size, the bytes stay inside the delta.
+        let small = sparse(&[(5, &[1; SPARSE_INLINE_BYTES])]);
+        assert!(matches!(&small, Payload::Sparse(s) if s.data.is_inline()));
     }
 }

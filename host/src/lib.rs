@@ -45,6 +45,7 @@ pub mod error;
 pub mod events;
 pub mod gpu;
 pub mod graph;
+mod linebuf;
 pub mod log;
 pub mod page;
 pub mod propagate;
