@@ -18,4 +18,4 @@ export MIRIFLAGS="${MIRIFLAGS:--Zmiri-disable-isolation -Zmiri-tree-borrows}"
 export PROPTEST_CASES="${PROPTEST_CASES:-4}"
 cargo +nightly miri setup
 timeout "${MIRI_TIMEOUT:-900}" cargo +nightly miri test -p mmsb-shared-types
-timeout "${MIRI_TIMEOUT:-900}" cargo +nightly miri test -p mmsb --lib -- alloc:: simd:: ptx:: delta::tests:: "$@"
+timeout "${MIRI_TIMEOUT:-900}" cargo +nightly miri test -p mmsb --lib -- alloc:: simd:: ptx:: delta::tests:: linebuf:: "$@"
