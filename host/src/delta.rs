@@ -1102,7 +1102,7 @@ mod tests {
     fn sparse_bytes_past_the_inline_size_start_on_a_line() {
         let on_line = |p: &Payload| match p {
             Payload::Sparse(s) => {
-                s.data().len() > SPARSE_INLINE_BYTES && s.data().as_ptr() as usize % 64 == 0
+                s.data().len() > SPARSE_INLINE_BYTES && (s.data().as_ptr() as usize).is_multiple_of(64)
             }
             _ => false,
         };
