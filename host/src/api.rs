@@ -515,8 +515,12 @@ impl Mmsb {
         // Propagation work queued now is not in the checkpoint: a due record
         // names it, first in a new segment, durable before the checkpoint
         // is (a crash in between recovers from the older checkpoint, and
-        // replays the due record too: it only queues work again).
-        let due = clock.deps.graph.has_pending();
+        // replays the due record too: it only queues work again). Pages
+        // stale through control edges are named the same way, in a stale
+        // record.
+        let queued = clock.deps.graph.has_pending();
+        let stale = clock.deps.graph.stale_pages();
+        let due = queued || !stale.is_empty();
         if due {
             let g = &clock.deps.graph;
             let pages = |nodes: &[u32]| {
@@ -526,7 +530,12 @@ impl Mmsb {
             };
             let (written, forced) = (pages(&g.pending), pages(&g.forced));
             clock.log.rotate()?;
-            clock.log.append_due(&written, &forced)?;
+            if queued {
+                clock.log.append_due(&written, &forced)?;
+            }
+            if !stale.is_empty() {
+                clock.log.append_stale(&stale)?;
+            }
             clock.log.sync()?;
         }
         let counters = StateImage {
@@ -1204,6 +1213,10 @@ impl Mmsb {
                 deps.graph.force(n);
             }
         }
+        // So do pages a control parent's write left stale.
+        for &p in &due.stale {
+            deps.graph.mark_stale(p);
+        }
         Ok(())
     }
 
@@ -1379,9 +1392,8 @@ impl Mmsb {
     /// (a new derivation, a data edge added or removed, a data parent
     /// deleted), or, in deferred mode, a page it depends on through data
     /// edges was written and [`Mmsb::propagate`] has not run since.
-    /// Staleness from control edges is kept in memory only: after a
-    /// restart a page reads as fresh until one of its control parents
-    /// changes again (owed recomputations are recovered and stay stale).
+    /// Staleness survives a restart: recovery follows it through the log,
+    /// and a checkpoint names the pages stale at that moment.
     ///
     /// # Errors
     /// [`Error::PageNotFound`].

@@ -475,6 +475,30 @@ impl Graph {
         false
     }
 
+    /// Mark `page` stale (as a control parent's write would), if it has a
+    /// node.
+    pub(crate) fn mark_stale(&mut self, page: PageId) {
+        if let Some(n) = self.node(page) {
+            self.slots[n as usize].stale = true;
+        }
+    }
+
+    /// Pages stale through a control edge and not queued for
+    /// recomputation, ascending.
+    pub(crate) fn stale_pages(&self) -> Vec<PageId> {
+        let mut v: Vec<PageId> = self
+            .index
+            .iter()
+            .filter(|&(_, &n)| {
+                let s = &self.slots[n as usize];
+                s.stale && !s.forced
+            })
+            .map(|(&p, _)| p)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Forget the queued work (after a propagation that covered it).
     pub(crate) fn clear_pending(&mut self) {
         for n in self.pending.drain(..) {

@@ -71,6 +71,102 @@ fn graph_survives_a_checkpoint() -> mmsb::Result<()> {
     check_after_reopen(&s, ids, hash)
 }
 
+/// A page a control parent's write left stale still reads stale after a
+/// restart, whether recovery replays that write from the log, starts from
+/// a checkpoint taken after it, or both; a page written since reads fresh,
+/// and so does a derived page recomputed after its control parent's write.
+#[test]
+fn control_staleness_survives_a_restart() -> mmsb::Result<()> {
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Checkpoint {
+        None,
+        Middle,
+        End,
+    }
+    for at in [Checkpoint::None, Checkpoint::Middle, Checkpoint::End] {
+        let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+        let (pages, want) = {
+            let s = Mmsb::start(Config::at(dir.path()))?;
+            // d is stale: its control parent a was written.
+            let [a, b, c, d] = build(&s)?;
+            assert!(s.is_stale(d)?);
+            if at == Checkpoint::Middle {
+                s.checkpoint()?;
+                // Written after the checkpoint that named it stale.
+                s.update_page(d, Payload::Full(vec![9; 4]))?;
+            }
+            // e is written after its control parent: fresh.
+            let e = s.create_page(PageSpec::new(4))?;
+            s.add_edge(a, e, EdgeKind::Control)?;
+            s.update_page(a, Payload::Full(vec![2, 2, 2, 2]))?;
+            s.update_page(e, Payload::Full(vec![5; 4]))?;
+            // c (derived) is made stale by f, then recomputed from b: fresh;
+            // its recompute leaves its control child g stale.
+            let f = s.create_page(PageSpec::new(4))?;
+            let g = s.create_page(PageSpec::new(4))?;
+            s.add_edge(f, c, EdgeKind::Control)?;
+            s.add_edge(c, g, EdgeKind::Control)?;
+            s.update_page(f, Payload::Full(vec![1; 4]))?;
+            assert!(s.is_stale(c)?);
+            s.update_page(b, Payload::Full(vec![3; 4]))?;
+            let pages = [a, b, c, d, e, f, g];
+            let want: Vec<bool> = pages.iter().map(|&p| s.is_stale(p)).collect::<mmsb::Result<_>>()?;
+            // a wrote d again after the middle checkpoint's write of d.
+            assert_eq!(want, [false, false, false, true, false, false, true], "{at:?}");
+            if at == Checkpoint::End {
+                s.checkpoint()?;
+            }
+            s.stop()?;
+            (pages, want)
+        };
+        let s = Mmsb::start(Config::at(dir.path()))?;
+        let got: Vec<bool> = pages.iter().map(|&p| s.is_stale(p)).collect::<mmsb::Result<_>>()?;
+        assert_eq!(got, want, "{at:?}: a, b, c, d, e, f, g");
+        let named: Vec<PageId> = s.recovery_report().due.stale.iter().copied().collect();
+        assert_eq!(named, [pages[3], pages[6]], "{at:?}");
+        // A write still refreshes a recovered stale page, and it stays so.
+        s.update_page(pages[6], Payload::Full(vec![4; 4]))?;
+        s.stop()?;
+        let s = Mmsb::start(Config::at(dir.path()))?;
+        assert!(!s.is_stale(pages[6])?, "{at:?}");
+        assert!(s.is_stale(pages[3])?, "{at:?}");
+    }
+    Ok(())
+}
+
+/// A derived page queued for recomputation and made stale by a control
+/// parent is fresh once a propagation recomputes it, even when its bytes
+/// do not change (no delta is logged for it), and stays fresh after a
+/// restart.
+#[test]
+fn a_recompute_that_changes_nothing_still_refreshes_across_a_restart() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
+    let keep = |_: &[&[u8]], _: &mut [u8]| {};
+    let h = {
+        let s = Mmsb::start(cfg())?;
+        s.register_function("keep", 1, keep)?;
+        let (p, q, h) = (
+            s.create_page(PageSpec::new(4))?,
+            s.create_page(PageSpec::new(4))?,
+            s.create_page(PageSpec::new(4))?,
+        );
+        s.declare_derived(h, "keep", &[q])?;
+        s.add_edge(p, h, EdgeKind::Control)?;
+        s.update_page(p, Payload::Full(vec![1; 4]))?;
+        assert!(s.is_stale(h)?);
+        s.propagate()?;
+        assert!(!s.is_stale(h)?, "recomputed, to the same bytes");
+        s.stop()?;
+        h
+    };
+    let s = Mmsb::start(cfg())?;
+    s.register_function("keep", 1, keep)?;
+    assert!(!s.is_stale(h)?);
+    assert!(s.recovery_report().due.stale.is_empty());
+    Ok(())
+}
+
 #[test]
 fn removed_edges_and_deleted_pages_stay_removed() -> mmsb::Result<()> {
     let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;

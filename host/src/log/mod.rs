@@ -72,6 +72,10 @@ pub enum RecordType {
     /// A propagation ran and changed no page (optional, empty): what the
     /// writes before it queued is done.
     Settled = 0x81,
+    /// Pages left stale by a control parent's write and not written since,
+    /// when a checkpoint was taken (optional: it changes no page; a reader
+    /// that skips it recovers them as fresh).
+    Stale = 0x82,
     /// A dependency-graph change (edge added or removed, page declared
     /// derived): a postcard-encoded [`GraphRecord`].
     Graph = 0x10,
@@ -89,6 +93,7 @@ impl RecordType {
             0x06 => RecordType::Derived,
             0x80 => RecordType::Due,
             0x81 => RecordType::Settled,
+            0x82 => RecordType::Stale,
             0x10 => RecordType::Graph,
             _ => return None,
         })
@@ -110,6 +115,7 @@ impl RecordType {
             Some(RecordType::Derived) => "derived",
             Some(RecordType::Due) => "due",
             Some(RecordType::Settled) => "settled",
+            Some(RecordType::Stale) => "stale",
             Some(RecordType::Graph) => "graph",
             None if RecordType::is_optional(code) => "optional",
             None => "unknown",

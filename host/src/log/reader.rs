@@ -173,6 +173,8 @@ pub enum Record<'a> {
     },
     /// A propagation ran and changed no page.
     Settled,
+    /// Pages stale through a control edge when a checkpoint was taken.
+    Stale(Vec<PageId>),
     /// An optional record this reader skips.
     Optional(u8),
 }
@@ -244,6 +246,13 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
         Some(RecordType::Settled) => {
             r.finish("settled record")?;
             Record::Settled
+        }
+        Some(RecordType::Stale) => {
+            let n = r.u32("stale count")?;
+            if u64::from(n) * 8 != r.remaining() as u64 {
+                return Err(Error::corrupt_at(base, "stale record count does not match its length"));
+            }
+            Record::Stale((0..n).map(|_| r.u64("stale page").map(PageId)).collect::<Result<Vec<_>>>()?)
         }
         None if RecordType::is_optional(raw.kind) => Record::Optional(raw.kind),
         None => {

@@ -65,12 +65,58 @@ pub struct Due {
     pub written: BTreeSet<PageId>,
     /// Derived pages queued for recomputation.
     pub forced: BTreeSet<PageId>,
+    /// Pages a control parent's write left stale and that were not written
+    /// since (no work is owed for them: they read as stale again, as they
+    /// did before the restart, until they are written).
+    pub stale: BTreeSet<PageId>,
 }
 
 impl Due {
-    /// Whether nothing is owed.
+    /// Whether no propagation work is owed ([`Due::stale`] is not work).
     pub fn is_empty(&self) -> bool {
         self.written.is_empty() && self.forced.is_empty()
+    }
+
+    /// Before a committed unit is applied to a state whose graph is
+    /// `graph`: follow the staleness control edges give, as the live graph
+    /// does. A delta makes its page fresh and the page's control children
+    /// stale, in record order; a deleted page is forgotten; a stale record
+    /// names pages stale at a checkpoint; a propagation leaves the derived
+    /// pages queued for it fresh (they were recomputed, whether or not
+    /// their bytes changed). Call before [`Due::note`], which settles the
+    /// queued work.
+    pub(crate) fn note_stale(&mut self, graph: &crate::graph::GraphImage, commit: reader::Commit<'_, '_>) {
+        use reader::Record;
+        let mut propagated = false;
+        for (_, r) in commit {
+            match r {
+                Record::Delta(v) => {
+                    propagated |= v.source == 1;
+                    if !self.stale.is_empty() {
+                        self.stale.remove(&v.page);
+                    }
+                    if !graph.edges.is_empty() {
+                        let from = (v.page, PageId(0))..=(v.page, PageId(u64::MAX));
+                        for (&(_, child), _) in
+                            graph.edges.range(from).filter(|(_, &k)| k == crate::graph::EdgeKind::Control)
+                        {
+                            self.stale.insert(child);
+                        }
+                    }
+                }
+                Record::Settled => propagated = true,
+                Record::Delete { id } => {
+                    self.stale.remove(id);
+                }
+                Record::Stale(pages) => self.stale.extend(pages),
+                _ => {}
+            }
+        }
+        if propagated && !self.stale.is_empty() {
+            for f in &self.forced {
+                self.stale.remove(f);
+            }
+        }
     }
 
     /// Account for a committed unit of the log, replayed onto a state whose
@@ -188,6 +234,9 @@ impl fmt::Display for RecoveryReport {
                 self.due.forced.len()
             )?;
         }
+        if !self.due.stale.is_empty() {
+            writeln!(f, "stale through control edges: {} pages", self.due.stale.len())?;
+        }
         if let Some(t) = &self.torn_tail {
             writeln!(f, "torn tail cut: {} bytes at offset {} of {}", t.bytes, t.offset, t.file.display())?;
         }
@@ -273,6 +322,7 @@ pub fn recover_with(
     let mut due = Due::default();
     let scan = reader::scan(vfs, &dir, after, mode, limits, &mut |c| {
         due.note_deletions(&image.graph, c);
+        due.note_stale(&image.graph, c);
         image.apply_commit(c)?;
         due.note(image.graph.is_empty(), c);
         commits += 1;

@@ -577,6 +577,28 @@ impl LogWriter {
         .map(drop)
     }
 
+    /// Frame a stale record: pages a control parent's write left stale and
+    /// that were not written since, at a checkpoint. Nothing is written
+    /// yet: call [`LogWriter::commit`] or [`LogWriter::sync`].
+    ///
+    /// # Errors
+    /// As [`LogWriter::append`].
+    pub(crate) fn append_stale(&mut self, pages: &[PageId]) -> Result<()> {
+        let Ok(n) = u32::try_from(pages.len()) else {
+            return Err(Error::Serialization("too many pages in a stale record".into()));
+        };
+        self.framed(1, |log, _| {
+            log.record(RecordType::Stale, |b| {
+                put_u32(b, n);
+                for p in pages {
+                    put_u64(b, p.0);
+                }
+                Ok(())
+            })
+        })
+        .map(drop)
+    }
+
     /// Frame a settled record: a propagation ran and changed no page (so
     /// that recovery does not queue again what the writes before it
     /// queued). Nothing is written yet: call [`LogWriter::commit`].
@@ -1025,7 +1047,7 @@ mod tests {
     }
 
     #[test]
-    fn due_and_settled_records_read_back_and_malformed_due_records_are_corrupt() {
+    fn due_settled_and_stale_records_read_back_and_malformed_ones_are_corrupt() {
         use super::super::reader::{decode_record, read_frame, Record};
         let (written, forced) = ([PageId(3), PageId(300)], [PageId(7)]);
         let bytes = log_bytes(|w| {
@@ -1042,11 +1064,21 @@ mod tests {
         }
         let second = read_frame(&bytes, SEGMENT_HEAD_LEN + first.framed, 6, &limits).unwrap();
         assert!(matches!(decode_record(&second, &limits).unwrap(), Record::Settled));
+        let stale = [PageId(4), PageId(9)];
+        let bytes = log_bytes(|w| w.append_stale(&stale).unwrap());
+        let third = read_frame(&bytes, SEGMENT_HEAD_LEN, 5, &limits).unwrap();
+        match decode_record(&third, &limits).unwrap() {
+            Record::Stale(pages) => assert_eq!(pages, stale),
+            other => panic!("{other:?}"),
+        }
         // Counts that do not match the body, and a settled record with a body.
         for (kind, body) in [
             (RecordType::Due, vec![2u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
             (RecordType::Due, vec![0u8, 0, 0]),
             (RecordType::Settled, vec![0u8]),
+            (RecordType::Stale, vec![1u8, 0, 0, 0]),
+            (RecordType::Stale, vec![0u8, 0, 0, 0, 7]),
+            (RecordType::Stale, vec![0u8, 0]),
         ] {
             let raw = super::super::reader::RawRecord {
                 offset: 0,
