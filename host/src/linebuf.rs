@@ -96,7 +96,7 @@ pub(crate) const INLINE: usize = 16;
 pub(crate) enum ByteBuf {
     /// `bytes[..len]`; the rest is zero.
     Inline { len: u8, bytes: [u8; INLINE] },
-    /// More than [`INLINE`] bytes (or a buffer that once held more).
+    /// More than [`INLINE`] bytes, or a buffer sized for more when built.
     Lines(LineBuf),
 }
 
