@@ -5,7 +5,7 @@
 //! as a ratio oriented so that higher is better. The criterion suite in
 //! `benches/mmsb.rs` measures the same workloads with more samples.
 
-use mmsb::{DenseDelta, Payload, Run, SparseDelta};
+use mmsb::{DenseDelta, Payload, SparseDelta};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -223,18 +223,23 @@ pub fn dense_payload(len: usize, seed: u64) -> Payload {
     Payload::Dense(DenseDelta::from_words(words, data).expect("one word per 64 bytes"))
 }
 
-/// A sparse payload: runs of `run` bytes every `stride` bytes.
+/// A sparse payload: runs of `run` bytes every `stride` bytes, built with
+/// `SparseDelta::from_pairs` as the README builds one (its bytes then start
+/// on a cache line, as they do from the log, a diff or a merge; a delta
+/// from `SparseDelta::new` keeps the caller's vector where the allocator
+/// put it).
 pub fn sparse_payload(len: usize, run: usize, stride: usize, seed: u64) -> Payload {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut runs = Vec::new();
+    let mut offsets = Vec::new();
     let mut at = 0usize;
     while at + run <= len {
-        runs.push(Run { offset: at as u64, len: run as u64 });
+        offsets.push(at as u64);
         at += stride.max(run + 1);
     }
-    let mut data = vec![0u8; runs.len() * run];
+    let mut data = vec![0u8; offsets.len() * run];
     rng.fill_bytes(&mut data);
-    Payload::Sparse(SparseDelta::new(runs, data).expect("runs are sorted and apart"))
+    let pairs = offsets.into_iter().zip(data.chunks_exact(run));
+    Payload::Sparse(SparseDelta::from_pairs(pairs).expect("runs are sorted and apart"))
 }
 
 /// A full payload of random bytes.

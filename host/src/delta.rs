@@ -164,9 +164,12 @@ impl DenseDelta {
 ///
 /// A delta of one run and at most [`SPARSE_INLINE_BYTES`] bytes holds them
 /// inline: building, logging, applying and dropping it allocates nothing.
-/// More bytes are kept from a 64-byte boundary, as pages are: a run on
-/// whole cache lines of the page is then read from whole lines too, where
-/// a heap `Vec` (16 bytes past a line) would split every 64-byte load.
+/// More bytes, when the engine writes them (decoding from the log,
+/// [`Payload::diff`], merging, [`SparseDelta::from_pairs`]), start on a
+/// 64-byte boundary, as pages do: a run on whole cache lines of the page
+/// is then read from whole lines too, where a heap `Vec` (16 bytes past a
+/// line) splits every 64-byte load. [`SparseDelta::new`] takes its `Vec`
+/// over as it is, with no copy.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SparseDelta {
     runs: RunBuf,
@@ -175,16 +178,17 @@ pub struct SparseDelta {
 
 impl SparseDelta {
     /// Build from runs and their concatenated bytes. Adjacent runs are
-    /// coalesced. The bytes are copied onto 64-byte-aligned storage (see
-    /// the type's notes); [`SparseDelta::from_pairs`] writes them there
-    /// directly.
+    /// coalesced. `data` is taken over, not copied (more than
+    /// [`SPARSE_INLINE_BYTES`] of it), and stays where the allocator put
+    /// it; [`SparseDelta::from_pairs`] copies the bytes onto a cache line
+    /// instead (see the type's notes).
     ///
     /// # Errors
     /// [`Error::InvalidDelta`] for an empty run, runs out of order or
     /// overlapping, an offset overflow, or a data length that differs from
     /// the sum of the run lengths.
     pub fn new(runs: Vec<Run>, data: Vec<u8>) -> Result<Self> {
-        Self::from_bufs(small(runs), ByteBuf::from_slice(&data))
+        Self::from_bufs(small(runs), ByteBuf::from_vec(data))
     }
 
     /// [`SparseDelta::new`] of runs and bytes already in their buffers.
@@ -233,10 +237,18 @@ impl SparseDelta {
     /// # Errors
     /// As [`SparseDelta::new`].
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Self> {
+        // The runs first, then the bytes into one buffer of their exact
+        // size (no regrowth copying them again as it fills).
         let mut runs = RunBuf::new();
-        let mut data = ByteBuf::new();
+        let mut slices: SmallVec<[&[u8]; 2]> = SmallVec::new();
+        let mut total = 0usize;
         for (offset, bytes) in pairs {
             runs.push(Run { offset, len: bytes.len() as u64 });
+            slices.push(bytes);
+            total = total.saturating_add(bytes.len());
+        }
+        let mut data = ByteBuf::with_capacity(total);
+        for bytes in slices {
             data.extend_from_slice(bytes);
         }
         Self::from_bufs(runs, data)
@@ -1106,7 +1118,7 @@ mod tests {
             }
             _ => false,
         };
-        let a = Payload::Sparse(SparseDelta::new(vec![Run { offset: 64, len: 64 }], vec![1; 64]).unwrap());
+        let a = sparse(&[(64, &[1; 64])]);
         let b = sparse(&[(0, &[2; 40]), (200, &[3; 30])]);
         let old = vec![0u8; 4096];
         let mut new = old.clone();
@@ -1118,8 +1130,8 @@ mod tests {
         crate::codec::delta::encode_payload(&b, &mut enc);
         let decoded = crate::codec::delta::decode_payload(&enc, &crate::codec::Limits::default()).unwrap();
         for (what, p) in [
-            ("new", &a),
-            ("from_pairs", &b),
+            ("from_pairs", &a),
+            ("from_pairs, two runs", &b),
             ("diff", &diffed),
             ("diff_from_runs", &from_runs),
             ("merge", &merged),
@@ -1128,6 +1140,11 @@ mod tests {
             assert!(on_line(p), "{what}: {p:?}");
         }
         assert_eq!(decoded, b);
+        // `new` takes its vector over as it is.
+        let v = vec![5u8; 64];
+        let at = v.as_ptr();
+        let adopted = SparseDelta::new(vec![Run { offset: 0, len: 64 }], v).unwrap();
+        assert_eq!(adopted.data().as_ptr(), at, "not copied");
         // Up to the inline size, the bytes stay inside the delta.
         let small = sparse(&[(5, &[1; SPARSE_INLINE_BYTES])]);
         assert!(matches!(&small, Payload::Sparse(s) if s.data.is_inline()));

@@ -12,7 +12,8 @@
 //! [`LineBuf`] keeps its bytes in a `Vec` of 64-byte, 64-aligned lines and
 //! exposes them through `bytemuck`, so it needs no unsafe code. [`ByteBuf`]
 //! holds up to [`INLINE`] bytes inside itself (small writes allocate
-//! nothing) and spills to a [`LineBuf`].
+//! nothing) and spills to a [`LineBuf`]; it can also adopt a caller's
+//! `Vec<u8>` as it is, with no copy, where the allocator placed it.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -91,13 +92,16 @@ impl LineBuf {
 /// Bytes held inline by a [`ByteBuf`] before it spills to a [`LineBuf`].
 pub(crate) const INLINE: usize = 16;
 
-/// Up to [`INLINE`] bytes inline, more on whole cache lines.
+/// Up to [`INLINE`] bytes inline, more on whole cache lines, or a
+/// caller's vector adopted as it is.
 #[derive(Clone)]
 pub(crate) enum ByteBuf {
     /// `bytes[..len]`; the rest is zero.
     Inline { len: u8, bytes: [u8; INLINE] },
     /// More than [`INLINE`] bytes, or a buffer sized for more when built.
     Lines(LineBuf),
+    /// More than [`INLINE`] bytes in a vector taken over from a caller.
+    Adopted(Vec<u8>),
 }
 
 impl Default for ByteBuf {
@@ -128,6 +132,16 @@ impl ByteBuf {
         b
     }
 
+    /// `v`'s bytes: inline when they fit (`v` is then freed), else `v`
+    /// itself, not copied.
+    pub(crate) fn from_vec(v: Vec<u8>) -> Self {
+        if v.len() <= INLINE {
+            Self::from_slice(&v)
+        } else {
+            Self::Adopted(v)
+        }
+    }
+
     /// `len` zero bytes.
     pub(crate) fn zeroed(len: usize) -> Self {
         if len <= INLINE {
@@ -155,6 +169,7 @@ impl ByteBuf {
                 }
             }
             Self::Lines(lines) => lines.extend_from_slice(more),
+            Self::Adopted(v) => v.extend_from_slice(more),
         }
     }
 
@@ -173,6 +188,7 @@ impl std::ops::Deref for ByteBuf {
         match self {
             Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Self::Lines(lines) => lines.as_slice(),
+            Self::Adopted(v) => v,
         }
     }
 }
@@ -183,6 +199,7 @@ impl std::ops::DerefMut for ByteBuf {
         match self {
             Self::Inline { len, bytes } => &mut bytes[..usize::from(*len)],
             Self::Lines(lines) => lines.as_mut_slice(),
+            Self::Adopted(v) => v,
         }
     }
 }
@@ -225,6 +242,19 @@ mod tests {
             }
             prop_assert_eq!(ByteBuf::from_slice(&want), b.clone());
             prop_assert_eq!(&*ByteBuf::zeroed(want.len()), &vec![0u8; want.len()][..]);
+            // A vector adopted whole (not copied when it does not fit
+            // inline), then appended to.
+            let first = parts.first().cloned().unwrap_or_default();
+            let (at, n) = (first.as_ptr(), first.len());
+            let mut a = ByteBuf::from_vec(first);
+            prop_assert_eq!(a.is_inline(), n <= INLINE);
+            if !a.is_inline() {
+                prop_assert_eq!(a.as_ptr(), at);
+            }
+            for p in parts.iter().skip(1) {
+                a.extend_from_slice(p);
+            }
+            prop_assert_eq!(&*a, &want[..]);
         }
     }
 
