@@ -192,7 +192,20 @@ impl SparseDelta {
     }
 
     /// [`SparseDelta::new`] of runs and bytes already in their buffers.
-    pub(crate) fn from_bufs(mut runs: RunBuf, data: ByteBuf) -> Result<Self> {
+    pub(crate) fn from_bufs(runs: RunBuf, data: ByteBuf) -> Result<Self> {
+        let total = Self::checked_total(&runs)?;
+        if total != data.len() as u64 {
+            return Err(Error::invalid_delta(
+                None,
+                format!("runs cover {total} bytes but {} data bytes were given", data.len()),
+            ));
+        }
+        Ok(Self::coalesced(runs, data))
+    }
+
+    /// The bytes `runs` cover, or why they do not form a sparse delta
+    /// (an empty run, runs out of order or overlapping, an overflow).
+    fn checked_total(runs: &[Run]) -> Result<u64> {
         let mut total: u64 = 0;
         let mut prev_end: Option<u64> = None;
         for (i, r) in runs.iter().enumerate() {
@@ -215,13 +228,12 @@ impl SparseDelta {
             total =
                 total.checked_add(r.len).ok_or_else(|| Error::invalid_delta(None, "run lengths overflow"))?;
         }
-        if total != data.len() as u64 {
-            return Err(Error::invalid_delta(
-                None,
-                format!("runs cover {total} bytes but {} data bytes were given", data.len()),
-            ));
-        }
-        // Coalesce adjacent runs in place (`last` is the run kept before `r`).
+        Ok(total)
+    }
+
+    /// Checked runs and their bytes, with adjacent runs coalesced in place
+    /// (`last` is the run kept before `r`).
+    fn coalesced(mut runs: RunBuf, data: ByteBuf) -> Self {
         runs.dedup_by(|r, last| {
             let adjacent = last.offset + last.len == r.offset;
             if adjacent {
@@ -229,29 +241,33 @@ impl SparseDelta {
             }
             adjacent
         });
-        Ok(Self { runs, data })
+        Self { runs, data }
     }
 
     /// Build from `(offset, bytes)` pairs (sorted, non-overlapping).
     ///
     /// # Errors
-    /// As [`SparseDelta::new`].
+    /// As [`SparseDelta::new`] (the runs are checked before any byte is
+    /// copied), and [`Error::InvalidDelta`] when the bytes cannot be
+    /// allocated (the same slice given at many offsets can add up to more
+    /// than memory holds).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Self> {
-        // The runs first, then the bytes into one buffer of their exact
-        // size (no regrowth copying them again as it fills).
+        // The runs first, checked, then the bytes into one buffer of their
+        // exact size (no regrowth copying them again as it fills).
         let mut runs = RunBuf::new();
         let mut slices: SmallVec<[&[u8]; 2]> = SmallVec::new();
-        let mut total = 0usize;
         for (offset, bytes) in pairs {
             runs.push(Run { offset, len: bytes.len() as u64 });
             slices.push(bytes);
-            total = total.saturating_add(bytes.len());
         }
-        let mut data = ByteBuf::with_capacity(total);
+        let total = Self::checked_total(&runs)?;
+        let mut data = usize::try_from(total).ok().and_then(ByteBuf::try_with_capacity).ok_or_else(|| {
+            Error::invalid_delta(None, format!("the runs cover {total} bytes, more than can be allocated"))
+        })?;
         for bytes in slices {
             data.extend_from_slice(bytes);
         }
-        Self::from_bufs(runs, data)
+        Ok(Self::coalesced(runs, data))
     }
 
     /// The runs, sorted and non-adjacent.
@@ -951,6 +967,23 @@ mod tests {
         let s = SparseDelta::new(vec![Run { offset: 0, len: 2 }, Run { offset: 2, len: 1 }], vec![1, 2, 3])
             .unwrap();
         assert_eq!(s.runs(), &[Run { offset: 0, len: 3 }], "adjacent runs coalesce");
+        // from_pairs checks the same, and coalesces the same.
+        let big = [7u8; 40];
+        for bad in [
+            vec![(0, &big[..0])],
+            vec![(5, &big[..2]), (6, &big[..1])],
+            vec![(5, &big[..2]), (1, &big[..1])],
+            vec![(u64::MAX, &big[..2])],
+            vec![(0, &big[..]), (20, &big[..])],
+        ] {
+            assert!(
+                matches!(SparseDelta::from_pairs(bad.clone()), Err(Error::InvalidDelta { .. })),
+                "{bad:?}"
+            );
+        }
+        let p = SparseDelta::from_pairs([(0, &big[..20]), (20, &big[..20]), (50, &big[..1])]).unwrap();
+        assert_eq!(p.runs(), &[Run { offset: 0, len: 40 }, Run { offset: 50, len: 1 }]);
+        assert_eq!(p.data(), &[7u8; 41][..]);
     }
 
     #[test]

@@ -125,6 +125,17 @@ impl ByteBuf {
         }
     }
 
+    /// [`ByteBuf::with_capacity`], or `None` when the allocator refuses
+    /// the room.
+    pub(crate) fn try_with_capacity(bytes: usize) -> Option<Self> {
+        if bytes <= INLINE {
+            return Some(Self::new());
+        }
+        let mut lines = Vec::new();
+        lines.try_reserve_exact(bytes.div_ceil(LINE)).ok()?;
+        Some(Self::Lines(LineBuf { lines, len: 0 }))
+    }
+
     /// A copy of `bytes`.
     pub(crate) fn from_slice(bytes: &[u8]) -> Self {
         let mut b = Self::with_capacity(bytes.len());
