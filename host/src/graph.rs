@@ -667,6 +667,14 @@ impl GraphImage {
         self.derived.is_empty() && self.edges.is_empty()
     }
 
+    /// The children of `page` through edges of `kind`, ascending.
+    pub(crate) fn children(&self, page: PageId, kind: EdgeKind) -> impl Iterator<Item = PageId> + '_ {
+        self.edges
+            .range((page, PageId(0))..=(page, PageId(u64::MAX)))
+            .filter(move |(_, &k)| k == kind)
+            .map(|(&(_, child), _)| child)
+    }
+
     /// Apply a graph change with the same effect it has on the live graph.
     /// Other changes are ignored, except page deletion, which removes the
     /// page's edges and drops it from its children's parent lists.

@@ -11,6 +11,15 @@ fn sum(inputs: &[&[u8]], out: &mut [u8]) {
     }
 }
 
+/// `N` new pages of 4 bytes.
+fn pages<const N: usize>(s: &Mmsb) -> mmsb::Result<[PageId; N]> {
+    let mut ids = [PageId(0); N];
+    for id in &mut ids {
+        *id = s.create_page(PageSpec::new(4))?;
+    }
+    Ok(ids)
+}
+
 /// Builds a, b, c = sum(a, b), d with a control edge a → d; writes a and b.
 fn build(s: &Mmsb) -> mmsb::Result<[PageId; 4]> {
     s.register_function("sum", 1, sum)?;
@@ -146,11 +155,7 @@ fn a_recompute_that_changes_nothing_still_refreshes_across_a_restart() -> mmsb::
     let h = {
         let s = Mmsb::start(cfg())?;
         s.register_function("keep", 1, keep)?;
-        let (p, q, h) = (
-            s.create_page(PageSpec::new(4))?,
-            s.create_page(PageSpec::new(4))?,
-            s.create_page(PageSpec::new(4))?,
-        );
+        let [p, q, h] = pages(&s)?;
         s.declare_derived(h, "keep", &[q])?;
         s.add_edge(p, h, EdgeKind::Control)?;
         s.update_page(p, Payload::Full(vec![1; 4]))?;
@@ -356,11 +361,7 @@ fn deleting_a_parent_before_the_function_is_registered() -> mmsb::Result<()> {
         let (a, b, c) = {
             let s = Mmsb::start(cfg())?;
             s.register_function("sum", 1, sum)?;
-            let (a, b, c) = (
-                s.create_page(PageSpec::new(4))?,
-                s.create_page(PageSpec::new(4))?,
-                s.create_page(PageSpec::new(4))?,
-            );
+            let [a, b, c] = pages(&s)?;
             s.declare_derived(c, "sum", &[a, b])?;
             s.update_page(a, Payload::Full(vec![1; 4]))?;
             s.update_page(b, Payload::Full(vec![2; 4]))?;

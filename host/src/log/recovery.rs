@@ -92,17 +92,8 @@ impl Due {
             match r {
                 Record::Delta(v) => {
                     propagated |= v.source == 1;
-                    if !self.stale.is_empty() {
-                        self.stale.remove(&v.page);
-                    }
-                    if !graph.edges.is_empty() {
-                        let from = (v.page, PageId(0))..=(v.page, PageId(u64::MAX));
-                        for (&(_, child), _) in
-                            graph.edges.range(from).filter(|(_, &k)| k == crate::graph::EdgeKind::Control)
-                        {
-                            self.stale.insert(child);
-                        }
-                    }
+                    self.stale.remove(&v.page);
+                    self.stale.extend(graph.children(v.page, crate::graph::EdgeKind::Control));
                 }
                 Record::Settled => propagated = true,
                 Record::Delete { id } => {
@@ -168,12 +159,7 @@ impl Due {
     ) {
         for (_, r) in commit {
             if let reader::Record::Delete { id } = r {
-                let from = (*id, PageId(0))..=(*id, PageId(u64::MAX));
-                for (&(_, child), _) in
-                    graph.edges.range(from).filter(|(_, &k)| k == crate::graph::EdgeKind::Data)
-                {
-                    self.forced.insert(child);
-                }
+                self.forced.extend(graph.children(*id, crate::graph::EdgeKind::Data));
             }
         }
     }
