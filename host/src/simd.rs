@@ -675,17 +675,19 @@ mod tests {
             lens in proptest::collection::vec(0u64..200, 0..40),
             gaps in proptest::collection::vec(0u64..70, 40),
             extra in 0u64..3,
-            shape in 0u8..3,
+            shape in 0u8..4,
         ) {
             // Runs from lengths and gaps; `extra` > 0 makes the last run (or
             // the data) too short, which both versions must stop at. Shape 1:
             // lengths of 30 to 66 (the two-block moves of 32 to 64 bytes,
-            // and the one-move path of runs of exactly 64); shape 2: three
-            // runs in four of exactly 64 bytes (groups of four one-line
-            // runs, and groups with another length among them).
+            // and the one-move path of runs of exactly 64); shapes 2 and 3:
+            // three runs in four, or fifteen in sixteen, of exactly 64 bytes
+            // (groups of four one-line runs, and groups with another length
+            // among them, in any place).
             let lens: Vec<u64> = match shape {
                 1 => lens.iter().map(|l| 30 + l % 37).collect(),
                 2 => lens.iter().map(|&l| if l % 4 == 0 { l } else { 64 }).collect(),
+                3 => lens.iter().map(|&l| if l % 16 == 0 { l } else { 64 }).collect(),
                 _ => lens,
             };
             let mut runs = Vec::new();
