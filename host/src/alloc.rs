@@ -216,32 +216,72 @@ const MAP_MIN: usize = 256 << 10;
 /// a Sapphire Rapids class host: a sparse apply over a 1 MiB page ran at
 /// 0.43 to 0.79 of memcpy on 4 KiB frames, 0.76 to 0.80 on huge pages).
 /// A mapped class smaller than this is cut from one such chunk, the
-/// chunk's other blocks going to the class's free list.
+/// chunk's other blocks going to the class's free list, when the shard's
+/// budget can hold them ([`CARVE_BUDGET`]); otherwise it is mapped alone.
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
 const CHUNK: usize = 2 << 20;
 
+/// Shard budgets from which blocks under a chunk are cut from one: a
+/// smaller budget would free most of the chunk at once, after paying to
+/// zero it.
+const CARVE_BUDGET: u64 = 2 << 20;
+
 /// A zeroed block of `cap` bytes (`cap >= 1`, a multiple of
 /// [`PAGE_ALIGN`]), aligned to [`PAGE_ALIGN`]; null when out of memory.
-/// When the block is cut from a larger mapping, the mapping's other blocks
-/// of `cap` bytes (zeroed, resident, each freed by `sys_free(_, cap)`) are
-/// handed to `spare`.
-fn sys_alloc_zeroed(cap: usize, spare: impl FnMut(NonNull<u8>)) -> *mut u8 {
+/// With `spare`, a mapped block under [`CHUNK`] is cut from a chunk and the
+/// chunk's other blocks of `cap` bytes (zeroed, resident, each freed by
+/// `sys_free(_, cap)`) are handed to it; without, such a block is mapped
+/// alone, on small pages.
+fn sys_alloc_zeroed(cap: usize, spare: Option<&mut dyn FnMut(NonNull<u8>)>) -> *mut u8 {
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]
     if cap >= MAP_MIN {
-        return map_chunked(cap, spare);
+        if cap >= CHUNK {
+            return map_chunks(cap);
+        }
+        let Some(spare) = spare else {
+            return map_populated(cap);
+        };
+        let start = map_chunks(CHUNK);
+        if !start.is_null() {
+            for at in (cap..CHUNK).step_by(cap) {
+                // SAFETY: at < CHUNK: inside the mapping, which is not null.
+                spare(unsafe { NonNull::new_unchecked(start.add(at)) });
+            }
+        }
+        return start;
     }
     let _ = spare;
     // SAFETY: the layout has a non-zero size (cap >= 1).
     unsafe { alloc::alloc_zeroed(layout(cap)) }
 }
 
-/// [`sys_alloc_zeroed`] for a mapped block: a mapping of `max(cap, CHUNK)`
-/// bytes on a [`CHUNK`] boundary, advised for huge pages and populated,
-/// cut into blocks of `cap` when `cap` is smaller (a power of two then, so
-/// it divides the chunk).
+/// A populated private mapping of `len` bytes (page-aligned, zeroed,
+/// resident); null when out of memory.
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
-fn map_chunked(cap: usize, mut spare: impl FnMut(NonNull<u8>)) -> *mut u8 {
-    let len = cap.max(CHUNK);
+fn map_populated(len: usize) -> *mut u8 {
+    // SAFETY: a new private anonymous mapping touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// A private mapping of `len` bytes starting on a [`CHUNK`] boundary,
+/// advised for huge pages and populated (zeroed, resident); null when out
+/// of memory.
+#[cfg(all(target_os = "linux", not(miri), not(loom)))]
+fn map_chunks(len: usize) -> *mut u8 {
     let Some(span) = len.checked_add(CHUNK) else {
         return std::ptr::null_mut();
     };
@@ -264,7 +304,7 @@ fn map_chunked(cap: usize, mut spare: impl FnMut(NonNull<u8>)) -> *mut u8 {
     // SAFETY: `raw .. raw + span` is the mapping made just above and no one
     // else knows it; `start .. start + len` lies inside it (head < CHUNK),
     // and only the parts before and after are unmapped.
-    let start = unsafe {
+    unsafe {
         let start = raw.cast::<u8>().add(head);
         if head > 0 {
             libc::munmap(raw, head);
@@ -283,14 +323,7 @@ fn map_chunked(cap: usize, mut spare: impl FnMut(NonNull<u8>)) -> *mut u8 {
             }
         }
         start
-    };
-    if cap < len {
-        for at in (cap..len).step_by(cap) {
-            // SAFETY: at < len, so the address is inside the mapping.
-            spare(unsafe { NonNull::new_unchecked(start.add(at)) });
-        }
     }
-    start
 }
 
 /// Free a block of [`sys_alloc_zeroed`].
@@ -374,7 +407,7 @@ impl PageAllocator {
         let home = &self.pool.shards[home_at];
         let oom = || crate::Error::InvalidPage { reason: format!("out of memory allocating {cap} bytes") };
         let Some(class) = class_of(len) else {
-            let ptr = NonNull::new(sys_alloc_zeroed(cap, |_| {})).ok_or_else(oom)?;
+            let ptr = NonNull::new(sys_alloc_zeroed(cap, None)).ok_or_else(oom)?;
             let mut st = home.state.lock();
             st.unpooled.0 += 1;
             st.unpooled.2 += cap as u64;
@@ -404,10 +437,14 @@ impl PageAllocator {
             // The block came from a free list of this class: `cap` writable
             // bytes, now owned by the new buffer.
             Some(ptr) => ptr,
-            // A block cut from a larger mapping: its siblings go to this
-            // class's free list, as freed blocks do (not counted as
-            // returns: they were never taken).
-            None => match NonNull::new(sys_alloc_zeroed(cap, |p| home.release(p, cap, false))) {
+            // A block cut from a larger mapping when the shard's budget
+            // can hold its siblings: they go to this class's free list, as
+            // freed blocks do (not counted as returns: they were never
+            // taken).
+            None => match NonNull::new(sys_alloc_zeroed(
+                cap,
+                (home.budget >= CARVE_BUDGET).then_some(&mut |p| home.release(p, cap, false)),
+            )) {
                 Some(p) => p,
                 None => {
                     home.state.lock().classes[class].taken -= 1;
@@ -886,14 +923,23 @@ mod tests {
     #[test]
     #[cfg(all(target_os = "linux", not(miri), not(loom)))]
     fn spare_blocks_over_the_budget_are_freed() {
-        let a = PageAllocator::new(0);
+        // 2 MiB a shard: a 1 MiB block and its spare fill this thread's.
+        let a = PageAllocator::new(SHARDS as u64 * CHUNK as u64);
+        drop(a.alloc(1 << 20).unwrap());
+        assert_eq!(a.stats().pooled_bytes, 2 << 20);
         let mut b = a.alloc(512 << 10).unwrap();
-        assert_eq!(a.stats().pooled_bytes, 0, "no budget: the chunk's three spare blocks went back");
+        assert_eq!(b.as_ptr() as usize % CHUNK, 0, "cut from a chunk");
+        assert_eq!(a.stats().pooled_bytes, 2 << 20, "its three spare blocks went back");
         b.fill(9);
         assert!(b.iter().all(|&x| x == 9), "the kept block survives its siblings' unmapping");
         drop(b);
         let s = a.stats();
-        assert_eq!((s.pooled_bytes, s.live_bytes, s.live_buffers), (0, 0, 0));
+        assert_eq!((s.live_bytes, s.live_buffers), (0, 0));
+        // Without the budget for spares, a block is mapped alone.
+        let none = PageAllocator::new(0);
+        let c = none.alloc(512 << 10).unwrap();
+        assert!(c.iter().all(|&x| x == 0));
+        assert_eq!(none.stats().pooled_bytes, 0);
     }
 
     #[test]
