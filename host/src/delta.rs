@@ -45,8 +45,11 @@ where
     }
 }
 
-/// A byte run of a sparse delta: `len` bytes starting at page byte `offset`.
+/// A byte run of a sparse delta: `len` bytes starting at page byte `offset`
+/// (laid out in that order, `#[repr(C)]`: the vector run copy reads four
+/// runs at a time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(C)]
 pub struct Run {
     /// First page byte replaced.
     pub offset: u64,
