@@ -498,12 +498,13 @@ mod x86 {
 
     /// Deltas with at most this many bytes are copied eight runs a step,
     /// larger ones four. Measured on a Sapphire Rapids class host with runs
-    /// of 64 bytes every 128 (`mmsb bench` apply rows, alternated builds):
-    /// at 4 KiB pages (2 KiB of data, in the L1 cache) eight a step met
-    /// 0.7 of memcpy in 5 of 6 runs against 2 of 6, and in a probe of eight
-    /// processes ran at 0.93-0.95 against 0.78-0.85; at 1 MiB pages (data
-    /// and page from the L2 cache and beyond) it ran below four a step in
-    /// two calls (medians 0.59 and 0.60 against 0.73 and 0.67).
+    /// of 64 bytes every 128 (`mmsb bench` apply rows, alternated builds,
+    /// docs/BENCHMARKS.md): at 4 KiB pages (2 KiB of data, in the L1
+    /// cache) eight a step met 0.7 of memcpy in 8 of 11 runs against 5 of
+    /// 11, and in a probe of eight processes ran at 0.93-0.95 against
+    /// 0.78-0.85; at 1 MiB pages (data and page from the L2 cache and
+    /// beyond) it ran below four a step in two calls (medians 0.59 and 0.60
+    /// against 0.73 and 0.67).
     const EIGHTS_MAX: usize = 32 << 10;
 
     /// # Safety
