@@ -179,6 +179,30 @@ pub enum Record<'a> {
     Optional(u8),
 }
 
+/// The page lists of a due or stale record body (`what`): one u32 count per
+/// list (each read under its label in `counts`), then every list's u64 ids;
+/// the counts must account for the whole body.
+fn read_page_lists<const N: usize>(
+    r: &mut Reader<'_>,
+    base: u64,
+    what: &str,
+    counts: [&str; N],
+) -> Result<[Vec<PageId>; N]> {
+    let mut lens = [0u32; N];
+    for (n, label) in lens.iter_mut().zip(counts) {
+        *n = r.u32(label)?;
+    }
+    if lens.iter().map(|&n| u64::from(n)).sum::<u64>() * 8 != r.remaining() as u64 {
+        return Err(Error::corrupt_at(base, format!("{what} record counts do not match its length")));
+    }
+    let page = format!("{what} page");
+    let mut lists: [Vec<PageId>; N] = std::array::from_fn(|_| Vec::new());
+    for (list, &n) in lists.iter_mut().zip(&lens) {
+        *list = (0..n).map(|_| r.u64(&page).map(PageId)).collect::<Result<_>>()?;
+    }
+    Ok(lists)
+}
+
 /// Decode a record body.
 ///
 /// # Errors
@@ -234,13 +258,8 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
             Record::Graph(rec.into_change())
         }
         Some(RecordType::Due) => {
-            let (w, f) = (r.u32("due written count")?, r.u32("due forced count")?);
-            if (u64::from(w) + u64::from(f)) * 8 != r.remaining() as u64 {
-                return Err(Error::corrupt_at(base, "due record counts do not match its length"));
-            }
-            let mut ids = |n: u32| (0..n).map(|_| r.u64("due page").map(PageId)).collect::<Result<Vec<_>>>();
-            let written = ids(w)?;
-            let forced = ids(f)?;
+            let [written, forced] =
+                read_page_lists(&mut r, base, "due", ["due written count", "due forced count"])?;
             Record::Due { written, forced }
         }
         Some(RecordType::Settled) => {
@@ -248,11 +267,8 @@ pub fn decode_record<'a>(raw: &RawRecord<'a>, limits: &Limits) -> Result<Record<
             Record::Settled
         }
         Some(RecordType::Stale) => {
-            let n = r.u32("stale count")?;
-            if u64::from(n) * 8 != r.remaining() as u64 {
-                return Err(Error::corrupt_at(base, "stale record count does not match its length"));
-            }
-            Record::Stale((0..n).map(|_| r.u64("stale page").map(PageId)).collect::<Result<Vec<_>>>()?)
+            let [pages] = read_page_lists(&mut r, base, "stale", ["stale count"])?;
+            Record::Stale(pages)
         }
         None if RecordType::is_optional(raw.kind) => Record::Optional(raw.kind),
         None => {

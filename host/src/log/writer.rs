@@ -561,20 +561,7 @@ impl LogWriter {
     /// # Errors
     /// As [`LogWriter::append`].
     pub(crate) fn append_due(&mut self, written: &[PageId], forced: &[PageId]) -> Result<()> {
-        let (Ok(w), Ok(f)) = (u32::try_from(written.len()), u32::try_from(forced.len())) else {
-            return Err(Error::Serialization("too many pages in a due record".into()));
-        };
-        self.framed(1, |log, _| {
-            log.record(RecordType::Due, |b| {
-                put_u32(b, w);
-                put_u32(b, f);
-                for p in written.iter().chain(forced) {
-                    put_u64(b, p.0);
-                }
-                Ok(())
-            })
-        })
-        .map(drop)
+        self.append_page_lists(RecordType::Due, &[written, forced])
     }
 
     /// Frame a stale record: pages a control parent's write left stale and
@@ -584,13 +571,26 @@ impl LogWriter {
     /// # Errors
     /// As [`LogWriter::append`].
     pub(crate) fn append_stale(&mut self, pages: &[PageId]) -> Result<()> {
-        let Ok(n) = u32::try_from(pages.len()) else {
-            return Err(Error::Serialization("too many pages in a stale record".into()));
+        self.append_page_lists(RecordType::Stale, &[pages])
+    }
+
+    /// Frame a record of page lists (due, stale): each list's count as a
+    /// u32, then every list's ids as u64s, in order.
+    fn append_page_lists(&mut self, kind: RecordType, lists: &[&[PageId]]) -> Result<()> {
+        let Ok(counts) =
+            lists.iter().map(|l| u32::try_from(l.len())).collect::<std::result::Result<Vec<u32>, _>>()
+        else {
+            return Err(Error::Serialization(format!(
+                "too many pages in a {} record",
+                RecordType::name(kind as u8)
+            )));
         };
         self.framed(1, |log, _| {
-            log.record(RecordType::Stale, |b| {
-                put_u32(b, n);
-                for p in pages {
+            log.record(kind, |b| {
+                for &n in &counts {
+                    put_u32(b, n);
+                }
+                for p in lists.iter().copied().flatten() {
                     put_u64(b, p.0);
                 }
                 Ok(())
