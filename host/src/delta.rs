@@ -25,31 +25,17 @@ use smallvec::SmallVec;
 /// common case, and a batch of them then costs no allocation or free.
 pub const SPARSE_INLINE_BYTES: usize = 16;
 
-/// Runs of a sparse delta: one inline, more on the heap.
+/// Runs being gathered for a sparse delta (decoding, building from
+/// pairs): one inline, more on the heap. The delta keeps them as a
+/// [`RunStore`].
 pub(crate) type RunBuf = SmallVec<[Run; 1]>;
 /// Bytes of a sparse delta: up to [`SPARSE_INLINE_BYTES`] inline, more on
 /// 64-byte-aligned lines.
 pub(crate) use crate::linebuf::ByteBuf;
 const _: () = assert!(SPARSE_INLINE_BYTES == crate::linebuf::INLINE);
 
-/// `v` as a small vector: inline when its elements fit (the vector is then
-/// freed), else the vector's own heap buffer, not copied.
-pub(crate) fn small<A: smallvec::Array>(v: Vec<A::Item>) -> SmallVec<A>
-where
-    A::Item: Copy,
-{
-    if v.len() <= A::size() {
-        SmallVec::from_slice(&v)
-    } else {
-        SmallVec::from_vec(v)
-    }
-}
-
-/// A byte run of a sparse delta: `len` bytes starting at page byte `offset`
-/// (laid out in that order, `#[repr(C)]`: the vector run copy reads four
-/// runs at a time).
+/// A byte run of a sparse delta: `len` bytes starting at page byte `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[repr(C)]
 pub struct Run {
     /// First page byte replaced.
     pub offset: u64,
@@ -63,6 +49,133 @@ impl Run {
         self.offset.checked_add(self.len)
     }
 }
+
+/// A run as a sparse delta keeps it when it ends at or before
+/// `u32::MAX` (pages of up to 4 GiB, the default page limit): 8 bytes
+/// instead of 16, so the run list of a delta of short runs is half the
+/// memory and half the bytes an apply reads. Laid out as offset then
+/// length (`#[repr(C)]`): the vector run copy reads eight runs, one
+/// 64-byte vector, at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct NarrowRun {
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+}
+
+impl NarrowRun {
+    #[inline]
+    pub(crate) fn wide(self) -> Run {
+        Run { offset: u64::from(self.offset), len: u64::from(self.len) }
+    }
+}
+
+/// The runs of a sparse delta: narrow when the last run ends at or before
+/// `u32::MAX` (then every run does), wide otherwise. The choice depends on
+/// the runs alone, so equal deltas hold equal stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RunStore {
+    /// Two runs inline, more on the heap.
+    Narrow(SmallVec<[NarrowRun; 2]>),
+    /// A delta reaching past byte `u32::MAX` of its page.
+    Wide(Vec<Run>),
+}
+
+impl Default for RunStore {
+    fn default() -> Self {
+        RunStore::Narrow(SmallVec::new())
+    }
+}
+
+impl RunStore {
+    /// The store of checked runs (sorted, apart, no overflow), coalescing
+    /// adjacent ones on the way.
+    fn coalescing(runs: &[Run]) -> Self {
+        let end = runs.last().map_or(0, |r| r.offset + r.len);
+        if end <= u64::from(u32::MAX) {
+            let mut v: SmallVec<[NarrowRun; 2]> = SmallVec::with_capacity(runs.len());
+            for r in runs {
+                // Both fields are at most `end`, so they fit, and so do
+                // the sums below.
+                let (offset, len) = (r.offset as u32, r.len as u32);
+                match v.last_mut() {
+                    Some(l) if l.offset + l.len == offset => l.len += len,
+                    _ => v.push(NarrowRun { offset, len }),
+                }
+            }
+            RunStore::Narrow(v)
+        } else {
+            let mut v: Vec<Run> = Vec::with_capacity(runs.len());
+            for &r in runs {
+                match v.last_mut() {
+                    Some(l) if l.offset + l.len == r.offset => l.len += r.len,
+                    _ => v.push(r),
+                }
+            }
+            RunStore::Wide(v)
+        }
+    }
+
+    /// The store of checked, coalesced runs ending at `end`.
+    fn of_coalesced(runs: &[Run], end: u64) -> Self {
+        if end <= u64::from(u32::MAX) {
+            // Every run ends at or before `end`, so both fields fit.
+            RunStore::Narrow(runs.iter().map(|r| NarrowRun { offset: r.offset as u32, len: r.len as u32 }).collect())
+        } else {
+            RunStore::Wide(runs.to_vec())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            RunStore::Narrow(v) => v.len(),
+            RunStore::Wide(v) => v.len(),
+        }
+    }
+}
+
+/// The runs of a [`SparseDelta`], in order ([`SparseDelta::runs`]).
+#[derive(Clone, Debug)]
+pub struct Runs<'a>(RunsIter<'a>);
+
+#[derive(Clone, Debug)]
+enum RunsIter<'a> {
+    Narrow(std::slice::Iter<'a, NarrowRun>),
+    Wide(std::slice::Iter<'a, Run>),
+}
+
+impl Iterator for Runs<'_> {
+    type Item = Run;
+
+    #[inline]
+    fn next(&mut self) -> Option<Run> {
+        match &mut self.0 {
+            RunsIter::Narrow(i) => i.next().map(|r| r.wide()),
+            RunsIter::Wide(i) => i.next().copied(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.0 {
+            RunsIter::Narrow(i) => i.size_hint(),
+            RunsIter::Wide(i) => i.size_hint(),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Runs<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Run> {
+        match &mut self.0 {
+            RunsIter::Narrow(i) => i.next_back().map(|r| r.wide()),
+            RunsIter::Wide(i) => i.next_back().copied(),
+        }
+    }
+}
+
+impl ExactSizeIterator for Runs<'_> {}
+impl std::iter::FusedIterator for Runs<'_> {}
 
 /// A dense delta: a mask with one bit per page byte plus page-length data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,9 +286,14 @@ impl DenseDelta {
 /// is then read from whole lines too, where a heap `Vec` (16 bytes past a
 /// line) splits every 64-byte load. [`SparseDelta::new`] takes its `Vec`
 /// over as it is, with no copy.
+///
+/// Runs are kept in 8 bytes each (a 32-bit offset and length) when the
+/// delta ends at or before byte `u32::MAX`, as on every page within the
+/// default [`Limits`](crate::codec::Limits), and in 16 past it;
+/// [`SparseDelta::runs`] gives them as [`Run`]s either way.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SparseDelta {
-    runs: RunBuf,
+    runs: RunStore,
     data: ByteBuf,
 }
 
@@ -191,12 +309,12 @@ impl SparseDelta {
     /// overlapping, an offset overflow, or a data length that differs from
     /// the sum of the run lengths.
     pub fn new(runs: Vec<Run>, data: Vec<u8>) -> Result<Self> {
-        Self::from_bufs(small(runs), ByteBuf::from_vec(data))
+        Self::from_bufs(&runs, ByteBuf::from_vec(data))
     }
 
     /// [`SparseDelta::new`] of runs and bytes already in their buffers.
-    pub(crate) fn from_bufs(runs: RunBuf, data: ByteBuf) -> Result<Self> {
-        let total = Self::checked_total(&runs)?;
+    pub(crate) fn from_bufs(runs: &[Run], data: ByteBuf) -> Result<Self> {
+        let total = Self::checked_total(runs)?;
         if total != data.len() as u64 {
             return Err(Error::invalid_delta(
                 None,
@@ -234,17 +352,16 @@ impl SparseDelta {
         Ok(total)
     }
 
-    /// Checked runs and their bytes, with adjacent runs coalesced in place
-    /// (`last` is the run kept before `r`).
-    fn coalesced(mut runs: RunBuf, data: ByteBuf) -> Self {
-        runs.dedup_by(|r, last| {
-            let adjacent = last.offset + last.len == r.offset;
-            if adjacent {
-                last.len += r.len;
-            }
-            adjacent
-        });
-        Self { runs, data }
+    /// Checked runs and their bytes, with adjacent runs coalesced.
+    fn coalesced(runs: &[Run], data: ByteBuf) -> Self {
+        Self { runs: RunStore::coalescing(runs), data }
+    }
+
+    /// Runs already checked and coalesced (sorted, apart, not adjacent,
+    /// inside `u64`) and exactly their bytes.
+    fn of_coalesced(runs: &[Run], data: ByteBuf) -> Self {
+        let end = runs.last().map_or(0, |r| r.offset + r.len);
+        Self { runs: RunStore::of_coalesced(runs, end), data }
     }
 
     /// Build from `(offset, bytes)` pairs (sorted, non-overlapping).
@@ -270,12 +387,29 @@ impl SparseDelta {
         for bytes in slices {
             data.extend_from_slice(bytes);
         }
-        Ok(Self::coalesced(runs, data))
+        Ok(Self::coalesced(&runs, data))
     }
 
-    /// The runs, sorted and non-adjacent.
+    /// The runs, sorted and non-adjacent. A delta ending at or before
+    /// byte `u32::MAX` keeps them in 8 bytes each; the iterator gives
+    /// them as [`Run`]s either way.
     #[inline]
-    pub fn runs(&self) -> &[Run] {
+    pub fn runs(&self) -> Runs<'_> {
+        Runs(match &self.runs {
+            RunStore::Narrow(v) => RunsIter::Narrow(v.iter()),
+            RunStore::Wide(v) => RunsIter::Wide(v.iter()),
+        })
+    }
+
+    /// The number of runs.
+    #[inline]
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// The runs as they are kept.
+    #[inline]
+    pub(crate) fn store(&self) -> &RunStore {
         &self.runs
     }
 
@@ -288,16 +422,16 @@ impl SparseDelta {
     /// One past the last byte touched (0 for no runs).
     #[inline]
     pub fn end(&self) -> u64 {
-        self.runs.last().map_or(0, |r| r.offset + r.len)
+        self.runs().next_back().map_or(0, |r| r.offset + r.len)
     }
 
     /// Iterate `(run, its bytes)`.
     pub fn iter(&self) -> impl Iterator<Item = (Run, &[u8])> {
         let mut at = 0usize;
-        self.runs.iter().map(move |r| {
+        self.runs().map(move |r| {
             let s = &self.data[at..at + r.len as usize];
             at += r.len as usize;
-            (*r, s)
+            (r, s)
         })
     }
 }
@@ -410,7 +544,7 @@ impl Payload {
     pub fn encoded_len(&self) -> u64 {
         9 + match self {
             Payload::Dense(d) => d.len().div_ceil(8) + d.selected(),
-            Payload::Sparse(s) => 16 * s.runs.len() as u64 + s.data.len() as u64,
+            Payload::Sparse(s) => 16 * s.run_count() as u64 + s.data.len() as u64,
             Payload::Full(b) => b.len() as u64,
         }
     }
@@ -702,7 +836,7 @@ fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
         for r in &runs {
             data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
         }
-        Payload::Sparse(SparseDelta { runs: small(runs), data })
+        Payload::Sparse(SparseDelta::of_coalesced(&runs, data))
     } else if dense_cost <= len {
         let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
         let mut data = vec![0u8; new.len()];
@@ -747,7 +881,7 @@ pub(crate) fn diff_from_runs(raw: Vec<Run>, new: &[u8]) -> Payload {
             for r in &bridged {
                 data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
             }
-            Payload::Sparse(SparseDelta { runs: small(bridged), data })
+            Payload::Sparse(SparseDelta::of_coalesced(&bridged, data))
         } else if dense_cost <= full_cost {
             let mut mask = BitVec::<u64, Lsb0>::repeat(false, new.len());
             let mut data = vec![0u8; new.len()];
@@ -841,17 +975,16 @@ pub(crate) fn blend(dst: &mut [u8], src: &[u8], words: &[u64]) {
 
 fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
     // Union of the intervals, coalescing overlaps and adjacency.
-    let mut all: Vec<Run> = Vec::with_capacity(a.runs.len() + b.runs.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.runs.len() || j < b.runs.len() {
-        let take_a = j >= b.runs.len() || (i < a.runs.len() && a.runs[i].offset <= b.runs[j].offset);
-        let r = if take_a {
-            i += 1;
-            a.runs[i - 1]
-        } else {
-            j += 1;
-            b.runs[j - 1]
+    let mut all: Vec<Run> = Vec::with_capacity(a.run_count() + b.run_count());
+    let (mut ra, mut rb) = (a.runs().peekable(), b.runs().peekable());
+    loop {
+        let next = match (ra.peek(), rb.peek()) {
+            (Some(x), Some(y)) if x.offset <= y.offset => ra.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => rb.next(),
+            (Some(_), None) => ra.next(),
+            (None, None) => None,
         };
+        let Some(r) = next else { break };
         match all.last_mut() {
             Some(last) if r.offset <= last.offset + last.len => {
                 let end = (last.offset + last.len).max(r.offset + r.len);
@@ -878,7 +1011,7 @@ fn merge_sparse(a: &SparseDelta, b: &SparseDelta) -> SparseDelta {
             data[at..at + bytes.len()].copy_from_slice(bytes);
         }
     }
-    SparseDelta { runs: small(all), data }
+    SparseDelta::of_coalesced(&all, data)
 }
 
 /// Which recompute function produced a derived delta, from which inputs.
@@ -969,7 +1102,7 @@ mod tests {
         assert!(SparseDelta::new(vec![Run { offset: 0, len: 2 }], vec![0; 3]).is_err());
         let s = SparseDelta::new(vec![Run { offset: 0, len: 2 }, Run { offset: 2, len: 1 }], vec![1, 2, 3])
             .unwrap();
-        assert_eq!(s.runs(), &[Run { offset: 0, len: 3 }], "adjacent runs coalesce");
+        assert_eq!(s.runs().collect::<Vec<_>>(), [Run { offset: 0, len: 3 }], "adjacent runs coalesce");
         // from_pairs checks the same, and coalesces the same.
         let big = [7u8; 40];
         for bad in [
@@ -985,7 +1118,7 @@ mod tests {
             );
         }
         let p = SparseDelta::from_pairs([(0, &big[..20]), (20, &big[..20]), (50, &big[..1])]).unwrap();
-        assert_eq!(p.runs(), &[Run { offset: 0, len: 40 }, Run { offset: 50, len: 1 }]);
+        assert_eq!(p.runs().collect::<Vec<_>>(), [Run { offset: 0, len: 40 }, Run { offset: 50, len: 1 }]);
         assert_eq!(p.data(), &[7u8; 41][..]);
     }
 
@@ -1006,6 +1139,42 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_kept_narrow_up_to_byte_u32_max_and_wide_past_it() {
+        let max = u64::from(u32::MAX);
+        let narrow = SparseDelta::new(vec![Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 4 }], vec![1; 6])
+            .unwrap();
+        assert!(matches!(narrow.store(), RunStore::Narrow(_)), "{narrow:?}");
+        assert_eq!(narrow.end(), max);
+        assert_eq!(narrow.runs().collect::<Vec<_>>(), [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 4 }]);
+        assert_eq!(narrow.runs().rev().next(), Some(Run { offset: max - 4, len: 4 }));
+        assert_eq!(narrow.runs().len(), 2);
+        // One byte further, and a run of 2^32 bytes: both kept wide, the
+        // same runs given back; adjacent wide runs coalesce as narrow ones do.
+        let wide = SparseDelta::new(
+            vec![Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 4 }, Run { offset: max, len: 1 }],
+            vec![2; 7],
+        )
+        .unwrap();
+        assert!(matches!(wide.store(), RunStore::Wide(_)), "{wide:?}");
+        assert_eq!(wide.runs().collect::<Vec<_>>(), [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 5 }]);
+        assert_eq!(wide.end(), max + 1);
+        let long = SparseDelta::new(vec![Run { offset: 0, len: max + 1 }], Vec::new());
+        assert!(long.is_err(), "the data must match the runs");
+        // Merging a narrow delta with a wide one gives a wide one, and the
+        // laws still hold on the bytes below 4 GiB.
+        let m = Payload::Sparse(narrow.clone()).merge(&Payload::Sparse(wide.clone()), max + 1).unwrap();
+        let Payload::Sparse(ms) = &m else { panic!("sparse merge stays sparse") };
+        assert!(matches!(ms.store(), RunStore::Wide(_)));
+        assert_eq!(ms.runs().collect::<Vec<_>>(), [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 5 }]);
+        assert_eq!(ms.data(), &[2u8; 7][..]);
+        // Too far for any page in memory here: the typed error, the page
+        // left alone.
+        let mut page = vec![9u8; 64];
+        assert!(matches!(Payload::Sparse(wide).apply_to(&mut page), Err(Error::InvalidDelta { .. })));
+        assert_eq!(page, vec![9u8; 64]);
+    }
+
+    #[test]
     fn merge_sparse_overlapping() {
         let a = sparse(&[(0, &[1, 1, 1, 1]), (10, &[2, 2])]);
         let b = sparse(&[(2, &[9, 9, 9]), (12, &[3])]);
@@ -1017,7 +1186,7 @@ mod tests {
         m.apply_to(&mut p2).unwrap();
         assert_eq!(p1, p2);
         if let Payload::Sparse(s) = &m {
-            assert_eq!(s.runs(), &[Run { offset: 0, len: 5 }, Run { offset: 10, len: 3 }]);
+            assert_eq!(s.runs().collect::<Vec<_>>(), [Run { offset: 0, len: 5 }, Run { offset: 10, len: 3 }]);
         } else {
             panic!("sparse merge stays sparse");
         }

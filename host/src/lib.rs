@@ -64,7 +64,7 @@ pub use api::{
     Config, Derivation, Mmsb, PageInfo, PageRef, Update, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES,
 };
 pub use change::Change;
-pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Source, SparseDelta};
+pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Runs, Source, SparseDelta};
 pub use error::{Error, Result};
 pub use events::{Event, SourceKind, Subscription};
 pub use graph::EdgeKind;

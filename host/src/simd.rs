@@ -7,7 +7,7 @@
 //! time by CPU feature detection and give bit-identical results (tested
 //! against the scalar versions with proptest).
 
-use crate::delta::{Run, SparseDelta};
+use crate::delta::{NarrowRun, Run, RunStore, SparseDelta};
 
 /// Expands 8 mask bits into a 64-bit byte mask (bit `i` → byte `i` = 0xFF).
 const EXPAND: [u64; 256] = {
@@ -116,11 +116,15 @@ pub(crate) fn copy_sparse(page: &mut [u8], s: &SparseDelta) -> bool {
     if s.end() > page.len() as u64 {
         return false;
     }
-    // SAFETY: a sparse delta's runs are sorted and apart and its data holds
-    // exactly their bytes (every constructor of `SparseDelta` ensures it and
-    // its fields are private); its end, checked just above, is inside the
-    // page, so every run is.
-    unsafe { copy_runs_valid(page, s.runs(), s.data()) };
+    match s.store() {
+        // SAFETY: a sparse delta's runs are sorted and apart and its data
+        // holds exactly their bytes (every constructor of `SparseDelta`
+        // ensures it and its fields are private); its end, checked just
+        // above, is inside the page, so every run is.
+        RunStore::Narrow(runs) => unsafe { copy_runs_valid(page, runs, s.data()) },
+        // Runs past byte `u32::MAX` of a page: the portable copy.
+        RunStore::Wide(runs) => copy_runs_scalar(page, runs.iter().copied(), s.data()),
+    }
     true
 }
 
@@ -134,13 +138,13 @@ pub(crate) fn copy_sparse(page: &mut [u8], s: &SparseDelta) -> bool {
 /// sum to exactly `data.len()`: what a [`crate::SparseDelta`] guarantees,
 /// once its end has been checked against the page.
 #[inline]
-unsafe fn copy_runs_valid(page: &mut [u8], runs: &[Run], data: &[u8]) {
+unsafe fn copy_runs_valid(page: &mut [u8], runs: &[NarrowRun], data: &[u8]) {
     debug_assert!(runs.windows(2).all(|w| w[0].offset + w[0].len <= w[1].offset));
-    debug_assert!(runs.last().is_none_or(|r| r.offset + r.len <= page.len() as u64));
-    debug_assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), data.len() as u64);
+    debug_assert!(runs.last().is_none_or(|r| r.offset as usize + r.len as usize <= page.len()));
+    debug_assert_eq!(runs.iter().map(|r| r.len as usize).sum::<usize>(), data.len());
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
-        if runs.len() >= 4 && x86::has_avx512_bw_vl() {
+        if runs.len() >= 8 && x86::has_avx512_bw_vl() {
             // SAFETY: the CPU supports AVX-512BW and VL (checked just
             // above); the runs are valid for `page` and `data` (this
             // function's contract).
@@ -148,14 +152,14 @@ unsafe fn copy_runs_valid(page: &mut [u8], runs: &[Run], data: &[u8]) {
             return;
         }
     }
-    copy_runs_scalar(page, runs, data);
+    copy_runs_scalar(page, runs.iter().map(|r| r.wide()), data);
 }
 
 /// The portable run copy: runs of up to 64 bytes with two overlapping
 /// fixed-size moves (inline, no `memcpy` call), longer ones with `memcpy`.
 /// Stops at the first run that does not fit `page` or whose bytes `data`
 /// lacks, so it is safe for any input.
-pub(crate) fn copy_runs_scalar(page: &mut [u8], runs: &[Run], data: &[u8]) {
+pub(crate) fn copy_runs_scalar(page: &mut [u8], runs: impl IntoIterator<Item = Run>, data: &[u8]) {
     let mut at = 0usize;
     for r in runs {
         let (o, n) = (r.offset as usize, r.len as usize);
@@ -283,7 +287,7 @@ pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
 
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 mod x86 {
-    use crate::delta::Run;
+    use crate::delta::NarrowRun;
     use std::arch::x86_64::*;
 
     /// How far ahead (in 64-byte lines) the dense blend prefetches.
@@ -496,122 +500,96 @@ mod x86 {
         super::blend_tail(&mut dst[tail..], &src[tail..], words.get(full).copied().unwrap_or(0));
     }
 
-    /// Deltas with at most this many bytes are copied eight runs a step,
-    /// larger ones four. Measured on a Sapphire Rapids class host with runs
-    /// of 64 bytes every 128 (`mmsb bench` apply rows, alternated builds,
-    /// docs/BENCHMARKS.md): at 4 KiB pages (2 KiB of data, in the L1
-    /// cache) eight a step met 0.7 of memcpy in 8 of 11 runs against 5 of
-    /// 11, and in a probe of eight processes ran at 0.93-0.95 against
-    /// 0.78-0.85; at 1 MiB pages (data and page from the L2 cache and
-    /// beyond) it ran below four a step in two calls (medians 0.59 and 0.60
-    /// against 0.73 and 0.67).
+    /// Deltas with at most this many bytes issue the eight loads of a
+    /// group of eight one-line runs before its eight stores; larger ones
+    /// four loads, four stores, twice. Measured on a Sapphire Rapids class
+    /// host with runs of 64 bytes every 128 (`mmsb bench` apply rows,
+    /// alternated builds, docs/BENCHMARKS.md): at 4 KiB pages (2 KiB of
+    /// data, in the L1 cache) eight loads first met 0.7 of memcpy in 8 of
+    /// 11 runs against 5 of 11, and in a probe of eight processes ran at
+    /// 0.93-0.95 against 0.78-0.85; at 1 MiB pages (data and page from the
+    /// L2 cache and beyond) it ran below four at a time in two calls
+    /// (medians 0.59 and 0.60 against 0.73 and 0.67).
     const EIGHTS_MAX: usize = 32 << 10;
 
     /// # Safety
     /// The CPU must support AVX-512BW and VL (and F), and the runs must be
     /// valid for `page` and `data` as [`super::copy_runs_valid`] requires.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,bmi2")]
-    pub(super) unsafe fn copy_runs_valid_avx512(page: &mut [u8], runs: &[Run], data: &[u8]) {
+    pub(super) unsafe fn copy_runs_valid_avx512(page: &mut [u8], runs: &[NarrowRun], data: &[u8]) {
         // SAFETY: this function's own requirements.
         unsafe {
             if data.len() <= EIGHTS_MAX {
-                copy_runs_by8(page, runs, data)
+                copy_runs_by8::<false>(page, runs, data)
             } else {
-                copy_runs_by4(page, runs, data)
+                copy_runs_by8::<true>(page, runs, data)
             }
         }
     }
 
     /// [`copy_runs_valid_avx512`] eight runs a step while all eight are
-    /// one cache line long: their lengths tested with two vector compares
-    /// and one branch, their eight loads issued before their eight stores;
-    /// `one_run` run by run otherwise.
+    /// one cache line long: the eight runs (8 bytes each) are one 64-byte
+    /// vector, their lengths tested with one compare and one branch; the
+    /// eight loads are issued before the eight stores, or, when `SPLIT`,
+    /// four loads before four stores twice. `one_run` run by run otherwise.
     ///
     /// # Safety
     /// As [`copy_runs_valid_avx512`].
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,bmi2")]
-    pub(super) unsafe fn copy_runs_by8(page: &mut [u8], runs: &[Run], data: &[u8]) {
-        // A run is {offset, len} as two u64 (`#[repr(C)]`): four runs fill
+    pub(super) unsafe fn copy_runs_by8<const SPLIT: bool>(page: &mut [u8], runs: &[NarrowRun], data: &[u8]) {
+        // A run is {offset, len} as two u32 (`#[repr(C)]`): eight runs fill
         // one 64-byte vector, their lengths in the odd lanes.
-        const _: () = assert!(std::mem::size_of::<Run>() == 16 && std::mem::offset_of!(Run, len) == 8);
-        const LENS: __mmask8 = 0b1010_1010;
+        const _: () = assert!(
+            std::mem::size_of::<NarrowRun>() == 8 && std::mem::offset_of!(NarrowRun, len) == 4
+        );
+        const LENS: __mmask16 = 0xAAAA;
         let (d, s) = (page.as_mut_ptr(), data.as_ptr());
-        let line = _mm512_set1_epi64(64);
+        let line = _mm512_set1_epi32(64);
         let mut at = 0usize;
         let mut groups = runs.chunks_exact(8);
         for g in &mut groups {
-            // SAFETY: `g` is eight runs, 128 readable bytes; bytes o .. o +
+            // SAFETY: `g` is eight runs, 64 readable bytes; bytes o .. o +
             // n of the page and at .. at + n of data are in bounds for each
             // run, since the runs are valid and `at` is the sum of the
             // lengths before it; the 64-byte moves have n == 64 for all
-            // eight runs (the compares just checked), and the runs do not
+            // eight runs (the compare just checked), and the runs do not
             // overlap.
             unsafe {
-                let lo = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(g.as_ptr().cast()), line);
-                let hi = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(g.as_ptr().add(4).cast()), line);
-                if lo & hi & LENS == LENS {
-                    let x0 = _mm512_loadu_si512(s.add(at).cast());
-                    let x1 = _mm512_loadu_si512(s.add(at + 64).cast());
-                    let x2 = _mm512_loadu_si512(s.add(at + 128).cast());
-                    let x3 = _mm512_loadu_si512(s.add(at + 192).cast());
-                    let x4 = _mm512_loadu_si512(s.add(at + 256).cast());
-                    let x5 = _mm512_loadu_si512(s.add(at + 320).cast());
-                    let x6 = _mm512_loadu_si512(s.add(at + 384).cast());
-                    let x7 = _mm512_loadu_si512(s.add(at + 448).cast());
-                    _mm512_storeu_si512(d.add(g[0].offset as usize).cast(), x0);
-                    _mm512_storeu_si512(d.add(g[1].offset as usize).cast(), x1);
-                    _mm512_storeu_si512(d.add(g[2].offset as usize).cast(), x2);
-                    _mm512_storeu_si512(d.add(g[3].offset as usize).cast(), x3);
-                    _mm512_storeu_si512(d.add(g[4].offset as usize).cast(), x4);
-                    _mm512_storeu_si512(d.add(g[5].offset as usize).cast(), x5);
-                    _mm512_storeu_si512(d.add(g[6].offset as usize).cast(), x6);
-                    _mm512_storeu_si512(d.add(g[7].offset as usize).cast(), x7);
-                    at += 512;
-                } else {
-                    for r in g {
-                        one_run(s.add(at), d.add(r.offset as usize), r.len as usize);
-                        at += r.len as usize;
+                let lens = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(g.as_ptr().cast()), line);
+                if lens & LENS == LENS {
+                    // Each offset by a plain load of its own: left to
+                    // itself the compiler takes them out of the compare's
+                    // vector, eleven shuffles a group, and at 4 KiB pages
+                    // that costs a fifth of the copy.
+                    let o = |k: usize| {
+                        let at = std::ptr::addr_of!((*g.as_ptr().add(k)).offset).read_volatile();
+                        d.add(at as usize).cast::<__m512i>()
+                    };
+                    let x = |k: usize| _mm512_loadu_si512(s.add(at + 64 * k).cast());
+                    if SPLIT {
+                        for h in [0, 4] {
+                            let (x0, x1, x2, x3) = (x(h), x(h + 1), x(h + 2), x(h + 3));
+                            _mm512_storeu_si512(o(h), x0);
+                            _mm512_storeu_si512(o(h + 1), x1);
+                            _mm512_storeu_si512(o(h + 2), x2);
+                            _mm512_storeu_si512(o(h + 3), x3);
+                            // Keeps the second half's loads after the first
+                            // half's stores (the compiler would hoist them).
+                            std::arch::asm!("", options(nostack, preserves_flags));
+                        }
+                    } else {
+                        let (x0, x1, x2, x3, x4, x5, x6, x7) = (x(0), x(1), x(2), x(3), x(4), x(5), x(6), x(7));
+                        _mm512_storeu_si512(o(0), x0);
+                        _mm512_storeu_si512(o(1), x1);
+                        _mm512_storeu_si512(o(2), x2);
+                        _mm512_storeu_si512(o(3), x3);
+                        _mm512_storeu_si512(o(4), x4);
+                        _mm512_storeu_si512(o(5), x5);
+                        _mm512_storeu_si512(o(6), x6);
+                        _mm512_storeu_si512(o(7), x7);
                     }
-                }
-            }
-        }
-        for r in groups.remainder() {
-            // SAFETY: as for the groups.
-            unsafe { one_run(s.add(at), d.add(r.offset as usize), r.len as usize) };
-            at += r.len as usize;
-        }
-    }
-
-    /// [`copy_runs_valid_avx512`] four runs a step while all four are one
-    /// cache line long (one branch for the group, its four loads issued
-    /// before its four stores), `one_run` run by run otherwise.
-    ///
-    /// # Safety
-    /// As [`copy_runs_valid_avx512`].
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,bmi2")]
-    pub(super) unsafe fn copy_runs_by4(page: &mut [u8], runs: &[Run], data: &[u8]) {
-        let (d, s) = (page.as_mut_ptr(), data.as_ptr());
-        let mut at = 0usize;
-        let mut groups = runs.chunks_exact(4);
-        for g in &mut groups {
-            let lines = (g[0].len ^ 64) | (g[1].len ^ 64) | (g[2].len ^ 64) | (g[3].len ^ 64) == 0;
-            // SAFETY: bytes o .. o + n of the page and at .. at + n of data
-            // are in bounds for each run, since the runs are valid and `at`
-            // is the sum of the lengths before it; the 64-byte moves have
-            // n == 64 for all four runs, and the runs do not overlap.
-            unsafe {
-                if lines {
-                    let x0 = _mm512_loadu_si512(s.add(at).cast());
-                    let x1 = _mm512_loadu_si512(s.add(at + 64).cast());
-                    let x2 = _mm512_loadu_si512(s.add(at + 128).cast());
-                    let x3 = _mm512_loadu_si512(s.add(at + 192).cast());
-                    _mm512_storeu_si512(d.add(g[0].offset as usize).cast(), x0);
-                    _mm512_storeu_si512(d.add(g[1].offset as usize).cast(), x1);
-                    _mm512_storeu_si512(d.add(g[2].offset as usize).cast(), x2);
-                    _mm512_storeu_si512(d.add(g[3].offset as usize).cast(), x3);
-                    at += 256;
+                    at += 512;
                 } else {
                     for r in g {
                         one_run(s.add(at), d.add(r.offset as usize), r.len as usize);
@@ -778,44 +756,45 @@ mod tests {
                 _ => lens,
             };
             let mut runs = Vec::new();
-            let mut at = 0u64;
+            let mut at = 0u32;
             for (l, g) in lens.iter().zip(&gaps) {
-                at += g;
-                runs.push(Run { offset: at, len: *l });
-                at += l;
+                at += *g as u32;
+                runs.push(NarrowRun { offset: at, len: *l as u32 });
+                at += *l as u32;
             }
+            let at = u64::from(at);
             let total: u64 = lens.iter().sum();
             let page_len = (at + 7).saturating_sub(if extra == 1 { 8 } else { 0 });
             let data_len = total.saturating_sub(if extra == 2 { 1 } else { 0 });
             let data: Vec<u8> = (0..data_len).map(|i| (i * 31 + 7) as u8).collect();
             let seed: Vec<u8> = (0..page_len).map(|i| (i * 13) as u8).collect();
             let mut a = seed.clone();
-            copy_runs_scalar(&mut a, &runs, &data);
+            copy_runs_scalar(&mut a, runs.iter().map(|r| r.wide()), &data);
             if extra == 0 {
                 let mut b = seed.clone();
                 // SAFETY: sorted, apart, inside the page, lengths summing
                 // to the data's.
                 unsafe { copy_runs_valid(&mut b, &runs, &data) };
                 prop_assert_eq!(&a, &b);
-                // Both group widths, whatever the size picks.
+                // Both orders of loads and stores, whatever the size picks.
                 #[cfg(all(target_arch = "x86_64", not(miri)))]
                 if x86::has_avx512_bw_vl() {
-                    for by8 in [false, true] {
+                    for split in [false, true] {
                         let mut c = seed.clone();
                         // SAFETY: as above; the CPU has AVX-512BW and VL.
                         unsafe {
-                            if by8 {
-                                x86::copy_runs_by8(&mut c, &runs, &data)
+                            if split {
+                                x86::copy_runs_by8::<true>(&mut c, &runs, &data)
                             } else {
-                                x86::copy_runs_by4(&mut c, &runs, &data)
+                                x86::copy_runs_by8::<false>(&mut c, &runs, &data)
                             }
                         };
-                        prop_assert_eq!(&a, &c, "eight a step: {}", by8);
+                        prop_assert_eq!(&a, &c, "four loads at a time: {}", split);
                     }
                 }
                 let mut want = seed.clone();
                 let mut k = 0usize;
-                for r in &runs {
+                for r in runs.iter().map(|r| r.wide()) {
                     let (o, n) = (r.offset as usize, r.len as usize);
                     want[o..o + n].copy_from_slice(&data[k..k + n]);
                     k += n;

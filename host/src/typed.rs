@@ -299,7 +299,7 @@ mod tests {
         let (a, b) = (2.0f32.to_le_bytes(), 6.0f32.to_le_bytes());
         let first = (0..4).find(|&i| a[i] != b[i]).unwrap() as u64;
         let end = (0..4).rfind(|&i| a[i] != b[i]).unwrap() as u64 + 1;
-        assert_eq!(s.runs(), &[Run { offset: 12 + first, len: end - first }]);
+        assert_eq!(s.runs().collect::<Vec<_>>(), [Run { offset: 12 + first, len: end - first }]);
         assert_eq!(last.source, crate::Source::User);
 
         let bytes: Vec<u64> = sub

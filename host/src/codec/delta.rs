@@ -330,7 +330,7 @@ impl<'a> PayloadView<'a> {
             PayloadView::Sparse { runs, data, .. } => {
                 let runs: RunBuf =
                     runs.chunks_exact(16).map(|r| Run { offset: le64(r, 0), len: le64(r, 8) }).collect();
-                SparseDelta::from_bufs(runs, ByteBuf::from_slice(data))
+                SparseDelta::from_bufs(&runs, ByteBuf::from_slice(data))
                     .map(Payload::Sparse)
                     .map_err(|e| Error::corrupt(format!("sparse payload: {e}")))
             }
