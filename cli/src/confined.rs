@@ -75,7 +75,7 @@ impl Vfs for Confined {
                 format!("{} is not a directory", dir.display()),
             ));
         }
-        mmsb::vfs::list_regular_files(dir)
+        mmsb::vfs::list_entries(dir)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -147,7 +147,9 @@ mod tests {
         {
             std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("log/link"))?;
             std::os::unix::fs::symlink(outside.path(), root.path().join("out"))?;
-            assert_eq!(v.list(&root.path().join("log"))?, vec!["a".to_string()]);
+            // Listed, so that a reader expecting a file there meets it,
+            // and never read through.
+            assert_eq!(v.list(&root.path().join("log"))?, vec!["a".to_string(), "link".to_string()]);
             assert!(v.read(&root.path().join("log/link")).is_err());
             assert!(v.list(&root.path().join("out")).is_err());
             assert!(v.read(&root.path().join("out/secret")).is_err());

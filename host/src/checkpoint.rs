@@ -73,6 +73,7 @@ pub fn list(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::from(e).in_file(dir)),
     };
+    crate::log::check_names(dir, &names)?;
     let mut out: Vec<(u64, PathBuf)> =
         names.iter().filter_map(|n| parse_checkpoint_name(n).map(|l| (l, dir.join(n)))).collect();
     out.sort_by_key(|e| std::cmp::Reverse(e.0));

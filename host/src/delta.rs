@@ -120,7 +120,9 @@ impl RunStore {
     fn of_coalesced(runs: &[Run], end: u64) -> Self {
         if end <= u64::from(u32::MAX) {
             // Every run ends at or before `end`, so both fields fit.
-            RunStore::Narrow(runs.iter().map(|r| NarrowRun { offset: r.offset as u32, len: r.len as u32 }).collect())
+            RunStore::Narrow(
+                runs.iter().map(|r| NarrowRun { offset: r.offset as u32, len: r.len as u32 }).collect(),
+            )
         } else {
             RunStore::Wide(runs.to_vec())
         }
@@ -1141,12 +1143,16 @@ mod tests {
     #[test]
     fn runs_are_kept_narrow_up_to_byte_u32_max_and_wide_past_it() {
         let max = u64::from(u32::MAX);
-        let narrow = SparseDelta::new(vec![Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 4 }], vec![1; 6])
-            .unwrap();
+        let narrow =
+            SparseDelta::new(vec![Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 4 }], vec![1; 6])
+                .unwrap();
         assert!(matches!(narrow.store(), RunStore::Narrow(_)), "{narrow:?}");
         assert_eq!(narrow.end(), max);
-        assert_eq!(narrow.runs().collect::<Vec<_>>(), [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 4 }]);
-        assert_eq!(narrow.runs().rev().next(), Some(Run { offset: max - 4, len: 4 }));
+        assert_eq!(
+            narrow.runs().collect::<Vec<_>>(),
+            [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 4 }]
+        );
+        assert_eq!(narrow.runs().next_back(), Some(Run { offset: max - 4, len: 4 }));
         assert_eq!(narrow.runs().len(), 2);
         // One byte further, and a run of 2^32 bytes: both kept wide, the
         // same runs given back; adjacent wide runs coalesce as narrow ones do.
@@ -1156,7 +1162,10 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(wide.store(), RunStore::Wide(_)), "{wide:?}");
-        assert_eq!(wide.runs().collect::<Vec<_>>(), [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 5 }]);
+        assert_eq!(
+            wide.runs().collect::<Vec<_>>(),
+            [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 5 }]
+        );
         assert_eq!(wide.end(), max + 1);
         let long = SparseDelta::new(vec![Run { offset: 0, len: max + 1 }], Vec::new());
         assert!(long.is_err(), "the data must match the runs");
@@ -1165,7 +1174,10 @@ mod tests {
         let m = Payload::Sparse(narrow.clone()).merge(&Payload::Sparse(wide.clone()), max + 1).unwrap();
         let Payload::Sparse(ms) = &m else { panic!("sparse merge stays sparse") };
         assert!(matches!(ms.store(), RunStore::Wide(_)));
-        assert_eq!(ms.runs().collect::<Vec<_>>(), [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 5 }]);
+        assert_eq!(
+            ms.runs().collect::<Vec<_>>(),
+            [Run { offset: 3, len: 2 }, Run { offset: max - 4, len: 5 }]
+        );
         assert_eq!(ms.data(), &[2u8; 7][..]);
         // Too far for any page in memory here: the typed error, the page
         // left alone.

@@ -675,6 +675,24 @@ pub(crate) fn log_starts_after(vfs: &dyn Vfs, dir: &Path, names: &[String], afte
     names.iter().filter_map(first).min().filter(|&f| f > after + 1)
 }
 
+/// The first segment of `dir` (by name, the last one aside: a crash can
+/// leave its header unwritten) whose header cannot be read, and why.
+pub(crate) fn unreadable_segment(vfs: &dyn Vfs, dir: &Path) -> Option<(PathBuf, Error)> {
+    let names = vfs.list(dir).ok()?;
+    let segs: Vec<&String> = names.iter().filter(|n| crate::log::parse_segment_name(n).is_some()).collect();
+    let (_, earlier) = segs.split_last()?;
+    earlier.iter().find_map(|n| {
+        let path = dir.join(n);
+        let head = (|| -> Result<crate::log::reader::SegmentHeader> {
+            let mut f = vfs.open_read(&path)?;
+            let mut head = [0u8; crate::log::SEGMENT_HEAD_LEN];
+            f.read_exact_at(&mut head, 0)?;
+            reader::parse_segment_header(&head)
+        })();
+        head.err().map(|e| (path.clone(), e))
+    })
+}
+
 /// Why a replay that would start after LSN `after` cannot: the log starts
 /// at LSN `first`, later. Earlier records go when a checkpoint retires
 /// them, so this is either a point before the oldest history kept (a
@@ -698,6 +716,23 @@ pub(crate) fn history_gap(
             reason: format!(
                 "{why}; this checkpoint does not verify, and the log records it covers ({}..{}) \
                  were retired when it was taken: the state cannot be rebuilt without it",
+                after + 1,
+                first - 1
+            ),
+        });
+    }
+    // A segment whose header does not read may hold the missing records:
+    // name it rather than the gap.
+    if let Some((path, e)) = unreadable_segment(vfs, dir) {
+        let (offset, why) = match e {
+            Error::Corrupt { offset, reason, .. } => (offset, reason),
+            other => (None, other.to_string()),
+        };
+        return Ok(Error::Corrupt {
+            file: Some(path),
+            offset,
+            reason: format!(
+                "{why}; the readable log starts at LSN {first}, so records {}..{} may be in this segment",
                 after + 1,
                 first - 1
             ),

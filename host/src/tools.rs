@@ -282,11 +282,60 @@ pub fn verify_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> VerifyRe
             }
         }
         Err(e) => {
+            // Counted up to the problem: the segments before its file, and
+            // the commits replayed.
+            let at = match &e {
+                Error::Corrupt { file: Some(f), .. } | Error::Io { path: Some(f), .. } => Some(f.clone()),
+                _ => None,
+            };
+            rep.last_lsn = image.lsn;
+            rep.segments = vfs.list(&dir).map_or(0, |names| {
+                names
+                    .iter()
+                    .filter(|n| crate::log::parse_segment_name(n).is_some())
+                    .filter(|n| at.as_ref().is_some_and(|f| dir.join(n) < *f))
+                    .count()
+            });
             rep.problem.get_or_insert(problem(e));
         }
     }
     rep.commits = commits;
+    if rep.problem.is_none() {
+        if let Some(p) = find_cycle(&image) {
+            rep.problem = Some(Problem {
+                file: None,
+                offset: None,
+                reason: format!("the dependency graph the log builds has a cycle through page {p}"),
+            });
+        }
+    }
     rep
+}
+
+/// A page on a cycle of the image's dependency graph, if it has one (the
+/// engine refuses such edges, so only a damaged or forged log holds one).
+pub fn find_cycle(image: &crate::replay::StateImage) -> Option<crate::PageId> {
+    use std::collections::BTreeMap;
+    let mut indeg: BTreeMap<crate::PageId, usize> = BTreeMap::new();
+    let mut out: BTreeMap<crate::PageId, Vec<crate::PageId>> = BTreeMap::new();
+    for &(a, b) in image.graph.edges.keys() {
+        indeg.entry(a).or_default();
+        *indeg.entry(b).or_default() += 1;
+        out.entry(a).or_default().push(b);
+    }
+    let mut ready: Vec<crate::PageId> = indeg.iter().filter(|(_, &d)| d == 0).map(|(p, _)| *p).collect();
+    while let Some(p) = ready.pop() {
+        for c in out.get(&p).into_iter().flatten() {
+            if let Some(d) = indeg.get_mut(c) {
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(*c);
+                }
+            }
+        }
+        indeg.remove(&p);
+    }
+    indeg.into_iter().find(|(_, d)| *d > 0).map(|(p, _)| p)
 }
 
 /// What [`replay`] produced.

@@ -99,7 +99,10 @@ pub trait Vfs: Send + Sync + Debug {
     /// # Errors
     /// The OS error.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// Names of the regular files in `dir`.
+    /// Names of the entries in `dir`, sorted: regular files and anything
+    /// else (a link, a directory, a pipe), so that a reader looking for its
+    /// files by name meets an entry it cannot read instead of missing it
+    /// (opening one that is not a regular file fails).
     ///
     /// # Errors
     /// The OS error.
@@ -248,6 +251,14 @@ impl VfsRead for StdRead {
 /// Open a regular file for reading, never through a link and never
 /// blocking on a FIFO (a file swapped for a link after listing included).
 fn open_regular(path: &Path) -> io::Result<(std::fs::File, u64)> {
+    // Looked at before it is opened (opening a device or a pipe can do
+    // something of its own), and again once open.
+    if !std::fs::symlink_metadata(path)?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
     let mut o = std::fs::OpenOptions::new();
     o.read(true);
     #[cfg(unix)]
@@ -273,7 +284,7 @@ impl Vfs for StdVfs {
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         refuse_symlink(dir)?;
-        list_regular_files(dir)
+        list_entries(dir)
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let (mut f, len) = open_regular(path)?;
@@ -699,9 +710,27 @@ impl Vfs for SimVfs {
     }
 }
 
+/// Names of the entries directly in `dir`, of any kind, sorted; names
+/// that are not UTF-8 are skipped. The engine's readers list with this and
+/// refuse, by name, an entry they expect to be a file and that is not one
+/// (they look before they open, and open without following links).
+///
+/// # Errors
+/// The error of reading the directory.
+pub fn list_entries(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        if let Some(n) = e?.file_name().to_str() {
+            out.push(n.to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Names of the regular files directly in `dir`, sorted. `DirEntry::file_type`
 /// does not follow links: symlinks, FIFOs, sockets and devices are never
-/// listed, so never opened. Names that are not UTF-8 are skipped.
+/// listed. Names that are not UTF-8 are skipped.
 ///
 /// # Errors
 /// The error of reading the directory.

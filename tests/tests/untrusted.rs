@@ -62,8 +62,11 @@ fn symlinks_in_the_log_directory_are_not_followed() -> Result<()> {
         std::os::unix::fs::symlink(&secret, log.join(segment_name(seq)))?;
     }
     std::os::unix::fs::symlink(&secret, log.join(mmsb::checkpoint::checkpoint_name(1 << 40)))?;
+    // A link where a log file should be is named as a problem, not read
+    // through and not passed over.
     let v = mmsb::tools::verify(&state);
-    assert!(v.problem.is_none(), "links are not part of the state: {v}");
+    let p = v.problem.as_ref().expect("a link with a log file's name is a problem");
+    assert!(p.reason.contains("not a regular file"), "{v}");
     // Opening either works from the real files or fails; it never writes
     // through a link.
     if let Ok(s) = Mmsb::start(Config::at(&state)) {
@@ -111,9 +114,158 @@ fn a_fifo_with_a_segment_name_does_not_hang() -> Result<()> {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let t = Instant::now();
-    let s = Mmsb::start(Config::at(&state))?;
-    s.stop()?;
+    // Refused, by name, at once: it is neither read nor passed over.
+    let Err(err) = Mmsb::start(Config::at(&state)) else {
+        panic!("a pipe in place of a segment is an error")
+    };
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert!(!mmsb::tools::verify(&state).is_ok());
     assert!(t.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
+
+/// The state of `populated`, its segments' paths in order.
+fn segments(state: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let log = state.join("log");
+    let mut v: Vec<_> = std::fs::read_dir(&log)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(mmsb::log::parse_segment_name).is_some())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+#[test]
+fn a_segment_replaced_by_a_link_or_a_directory_is_a_problem_not_a_shorter_log() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    for kind in ["link", "dir"] {
+        let state = root.path().join(kind);
+        populated(&state)?;
+        let last = segments(&state)?.pop().expect("a segment");
+        let moved = root.path().join(format!("{kind}-moved"));
+        std::fs::rename(&last, &moved)?;
+        if kind == "link" {
+            std::os::unix::fs::symlink(&moved, &last)?;
+        } else {
+            std::fs::create_dir(&last)?;
+        }
+        let v = mmsb::tools::verify(&state);
+        let p = v.problem.as_ref().unwrap_or_else(|| panic!("{kind}: verify said {v}"));
+        assert_eq!(p.file.as_deref(), Some(last.as_path()), "{kind}: {v}");
+        assert!(mmsb::tools::replay(&state, None).is_err(), "{kind}: replay went on without the segment");
+        assert!(Mmsb::start(Config::at(&state)).is_err(), "{kind}: opened without the segment");
+    }
+    Ok(())
+}
+
+#[test]
+fn files_named_almost_like_log_files_are_problems() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    for (i, name) in
+        ["wal-00000000000000000002.log", "wal-1.log", "ckpt-99999999999999999999999.ckpt", "ckpt-x.ckpt"]
+            .iter()
+            .enumerate()
+    {
+        let state = root.path().join(i.to_string());
+        populated(&state)?;
+        std::fs::write(state.join("log").join(name), b"records?")?;
+        let v = mmsb::tools::verify(&state);
+        let p = v.problem.as_ref().unwrap_or_else(|| panic!("{name}: verify said {v}"));
+        assert!(p.reason.contains("named like a log file"), "{name}: {v}");
+        assert!(Mmsb::start(Config::at(&state)).is_err(), "{name}");
+        // Files of other names are not the engine's business.
+        std::fs::remove_file(state.join("log").join(name))?;
+        std::fs::write(state.join("log").join("notes.txt"), b"mine")?;
+        assert!(mmsb::tools::verify(&state).is_ok());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_whole_segment_header_of_another_version_is_an_error_not_a_torn_tail() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    populated(&state)?;
+    let segs = segments(&state)?;
+    let next = mmsb::log::parse_segment_name(segs[segs.len() - 1].file_name().unwrap().to_str().unwrap())
+        .unwrap()
+        + 1;
+    // A last segment whose header is whole (its CRC matches) and says
+    // version 2: what a newer engine might write.
+    let mut head = segment_header(1 << 20, next, 1 << 40).to_vec();
+    head[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let c = crc(&head[..40]);
+    head[40..44].copy_from_slice(&c.to_le_bytes());
+    let path = state.join("log").join(segment_name(next));
+    std::fs::write(&path, &head)?;
+    let v = mmsb::tools::verify(&state);
+    let p = v.problem.as_ref().expect("a problem");
+    assert!(p.reason.contains("unsupported segment version 2"), "{v}");
+    assert!(Mmsb::start(Config::at(&state)).is_err());
+    // The same header with a CRC that does not match was never written
+    // whole: a torn tail, cut on open.
+    head[40] ^= 1;
+    std::fs::write(&path, &head)?;
+    let v = mmsb::tools::verify(&state);
+    assert!(v.problem.as_ref().is_some_and(|p| p.reason.contains("torn tail")), "{v}");
+    Mmsb::start(Config::at(&state))?.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_segment_header_naming_another_segment_is_corrupt() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let log = state.join("log");
+    std::fs::create_dir_all(&log)?;
+    let mut seg = segment_header(1, 5, 1).to_vec();
+    seg.extend_from_slice(&frame(1, 1, &create_body(1)));
+    std::fs::write(log.join(segment_name(1)), &seg)?;
+    let v = mmsb::tools::verify(&state);
+    assert!(v.problem.as_ref().is_some_and(|p| p.reason.contains("the header is of segment")), "{v}");
+    assert!(Mmsb::start(Config::at(&state)).is_err());
+    Ok(())
+}
+
+#[test]
+fn verify_finds_a_cycle_in_the_graph_a_log_builds() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let log = state.join("log");
+    std::fs::create_dir_all(&log)?;
+    let mut seg = segment_header(1, 1, 1).to_vec();
+    seg.extend_from_slice(&frame(1, 1, &create_body(1)));
+    seg.extend_from_slice(&frame(1, 2, &create_body(2)));
+    seg.extend_from_slice(&frame(0x10, 3, &[0u8, 1, 2, 1]));
+    seg.extend_from_slice(&frame(0x10, 4, &[0u8, 2, 1, 1]));
+    std::fs::write(log.join(segment_name(1)), &seg)?;
+    let v = mmsb::tools::verify(&state);
+    let p = v.problem.as_ref().unwrap_or_else(|| panic!("verify said {v}"));
+    assert!(p.reason.contains("cycle"), "{v}");
+    assert_eq!(v.commits, 4, "{v}");
+    Ok(())
+}
+
+#[test]
+fn verify_counts_what_it_checked_before_a_problem() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let s = Mmsb::start(Config::at(&state))?;
+    let p = s.create_page(PageSpec::new(64))?;
+    for i in 0..100u8 {
+        s.update_page(p, Payload::Full(vec![i; 64]))?;
+    }
+    s.stop()?;
+    let seg = segments(&state)?.pop().expect("a segment");
+    let mut bytes = std::fs::read(&seg)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, &bytes)?;
+    let v = mmsb::tools::verify(&state);
+    assert!(v.problem.is_some(), "{v}");
+    assert!(v.commits > 10 && v.last_lsn > 10, "{v}");
     Ok(())
 }
 

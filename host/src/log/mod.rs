@@ -165,6 +165,33 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// An error for a file of the log directory that carries a prefix and
+/// suffix of the engine's files (`wal-`/`.log`, `ckpt-`/`.ckpt`) but not the
+/// rest of such a name: it may be data the engine would otherwise pass
+/// over without a word.
+pub(crate) fn check_names(dir: &std::path::Path, names: &[String]) -> crate::Result<()> {
+    for n in names {
+        let (looks, parses, want) = if n.starts_with("wal-") && n.ends_with(".log") {
+            (true, parse_segment_name(n).is_some(), "wal-<16 hex digits>.log")
+        } else if n.starts_with("ckpt-") && n.ends_with(".ckpt") {
+            (true, crate::checkpoint::parse_checkpoint_name(n).is_some(), "ckpt-<20 digits>.ckpt")
+        } else {
+            (false, true, "")
+        };
+        if looks && !parses {
+            return Err(crate::Error::Corrupt {
+                file: Some(dir.join(n)),
+                offset: None,
+                reason: format!(
+                    "named like a log file but not as one ({want}); the engine would not read it: \
+                     rename it or move it out of the log directory"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The log directory of a state directory.
 pub fn log_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
     state_dir.join("log")

@@ -62,6 +62,16 @@ pub fn parse_segment_header(buf: &[u8]) -> Result<SegmentHeader> {
     Ok(SegmentHeader { generation, seq, first_lsn })
 }
 
+/// Whether a segment of `len` bytes starting with `head` has a header that
+/// was not written whole: shorter than a header, or its CRC does not match.
+fn header_is_torn(head: &[u8], len: u64) -> bool {
+    if len < SEGMENT_HEAD_LEN as u64 || head.len() < SEGMENT_HEAD_LEN {
+        return true;
+    }
+    let stored = u32::from_le_bytes([head[40], head[41], head[42], head[43]]);
+    crc(&head[..40]) != stored
+}
+
 /// One framed record.
 #[derive(Clone, Copy, Debug)]
 pub struct RawRecord<'a> {
@@ -603,6 +613,7 @@ pub fn scan_windowed(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(res),
         Err(e) => return Err(Error::from(e).in_file(dir)),
     };
+    super::check_names(dir, &names)?;
     let mut seqs: Vec<(u64, PathBuf)> =
         names.iter().filter_map(|n| parse_segment_name(n).map(|s| (s, dir.join(n)))).collect();
     seqs.sort();
@@ -913,7 +924,11 @@ fn scan_segment(
     let h = match parse_segment_header(&seg.head) {
         Ok(h) => h,
         Err(e) => {
-            if is_last {
+            // Only a header that never reached the disk whole is a torn
+            // tail: one that is short, or whose CRC does not match. A whole
+            // header that says something this reader does not support (a
+            // newer version, flags, another magic) is an error.
+            if is_last && header_is_torn(&seg.head, seg.len) {
                 res.torn = Some(TornTail { file: path.to_path_buf(), offset: 0, bytes: seg.len });
                 return Ok(Ok(SegEnd::Cut));
             }
@@ -925,6 +940,18 @@ fn scan_segment(
             return Ok(Err((e.in_file(path), 0)));
         }
     };
+    if let Some(named) = path.file_name().and_then(|n| n.to_str()).and_then(parse_segment_name) {
+        if named != h.seq {
+            return Ok(Err((
+                corrupt(
+                    path,
+                    24,
+                    format!("the header is of segment {:016x}, the file name of {named:016x}", h.seq),
+                ),
+                0,
+            )));
+        }
+    }
     summary.header = Some(h);
     res.max_generation = res.max_generation.max(h.generation);
     if prev_gen.is_some_and(|g| h.generation < g) {
