@@ -4,7 +4,7 @@ use mmsb::{Error, Result};
 use mmsb_benches::disk::{self, DiskBudget};
 use mmsb_benches::{Budget, Row};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -48,23 +48,37 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let budget = if args.quick { Budget::QUICK } else { Budget::FULL };
     let disk_budget = if args.quick { DiskBudget::QUICK } else { DiskBudget::FULL };
     let mut rows: Vec<Row> = Vec::new();
-    // The output files are opened first: a path that cannot be written
-    // fails before minutes of measuring, not after.
-    let create = |p: &PathBuf| std::fs::File::create(p).map_err(|e| Error::from(e).in_file(p));
-    let json_file = args.json.as_ref().map(create).transpose()?;
-    let plot_file = args.plot.as_ref().map(create).transpose()?;
+    // Everything that can fail before measuring is checked first: a path
+    // that cannot be written fails before minutes of measuring, not after.
+    // The results go to a temporary file beside each output, renamed over
+    // it at the end, so an earlier file stays whole until then.
+    if let (Some(j), Some(p)) = (&args.json, &args.plot) {
+        if j == p {
+            return Err(Error::Config(format!("--json and --plot name the same file, {}", j.display())));
+        }
+    }
+    let json_file = args.json.as_deref().map(output).transpose()?;
+    let plot_file = args.plot.as_deref().map(output).transpose()?;
+    let disk = ["append", "durable", "checkpoint", "replay"].iter().any(|s| want(s));
+    let scratch = disk
+        .then(|| {
+            match &args.scratch {
+                Some(d) => tempfile::Builder::new().prefix("mmsb-bench-").tempdir_in(d),
+                None => tempfile::Builder::new().prefix("mmsb-bench-").tempdir(),
+            }
+            .map_err(|e| match &args.scratch {
+                Some(d) => Error::Config(format!("--scratch {}: {e}", d.display())),
+                None => Error::from(e),
+            })
+        })
+        .transpose()?;
     eprintln!("mmsb bench: CPU ({})", mmsb_benches::cpu_model());
     if want("apply") {
         rows.extend(section("cpu apply and allocation", || {
             Ok(mmsb_benches::cpu::rows(budget, !args.quick))
         })?);
     }
-    if ["append", "durable", "checkpoint", "replay"].iter().any(|s| want(s)) {
-        let scratch = match &args.scratch {
-            Some(d) => tempfile::Builder::new().prefix("mmsb-bench-").tempdir_in(d),
-            None => tempfile::Builder::new().prefix("mmsb-bench-").tempdir(),
-        }
-        .map_err(Error::from)?;
+    if let Some(scratch) = &scratch {
         let base = scratch.path();
         eprintln!("  disk rows in {}", base.display());
         if want("append") {
@@ -98,16 +112,45 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     outln!("{}", mmsb_benches::target_summary(&rows));
     eprintln!("mmsb bench: {:.0} s in all", started.elapsed().as_secs_f64());
-    if let (Some(path), Some(mut f)) = (&args.json, json_file) {
+    if let (Some(path), Some(f)) = (&args.json, json_file) {
         let json = serde_json::to_string_pretty(&rows).map_err(|e| Error::Serialization(e.to_string()))?;
-        f.write_all(json.as_bytes()).map_err(|e| Error::from(e).in_file(path))?;
-        eprintln!("wrote {}", path.display());
+        finish(f, path, json.as_bytes())?;
     }
-    if let (Some(path), Some(mut f)) = (&args.plot, plot_file) {
+    if let (Some(path), Some(f)) = (&args.plot, plot_file) {
         let svg = mmsb_benches::plot::svg(&rows, &format!("mmsb bench on {}", mmsb_benches::cpu_model()));
-        f.write_all(svg.as_bytes()).map_err(|e| Error::from(e).in_file(path))?;
-        eprintln!("wrote {}", path.display());
+        finish(f, path, svg.as_bytes())?;
     }
+    Ok(())
+}
+
+/// A temporary file in the directory of `path`, for its contents: the
+/// directory is checked to be writable now, and `path` is not touched
+/// until [`finish`].
+fn output(path: &Path) -> Result<tempfile::NamedTempFile> {
+    if path.is_dir() {
+        return Err(Error::Config(format!("{} is a directory", path.display())));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new().prefix(".mmsb-bench-").tempfile_in(dir).map_err(|e| Error::from(e).in_file(path))
+}
+
+/// Write `bytes` to the temporary file and rename it to `path`.
+fn finish(mut f: tempfile::NamedTempFile, path: &Path, bytes: &[u8]) -> Result<()> {
+    f.write_all(bytes).and_then(|()| f.flush()).map_err(|e| Error::from(e).in_file(path))?;
+    // Readable as a file written plainly would be (a temporary file is
+    // the owner's alone).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::from(e).in_file(path))?;
+    }
+    f.persist(path).map_err(|e| Error::from(e.error).in_file(path))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 

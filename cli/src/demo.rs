@@ -4,6 +4,8 @@ use mmsb::{DenseDelta, Location, Mmsb, PageId, PageSpec, Payload, Result, Run, S
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -47,6 +49,9 @@ fn digest(ins: &[&[u8]], out: &mut [u8]) {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     if let Some(dir) = &args.dir {
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(mmsb::Error::Config(format!("{} exists and is not a directory", dir.display())));
+        }
         // The demo writes only inside the directory it is given.
         let log = mmsb::log::log_dir(dir);
         if std::fs::symlink_metadata(&log).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -95,12 +100,30 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     let derived = state.create_page(PageSpec::new(8).named("demo-digest"))?;
     state.declare_derived(derived, "digest", &DIGEST_PARENTS.map(|i| pages[i].0))?;
+    // Ctrl-C (or SIGTERM) ends the run between two deltas, so that the
+    // state is stopped and its temporary directory removed, not left
+    // behind by a killed process.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
     let bar = crate::progress::bar(args.deltas, "deltas");
 
     let mut bytes_touched = 0u64;
     let mut kinds = [0u64; 3];
     let mut apply_time = std::time::Duration::ZERO;
-    for _ in 0..args.deltas {
+    for done in 0..args.deltas {
+        if interrupted.load(Ordering::Relaxed) {
+            bar.finish_and_clear();
+            let kept = match &args.dir {
+                Some(d) => format!("the state in {} holds the {done} deltas applied", d.display()),
+                None => "its temporary directory is removed".to_string(),
+            };
+            state.stop()?;
+            // Dropping the state removes a temporary directory.
+            drop(state);
+            eprintln!("mmsb demo: interrupted after {done} deltas; {kept}");
+            std::process::exit(130);
+        }
         // Small pages get most of the traffic, as in real state.
         let k = if rng.random_bool(0.9) { rng.random_range(0..6) } else { rng.random_range(0..pages.len()) };
         let (id, reference) = &mut pages[k];

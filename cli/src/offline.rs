@@ -9,7 +9,6 @@ use mmsb::log::reader::Record;
 use mmsb::replay::{StateImage, Until};
 use mmsb::{Error, Lsn, PageId, Result, Source};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -58,10 +57,19 @@ pub(crate) fn open(dir: &Path) -> Result<Confined> {
             log.display(),
             dir.display()
         ))),
-        _ => Err(Error::Config(format!(
-            "{} is not an MMSB state directory (no log/ directory inside)",
-            dir.display()
-        ))),
+        _ => {
+            // The log directory itself, given for its parent?
+            let hint = match dir.parent() {
+                Some(p) if dir.file_name().is_some_and(|n| n == "log") && mmsb::log::log_dir(p) == dir => {
+                    format!("; {} is the state directory's log: give {}", dir.display(), p.display())
+                }
+                _ => String::new(),
+            };
+            Err(Error::Config(format!(
+                "{} is not an MMSB state directory (no log/ directory inside){hint}",
+                dir.display()
+            )))
+        }
     }
 }
 
@@ -90,21 +98,28 @@ pub fn verify(args: &VerifyArgs) -> Result<bool> {
         eprintln!("mmsb verify: {rep}");
         return Ok(false);
     }
-    outln!("{rep}");
-    if args.recompute {
+    // With --recompute, nothing says OK on stdout before the derived pages
+    // are checked too.
+    let derived = if args.recompute {
         match check_provenance(&v) {
-            Ok(n) => outln!(
-                "derived pages: {} declared, their pages exist; {} derived deltas in the log \
-                 consistent with their declarations; graph acyclic (recompute functions not run: \
-                 they are code in the program that registered them; Mmsb::verify_recompute runs them)",
-                n.derived,
-                n.deltas
-            ),
+            Ok(n) => Some(n),
             Err(e) => {
-                eprintln!("mmsb verify --recompute: {e}");
+                eprintln!("mmsb verify --recompute: {e} (the log and checkpoints themselves: {rep})");
                 return Ok(false);
             }
         }
+    } else {
+        None
+    };
+    outln!("{rep}");
+    if let Some(n) = derived {
+        outln!(
+            "derived pages: {} declared, their pages exist; {} derived deltas in the log \
+             consistent with their declarations; graph acyclic (recompute functions not run: \
+             they are code in the program that registered them; Mmsb::verify_recompute runs them)",
+            n.derived,
+            n.deltas
+        );
     }
     Ok(true)
 }
@@ -161,7 +176,7 @@ fn check_provenance(v: &Confined) -> Result<ProvenanceCheck> {
             }
         }
     }
-    if let Some(cycle) = find_cycle(&img) {
+    if let Some(cycle) = mmsb::tools::find_cycle(&img) {
         return Err(Error::Invariant(format!("the dependency graph has a cycle through page {cycle}")));
     }
     Ok(ProvenanceCheck { deltas, derived: img.graph.derived.len() })
@@ -212,29 +227,6 @@ fn check_one(img: &StateImage, _lsn: u64, d: &mmsb::codec::delta::DeltaView<'_>)
 }
 
 /// A page on a cycle of the graph's edges, if there is one (Kahn's algorithm).
-fn find_cycle(img: &StateImage) -> Option<PageId> {
-    let mut indeg: BTreeMap<PageId, usize> = BTreeMap::new();
-    let mut out: BTreeMap<PageId, Vec<PageId>> = BTreeMap::new();
-    for &(a, b) in img.graph.edges.keys() {
-        indeg.entry(a).or_default();
-        *indeg.entry(b).or_default() += 1;
-        out.entry(a).or_default().push(b);
-    }
-    let mut ready: Vec<PageId> = indeg.iter().filter(|(_, &d)| d == 0).map(|(p, _)| *p).collect();
-    while let Some(p) = ready.pop() {
-        for c in out.get(&p).into_iter().flatten() {
-            if let Some(d) = indeg.get_mut(c) {
-                *d -= 1;
-                if *d == 0 {
-                    ready.push(*c);
-                }
-            }
-        }
-        indeg.remove(&p);
-    }
-    indeg.into_iter().find(|(_, d)| *d > 0).map(|(p, _)| p)
-}
-
 pub fn replay(args: &ReplayArgs) -> Result<()> {
     let v = open(&args.dir)?;
     let limits = Limits::default();

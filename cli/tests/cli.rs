@@ -321,17 +321,20 @@ fn links_out_of_the_directory_are_not_followed() -> Result {
     let o = mmsb(&["inspect", linked.to_str().ok_or("path")?])?;
     assert_clean_failure(&o, "inspect through a linked log/");
     assert!(text(&o).1.contains("symbolic link"), "{:?}", text(&o));
-    // Files inside log/ that are links are not listed.
+    // Files inside log/ that are links are named and not read through
+    // (nor passed over as if the log were shorter).
     let mixed = tmp.path().join("mixed");
     std::fs::create_dir_all(mixed.join("log"))?;
     for e in std::fs::read_dir(real.join("log"))? {
         let e = e?;
         std::os::unix::fs::symlink(e.path(), mixed.join("log").join(e.file_name()))?;
     }
-    let o = mmsb(&["inspect", mixed.to_str().ok_or("path")?])?;
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}\n{err}");
-    assert!(out.contains("checkpoints: 0") && out.contains("segments: 0"), "{out}");
+    for cmd in ["inspect", "verify", "replay", "stats"] {
+        let o = mmsb(&[cmd, mixed.to_str().ok_or("path")?])?;
+        assert_clean_failure(&o, cmd);
+        let err = text(&o).1;
+        assert!(err.contains("symbolic link") || err.contains("not a regular file"), "{cmd}: {err}");
+    }
     Ok(())
 }
 
@@ -402,5 +405,64 @@ fn bench_refuses_bad_arguments_before_measuring() -> Result {
     let (out, err) = text(&o);
     assert!(err.contains("rows.json"), "{out}\n{err}");
     assert!(!out.contains("log_commit_durable_small"), "measured before failing:\n{out}");
+    // A scratch directory that is not there fails before the first row
+    // (the apply rows come first), and an earlier output file is left as
+    // it was.
+    let prev = tmp.path().join("prev.json");
+    std::fs::write(&prev, b"[]")?;
+    let missing = tmp.path().join("no-scratch");
+    let o = mmsb(&[
+        "bench",
+        "--quick",
+        "--only",
+        "apply,durable",
+        "--scratch",
+        missing.to_str().ok_or("path")?,
+        "--json",
+        prev.to_str().ok_or("path")?,
+    ])?;
+    assert_clean_failure(&o, "missing scratch");
+    let (out, err) = text(&o);
+    assert!(err.contains("--scratch") && !out.contains("cpu_apply"), "{out}\n{err}");
+    assert_eq!(std::fs::read(&prev)?, b"[]");
+    assert_eq!(std::fs::read_dir(tmp.path())?.count(), 1, "a temporary output file was left behind");
+    // One file for both outputs is refused.
+    let o = mmsb(&[
+        "bench",
+        "--quick",
+        "--json",
+        prev.to_str().ok_or("path")?,
+        "--plot",
+        prev.to_str().ok_or("path")?,
+    ])?;
+    assert_clean_failure(&o, "same file twice");
+    assert!(text(&o).1.contains("same file"), "{:?}", text(&o));
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn an_interrupted_demo_removes_its_temporary_directory() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let child = Command::new(env!("CARGO_BIN_EXE_mmsb"))
+        .args(["demo", "--deltas", "1000000000"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Wait for its state directory, then for it to be under way.
+    let t = std::time::Instant::now();
+    while std::fs::read_dir(tmp.path())?.count() == 0 && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(std::fs::read_dir(tmp.path())?.count() > 0, "the demo made no state directory");
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
+    assert!(killed.success());
+    let o = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted after"), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path())?.count(), 0, "the temporary directory was left behind");
     Ok(())
 }
