@@ -540,9 +540,8 @@ mod x86 {
     pub(super) unsafe fn copy_runs_by8<const SPLIT: bool>(page: &mut [u8], runs: &[NarrowRun], data: &[u8]) {
         // A run is {offset, len} as two u32 (`#[repr(C)]`): eight runs fill
         // one 64-byte vector, their lengths in the odd lanes.
-        const _: () = assert!(
-            std::mem::size_of::<NarrowRun>() == 8 && std::mem::offset_of!(NarrowRun, len) == 4
-        );
+        const _: () =
+            assert!(std::mem::size_of::<NarrowRun>() == 8 && std::mem::offset_of!(NarrowRun, len) == 4);
         const LENS: __mmask16 = 0xAAAA;
         let (d, s) = (page.as_mut_ptr(), data.as_ptr());
         let line = _mm512_set1_epi32(64);
@@ -579,7 +578,8 @@ mod x86 {
                             std::arch::asm!("", options(nostack, preserves_flags));
                         }
                     } else {
-                        let (x0, x1, x2, x3, x4, x5, x6, x7) = (x(0), x(1), x(2), x(3), x(4), x(5), x(6), x(7));
+                        let (x0, x1, x2, x3, x4, x5, x6, x7) =
+                            (x(0), x(1), x(2), x(3), x(4), x(5), x(6), x(7));
                         _mm512_storeu_si512(o(0), x0);
                         _mm512_storeu_si512(o(1), x1);
                         _mm512_storeu_si512(o(2), x2);
