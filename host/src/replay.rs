@@ -740,12 +740,19 @@ pub(crate) fn history_gap(
     }
     let kept = crate::checkpoint::list(vfs, dir)?;
     Ok(match kept.last() {
-        Some((oldest, _)) => Error::Config(format!(
-            "the point asked for is before the oldest history kept in {}: its oldest checkpoint \
-             is at LSN {oldest} and the log starts at LSN {first} (a checkpoint retires the log \
-             records before it); replay to that checkpoint or later",
-            dir.display()
-        )),
+        Some((oldest, path)) => {
+            // Its logical time too, for a point asked for as a time (an
+            // error path: the checkpoint is read whole).
+            let time = crate::checkpoint::read(vfs, path, &crate::codec::Limits::default())
+                .map(|img| format!(" (logical time {})", img.timestamp))
+                .unwrap_or_default();
+            Error::Config(format!(
+                "the point asked for is before the oldest history kept in {}: its oldest \
+                 checkpoint is at LSN {oldest}{time} and the log starts at LSN {first} (a \
+                 checkpoint retires the log records before it); replay to that checkpoint or later",
+                dir.display()
+            ))
+        }
         None => Error::Corrupt {
             file: Some(dir.to_path_buf()),
             offset: None,

@@ -121,12 +121,21 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
         } else {
             format!("the newest checkpoint that verifies is at LSN {after}")
         };
-        rep.notes.push(format!(
-            "the log starts at LSN {first} and {covered}: records {}..{} are in no file (a checkpoint \
-             retires the log before it), so the state cannot be rebuilt",
-            after + 1,
-            first - 1
-        ));
+        rep.notes.push(match crate::replay::unreadable_segment(vfs, &dir) {
+            Some((path, e)) => format!(
+                "the readable log starts at LSN {first} and {covered}: records {}..{} may be in {}, \
+                 whose header does not read ({e}), so the state cannot be rebuilt",
+                after + 1,
+                first - 1,
+                path.display()
+            ),
+            None => format!(
+                "the log starts at LSN {first} and {covered}: records {}..{} are in no file (a \
+                 checkpoint retires the log before it), so the state cannot be rebuilt",
+                after + 1,
+                first - 1
+            ),
+        });
         after = first - 1;
     }
     let scan = reader::scan(vfs, &dir, after, RecoveryMode::Tolerant, limits, &mut |_| Ok(true))?;

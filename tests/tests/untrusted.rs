@@ -476,3 +476,32 @@ fn a_checkpoint_graph_section_with_trailing_bytes_or_a_nonzero_reserved_field_is
     }
     Ok(())
 }
+
+#[test]
+fn a_gap_behind_an_unreadable_segment_header_names_that_segment() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let log = state.join("log");
+    std::fs::create_dir_all(&log)?;
+    for (seq, lsn) in [(1u64, 1u64), (2, 2)] {
+        let mut seg = segment_header(1, seq, lsn).to_vec();
+        seg.extend_from_slice(&frame(1, lsn, &create_body(lsn)));
+        std::fs::write(log.join(segment_name(seq)), &seg)?;
+    }
+    assert!(mmsb::tools::verify(&state).is_ok());
+    let first = log.join(segment_name(1));
+    let mut bytes = std::fs::read(&first)?;
+    bytes[0] ^= 0xFF;
+    std::fs::write(&first, &bytes)?;
+    let err = mmsb::tools::replay(&state, None).expect_err("records 1..1 are unreadable");
+    assert!(err.to_string().contains(&segment_name(1)) && err.to_string().contains("bad magic"), "{err}");
+    let Err(err) = Mmsb::start(Config::at(&state)) else { panic!("opened without LSN 1") };
+    assert!(err.to_string().contains(&segment_name(1)), "{err}");
+    let rep = mmsb::tools::inspect(&state)?;
+    assert!(
+        rep.notes.iter().any(|n| n.contains(&segment_name(1)) && n.contains("bad magic")),
+        "{:?}",
+        rep.notes
+    );
+    Ok(())
+}
