@@ -129,10 +129,12 @@ device() {
         echo "skips in the test run: $(grep -c 'SKIPPED' "$OUT/tests.log" 2>/dev/null || true)"
         grep -h "ERROR SUMMARY" "$OUT"/memcheck.log "$OUT"/racecheck.log "$OUT"/initcheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h "RACECHECK SUMMARY" "$OUT"/racecheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
-        grep -h 'latency\|_e2e' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
+        grep -h 'latency\|_e2e\|_alloc_' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
         echo
         echo "mmsb bench --quick on this host ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs):"
-        sed -n '/^benchmark /,/^GPU rows/p' "$OUT/mmsbbench.log" 2>/dev/null | grep -v '^gpu_' || true
+        # The GPU kernels' rows are in the card's table below; the pooled
+        # device allocation rows (a target of their own) stay here.
+        sed -n '/^benchmark /,/^GPU rows/p' "$OUT/mmsbbench.log" 2>/dev/null | grep -Ev '^gpu_(apply|page|update|query)' || true
         echo
         echo "criterion, group gpu (iter_custom, stream synchronize before the clock stops):"
         grep -E "^gpu/|thrpt:|SKIPPED" "$OUT/criterion.log" 2>/dev/null | sed 's/  */ /g' | cut -c1-100 || true

@@ -34,6 +34,13 @@ pub fn rows(quick: bool) -> Result<Vec<Row>, String> {
                 ratio_target(&r.name),
             )
             .on(&device),
+            // Allocation rows: nanoseconds against the driver's allocate
+            // and free of the same size, at most 1 µs.
+            None if r.name.starts_with("gpu_alloc_pooled") => {
+                let (limit_name, limit) = r.limit.clone().unwrap_or_else(|| ("-".into(), f64::NAN));
+                Row::latency(&r.name, r.seconds * 1e9, "ns", &limit_name, limit * 1e9, Some(1000.0))
+                    .on(&device)
+            }
             // Latency rows have no limit: the figure stands alone.
             None => Row::latency(&r.name, r.seconds * 1e6, "us", &r.note, f64::NAN, latency_target(&r.name))
                 .on(&device),

@@ -1,6 +1,7 @@
 //! GPU benchmarks: every kernel on large pages, a 100,000-delta batch and
 //! the end-to-end latency of one small delta, each next to the
-//! device-to-device copy bandwidth measured in the same run.
+//! device-to-device copy bandwidth measured in the same run; and the
+//! pooled device allocation next to the driver's own allocate and free.
 //!
 //! Bandwidth counts bytes read plus bytes written, like the copy reference
 //! (a copy of `n` bytes moves `2 n`). Every timing ends with a stream
@@ -54,6 +55,10 @@ pub struct BenchRow {
     pub ratio: Option<f64>,
     /// Free-form note (latency in µs, deltas per second, ...).
     pub note: String,
+    /// For a latency row measured against a limit of its own: what the
+    /// limit is and its seconds per repetition (the allocation rows: the
+    /// driver's allocate and free of the same size).
+    pub limit: Option<(String, f64)>,
 }
 
 /// All figures of one run.
@@ -309,14 +314,16 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             gbps,
             ratio: Some(gbps / copy_gbps),
             note: w.note.clone(),
+            limit: None,
         });
     }
     drop(kernels);
     let mut row = |name: String, bytes: u64, seconds: f64, note: String| {
         let gbps = bytes as f64 / seconds / 1e9;
-        rows.push(BenchRow { name, bytes, seconds, gbps, ratio: Some(gbps / copy_gbps), note });
+        rows.push(BenchRow { name, bytes, seconds, gbps, ratio: Some(gbps / copy_gbps), note, limit: None });
     };
     batch_rows(&gpu, cfg, it, &mut row)?;
+    alloc_rows(&gpu, &mut rows)?;
     latency_rows(&mut rows)?;
     Ok(BenchReport { device: gpu.info().name.clone(), copy_gbps, rows })
 }
@@ -422,6 +429,44 @@ fn batch_rows(
     Ok(())
 }
 
+/// Seconds for one pooled device allocation and free of a page buffer of
+/// 4 KiB and of 1 MiB (the pool warm, as on a running state: the block
+/// comes off its class's free list), and for `cuMemAlloc` + `cuMemFree` of
+/// the same size, the driver calls the pool saves. Blocks are not zeroed
+/// (a page's creation then queues a memset on the stream).
+fn alloc_rows(gpu: &Gpu, rows: &mut Vec<BenchRow>) -> Result<()> {
+    for len in [4096u64, 1 << 20] {
+        drop(gpu.alloc(len)?);
+        let n = 100_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            drop(std::hint::black_box(gpu.alloc(std::hint::black_box(len))?));
+        }
+        let pooled = t.elapsed().as_secs_f64() / f64::from(n);
+        let m = 500u32;
+        let t = Instant::now();
+        for _ in 0..m {
+            let p = driver::alloc(gpu.ctx(), gpu.info().ordinal, len)?;
+            driver::free(gpu.ctx(), p)?;
+        }
+        let plain = t.elapsed().as_secs_f64() / f64::from(m);
+        rows.push(BenchRow {
+            name: format!("gpu_alloc_pooled_{}", suffix(len)),
+            bytes: len,
+            seconds: pooled,
+            gbps: len as f64 / pooled / 1e9,
+            ratio: None,
+            note: format!(
+                "pooled device block alloc + free, {:.0} ns; cuMemAlloc + cuMemFree {:.0} ns",
+                pooled * 1e9,
+                plain * 1e9
+            ),
+            limit: Some(("cuMemAlloc + cuMemFree of the same size".into(), plain)),
+        });
+    }
+    Ok(())
+}
+
 fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
     let state = Mmsb::start(Config::temporary())?;
     let page = state.create_page(PageSpec::new(4096).on(Location::Gpu(0)))?;
@@ -447,6 +492,7 @@ fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
         gbps: 1024.0 / p50 / 1e9,
         ratio: None,
         note: format!("update_page + flush, p50 {:.1} us, p99 {:.1} us", p50 * 1e6, p99 * 1e6),
+        limit: None,
     });
     let t = Instant::now();
     let q = 200;
@@ -461,6 +507,7 @@ fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
         gbps: 4096.0 / s / 1e9,
         ratio: None,
         note: format!("query_page through pinned memory, mean {:.1} us", s * 1e6),
+        limit: None,
     });
     Ok(())
 }
