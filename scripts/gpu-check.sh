@@ -141,7 +141,8 @@ device() {
         echo
         echo "card: $card"
         printf '%-40s %10s %8s\n' name GB/s ratio
-        grep -h '^BENCH ' "$OUT/bench.log" 2>/dev/null | while read -r _ name gbps ratio _; do
+        # (The allocation rows are times, shown with their notes above.)
+        grep -h '^BENCH ' "$OUT/bench.log" 2>/dev/null | grep -v '_alloc_' | while read -r _ name gbps ratio _; do
             printf '%-40s %10s %8s\n' "$name" "$gbps" "$ratio"
         done || true
         grep -h '^PEER ' "$OUT/torch.log" 2>/dev/null | while read -r _ name gbps ratio; do
