@@ -226,7 +226,6 @@ fn check_one(img: &StateImage, _lsn: u64, d: &mmsb::codec::delta::DeltaView<'_>)
     Ok(())
 }
 
-/// A page on a cycle of the graph's edges, if there is one (Kahn's algorithm).
 pub fn replay(args: &ReplayArgs) -> Result<()> {
     let v = open(&args.dir)?;
     let limits = Limits::default();

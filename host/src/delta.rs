@@ -91,40 +91,34 @@ impl RunStore {
     /// The store of checked runs (sorted, apart, no overflow), coalescing
     /// adjacent ones on the way.
     fn coalescing(runs: &[Run]) -> Self {
-        let end = runs.last().map_or(0, |r| r.offset + r.len);
-        if end <= u64::from(u32::MAX) {
-            let mut v: SmallVec<[NarrowRun; 2]> = SmallVec::with_capacity(runs.len());
-            for r in runs {
-                // Both fields are at most `end`, so they fit, and so do
-                // the sums below.
-                let (offset, len) = (r.offset as u32, r.len as u32);
-                match v.last_mut() {
-                    Some(l) if l.offset + l.len == offset => l.len += len,
-                    _ => v.push(NarrowRun { offset, len }),
-                }
+        let mut it = runs.iter().copied().peekable();
+        let merged = std::iter::from_fn(move || {
+            let mut r = it.next()?;
+            while let Some(n) = it.next_if(|n| r.offset + r.len == n.offset) {
+                r.len += n.len;
             }
-            RunStore::Narrow(v)
-        } else {
-            let mut v: Vec<Run> = Vec::with_capacity(runs.len());
-            for &r in runs {
-                match v.last_mut() {
-                    Some(l) if l.offset + l.len == r.offset => l.len += r.len,
-                    _ => v.push(r),
-                }
-            }
-            RunStore::Wide(v)
-        }
+            Some(r)
+        });
+        Self::collect(runs.last().map_or(0, |r| r.offset + r.len), runs.len(), merged)
     }
 
     /// The store of checked, coalesced runs ending at `end`.
     fn of_coalesced(runs: &[Run], end: u64) -> Self {
+        Self::collect(end, runs.len(), runs.iter().copied())
+    }
+
+    /// The store of coalesced runs (at most `cap` of them) ending at `end`:
+    /// narrow when `end` fits a `u32`.
+    fn collect(end: u64, cap: usize, runs: impl Iterator<Item = Run>) -> Self {
         if end <= u64::from(u32::MAX) {
+            let mut v: SmallVec<[NarrowRun; 2]> = SmallVec::with_capacity(cap);
             // Every run ends at or before `end`, so both fields fit.
-            RunStore::Narrow(
-                runs.iter().map(|r| NarrowRun { offset: r.offset as u32, len: r.len as u32 }).collect(),
-            )
+            v.extend(runs.map(|r| NarrowRun { offset: r.offset as u32, len: r.len as u32 }));
+            RunStore::Narrow(v)
         } else {
-            RunStore::Wide(runs.to_vec())
+            let mut v = Vec::with_capacity(cap);
+            v.extend(runs);
+            RunStore::Wide(v)
         }
     }
 

@@ -667,12 +667,17 @@ fn replay_impl(
 pub(crate) fn log_starts_after(vfs: &dyn Vfs, dir: &Path, names: &[String], after: u64) -> Option<u64> {
     let first = |name: &String| -> Option<u64> {
         crate::log::parse_segment_name(name)?;
-        let mut f = vfs.open_read(&dir.join(name)).ok()?;
-        let mut head = [0u8; crate::log::SEGMENT_HEAD_LEN];
-        f.read_exact_at(&mut head, 0).ok()?;
-        reader::parse_segment_header(&head).ok().map(|h| h.first_lsn)
+        segment_header(vfs, &dir.join(name)).ok().map(|h| h.first_lsn)
     };
     names.iter().filter_map(first).min().filter(|&f| f > after + 1)
+}
+
+/// The header of the segment at `path`.
+fn segment_header(vfs: &dyn Vfs, path: &Path) -> Result<reader::SegmentHeader> {
+    let mut f = vfs.open_read(path)?;
+    let mut head = [0u8; crate::log::SEGMENT_HEAD_LEN];
+    f.read_exact_at(&mut head, 0)?;
+    reader::parse_segment_header(&head)
 }
 
 /// The first segment of `dir` (by name, the last one aside: a crash can
@@ -683,13 +688,7 @@ pub(crate) fn unreadable_segment(vfs: &dyn Vfs, dir: &Path) -> Option<(PathBuf, 
     let (_, earlier) = segs.split_last()?;
     earlier.iter().find_map(|n| {
         let path = dir.join(n);
-        let head = (|| -> Result<crate::log::reader::SegmentHeader> {
-            let mut f = vfs.open_read(&path)?;
-            let mut head = [0u8; crate::log::SEGMENT_HEAD_LEN];
-            f.read_exact_at(&mut head, 0)?;
-            reader::parse_segment_header(&head)
-        })();
-        head.err().map(|e| (path.clone(), e))
+        segment_header(vfs, &path).err().map(|e| (path, e))
     })
 }
 

@@ -321,8 +321,9 @@ pub fn verify_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> VerifyRe
     rep
 }
 
-/// A page on a cycle of the image's dependency graph, if it has one (the
-/// engine refuses such edges, so only a damaged or forged log holds one).
+/// A page on a cycle of the image's dependency graph, if it has one (Kahn's
+/// algorithm; the engine refuses such edges, so only a damaged or forged
+/// log holds one).
 pub fn find_cycle(image: &crate::replay::StateImage) -> Option<crate::PageId> {
     use std::collections::BTreeMap;
     let mut indeg: BTreeMap<crate::PageId, usize> = BTreeMap::new();

@@ -728,26 +728,6 @@ pub fn list_entries(dir: &Path) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Names of the regular files directly in `dir`, sorted. `DirEntry::file_type`
-/// does not follow links: symlinks, FIFOs, sockets and devices are never
-/// listed. Names that are not UTF-8 are skipped.
-///
-/// # Errors
-/// The error of reading the directory.
-pub fn list_regular_files(dir: &Path) -> io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_file() {
-            if let Some(n) = e.file_name().to_str() {
-                out.push(n.to_owned());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,10 +46,10 @@ pub fn parse_segment_header(buf: &[u8]) -> Result<SegmentHeader> {
     let generation = r.u64("generation")?;
     let seq = r.u64("segment seq")?;
     let first_lsn = r.u64("first lsn")?;
-    let stored = r.u32("segment header crc")?;
-    if crc(&head[..40]) != stored {
+    if !header_crc_matches(head) {
         return Err(Error::corrupt_at(40, "segment header CRC mismatch"));
     }
+    r.u32("segment header crc")?;
     if version != SEGMENT_VERSION {
         return Err(Error::corrupt_at(8, format!("unsupported segment version {version}")));
     }
@@ -62,14 +62,16 @@ pub fn parse_segment_header(buf: &[u8]) -> Result<SegmentHeader> {
     Ok(SegmentHeader { generation, seq, first_lsn })
 }
 
+/// Whether the CRC at byte 40 of a whole segment header (`head`, at least
+/// [`SEGMENT_HEAD_LEN`] bytes) matches its first 40 bytes.
+fn header_crc_matches(head: &[u8]) -> bool {
+    head.get(40..44).is_some_and(|c| crc(&head[..40]).to_le_bytes() == c)
+}
+
 /// Whether a segment of `len` bytes starting with `head` has a header that
 /// was not written whole: shorter than a header, or its CRC does not match.
 fn header_is_torn(head: &[u8], len: u64) -> bool {
-    if len < SEGMENT_HEAD_LEN as u64 || head.len() < SEGMENT_HEAD_LEN {
-        return true;
-    }
-    let stored = u32::from_le_bytes([head[40], head[41], head[42], head[43]]);
-    crc(&head[..40]) != stored
+    len < SEGMENT_HEAD_LEN as u64 || !header_crc_matches(head)
 }
 
 /// One framed record.
