@@ -65,10 +65,10 @@ pub(crate) fn open(dir: &Path) -> Result<Confined> {
                 }
                 _ => String::new(),
             };
-            Err(Error::Config(format!(
-                "{} is not an MMSB state directory (no log/ directory inside){hint}",
-                dir.display()
-            )))
+            Err(Error::NotAState {
+                dir: dir.to_path_buf(),
+                reason: format!("no log/ directory inside{hint}"),
+            })
         }
     }
 }

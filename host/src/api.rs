@@ -21,7 +21,7 @@ use crate::replay::StateImage;
 use crate::vfs::{StdVfs, Vfs};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
-use shared_types::{Epoch, PageId};
+use shared_types::{Epoch, Lsn, PageId};
 use smallvec::SmallVec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,10 @@ pub struct Config {
     /// The state directory; `None` makes a fresh temporary one that is
     /// removed when the handle is dropped.
     pub dir: Option<PathBuf>,
+    /// Open only an existing state: [`Mmsb::start`] refuses a `dir` that is
+    /// missing or holds no MMSB log ([`Error::NotAState`]) instead of
+    /// creating an empty state there ([`Config::existing`]).
+    pub existing: bool,
     /// Byte budget of the page allocator's free lists (split over its
     /// eight shards). On Linux, with at least 2 MiB a shard, pages of 256
     /// KiB to 1 MiB are cut from 2 MiB huge-page chunks whose other blocks
@@ -70,6 +74,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             dir: None,
+            existing: false,
             pool_budget: DEFAULT_POOL_BUDGET,
             durability: Durability::default(),
             recovery: RecoveryMode::default(),
@@ -114,9 +119,28 @@ impl Config {
         Self::default()
     }
 
-    /// A configuration for the state directory `dir` (created if missing).
+    /// A configuration for the state directory `dir`: the state there is
+    /// opened, or a new one is created when `dir` is missing or empty. A
+    /// directory that holds other files but no MMSB log is refused
+    /// ([`Error::NotAState`]), never adopted.
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self { dir: Some(dir.into()), ..Self::default() }
+    }
+
+    /// A configuration that opens the existing state in `dir` and never
+    /// creates one: a mistyped path is an error ([`Error::NotAState`]), not
+    /// a new empty state.
+    ///
+    /// # Examples
+    /// ```
+    /// use mmsb::{Config, Error, Mmsb};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let missing = dir.path().join("no-such-state");
+    /// assert!(matches!(Mmsb::start(Config::existing(&missing)), Err(Error::NotAState { .. })));
+    /// assert!(!missing.exists());
+    /// ```
+    pub fn existing(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: Some(dir.into()), existing: true, ..Self::default() }
     }
 
     /// Set the durability.
@@ -151,6 +175,43 @@ impl Config {
     pub fn with_propagation(mut self, mode: PropagationMode) -> Self {
         self.propagation = mode;
         self
+    }
+}
+
+/// Whether `dir` may be started as a state directory: with `existing`, it
+/// must hold a log with a segment or a checkpoint; otherwise it may also be
+/// missing or empty, but not hold other files without a log.
+fn check_state_dir(vfs: &dyn Vfs, dir: &Path, existing: bool) -> Result<()> {
+    let not_a_state = |reason: String| Error::NotAState { dir: dir.to_path_buf(), reason };
+    let log_dir = crate::log::log_dir(dir);
+    match vfs.list(&log_dir) {
+        Ok(names) => {
+            let holds_state = names.iter().any(|n| {
+                crate::log::parse_segment_name(n).is_some()
+                    || crate::checkpoint::parse_checkpoint_name(n).is_some()
+            });
+            if existing && !holds_state {
+                return Err(not_a_state("its log/ holds no log segment or checkpoint".into()));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if existing {
+                return Err(not_a_state(match vfs.list(dir) {
+                    Ok(_) => "it has no log/ directory".into(),
+                    Err(_) => "it does not exist".into(),
+                }));
+            }
+            match vfs.list(dir) {
+                Ok(names) if !names.is_empty() => Err(not_a_state(format!(
+                    "it holds other files ({}{}) and no log/; give an empty or new directory to create a state",
+                    names.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                    if names.len() > 3 { ", ..." } else { "" }
+                ))),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(Error::from(e).in_file(&log_dir)),
     }
 }
 
@@ -352,6 +413,15 @@ pub struct Mmsb {
 
 impl Drop for Mmsb {
     fn drop(&mut self) {
+        // A handle dropped without `stop` closes its log as `stop` does
+        // (best effort: errors are dropped with it); a temporary state is
+        // removed anyway.
+        if !self.stopped.load(Ordering::Acquire) && matches!(self.dir, DirHolder::Given(_)) {
+            let mut clock = self.clock.lock();
+            if clock.log.poisoned().is_none() {
+                let _ = clock.log.close();
+            }
+        }
         self.join_reaper();
     }
 }
@@ -383,6 +453,7 @@ impl Mmsb {
         let vfs: Arc<dyn Vfs> = config.vfs.clone().unwrap_or_else(|| Arc::new(StdVfs));
         let dir = match config.dir {
             Some(d) => {
+                check_state_dir(vfs.as_ref(), &d, config.existing)?;
                 if config.vfs.is_none() {
                     StdVfs.create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
                 }
@@ -449,6 +520,10 @@ impl Mmsb {
             config.durability,
             config.segment_bytes,
         )?;
+        if let Some(old) = &resume.superseded {
+            // Best effort: a segment left behind holds nothing.
+            let _ = vfs.remove(old);
+        }
         let state = Mmsb {
             dir,
             alloc,
@@ -598,6 +673,9 @@ impl Mmsb {
             *self.reaper.lock() = handle.ok();
         }
         self.monitor.checkpointed();
+        if self.events.active() {
+            self.events.send(Event::CheckpointWritten { lsn: shared_types::Lsn(lsn) });
+        }
         Ok(CheckpointInfo {
             lsn: shared_types::Lsn(lsn),
             path,
@@ -670,8 +748,11 @@ impl Mmsb {
         &self.limits
     }
 
-    /// Stop the state: the log is synced and the state directory released
-    /// (another handle may start on it). Every later call that would change
+    /// Stop the state: the log is synced and closed (an empty segment that
+    /// names the next LSN is started, so that any later cut of the log
+    /// reads as missing records; see docs/RELIABILITY.md) and the state
+    /// directory released (another handle may start on it). Dropping a
+    /// handle without stopping it does the same, ignoring errors. Every later call that would change
     /// the state or write to its directory (updates, page creation and
     /// deletion, derivations, functions, propagation, checkpoints, `sync`)
     /// returns [`Error::Stopped`]; reads of what is in memory (pages, their
@@ -686,11 +767,11 @@ impl Mmsb {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
         }
-        let synced = clock.log.sync();
+        let closed = clock.log.close().map(drop);
         // Every later call is refused, so the directory is free for another
         // handle from here on.
         self.lock.lock().take();
-        synced
+        closed
     }
 
     /// The state directory.
@@ -1837,6 +1918,55 @@ impl Mmsb {
         self.registry.ids()
     }
 
+    /// The page whose `name` metadata entry is `name` ([`PageSpec::named`]),
+    /// the one with the lowest id when several share it; `None` when no
+    /// page has it. Names are stored with the page, so this finds pages
+    /// after a restart as before it.
+    ///
+    /// # Complexity
+    /// A scan of every page's metadata.
+    ///
+    /// # Examples
+    /// ```
+    /// use mmsb::{Config, Mmsb, PageSpec};
+    /// # fn main() -> mmsb::Result<()> {
+    /// let dir = tempfile::tempdir()?;
+    /// let state = Mmsb::start(Config::at(dir.path()))?;
+    /// let p = state.create_page(PageSpec::new(8).named("positions"))?;
+    /// state.stop()?;
+    /// let state = Mmsb::start(Config::existing(dir.path()))?;
+    /// assert_eq!(state.page_named("positions"), Some(p));
+    /// assert_eq!(state.page_named("velocities"), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn page_named(&self, name: &str) -> Option<PageId> {
+        self.registry.cells().into_iter().find(|(_, c)| c.read().name() == Some(name)).map(|(id, _)| id)
+    }
+
+    /// The state's LSN: that of the last record of the last commit (a
+    /// batch's end marker), the number [`Mmsb::snapshot`], a replay of the
+    /// directory to its end, `mmsb stats`, `mmsb inspect` and `mmsb verify`
+    /// give for the same state. Replaying the directory to this LSN
+    /// ([`crate::replay::replay_dir`]) gives this state. No page is copied.
+    pub fn lsn(&self) -> Lsn {
+        Lsn(self.clock.lock().log.next_lsn().0 - 1)
+    }
+
+    /// Wait until the log segments and checkpoints that the last
+    /// [`Mmsb::checkpoint`] retired are gone for good: their storage
+    /// released (a checkpoint removes their names before it returns and
+    /// frees their blocks on another thread) and their removal durable
+    /// (the log directory synced).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be synced.
+    pub fn wait_retired(&self) -> Result<()> {
+        self.join_reaper();
+        let dir = crate::log::log_dir(self.dir());
+        self.vfs.sync_dir(&dir).map_err(|e| Error::from(e).in_file(&dir))
+    }
+
     /// Logical time: the number of changes accepted so far.
     pub fn timestamp(&self) -> u64 {
         self.clock.lock().timestamp
@@ -1980,8 +2110,10 @@ fn dry_run(
     let locks: Vec<_> = parents.iter().map(|h| h.1.read_recursive()).collect();
     let inputs: Vec<&[u8]> = locks.iter().map(|g| g.bytes()).collect::<Result<_>>()?;
     let mut out = vec![0u8; len];
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inputs, &mut out))).map_err(|p| {
-        Error::Recompute { page, function: function.to_owned(), reason: propagate::panic_message(p.as_ref()) }
+    propagate::catch_quietly(|| f(&inputs, &mut out)).map_err(|p| Error::Recompute {
+        page,
+        function: function.to_owned(),
+        reason: propagate::panic_message(p.as_ref()),
     })
 }
 

@@ -123,6 +123,20 @@ pub struct CheckpointWriter {
     ranges: Vec<std::ops::Range<usize>>,
     /// [`CheckpointWriter::bytes`] at the last writeback start.
     writeback_at: u64,
+    /// Whether the temporary file was renamed into place (else dropping
+    /// the writer removes it).
+    renamed: bool,
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        // A checkpoint that failed (a full disk, an I/O error) or was given
+        // up leaves no temporary file behind. Best effort: start removes
+        // temporaries too.
+        if !self.renamed {
+            let _ = self.vfs.remove(&self.tmp);
+        }
+    }
 }
 
 impl CheckpointWriter {
@@ -171,6 +185,7 @@ impl CheckpointWriter {
             head: Vec::new(),
             ranges: Vec::new(),
             writeback_at: 0,
+            renamed: false,
         })
     }
 
@@ -282,6 +297,7 @@ impl CheckpointWriter {
         self.file.sync().map_err(|e| Error::from(e).in_file(&self.tmp))?;
         let fin = self.dir.join(checkpoint_name(self.lsn));
         self.vfs.rename(&self.tmp, &fin).map_err(|e| Error::from(e).in_file(&fin))?;
+        self.renamed = true;
         self.vfs.sync_dir(&self.dir).map_err(|e| Error::from(e).in_file(&self.dir))?;
         let _ = self.generation;
         Ok((fin, self.written, total))

@@ -173,10 +173,22 @@ pub enum Error {
     #[error("the state was stopped")]
     Stopped,
 
+    /// A directory given as a state directory is not one: it is missing
+    /// or holds no log, when [`crate::Config::existing`] asked for an
+    /// existing state, or it holds other files and no MMSB log, which
+    /// [`crate::Config::at`] does not adopt.
+    #[error("{} is not an MMSB state directory: {reason}", .dir.display())]
+    NotAState {
+        /// The directory.
+        dir: PathBuf,
+        /// What is missing or in the way.
+        reason: String,
+    },
+
     /// Another handle holds the state directory (in this process or
     /// another): two writers would hand out the same ids and overwrite each
     /// other's log.
-    #[error("state directory {} is in use by another handle (its log/LOCK is held); stop that handle first", .dir.display())]
+    #[error("state directory {} is in use by another handle (its log directory is locked); stop that handle first", .dir.display())]
     InUse {
         /// The state directory.
         dir: PathBuf,

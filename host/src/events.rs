@@ -128,7 +128,8 @@ pub enum Event {
         /// Wall time.
         duration: Duration,
     },
-    /// A checkpoint was written (reserved for the log and checkpoint layer).
+    /// A checkpoint was written and is durable (live only), sent by
+    /// [`crate::Mmsb::checkpoint`] before it returns.
     CheckpointWritten {
         /// The last log position the checkpoint covers.
         lsn: Lsn,

@@ -68,6 +68,7 @@ pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Runs, 
 pub use error::{Error, Result};
 pub use events::{Event, SourceKind, Subscription};
 pub use graph::EdgeKind;
+pub use log::{Durability, RecoveryMode, RecoveryReport};
 pub use page::{Location, Metadata, Page, PageSpec};
 pub use propagate::{PropagationMode, PropagationStats, RecomputeFn};
 pub use shared_types::{DeltaId, Epoch, Lsn, PageId};

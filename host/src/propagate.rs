@@ -810,7 +810,7 @@ fn compute_one<'g>(
         if let Err(e) = inputs(ctx, &slot.args, guards, &mut inline[..k]) {
             return Outcome::Failed(e);
         }
-        catch_unwind(AssertUnwindSafe(|| f(&inline[..k], o)))
+        catch_quietly(|| f(&inline[..k], o))
     } else {
         let mut slices: Vec<&[u8]> = recycle(spare);
         slices.resize(k, &[]);
@@ -818,7 +818,7 @@ fn compute_one<'g>(
             *spare = unrecycle(slices);
             return Outcome::Failed(e);
         }
-        let run = catch_unwind(AssertUnwindSafe(|| f(&slices, o)));
+        let run = catch_quietly(|| f(&slices, o));
         *spare = unrecycle(slices);
         run
     };
@@ -892,6 +892,32 @@ pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result
         Outcome::Changed { .. } => Ok(false),
         Outcome::Failed(e) => Err(e),
     }
+}
+
+thread_local! {
+    /// Recompute functions running on this thread under [`catch_quietly`].
+    static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Run a recompute function, catching its panic: the panic becomes the
+/// typed [`Error::Recompute`], so it is not also printed. A panic hook is
+/// installed once that passes every other panic to the hook in force
+/// before it (a hook the program sets later replaces it, and then prints
+/// recompute panics too).
+pub(crate) fn catch_quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(|q| q.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
+    let run = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(q.get() - 1));
+    run
 }
 
 /// The message of a caught panic.

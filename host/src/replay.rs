@@ -411,7 +411,7 @@ impl StateImage {
                 None => DeltaView::parse(body, at, limits).map(ApplyView::of),
             }),
         )?;
-        self.lsn = frames.last_lsn();
+        self.lsn = frames.end_lsn();
         Ok(())
     }
 
@@ -462,9 +462,7 @@ impl StateImage {
             self.validate(ops(), true)?;
             self.apply_ops(ops())?;
         }
-        if let Some((lsn, _)) = commit.last() {
-            self.lsn = *lsn;
-        }
+        self.lsn = commit.end_lsn();
         Ok(())
     }
 
@@ -595,7 +593,7 @@ pub fn replay_with(
     replay_impl(vfs, state_dir, max_ckpt_lsn, limits, stop, seen, None).map(|(image, _)| image)
 }
 
-/// Whether a batch of delta records (last LSN, record count) must go the
+/// Whether a batch of delta records (end LSN: its end marker's, record count) must go the
 /// general way because the stop rule may stop at it; the image as it is
 /// before the batch.
 type FastStop<'s> = &'s dyn Fn(&StateImage, u64, usize) -> bool;
@@ -622,7 +620,7 @@ impl Visitor for Replayer<'_> {
 
     fn delta_batch(&mut self, frames: reader::DeltaFrames<'_>) -> Option<bool> {
         let general = self.fast_stop?;
-        if general(&self.image, frames.last_lsn(), frames.len()) {
+        if general(&self.image, frames.end_lsn(), frames.len()) {
             return None;
         }
         // A refused batch is left to `commit`, which reports why.
@@ -807,7 +805,7 @@ pub fn replay_to(vfs: &dyn Vfs, state_dir: &Path, until: Until, limits: &Limits)
                 state_dir,
                 Some(target),
                 limits,
-                &mut |_, c| c.last().is_some_and(|(l, _)| *l > target),
+                &mut |_, c| c.end_lsn() > target,
                 &mut |_, _| {},
                 Some(&|_, last, _| last > target),
             )?
@@ -836,6 +834,36 @@ pub fn replay_to(vfs: &dyn Vfs, state_dir: &Path, until: Until, limits: &Limits)
         }
     };
     Ok(Replayed { image, torn })
+}
+
+/// Replay the state directory `state_dir` up to `until`: [`replay_to`]
+/// over the real file system with the default [`Limits`], the common case
+/// in one call. It only reads, and works on a directory a running handle
+/// writes (it sees the commits written so far).
+///
+/// # Errors
+/// As [`replay_to`].
+///
+/// # Examples
+/// ```
+/// use mmsb::replay::{replay_dir, Until};
+/// use mmsb::{Config, Mmsb, PageSpec, Payload};
+/// # fn main() -> mmsb::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let state = Mmsb::start(Config::at(dir.path()))?;
+/// let p = state.create_page(PageSpec::new(4))?;
+/// state.update_page(p, Payload::Full(vec![1; 4]))?;
+/// let before = state.lsn();
+/// state.update_page(p, Payload::Full(vec![2; 4]))?;
+/// state.stop()?;
+/// let then = replay_dir(dir.path(), Until::Lsn(before))?.image;
+/// assert_eq!(then.lsn, before.0);
+/// assert_eq!(&then.pages[&p].bytes[..], &[1; 4]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn replay_dir(state_dir: &Path, until: Until) -> Result<Replayed> {
+    replay_to(&crate::vfs::StdVfs, state_dir, until, &Limits::default())
 }
 
 /// The state as of LSN `to` (every commit whose last record is at or
@@ -1016,7 +1044,8 @@ mod tests {
                 .map(|(i, b)| (8 + i as u64, Record::Delta(DeltaView::parse(b, 0, &Limits::default()).unwrap())))
                 .collect();
             let mut fast = image();
-            let fast_res = fast.apply_commit(&commit);
+            let end = 8 + commit.len() as u64;
+            let fast_res = fast.apply_commit(reader::Commit::new(&commit, end));
             OUTCOMES.with(|o| o.borrow_mut()[usize::from(fast_res.is_ok())] += 1);
             let mut slow = image();
             let ops = || commit.iter().filter_map(|(_, r)| op_of_record(r));

@@ -322,18 +322,26 @@ impl Vfs for StdVfs {
         // The lock file is created in the directory itself, never through
         // a link to another one (O_NOFOLLOW guards only the file's name).
         refuse_symlink(dir)?;
-        // An advisory lock on an open file (flock on Unix): it goes with the
-        // file's last descriptor, so a process that dies releases it.
-        let mut o = std::fs::OpenOptions::new();
-        o.create(true).read(true).write(true).truncate(false);
-        let f = owner_only_no_link(&mut o).open(dir.join(LOCK_NAME))?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(Box::new(f))),
+        // Advisory locks on open files (flock on Unix): they go with the
+        // file's last descriptor, so a process that dies releases them.
+        // The directory itself is locked first: a lock file can be deleted
+        // or replaced under a running writer, the directory it is in
+        // cannot while it holds the log. The lock file is locked too, for
+        // older versions, which lock only it.
+        let held = |f: &std::fs::File| match f.try_lock() {
+            Ok(()) => Ok(()),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(io::Error::new(io::ErrorKind::WouldBlock, "the directory's lock is held"))
             }
             Err(std::fs::TryLockError::Error(e)) => Err(e),
-        }
+        };
+        let d = std::fs::File::open(dir)?;
+        held(&d)?;
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true).read(true).write(true).truncate(false);
+        let f = owner_only_no_link(&mut o).open(dir.join(LOCK_NAME))?;
+        held(&f)?;
+        Ok(Some(Box::new((d, f))))
     }
 }
 
@@ -412,6 +420,8 @@ struct Sim {
     crash_after: Option<u64>,
     fail_write: Option<u64>,
     fail_sync: Option<u64>,
+    /// The disk is full from this operation count on.
+    full_after: Option<u64>,
     writes: u64,
     syncs: u64,
 }
@@ -422,6 +432,17 @@ impl Sim {
             return Err(io::Error::other("simulated crash: the machine is down"));
         }
         self.ops += 1;
+        Ok(())
+    }
+
+    /// [`Sim::tick`] for an operation that needs space: `Err` once the
+    /// disk is full.
+    fn tick_space(&mut self) -> io::Result<()> {
+        let full = self.full_after.is_some_and(|n| self.ops >= n);
+        self.tick()?;
+        if full {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "injected: no space left on device"));
+        }
         Ok(())
     }
 }
@@ -445,16 +466,21 @@ impl VfsFile for SimFile {
         if s.boot != self.boot {
             return Err(io::Error::other("stale handle from before a crash"));
         }
-        s.tick()?;
+        let full = s.tick_space();
+        if let Err(e) = &full {
+            if e.kind() != io::ErrorKind::StorageFull {
+                return full;
+            }
+        }
         s.writes += 1;
-        if s.fail_write.is_some_and(|n| s.writes >= n) {
+        if full.is_err() || s.fail_write.is_some_and(|n| s.writes >= n) {
             // A failed write may still have written a prefix.
             let ino = &mut s.inodes[self.inode];
             let at = ino.data.len();
             let part = buf.len() / 2;
             ino.data.extend_from_slice(&buf[..part]);
             ino.pending.push((at, part));
-            return Err(io::Error::other("injected write failure"));
+            return Err(full.err().unwrap_or_else(|| io::Error::other("injected write failure")));
         }
         let ino = &mut s.inodes[self.inode];
         let at = ino.data.len();
@@ -468,11 +494,18 @@ impl VfsFile for SimFile {
         if s.boot != self.boot {
             return Err(io::Error::other("stale handle from before a crash"));
         }
-        s.tick()?;
+        let full = s.tick_space();
+        if let Err(e) = &full {
+            if e.kind() != io::ErrorKind::StorageFull {
+                return full;
+            }
+        }
         s.syncs += 1;
-        if s.fail_sync.is_some_and(|n| s.syncs >= n) {
+        if full.is_err() || s.fail_sync.is_some_and(|n| s.syncs >= n) {
+            // A failed fsync (no space for delayed allocation, an I/O error)
+            // drops the dirty pages.
             s.inodes[self.inode].lost = true;
-            return Err(io::Error::other("injected fsync failure"));
+            return Err(full.err().unwrap_or_else(|| io::Error::other("injected fsync failure")));
         }
         let ino = &mut s.inodes[self.inode];
         if !ino.lost {
@@ -524,6 +557,22 @@ impl SimVfs {
     pub fn fail_sync_after(&self, n: u64) {
         let mut s = self.inner.lock();
         s.fail_sync = Some(s.syncs + n);
+    }
+
+    /// From the `n`-th mutating operation from now on (1-based), the disk
+    /// is full: file creations, writes (which may store a prefix first),
+    /// fsyncs (which then drop the file's unsynced bytes, as Linux does),
+    /// renames and directory syncs fail with
+    /// [`io::ErrorKind::StorageFull`]; removals still work. Until
+    /// [`SimVfs::free_space`] or a crash.
+    pub fn disk_full_after(&self, n: u64) {
+        let mut s = self.inner.lock();
+        s.full_after = Some(s.ops + n.saturating_sub(1));
+    }
+
+    /// Space is freed: operations succeed again.
+    pub fn free_space(&self) {
+        self.inner.lock().full_after = None;
     }
 
     /// Simulate a power cut and reboot: decide what reached the disk
@@ -593,6 +642,7 @@ impl SimVfs {
         s.crash_after = None;
         s.fail_write = None;
         s.fail_sync = None;
+        s.full_after = None;
     }
 
     /// Overwrite a file's bytes in place (durably), e.g. to flip a bit.
@@ -653,7 +703,7 @@ impl Vfs for SimVfs {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
         let mut s = self.inner.lock();
-        s.tick()?;
+        s.tick_space()?;
         if !path.parent().is_some_and(|d| s.dirs.contains(d)) {
             return Err(not_found(path));
         }
@@ -666,7 +716,7 @@ impl Vfs for SimVfs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.inner.lock();
-        s.tick()?;
+        s.tick_space()?;
         let i = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), i);
         s.pending_ns.push(NsOp::Link(to.to_path_buf(), i));
@@ -684,7 +734,7 @@ impl Vfs for SimVfs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.inner.lock();
-        s.tick()?;
+        s.tick_space()?;
         // Every pending entry operation in this directory becomes durable.
         let ops = std::mem::take(&mut s.pending_ns);
         let mut rest = Vec::new();

@@ -201,7 +201,7 @@ fn general_to_lsn(vfs: &SimVfs, to: Option<u64>) -> Result<StateImage> {
         Path::new(STATE),
         Some(target),
         &Limits::default(),
-        &mut |_, c| c.last().is_some_and(|(l, _)| *l > target),
+        &mut |_, c| c.end_lsn() > target,
         &mut |_, _| {},
     )
 }
@@ -354,7 +354,7 @@ struct Recorder {
 
 impl mmsb::log::reader::Visitor for Recorder {
     fn commit(&mut self, c: mmsb::log::reader::Commit<'_, '_>) -> Result<bool> {
-        self.seen.push(format!("{c:?}"));
+        self.seen.push(format!("{:?} end {}", c.records(), c.end_lsn()));
         Ok(true)
     }
     fn delta_batch(&mut self, frames: mmsb::log::reader::DeltaFrames<'_>) -> Option<bool> {
@@ -367,7 +367,7 @@ impl mmsb::log::reader::Visitor for Recorder {
             records.push((first + i as u64, mmsb::log::reader::Record::Delta(v)));
         }
         assert_eq!(records.len(), frames.len());
-        self.seen.push(format!("{records:?}"));
+        self.seen.push(format!("{records:?} end {}", frames.end_lsn()));
         self.batches += 1;
         Some(true)
     }

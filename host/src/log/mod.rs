@@ -156,6 +156,12 @@ pub fn segment_name(seq: u64) -> String {
     format!("wal-{seq:016x}.log")
 }
 
+/// Name of the temporary file segment `seq` is written as before it is
+/// renamed to [`segment_name`] (removed at start when a crash left it).
+pub fn segment_temp_name(seq: u64) -> String {
+    format!("wal-{seq:016x}.tmp")
+}
+
 /// Sequence number of a segment file name.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("wal-")?.strip_suffix(".log")?;

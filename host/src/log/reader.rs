@@ -68,12 +68,6 @@ fn header_crc_matches(head: &[u8]) -> bool {
     head.get(40..44).is_some_and(|c| crc(&head[..40]).to_le_bytes() == c)
 }
 
-/// Whether a segment of `len` bytes starting with `head` has a header that
-/// was not written whole: shorter than a header, or its CRC does not match.
-fn header_is_torn(head: &[u8], len: u64) -> bool {
-    len < SEGMENT_HEAD_LEN as u64 || !header_crc_matches(head)
-}
-
 /// One framed record.
 #[derive(Clone, Copy, Debug)]
 pub struct RawRecord<'a> {
@@ -332,8 +326,49 @@ pub struct ScanResult {
 }
 
 /// One committed unit handed to the visitor: `(lsn, record)` pairs of one
-/// commit (a single change, or a whole batch without its markers).
-pub type Commit<'a, 'b> = &'b [(u64, Record<'a>)];
+/// commit (a single change, or a whole batch without its markers), and the
+/// LSN of its last record ([`Commit::end_lsn`]: a batch's end marker).
+///
+/// It derefs to the slice of records; iterating it yields `&(lsn, record)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Commit<'a, 'b> {
+    records: &'b [(u64, Record<'a>)],
+    end: u64,
+}
+
+impl<'a, 'b> Commit<'a, 'b> {
+    /// A commit of `records` whose last record (marker included) has LSN `end`.
+    pub fn new(records: &'b [(u64, Record<'a>)], end: u64) -> Self {
+        Commit { records, end }
+    }
+
+    /// The LSN of the commit's last record: the state's LSN once it is
+    /// applied. For a batch this is its end marker, one past its last
+    /// change.
+    pub fn end_lsn(&self) -> u64 {
+        self.end
+    }
+
+    /// The records, without batch markers.
+    pub fn records(&self) -> &'b [(u64, Record<'a>)] {
+        self.records
+    }
+}
+
+impl<'a, 'b> std::ops::Deref for Commit<'a, 'b> {
+    type Target = [(u64, Record<'a>)];
+    fn deref(&self) -> &Self::Target {
+        self.records
+    }
+}
+
+impl<'a, 'b> IntoIterator for Commit<'a, 'b> {
+    type Item = &'b (u64, Record<'a>);
+    type IntoIter = std::slice::Iter<'b, (u64, Record<'a>)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.records.iter()
+    }
+}
 
 /// The delta records of one batch, framed back to back as the segment holds
 /// them, with every frame already checked (length within the limit and the
@@ -359,9 +394,14 @@ impl<'a> DeltaFrames<'a> {
         self.count == 0
     }
 
-    /// LSN of the last record (the batch's end marker follows it).
+    /// LSN of the last delta record (the batch's end marker follows it).
     pub fn last_lsn(&self) -> u64 {
         self.first_lsn + self.count as u64 - 1
+    }
+
+    /// LSN of the batch's end marker: the state's LSN once it is applied.
+    pub fn end_lsn(&self) -> u64 {
+        self.first_lsn + self.count as u64
     }
 
     /// `(absolute offset of the body in the segment, body)` of each record,
@@ -800,7 +840,7 @@ fn take_frame<'a>(
     cur.batch = None;
     if raw.lsn > res.last_lsn {
         pending.retain(|(_, r)| !matches!(r, Record::Optional(_)));
-        let go = if pending.is_empty() { Ok(true) } else { visit.commit(pending) };
+        let go = if pending.is_empty() { Ok(true) } else { visit.commit(Commit::new(pending, raw.lsn)) };
         match go {
             Ok(go) => {
                 res.last_lsn = raw.lsn;
@@ -926,16 +966,15 @@ fn scan_segment(
     let h = match parse_segment_header(&seg.head) {
         Ok(h) => h,
         Err(e) => {
-            // Only a header that never reached the disk whole is a torn
-            // tail: one that is short, or whose CRC does not match. A whole
-            // header that says something this reader does not support (a
-            // newer version, flags, another magic) is an error.
-            if is_last && header_is_torn(&seg.head, seg.len) {
-                res.torn = Some(TornTail { file: path.to_path_buf(), offset: 0, bytes: seg.len });
-                return Ok(Ok(SegEnd::Cut));
-            }
-            // A segment whose header never reached the disk, abandoned by a
-            // later generation that starts exactly where the log ended.
+            // A segment gets its name only once its header is durable (see
+            // docs/RELIABILITY.md, the crash model): a named segment whose
+            // header does not read, the last one included, was damaged or
+            // cut short after it was written, and is corruption. The one
+            // exception loses nothing: a later generation that starts
+            // exactly where the log read so far ends has abandoned it (a
+            // tolerant recovery dropped it, or an older version of the
+            // writer, which named segments before their header was durable,
+            // crashed while creating it).
             if next.is_some_and(|n| prev_gen.is_none_or(|g| n.generation > g) && n.first_lsn <= expected) {
                 return Ok(Ok(SegEnd::Cut));
             }

@@ -241,7 +241,7 @@ impl fmt::Display for RecoveryReport {
 }
 
 /// Where the writer continues after recovery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resume {
     /// Sequence number of the segment to start.
     pub seq: u64,
@@ -250,6 +250,11 @@ pub struct Resume {
     pub generation: u64,
     /// LSN of the next record.
     pub next_lsn: u64,
+    /// The last segment, when it holds a header and no record (a clean
+    /// stop left it, see [`super::LogWriter::close`]): once the writer's new
+    /// segment is durable it pins the same end of the log, and this one can
+    /// be removed.
+    pub superseded: Option<PathBuf>,
 }
 
 /// Recover the state stored in `state_dir`.
@@ -328,6 +333,11 @@ pub fn recover_with(
         seq: scan.max_seq.map_or(1, |s| s + 1),
         generation: report.generation,
         next_lsn: report.last_lsn.0 + 1,
+        superseded: scan
+            .segments
+            .last()
+            .filter(|s| s.header.is_some() && s.records == 0 && s.bytes == super::SEGMENT_HEAD_LEN as u64)
+            .map(|s| s.path.clone()),
     };
     Ok((image, report, resume))
 }

@@ -131,18 +131,29 @@ impl LogWriter {
 
     fn start_segment(&mut self, seq: u64) -> Result<()> {
         let path = self.dir.join(segment_name(seq));
-        // The header is made durable, then the name: a segment that exists
-        // after a crash always has a valid header.
+        // A segment is written under a temporary name, its header made
+        // durable, then renamed and the directory synced: a file with a
+        // segment's name always has a whole header, so a named segment
+        // whose header does not read was damaged, never torn by a crash.
+        // A temporary left by a crash or a failure is removed at start.
+        let tmp = self.dir.join(super::segment_temp_name(seq));
         let header = segment_header(self.generation, seq, self.next_lsn);
-        let res = self.vfs.create(&path).and_then(|mut f| {
+        let res = self.vfs.create(&tmp).and_then(|mut f| {
             f.write_all(&header)?;
             f.sync()?;
             Ok(f)
         });
         let file = match res {
             Ok(f) => f,
-            Err(e) => return Err(self.poison(Error::from(e).in_file(&path))),
+            Err(e) => {
+                let _ = self.vfs.remove(&tmp);
+                return Err(self.poison(Error::from(e).in_file(&tmp)));
+            }
         };
+        if let Err(e) = self.vfs.rename(&tmp, &path) {
+            let _ = self.vfs.remove(&tmp);
+            return Err(self.poison(Error::from(e).in_file(&path)));
+        }
         if let Err(e) = self.vfs.sync_dir(&self.dir) {
             return Err(self.poison(Error::from(e).in_file(&self.dir)));
         }
@@ -733,6 +744,18 @@ impl LogWriter {
         self.file = None;
         self.start_segment(self.seq + 1)?;
         Ok(self.seq)
+    }
+
+    /// Close the log cleanly: sync the current segment and start an empty
+    /// one whose header names the next LSN. Every record written so far is
+    /// then pinned by a header in another file, so that a later cut of the
+    /// closed segment (a truncation, a lost block) reads as missing records,
+    /// never as a torn tail. Returns the new segment's sequence number.
+    ///
+    /// # Errors
+    /// As [`LogWriter::sync`].
+    pub fn close(&mut self) -> Result<u64> {
+        self.rotate()
     }
 
     /// Start the next segment without syncing the current one: only for
