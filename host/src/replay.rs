@@ -678,13 +678,12 @@ fn segment_header(vfs: &dyn Vfs, path: &Path) -> Result<reader::SegmentHeader> {
     reader::parse_segment_header(&head)
 }
 
-/// The first segment of `dir` (by name, the last one aside: a crash can
-/// leave its header unwritten) whose header cannot be read, and why.
+/// The first segment of `dir` (by name) whose header cannot be read, and
+/// why (a segment is named only once its header is durable, so no crash
+/// leaves one).
 pub(crate) fn unreadable_segment(vfs: &dyn Vfs, dir: &Path) -> Option<(PathBuf, Error)> {
     let names = vfs.list(dir).ok()?;
-    let segs: Vec<&String> = names.iter().filter(|n| crate::log::parse_segment_name(n).is_some()).collect();
-    let (_, earlier) = segs.split_last()?;
-    earlier.iter().find_map(|n| {
+    names.iter().filter(|n| crate::log::parse_segment_name(n).is_some()).find_map(|n| {
         let path = dir.join(n);
         segment_header(vfs, &path).err().map(|e| (path, e))
     })

@@ -166,6 +166,16 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
             d.reason
         ));
     }
+    for s in &scan.segments {
+        if s.header.is_none() && !scan.dropped.iter().any(|d| d.file == s.path) {
+            rep.notes.push(format!(
+                "abandoned: {} ({} bytes) has a header that does not read; a later generation starts \
+                 where the log before it ends, so nothing in it is replayed",
+                s.path.display(),
+                s.bytes
+            ));
+        }
+    }
     rep.segments = scan.segments;
     Ok(rep)
 }

@@ -267,6 +267,15 @@ fn a_flipped_bit_in_the_newest_segment_header_is_named_not_cut() -> Result<()> {
         let r = s.recovery_report();
         assert!(r.dropped.iter().any(|d| d.file == newest && d.offset == 0), "bit {bit}: {r}");
         assert_ne!(s.state_hash()?, want.hash);
+        drop(s);
+        // From then on the damaged segment is abandoned history: strict
+        // start opens what the tolerant one kept, and inspect says so.
+        Mmsb::start(c.clone().vfs(Arc::new(v.clone())))?;
+        let notes = mmsb::tools::inspect_with(&v, Path::new(STATE), &Default::default())?.notes;
+        assert!(
+            notes.iter().any(|n| n.starts_with("abandoned") && n.contains("wal-")),
+            "bit {bit}: {notes:?}"
+        );
     }
     Ok(())
 }
