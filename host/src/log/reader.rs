@@ -122,6 +122,23 @@ pub fn read_frame<'a>(
     Ok(RawRecord { offset: pos as u64, framed, kind, lsn, body: &rest[RECORD_HEAD_LEN..framed - 4] })
 }
 
+/// Whether `buf[pos..]` starts with a whole frame (length within the limit
+/// and the buffer) whose CRC matches, whatever its type, flags and LSN.
+fn crc_valid_frame(buf: &[u8], pos: usize, limits: &Limits) -> bool {
+    let Some(rest) = buf.get(pos..) else { return false };
+    let Some(len) = rest.first_chunk::<4>().map(|l| u64::from(u32::from_le_bytes(*l))) else {
+        return false;
+    };
+    if len > limits.max_record_len {
+        return false;
+    }
+    let framed = RECORD_HEAD_LEN + len as usize + RECORD_TAIL_LEN;
+    match rest.get(..framed).and_then(|f| f.split_last_chunk::<RECORD_TAIL_LEN>()) {
+        Some((data, c)) => crc(data) == u32::from_le_bytes(*c),
+        None => false,
+    }
+}
+
 /// Whether a CRC-valid record with an LSN above `min_lsn` starts anywhere in
 /// `buf[from..]`: used to tell a torn tail from corruption followed by data.
 pub fn valid_record_after(buf: &[u8], from: usize, min_lsn: u64, limits: &Limits) -> Option<u64> {
@@ -1180,7 +1197,13 @@ fn scan_records<'a>(
             Err(reason) => {
                 let pos = cur.pos;
                 let start = cur.batch.map_or(pos as u64, |b| b.1);
-                if is_last && valid_record_after(buf, pos + 1, cur.lsn.saturating_sub(1), limits).is_none() {
+                // A torn tail is bytes a crash left unfinished: never a
+                // whole frame whose CRC matches (with another LSN, type or
+                // flags), and never damage with a valid record after it.
+                if is_last
+                    && !crc_valid_frame(buf, pos, limits)
+                    && valid_record_after(buf, pos + 1, cur.lsn.saturating_sub(1), limits).is_none()
+                {
                     res.torn = Some(TornTail {
                         file: path.to_path_buf(),
                         offset: start,
