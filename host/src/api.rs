@@ -511,19 +511,9 @@ impl Mmsb {
                 storage,
             })?;
         }
-        let log = LogWriter::open(
-            vfs.clone(),
-            &log_dir,
-            resume.seq,
-            resume.generation,
-            resume.next_lsn,
-            config.durability,
-            config.segment_bytes,
-        )?;
-        if let Some(old) = &resume.superseded {
-            // Best effort: a segment left behind holds nothing.
-            let _ = vfs.remove(old);
-        }
+        let log = LogWriter::resume(vfs.clone(), &log_dir, &resume, config.durability, config.segment_bytes)?;
+        let mut report = report;
+        report.generation = log.generation();
         let state = Mmsb {
             dir,
             alloc,

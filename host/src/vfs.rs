@@ -149,6 +149,16 @@ pub trait Vfs: Send + Sync + Debug {
     fn remove_keep_open(&self, path: &Path) -> io::Result<Removed> {
         self.remove(path).map(|()| None)
     }
+    /// Open an existing file to append to it. The default says the file
+    /// system cannot ([`io::ErrorKind::Unsupported`]): the log then starts
+    /// a new segment instead of continuing the one a clean stop left.
+    ///
+    /// # Errors
+    /// The OS error; `Unsupported` by default.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let _ = path;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Hold the log directory `dir` for one writing handle until the
     /// returned value is dropped; while it is held, another hold fails with
     /// an error of kind [`io::ErrorKind::WouldBlock`]. The default holds
@@ -308,6 +318,18 @@ impl Vfs for StdVfs {
         let mut o = std::fs::OpenOptions::new();
         o.create(true).write(true).truncate(true);
         Ok(Box::new(StdFile { file: owner_only_no_link(&mut o).open(path)?, syncer: None }))
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let mut o = std::fs::OpenOptions::new();
+        o.append(true);
+        let file = owner_only_no_link(&mut o).open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        Ok(Box::new(StdFile { file, syncer: None }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
@@ -711,6 +733,12 @@ impl Vfs for SimVfs {
         s.inodes.push(Inode::default());
         s.names.insert(path.to_path_buf(), i);
         s.pending_ns.push(NsOp::Link(path.to_path_buf(), i));
+        Ok(Box::new(SimFile { sim: self.inner.clone(), inode: i, boot: s.boot }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let s = self.inner.lock();
+        let i = *s.names.get(path).ok_or_else(|| not_found(path))?;
         Ok(Box::new(SimFile { sim: self.inner.clone(), inode: i, boot: s.boot }))
     }
 

@@ -29,7 +29,7 @@ pub mod reader;
 pub mod recovery;
 pub mod writer;
 
-pub use recovery::{Dropped, Due, RecoveryMode, RecoveryReport, TornTail};
+pub use recovery::{Continued, Dropped, Due, RecoveryMode, RecoveryReport, TornTail};
 
 use crate::change::Change;
 use shared_types::PageId;

@@ -251,11 +251,22 @@ pub struct Resume {
     pub generation: u64,
     /// LSN of the next record.
     pub next_lsn: u64,
-    /// The last segment, when it holds a header and no record (a clean
-    /// stop left it, see [`super::LogWriter::close`]): once the writer's new
-    /// segment is durable it pins the same end of the log, and this one can
-    /// be removed.
-    pub superseded: Option<PathBuf>,
+    /// The segment to continue instead, when recovery found everything
+    /// intact and the log ends in a segment that holds a header and no
+    /// record, starting at `next_lsn` (a clean stop left it, see
+    /// [`super::LogWriter::close`]): appending to it is the same log.
+    pub continued: Option<Continued>,
+}
+
+/// A segment the writer appends to after recovery ([`Resume::continued`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Continued {
+    /// The file.
+    pub path: PathBuf,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its generation.
+    pub generation: u64,
 }
 
 /// Recover the state stored in `state_dir`.
@@ -330,15 +341,20 @@ pub fn recover_with(
     report.generation = scan.max_generation + 1;
     report.due = due;
     image.lsn = report.last_lsn.0;
-    let resume = Resume {
+    let mut resume = Resume {
         seq: scan.max_seq.map_or(1, |s| s + 1),
         generation: report.generation,
         next_lsn: report.last_lsn.0 + 1,
-        superseded: scan
-            .segments
-            .last()
-            .filter(|s| s.header.is_some() && s.records == 0 && s.bytes == super::SEGMENT_HEAD_LEN as u64)
-            .map(|s| s.path.clone()),
+        continued: None,
     };
+    let intact = report.torn_tail.is_none() && report.dropped.is_empty();
+    if let Some(last) = scan.segments.last().filter(|_| intact) {
+        if let Some(h) = last.header {
+            let empty = last.records == 0 && last.bytes == super::SEGMENT_HEAD_LEN as u64;
+            if empty && h.first_lsn == resume.next_lsn && h.generation == scan.max_generation {
+                resume.continued = Some(Continued { path: last.path.clone(), seq: h.seq, generation: h.generation });
+            }
+        }
+    }
     Ok((image, report, resume))
 }

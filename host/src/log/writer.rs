@@ -16,6 +16,7 @@ use crate::codec::derived::{DerivedEntry, FunctionSlots, DERIVED_HEAD_LEN};
 use crate::codec::{crc, put_location, put_metadata, put_u32, put_u64};
 use crate::delta::Payload;
 use crate::simd::copy_small;
+use super::recovery::Resume;
 use crate::vfs::{Vfs, VfsFile};
 use crate::{Error, Result};
 use shared_types::{Lsn, PageId};
@@ -108,7 +109,51 @@ impl LogWriter {
         durability: Durability,
         segment_limit: u64,
     ) -> Result<Self> {
-        let mut w = LogWriter {
+        let mut w = Self::unopened(vfs, dir, seq, generation, next_lsn, durability, segment_limit);
+        w.start_segment(seq)?;
+        Ok(w)
+    }
+
+    /// Go on writing where recovery left the log ([`Resume`]): append to
+    /// the empty segment a clean stop left, when recovery says the log
+    /// ends there intact and the file system can append; else start a new
+    /// segment of a new generation.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be opened or created.
+    pub fn resume(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        at: &Resume,
+        durability: Durability,
+        segment_limit: u64,
+    ) -> Result<Self> {
+        if let Some(c) = &at.continued {
+            match vfs.open_append(&c.path) {
+                Ok(file) => {
+                    let mut w =
+                        Self::unopened(vfs, dir, c.seq, c.generation, at.next_lsn, durability, segment_limit);
+                    w.file = Some(file);
+                    w.seg_bytes = SEGMENT_HEAD_LEN as u64;
+                    return Ok(w);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+                Err(e) => return Err(Error::from(e).in_file(&c.path)),
+            }
+        }
+        Self::open(vfs, dir, at.seq, at.generation, at.next_lsn, durability, segment_limit)
+    }
+
+    fn unopened(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        seq: u64,
+        generation: u64,
+        next_lsn: u64,
+        durability: Durability,
+        segment_limit: u64,
+    ) -> Self {
+        LogWriter {
             vfs,
             dir: dir.to_path_buf(),
             file: None,
@@ -124,9 +169,7 @@ impl LogWriter {
             poisoned: None,
             stats: LogStats::default(),
             slots: FunctionSlots::default(),
-        };
-        w.start_segment(seq)?;
-        Ok(w)
+        }
     }
 
     fn start_segment(&mut self, seq: u64) -> Result<()> {
@@ -747,14 +790,20 @@ impl LogWriter {
     }
 
     /// Close the log cleanly: sync the current segment and start an empty
-    /// one whose header names the next LSN. Every record written so far is
-    /// then pinned by a header in another file, so that a later cut of the
+    /// one whose header names the next LSN (when the current segment holds
+    /// records; otherwise its own header does). Every record written so far
+    /// is then pinned by a header in another file, so that a later cut of the
     /// closed segment (a truncation, a lost block) reads as missing records,
     /// never as a torn tail. Returns the new segment's sequence number.
     ///
     /// # Errors
     /// As [`LogWriter::sync`].
     pub fn close(&mut self) -> Result<u64> {
+        if self.seg_bytes == SEGMENT_HEAD_LEN as u64 {
+            // No record in this segment: its header already names the next LSN.
+            self.sync()?;
+            return Ok(self.seq);
+        }
         self.rotate()
     }
 
