@@ -59,7 +59,7 @@ start=$(date +%s)
 cd "$work/src"
 # Exit status 2 means mutants were missed: the summary below says which.
 CARGO_TARGET_DIR="$root/target/mutants/build" cargo mutants \
-    --in-place --no-shuffle --jobs 1 \
+    --in-place --no-shuffle \
     --timeout 240 --build-timeout 900 \
     "${files[@]}" \
     --test-workspace=false --test-package mmsb --test-package mmsb-tests \
