@@ -483,7 +483,7 @@ impl Mmsb {
             }
         }
         let alloc = PageAllocator::new(config.pool_budget);
-        let (mut image, report, resume) = {
+        let (mut image, mut report, resume) = {
             let _span = tracing::info_span!("mmsb.recovery", dir = %state_dir.display()).entered();
             crate::log::recovery::recover_with(
                 vfs.as_ref(),
@@ -512,7 +512,6 @@ impl Mmsb {
             })?;
         }
         let log = LogWriter::resume(vfs.clone(), &log_dir, &resume, config.durability, config.segment_bytes)?;
-        let mut report = report;
         report.generation = log.generation();
         let state = Mmsb {
             dir,
@@ -738,12 +737,13 @@ impl Mmsb {
         &self.limits
     }
 
-    /// Stop the state: the log is synced and closed (an empty segment that
-    /// names the next LSN is started, so that any later cut of the log
-    /// reads as missing records; see docs/RELIABILITY.md) and the state
-    /// directory released (another handle may start on it). Dropping a
-    /// handle without stopping it does the same, ignoring errors. Every later call that would change
-    /// the state or write to its directory (updates, page creation and
+    /// Stop the state: the log is synced and closed (the last segment
+    /// holding records is followed by an empty one that names the next
+    /// LSN, so that any later cut of the log reads as missing records; see
+    /// docs/RELIABILITY.md) and the state directory released (another
+    /// handle may start on it). Dropping a handle without stopping it does
+    /// the same, ignoring errors. Every later call that would change the
+    /// state or write to its directory (updates, page creation and
     /// deletion, derivations, functions, propagation, checkpoints, `sync`)
     /// returns [`Error::Stopped`]; reads of what is in memory (pages, their
     /// info, the state hash, a snapshot, comparisons) keep answering until

@@ -794,7 +794,8 @@ impl LogWriter {
     /// records; otherwise its own header does). Every record written so far
     /// is then pinned by a header in another file, so that a later cut of the
     /// closed segment (a truncation, a lost block) reads as missing records,
-    /// never as a torn tail. Returns the new segment's sequence number.
+    /// never as a torn tail. Returns the sequence number of the segment
+    /// the log now ends in.
     ///
     /// # Errors
     /// As [`LogWriter::sync`].
