@@ -62,7 +62,7 @@ CARGO_TARGET_DIR="$root/target/mutants/build" cargo mutants \
     --in-place --no-shuffle \
     --timeout 240 --build-timeout 900 \
     "${files[@]}" \
-    --test-package mmsb,mmsb-tests \
+    --test-workspace=true \
     --output "$out" \
     "${extra[@]}" \
     -- --lib --test log --test log_edges --test durability --test crash --test untrusted \
