@@ -493,6 +493,9 @@ impl Mmsb {
                 Some(&alloc),
             )?
         };
+        if !report.dropped.is_empty() {
+            crate::log::recovery::set_aside_dropped(vfs.as_ref(), &log_dir, &mut report)?;
+        }
         let registry = Registry::default();
         for (_, p) in std::mem::take(&mut image.pages) {
             // Pages come back to the location they were checkpointed at.

@@ -166,6 +166,12 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
             d.reason
         ));
     }
+    for n in names.iter().filter(|n| n.ends_with(crate::log::recovery::SET_ASIDE_SUFFIX)) {
+        rep.notes.push(format!(
+            "set aside by a tolerant start (dropped whole, never read): {}",
+            dir.join(n).display()
+        ));
+    }
     for s in &scan.segments {
         if s.header.is_none() && !scan.dropped.iter().any(|d| d.file == s.path) {
             rep.notes.push(format!(

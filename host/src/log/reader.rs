@@ -943,6 +943,7 @@ fn scan_all(
                     offset,
                     bytes: scanned.saturating_sub(offset),
                     reason: e.to_string(),
+                    set_aside: None,
                 });
                 for (_, p) in &seqs[i + 1..] {
                     let bytes = load(p)?.len() as u64;
@@ -951,6 +952,7 @@ fn scan_all(
                         offset: 0,
                         bytes,
                         reason: "follows dropped corruption".into(),
+                        set_aside: None,
                     });
                 }
                 return Ok(());

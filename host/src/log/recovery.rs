@@ -52,6 +52,37 @@ pub struct Dropped {
     pub bytes: u64,
     /// Why.
     pub reason: String,
+    /// Where [`crate::Mmsb::start`] moved the file when all of it was
+    /// dropped (`<name>.dropped` beside it: kept for inspection, never read
+    /// again), so that later starts, strict ones included, read the log as
+    /// this one kept it.
+    pub set_aside: Option<PathBuf>,
+}
+
+/// Suffix of a log file that tolerant recovery dropped whole and set aside.
+pub const SET_ASIDE_SUFFIX: &str = ".dropped";
+
+/// Make what tolerant recovery dropped stay dropped: every file it dropped
+/// whole is renamed `<name>.dropped`, then the directory synced. (A file
+/// dropped from an offset on is cut by the new generation the writer
+/// starts next, which then follows it directly.)
+///
+/// # Errors
+/// [`crate::Error::Io`] when a rename or the directory sync fails.
+pub(crate) fn set_aside_dropped(vfs: &dyn Vfs, log_dir: &Path, report: &mut RecoveryReport) -> Result<()> {
+    let mut moved = false;
+    for d in report.dropped.iter_mut().filter(|d| d.offset == 0) {
+        let mut name = d.file.clone().into_os_string();
+        name.push(SET_ASIDE_SUFFIX);
+        let to = PathBuf::from(name);
+        vfs.rename(&d.file, &to).map_err(|e| crate::Error::from(e).in_file(&d.file))?;
+        d.set_aside = Some(to);
+        moved = true;
+    }
+    if moved {
+        vfs.sync_dir(log_dir).map_err(|e| crate::Error::from(e).in_file(log_dir))?;
+    }
+    Ok(())
 }
 
 /// Propagation work a recovered state still owes: what the live graph had
@@ -236,6 +267,9 @@ impl fmt::Display for RecoveryReport {
                 d.file.display(),
                 d.reason
             )?;
+            if let Some(to) = &d.set_aside {
+                writeln!(f, "  set aside as {}", to.display())?;
+            }
         }
         write!(f, "generation: {}", self.generation)
     }
@@ -352,7 +386,8 @@ pub fn recover_with(
         if let Some(h) = last.header {
             let empty = last.records == 0 && last.bytes == super::SEGMENT_HEAD_LEN as u64;
             if empty && h.first_lsn == resume.next_lsn && h.generation == scan.max_generation {
-                resume.continued = Some(Continued { path: last.path.clone(), seq: h.seq, generation: h.generation });
+                resume.continued =
+                    Some(Continued { path: last.path.clone(), seq: h.seq, generation: h.generation });
             }
         }
     }

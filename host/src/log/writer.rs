@@ -3,6 +3,7 @@
 //! `write` per commit (or less, by [`Durability`]), fsyncs by policy, rolls
 //! segments, and poisons itself on the first I/O failure.
 
+use super::recovery::Resume;
 use super::{
     segment_name, Durability, RecordType, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN, SEGMENT_MAGIC,
     SEGMENT_VERSION,
@@ -16,7 +17,6 @@ use crate::codec::derived::{DerivedEntry, FunctionSlots, DERIVED_HEAD_LEN};
 use crate::codec::{crc, put_location, put_metadata, put_u32, put_u64};
 use crate::delta::Payload;
 use crate::simd::copy_small;
-use super::recovery::Resume;
 use crate::vfs::{Vfs, VfsFile};
 use crate::{Error, Result};
 use shared_types::{Lsn, PageId};
