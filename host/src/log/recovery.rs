@@ -381,14 +381,18 @@ pub fn recover_with(
         next_lsn: report.last_lsn.0 + 1,
         continued: None,
     };
-    let intact = report.torn_tail.is_none() && report.dropped.is_empty();
-    if let Some(last) = scan.segments.last().filter(|_| intact) {
-        if let Some(h) = last.header {
-            let empty = last.records == 0 && last.bytes == super::SEGMENT_HEAD_LEN as u64;
-            if empty && h.first_lsn == resume.next_lsn && h.generation == scan.max_generation {
-                resume.continued =
-                    Some(Continued { path: last.path.clone(), seq: h.seq, generation: h.generation });
-            }
+    // The last segment read is a header and nothing else (so it holds no
+    // torn tail: only the last segment can), it starts where the log
+    // ends, and no later generation exists (a segment after dropped data
+    // is not read, so a tolerant recovery that dropped anything never
+    // ends in such a segment): appending to it is the same log.
+    if let Some((last, h)) = scan.segments.last().and_then(|s| s.header.map(|h| (s, h))) {
+        if last.bytes == super::SEGMENT_HEAD_LEN as u64
+            && h.first_lsn == resume.next_lsn
+            && h.generation == scan.max_generation
+        {
+            resume.continued =
+                Some(Continued { path: last.path.clone(), seq: h.seq, generation: h.generation });
         }
     }
     Ok((image, report, resume))
