@@ -593,9 +593,9 @@ pub fn replay_with(
     replay_impl(vfs, state_dir, max_ckpt_lsn, limits, stop, seen, None).map(|(image, _)| image)
 }
 
-/// Whether a batch of delta records (end LSN: its end marker's, record count) must go the
-/// general way because the stop rule may stop at it; the image as it is
-/// before the batch.
+/// Whether a batch of delta records (the LSN of its end marker, its record
+/// count) must go the general way because the stop rule may stop at it;
+/// the image as it is before the batch.
 type FastStop<'s> = &'s dyn Fn(&StateImage, u64, usize) -> bool;
 
 struct Replayer<'r> {

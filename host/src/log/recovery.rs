@@ -4,10 +4,10 @@
 //! A torn tail (the last bytes of the last segment do not form complete,
 //! valid records and no valid record follows them, or a batch was left
 //! open: all a crash can leave, see the crash model in
-//! docs/RELIABILITY.md) is cut and reported. Anything else that fails a check while valid
-//! data follows is corruption: an error in [`RecoveryMode::Strict`]; in
-//! [`RecoveryMode::Tolerant`] the longest valid prefix is kept and what was
-//! dropped is reported. Nothing corrupt is ever applied.
+//! docs/RELIABILITY.md) is cut and reported. Anything else is corruption:
+//! an error in [`RecoveryMode::Strict`]; in [`RecoveryMode::Tolerant`] the
+//! longest valid prefix is kept, what was dropped is reported, and files
+//! dropped whole are set aside. Nothing corrupt is ever applied.
 
 use super::reader;
 use crate::alloc::PageAllocator;
