@@ -143,6 +143,45 @@ fn control_staleness_survives_a_restart() -> mmsb::Result<()> {
     Ok(())
 }
 
+/// The same when the propagation changes another page: its deltas are in
+/// the log, the unchanged page has none (and there is no settled record),
+/// and recovery still knows it was recomputed.
+#[test]
+fn a_recompute_that_changes_nothing_beside_one_that_does_refreshes_across_a_restart() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
+    let keep = |_: &[&[u8]], _: &mut [u8]| {};
+    let copy = |i: &[&[u8]], o: &mut [u8]| o.copy_from_slice(i[0]);
+    let register = |s: &Mmsb| -> mmsb::Result<()> {
+        s.register_function("keep", 1, keep)?;
+        s.register_function("copy", 1, copy)?;
+        Ok(())
+    };
+    let (h, k) = {
+        let s = Mmsb::start(cfg())?;
+        register(&s)?;
+        let [p, q, h] = pages(&s)?;
+        let k = s.create_page(PageSpec::new(4))?;
+        s.update_page(q, Payload::Full(vec![7; 4]))?;
+        s.declare_derived(h, "keep", &[q])?;
+        s.declare_derived(k, "copy", &[q])?;
+        s.add_edge(p, h, EdgeKind::Control)?;
+        s.update_page(p, Payload::Full(vec![1; 4]))?;
+        assert!(s.is_stale(h)?);
+        s.propagate()?;
+        assert!(!s.is_stale(h)?, "recomputed, to the same bytes");
+        assert_eq!(s.query_page(k)?, vec![7; 4], "recomputed, to new bytes");
+        s.stop()?;
+        (h, k)
+    };
+    let s = Mmsb::start(cfg())?;
+    register(&s)?;
+    assert!(!s.is_stale(h)?, "{}", s.recovery_report());
+    assert!(!s.is_stale(k)?);
+    assert!(s.recovery_report().due.stale.is_empty(), "{}", s.recovery_report());
+    Ok(())
+}
+
 /// A derived page queued for recomputation and made stale by a control
 /// parent is fresh once a propagation recomputes it, even when its bytes
 /// do not change (no delta is logged for it), and stays fresh after a
