@@ -183,6 +183,38 @@ fn a_recompute_that_changes_nothing_beside_one_that_does_refreshes_across_a_rest
 }
 
 /// A derived page queued for recomputation and made stale by a control
+/// parent stays stale across a restart while only user writes follow (no
+/// propagation ran); a stale page that is deleted is no longer named.
+#[test]
+fn user_writes_do_not_refresh_a_stale_queued_page_and_deleted_pages_are_not_named() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
+    let keep = |_: &[&[u8]], _: &mut [u8]| {};
+    let (h, gone) = {
+        let s = Mmsb::start(cfg())?;
+        s.register_function("keep", 1, keep)?;
+        let [p, q, h, u, gone] = pages(&s)?;
+        s.declare_derived(h, "keep", &[q])?;
+        s.add_edge(p, h, EdgeKind::Control)?;
+        s.add_edge(p, gone, EdgeKind::Control)?;
+        s.update_page(p, Payload::Full(vec![1; 4]))?;
+        assert!(s.is_stale(h)? && s.is_stale(gone)?);
+        // A user write elsewhere, and a stale page deleted; no propagation.
+        s.update_page(u, Payload::Full(vec![2; 4]))?;
+        s.delete_page(gone)?;
+        assert!(s.is_stale(h)?);
+        s.stop()?;
+        (h, gone)
+    };
+    let s = Mmsb::start(cfg())?;
+    s.register_function("keep", 1, keep)?;
+    assert!(s.is_stale(h)?, "{}", s.recovery_report());
+    let named: Vec<PageId> = s.recovery_report().due.stale.iter().copied().collect();
+    assert_eq!(named, [h], "the deleted page {gone} is not named");
+    Ok(())
+}
+
+/// A derived page queued for recomputation and made stale by a control
 /// parent is fresh once a propagation recomputes it, even when its bytes
 /// do not change (no delta is logged for it), and stays fresh after a
 /// restart.
