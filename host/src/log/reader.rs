@@ -122,17 +122,17 @@ pub fn read_frame<'a>(
     Ok(RawRecord { offset: pos as u64, framed, kind, lsn, body: &rest[RECORD_HEAD_LEN..framed - 4] })
 }
 
-/// Whether `buf[pos..]` starts with a whole frame (length within the limit
-/// and the buffer) whose CRC matches, whatever its type, flags and LSN.
-fn crc_valid_frame(buf: &[u8], pos: usize, limits: &Limits) -> bool {
+/// Whether `buf[pos..]` starts with a whole frame (within the buffer) whose
+/// CRC matches, whatever its length limit, type, flags and LSN: no crash
+/// leaves one that is not the next record.
+fn crc_valid_frame(buf: &[u8], pos: usize) -> bool {
     let Some(rest) = buf.get(pos..) else { return false };
-    let Some(len) = rest.first_chunk::<4>().map(|l| u64::from(u32::from_le_bytes(*l))) else {
+    let Some(len) = rest.first_chunk::<4>().map(|l| u32::from_le_bytes(*l) as usize) else {
         return false;
     };
-    if len > limits.max_record_len {
+    let Some(framed) = len.checked_add(RECORD_HEAD_LEN + RECORD_TAIL_LEN) else {
         return false;
-    }
-    let framed = RECORD_HEAD_LEN + len as usize + RECORD_TAIL_LEN;
+    };
     match rest.get(..framed).and_then(|f| f.split_last_chunk::<RECORD_TAIL_LEN>()) {
         Some((data, c)) => crc(data) == u32::from_le_bytes(*c),
         None => false,
@@ -1203,7 +1203,7 @@ fn scan_records<'a>(
                 // whole frame whose CRC matches (with another LSN, type or
                 // flags), and never damage with a valid record after it.
                 if is_last
-                    && !crc_valid_frame(buf, pos, limits)
+                    && !crc_valid_frame(buf, pos)
                     && valid_record_after(buf, pos + 1, cur.lsn.saturating_sub(1), limits).is_none()
                 {
                     res.torn = Some(TornTail {
