@@ -195,22 +195,16 @@ fn check_state_dir(vfs: &dyn Vfs, dir: &Path, existing: bool) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if existing {
-                return Err(not_a_state(match vfs.list(dir) {
-                    Ok(_) => "it has no log/ directory".into(),
-                    Err(_) => "it does not exist".into(),
-                }));
-            }
-            match vfs.list(dir) {
-                Ok(names) if !names.is_empty() => Err(not_a_state(format!(
-                    "it holds other files ({}{}) and no log/; give an empty or new directory to create a state",
-                    names.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
-                    if names.len() > 3 { ", ..." } else { "" }
-                ))),
-                _ => Ok(()),
-            }
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match (existing, vfs.list(dir)) {
+            (true, Ok(_)) => Err(not_a_state("it has no log/ directory".into())),
+            (true, Err(_)) => Err(not_a_state("it does not exist".into())),
+            (false, Ok(names)) if !names.is_empty() => Err(not_a_state(format!(
+                "it holds other files ({}{}) and no log/; give an empty or new directory to create a state",
+                names.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                if names.len() > 3 { ", ..." } else { "" }
+            ))),
+            (false, _) => Ok(()),
+        },
         Err(e) => Err(Error::from(e).in_file(&log_dir)),
     }
 }
@@ -580,7 +574,7 @@ impl Mmsb {
         if let Some(why) = clock.log.poisoned() {
             return Err(Error::Poisoned(why.to_owned()));
         }
-        let lsn = clock.log.next_lsn().0 - 1;
+        let lsn = clock.log.last_lsn().0;
         let dir = crate::log::log_dir(self.dir());
         // Propagation work queued now is not in the checkpoint: a due record
         // names it, first in a new segment, durable before the checkpoint
@@ -691,7 +685,7 @@ impl Mmsb {
             next_page: clock.next_page,
             next_delta: clock.next_delta,
             timestamp: clock.timestamp,
-            lsn: clock.log.next_lsn().0 - 1,
+            lsn: clock.log.last_lsn().0,
             graph: graph_image(&clock),
         };
         for (id, cell) in self.registry.cells() {
@@ -1943,7 +1937,7 @@ impl Mmsb {
     /// give for the same state. Replaying the directory to this LSN
     /// ([`crate::replay::replay_dir`]) gives this state. No page is copied.
     pub fn lsn(&self) -> Lsn {
-        Lsn(self.clock.lock().log.next_lsn().0 - 1)
+        self.clock.lock().log.last_lsn()
     }
 
     /// Wait until the log segments and checkpoints that the last

@@ -360,7 +360,7 @@ impl mmsb::log::reader::Visitor for Recorder {
     fn delta_batch(&mut self, frames: mmsb::log::reader::DeltaFrames<'_>) -> Option<bool> {
         // Written as `commit` would write the decoded batch; one that does
         // not decode is declined (the scan then decodes it and says why).
-        let first = frames.last_lsn() + 1 - frames.len() as u64;
+        let first = frames.end_lsn() - frames.len() as u64;
         let mut records = Vec::new();
         for (i, (at, body)) in frames.bodies().enumerate() {
             let v = mmsb::codec::delta::DeltaView::parse(body, at, &Limits::default()).ok()?;

@@ -411,11 +411,6 @@ impl<'a> DeltaFrames<'a> {
         self.count == 0
     }
 
-    /// LSN of the last delta record (the batch's end marker follows it).
-    pub fn last_lsn(&self) -> u64 {
-        self.first_lsn + self.count as u64 - 1
-    }
-
     /// LSN of the batch's end marker: the state's LSN once it is applied.
     pub fn end_lsn(&self) -> u64 {
         self.first_lsn + self.count as u64

@@ -241,6 +241,12 @@ impl LogWriter {
         Lsn(self.next_lsn)
     }
 
+    /// LSN of the last record appended (0 before the first): the state's
+    /// LSN once the commit holding it is applied.
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn - 1)
+    }
+
     /// Current segment sequence number.
     pub fn seq(&self) -> u64 {
         self.seq
