@@ -38,6 +38,11 @@ fn main() {
         skip(&out_dir, "the PTX build is skipped under Miri");
         return;
     }
+    // The storage layer alone (no `engine` feature) has no GPU layer.
+    if env::var_os("CARGO_FEATURE_ENGINE").is_none() {
+        skip(&out_dir, "the PTX build is skipped without the engine feature");
+        return;
+    }
     println!("cargo::rerun-if-env-changed=MMSB_REQUIRE_PTX");
     let target_dir = out_dir.join("ptx-target");
     let cpu = env::var("MMSB_PTX_TARGET_CPU").unwrap_or_else(|_| "sm_70".to_string());

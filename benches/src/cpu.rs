@@ -2,7 +2,7 @@
 //! allocation.
 
 use crate::{dense_payload, full_payload, in_turn_per_iter, sparse_payload, time_per_iter, Budget, Row};
-use mmsb::alloc::PageAllocator;
+use mmsb::internals::alloc::PageAllocator;
 use mmsb::Payload;
 use std::hint::black_box;
 

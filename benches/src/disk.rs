@@ -3,9 +3,9 @@
 //! directory on the same file system, measured in the same run.
 
 use crate::{median, small_sparse, Row};
-use mmsb::codec::Limits;
-use mmsb::log::Durability;
 use mmsb::vfs::StdVfs;
+use mmsb::Durability;
+use mmsb::Limits;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload, Result, Update};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -263,12 +263,14 @@ fn read_fresh(path: &Path) -> Result<Vec<u8>> {
 
 /// Segment files of a state directory.
 fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
-    let log = mmsb::log::log_dir(dir);
+    let log = mmsb::internals::files::log_dir(dir);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&log)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| mmsb::log::parse_segment_name(n).is_some())
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| mmsb::internals::files::parse_segment_name(n).is_some())
         })
         .collect();
     v.sort();
@@ -295,7 +297,7 @@ pub fn replay_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
     let mut bytes = 0u64;
     for _ in 0..3 {
         let t = Instant::now();
-        let img = mmsb::replay::replay_to_lsn(&StdVfs, &dir, None, &Limits::default())?;
+        let img = mmsb::history::replay::replay_to_lsn(&StdVfs, &dir, None, &Limits::default())?;
         replay.push(t.elapsed().as_secs_f64());
         std::hint::black_box(img.state_hash());
         let t = Instant::now();

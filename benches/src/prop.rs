@@ -7,7 +7,7 @@
 //! diff, derived delta, commit into the log buffer).
 
 use crate::{time_per_iter, Budget, Row};
-use mmsb::log::Durability;
+use mmsb::Durability;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload, PropagationMode, Result, Update};
 use std::hint::black_box;
 use std::time::Instant;

@@ -53,7 +53,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             return Err(mmsb::Error::Config(format!("{} exists and is not a directory", dir.display())));
         }
         // The demo writes only inside the directory it is given.
-        let log = mmsb::log::log_dir(dir);
+        let log = mmsb::internals::files::log_dir(dir);
         if std::fs::symlink_metadata(&log).is_ok_and(|m| m.file_type().is_symlink()) {
             return Err(mmsb::Error::Config(format!(
                 "{} is a symbolic link; refusing to follow it",

@@ -4,9 +4,9 @@
 
 use crate::confined::Confined;
 use crate::progress;
-use mmsb::codec::Limits;
-use mmsb::log::reader::Record;
-use mmsb::replay::{StateImage, Until};
+use mmsb::history::replay::{StateImage, Until};
+use mmsb::internals::log::reader::Record;
+use mmsb::Limits;
 use mmsb::{Error, Lsn, PageId, Result, Source};
 
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ pub struct ReplayArgs {
 /// Open `dir` for reading and check that it looks like a state directory.
 pub(crate) fn open(dir: &Path) -> Result<Confined> {
     let v = Confined::new(dir).map_err(|e| Error::from(e).in_file(dir))?;
-    let log = mmsb::log::log_dir(dir);
+    let log = mmsb::internals::files::log_dir(dir);
     match std::fs::symlink_metadata(&log) {
         Ok(m) if m.is_dir() => Ok(v),
         Ok(m) if m.file_type().is_symlink() => Err(Error::Config(format!(
@@ -60,7 +60,10 @@ pub(crate) fn open(dir: &Path) -> Result<Confined> {
         _ => {
             // The log directory itself, given for its parent?
             let hint = match dir.parent() {
-                Some(p) if dir.file_name().is_some_and(|n| n == "log") && mmsb::log::log_dir(p) == dir => {
+                Some(p)
+                    if dir.file_name().is_some_and(|n| n == "log")
+                        && mmsb::internals::files::log_dir(p) == dir =>
+                {
                     format!("; {} is the state directory's log: give {}", dir.display(), p.display())
                 }
                 _ => String::new(),
@@ -76,7 +79,7 @@ pub(crate) fn open(dir: &Path) -> Result<Confined> {
 pub fn inspect(args: &InspectArgs) -> Result<()> {
     let v = open(&args.dir)?;
     let spin = progress::spinner("reading log and checkpoints");
-    let rep = mmsb::tools::inspect_with(&v, v.root(), &Limits::default());
+    let rep = mmsb::history::tools::inspect_with(&v, v.root(), &Limits::default());
     spin.finish_and_clear();
     let rep = rep?;
     outln!("state directory: {}", args.dir.display());
@@ -91,7 +94,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
 pub fn verify(args: &VerifyArgs) -> Result<bool> {
     let v = open(&args.dir)?;
     let spin = progress::spinner("checking every CRC and replaying every commit");
-    let rep = mmsb::tools::verify_with(&v, v.root(), &Limits::default());
+    let rep = mmsb::history::tools::verify_with(&v, v.root(), &Limits::default());
     spin.finish_and_clear();
     if rep.problem.is_some() {
         // The first problem, once, where errors go.
@@ -136,8 +139,8 @@ fn check_provenance(v: &Confined) -> Result<ProvenanceCheck> {
     let mut deltas = 0u64;
     let problem: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
     let bar = progress::spinner("checking derived deltas");
-    let seg_dir = mmsb::log::log_dir(v.root());
-    let img = mmsb::replay::replay_with(
+    let seg_dir = mmsb::internals::files::log_dir(v.root());
+    let img = mmsb::history::replay::replay_with(
         v,
         v.root(),
         None,
@@ -176,13 +179,13 @@ fn check_provenance(v: &Confined) -> Result<ProvenanceCheck> {
             }
         }
     }
-    if let Some(cycle) = mmsb::tools::find_cycle(&img) {
+    if let Some(cycle) = mmsb::history::tools::find_cycle(&img) {
         return Err(Error::Invariant(format!("the dependency graph has a cycle through page {cycle}")));
     }
     Ok(ProvenanceCheck { deltas, derived: img.graph.derived.len() })
 }
 
-fn check_one(img: &StateImage, _lsn: u64, d: &mmsb::codec::delta::DeltaView<'_>) -> Result<()> {
+fn check_one(img: &StateImage, _lsn: u64, d: &mmsb::internals::codec::delta::DeltaView<'_>) -> Result<()> {
     let delta = d.to_delta()?;
     let Source::Propagation(prov) = delta.source else {
         return Err(Error::Invariant("derived delta without provenance".into()));
@@ -235,7 +238,7 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
         (None, Some(l)) => Until::Lsn(Lsn(l)),
         (None, None) => Until::End,
     };
-    let replayed = mmsb::replay::replay_to(&v, v.root(), until, &limits);
+    let replayed = mmsb::history::replay::replay_to(&v, v.root(), until, &limits);
     bar.finish_and_clear();
     let replayed = replayed?;
     let img = &replayed.image;

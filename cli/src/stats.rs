@@ -1,7 +1,7 @@
 //! `mmsb stats DIR`: counters of a state directory, read without changing it
 //! (through the same confined reader as the other offline commands).
 use clap::Args;
-use mmsb::codec::Limits;
+use mmsb::Limits;
 use std::path::PathBuf;
 
 /// Arguments of `mmsb stats`.
@@ -24,7 +24,9 @@ pub fn run(args: &StatsArgs) -> mmsb::Result<()> {
     let v = crate::offline::open(&args.dir)?;
     let limits = Limits::default();
     match args.provenance {
-        Some(p) => out!("{}", mmsb::provenance::chain_with(&v, v.root(), mmsb::PageId(p), None, &limits)?),
+        Some(p) => {
+            out!("{}", mmsb::history::provenance::chain_with(&v, v.root(), mmsb::PageId(p), None, &limits)?)
+        }
         None => out!("{}", mmsb::stats::dir_stats_with(&v, v.root(), &limits)?),
     }
     Ok(())

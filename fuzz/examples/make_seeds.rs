@@ -1,8 +1,8 @@
 //! Writes the seed corpora under fuzz/seeds/ from a small real state
 //! directory: `cargo run --example make_seeds` (in fuzz/).
-use mmsb::codec::delta::{encode_delta, encode_delta_body, encode_payload};
-use mmsb::codec::page::encode_page;
-use mmsb::log::{Durability, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN};
+use mmsb::internals::codec::delta::{encode_delta, encode_delta_body, encode_payload};
+use mmsb::internals::codec::page::encode_page;
+use mmsb::internals::log::{Durability, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN};
 use mmsb::{Config, Delta, DenseDelta, Mmsb, PageSpec, Payload, SparseDelta, Update};
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! fixed up so that mutations reach the page images and graph section.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mmsb::checkpoint::decode;
+use mmsb::internals::checkpoint::decode;
 use mmsb_fuzz::{fix_checkpoint, LIMITS};
 
 fuzz_target!(|data: &[u8]| {

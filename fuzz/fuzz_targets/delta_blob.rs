@@ -2,7 +2,7 @@
 //! accept round-trips through the encoder.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mmsb::codec::delta::{decode_delta, decode_delta_body, decode_payload, encode_delta, encode_payload};
+use mmsb::internals::codec::delta::{decode_delta, decode_delta_body, decode_payload, encode_delta, encode_payload};
 use mmsb_fuzz::{crc, LIMITS};
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mmsb::codec::delta::{decode_payload, encode_payload};
+use mmsb::internals::codec::delta::{decode_payload, encode_payload};
 use mmsb::{DenseDelta, Payload, SparseDelta};
 use mmsb_fuzz::LIMITS;
 

@@ -3,8 +3,9 @@
 //! all without panics; tolerant recovery always opens.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mmsb::log::reader::{decode_record, read_frame, scan};
-use mmsb::log::{RecoveryMode, SEGMENT_HEAD_LEN};
+use mmsb::internals::log::reader::{decode_record, read_frame, scan};
+use mmsb::internals::log::SEGMENT_HEAD_LEN;
+use mmsb::RecoveryMode;
 use mmsb::vfs::{SimVfs, Vfs};
 use mmsb_fuzz::{segment, LIMITS};
 use std::path::Path;
@@ -24,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let vfs = SimVfs::new();
     let dir = Path::new("/s/log");
     vfs.create_dir_all(dir).unwrap();
-    let mut f = vfs.create(&dir.join(mmsb::log::segment_name(1))).unwrap();
+    let mut f = vfs.create(&dir.join(mmsb::internals::files::segment_name(1))).unwrap();
     f.write_all(&seg).unwrap();
     f.sync().unwrap();
     for m in [RecoveryMode::Strict, RecoveryMode::Tolerant] {

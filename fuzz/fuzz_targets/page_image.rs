@@ -2,7 +2,7 @@
 //! and whatever it accepts re-encodes to the same bytes (canonical form).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mmsb::codec::page::{decode_page, encode_page};
+use mmsb::internals::codec::page::{decode_page, encode_page};
 use mmsb_fuzz::{fix_page_image, LIMITS};
 
 fuzz_target!(|data: &[u8]| {

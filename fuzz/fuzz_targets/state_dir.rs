@@ -7,7 +7,7 @@
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mmsb::log::RecoveryMode;
+use mmsb::RecoveryMode;
 use mmsb::vfs::StdVfs;
 use mmsb_fuzz::{fix_checkpoint, segment, LIMITS};
 
@@ -65,21 +65,21 @@ fuzz_target!(|d: Dir<'_>| {
         let n = u64::from(f.num);
         let (name, bytes) = match f.kind {
             Kind::Segment { generation, first_lsn } => {
-                (mmsb::log::segment_name(n), segment(generation.into(), n, first_lsn.max(1).into(), f.bytes))
+                (mmsb::internals::files::segment_name(n), segment(generation.into(), n, first_lsn.max(1).into(), f.bytes))
             }
-            Kind::RawSegment => (mmsb::log::segment_name(n), f.bytes.to_vec()),
+            Kind::RawSegment => (mmsb::internals::files::segment_name(n), f.bytes.to_vec()),
             Kind::Checkpoint => {
                 let mut b = f.bytes.to_vec();
                 fix_checkpoint(&mut b);
-                (mmsb::checkpoint::checkpoint_name(n), b)
+                (mmsb::internals::files::checkpoint_name(n), b)
             }
-            Kind::RawCheckpoint => (mmsb::checkpoint::checkpoint_name(n), f.bytes.to_vec()),
+            Kind::RawCheckpoint => (mmsb::internals::files::checkpoint_name(n), f.bytes.to_vec()),
             Kind::Tmp => (format!("ckpt-{n:020}.tmp"), f.bytes.to_vec()),
             Kind::Symlink { checkpoint } => {
                 let name = if checkpoint {
-                    mmsb::checkpoint::checkpoint_name(n)
+                    mmsb::internals::files::checkpoint_name(n)
                 } else {
-                    mmsb::log::segment_name(n)
+                    mmsb::internals::files::segment_name(n)
                 };
                 // Through a symlinked `log` this would plant the link in the
                 // outside directory itself; only a real `log` gets one.
@@ -98,8 +98,8 @@ fuzz_target!(|d: Dir<'_>| {
             let _ = std::fs::write(path, bytes);
         }
     }
-    let _ = mmsb::tools::verify_with(&StdVfs, &state, &LIMITS);
-    let _ = mmsb::tools::inspect_with(&StdVfs, &state, &LIMITS);
+    let _ = mmsb::history::tools::verify_with(&StdVfs, &state, &LIMITS);
+    let _ = mmsb::history::tools::inspect_with(&StdVfs, &state, &LIMITS);
     for mode in [RecoveryMode::Strict, RecoveryMode::Tolerant] {
         let mut cfg = mmsb::Config::at(&state).recovery(mode);
         cfg.limits = LIMITS;

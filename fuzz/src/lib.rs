@@ -2,7 +2,7 @@
 //! allowed allocation fits the `-rss_limit_mb` budget, and "fix-up" framing
 //! that recomputes checksums so mutations reach the parsers behind them.
 
-use mmsb::codec::Limits;
+use mmsb::Limits;
 
 /// Limits the targets decode under. Pages and records up to 1 MiB: an
 /// input can legitimately ask for that much (an all-zero page is 76 bytes
@@ -31,7 +31,7 @@ pub fn frame(kind: u8, lsn: u64, body: &[u8], out: &mut Vec<u8>) {
 /// the input (type, u16 body length, body) with valid CRCs and consecutive
 /// LSNs from `first_lsn`, then whatever input is left as a raw tail.
 pub fn segment(generation: u64, seq: u64, first_lsn: u64, mut data: &[u8]) -> Vec<u8> {
-    let mut out = mmsb::log::writer::segment_header(generation, seq, first_lsn).to_vec();
+    let mut out = mmsb::internals::log::writer::segment_header(generation, seq, first_lsn).to_vec();
     let mut lsn = first_lsn;
     while data.len() >= 3 {
         let kind = data[0];

@@ -10,8 +10,8 @@
 //! bytes on 64 pages of 64 bytes, batches of 1000, replayed 11 times with
 //! `replay_to_lsn` beside a plain read of the segment files).
 
-use mmsb::alloc::PageAllocator;
-use mmsb::log::{Durability, LogWriter};
+use mmsb::internals::alloc::PageAllocator;
+use mmsb::internals::log::{Durability, LogWriter};
 use mmsb::vfs::StdVfs;
 use mmsb::{
     Change, Config, Delta, DeltaId, DenseDelta, Mmsb, PageId, PageSpec, Payload, Result, Run, Source,
@@ -27,7 +27,7 @@ fn small(next: u64) -> Result<Payload> {
 }
 
 fn append_log(dir: &std::path::Path, n: u64, measure: bool) -> Result<f64> {
-    let log_dir = mmsb::log::log_dir(dir);
+    let log_dir = mmsb::internals::files::log_dir(dir);
     std::fs::create_dir_all(&log_dir)?;
     let mut w = LogWriter::open(Arc::new(StdVfs), &log_dir, 1, 1, 1, Durability::Flush, 1 << 30)?;
     w.append(&[Change::CreatePage {
@@ -113,7 +113,7 @@ fn replay_small(n: u64) -> Result<()> {
         }
         s.stop()?;
     }
-    let log = mmsb::log::log_dir(dir.path());
+    let log = mmsb::internals::files::log_dir(dir.path());
     let mut segs: Vec<_> = std::fs::read_dir(&log)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
@@ -125,7 +125,7 @@ fn replay_small(n: u64) -> Result<()> {
     let (mut replays, mut reads) = (Vec::new(), Vec::new());
     for _ in 0..11 {
         let (img, dt) = timed(|| {
-            mmsb::replay::replay_to_lsn(&StdVfs, dir.path(), None, &mmsb::codec::Limits::default())
+            mmsb::history::replay::replay_to_lsn(&StdVfs, dir.path(), None, &mmsb::Limits::default())
         })?;
         black_box(img.state_hash());
         let t = Instant::now();
@@ -163,7 +163,7 @@ fn main() -> Result<()> {
         "replay" => {
             let dir = tempfile::tempdir()?;
             append_log(dir.path(), n, false)?;
-            let (r, dt) = timed(|| mmsb::tools::replay(dir.path(), None))?;
+            let (r, dt) = timed(|| mmsb::history::tools::replay(dir.path(), None))?;
             println!("replay: {:.2} M deltas/s ({})", n as f64 / dt / 1e6, r.timestamp);
         }
         "replay_small" => replay_small(n)?,

@@ -9,8 +9,8 @@
 //! a test (CI runs it).
 
 use bytemuck::{Pod, Zeroable};
-use mmsb::provenance::{self, Origin};
-use mmsb::replay;
+use mmsb::history::provenance::{self, Origin};
+use mmsb::history::replay;
 use mmsb::vfs::StdVfs;
 use mmsb::{Config, Event, Mmsb, PageSpec, Payload, SparseDelta, Update};
 
@@ -111,7 +111,7 @@ fn main() -> mmsb::Result<()> {
     drop(state);
 
     // 8. Replay without opening the state: any point of the kept history.
-    let limits = mmsb::codec::Limits::default();
+    let limits = mmsb::Limits::default();
     let now = replay::replay_to_lsn(&StdVfs, dir.path(), None, &limits)?;
     assert_eq!(now.state_hash(), hash);
     let history = replay::page_history(&StdVfs, dir.path(), sum, &limits)?;

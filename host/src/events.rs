@@ -18,9 +18,9 @@
 //! began (a subscriber that joins while it runs gets none of them, and
 //! none are sent when nobody was subscribed).
 
-use crate::change::Change;
+use crate::delta::change::Change;
+use crate::delta::change::EdgeKind;
 use crate::delta::Source;
-use crate::graph::EdgeKind;
 use parking_lot::Mutex;
 use shared_types::{Epoch, Lsn, PageId};
 use std::collections::HashMap;

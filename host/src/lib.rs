@@ -4,20 +4,23 @@
 //! lives in [pages](Page); every change is a [delta](Payload); applying a
 //! delta is exact and bumps the page's [epoch](Epoch).
 //!
-//! | layer | module | what it does |
-//! |---|---|---|
-//! | API | [`api`] | [`Mmsb`] handle: create, update, query pages |
-//! | deltas | [`delta`] | dense / sparse / full payloads: apply, merge, diff |
-//! | pages | [`page`], [`registry`] | page records and the id → page map |
-//! | graph | [`graph`], [`propagate`] | page dependencies; recompute functions; propagation |
-//! | events | [`events`] | typed events of every state change, to subscribers |
-//! | memory | [`alloc`] | pooled 64-byte-aligned page buffers |
-//! | kernels | [`ptx`] | the PTX built from the Rust `gpu-kernels` crate |
-//! | GPU | [`gpu`] | devices, device/unified pages, batched delta application |
-//! | typed views | [`typed`] | read pages as `T: Pod`; writes captured as minimal deltas |
-//! | persistence | [`log`], [`checkpoint`], [`codec`], [`vfs`] | write-ahead log, checkpoints, formats |
-//! | history | [`replay`], [`provenance`], [`tools`] | replay, page history, the call graph of a value |
-//! | monitoring | [`stats`] | counters, latency histograms, `metrics` export |
+//! The supported API is the crate root and five public modules:
+//!
+//! | where | what |
+//! |---|---|
+//! | crate root | [`Mmsb`] (start, write, read, derive, checkpoint, stop), [`Config`], pages ([`PageSpec`], [`Page`], [`Location`]), the write vocabulary ([`Update`], [`Payload`], [`Delta`], [`Change`]; see docs/ARCHITECTURE.md's glossary), events, recovery reports, state images, [`Error`] |
+//! | [`history`] | a state directory read offline: replay to an LSN or a time, page history, the provenance of a value, inspect and verify |
+//! | [`typed`] | pages read and written as `T: Pod` values, writes captured as minimal deltas |
+//! | [`events`] | the event stream's delivery rules |
+//! | [`gpu`] | devices: probing, opening, when queued deltas reach a device ([`gpu::GpuApply`]) |
+//! | [`stats`] | counters, latency histograms, directory statistics, `metrics` export |
+//! | [`vfs`] | the file-system seam ([`vfs::Vfs`]), the real one and a crash-simulating one |
+//!
+//! Everything else is private. The project's own fuzz targets, tests,
+//! benchmarks and CLI reach the plumbing (formats, codecs, the log's reader
+//! and writer) through the hidden `internals` feature, which is not a
+//! supported API. The layers inside, bottom to top, and the path of a
+//! write through them are drawn in docs/ARCHITECTURE.md.
 //!
 //! ```
 //! use mmsb::{Config, Mmsb, PageSpec, Payload};
@@ -30,45 +33,89 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+// Dead-code analysis runs on the build with `internals` (the workspace's:
+// tests, fuzzing and the CLI turn it on), where the plumbing is reachable.
+#![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub mod alloc;
-pub mod api;
-pub mod change;
-pub mod checkpoint;
-pub mod codec;
-pub mod delta;
-pub mod error;
-pub mod events;
-pub mod gpu;
-pub mod graph;
-mod linebuf;
-pub mod log;
-pub mod page;
-pub mod propagate;
-pub mod provenance;
-pub mod ptx;
-pub mod registry;
-pub mod replay;
-mod simd;
-pub mod stats;
-mod sync;
-pub mod tools;
-pub mod typed;
-pub mod vfs;
+/// A module of the crate's plumbing: private, or public but hidden with the
+/// `internals` feature (see [`internals`](crate#internals)).
+macro_rules! plumbing {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
 
-pub use api::{
-    Config, Derivation, Mmsb, PageInfo, PageRef, Update, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES,
-};
-pub use change::Change;
+// The layers, bottom to top (docs/ARCHITECTURE.md): each module imports only
+// from those above it in this list; scripts/module-cycles.py checks it.
+// The storage layer and the offline history above it build without the
+// `engine` feature (and so for wasm32-unknown-unknown).
+mod linebuf;
+mod sync;
+plumbing!(types, delta, alloc, storage);
+pub mod events;
+#[cfg(feature = "engine")]
+pub mod gpu;
+pub mod history;
+#[cfg(feature = "engine")]
+plumbing!(registry, graph);
+#[cfg(feature = "engine")]
+mod engine;
+#[cfg(feature = "engine")]
+pub mod stats;
+#[cfg(feature = "engine")]
+pub mod typed;
+#[cfg(feature = "engine")]
+#[macro_use]
+mod macros;
+
+pub use alloc::AllocStats;
+pub use delta::change::{Change, EdgeKind, Update};
 pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Runs, Source, SparseDelta};
-pub use error::{Error, Result};
+#[cfg(feature = "engine")]
+pub use engine::handle::{
+    Config, Derivation, Mmsb, PageInfo, PageRef, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES,
+};
 pub use events::{Event, SourceKind, Subscription};
-pub use graph::EdgeKind;
-pub use log::{Durability, RecoveryMode, RecoveryReport};
-pub use page::{Location, Metadata, Page, PageSpec};
-pub use propagate::{PropagationMode, PropagationStats, RecomputeFn};
+#[cfg(feature = "engine")]
+pub use graph::propagate::{PropagationMode, PropagationStats, RecomputeFn};
+#[cfg(feature = "engine")]
+pub use registry::Page;
 pub use shared_types::{DeltaId, Epoch, Lsn, PageId};
+pub use storage::checkpoint::CheckpointInfo;
+pub use storage::codec::page::PageImage;
+pub use storage::codec::Limits;
+pub use storage::image::{DerivedImage, GraphImage, StateImage};
+pub use storage::log::{Durability, LogStats};
+pub use storage::recovery::{Dropped, Due, RecoveryMode, RecoveryReport, TornTail};
+pub use storage::vfs;
+pub use types::error::{Error, Result};
+pub use types::page::{Location, Metadata, PageSpec};
+
+// The paths of the offline functions before they were gathered under
+// `history`; kept so that code written against them builds.
+#[doc(hidden)]
+pub use history::{provenance, replay, tools};
+
+/// The crate's plumbing, for its own fuzz targets, tests, benchmarks and
+/// CLI: file formats, codecs, the log's reader and writer, checkpoints,
+/// recovery, the allocator and the dependency graph's internals. Enabled by
+/// the `internals` feature. **Not a supported API**: anything here may
+/// change in any release. The supported API is the crate root and the
+/// public modules (see the README's "Stability" section).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::alloc;
+    pub use crate::delta;
+    #[cfg(feature = "engine")]
+    pub use crate::graph;
+    pub use crate::storage::{checkpoint, codec, files, image, log, recovery, vfs};
+}

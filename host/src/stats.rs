@@ -23,11 +23,11 @@
 //! ```
 
 use crate::alloc::AllocStats;
-use crate::codec::Limits;
 use crate::gpu::GpuPoolStats;
-use crate::log::LogStats;
-use crate::page::Location;
-use crate::vfs::{StdVfs, Vfs};
+use crate::storage::codec::Limits;
+use crate::storage::log::LogStats;
+use crate::storage::vfs::{StdVfs, Vfs};
+use crate::types::page::Location;
 use crate::Result;
 use parking_lot::Mutex;
 use std::fmt;
@@ -486,7 +486,7 @@ impl fmt::Display for DirStats {
 /// on disk changes) and reads the files' sizes. For `mmsb stats DIR`.
 ///
 /// # Errors
-/// As [`crate::replay::replay_to_lsn`]: [`crate::Error::Io`],
+/// As [`crate::history::replay::replay_to_lsn`]: [`crate::Error::Io`],
 /// [`crate::Error::Corrupt`].
 pub fn dir_stats(state_dir: &Path) -> Result<DirStats> {
     dir_stats_with(&StdVfs, state_dir, &Limits::default())
@@ -498,10 +498,11 @@ pub fn dir_stats(state_dir: &Path) -> Result<DirStats> {
 /// As [`dir_stats`].
 pub fn dir_stats_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<DirStats> {
     let mut records = 0u64;
-    let img = crate::replay::replay_with(vfs, state_dir, None, limits, &mut |_, _| false, &mut |_, c| {
-        records += c.len() as u64
-    })?;
-    let insp = crate::tools::inspect_with(vfs, state_dir, limits)?;
+    let img =
+        crate::history::replay::replay_with(vfs, state_dir, None, limits, &mut |_, _| false, &mut |_, c| {
+            records += c.len() as u64
+        })?;
+    let insp = crate::history::tools::inspect_with(vfs, state_dir, limits)?;
     let mut locations: Vec<(Location, PageCounts)> = Vec::new();
     for p in img.pages.values() {
         let i = match locations.binary_search_by_key(&p.location, |(l, _)| *l) {

@@ -9,7 +9,9 @@
 //! the API hands out owned `ArcRwLockReadGuard`s, which loom has no analogue of.
 
 #[cfg(not(loom))]
-pub(crate) use parking_lot::{Mutex, RwLock};
+pub(crate) use parking_lot::Mutex;
+#[cfg(all(not(loom), feature = "engine"))]
+pub(crate) use parking_lot::RwLock;
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
 

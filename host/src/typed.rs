@@ -236,7 +236,7 @@ impl Mmsb {
 mod tests {
     use super::*;
     use crate::events::{Event, SourceKind};
-    use crate::log::reader::{self, Record};
+    use crate::storage::log::reader::{self, Record};
     use crate::{Config, PageSpec, PayloadKind, PropagationMode, Run};
     use bytemuck::{Pod, Zeroable};
 
@@ -257,13 +257,13 @@ mod tests {
     /// Every delta the log holds, in order.
     fn logged(state: &Mmsb) -> Vec<crate::Delta> {
         state.sync().unwrap();
-        let dir = crate::log::log_dir(state.dir());
+        let dir = crate::storage::files::log_dir(state.dir());
         let mut out = Vec::new();
         reader::scan(
-            &crate::vfs::StdVfs,
+            &crate::storage::vfs::StdVfs,
             &dir,
             0,
-            crate::log::RecoveryMode::Strict,
+            crate::storage::recovery::RecoveryMode::Strict,
             state.limits(),
             &mut |c| {
                 for (_, r) in c {

@@ -10,7 +10,7 @@
 
 use loom::sync::{Arc, Mutex};
 use loom::thread;
-use mmsb::alloc::{PageAllocator, PageBuf};
+use mmsb::internals::alloc::{PageAllocator, PageBuf};
 use std::collections::BTreeSet;
 
 /// Addresses of the buffers currently owned by someone.

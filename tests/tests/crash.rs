@@ -1,8 +1,8 @@
 //! Crash consistency: every crash point of several workloads, under every
 //! crash mode, and a model-based test of the whole store.
 
-use mmsb::log::Durability;
 use mmsb::vfs::{CrashMode, SimVfs};
+use mmsb::Durability;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload, Result, SparseDelta, Update};
 use proptest::prelude::*;
 use std::collections::BTreeMap;

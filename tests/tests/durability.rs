@@ -7,7 +7,7 @@
 //! state's files; strict start must refuse, or open exactly the state the
 //! writer acknowledged.
 
-use mmsb::replay::Until;
+use mmsb::history::replay::Until;
 use mmsb::vfs::{CrashMode, SimVfs, Vfs};
 use mmsb::{
     Config, Durability, Error, Lsn, Mmsb, PageId, PageSpec, Payload, RecoveryMode, Result, SparseDelta,
@@ -19,7 +19,7 @@ use std::sync::Arc;
 const STATE: &str = "/state";
 
 fn log_dir() -> PathBuf {
-    mmsb::log::log_dir(Path::new(STATE))
+    mmsb::internals::files::log_dir(Path::new(STATE))
 }
 
 fn cfg(v: &SimVfs) -> Config {
@@ -229,7 +229,7 @@ fn last_record(v: &SimVfs) -> Result<(PathBuf, std::ops::Range<usize>)> {
         files(v).into_iter().filter(|f| f.extension().is_some_and(|e| e == "log")).collect();
     while let Some(seg) = segs.pop() {
         let bytes = v.read(&seg)?;
-        let mut pos = mmsb::log::SEGMENT_HEAD_LEN;
+        let mut pos = mmsb::internals::log::SEGMENT_HEAD_LEN;
         let mut last = None;
         while pos + 20 <= bytes.len() {
             let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
@@ -273,7 +273,7 @@ fn every_bit_flip_of_a_crashed_state_but_in_its_last_record_is_refused_or_harmle
         // Cuts anywhere but the last segment's records: earlier segments
         // are pinned by the headers after them, and the last segment's
         // header is whole once it has a name.
-        let cuts = if *f == last_seg { 0..mmsb::log::SEGMENT_HEAD_LEN } else { 0..len };
+        let cuts = if *f == last_seg { 0..mmsb::internals::log::SEGMENT_HEAD_LEN } else { 0..len };
         for cut in cuts {
             let v = vfs.snapshot();
             v.corrupt(f, |b| b.truncate(cut))?;
@@ -307,7 +307,7 @@ fn a_flipped_bit_in_the_newest_segment_header_is_named_not_cut() -> Result<()> {
     drop(s);
     let newest = files(&v0).into_iter().rfind(|f| f.extension().is_some_and(|e| e == "log"));
     let newest = newest.ok_or_else(|| Error::Invariant("no segment".into()))?;
-    for bit in 0..mmsb::log::SEGMENT_HEAD_LEN * 8 {
+    for bit in 0..mmsb::internals::log::SEGMENT_HEAD_LEN * 8 {
         let v = v0.snapshot();
         v.corrupt(&newest, |b| b[bit / 8] ^= 1 << (bit % 8))?;
         match Mmsb::start(c.clone().vfs(Arc::new(v.clone()))) {
@@ -315,7 +315,7 @@ fn a_flipped_bit_in_the_newest_segment_header_is_named_not_cut() -> Result<()> {
             Err(e) => panic!("bit {bit}: {e}"),
             Ok(s) => panic!("bit {bit}: strict start opened\n{}", s.recovery_report()),
         }
-        let verify = mmsb::tools::verify_with(&v, Path::new(STATE), &Default::default());
+        let verify = mmsb::history::tools::verify_with(&v, Path::new(STATE), &Default::default());
         assert!(verify.problem.is_some(), "bit {bit}: verify said {verify}");
         // Tolerant start keeps what precedes the segment and names it.
         let s = Mmsb::start(c.clone().vfs(Arc::new(v.clone())).recovery(RecoveryMode::Tolerant))?;
@@ -330,7 +330,7 @@ fn a_flipped_bit_in_the_newest_segment_header_is_named_not_cut() -> Result<()> {
         // From then on the damaged segment is out of the log: strict start
         // opens what the tolerant one kept, and inspect names the file.
         assert_eq!(acked(&Mmsb::start(c.clone().vfs(Arc::new(v.clone())))?)?, kept, "bit {bit}");
-        let notes = mmsb::tools::inspect_with(&v, Path::new(STATE), &Default::default())?.notes;
+        let notes = mmsb::history::tools::inspect_with(&v, Path::new(STATE), &Default::default())?.notes;
         assert!(
             notes.iter().any(|n| n.starts_with("set aside") && n.contains(".dropped")),
             "bit {bit}: {notes:?}"
@@ -610,8 +610,9 @@ fn replay_inside_a_commit_gives_the_state_before_it() -> Result<()> {
     // Begin marker, three deltas, end marker.
     assert_eq!(after.lsn.0, before.lsn.0 + 5);
     s.stop()?;
-    let replay =
-        |l: u64| mmsb::replay::replay_to(&v, Path::new(STATE), Until::Lsn(Lsn(l)), &Default::default());
+    let replay = |l: u64| {
+        mmsb::history::replay::replay_to(&v, Path::new(STATE), Until::Lsn(Lsn(l)), &Default::default())
+    };
     for l in before.lsn.0..after.lsn.0 {
         let img = replay(l)?.image;
         assert_eq!((img.state_hash(), img.lsn), (before.hash, before.lsn.0), "replay to {l}");
@@ -699,13 +700,13 @@ mod lsn_model {
             let last = *points.last().expect("points");
             s.stop().expect("stop");
             let dir = Path::new(STATE);
-            let limits = mmsb::codec::Limits::default();
-            let oldest = mmsb::checkpoint::list(&v, &log_dir()).expect("list").last().map_or(0, |c| c.0);
+            let limits = mmsb::Limits::default();
+            let oldest = mmsb::internals::checkpoint::list(&v, &log_dir()).expect("list").last().map_or(0, |c| c.0);
             for (i, p) in points.iter().enumerate() {
                 // The point itself, and every LSN inside the next commit.
                 let upto = points.get(i + 1).map_or(p.lsn.0 + 1, |n| n.lsn.0);
                 for l in p.lsn.0..upto.max(p.lsn.0 + 1) {
-                    match mmsb::replay::replay_to(&v, dir, Until::Lsn(Lsn(l)), &limits) {
+                    match mmsb::history::replay::replay_to(&v, dir, Until::Lsn(Lsn(l)), &limits) {
                         Ok(r) => {
                             prop_assert_eq!(r.image.state_hash(), p.hash, "replay to {}", l);
                             prop_assert_eq!(r.image.lsn, p.lsn.0, "replay to {}", l);
@@ -715,14 +716,14 @@ mod lsn_model {
                     }
                 }
             }
-            let rep = mmsb::tools::replay_with(&v, dir, None, &limits).expect("replay");
+            let rep = mmsb::history::tools::replay_with(&v, dir, None, &limits).expect("replay");
             prop_assert_eq!((rep.lsn, rep.hash), (last.lsn, last.hash));
             let st = mmsb::stats::dir_stats_with(&v, dir, &limits).expect("stats");
             prop_assert_eq!(st.lsn, last.lsn.0);
-            let ver = mmsb::tools::verify_with(&v, dir, &limits);
+            let ver = mmsb::history::tools::verify_with(&v, dir, &limits);
             prop_assert!(ver.is_ok(), "{}", ver);
             prop_assert_eq!(ver.last_lsn, last.lsn.0);
-            let ins = mmsb::tools::inspect_with(&v, dir, &limits).expect("inspect");
+            let ins = mmsb::history::tools::inspect_with(&v, dir, &limits).expect("inspect");
             if let Some((_, end)) = ins.lsn_range {
                 prop_assert_eq!(end, last.lsn.0);
             }

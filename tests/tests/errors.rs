@@ -1,7 +1,7 @@
 //! Error variants not covered by the other suites, each produced by feeding
 //! the bad input through the public API.
 
-use mmsb::replay::StateImage;
+use mmsb::StateImage;
 use mmsb::{Change, Config, Error, Location, Metadata, Mmsb, PageId, PageSpec, Payload};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -160,15 +160,15 @@ fn replay_of_a_missing_directory_and_history_of_an_unknown_page_are_errors() -> 
     let vfs = mmsb::vfs::StdVfs;
     let lim = Default::default();
     let missing = std::env::temp_dir().join("mmsb-no-such-state-directory");
-    let err = mmsb::replay::replay_to_lsn(&vfs, &missing, None, &lim).unwrap_err();
+    let err = mmsb::history::replay::replay_to_lsn(&vfs, &missing, None, &lim).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
     let dir = tempfile::tempdir()?;
     let s = Mmsb::start(Config::at(dir.path()))?;
     let p = s.create_page(PageSpec::new(4))?;
     s.update_page(p, Payload::Full(vec![1; 4]))?;
     s.sync()?;
-    assert_eq!(mmsb::replay::page_history(&vfs, dir.path(), p, &lim)?.len(), 2);
-    let err = mmsb::replay::page_history(&vfs, dir.path(), PageId(999), &lim).unwrap_err();
+    assert_eq!(mmsb::history::replay::page_history(&vfs, dir.path(), p, &lim)?.len(), 2);
+    let err = mmsb::history::replay::page_history(&vfs, dir.path(), PageId(999), &lim).unwrap_err();
     assert!(matches!(err, Error::PageNotFound(PageId(999))), "{err}");
     Ok(())
 }

@@ -161,18 +161,19 @@ fn register_all(state: &Mmsb, coarse_version: u32) -> mmsb::Result<()> {
 
 fn run(case: &Case) -> mmsb::Result<()> {
     let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
-    let cfg = || {
-        let mut cfg = Config::at(dir.path()).durability(mmsb::log::Durability::None).with_propagation(
-            if case.deferred { PropagationMode::Deferred } else { PropagationMode::Immediate },
-        );
-        if case.parallel {
-            cfg.propagation_threads = 2;
-            cfg.parallel_min_bytes = 0;
-        } else {
-            cfg.propagation_threads = 1;
-        }
-        cfg
-    };
+    let cfg =
+        || {
+            let mut cfg = Config::at(dir.path()).durability(mmsb::Durability::None).with_propagation(
+                if case.deferred { PropagationMode::Deferred } else { PropagationMode::Immediate },
+            );
+            if case.parallel {
+                cfg.propagation_threads = 2;
+                cfg.parallel_min_bytes = 0;
+            } else {
+                cfg.propagation_threads = 1;
+            }
+            cfg
+        };
     let mut state = Mmsb::start(cfg())?;
     register_all(&state, 1)?;
     let names = ["sum", "max", "coarse"];

@@ -2,7 +2,7 @@
 //! checkpointed, and recovered derived pages keep working once the
 //! application registers its functions again.
 
-use mmsb::graph::EdgeKind;
+use mmsb::EdgeKind;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload};
 
 fn sum(inputs: &[&[u8]], out: &mut [u8]) {
@@ -264,7 +264,8 @@ fn removed_edges_and_deleted_pages_stay_removed() -> mmsb::Result<()> {
     assert_eq!(der.parents, vec![a], "the deleted parent left the parent list");
     let live = s.snapshot()?.graph;
     let offline =
-        mmsb::replay::replay_to_lsn(&mmsb::vfs::StdVfs, dir.path(), None, &Default::default())?.graph;
+        mmsb::history::replay::replay_to_lsn(&mmsb::vfs::StdVfs, dir.path(), None, &Default::default())?
+            .graph;
     assert_eq!(live, offline, "offline replay rebuilds the same graph");
     Ok(())
 }
@@ -415,7 +416,7 @@ fn a_propagation_that_changes_nothing_leaves_nothing_due() -> mmsb::Result<()> {
         }
         let s = Mmsb::start(cfg())?;
         assert!(s.recovery_report().due.is_empty(), "{mode:?}: {}", s.recovery_report());
-        let rep = mmsb::tools::inspect(dir.path())?;
+        let rep = mmsb::history::tools::inspect(dir.path())?;
         assert!(rep.by_type.contains_key("settled"), "{mode:?}: {rep}");
     }
     Ok(())

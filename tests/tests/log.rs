@@ -1,10 +1,10 @@
 //! Log, checkpoint and recovery: reopen, torn tails at every offset, bit
 //! flips, batches, error injection, replay and diff.
 
-use mmsb::log::{Durability, RecoveryMode};
-use mmsb::replay::{self, StateImage};
+use mmsb::history::replay::{self, StateImage};
 use mmsb::vfs::{CrashMode, SimVfs, Vfs};
 use mmsb::{Config, Lsn, Mmsb, PageSpec, Payload, Result, SparseDelta, Update};
+use mmsb::{Durability, RecoveryMode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -102,7 +102,7 @@ fn truncation_of_a_crashed_log_past_its_header_recovers_a_committed_prefix() -> 
     for cut in 0..=full.len() {
         let v = vfs.snapshot();
         v.corrupt(&seg, |b| b.truncate(cut))?;
-        if cut < mmsb::log::SEGMENT_HEAD_LEN {
+        if cut < mmsb::internals::log::SEGMENT_HEAD_LEN {
             // A segment is named once its header is durable: a cut header
             // is damage, not a crash.
             match Mmsb::start(sim_config(&v)) {
@@ -145,7 +145,7 @@ fn every_single_bit_flip_of_the_log_is_detected() -> Result<()> {
     for bit in 0..full.len() * 8 {
         let v = vfs.snapshot();
         v.corrupt(&seg, |b| b[bit / 8] ^= 1 << (bit % 8))?;
-        let verify = mmsb::tools::verify_with(&v, Path::new("/state"), &Default::default());
+        let verify = mmsb::history::tools::verify_with(&v, Path::new("/state"), &Default::default());
         assert!(verify.problem.is_some(), "verify missed bit {bit}");
         match Mmsb::start(sim_config(&v)) {
             Err(mmsb::Error::Corrupt { .. }) => {}
@@ -173,7 +173,7 @@ fn every_single_bit_flip_of_a_checkpoint_is_detected() -> Result<()> {
     for bit in 0..bytes.len() * 8 {
         let mut b = bytes.clone();
         b[bit / 8] ^= 1 << (bit % 8);
-        assert!(mmsb::checkpoint::decode(&b, &Default::default()).is_err(), "bit {bit}");
+        assert!(mmsb::internals::checkpoint::decode(&b, &Default::default()).is_err(), "bit {bit}");
     }
     // And at recovery: the flipped checkpoint is skipped, and since the log
     // before it was removed, recovery refuses rather than lose data.
@@ -368,10 +368,10 @@ fn diff_turns_one_state_into_another() -> Result<()> {
 /// and deferred propagation.
 #[test]
 fn derived_delta_records_are_the_general_encoding_of_each_diff() -> Result<()> {
-    use mmsb::codec::delta::{decode_delta_body, encode_delta_body, DeltaView};
-    use mmsb::codec::derived::DerivedView;
-    use mmsb::log::reader::{parse_segment_header, read_frame};
-    use mmsb::log::{RecordType, SEGMENT_HEAD_LEN};
+    use mmsb::internals::codec::delta::{decode_delta_body, encode_delta_body, DeltaView};
+    use mmsb::internals::codec::derived::DerivedView;
+    use mmsb::internals::log::reader::{parse_segment_header, read_frame};
+    use mmsb::internals::log::{RecordType, SEGMENT_HEAD_LEN};
     use mmsb::{Epoch, PageId, PropagationMode, Source};
     use std::collections::HashMap;
 
@@ -426,7 +426,7 @@ fn derived_delta_records_are_the_general_encoding_of_each_diff() -> Result<()> {
         let seg = vfs.read(&only_segment(&vfs)).unwrap();
         let mut lsn = parse_segment_header(&seg)?.first_lsn;
         let mut pos = SEGMENT_HEAD_LEN;
-        let limits = mmsb::codec::Limits::default();
+        let limits = mmsb::Limits::default();
         let mut bytes: HashMap<PageId, Vec<u8>> = HashMap::new();
         let mut epochs: HashMap<PageId, Epoch> = HashMap::new();
         let mut derived = 0;
@@ -475,7 +475,7 @@ fn derived_delta_records_are_the_general_encoding_of_each_diff() -> Result<()> {
         assert!(derived >= 30, "{derived} derived deltas");
         assert_eq!(bytes, live);
         // `inspect` counts them, and the records holding them.
-        let rep = mmsb::tools::inspect_with(&vfs, Path::new("/state"), &limits)?;
+        let rep = mmsb::history::tools::inspect_with(&vfs, Path::new("/state"), &limits)?;
         assert_eq!(rep.derived_deltas, derived);
         let records = rep.by_type.get("derived").map_or(0, |r| r.0);
         assert!(records >= 1 && records < derived, "{records} derived records");

@@ -2,9 +2,10 @@
 //! tail may start, which frames are refused whatever their CRC says, how
 //! segments must join, and what the recovery report says.
 
-use mmsb::codec::Limits;
-use mmsb::log::writer::segment_header;
-use mmsb::log::{segment_name, RecoveryMode};
+use mmsb::internals::files::segment_name;
+use mmsb::internals::log::writer::segment_header;
+use mmsb::Limits;
+use mmsb::RecoveryMode;
 use mmsb::{Config, Error, Mmsb, PageSpec, Payload, Result};
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ fn frame_with(kind: u8, flags: u8, lsn: u64, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&[kind, flags, 0, 0]);
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(body);
-    let c = mmsb::codec::crc(&out);
+    let c = mmsb::internals::codec::crc(&out);
     out.extend_from_slice(&c.to_le_bytes());
     out
 }
@@ -204,7 +205,7 @@ fn a_middle_segment_whose_header_does_not_read_is_corruption() -> Result<()> {
     let (_root, dir) = state(&[(1, segment(1, 1, 1, &creates(3))), (2, middle), (3, segment(1, 3, 5, &s3))])?;
     let seg2 = dir.join("log").join(segment_name(2));
     corrupt_at(strict(&dir), &seg2, 40, "middle header");
-    let v = mmsb::tools::verify(&dir);
+    let v = mmsb::history::tools::verify(&dir);
     assert!(v.problem.as_ref().is_some_and(|p| p.file.as_deref() == Some(seg2.as_path())), "{v}");
     // Tolerant: segment 1 kept, segments 2 and 3 reported.
     let s = Mmsb::start(Config::at(&dir).recovery(RecoveryMode::Tolerant))?;

@@ -2,7 +2,7 @@
 //! default (timing belongs to the benchmarks); run with
 //! `cargo test --release -p mmsb-tests --test log_throughput -- --ignored --nocapture`.
 
-use mmsb::log::{Durability, LogWriter};
+use mmsb::internals::log::{Durability, LogWriter};
 use mmsb::vfs::StdVfs;
 use mmsb::{Change, Delta, DeltaId, PageId, Payload, Result, Source, SparseDelta};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::time::Instant;
 #[ignore]
 fn append_and_replay_small_deltas() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let log_dir = mmsb::log::log_dir(dir.path());
+    let log_dir = mmsb::internals::files::log_dir(dir.path());
     std::fs::create_dir_all(&log_dir)?;
     let n: u64 = 5_000_000;
     let batch = 1000u64;
@@ -61,7 +61,7 @@ fn append_and_replay_small_deltas() -> Result<()> {
     );
     drop(all);
     let t = Instant::now();
-    let r = mmsb::tools::replay(dir.path(), None)?;
+    let r = mmsb::history::tools::replay(dir.path(), None)?;
     let dt = t.elapsed().as_secs_f64();
     println!("replay (read + verify + apply): {:.2} M deltas/s ({r})", n as f64 / dt / 1e6);
     assert_eq!(r.timestamp, n + 1);

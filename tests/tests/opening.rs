@@ -3,7 +3,7 @@
 //! restart; the LSN without a copy; replay in one call; checkpoint events
 //! and waiting for retired files.
 
-use mmsb::replay::{replay_dir, Until};
+use mmsb::history::replay::{replay_dir, Until};
 use mmsb::{Config, Durability, Error, Event, Mmsb, PageSpec, Payload, RecoveryMode, Result};
 
 #[test]

@@ -3,11 +3,11 @@
 //! of `replay_with`, on random logs and on corrupted copies of them: the
 //! same states, or the same errors.
 
-use mmsb::codec::Limits;
-use mmsb::log::reader::read_frame;
-use mmsb::log::{Durability, LogWriter, SEGMENT_HEAD_LEN};
-use mmsb::replay::{self, StateImage};
+use mmsb::history::replay::{self, StateImage};
+use mmsb::internals::log::reader::read_frame;
+use mmsb::internals::log::{Durability, LogWriter, SEGMENT_HEAD_LEN};
 use mmsb::vfs::{SimVfs, Vfs};
+use mmsb::Limits;
 use mmsb::{
     Change, Config, Delta, DeltaId, DenseDelta, EdgeKind, Epoch, Lsn, Mmsb, PageId, PageSpec, Payload,
     Provenance, Result, Source, SparseDelta, Update,
@@ -36,7 +36,7 @@ impl Rng {
 const STATE: &str = "/s";
 
 fn log_dir() -> PathBuf {
-    mmsb::log::log_dir(Path::new(STATE))
+    mmsb::internals::files::log_dir(Path::new(STATE))
 }
 
 fn payload(rng: &mut Rng, len: u64) -> Payload {
@@ -209,8 +209,8 @@ fn general_to_lsn(vfs: &SimVfs, to: Option<u64>) -> Result<StateImage> {
 fn general_to_timestamp(vfs: &SimVfs, t: u64) -> Result<StateImage> {
     let dir = log_dir();
     let mut best: Option<u64> = None;
-    for (lsn, path) in mmsb::checkpoint::list(vfs, &dir)? {
-        if let Ok(img) = mmsb::checkpoint::read(vfs, &path, &Limits::default()) {
+    for (lsn, path) in mmsb::internals::checkpoint::list(vfs, &dir)? {
+        if let Ok(img) = mmsb::internals::checkpoint::read(vfs, &path, &Limits::default()) {
             if img.timestamp <= t {
                 best = Some(lsn);
                 break;
@@ -300,7 +300,7 @@ fn mutations(vfs: &SimVfs, rng: &mut Rng, what: &str) -> (u64, u64) {
                 if let Some(&(at, framed)) = fs.get(pick as usize % fs.len().max(1)) {
                     let i = at + 16 + (pick >> 32) as usize % (framed - 20).max(1);
                     b[i.min(at + framed - 5)] ^= x;
-                    let c = mmsb::codec::crc(&b[at..at + framed - 4]);
+                    let c = mmsb::internals::codec::crc(&b[at..at + framed - 4]);
                     b[at + framed - 4..at + framed].copy_from_slice(&c.to_le_bytes());
                 }
             }
@@ -352,19 +352,19 @@ struct Recorder {
     batches: usize,
 }
 
-impl mmsb::log::reader::Visitor for Recorder {
-    fn commit(&mut self, c: mmsb::log::reader::Commit<'_, '_>) -> Result<bool> {
+impl mmsb::internals::log::reader::Visitor for Recorder {
+    fn commit(&mut self, c: mmsb::internals::log::reader::Commit<'_, '_>) -> Result<bool> {
         self.seen.push(format!("{:?} end {}", c.records(), c.end_lsn()));
         Ok(true)
     }
-    fn delta_batch(&mut self, frames: mmsb::log::reader::DeltaFrames<'_>) -> Option<bool> {
+    fn delta_batch(&mut self, frames: mmsb::internals::log::reader::DeltaFrames<'_>) -> Option<bool> {
         // Written as `commit` would write the decoded batch; one that does
         // not decode is declined (the scan then decodes it and says why).
         let first = frames.end_lsn() - frames.len() as u64;
         let mut records = Vec::new();
         for (i, (at, body)) in frames.bodies().enumerate() {
-            let v = mmsb::codec::delta::DeltaView::parse(body, at, &Limits::default()).ok()?;
-            records.push((first + i as u64, mmsb::log::reader::Record::Delta(v)));
+            let v = mmsb::internals::codec::delta::DeltaView::parse(body, at, &Limits::default()).ok()?;
+            records.push((first + i as u64, mmsb::internals::log::reader::Record::Delta(v)));
         }
         assert_eq!(records.len(), frames.len());
         self.seen.push(format!("{records:?} end {}", frames.end_lsn()));
@@ -378,9 +378,17 @@ impl mmsb::log::reader::Visitor for Recorder {
 
 /// One scan of `vfs`'s log read `window` bytes at a time: what it found and
 /// delivered, as text.
-fn scan_text(vfs: &SimVfs, mode: mmsb::log::RecoveryMode, takes: bool, window: usize) -> (String, usize) {
+fn scan_text(vfs: &SimVfs, mode: mmsb::RecoveryMode, takes: bool, window: usize) -> (String, usize) {
     let mut r = Recorder { takes, seen: Vec::new(), batches: 0 };
-    let res = mmsb::log::reader::scan_windowed(vfs, &log_dir(), 0, mode, &Limits::default(), &mut r, window);
+    let res = mmsb::internals::log::reader::scan_windowed(
+        vfs,
+        &log_dir(),
+        0,
+        mode,
+        &Limits::default(),
+        &mut r,
+        window,
+    );
     (format!("{res:?}\n{:#?}", r.seen), r.batches)
 }
 
@@ -406,7 +414,7 @@ fn scans_do_not_depend_on_the_read_window() {
                 })
                 .unwrap();
             }
-            for mode in [mmsb::log::RecoveryMode::Strict, mmsb::log::RecoveryMode::Tolerant] {
+            for mode in [mmsb::RecoveryMode::Strict, mmsb::RecoveryMode::Tolerant] {
                 // Window 0: each file read whole and scanned record by record.
                 let (whole, _) = scan_text(&v, mode, false, 0);
                 for takes in [false, true] {

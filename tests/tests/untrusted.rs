@@ -3,17 +3,18 @@
 //! allocation past the limits, or a file touched outside the directory.
 //! Also: files and directories are created owner-only.
 
-use mmsb::codec::page::decode_page;
-use mmsb::codec::Limits;
-use mmsb::graph::EdgeKind;
-use mmsb::log::writer::segment_header;
-use mmsb::log::{segment_name, RecoveryMode};
+use mmsb::internals::codec::page::decode_page;
+use mmsb::internals::files::segment_name;
+use mmsb::internals::log::writer::segment_header;
+use mmsb::EdgeKind;
+use mmsb::Limits;
+use mmsb::RecoveryMode;
 use mmsb::{Config, Mmsb, PageSpec, Payload, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn crc(b: &[u8]) -> u32 {
-    mmsb::codec::crc(b)
+    mmsb::internals::codec::crc(b)
 }
 
 fn frame(kind: u8, lsn: u64, body: &[u8]) -> Vec<u8> {
@@ -57,14 +58,15 @@ fn symlinks_in_the_log_directory_are_not_followed() -> Result<()> {
     let mut names: Vec<String> =
         std::fs::read_dir(&log)?.map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    let max_seq = names.iter().filter_map(|n| mmsb::log::parse_segment_name(n)).max().unwrap_or(0);
+    let max_seq =
+        names.iter().filter_map(|n| mmsb::internals::files::parse_segment_name(n)).max().unwrap_or(0);
     for seq in max_seq + 1..max_seq + 4 {
         std::os::unix::fs::symlink(&secret, log.join(segment_name(seq)))?;
     }
-    std::os::unix::fs::symlink(&secret, log.join(mmsb::checkpoint::checkpoint_name(1 << 40)))?;
+    std::os::unix::fs::symlink(&secret, log.join(mmsb::internals::files::checkpoint_name(1 << 40)))?;
     // A link where a log file should be is named as a problem, not read
     // through and not passed over.
-    let v = mmsb::tools::verify(&state);
+    let v = mmsb::history::tools::verify(&state);
     let p = v.problem.as_ref().expect("a link with a log file's name is a problem");
     assert!(p.reason.contains("not a regular file"), "{v}");
     // Opening either works from the real files or fails; it never writes
@@ -94,11 +96,11 @@ fn a_log_directory_that_is_a_symlink_is_refused() -> Result<()> {
     };
     // The state there held its lock file; without it, a lock taken
     // through the link would show as a new file.
-    std::fs::remove_file(elsewhere.join("log").join(mmsb::vfs::LOCK_NAME))?;
+    std::fs::remove_file(elsewhere.join("log").join(mmsb::internals::files::LOCK_NAME))?;
     let before = names(&elsewhere.join("log"))?;
     let Err(err) = Mmsb::start(Config::at(&state)) else { panic!("a symlinked log directory was opened") };
     assert!(err.to_string().contains("symbolic link"), "{err}");
-    assert!(!mmsb::tools::verify(&state).is_ok());
+    assert!(!mmsb::history::tools::verify(&state).is_ok());
     // Nothing was created through the link (not even the lock file).
     assert_eq!(names(&elsewhere.join("log"))?, before);
     Ok(())
@@ -119,7 +121,7 @@ fn a_fifo_with_a_segment_name_does_not_hang() -> Result<()> {
         panic!("a pipe in place of a segment is an error")
     };
     assert!(err.to_string().contains("not a regular file"), "{err}");
-    assert!(!mmsb::tools::verify(&state).is_ok());
+    assert!(!mmsb::history::tools::verify(&state).is_ok());
     assert!(t.elapsed() < Duration::from_secs(10));
     Ok(())
 }
@@ -131,7 +133,12 @@ fn segments(state: &Path) -> Result<Vec<std::path::PathBuf>> {
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<Vec<_>>>()?
         .into_iter()
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(mmsb::log::parse_segment_name).is_some())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(mmsb::internals::files::parse_segment_name)
+                .is_some()
+        })
         .collect();
     v.sort();
     Ok(v)
@@ -151,10 +158,13 @@ fn a_segment_replaced_by_a_link_or_a_directory_is_a_problem_not_a_shorter_log() 
         } else {
             std::fs::create_dir(&last)?;
         }
-        let v = mmsb::tools::verify(&state);
+        let v = mmsb::history::tools::verify(&state);
         let p = v.problem.as_ref().unwrap_or_else(|| panic!("{kind}: verify said {v}"));
         assert_eq!(p.file.as_deref(), Some(last.as_path()), "{kind}: {v}");
-        assert!(mmsb::tools::replay(&state, None).is_err(), "{kind}: replay went on without the segment");
+        assert!(
+            mmsb::history::tools::replay(&state, None).is_err(),
+            "{kind}: replay went on without the segment"
+        );
         assert!(Mmsb::start(Config::at(&state)).is_err(), "{kind}: opened without the segment");
     }
     Ok(())
@@ -171,14 +181,14 @@ fn files_named_almost_like_log_files_are_problems() -> Result<()> {
         let state = root.path().join(i.to_string());
         populated(&state)?;
         std::fs::write(state.join("log").join(name), b"records?")?;
-        let v = mmsb::tools::verify(&state);
+        let v = mmsb::history::tools::verify(&state);
         let p = v.problem.as_ref().unwrap_or_else(|| panic!("{name}: verify said {v}"));
         assert!(p.reason.contains("named like a log file"), "{name}: {v}");
         assert!(Mmsb::start(Config::at(&state)).is_err(), "{name}");
         // Files of other names are not the engine's business.
         std::fs::remove_file(state.join("log").join(name))?;
         std::fs::write(state.join("log").join("notes.txt"), b"mine")?;
-        assert!(mmsb::tools::verify(&state).is_ok());
+        assert!(mmsb::history::tools::verify(&state).is_ok());
     }
     Ok(())
 }
@@ -189,8 +199,10 @@ fn a_whole_segment_header_of_another_version_is_an_error_not_a_torn_tail() -> Re
     let state = root.path().join("state");
     populated(&state)?;
     let segs = segments(&state)?;
-    let next = mmsb::log::parse_segment_name(segs[segs.len() - 1].file_name().unwrap().to_str().unwrap())
-        .unwrap()
+    let next = mmsb::internals::files::parse_segment_name(
+        segs[segs.len() - 1].file_name().unwrap().to_str().unwrap(),
+    )
+    .unwrap()
         + 1;
     // A last segment whose header is whole (its CRC matches) and says
     // version 2: what a newer engine might write.
@@ -200,7 +212,7 @@ fn a_whole_segment_header_of_another_version_is_an_error_not_a_torn_tail() -> Re
     head[40..44].copy_from_slice(&c.to_le_bytes());
     let path = state.join("log").join(segment_name(next));
     std::fs::write(&path, &head)?;
-    let v = mmsb::tools::verify(&state);
+    let v = mmsb::history::tools::verify(&state);
     let p = v.problem.as_ref().expect("a problem");
     assert!(p.reason.contains("unsupported segment version 2"), "{v}");
     assert!(Mmsb::start(Config::at(&state)).is_err());
@@ -210,7 +222,7 @@ fn a_whole_segment_header_of_another_version_is_an_error_not_a_torn_tail() -> Re
     // drops it and says so.
     head[40] ^= 1;
     std::fs::write(&path, &head)?;
-    let v = mmsb::tools::verify(&state);
+    let v = mmsb::history::tools::verify(&state);
     assert!(v.problem.as_ref().is_some_and(|p| p.reason.contains("CRC mismatch")), "{v}");
     assert!(matches!(Mmsb::start(Config::at(&state)), Err(mmsb::Error::Corrupt { .. })));
     let s = Mmsb::start(Config::at(&state).recovery(mmsb::RecoveryMode::Tolerant))?;
@@ -229,7 +241,7 @@ fn a_segment_header_naming_another_segment_is_corrupt() -> Result<()> {
     let mut seg = segment_header(1, 5, 1).to_vec();
     seg.extend_from_slice(&frame(1, 1, &create_body(1)));
     std::fs::write(log.join(segment_name(1)), &seg)?;
-    let v = mmsb::tools::verify(&state);
+    let v = mmsb::history::tools::verify(&state);
     assert!(v.problem.as_ref().is_some_and(|p| p.reason.contains("the header is of segment")), "{v}");
     assert!(Mmsb::start(Config::at(&state)).is_err());
     Ok(())
@@ -247,7 +259,7 @@ fn verify_finds_a_cycle_in_the_graph_a_log_builds() -> Result<()> {
     seg.extend_from_slice(&frame(0x10, 3, &[0u8, 1, 2, 1]));
     seg.extend_from_slice(&frame(0x10, 4, &[0u8, 2, 1, 1]));
     std::fs::write(log.join(segment_name(1)), &seg)?;
-    let v = mmsb::tools::verify(&state);
+    let v = mmsb::history::tools::verify(&state);
     let p = v.problem.as_ref().unwrap_or_else(|| panic!("verify said {v}"));
     assert!(p.reason.contains("cycle"), "{v}");
     assert_eq!(v.commits, 4, "{v}");
@@ -269,7 +281,7 @@ fn verify_counts_what_it_checked_before_a_problem() -> Result<()> {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
     std::fs::write(&seg, &bytes)?;
-    let v = mmsb::tools::verify(&state);
+    let v = mmsb::history::tools::verify(&state);
     assert!(v.problem.is_some(), "{v}");
     assert!(v.commits > 10 && v.last_lsn > 10, "{v}");
     Ok(())
@@ -391,7 +403,7 @@ fn many_tiny_segments_open_in_bounded_time() -> Result<()> {
     let s = Mmsb::start(Config::at(&state))?;
     assert_eq!(s.page_ids().len(), 3000);
     s.stop()?;
-    let v = mmsb::tools::verify(&state);
+    let v = mmsb::history::tools::verify(&state);
     assert!(v.is_ok(), "{v}");
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     Ok(())
@@ -450,7 +462,7 @@ fn a_checkpoint_graph_section_with_trailing_bytes_or_a_nonzero_reserved_field_is
     };
     let good = std::fs::read(&path)?;
     let lim = Limits::default();
-    assert!(mmsb::checkpoint::read(&mmsb::vfs::StdVfs, &path, &lim).is_ok());
+    assert!(mmsb::internals::checkpoint::read(&mmsb::vfs::StdVfs, &path, &lim).is_ok());
     let e = good.len() - 32;
     // Find the graph section: its length field sits just before its bytes,
     // which end where the trailer starts.
@@ -475,7 +487,7 @@ fn a_checkpoint_graph_section_with_trailing_bytes_or_a_nonzero_reserved_field_is
     assert_eq!(seal(good.clone()), good, "sealing the good file changes nothing");
     for (name, bytes) in [("trailing bytes", seal(trailing)), ("reserved field", seal(reserved))] {
         std::fs::write(&path, &bytes)?;
-        match mmsb::checkpoint::read(&mmsb::vfs::StdVfs, &path, &lim) {
+        match mmsb::internals::checkpoint::read(&mmsb::vfs::StdVfs, &path, &lim) {
             Err(mmsb::Error::Corrupt { .. }) => {}
             other => panic!("{name}: {other:?}"),
         }
@@ -494,16 +506,16 @@ fn a_gap_behind_an_unreadable_segment_header_names_that_segment() -> Result<()> 
         seg.extend_from_slice(&frame(1, lsn, &create_body(lsn)));
         std::fs::write(log.join(segment_name(seq)), &seg)?;
     }
-    assert!(mmsb::tools::verify(&state).is_ok());
+    assert!(mmsb::history::tools::verify(&state).is_ok());
     let first = log.join(segment_name(1));
     let mut bytes = std::fs::read(&first)?;
     bytes[0] ^= 0xFF;
     std::fs::write(&first, &bytes)?;
-    let err = mmsb::tools::replay(&state, None).expect_err("records 1..1 are unreadable");
+    let err = mmsb::history::tools::replay(&state, None).expect_err("records 1..1 are unreadable");
     assert!(err.to_string().contains(&segment_name(1)) && err.to_string().contains("bad magic"), "{err}");
     let Err(err) = Mmsb::start(Config::at(&state)) else { panic!("opened without LSN 1") };
     assert!(err.to_string().contains(&segment_name(1)), "{err}");
-    let rep = mmsb::tools::inspect(&state)?;
+    let rep = mmsb::history::tools::inspect(&state)?;
     assert!(
         rep.notes.iter().any(|n| n.contains(&segment_name(1)) && n.contains("bad magic")),
         "{:?}",

@@ -6,7 +6,7 @@
 //! only those made by the test's own thread inside the measured window
 //! count (the log's and the state's background threads are left out).
 
-use mmsb::log::Durability;
+use mmsb::Durability;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,7 +1,7 @@
 //! Pooled page allocation against a plain zeroed `Vec`, on 1 and 2 threads.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use mmsb::alloc::PageAllocator;
+use mmsb::internals::alloc::PageAllocator;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

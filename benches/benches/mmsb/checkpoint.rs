@@ -2,7 +2,7 @@
 //! sequential write+fdatasync and read of the same number of bytes.
 
 use criterion::{Criterion, Throughput};
-use mmsb::log::Durability;
+use mmsb::Durability;
 use mmsb::{Config, Mmsb, PageSpec, Payload};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -47,7 +47,7 @@ pub fn bench(c: &mut Criterion) {
             s.stop().expect("stop");
         })
     });
-    let path = mmsb::checkpoint::list(&mmsb::vfs::StdVfs, &mmsb::log::log_dir(&dir))
+    let path = mmsb::internals::checkpoint::list(&mmsb::vfs::StdVfs, &mmsb::internals::files::log_dir(&dir))
         .expect("list")
         .first()
         .map(|(_, p)| p.clone())

@@ -2,9 +2,9 @@
 //! `roaring` crate encoding the same mask.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use mmsb::codec::delta::{decode_payload, encode_payload};
-use mmsb::codec::page::{decode_page, encode_page};
-use mmsb::codec::Limits;
+use mmsb::internals::codec::delta::{decode_payload, encode_payload};
+use mmsb::internals::codec::page::{decode_page, encode_page};
+use mmsb::Limits;
 use mmsb::{Epoch, Location, Metadata, PageId, Payload};
 use mmsb_benches::{dense_payload, sparse_payload};
 use roaring::RoaringBitmap;

@@ -3,7 +3,7 @@
 //! writes, the `redb` embedded database committing the same payloads.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use mmsb::log::Durability;
+use mmsb::Durability;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Update};
 use mmsb_benches::small_sparse;
 use rand::SeedableRng;

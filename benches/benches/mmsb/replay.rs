@@ -2,9 +2,9 @@
 //! re-validated), next to reading the same segment files.
 
 use criterion::{Criterion, Throughput};
-use mmsb::codec::Limits;
-use mmsb::log::Durability;
 use mmsb::vfs::StdVfs;
+use mmsb::Durability;
+use mmsb::Limits;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Update};
 use mmsb_benches::small_sparse;
 use rand::SeedableRng;
@@ -24,7 +24,7 @@ pub fn bench(c: &mut Criterion) {
         }
         s.stop().expect("stop");
     }
-    let segments: Vec<_> = std::fs::read_dir(mmsb::log::log_dir(&dir))
+    let segments: Vec<_> = std::fs::read_dir(mmsb::internals::files::log_dir(&dir))
         .expect("log dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
@@ -32,7 +32,9 @@ pub fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("replay_small_deltas");
     g.throughput(Throughput::Elements(n)).sample_size(10);
     g.bench_function("replay_1m", |b| {
-        b.iter(|| mmsb::replay::replay_to_lsn(&StdVfs, &dir, None, &Limits::default()).expect("replay"))
+        b.iter(|| {
+            mmsb::history::replay::replay_to_lsn(&StdVfs, &dir, None, &Limits::default()).expect("replay")
+        })
     });
     g.bench_function("read_segments_same_bytes", |b| {
         b.iter(|| segments.iter().map(|p| std::fs::read(p).expect("read").len()).sum::<usize>())

@@ -245,7 +245,7 @@ fn ceil_div(a: u64, b: u64) -> u64 {
 
 impl Gpu {
     fn create(ordinal: u32) -> Result<Gpu> {
-        if let Some(why) = crate::ptx::SKIPPED {
+        if let Some(why) = crate::gpu::ptx::SKIPPED {
             return Err(Error::Gpu { context: format!("starting device {ordinal}"), source: why.into() });
         }
         let ctx = CudaContext::new(ordinal as usize)
@@ -262,7 +262,7 @@ impl Gpu {
             managed_memory: managed,
         };
         let stream = ctx.new_stream().map_err(driver::gpu_err("cuStreamCreate"))?;
-        let module = Module::load(&ctx, crate::ptx::PTX, names::ALL)?;
+        let module = Module::load(&ctx, crate::gpu::ptx::PTX, names::ALL)?;
         let pool = DevicePool::new(ctx.clone(), ordinal, DEFAULT_CACHE_BUDGET);
         Ok(Gpu {
             info,

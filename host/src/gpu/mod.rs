@@ -49,14 +49,17 @@ pub mod bench;
 mod device;
 mod driver;
 mod pool;
+pub mod ptx;
+mod storage;
 
 pub(crate) use device::opened as opened_device;
 pub(crate) use device::GpuPage;
 pub use device::{device_count, open, probe, Gpu, GpuInfo};
 pub use pool::GpuPoolStats;
+pub(crate) use storage::Storage;
 
 use crate::delta::Payload;
-use crate::page::Location;
+use crate::types::page::Location;
 use crate::{Error, Result};
 
 /// Create a zeroed GPU page for `location` (`Gpu(n)` or `Unified`).

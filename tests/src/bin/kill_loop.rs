@@ -17,7 +17,7 @@
 //! the kill). Every restart must open the directory (strict recovery); the
 //! last one is followed by `tools::verify`.
 
-use mmsb::log::Durability;
+use mmsb::Durability;
 use mmsb::{Config, Mmsb, PageId, PageSpec, Payload, SparseDelta, Update};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -256,7 +256,7 @@ fn parent(kills: u64, seed: u64, dir: Option<String>) -> Result<(), String> {
         fig.kills += 1;
         in_flight = pending.take();
     }
-    let v = mmsb::tools::verify(std::path::Path::new(&dir));
+    let v = mmsb::history::tools::verify(std::path::Path::new(&dir));
     let el = started.elapsed();
     println!(
         "kill loop: {} kills, {} acknowledged commits ({} checkpoints), in-flight commit survived {} / lost {}, \

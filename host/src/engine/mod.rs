@@ -1,0 +1,4 @@
+//! The engine: the [`Mmsb`](handle::Mmsb) handle and the write path
+//! behind it (batches, logging then applying, events, checkpoints).
+
+pub mod handle;

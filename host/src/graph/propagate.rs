@@ -1,0 +1,932 @@
+//! Recompute functions and change propagation.
+//!
+//! A *derived* page has a recompute function of its parents' bytes,
+//! registered under a name and a version (see [`Mmsb::register_function`]).
+//! When parents change, propagation recomputes the derived pages below them:
+//!
+//! - each dirty page is recomputed **once** per batch, after all its dirty
+//!   parents (in level order, so diamonds are glitch-free);
+//! - a recompute whose bytes equal the page's current bytes writes nothing
+//!   and wakes nothing below it (**early cutoff**); otherwise the smallest
+//!   payload ([`Payload::diff`]) becomes a delta with
+//!   [`Source::Propagation`](crate::Source::Propagation), logged (the
+//!   deltas of one propagation together, in compact derived records) so
+//!   that it reads back as the delta a user-built delta of that content
+//!   would be, and replay needs no recompute code;
+//! - pages of one level do not depend on each other; a wide level with
+//!   enough bytes is recomputed on several threads, with results identical
+//!   to the sequential order (outputs are committed in (level, node) order);
+//! - propagation is staged: new bytes go to a scratch arena, read by the
+//!   pages below, and nothing is applied until every recompute succeeded.
+//!   A panicking function is caught and reported as [`Error::Recompute`].
+//!
+//! The hot loop works on dense node indices with buffers reused across
+//! propagations: no map lookups and no per-node allocation. A derived
+//! delta is its payload encoding and provenance parents in a scratch
+//! sink, framed into the log and applied from there; a page whose bytes
+//! change is locked once, from the read of its current bytes to the commit.
+//!
+//! [`Mmsb::register_function`]: crate::Mmsb::register_function
+
+use crate::delta::{encode_change, Payload};
+use crate::graph::{Graph, Slot};
+use crate::registry::Page;
+use crate::{Error, Result};
+use parking_lot::{RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
+use shared_types::{Epoch, PageId};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A recompute function: reads the parents' bytes (in declaration order)
+/// and writes the derived page's new bytes into the output, which starts
+/// zeroed and has the derived page's length. It must be deterministic: a
+/// function of its inputs only.
+pub type RecomputeFn = Arc<dyn Fn(&[&[u8]], &mut [u8]) + Send + Sync>;
+
+/// When derived pages are brought up to date.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PropagationMode {
+    /// Within each write: `update_page`/`update_batch` return with every
+    /// derived page up to date, and write and propagation are one atomic
+    /// step (one committed unit of the log: recovery finds both or
+    /// neither).
+    #[default]
+    Immediate,
+    /// On demand: writes queue work and [`Mmsb::propagate`](crate::Mmsb::propagate) does it.
+    Deferred,
+}
+
+/// What one propagation did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PropagationStats {
+    /// Pages queued for recomputation.
+    pub dirty: u64,
+    /// Recompute functions run.
+    pub recomputed: u64,
+    /// Recomputes that reproduced the current bytes (nothing written below).
+    pub cut_off: u64,
+    /// Derived deltas committed.
+    pub written: u64,
+    /// Wall time, staging and commit included.
+    pub duration: Duration,
+}
+
+pub(crate) struct FunctionEntry {
+    /// Shared with the provenance of every delta the function derives.
+    pub(crate) name: Arc<str>,
+    pub(crate) version: u32,
+    pub(crate) f: Option<RecomputeFn>,
+}
+
+impl FunctionEntry {
+    /// The code a page bound to `version` of this function runs.
+    ///
+    /// # Errors
+    /// [`Error::Function`] (naming `page`) when no code is registered at
+    /// that version.
+    #[inline]
+    pub(crate) fn code(&self, version: u32, page: PageId) -> Result<&RecomputeFn> {
+        match &self.f {
+            Some(f) if self.version == version => Ok(f),
+            _ => Err(self.missing(version, page)),
+        }
+    }
+
+    /// The error of [`FunctionEntry::code`], out of the recompute's path.
+    #[cold]
+    fn missing(&self, version: u32, page: PageId) -> Error {
+        Error::Function {
+            name: self.name.to_string(),
+            reason: format!("version {version} (bound by page {page}) is not registered"),
+        }
+    }
+}
+
+/// The recompute registry: name → (version, function), with dense indices
+/// that derived pages bind to.
+#[derive(Default)]
+pub(crate) struct Functions {
+    pub(crate) entries: Vec<FunctionEntry>,
+    by_name: HashMap<String, u32>,
+}
+
+impl std::fmt::Debug for Functions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries.iter().map(|e| (&e.name, (e.version, e.f.is_some())))).finish()
+    }
+}
+
+impl Functions {
+    /// The index of `name`, creating an entry with no code if needed (a
+    /// replayed derivation names functions this process may not have).
+    pub(crate) fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.entries.len() as u32;
+        self.entries.push(FunctionEntry { name: Arc::from(name), version: 0, f: None });
+        self.by_name.insert(name.to_owned(), i);
+        i
+    }
+
+    /// The index and version of a registered function.
+    ///
+    /// # Errors
+    /// [`Error::Function`] when no code is registered under `name`.
+    pub(crate) fn current(&self, name: &str) -> Result<(u32, u32)> {
+        match self.by_name.get(name) {
+            Some(&i) if self.entries[i as usize].f.is_some() => Ok((i, self.entries[i as usize].version)),
+            _ => Err(Error::Function { name: name.to_owned(), reason: "not registered".into() }),
+        }
+    }
+
+    /// Whether `name` is registered at `version` exactly.
+    pub(crate) fn has(&self, name: &str, version: u32) -> bool {
+        self.current(name).is_ok_and(|(_, v)| v == version)
+    }
+
+    /// Check that `version` may be registered under `name`.
+    ///
+    /// # Errors
+    /// [`Error::Function`] when the name is registered at this or a later
+    /// version, or the name is empty.
+    pub(crate) fn check_register(&self, name: &str, version: u32) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::Function { name: String::new(), reason: "empty function name".into() });
+        }
+        if let Ok((_, v)) = self.current(name) {
+            if version <= v {
+                return Err(Error::Function {
+                    name: name.to_owned(),
+                    reason: format!("version {version} does not supersede registered version {v}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set(&mut self, name: &str, version: u32, f: RecomputeFn) -> u32 {
+        let i = self.intern(name);
+        let e = &mut self.entries[i as usize];
+        e.version = version;
+        e.f = Some(f);
+        i
+    }
+}
+
+/// Graph, registry and scratch space, owned by the commit path.
+#[derive(Debug, Default)]
+pub(crate) struct Deps {
+    pub(crate) graph: Graph,
+    pub(crate) functions: Functions,
+    pub(crate) scratch: Scratch,
+}
+
+/// How a propagation may use threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    pub(crate) threads: usize,
+    pub(crate) parallel_min_bytes: usize,
+}
+
+/// A derived delta ready to commit. Its payload encoding and the parents
+/// of its provenance live in the [`Sink`] of the propagation that planned
+/// it (no allocation per delta); [`Derived::payload`] rebuilds the owned
+/// payload.
+#[derive(Clone, Debug)]
+pub(crate) struct Derived {
+    pub(crate) node: u32,
+    pub(crate) page: PageId,
+    /// Index of the recompute function in [`Functions::entries`].
+    pub(crate) func: u32,
+    pub(crate) version: u32,
+    /// Where its payload encoding is in [`Sink::enc`].
+    pub(crate) enc: std::ops::Range<usize>,
+    /// Where its parents are in [`Sink::parents`].
+    pub(crate) parents: std::ops::Range<usize>,
+    /// Bytes the payload touches ([`Payload::touched`]).
+    pub(crate) touched: u64,
+    /// Where the commit path holds the page's write lock (see [`plan`]).
+    pub(crate) guard: usize,
+    /// Whether applying it may change the graph's flags (the page is stale
+    /// or has control edges): see [`Graph::on_apply_node`].
+    pub(crate) flags: bool,
+}
+
+impl Derived {
+    /// The payload encoding.
+    #[inline]
+    pub(crate) fn encoded<'s>(&self, sink: &'s Sink) -> &'s [u8] {
+        &sink.enc[self.enc.clone()]
+    }
+
+    /// The parents and the epochs they were read at.
+    #[inline]
+    pub(crate) fn parent_epochs<'s>(&self, sink: &'s Sink) -> &'s [(PageId, Epoch)] {
+        &sink.parents[self.parents.clone()]
+    }
+
+    /// The owned payload.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] only if the sink does not hold this delta.
+    pub(crate) fn payload(&self, sink: &Sink) -> Result<Payload> {
+        crate::storage::codec::delta::decode_payload(self.encoded(sink), &crate::storage::codec::Limits::unbounded())
+    }
+}
+
+/// Payload encodings and provenance parents of the derived deltas of one
+/// propagation, appended in commit order.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub(crate) enc: Vec<u8>,
+    pub(crate) parents: Vec<(PageId, Epoch)>,
+}
+
+impl Sink {
+    fn clear(&mut self) {
+        self.enc.clear();
+        self.parents.clear();
+    }
+}
+
+pub(crate) enum Outcome {
+    Unchanged,
+    /// Payload encoding and parents at these ranges of the sink the
+    /// recompute wrote to.
+    Changed {
+        enc: std::ops::Range<usize>,
+        parents: usize,
+        touched: u64,
+        epoch: Epoch,
+    },
+    Failed(Error),
+}
+
+impl Outcome {
+    /// The outcome with its sink ranges moved by `enc` and `parents`.
+    fn shifted(self, enc: usize, parents: usize) -> Outcome {
+        match self {
+            Outcome::Changed { enc: r, parents: p, touched, epoch } => {
+                Outcome::Changed { enc: r.start + enc..r.end + enc, parents: p + parents, touched, epoch }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Buffers reused across propagations, indexed by dense node index. Marks
+/// are generation stamps, so starting a propagation clears nothing.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    gen: u32,
+    queued: Vec<u32>,
+    staged: Vec<u32>,
+    off: Vec<usize>,
+    epoch: Vec<Epoch>,
+    heap: BinaryHeap<Reverse<u64>>,
+    arena: Vec<u8>,
+    level: Vec<u32>,
+    outcomes: Vec<Outcome>,
+    spare: Vec<&'static [u8]>,
+    /// `(page, changed)` for each recompute of the last propagation, in
+    /// order, when it was begun with listeners (see [`Scratch::begin`]).
+    pub(crate) fired: Vec<(PageId, bool)>,
+    /// The subscribers' mark when anyone listened as this propagation
+    /// began (its events are sent then, to them only; see
+    /// [`crate::events::EventBus::listeners`]).
+    pub(crate) listeners: Option<u64>,
+    /// The output buffer of derived deltas, kept for the next propagation.
+    pub(crate) derived: Vec<Derived>,
+    /// Payload encodings and parents of the derived deltas of the last
+    /// propagation.
+    pub(crate) sink: Sink,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch").field("gen", &self.gen).field("arena", &self.arena.capacity()).finish()
+    }
+}
+
+/// Arena capacity kept between propagations; more is released.
+const ARENA_KEEP: usize = 64 << 20;
+
+impl Scratch {
+    /// The staged copy of node `n` (of `len` bytes).
+    pub(crate) fn staged_mut(&mut self, n: u32, len: usize) -> &mut [u8] {
+        let at = self.off[n as usize];
+        &mut self.arena[at..at + len]
+    }
+
+    /// Start a propagation over a graph of `bound` slots; `listeners`: the
+    /// event bus's mark when anyone listens (the recomputes are then
+    /// recorded in [`Scratch::fired`], and the propagation's events go to
+    /// those subscribers only).
+    pub(crate) fn begin(&mut self, bound: usize, listeners: Option<u64>) {
+        self.listeners = listeners;
+        if self.gen == u32::MAX {
+            self.queued.iter_mut().for_each(|s| *s = 0);
+            self.staged.iter_mut().for_each(|s| *s = 0);
+            self.gen = 0;
+        }
+        self.gen += 1;
+        if self.queued.len() < bound {
+            self.queued.resize(bound, 0);
+            self.staged.resize(bound, 0);
+            self.off.resize(bound, 0);
+            self.epoch.resize(bound, Epoch(0));
+        }
+        if self.arena.capacity() > ARENA_KEEP {
+            self.arena = Vec::new();
+        }
+        self.arena.clear();
+        self.heap.clear();
+        self.fired.clear();
+        if self.sink.enc.capacity() > ARENA_KEEP || self.sink.parents.capacity() > ARENA_KEEP / 16 {
+            self.sink = Sink::default();
+        }
+        self.sink.clear();
+    }
+
+    /// Stage node `n` with a copy of `bytes` at `epoch`, for the propagation
+    /// to read instead of the page; returns the copy to be edited.
+    pub(crate) fn stage(&mut self, n: u32, bytes: &[u8], epoch: Epoch) -> &mut [u8] {
+        let at = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        self.staged[n as usize] = self.gen;
+        self.off[n as usize] = at;
+        self.epoch[n as usize] = epoch;
+        &mut self.arena[at..]
+    }
+}
+
+/// A recomputed page's lock, kept from the read of its current bytes in
+/// case its new bytes differ: the write lock when no reader holds the page
+/// (one lock and one unlock in all), else an upgradable read lock that
+/// shares the page with its readers until the commit needs it (so a
+/// reader, even on the propagating thread, never makes a recompute that
+/// changes nothing wait).
+enum Held<'g> {
+    Write(RwLockWriteGuard<'g, Page>),
+    Upgradable(RwLockUpgradableReadGuard<'g, Page>),
+    /// This thread holds a [`crate::PageRef`] on the page: a plain read,
+    /// enough for a recompute that changes nothing; one that changes the
+    /// page is refused ([`Held::into_write`]).
+    Borrowed(RwLockReadGuard<'g, Page>, PageId),
+}
+
+impl<'g> Held<'g> {
+    /// Lock page `id`'s `cell` for a recompute's read.
+    #[inline]
+    fn take(cell: &'g parking_lot::RwLock<Page>, id: PageId) -> Self {
+        match cell.try_write() {
+            Some(w) => Held::Write(w),
+            None if crate::registry::borrowed_here(cell) => Held::Borrowed(cell.read_recursive(), id),
+            None => Held::Upgradable(cell.upgradable_read()),
+        }
+    }
+
+    /// The page, read-only.
+    #[inline]
+    fn page(&self) -> &Page {
+        match self {
+            Held::Write(w) => w,
+            Held::Upgradable(u) => u,
+            Held::Borrowed(r, _) => r,
+        }
+    }
+
+    /// The write lock, for the commit.
+    ///
+    /// # Errors
+    /// [`Error::PageBorrowed`] for a page this thread holds a read guard
+    /// on: the wait would never end.
+    #[inline]
+    fn into_write(self) -> Result<RwLockWriteGuard<'g, Page>> {
+        match self {
+            Held::Write(w) => Ok(w),
+            Held::Upgradable(u) => Ok(RwLockUpgradableReadGuard::upgrade(u)),
+            Held::Borrowed(_, page) => Err(Error::PageBorrowed { page }),
+        }
+    }
+}
+
+/// Recompute everything below the graph's queued work and the `extra`
+/// changed nodes, staging new bytes; fills `out` with the derived deltas in
+/// commit order. Reads pages through read locks, or the staged copies.
+/// Each page a delta changes is write-locked onto `held` (the delta's
+/// [`Derived::guard`] is its index there), except pages staged by the
+/// caller before the plan, whose guard is left at `usize::MAX`.
+///
+/// # Errors
+/// The first failed recompute ([`Error::Recompute`], [`Error::Function`]);
+/// nothing was applied.
+#[allow(clippy::type_complexity)]
+pub(crate) fn plan<'g>(
+    graph: &'g Graph,
+    functions: &Functions,
+    sc: &mut Scratch,
+    extra: &[u32],
+    settings: Settings,
+    out: &mut Vec<Derived>,
+    held: &mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
+) -> Result<PropagationStats> {
+    let slots = &graph.slots[..];
+    let Scratch {
+        gen,
+        queued,
+        staged,
+        off,
+        epoch,
+        heap,
+        arena,
+        level,
+        outcomes,
+        spare,
+        fired,
+        listeners,
+        sink,
+        ..
+    } = sc;
+    out.clear();
+    let mut st = Settle {
+        slots,
+        gen: *gen,
+        staged,
+        off,
+        epoch,
+        queued,
+        heap,
+        out,
+        fired,
+        listen: listeners.is_some(),
+        held,
+        stats: PropagationStats::default(),
+    };
+    for &n in graph.pending.iter().chain(extra) {
+        for &c in &slots[n as usize].data_children {
+            st.enqueue(c);
+        }
+    }
+    for &n in &graph.forced {
+        st.enqueue(n);
+    }
+    // Read locks of the current recompute's unstaged parents.
+    let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
+    while let Some(Reverse(key)) = st.heap.pop() {
+        let lvl = key >> 32;
+        level.clear();
+        level.push(key as u32);
+        while let Some(&Reverse(k)) = st.heap.peek() {
+            if k >> 32 != lvl {
+                break;
+            }
+            st.heap.pop();
+            level.push(k as u32);
+        }
+        let base = arena.len();
+        let total: usize = level.iter().map(|&n| slots[n as usize].len).sum();
+        let threads = settings.threads.min(level.len());
+        let parallel = threads > 1 && {
+            let inputs = |s: &Slot| s.args.iter().map(|&p| slots[p as usize].len).sum::<usize>();
+            total + level.iter().map(|&n| inputs(&slots[n as usize])).sum::<usize>()
+                >= settings.parallel_min_bytes
+        };
+        arena.resize(base + total, 0);
+        let mut at = base;
+        if parallel {
+            let (done, fresh) = arena.split_at_mut(base);
+            outcomes.clear();
+            compute_parallel(&st.ctx(functions, done), level, fresh, threads, outcomes, spare, sink);
+            for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
+                st.settle(n, outcome, at, None)?;
+                at += slots[n as usize].len;
+            }
+        } else {
+            // One recompute at a time, each settled at once (pages of one
+            // level never read each other): no outcome list, and the page's
+            // lock goes straight from the read to the commit.
+            for &n in level.iter() {
+                let len = slots[n as usize].len;
+                let (done, fresh) = arena.split_at_mut(base);
+                let mut lock = None;
+                let outcome = compute_one(
+                    &st.ctx(functions, done),
+                    n,
+                    &mut fresh[at - base..at - base + len],
+                    &mut guards,
+                    spare,
+                    sink,
+                    Some(&mut lock),
+                );
+                guards.clear();
+                st.settle(n, outcome, at, lock)?;
+                at += len;
+            }
+        }
+    }
+    let mut stats = st.stats;
+    stats.written = st.out.len() as u64;
+    Ok(stats)
+}
+
+/// The state a plan updates as it settles each recompute.
+struct Settle<'g, 'p> {
+    slots: &'g [Slot],
+    gen: u32,
+    staged: &'p mut Vec<u32>,
+    off: &'p mut Vec<usize>,
+    epoch: &'p mut Vec<Epoch>,
+    queued: &'p mut Vec<u32>,
+    heap: &'p mut BinaryHeap<Reverse<u64>>,
+    out: &'p mut Vec<Derived>,
+    fired: &'p mut Vec<(PageId, bool)>,
+    listen: bool,
+    held: &'p mut Vec<(PageId, RwLockWriteGuard<'g, Page>)>,
+    stats: PropagationStats,
+}
+
+impl<'g> Settle<'g, '_> {
+    /// Queue node `n` for recomputation, once per propagation.
+    #[inline]
+    fn enqueue(&mut self, n: u32) {
+        let q = &mut self.queued[n as usize];
+        if *q == self.gen {
+            return;
+        }
+        *q = self.gen;
+        self.heap.push(Reverse((u64::from(self.slots[n as usize].level) << 32) | u64::from(n)));
+        self.stats.dirty += 1;
+    }
+
+    /// The read-only view recomputes need, with `done` the settled part of
+    /// the arena.
+    #[inline]
+    fn ctx<'a>(&'a self, functions: &'a Functions, done: &'a [u8]) -> Ctx<'g, 'a> {
+        Ctx {
+            slots: self.slots,
+            functions: &functions.entries,
+            gen: self.gen,
+            staged: self.staged,
+            off: self.off,
+            epoch: self.epoch,
+            done,
+        }
+    }
+
+    /// Account for the recompute of node `n`, whose new bytes are at `at`
+    /// in the arena; `lock` is the lock its read took, if any.
+    ///
+    /// # Errors
+    /// The recompute's failure.
+    #[inline(always)]
+    fn settle(&mut self, n: u32, outcome: Outcome, at: usize, lock: Option<Held<'g>>) -> Result<()> {
+        let s = &self.slots[n as usize];
+        self.stats.recomputed += 1;
+        match outcome {
+            Outcome::Failed(e) => return Err(e),
+            Outcome::Unchanged => {
+                self.stats.cut_off += 1;
+                if self.listen {
+                    self.fired.push((s.page, false));
+                }
+            }
+            Outcome::Changed { enc, parents, touched, epoch } => {
+                let b = s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
+                // A page staged before its recompute is one the caller
+                // writes and holds; any other is locked here, for the
+                // commit (nothing else writes pages meanwhile: the commit
+                // lock is held).
+                let guard = if self.staged[n as usize] == self.gen {
+                    usize::MAX
+                } else {
+                    let write = match lock {
+                        Some(g) => g.into_write()?,
+                        None => match &s.cell {
+                            Some(cell) => crate::registry::write_page(cell, s.page)?,
+                            None => return Err(Error::Invariant(format!("page {} has no cell", s.page))),
+                        },
+                    };
+                    self.held.push((s.page, write));
+                    self.held.len() - 1
+                };
+                self.staged[n as usize] = self.gen;
+                self.off[n as usize] = at;
+                self.epoch[n as usize] = epoch;
+                self.out.push(Derived {
+                    node: n,
+                    page: s.page,
+                    func: b.func,
+                    version: b.version,
+                    enc,
+                    parents: parents..parents + s.args.len(),
+                    touched,
+                    guard,
+                    // Only control edges make a page stale between the plan
+                    // and the commit.
+                    flags: s.stale || !s.control_children.is_empty() || !s.control_parents.is_empty(),
+                });
+                if self.listen {
+                    self.fired.push((s.page, true));
+                }
+                for &c in &s.data_children {
+                    self.enqueue(c);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read-only view shared by the workers of one level.
+struct Ctx<'g, 'a> {
+    slots: &'g [Slot],
+    functions: &'a [FunctionEntry],
+    gen: u32,
+    staged: &'a [u32],
+    off: &'a [usize],
+    epoch: &'a [Epoch],
+    done: &'a [u8],
+}
+
+impl<'a> Ctx<'_, 'a> {
+    #[inline]
+    fn is_staged(&self, n: u32) -> bool {
+        self.staged.get(n as usize) == Some(&self.gen)
+    }
+
+    #[inline(always)]
+    fn staged_bytes(&self, n: u32) -> &'a [u8] {
+        let at = self.off[n as usize];
+        &self.done[at..at + self.slots[n as usize].len]
+    }
+}
+
+fn compute_parallel(
+    ctx: &Ctx<'_, '_>,
+    level: &[u32],
+    fresh: &mut [u8],
+    threads: usize,
+    outcomes: &mut Vec<Outcome>,
+    spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
+) {
+    let chunk = level.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut nodes_left = level;
+        let mut out_left = fresh;
+        let mut first = None;
+        let mut handles = Vec::with_capacity(threads);
+        while !nodes_left.is_empty() {
+            let (nodes, rest) = nodes_left.split_at(chunk.min(nodes_left.len()));
+            let bytes: usize = nodes.iter().map(|&n| ctx.slots[n as usize].len).sum();
+            let (o, orest) = std::mem::take(&mut out_left).split_at_mut(bytes);
+            nodes_left = rest;
+            out_left = orest;
+            if first.is_none() {
+                first = Some((nodes, o));
+                continue;
+            }
+            handles.push(scope.spawn(move || {
+                let mut oc = Vec::with_capacity(nodes.len());
+                let mut own = Sink::default();
+                compute(ctx, nodes, o, &mut oc, &mut Vec::new(), &mut own);
+                (oc, own)
+            }));
+        }
+        if let Some((nodes, o)) = first {
+            compute(ctx, nodes, o, outcomes, spare, sink);
+        }
+        for h in handles {
+            match h.join() {
+                Ok((oc, own)) => {
+                    let (enc, parents) = (sink.enc.len(), sink.parents.len());
+                    sink.enc.extend_from_slice(&own.enc);
+                    sink.parents.extend_from_slice(&own.parents);
+                    outcomes.extend(oc.into_iter().map(|o| o.shifted(enc, parents)));
+                }
+                Err(p) => outcomes.push(Outcome::Failed(Error::Invariant(format!(
+                    "propagation worker failed: {}",
+                    panic_message(p.as_ref())
+                )))),
+            }
+        }
+    });
+}
+
+fn compute<'g>(
+    ctx: &Ctx<'g, '_>,
+    nodes: &[u32],
+    mut out: &mut [u8],
+    outcomes: &mut Vec<Outcome>,
+    spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
+) {
+    let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
+    for &n in nodes {
+        let slot = &ctx.slots[n as usize];
+        let (o, rest) = std::mem::take(&mut out).split_at_mut(slot.len);
+        out = rest;
+        guards.clear();
+        outcomes.push(compute_one(ctx, n, o, &mut guards, spare, sink, None));
+    }
+}
+
+/// Reuse the allocation of an empty slice list for another lifetime.
+fn recycle<'a>(spare: &mut Vec<&'static [u8]>) -> Vec<&'a [u8]> {
+    let mut v = std::mem::take(spare);
+    v.clear();
+    v.into_iter().map(|s| -> &'a [u8] { s }).collect()
+}
+
+fn unrecycle(mut v: Vec<&[u8]>) -> Vec<&'static [u8]> {
+    v.clear();
+    v.into_iter().map(|_| -> &'static [u8] { &[] }).collect()
+}
+
+/// Parents up to this many are passed to a function from a list on the stack.
+const INLINE_INPUTS: usize = 8;
+
+/// Fill `dst` (one entry per argument) with the parents' bytes: staged
+/// copies, or the pages read through `guards` (one per unstaged argument,
+/// in order).
+#[inline(always)]
+fn inputs<'a>(
+    ctx: &Ctx<'_, 'a>,
+    args: &[u32],
+    guards: &'a [RwLockReadGuard<'_, Page>],
+    dst: &mut [&'a [u8]],
+) -> Result<()> {
+    let mut gi = 0;
+    for (d, &p) in dst.iter_mut().zip(args) {
+        *d = if ctx.is_staged(p) {
+            ctx.staged_bytes(p)
+        } else {
+            gi += 1;
+            guards[gi - 1].bytes()?
+        };
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn compute_one<'g>(
+    ctx: &Ctx<'g, '_>,
+    n: u32,
+    o: &mut [u8],
+    guards: &mut Vec<RwLockReadGuard<'g, Page>>,
+    spare: &mut Vec<&'static [u8]>,
+    sink: &mut Sink,
+    keep: Option<&mut Option<Held<'g>>>,
+) -> Outcome {
+    let slot: &'g Slot = &ctx.slots[n as usize];
+    let Some(b) = slot.binding else {
+        return Outcome::Failed(Error::Invariant(format!("page {} is not derived", slot.page)));
+    };
+    let entry = &ctx.functions[b.func as usize];
+    let f = match entry.code(b.version, slot.page) {
+        Ok(f) => f,
+        Err(e) => return Outcome::Failed(e),
+    };
+    for &p in &slot.args {
+        if !ctx.is_staged(p) {
+            match &ctx.slots[p as usize].cell {
+                Some(c) => guards.push(c.read_recursive()),
+                None => {
+                    return Outcome::Failed(Error::Invariant(format!("page {} has a dead parent", slot.page)))
+                }
+            }
+        }
+    }
+    let guards = &*guards;
+    let k = slot.args.len();
+    let run = if k <= INLINE_INPUTS {
+        // Few parents (the common case): the input list lives on the stack.
+        let mut inline: [&[u8]; INLINE_INPUTS] = [&[]; INLINE_INPUTS];
+        if let Err(e) = inputs(ctx, &slot.args, guards, &mut inline[..k]) {
+            return Outcome::Failed(e);
+        }
+        catch_quietly(|| f(&inline[..k], o))
+    } else {
+        let mut slices: Vec<&[u8]> = recycle(spare);
+        slices.resize(k, &[]);
+        if let Err(e) = inputs(ctx, &slot.args, guards, &mut slices) {
+            *spare = unrecycle(slices);
+            return Outcome::Failed(e);
+        }
+        let run = catch_quietly(|| f(&slices, o));
+        *spare = unrecycle(slices);
+        run
+    };
+    if let Err(p) = run {
+        return Outcome::Failed(Error::Recompute {
+            page: slot.page,
+            function: entry.name.to_string(),
+            reason: panic_message(p.as_ref()),
+        });
+    }
+    let child;
+    let (old, before) = if ctx.is_staged(n) {
+        (ctx.staged_bytes(n), ctx.epoch[n as usize])
+    } else {
+        let Some(cell) = &slot.cell else {
+            return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
+        };
+        // With `keep`, the lock stays there for the caller to turn into
+        // the commit's write lock if the page changes.
+        let page: &Page = match keep {
+            Some(k) => k.insert(Held::take(cell, slot.page)).page(),
+            None => {
+                child = cell.read_recursive();
+                &child
+            }
+        };
+        match page.bytes() {
+            Ok(b) => (b, page.epoch),
+            Err(e) => return Outcome::Failed(e),
+        }
+    };
+    let at = sink.enc.len();
+    let touched = match encode_change(old, o, &mut sink.enc) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Outcome::Unchanged,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let Some(after) = before.checked_next() else {
+        sink.enc.truncate(at);
+        return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
+    };
+    let parents = sink.parents.len();
+    sink.parents.reserve(k);
+    let mut gi = 0;
+    for &p in &slot.args {
+        let page = ctx.slots[p as usize].page;
+        let epoch = if ctx.is_staged(p) {
+            ctx.epoch[p as usize]
+        } else {
+            gi += 1;
+            guards[gi - 1].epoch
+        };
+        sink.parents.push((page, epoch));
+    }
+    Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after }
+}
+
+/// Run a node's function on the current page bytes (no staging) and say
+/// whether it reproduces them.
+///
+/// # Errors
+/// [`Error::Recompute`] or [`Error::Function`] when the function cannot run.
+pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result<bool> {
+    let slots = &graph.slots[..];
+    // Nothing staged: every read goes to the pages.
+    let ctx =
+        Ctx { slots, functions: &functions.entries, gen: 1, staged: &[], off: &[], epoch: &[], done: &[] };
+    let mut out = vec![0u8; slots[n as usize].len];
+    match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new(), &mut Sink::default(), None) {
+        Outcome::Unchanged => Ok(true),
+        Outcome::Changed { .. } => Ok(false),
+        Outcome::Failed(e) => Err(e),
+    }
+}
+
+thread_local! {
+    /// Recompute functions running on this thread under [`catch_quietly`].
+    static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Run a recompute function, catching its panic: the panic becomes the
+/// typed [`Error::Recompute`], so it is not also printed. A panic hook is
+/// installed once that passes every other panic to the hook in force
+/// before it (a hook the program sets later replaces it, and then prints
+/// recompute panics too).
+pub(crate) fn catch_quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(|q| q.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
+    let run = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(q.get() - 1));
+    run
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panicked with a non-string payload".to_owned()
+    }
+}
