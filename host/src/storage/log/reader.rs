@@ -2,7 +2,7 @@
 //! scan over all segments that decides what is committed, what is a torn
 //! tail, what is abandoned history, and what is corruption.
 
-use crate::storage::recovery::{Dropped, RecoveryMode, TornTail};
+use super::{Dropped, RecoveryMode, TornTail};
 use super::{RecordType, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN, SEGMENT_VERSION};
 use crate::storage::files::{check_names, parse_segment_name, SEGMENT_MAGIC};
 use crate::delta::change::Change;

@@ -3,7 +3,7 @@
 //! `write` per commit (or less, by [`Durability`]), fsyncs by policy, rolls
 //! segments, and poisons itself on the first I/O failure.
 
-use crate::storage::recovery::Resume;
+use super::Resume;
 use super::{Durability, RecordType, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN, SEGMENT_VERSION};
 use crate::storage::files::{segment_name, segment_temp_name, SEGMENT_MAGIC};
 use crate::delta::change::Change;
@@ -932,7 +932,7 @@ mod tests {
         vfs.create(&dir.join(segment_name(1))).unwrap().write_all(bytes).unwrap();
         let mut out = Vec::new();
         let limits = crate::storage::codec::Limits::default();
-        super::super::reader::scan(&vfs, dir, 4, crate::storage::recovery::RecoveryMode::Strict, &limits, &mut |c| {
+        super::super::reader::scan(&vfs, dir, 4, super::super::RecoveryMode::Strict, &limits, &mut |c| {
             for (lsn, r) in c {
                 match r {
                     super::super::reader::Record::Delta(v) => out.push((*lsn, v.to_delta()?)),
@@ -1107,7 +1107,7 @@ mod tests {
                     &vfs,
                     dir,
                     4,
-                    crate::storage::recovery::RecoveryMode::Strict,
+                    super::super::RecoveryMode::Strict,
                     &limits,
                     &mut |c| {
                         commits += 1;
