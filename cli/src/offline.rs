@@ -140,7 +140,7 @@ fn check_provenance(v: &Confined) -> Result<ProvenanceCheck> {
     let problem: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
     let bar = progress::spinner("checking derived deltas");
     let seg_dir = mmsb::internals::files::log_dir(v.root());
-    let img = mmsb::history::replay::replay_with(
+    let img = mmsb::history::replay::replay_observed(
         v,
         v.root(),
         None,

@@ -173,12 +173,12 @@ pub(crate) fn event_for_change(change: &Change, epoch: Epoch) -> Option<Event> {
 /// assert_eq!(events_from_changes(&changes), vec![Event::PageCreated { page: PageId(1), len: 8 }]);
 /// ```
 pub fn events_from_changes(changes: &[Change]) -> Vec<Event> {
-    events_from_changes_with(changes, &HashMap::new())
+    events_from_changes_after(changes, &HashMap::new())
 }
 
 /// [`events_from_changes`] for a slice that starts with pages at the epochs
 /// in `known`.
-pub fn events_from_changes_with(changes: &[Change], known: &HashMap<PageId, Epoch>) -> Vec<Event> {
+pub fn events_from_changes_after(changes: &[Change], known: &HashMap<PageId, Epoch>) -> Vec<Event> {
     let mut epochs: HashMap<PageId, Epoch> = known.clone();
     let mut out = Vec::with_capacity(changes.len());
     for c in changes {

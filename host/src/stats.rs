@@ -499,7 +499,7 @@ pub fn dir_stats(state_dir: &Path) -> Result<DirStats> {
 pub fn dir_stats_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<DirStats> {
     let mut records = 0u64;
     let img =
-        crate::history::replay::replay_with(vfs, state_dir, None, limits, &mut |_, _| false, &mut |_, c| {
+        crate::history::replay::replay_observed(vfs, state_dir, None, limits, &mut |_, _| false, &mut |_, c| {
             records += c.len() as u64
         })?;
     let insp = crate::history::tools::inspect_with(vfs, state_dir, limits)?;

@@ -196,7 +196,7 @@ fn segments(vfs: &SimVfs) -> Vec<PathBuf> {
 /// The general path: every commit decoded and handed to `apply_commit`.
 fn general_to_lsn(vfs: &SimVfs, to: Option<u64>) -> Result<StateImage> {
     let target = to.unwrap_or(u64::MAX);
-    replay::replay_with(
+    replay::replay_observed(
         vfs,
         Path::new(STATE),
         Some(target),
@@ -217,7 +217,7 @@ fn general_to_timestamp(vfs: &SimVfs, t: u64) -> Result<StateImage> {
             }
         }
     }
-    replay::replay_with(
+    replay::replay_observed(
         vfs,
         Path::new(STATE),
         Some(best.unwrap_or(0)),

@@ -163,7 +163,7 @@ struct Entry {
 ///
 /// # Errors
 /// [`Error::PageNotFound`] when the history never mentions the page; as
-/// [`crate::history::replay::replay_with`] for an unreadable history.
+/// [`crate::history::replay::replay_observed`] for an unreadable history.
 pub fn chain(state_dir: &Path, page: PageId) -> Result<Chain> {
     chain_with(&StdVfs, state_dir, page, None, &Limits::default())
 }
@@ -186,7 +186,7 @@ pub fn chain_with(
     let mut versions: HashMap<(PageId, Epoch), Entry> = HashMap::new();
     let mut latest: HashMap<PageId, Epoch> = HashMap::new();
     let mut failed: Option<Error> = None;
-    let image = crate::history::replay::replay_with(
+    let image = crate::history::replay::replay_observed(
         vfs,
         state_dir,
         Some(oldest),

@@ -27,7 +27,7 @@ use std::path::Path;
 /// # Errors
 /// As recovery: [`Error::Corrupt`] (strict mode), [`Error::Io`], or a
 /// typed validation error for a change that cannot be replayed.
-pub fn replay_with(
+pub fn replay_observed(
     vfs: &dyn Vfs,
     state_dir: &Path,
     max_ckpt_lsn: Option<u64>,
@@ -77,7 +77,7 @@ impl Visitor for Replayer<'_> {
     }
 }
 
-/// [`replay_with`], and with `fast_stop` (see [`Replayer`]) batches of
+/// [`replay_observed`], and with `fast_stop` (see [`Replayer`]) batches of
 /// delta records are applied without being decoded into records.
 fn replay_impl(
     vfs: &dyn Vfs,
@@ -129,7 +129,7 @@ pub struct Replayed {
 /// then the log) up to `until`.
 ///
 /// # Errors
-/// As [`replay_with`]; [`Error::Config`] when the point precedes the
+/// As [`replay_observed`]; [`Error::Config`] when the point precedes the
 /// oldest history still on disk (a checkpoint retired the log before it);
 /// [`Error::Corrupt`] naming the checkpoint when the one that should cover
 /// the retired log does not verify.
@@ -247,7 +247,7 @@ pub struct PageVersion {
 /// first (history starts at the oldest checkpoint kept, or at creation).
 ///
 /// # Errors
-/// As [`replay_with`]; [`Error::PageNotFound`] when the history on disk
+/// As [`replay_observed`]; [`Error::PageNotFound`] when the history on disk
 /// holds no version of the page.
 pub fn page_history(
     vfs: &dyn Vfs,
@@ -259,7 +259,7 @@ pub fn page_history(
     let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
     let out: std::cell::RefCell<Vec<PageVersion>> = std::cell::RefCell::new(Vec::new());
     let mut first = true;
-    replay_with(
+    replay_observed(
         vfs,
         state_dir,
         Some(oldest),
