@@ -72,3 +72,13 @@ pub use log::{Durability, RecoveryMode, RecoveryReport};
 pub use page::{Location, Metadata, Page, PageSpec};
 pub use propagate::{PropagationMode, PropagationStats, RecomputeFn};
 pub use shared_types::{DeltaId, Epoch, Lsn, PageId};
+
+/// Unstable plumbing for the project's own benchmarks, fuzzing and tests
+/// (the `internals` feature): pooled device blocks, typed device ranges and
+/// checked kernel launches of the GPU layer. Not part of the supported API;
+/// it changes without notice.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::gpu::internals::*;
+}
