@@ -21,7 +21,7 @@ build() {
     # Release, no debug info, stripped: the carried folder must stay small.
     export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
     cargo nextest archive --release -p mmsb -p mmsb-tests --archive-file "$DEV/tests.tar.zst"
-    cargo build --release -p mmsb --example gpu_bench
+    cargo build --release -p mmsb-benches --example gpu_bench
     cp target/release/examples/gpu_bench "$DEV/"
     # The CLI, for `mmsb bench --quick` on the device's host: CPU and GPU
     # rows of one run, on an idle machine.

@@ -7,9 +7,9 @@
 //
 // Same layouts (xorshift64 13/7/17, seeds, lengths, gaps, first run at byte
 // 3) and the same byte count (2 bytes per covered byte) as the
-// `gpu_apply_sparse_*` rows of `mmsb::gpu::bench`; ratios are to
+// `gpu_apply_sparse_*` rows of `mmsb_benches::gpu_harness`; ratios are to
 // cudaMemcpy device-to-device in the same process (bytes read + written).
-// Mirrored in host/src/gpu/bench.rs (SPARSE_SHAPES) and scripts/torch_peer.py:
+// Mirrored in benches/src/gpu_harness.rs (SPARSE_SHAPES) and scripts/torch_peer.py:
 // keep them in step.
 //
 //   nvcc -O3 -arch=native scripts/sparse_bound.cu -o sparse_bound && ./sparse_bound [--mib N]

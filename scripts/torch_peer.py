@@ -13,7 +13,7 @@ import sys
 
 
 # (name, seed, min_len, len_span, max_gap): mirrors SPARSE_SHAPES in
-# host/src/gpu/bench.rs.
+# benches/src/gpu_harness.rs.
 SPARSE_SHAPES = [
     ("mixed", 0x5EED0001, 16, 2048, 200),
     ("64b", 0x5EED0002, 64, 1, 32),
@@ -89,7 +89,7 @@ def main() -> int:
     rows.append(("torch_dense_where_boolmask", 3 * n + n, timed(lambda: torch.where(boolmask, data, page, out=page))))
 
     # Sparse runs: the very layouts of the Rust benchmark (same xorshift64
-    # generator and seeds as SPARSE_SHAPES in host/src/gpu/bench.rs).
+    # generator and seeds as SPARSE_SHAPES in benches/src/gpu_harness.rs).
     # Bytes counted: 2 per covered byte (values read, page bytes written),
     # the formula of the Rust sparse rows; neither side counts its
     # metadata (index_put_ also reads an 8-byte index per byte, the Rust

@@ -1,8 +1,8 @@
-//! GPU rows, from [`mmsb::gpu::bench`]: every kernel next to the device's
-//! own device-to-device copy bandwidth measured in the same run.
+//! GPU rows, from [`crate::gpu_harness`]: every kernel next to the
+//! device's own device-to-device copy bandwidth measured in the same run.
 
+use crate::gpu_harness::{run, BenchConfig};
 use crate::Row;
-use mmsb::gpu::bench::{run, BenchConfig};
 
 /// The GPU rows on device 0, or why there are none.
 ///

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub mod cpu;
 pub mod disk;
 pub mod gpu;
+pub mod gpu_harness;
 pub mod plot;
 pub mod prop;
 

@@ -106,7 +106,8 @@ pub use history::{provenance, replay, tools};
 
 /// The crate's plumbing, for its own fuzz targets, tests, benchmarks and
 /// CLI: file formats, codecs, the log's reader and writer, checkpoints,
-/// recovery, the allocator and the dependency graph's internals. Enabled by
+/// recovery, the allocator, the dependency graph's internals and the GPU
+/// layer's device blocks, typed ranges and checked launches. Enabled by
 /// the `internals` feature. **Not a supported API**: anything here may
 /// change in any release. The supported API is the crate root and the
 /// public modules (see the README's "Stability" section).
@@ -118,4 +119,9 @@ pub mod internals {
     #[cfg(feature = "engine")]
     pub use crate::graph;
     pub use crate::storage::{checkpoint, codec, files, image, log, recovery, vfs};
+    /// Device blocks, typed device ranges and checked kernel launches.
+    #[cfg(feature = "engine")]
+    pub mod gpu {
+        pub use crate::gpu::internals::*;
+    }
 }

@@ -6,7 +6,7 @@
 //! `MMSB_BENCH_GPU_MIB` sets the page size (default 256 MiB).
 
 use criterion::{Criterion, Throughput};
-use mmsb::gpu::bench::{Kernels, RUN_CHUNK};
+use mmsb_benches::gpu_harness::{Kernels, RUN_CHUNK};
 
 pub fn bench(c: &mut Criterion) {
     let mib = std::env::var("MMSB_BENCH_GPU_MIB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(256);

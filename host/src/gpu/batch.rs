@@ -36,6 +36,10 @@ pub const RUNS_PER_DESC: u64 = GROUP * (BLOCK as u64 / WARP as u64);
 
 /// One delta to pack: the target's device address and length, and the payload
 /// (already validated against `len`).
+///
+/// The packer only writes `page` into the image as a number; launching an
+/// image (`Gpu::apply_items`, `Gpu::apply_batch`) is what relies on it,
+/// and those functions are `unsafe`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Item<'a> {
     pub page: u64,
@@ -159,12 +163,14 @@ pub(crate) fn plan(items: &[Item<'_>]) -> Plan {
 }
 
 /// Sizes of the image for `items`.
+#[cfg(test)]
 pub(crate) fn layout(items: &[Item<'_>]) -> Layout {
     plan(items).lay
 }
 
 /// Write the image for `items` into `out` (at least `layout.total()` bytes)
 /// whose device address will be `base` (16-aligned). Returns the layout.
+#[cfg(test)]
 pub(crate) fn pack(items: &[Item<'_>], out: &mut [u8], base: u64) -> Layout {
     let p = plan(items);
     pack_planned(&p, items, out, base);

@@ -5,17 +5,20 @@
 use super::batch::{self, Item};
 use super::driver::{self, DevicePtr, Module, Pinned};
 use super::pool::{DeviceBlock, DevicePool, GpuPoolStats, DEFAULT_CACHE_BUDGET};
+use super::range::DeviceRange;
 use crate::delta::{DenseDelta, Payload, Run};
 use crate::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaStream};
-use gpu_kernels::body::{lanes, piece_len, windows, BLOCK};
+use gpu_kernels::body::{lanes, windows, BLOCK};
 use gpu_kernels::names;
 use parking_lot::Mutex;
-use shared_types::{kind, ApplyDesc, MergeArgs, PageArgs, RunDesc};
+use shared_types::{ApplyDesc, MergeArgs, PageArgs};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock};
+#[cfg(any(test, feature = "internals"))]
+use {gpu_kernels::body::piece_len, shared_types::RunDesc};
 
 /// Largest pinned staging chunk for uploads and downloads.
 const STAGING_CHUNK: usize = 64 << 20;
@@ -59,9 +62,12 @@ impl PageMem {
 impl Drop for PageMem {
     fn drop(&mut self) {
         if let PageMem::Managed { ptr, ctx, .. } = self {
-            // Queued work on this range holds the Arc that owns us, so all of
-            // it has been synchronised. A failed free cannot be reported here.
-            let _ = driver::free(ctx, *ptr);
+            // A failed free cannot be reported here.
+            // SAFETY: ptr came from alloc_managed and is freed once (here).
+            // Queued work on this range holds the Arc that owns us, and
+            // every operation on a page waits for the stream, so all of it
+            // has finished.
+            let _ = unsafe { driver::free(ctx, *ptr) };
         }
     }
 }
@@ -90,9 +96,13 @@ impl GpuPage {
         &self.gpu
     }
 
-    /// Device address of the first byte.
-    pub(crate) fn ptr(&self) -> DevicePtr {
-        self.mem.ptr()
+    /// The page's bytes, borrowing the page.
+    pub(crate) fn range(&self) -> DeviceRange<'_> {
+        // SAFETY: mem is one live allocation of at least len bytes on this
+        // page's device (a pool block asked for len bytes, or a managed
+        // range of len bytes), owned through the Arc the page holds for
+        // the borrow's life.
+        unsafe { DeviceRange::new(self.mem.ptr(), self.len, self.gpu.info.ordinal) }
     }
 
     /// Length in bytes.
@@ -108,7 +118,7 @@ impl GpuPage {
     /// Copy the bytes out (after applying queued deltas).
     pub(crate) fn download(&self) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.len as usize];
-        self.gpu.download(self.ptr(), &mut out)?;
+        self.gpu.download(self.range(), &mut out)?;
         Ok(out)
     }
 }
@@ -304,12 +314,9 @@ impl Gpu {
         self.stream.cu_stream()
     }
 
-    pub(crate) fn ctx(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
-    pub(crate) fn raw_stream(&self) -> sys::CUstream {
-        self.cu_stream()
+    /// Check that `r` lives on this device.
+    fn mine(&self, op: &'static str, r: &DeviceRange<'_>) -> Result<()> {
+        Ok(r.on(op, self.info.ordinal)?)
     }
 
     /// Wait for all queued device work.
@@ -318,8 +325,19 @@ impl Gpu {
     }
 
     /// A pooled device block of `len` bytes (contents undefined).
+    #[cfg(feature = "internals")]
     pub(crate) fn alloc(&self, len: u64) -> Result<DeviceBlock> {
         self.pool.alloc(len)
+    }
+
+    /// One `cuMemAlloc` of `len` bytes and its `cuMemFree`, bypassing the
+    /// pool (the driver calls the pool saves).
+    #[cfg(feature = "internals")]
+    pub(crate) fn driver_alloc_free(&self, len: u64) -> Result<()> {
+        let p = driver::alloc(&self.ctx, self.info.ordinal, len)?;
+        // SAFETY: p was just allocated on this context, is used by no work
+        // and is freed once.
+        unsafe { driver::free(&self.ctx, p) }
     }
 
     /// A zeroed page of `len` bytes in device memory, or managed memory
@@ -335,24 +353,30 @@ impl Gpu {
             let ptr = driver::alloc_managed(&self.ctx, self.info.ordinal, len)?;
             let mem = PageMem::Managed { ptr, ctx: self.ctx.clone() };
             // Hints: a device that cannot take them still works correctly.
-            if driver::advise_managed(&self.ctx, ptr, len, self.info.ordinal).is_ok() {
-                let _ =
-                    driver::prefetch_managed(&self.ctx, ptr, len, Some(self.info.ordinal), self.cu_stream());
+            // SAFETY: ptr/len is the managed range just allocated, owned by
+            // mem, which lives past the sync below.
+            if unsafe { driver::advise_managed(&self.ctx, ptr, len, self.info.ordinal) }.is_ok() {
+                // SAFETY: as above; the stream is this context's.
+                let _ = unsafe {
+                    driver::prefetch_managed(&self.ctx, ptr, len, Some(self.info.ordinal), self.cu_stream())
+                };
             }
             mem
         } else {
             PageMem::Device(self.pool.alloc(len)?)
         };
-        // SAFETY: mem is live for len bytes and only reachable from here.
-        unsafe { self.zero(mem.ptr(), len)? };
+        let page = GpuPage { gpu: self.clone(), mem: Arc::new(mem), len };
+        // SAFETY: the page is only reachable from here and lives past the
+        // sync below (on an error the stream has failed).
+        unsafe { self.zero(page.range())? };
         self.sync()?;
-        Ok(GpuPage { gpu: self.clone(), mem: Arc::new(mem), len })
+        Ok(page)
     }
 
     /// A page holding a copy of `bytes`.
     pub(crate) fn page_from(self: &Arc<Self>, bytes: &[u8], unified: bool) -> Result<GpuPage> {
         let page = self.alloc_page(bytes.len() as u64, unified)?;
-        self.upload(page.ptr(), bytes)?;
+        self.upload(page.range(), bytes)?;
         Ok(page)
     }
 
@@ -370,86 +394,188 @@ impl Gpu {
         unsafe { driver::launch(&self.ctx, f, name, grid, BLOCK, self.cu_stream(), &mut params) }
     }
 
-    /// Zero `len` bytes at `dst` (asynchronous).
+    /// Zero the bytes of `dst` (asynchronous).
     ///
     /// # Safety
-    /// `dst` valid device memory of `len` bytes.
-    pub(crate) unsafe fn zero(&self, dst: DevicePtr, len: u64) -> Result<()> {
-        let mut a = PageArgs { dst, len, ..PageArgs::default() };
-        let grid = self.grid_for(windows(dst, len), 64);
-        // SAFETY: per the caller; PageArgs is the kernel's parameter.
+    /// The allocation behind `dst` must stay allocated until the stream has
+    /// been synchronised.
+    pub(crate) unsafe fn zero(&self, dst: DeviceRange<'_>) -> Result<()> {
+        self.mine("page zero", &dst)?;
+        let (ptr, len) = (dst.ptr(), dst.len());
+        let mut a = PageArgs { dst: ptr, len, ..PageArgs::default() };
+        let grid = self.grid_for(windows(ptr, len), 64);
+        // SAFETY: dst is a live range of this device (checked above) that
+        // stays allocated until the stream is synchronised (the caller);
+        // PageArgs is the kernel's parameter.
         unsafe { self.launch1(names::PAGE_ZERO, grid, &mut a) }
     }
 
-    /// Copy `len` bytes from `src` to `dst` with the copy kernel (asynchronous).
+    /// Set every byte of `dst` to `value` with `cuMemsetD8Async`.
     ///
     /// # Safety
-    /// Both ranges valid device memory of `len` bytes, not overlapping.
-    pub(crate) unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, len: u64) -> Result<()> {
-        let mut a = PageArgs { dst, src, len, ..PageArgs::default() };
-        let grid = self.grid_for(windows(dst, len), 64);
-        // SAFETY: per the caller.
+    /// As [`Gpu::zero`].
+    pub(crate) unsafe fn fill(&self, dst: DeviceRange<'_>, value: u8) -> Result<()> {
+        self.mine("fill", &dst)?;
+        // SAFETY: dst is a live range of this device (checked above) that
+        // stays allocated until the stream is synchronised (the caller).
+        unsafe { driver::memset(&self.ctx, dst.ptr(), value, dst.len(), self.cu_stream()) }
+    }
+
+    /// Copy `src` to `dst` (same length, apart) with `cuMemcpyDtoDAsync`.
+    ///
+    /// # Safety
+    /// Both allocations must stay allocated until the stream has been
+    /// synchronised.
+    #[cfg(feature = "internals")]
+    pub(crate) unsafe fn memcpy_dtod(&self, dst: DeviceRange<'_>, src: DeviceRange<'_>) -> Result<()> {
+        const OP: &str = "cuMemcpyDtoD";
+        self.mine(OP, &dst)?;
+        self.mine(OP, &src)?;
+        src.exactly(OP, dst.len())?;
+        dst.apart(OP, &src)?;
+        // SAFETY: both are live ranges of this device of the same length,
+        // apart (checked above), kept allocated until the stream is
+        // synchronised (the caller).
+        unsafe { driver::copy_dtod(&self.ctx, dst.ptr(), src.ptr(), dst.len(), self.cu_stream()) }
+    }
+
+    /// Copy `src` to `dst` (same length, apart) with the copy kernel
+    /// (asynchronous).
+    ///
+    /// # Safety
+    /// As [`Gpu::memcpy_dtod`].
+    #[cfg(feature = "internals")]
+    pub(crate) unsafe fn copy(&self, dst: DeviceRange<'_>, src: DeviceRange<'_>) -> Result<()> {
+        const OP: &str = "page copy";
+        self.mine(OP, &dst)?;
+        self.mine(OP, &src)?;
+        src.exactly(OP, dst.len())?;
+        dst.apart(OP, &src)?;
+        let (d, len) = (dst.ptr(), dst.len());
+        let mut a = PageArgs { dst: d, src: src.ptr(), len, ..PageArgs::default() };
+        let grid = self.grid_for(windows(d, len), 64);
+        // SAFETY: as in memcpy_dtod; PageArgs is the kernel's parameter.
         unsafe { self.launch1(names::PAGE_COPY, grid, &mut a) }
     }
 
-    /// Dense masked apply (asynchronous).
+    /// Dense masked apply (asynchronous): `dst` takes the bytes of `data`
+    /// (same length) whose bits are set in `mask` (`ceil(len / 32)` 4-aligned
+    /// `u32` words at least), all three apart.
     ///
     /// # Safety
-    /// `dst`, `data` valid for `len` bytes, `mask` for `ceil(len / 32)` words.
+    /// The three allocations must stay allocated until the stream has been
+    /// synchronised.
+    #[cfg(feature = "internals")]
     pub(crate) unsafe fn apply_dense(
         &self,
-        dst: DevicePtr,
-        data: DevicePtr,
-        mask: DevicePtr,
-        len: u64,
+        dst: DeviceRange<'_>,
+        data: DeviceRange<'_>,
+        mask: DeviceRange<'_>,
     ) -> Result<()> {
-        let mut a = PageArgs { dst, src: data, mask, len, out: 0 };
-        let grid = self.grid_for(windows(dst, len), 64);
-        // SAFETY: per the caller.
+        const OP: &str = "dense apply";
+        for r in [&dst, &data, &mask] {
+            self.mine(OP, r)?;
+        }
+        let (d, len) = (dst.ptr(), dst.len());
+        data.exactly(OP, len)?;
+        mask.at_least(OP, ceil_div(len, 32) * 4)?;
+        mask.aligned(OP, 4)?;
+        dst.apart(OP, &data)?;
+        dst.apart(OP, &mask)?;
+        let mut a = PageArgs { dst: d, src: data.ptr(), mask: mask.ptr(), len, out: 0 };
+        let grid = self.grid_for(windows(d, len), 64);
+        // SAFETY: every range is live on this device, dst and data hold len
+        // bytes, mask the words the kernel reads (4-aligned), the output is
+        // apart from the inputs (checked above); they stay allocated until
+        // the stream is synchronised (the caller).
         unsafe { self.launch1(names::APPLY_DENSE, grid, &mut a) }
     }
 
-    /// Sparse apply of `run_count` runs at `runs` (asynchronous).
+    /// Sparse apply of the `run_count` [`RunDesc`]s at the start of `runs`
+    /// to `page`, their bytes read from `data` (asynchronous).
     ///
     /// # Safety
-    /// Every run inside the page; the data readable over every 16-aligned
-    /// block holding a run byte (any pool block is); runs at most
-    /// `RUN_CHUNK` long for good balance (any length is correct).
+    /// Every run must lie inside `page` and its bytes inside `data`; the
+    /// runs must be in order and apart. The allocations must stay allocated
+    /// until the stream has been synchronised. Runs at most `RUN_CHUNK`
+    /// long balance best (any length is correct).
+    #[cfg(feature = "internals")]
     pub(crate) unsafe fn apply_sparse(
         &self,
-        page: DevicePtr,
-        len: u64,
-        data: DevicePtr,
-        runs: DevicePtr,
+        page: DeviceRange<'_>,
+        data: DeviceRange<'_>,
+        runs: DeviceRange<'_>,
         run_count: u64,
     ) -> Result<()> {
-        let mut a =
-            ApplyDesc { page, len, data, runs, run_count, kind: kind::SPARSE, ..ApplyDesc::default() };
+        const OP: &str = "sparse apply";
+        for r in [&page, &data, &runs] {
+            self.mine(OP, r)?;
+        }
+        let need = run_count.saturating_mul(size_of::<RunDesc>() as u64);
+        runs.at_least(OP, need)?;
+        runs.aligned(OP, 8)?;
+        page.apart(OP, &runs)?;
+        // The kernel reads the data in whole 16-byte blocks.
+        if data.blocks_overlap(&page) {
+            return Err(super::range::RangeError::Overlap { op: OP }.into());
+        }
+        let mut a = ApplyDesc {
+            page: page.ptr(),
+            len: page.len(),
+            data: data.ptr(),
+            runs: runs.ptr(),
+            run_count,
+            kind: shared_types::kind::SPARSE,
+            ..ApplyDesc::default()
+        };
         // One warp per group of runs; the block scheduler balances them.
         let groups = run_count.div_ceil(gpu_kernels::body::GROUP);
         let grid = self.grid_for(groups * u64::from(gpu_kernels::body::WARP), 64);
-        // SAFETY: per the caller.
+        // SAFETY: the ranges are live on this device, the run table holds
+        // run_count descriptors and nothing the kernel writes overlaps what
+        // it reads (checked above); the runs' bounds and the allocations'
+        // life are the caller's.
         unsafe { self.launch1(names::APPLY_SPARSE, grid, &mut a) }
     }
 
-    /// Compare `len` bytes at `a` and `b`: mask words to `mask`, count added
-    /// to the `u64` at `count` (asynchronous).
+    /// Compare `a` and `b` (same length): the difference mask to `mask`
+    /// (`ceil(len / 32)` 4-aligned `u32` words at least), the number of
+    /// differing bytes added to the `u64` at `count` (8 bytes, 8-aligned)
+    /// (asynchronous).
     ///
     /// # Safety
-    /// Inputs valid for `len` bytes; `mask` writable for `ceil(len / 32)`
-    /// words; `count` a writable `u64`.
+    /// The four allocations must stay allocated until the stream has been
+    /// synchronised.
     pub(crate) unsafe fn compare(
         &self,
-        a: DevicePtr,
-        b: DevicePtr,
-        mask: DevicePtr,
-        count: DevicePtr,
-        len: u64,
+        a: DeviceRange<'_>,
+        b: DeviceRange<'_>,
+        mask: DeviceRange<'_>,
+        count: DeviceRange<'_>,
     ) -> Result<()> {
-        let mut p = PageArgs { dst: a, src: b, mask, out: count, len };
+        const OP: &str = "page compare";
+        for r in [&a, &b, &mask, &count] {
+            self.mine(OP, r)?;
+        }
+        let len = a.len();
+        b.exactly(OP, len)?;
+        mask.at_least(OP, ceil_div(len, 32) * 4)?;
+        mask.aligned(OP, 4)?;
+        count.exactly(OP, 8)?;
+        count.aligned(OP, 8)?;
+        for r in [&a, &b, &count] {
+            mask.apart(OP, r)?;
+        }
+        count.apart(OP, &a)?;
+        count.apart(OP, &b)?;
+        let mut p = PageArgs { dst: a.ptr(), src: b.ptr(), mask: mask.ptr(), out: count.ptr(), len };
         // Few blocks: one atomic per warp at the end.
         let grid = self.grid_for(lanes(len), 8);
-        // SAFETY: per the caller.
+        // SAFETY: the ranges are live on this device, a and b hold len
+        // bytes, mask the words the kernel writes, count one aligned u64,
+        // and the outputs are apart from each other and the inputs (checked
+        // above); they stay allocated until the stream is synchronised (the
+        // caller).
         unsafe { self.launch1(names::PAGE_COMPARE, grid, &mut p) }
     }
 
@@ -463,13 +589,20 @@ impl Gpu {
         unsafe { self.launch1(names::DELTA_MERGE, grid, &mut args) }
     }
 
-    /// Batched apply of `count` descriptors at `descs` (asynchronous).
+    /// Batched apply of the `count` descriptors at the start of `image`
+    /// (asynchronous).
     ///
     /// # Safety
-    /// Every descriptor valid; no two write the same byte.
-    pub(crate) unsafe fn apply_batch(&self, descs: DevicePtr, count: u64) -> Result<()> {
+    /// Every descriptor valid (each address it holds live for what the
+    /// kernel does with it until the stream has been synchronised); no two
+    /// write the same byte.
+    pub(crate) unsafe fn apply_batch(&self, image: DeviceRange<'_>, count: u64) -> Result<()> {
+        const OP: &str = "batched apply";
+        self.mine(OP, &image)?;
+        image.at_least(OP, count.saturating_mul(size_of::<ApplyDesc>() as u64))?;
+        image.aligned(OP, 16)?;
         let f = self.module.function(names::APPLY_BATCH)?;
-        let (mut d, mut n) = (descs, count);
+        let (mut d, mut n) = (image.ptr(), count);
         let mut params = [(&mut d as *mut u64).cast::<c_void>(), (&mut n as *mut u64).cast::<c_void>()];
         let grid = count.clamp(1, i32::MAX as u64) as u32;
         // SAFETY: per the caller; the parameters are two u64 values.
@@ -478,9 +611,15 @@ impl Gpu {
         }
     }
 
-    /// Copy `src` to the device at `dst` through the pinned staging buffer
-    /// (synchronous).
-    pub(crate) fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+    /// Copy `src` to `dst` (of the same length, on this device) through the
+    /// pinned staging buffer (synchronous).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] around a [`RangeError`](super::range::RangeError) when
+    /// `dst` is on another device or of another length; driver errors.
+    pub(crate) fn upload(&self, dst: DeviceRange<'_>, src: &[u8]) -> Result<()> {
+        self.mine("upload", &dst)?;
+        dst.exactly("upload", src.len() as u64)?;
         let mut st = self.staging.lock();
         let cap = src.len().clamp(1, STAGING_CHUNK);
         let pinned = ensure_pinned(&self.ctx, &mut st.up, cap)?;
@@ -488,9 +627,10 @@ impl Gpu {
         for (k, chunk) in src.chunks(step).enumerate() {
             let buf = &mut pinned.as_mut_slice()[..chunk.len()];
             buf.copy_from_slice(chunk);
-            let at = dst + (k * step) as u64;
-            // SAFETY: dst covers src.len() bytes (caller's page); the pinned
-            // buffer stays untouched until the sync below.
+            let at = dst.ptr() + (k * step) as u64;
+            // SAFETY: dst is a live range of this device of src.len() bytes
+            // (checked above; its borrow keeps the allocation for the whole
+            // call); the pinned buffer stays untouched until the sync below.
             unsafe { driver::copy_htod(&self.ctx, at, buf, self.cu_stream())? };
             self.sync()?;
             self.count_h2d(chunk.len());
@@ -498,25 +638,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// Copy `out.len()` bytes at `src` to `out` through the pinned staging
-    /// buffer, after applying queued deltas (synchronous).
-    pub(crate) fn download(&self, src: DevicePtr, out: &mut [u8]) -> Result<()> {
+    /// Copy the bytes of `src` to `out` (of the same length) through the
+    /// pinned staging buffer, after applying queued deltas (synchronous).
+    ///
+    /// # Errors
+    /// As [`Gpu::upload`].
+    pub(crate) fn download(&self, src: DeviceRange<'_>, out: &mut [u8]) -> Result<()> {
         self.flush()?;
-        let mut st = self.staging.lock();
-        let cap = out.len().clamp(1, STAGING_CHUNK);
-        let pinned = ensure_pinned(&self.ctx, &mut st.down, cap)?;
-        let step = pinned.capacity();
-        for (k, chunk) in out.chunks_mut(step).enumerate() {
-            let at = src + (k * step) as u64;
-            let buf = &mut pinned.as_mut_slice()[..chunk.len()];
-            // SAFETY: src covers out.len() bytes; the pinned buffer is not
-            // read until the sync below.
-            unsafe { driver::copy_dtoh(&self.ctx, buf, at, self.cu_stream())? };
-            self.sync()?;
-            self.count_d2h(buf.len());
-            chunk.copy_from_slice(buf);
-        }
-        Ok(())
+        self.download_raw(src, out)
     }
 
     fn enqueue(&self, mem: &Arc<PageMem>, len: u64, payload: Payload) {
@@ -563,7 +692,12 @@ impl Gpu {
         }
         let refs: Vec<Item<'_>> =
             items.iter().map(|(mem, len, payload)| Item { page: mem.ptr(), len: *len, payload }).collect();
-        let res = self.apply_items(&refs);
+        // SAFETY: each item's memory is held by its queue entry (alive
+        // until after the call, which waits for the device) and holds len
+        // bytes of this device; its payload was validated against len
+        // before it was queued; the index keeps one entry per page, and
+        // distinct pages are distinct allocations.
+        let res = unsafe { self.apply_items(&refs) };
         drop(refs);
         drop(items);
         drop(p);
@@ -571,68 +705,94 @@ impl Gpu {
     }
 
     /// Pack, upload and launch `items` (each page at most once), and wait.
-    pub(crate) fn apply_items(&self, items: &[Item<'_>]) -> Result<()> {
+    ///
+    /// # Safety
+    /// Each item's `page` must be the address of `len` bytes of one live
+    /// allocation of this device that stays allocated for the call, its
+    /// payload checked against `len`, and no two items' bytes may overlap.
+    pub(crate) unsafe fn apply_items(&self, items: &[Item<'_>]) -> Result<()> {
         let plan = batch::plan(items);
         let lay = plan.lay;
         if lay.descs == 0 {
             return Ok(());
         }
         let total = lay.total();
-        let mut st = self.staging.lock();
+        let mut guard = self.staging.lock();
+        let st = &mut *guard;
         let dev_fits = st.device.as_ref().is_some_and(|b| b.len() >= total);
         if !dev_fits {
             st.device = None;
             st.device = Some(self.pool.alloc(total.next_power_of_two())?);
         }
-        let base = st.device.as_ref().map_or(0, DeviceBlock::ptr);
+        let block = st
+            .device
+            .as_ref()
+            .ok_or_else(|| Error::Gpu { context: "device staging".into(), source: "not allocated".into() })?;
+        let dst = block.range().slice(0, total)?;
         let pinned = ensure_pinned(&self.ctx, &mut st.up, total as usize)?;
         let image = &mut pinned.as_mut_slice()[..total as usize];
-        batch::pack_planned(&plan, items, image, base);
-        // SAFETY: the device staging block holds `total` bytes; the image is
-        // not touched again until the sync below; the packer only wrote
-        // addresses of live pages (the queue holds them) and of the staging
-        // block, and items target distinct pages.
+        batch::pack_planned(&plan, items, image, dst.ptr());
+        // SAFETY: dst is `total` bytes of the device staging block, which
+        // the locked staging keeps until after the sync below; the image is
+        // not touched again until that sync; the packer only wrote
+        // addresses of the items' pages (live for the call, apart, payloads
+        // checked: the caller) and of the staging block.
         unsafe {
-            driver::copy_htod(&self.ctx, base, image, self.cu_stream())?;
-            self.apply_batch(base, lay.descs)?;
+            driver::copy_htod(&self.ctx, dst.ptr(), image, self.cu_stream())?;
+            self.apply_batch(dst, lay.descs)?;
         }
         self.count_h2d(image.len());
         self.sync()
     }
 
-    /// Compare two device ranges of `len` bytes: the difference mask (as the
-    /// host's `u64` words) and the number of differing bytes.
-    pub(crate) fn compare_ranges(&self, a: DevicePtr, b: DevicePtr, len: u64) -> Result<(Vec<u64>, u64)> {
+    /// Compare two ranges of this device of the same length: the
+    /// difference mask (as the host's `u64` words) and the number of
+    /// differing bytes.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] around a [`RangeError`](super::range::RangeError) when
+    /// a range is on another device or the lengths differ; driver errors.
+    pub(crate) fn compare_ranges(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<(Vec<u64>, u64)> {
+        const OP: &str = "range compare";
+        self.mine(OP, &a)?;
+        self.mine(OP, &b)?;
+        b.exactly(OP, a.len())?;
         self.flush()?;
+        let len = a.len();
         let words64 = ceil_div(len, 64) as usize;
         let mask = self.pool.alloc((words64 * 8) as u64)?;
         let count = self.pool.alloc(8)?;
-        // SAFETY: mask holds ceil(len / 64) u64 words >= ceil(len / 32) u32
-        // words; count holds a u64; a and b are live pages of len bytes.
+        // SAFETY: a and b borrow their allocations for the whole call, mask
+        // and count live to its end, and the downloads below wait for the
+        // stream before any of them can go.
         unsafe {
-            driver::memset(&self.ctx, count.ptr(), 0, 8, self.cu_stream())?;
-            self.compare(a, b, mask.ptr(), count.ptr(), len)?;
+            self.fill(count.range(), 0)?;
+            self.compare(a, b, mask.range(), count.range())?;
         }
         let mut words = vec![0u64; words64];
         let mut n = [0u64; 1];
         let mask_bytes = ceil_div(len, 32) as usize * 4;
         {
             let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-            self.download_raw(mask.ptr(), &mut bytes[..mask_bytes])?;
+            self.download_raw(mask.range().slice(0, mask_bytes as u64)?, &mut bytes[..mask_bytes])?;
         }
-        self.download_raw(count.ptr(), bytemuck::cast_slice_mut(&mut n))?;
+        self.download_raw(count.range(), bytemuck::cast_slice_mut(&mut n))?;
         Ok((words, n[0]))
     }
 
     /// Download without flushing (the caller already did).
-    fn download_raw(&self, src: DevicePtr, out: &mut [u8]) -> Result<()> {
+    fn download_raw(&self, src: DeviceRange<'_>, out: &mut [u8]) -> Result<()> {
+        self.mine("download", &src)?;
+        src.exactly("download", out.len() as u64)?;
         let mut st = self.staging.lock();
         let pinned = ensure_pinned(&self.ctx, &mut st.down, out.len().clamp(1, STAGING_CHUNK))?;
         let step = pinned.capacity();
         for (k, chunk) in out.chunks_mut(step).enumerate() {
             let buf = &mut pinned.as_mut_slice()[..chunk.len()];
-            // SAFETY: src covers out.len() bytes; buf is read after the sync.
-            unsafe { driver::copy_dtoh(&self.ctx, buf, src + (k * step) as u64, self.cu_stream())? };
+            // SAFETY: src is a live range of this device of out.len() bytes
+            // (checked above; its borrow keeps the allocation for the whole
+            // call); buf is read after the sync.
+            unsafe { driver::copy_dtoh(&self.ctx, buf, src.ptr() + (k * step) as u64, self.cu_stream())? };
             self.sync()?;
             self.count_d2h(buf.len());
             chunk.copy_from_slice(buf);
@@ -658,10 +818,13 @@ impl Gpu {
             self.pool.alloc(mbytes)?,
             self.pool.alloc(len)?,
         ];
-        self.upload(bufs[0].ptr(), bytemuck::cast_slice(first.mask_words()))?;
-        self.upload(bufs[1].ptr(), first.data())?;
-        self.upload(bufs[2].ptr(), bytemuck::cast_slice(second.mask_words()))?;
-        self.upload(bufs[3].ptr(), second.data())?;
+        // The first `n` bytes of buffer `i` (a block asked for 0 bytes
+        // holds 1).
+        let part = |i: usize, n: u64| bufs[i].range().slice(0, n);
+        self.upload(part(0, mbytes)?, bytemuck::cast_slice(first.mask_words()))?;
+        self.upload(part(1, len)?, first.data())?;
+        self.upload(part(2, mbytes)?, bytemuck::cast_slice(second.mask_words()))?;
+        self.upload(part(3, len)?, second.data())?;
         let args = MergeArgs {
             mask1: bufs[0].ptr(),
             data1: bufs[1].ptr(),
@@ -671,15 +834,18 @@ impl Gpu {
             out_data: bufs[5].ptr(),
             len,
         };
-        // SAFETY: every buffer was sized for len bytes / ceil(len / 64) words.
+        // SAFETY: every buffer was sized for len bytes / ceil(len / 64)
+        // words, the outputs are distinct blocks from the inputs, and all
+        // live past the downloads below, which wait for the stream.
         unsafe { self.merge(args)? };
         let mut words = vec![0u64; mbytes as usize / 8];
         let mut data = vec![0u8; len as usize];
         {
             let wb: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-            self.download_raw(bufs[4].ptr(), &mut wb[..ceil_div(len, 32) as usize * 4])?;
+            let n = ceil_div(len, 32) as usize * 4;
+            self.download_raw(part(4, n as u64)?, &mut wb[..n])?;
         }
-        self.download_raw(bufs[5].ptr(), &mut data)?;
+        self.download_raw(part(5, len)?, &mut data)?;
         DenseDelta::from_words(words, data)
     }
 }
@@ -743,6 +909,7 @@ pub(crate) fn runs_from_mask(words: &[u64], len: u64) -> Vec<Run> {
 /// Cut runs into [`RunDesc`] pieces of at most `chunk` bytes (see
 /// [`piece_len`]) for the sparse kernel, with data offsets into the
 /// concatenated run bytes.
+#[cfg(any(test, feature = "internals"))]
 pub(crate) fn run_descs(runs: &[Run], chunk: u64) -> Vec<RunDesc> {
     let mut out = Vec::with_capacity(runs.len());
     let mut at = 0;

@@ -41,11 +41,13 @@ pub(crate) fn alloc(ctx: &CudaContext, ordinal: u32, bytes: u64) -> Result<Devic
 }
 
 /// Free device or managed memory from [`alloc`] / [`alloc_managed`].
-pub(crate) fn free(ctx: &CudaContext, ptr: DevicePtr) -> Result<()> {
+///
+/// # Safety
+/// `ptr` must come from [`alloc`] or [`alloc_managed`] on `ctx`, be freed
+/// exactly once, and no device work using it may still be running.
+pub(crate) unsafe fn free(ctx: &CudaContext, ptr: DevicePtr) -> Result<()> {
     bind(ctx)?;
-    // SAFETY: callers pass a pointer from alloc/alloc_managed exactly once,
-    // after all work using it is ordered before this call (one stream, or
-    // the pool's ownership rules).
+    // SAFETY: per the caller.
     unsafe { cu::free_sync(ptr) }.map_err(gpu_err("cuMemFree"))
 }
 
@@ -72,13 +74,21 @@ fn host_location() -> sys::CUmemLocation {
 
 /// Advise the driver that the managed range prefers device `ordinal` and is
 /// accessed by it (hints only: failures are reported, nothing else changes).
-pub(crate) fn advise_managed(ctx: &CudaContext, ptr: DevicePtr, bytes: u64, ordinal: u32) -> Result<()> {
+///
+/// # Safety
+/// `ptr` and `bytes` must be a live range from [`alloc_managed`] on `ctx`.
+pub(crate) unsafe fn advise_managed(
+    ctx: &CudaContext,
+    ptr: DevicePtr,
+    bytes: u64,
+    ordinal: u32,
+) -> Result<()> {
     bind(ctx)?;
     for advice in [
         sys::CUmem_advise::CU_MEM_ADVISE_SET_PREFERRED_LOCATION,
         sys::CUmem_advise::CU_MEM_ADVISE_SET_ACCESSED_BY,
     ] {
-        // SAFETY: ptr/bytes is exactly a range from alloc_managed.
+        // SAFETY: per the caller, ptr/bytes is a live managed range.
         unsafe { cu::mem_advise(ptr, bytes as usize, advice, device_location(ordinal)) }
             .map_err(gpu_err("cuMemAdvise"))?;
     }
@@ -86,7 +96,12 @@ pub(crate) fn advise_managed(ctx: &CudaContext, ptr: DevicePtr, bytes: u64, ordi
 }
 
 /// Prefetch a managed range to device `ordinal` (`Some`) or to the host.
-pub(crate) fn prefetch_managed(
+///
+/// # Safety
+/// `ptr` and `bytes` must be a range from [`alloc_managed`] on `ctx` that
+/// stays allocated until the stream has been synchronised, and `stream` a
+/// live stream of `ctx`.
+pub(crate) unsafe fn prefetch_managed(
     ctx: &CudaContext,
     ptr: DevicePtr,
     bytes: u64,
@@ -95,8 +110,7 @@ pub(crate) fn prefetch_managed(
 ) -> Result<()> {
     bind(ctx)?;
     let loc = to.map_or_else(host_location, device_location);
-    // SAFETY: ptr/bytes is exactly a range from alloc_managed; the stream
-    // belongs to this context.
+    // SAFETY: per the caller.
     unsafe { cu::mem_prefetch_async(ptr, bytes as usize, loc, stream) }.map_err(gpu_err("cuMemPrefetchAsync"))
 }
 
@@ -188,7 +202,9 @@ pub(crate) unsafe fn copy_dtoh(
 /// Asynchronous device → device copy.
 ///
 /// # Safety
-/// Both ranges valid device memory of `bytes` bytes.
+/// Both ranges valid device memory of `bytes` bytes until the stream has
+/// been synchronised.
+#[cfg(feature = "internals")]
 pub(crate) unsafe fn copy_dtod(
     ctx: &CudaContext,
     dst: DevicePtr,

@@ -5,8 +5,14 @@
 //! | driver calls | `driver.rs` | `Result` wrappers over `cudarc::driver::result`; all `unsafe` FFI |
 //! | memory | `pool.rs` | pooled device blocks (size classes, slabs, cache, stats) |
 //! | packing | [`batch`] | many deltas → one staging image of descriptors, runs, masks and data |
+//! | ranges | `range.rs` | typed device ranges: made from allocations, checked slices and checks |
 //! | device | `device.rs` | context, stream, cached kernel module, pinned staging, delta queue |
-//! | benchmarks | [`bench`](mod@bench) | kernel and end-to-end figures against device-to-device copy |
+//!
+//! Device memory is named by typed device ranges (`DeviceRange`), which
+//! can only be taken from a live allocation; a function that still takes a
+//! raw device address is `unsafe`. The benchmark harness lives in the
+//! `mmsb-benches` crate and reaches the layer through the crate's
+//! `internals` feature.
 //!
 //! The driver is loaded at run time. Without a driver library, or with no
 //! device, [`probe`] and [`open`] return [`Error::NoDevice`] and never
@@ -45,12 +51,14 @@
 //! ```
 
 pub mod batch;
-pub mod bench;
 mod device;
 mod driver;
+#[cfg(feature = "internals")]
+pub(crate) mod internals;
 mod pool;
 pub mod ptx;
 mod storage;
+mod range;
 
 pub(crate) use device::opened as opened_device;
 pub(crate) use device::GpuPage;
@@ -97,7 +105,7 @@ pub(crate) fn page_from(location: Location, bytes: &[u8]) -> Result<GpuPage> {
 /// difference mask (host `u64` words, bit `i` for byte `i`).
 pub(crate) fn compare(a: &GpuPage, b: &GpuPage) -> Result<(Vec<u64>, u64)> {
     check_pair(a, b)?;
-    a.gpu().compare_ranges(a.ptr(), b.ptr(), a.len())
+    a.gpu().compare_ranges(a.range(), b.range())
 }
 
 /// The payload that turns `old` into `new` (same device, same length):
@@ -105,7 +113,7 @@ pub(crate) fn compare(a: &GpuPage, b: &GpuPage) -> Result<(Vec<u64>, u64)> {
 /// device; only the mask and the new page's bytes come back.
 pub(crate) fn diff(old: &GpuPage, new: &GpuPage) -> Result<Payload> {
     check_pair(old, new)?;
-    let (mask, _) = old.gpu().compare_ranges(old.ptr(), new.ptr(), old.len())?;
+    let (mask, _) = old.gpu().compare_ranges(old.range(), new.range())?;
     let runs = device::runs_from_mask(&mask, old.len());
     let bytes = new.download()?;
     Ok(crate::delta::diff_from_runs(runs, &bytes))

@@ -14,6 +14,7 @@
 //! allocation fails and when the cache exceeds its budget.
 
 use super::driver::{self, DevicePtr};
+use super::range::DeviceRange;
 use crate::{Error, Result};
 use cudarc::driver::CudaContext;
 use parking_lot::Mutex;
@@ -84,7 +85,11 @@ impl Drop for PoolInner {
         }
         for p in slabs.into_iter().chain(cached) {
             // Errors cannot be reported from drop; the context records them.
-            let _ = driver::free(&self.ctx, p);
+            // SAFETY: p is a slab base or a cached block from driver_alloc,
+            // listed once and freed once; no block is live (each holds an
+            // Arc to the pool) and the pool's device work was synchronised
+            // by the operations that used its blocks.
+            let _ = unsafe { driver::free(&self.ctx, p) };
         }
     }
 }
@@ -218,11 +223,19 @@ impl DevicePool {
             st.stats.reserved_bytes -= bytes;
         }
         for (p, _) in freed {
-            let _ = driver::free(&inner.ctx, p);
+            // SAFETY: p was a cached free block (from driver_alloc, handed
+            // out by no one) and has just left the free list, so it is
+            // freed once.
+            let _ = unsafe { driver::free(&inner.ctx, p) };
         }
     }
 
-    fn release(&self, ptr: DevicePtr, cap: u64, class: Option<usize>) {
+    /// Take back a block handed out by [`DevicePool::alloc`].
+    ///
+    /// # Safety
+    /// `ptr`, `cap` and `class` must be those of a block this pool handed
+    /// out, released once, with all device work using it finished.
+    unsafe fn release(&self, ptr: DevicePtr, cap: u64, class: Option<usize>) {
         let inner = &self.inner;
         let mut st = inner.state.lock();
         st.stats.live_bytes -= cap;
@@ -237,14 +250,20 @@ impl DevicePool {
                 st.stats.reserved_bytes -= cap;
                 drop(st);
                 // A failed free cannot be reported from drop; the context records it.
-                let _ = driver::free(&inner.ctx, ptr);
+                // SAFETY: per the caller, ptr is a block of ours from
+                // driver_alloc (a direct or a pooled class block, never a
+                // slab piece: those classes take the first arm), released
+                // once and not kept in any list.
+                let _ = unsafe { driver::free(&inner.ctx, ptr) };
             }
         }
     }
 }
 
-/// A block of device memory from a [`DevicePool`]; returned to it on drop.
-pub(crate) struct DeviceBlock {
+/// A block of device memory from a device's pool (contents undefined until
+/// written); returned to the pool on drop. Its bytes are reached through
+/// [`DeviceBlock::range`].
+pub struct DeviceBlock {
     ptr: DevicePtr,
     len: u64,
     cap: u64,
@@ -268,14 +287,34 @@ impl DeviceBlock {
     }
 
     /// Requested length in bytes.
-    pub(crate) fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Always `false`: a block asked for with length zero holds one byte.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The block's bytes (its requested length), borrowing the block.
+    pub fn range(&self) -> DeviceRange<'_> {
+        // SAFETY: the block is one live allocation of at least len bytes
+        // on the pool's device (a class block, a slab piece or a direct
+        // allocation, each 256-aligned and a multiple of 256 bytes long),
+        // returned to the pool only when the block is dropped, which the
+        // borrow prevents for the range's life.
+        unsafe { DeviceRange::new(self.ptr, self.len, self.pool.inner.ordinal) }
     }
 }
 
 impl Drop for DeviceBlock {
     fn drop(&mut self) {
-        self.pool.release(self.ptr, self.cap, self.class);
+        // SAFETY: the block's own fields, released once (here). Work using
+        // the block is finished: every operation of the crate waits for the
+        // device's stream before it returns, and asynchronous launches are
+        // `unsafe` with that duty or wait before their ranges' borrows end.
+        unsafe { self.pool.release(self.ptr, self.cap, self.class) };
     }
 }
 

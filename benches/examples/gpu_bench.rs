@@ -1,10 +1,10 @@
 //! GPU benchmarks against the device-to-device copy of the same run.
 //!
-//!     cargo run --release -p mmsb --example gpu_bench -- [--mib 256] [--iters 20] [--batch 100000] [--chunk 1024]
+//!     cargo run --release -p mmsb-benches --example gpu_bench -- [--mib 256] [--iters 20] [--batch 100000] [--chunk 1024]
 //!
 //! Prints a table and one `BENCH name gbps ratio` line per figure. Without a
 //! GPU it prints `SKIPPED: no CUDA device (...)` and exits successfully.
-use mmsb::gpu::bench::{run, BenchConfig};
+use mmsb_benches::gpu_harness::{run, BenchConfig};
 
 fn main() {
     let mut cfg = BenchConfig::default();

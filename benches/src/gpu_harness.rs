@@ -1,22 +1,26 @@
-//! GPU benchmarks: every kernel on large pages, a 100,000-delta batch and
-//! the end-to-end latency of one small delta, each next to the
-//! device-to-device copy bandwidth measured in the same run; and the
-//! pooled device allocation next to the driver's own allocate and free.
+//! The GPU benchmark harness: every kernel on large pages, a
+//! 100,000-delta batch and the end-to-end latency of one small delta, each
+//! next to the device-to-device copy bandwidth measured in the same run;
+//! and the pooled device allocation next to the driver's own allocate and
+//! free. Used by [`crate::gpu`] (`mmsb bench`), the criterion `gpu` group
+//! and the `gpu_bench` example.
 //!
 //! Bandwidth counts bytes read plus bytes written, like the copy reference
 //! (a copy of `n` bytes moves `2 n`). Every timing ends with a stream
 //! synchronize before the clock stops.
+//!
+//! The device work goes through `mmsb::internals` (the `internals` feature
+//! of `mmsb`): pooled blocks, typed ranges and checked launches inside a
+//! scope that waits for the device.
 
-use super::device::{open, run_descs, Gpu};
-use super::driver;
-use super::pool::DeviceBlock;
-use crate::delta::{DenseDelta, Payload, Run};
-use crate::{Config, Location, Mmsb, PageSpec, Result, Update};
+use mmsb::gpu::{open, Gpu};
+use mmsb::internals::gpu::{self as internals, BatchImage, DeviceBlock, DeviceRange, Launches, RunTable, Updates};
+use mmsb::{Config, DenseDelta, Error, Location, Mmsb, PageSpec, Payload, Result, Run, Update};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest run piece the host's packer hands to the sparse kernel.
-pub use gpu_kernels::body::RUN_CHUNK;
+pub use mmsb::internals::gpu::RUN_CHUNK;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -103,14 +107,17 @@ impl Rng {
     }
 }
 
-fn time(gpu: &Gpu, iters: u32, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    gpu.sync()?;
+/// Seconds per launch of `f`: one untimed launch and wait, then `iters`
+/// launches and a wait under the clock.
+fn time<'s>(dev: &'s Gpu, iters: u32, f: impl Fn(&Launches<'s>) -> Result<()>) -> Result<f64> {
+    internals::launches(dev, &f)?;
     let t = Instant::now();
-    for _ in 0..iters {
-        f()?;
-    }
-    gpu.sync()?;
+    internals::launches(dev, |l| {
+        for _ in 0..iters {
+            f(l)?;
+        }
+        Ok(())
+    })?;
     Ok(t.elapsed().as_secs_f64() / f64::from(iters.max(1)))
 }
 
@@ -122,10 +129,10 @@ fn suffix(bytes: u64) -> String {
     }
 }
 
-fn upload_random(gpu: &Gpu, block: &DeviceBlock, rng: &mut Rng) -> Result<Vec<u8>> {
+fn upload_random(dev: &Gpu, block: &DeviceBlock, rng: &mut Rng) -> Result<Vec<u8>> {
     let mut v = vec![0u8; block.len() as usize];
     rng.fill(&mut v);
-    gpu.upload(block.ptr(), &v)?;
+    internals::upload(dev, block.range(), &v)?;
     Ok(v)
 }
 
@@ -147,7 +154,7 @@ enum Op {
     Zero,
     Dense,
     Compare,
-    Sparse { runs: DeviceBlock, count: u64 },
+    Sparse { runs: RunTable },
 }
 
 /// The large-page kernel workloads on device 0, inputs uploaded once: the
@@ -177,20 +184,22 @@ impl Kernels {
     /// runs cut into pieces of at most `run_chunk` bytes.
     ///
     /// # Errors
-    /// [`crate::Error::NoDevice`] without a GPU; device errors otherwise.
+    /// [`Error::NoDevice`] without a GPU; device errors otherwise.
     pub fn open(large: u64, run_chunk: u64) -> Result<Self> {
-        let gpu = open(0)?;
+        let dev = open(0)?;
         let n = large.max(1 << 20);
         let mut rng = Rng(0x00C0_FFEE);
-        let a = gpu.alloc(n)?;
-        let b = gpu.alloc(n)?;
-        let data = gpu.alloc(n)?;
-        let mask = gpu.alloc(n.div_ceil(8))?;
-        let count = gpu.alloc(8)?;
-        upload_random(&gpu, &a, &mut rng)?;
-        upload_random(&gpu, &b, &mut rng)?;
-        upload_random(&gpu, &data, &mut rng)?;
-        upload_random(&gpu, &mask, &mut rng)?; // about half the bits set
+        let a = internals::alloc(&dev, n)?;
+        let b = internals::alloc(&dev, n)?;
+        let data = internals::alloc(&dev, n)?;
+        // One mask bit per byte, in whole u32 words (n / 8 bytes when n is
+        // a multiple of 32, as every size in MiB is).
+        let mask = internals::alloc(&dev, n.div_ceil(32) * 4)?;
+        let count = internals::alloc(&dev, 8)?;
+        upload_random(&dev, &a, &mut rng)?;
+        upload_random(&dev, &b, &mut rng)?;
+        upload_random(&dev, &data, &mut rng)?;
+        upload_random(&dev, &mask, &mut rng)?; // about half the bits set
         let sz = suffix(n);
         let w = |name: String, bytes: u64, note: &str| Workload { name, bytes, note: note.to_string() };
         let mut ops = vec![
@@ -217,12 +226,11 @@ impl Kernels {
         for shape in SPARSE_SHAPES {
             let runs = sparse_runs(n, shape);
             let covered: u64 = runs.iter().map(|r| r.len).sum();
-            let mut descs = run_descs(&runs, run_chunk);
+            let mut descs = internals::run_descs(&runs, run_chunk);
             for d in &mut descs {
                 d.data_offset = d.offset; // mirror layout
             }
-            let block = gpu.alloc((descs.len() * size_of::<shared_types::RunDesc>()).max(1) as u64)?;
-            gpu.upload(block.ptr(), bytemuck::cast_slice(&descs))?;
+            let table = RunTable::new(&dev, &descs, n, n)?;
             let note = format!(
                 "{} runs, {:.0}% of the page, 2 B per covered byte (as torch_sparse_{})",
                 runs.len(),
@@ -231,10 +239,10 @@ impl Kernels {
             );
             ops.push((
                 w(format!("gpu_apply_sparse_{}_{sz}", shape.name), 2 * covered, &note),
-                Op::Sparse { runs: block, count: descs.len() as u64 },
+                Op::Sparse { runs: table },
             ));
         }
-        Ok(Self { gpu, n, a, b, data, mask, count, ops })
+        Ok(Self { gpu: dev, n, a, b, data, mask, count, ops })
     }
 
     /// The device's name.
@@ -248,29 +256,22 @@ impl Kernels {
         self.ops.iter().map(|(w, _)| w)
     }
 
-    /// Launch workload `i` once (asynchronously).
-    fn launch(&self, i: usize) -> Result<()> {
+    /// Launch workload `i` once (asynchronously) in `l`'s scope.
+    fn launch<'s>(&'s self, l: &Launches<'s>, i: usize) -> Result<()> {
         let Some((_, op)) = self.ops.get(i) else {
-            return Err(crate::Error::Config(format!("no GPU workload {i}")));
+            return Err(Error::Config(format!("no GPU workload {i}")));
         };
-        let (n, a, b) = (self.n, self.a.ptr(), self.b.ptr());
-        // SAFETY: (every arm) a, b and data are live blocks of n bytes, mask
-        // of n / 8, count of 8, and each sparse run lies inside the page and
-        // the mirrored data block; all outlive the launches (self owns them).
-        unsafe {
-            match op {
-                Op::MemcpyDtoD => driver::copy_dtod(self.gpu.ctx(), b, a, n, self.gpu.raw_stream()),
-                Op::Copy => self.gpu.copy(b, a, n),
-                Op::Zero => self.gpu.zero(b, n),
-                Op::Dense => self.gpu.apply_dense(b, self.data.ptr(), self.mask.ptr(), n),
-                Op::Compare => {
-                    driver::memset(self.gpu.ctx(), self.count.ptr(), 0, 8, self.gpu.raw_stream())?;
-                    self.gpu.compare(a, b, self.mask.ptr(), self.count.ptr(), n)
-                }
-                Op::Sparse { runs, count } => {
-                    self.gpu.apply_sparse(b, n, self.data.ptr(), runs.ptr(), *count)
-                }
+        let (a, b) = (self.a.range(), self.b.range());
+        match op {
+            Op::MemcpyDtoD => l.memcpy_dtod(b, a),
+            Op::Copy => l.copy(b, a),
+            Op::Zero => l.zero(b),
+            Op::Dense => l.apply_dense(b, self.data.range(), self.mask.range()),
+            Op::Compare => {
+                l.fill(self.count.range(), 0)?;
+                l.compare(a, b, self.mask.range(), self.count.range())
             }
+            Op::Sparse { runs } => l.apply_sparse(b, self.data.range(), runs),
         }
     }
 
@@ -278,14 +279,16 @@ impl Kernels {
     /// stopped after a stream synchronize.
     ///
     /// # Errors
-    /// [`crate::Error::Config`] for an unknown workload; device errors.
+    /// [`Error::Config`] for an unknown workload; device errors.
     pub fn time(&self, i: usize, iters: u64) -> Result<Duration> {
-        self.gpu.sync()?;
+        internals::sync(&self.gpu)?;
         let t = Instant::now();
-        for _ in 0..iters {
-            self.launch(i)?;
-        }
-        self.gpu.sync()?;
+        internals::launches(&self.gpu, |l| {
+            for _ in 0..iters {
+                self.launch(l, i)?;
+            }
+            Ok(())
+        })?;
         Ok(t.elapsed())
     }
 }
@@ -293,11 +296,11 @@ impl Kernels {
 /// Run every benchmark on device 0.
 ///
 /// # Errors
-/// [`crate::Error::NoDevice`] without a GPU; device errors otherwise.
+/// [`Error::NoDevice`] without a GPU; device errors otherwise.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let it = cfg.iters.max(1);
     let kernels = Kernels::open(cfg.large, cfg.run_chunk)?;
-    let gpu = Arc::clone(&kernels.gpu);
+    let dev = Arc::clone(&kernels.gpu);
     let mut rows = Vec::new();
     let mut copy_gbps = f64::NAN;
     for (i, w) in kernels.workloads().enumerate() {
@@ -322,10 +325,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         let gbps = bytes as f64 / seconds / 1e9;
         rows.push(BenchRow { name, bytes, seconds, gbps, ratio: Some(gbps / copy_gbps), note, limit: None });
     };
-    batch_rows(&gpu, cfg, it, &mut row)?;
-    alloc_rows(&gpu, &mut rows)?;
+    batch_rows(&dev, cfg, it, &mut row)?;
+    alloc_rows(&dev, &mut rows)?;
     latency_rows(&mut rows)?;
-    Ok(BenchReport { device: gpu.info().name.clone(), copy_gbps, rows })
+    Ok(BenchReport { device: dev.info().name.clone(), copy_gbps, rows })
 }
 
 /// A sparse benchmark layout: runs of `min_len .. min_len + len_span`
@@ -362,14 +365,14 @@ fn sparse_runs(n: u64, shape: SparseShape) -> Vec<Run> {
 }
 
 fn batch_rows(
-    gpu: &Arc<Gpu>,
+    dev: &Gpu,
     cfg: &BenchConfig,
     it: u32,
     row: &mut impl FnMut(String, u64, f64, String),
 ) -> Result<()> {
     let (count, plen) = (cfg.batch.max(1), cfg.batch_page.max(1));
     let mut rng = Rng(7);
-    let pages = gpu.alloc(count * plen.next_multiple_of(256))?;
+    let pages = internals::alloc(dev, count * plen.next_multiple_of(256))?;
     let stride = plen.next_multiple_of(256);
     let mut payloads = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -381,18 +384,16 @@ fn batch_rows(
         rng.fill(&mut d);
         payloads.push(Payload::Dense(DenseDelta::from_words(words, d)?));
     }
-    let items: Vec<super::batch::Item<'_>> = payloads
+    let whole = pages.range();
+    let targets = payloads
         .iter()
         .enumerate()
-        .map(|(k, p)| super::batch::Item { page: pages.ptr() + k as u64 * stride, len: plen, payload: p })
-        .collect();
-    let lay = super::batch::layout(&items);
-    let image_block = gpu.alloc(lay.total())?;
-    let mut image = vec![0u8; lay.total() as usize];
-    super::batch::pack(&items, &mut image, image_block.ptr());
-    gpu.upload(image_block.ptr(), &image)?;
-    // SAFETY: the image describes live blocks (pages, image) only.
-    let s = time(gpu, it, || unsafe { gpu.apply_batch(image_block.ptr(), lay.descs) })?;
+        .map(|(k, p)| Ok((whole.slice(k as u64 * stride, plen)?, p)))
+        .collect::<Result<Vec<(DeviceRange<'_>, &Payload)>>>()?;
+    let updates = Updates::new(targets)?;
+    let mut image = vec![0u8; updates.image_len() as usize];
+    let batch: BatchImage<'_> = updates.upload(dev, &mut image)?;
+    let s = time(dev, it, |l| l.apply_batch(&batch))?;
     let per = 3 * plen + plen.div_ceil(8) + 64;
     row(
         format!("gpu_apply_batch_dense_{}x{}", count, suffix(plen)),
@@ -403,16 +404,16 @@ fn batch_rows(
     // The same batch end to end: pack (straight into pinned staging, on
     // several threads) + one upload + one launch + sync. The first call
     // allocates the staging buffers; it is not timed.
-    gpu.apply_items(&items)?;
+    updates.apply(dev)?;
     let reps = 5;
     let t = Instant::now();
     for _ in 0..reps {
-        gpu.apply_items(&items)?;
+        updates.apply(dev)?;
     }
     let s = t.elapsed().as_secs_f64() / f64::from(reps);
     let t = Instant::now();
     for _ in 0..reps {
-        super::batch::pack(&items, &mut image, image_block.ptr());
+        updates.pack(&mut image, &batch)?;
     }
     let pack_s = t.elapsed().as_secs_f64() / f64::from(reps);
     row(
@@ -434,20 +435,19 @@ fn batch_rows(
 /// comes off its class's free list), and for `cuMemAlloc` + `cuMemFree` of
 /// the same size, the driver calls the pool saves. Blocks are not zeroed
 /// (a page's creation then queues a memset on the stream).
-fn alloc_rows(gpu: &Gpu, rows: &mut Vec<BenchRow>) -> Result<()> {
+fn alloc_rows(dev: &Gpu, rows: &mut Vec<BenchRow>) -> Result<()> {
     for len in [4096u64, 1 << 20] {
-        drop(gpu.alloc(len)?);
+        drop(internals::alloc(dev, len)?);
         let n = 100_000u32;
         let t = Instant::now();
         for _ in 0..n {
-            drop(std::hint::black_box(gpu.alloc(std::hint::black_box(len))?));
+            drop(std::hint::black_box(internals::alloc(dev, std::hint::black_box(len))?));
         }
         let pooled = t.elapsed().as_secs_f64() / f64::from(n);
         let m = 500u32;
         let t = Instant::now();
         for _ in 0..m {
-            let p = driver::alloc(gpu.ctx(), gpu.info().ordinal, len)?;
-            driver::free(gpu.ctx(), p)?;
+            internals::driver_alloc_free(dev, len)?;
         }
         let plain = t.elapsed().as_secs_f64() / f64::from(m);
         rows.push(BenchRow {
@@ -473,7 +473,7 @@ fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
     let bytes = [0x5Au8; 1024];
     let mut times: Vec<Duration> = Vec::with_capacity(500);
     for i in 0..520u64 {
-        let d = crate::SparseDelta::from_pairs([((i * 97) % 3072, &bytes[..])])?;
+        let d = mmsb::SparseDelta::from_pairs([((i * 97) % 3072, &bytes[..])])?;
         let t = Instant::now();
         state.update_batch(vec![Update::new(page, Payload::Sparse(d))])?;
         state.flush_gpu()?;
