@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | driver calls | `driver.rs` | `Result` wrappers over `cudarc::driver::result`; all `unsafe` FFI |
 //! | memory | `pool.rs` | pooled device blocks (size classes, slabs, cache, stats) |
-//! | packing | [`batch`] | many deltas → one staging image of descriptors, runs, masks and data |
+//! | packing | `batch.rs` | many deltas → one staging image of descriptors, runs, masks and data |
 //! | ranges | `range.rs` | typed device ranges: made from allocations, checked slices and checks |
 //! | device | `device.rs` | context, stream, cached kernel module, pinned staging, delta queue |
 //!
@@ -50,13 +50,13 @@
 //! }
 //! ```
 
-pub mod batch;
+pub(crate) mod batch;
 mod device;
 mod driver;
 #[cfg(feature = "internals")]
 pub(crate) mod internals;
 mod pool;
-pub mod ptx;
+pub(crate) mod ptx;
 mod storage;
 mod range;
 

@@ -9,10 +9,12 @@ pub const PTX: &str = include_str!(env!("MMSB_PTX_PATH"));
 /// refuses to start in a build without them.
 pub const SKIPPED: Option<&str> = option_env!("MMSB_PTX_SKIPPED");
 
-pub use gpu_kernels::names as kernel_names;
+#[cfg(test)]
+use gpu_kernels::names as kernel_names;
 
 /// Names of the `.entry` points declared in `ptx`.
-pub fn entries(ptx: &str) -> Vec<&str> {
+#[cfg(test)]
+fn entries(ptx: &str) -> Vec<&str> {
     ptx.lines()
         .filter_map(|l| {
             let l = l.trim_start();
@@ -23,7 +25,8 @@ pub fn entries(ptx: &str) -> Vec<&str> {
 }
 
 /// Lines of `ptx` that declare an unresolved external symbol.
-pub fn unresolved_externs(ptx: &str) -> Vec<&str> {
+#[cfg(test)]
+fn unresolved_externs(ptx: &str) -> Vec<&str> {
     ptx.lines().map(str::trim).filter(|l| l.starts_with(".extern")).collect()
 }
 
