@@ -57,7 +57,7 @@ pub struct Resume {
     /// The segment to continue instead, when recovery found everything
     /// intact and the log ends in a segment that holds a header and no
     /// record, starting at `next_lsn` (a clean stop left it, see
-    /// [`super::log::LogWriter::close`]): appending to it is the same log.
+    /// [`LogWriter::close`](super::LogWriter::close)): appending to it is the same log.
     pub continued: Option<Continued>,
 }
 
