@@ -59,6 +59,7 @@ mod sync;
 pub mod tools;
 pub mod typed;
 pub mod vfs;
+mod write;
 
 pub use api::{
     Config, Derivation, Mmsb, PageInfo, PageRef, Update, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES,
