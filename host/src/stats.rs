@@ -205,15 +205,6 @@ impl Default for Monitor {
 }
 
 impl Monitor {
-    /// A delta was applied (`derived`: by propagation).
-    #[inline]
-    pub(crate) fn delta_applied(&self, derived: bool) {
-        self.deltas.fetch_add(1, Ordering::Relaxed);
-        if derived {
-            self.derived.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// `n` user deltas were applied.
     #[inline]
     pub(crate) fn deltas_applied(&self, n: u64) {
