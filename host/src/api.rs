@@ -862,7 +862,9 @@ impl Mmsb {
         let _span = tracing::debug_span!("mmsb.update", updates = updates.len()).entered();
         let mut w = self.write.lock();
         self.live()?;
-        w.commit(&self.ctx(), Batch::Write(updates)).map(|c| c.epochs)
+        let mut epochs = Small::new();
+        w.commit(&self.ctx(), Batch::Write { updates, epochs: &mut epochs })?;
+        Ok(epochs)
     }
 
     /// Bring every derived page up to date: recompute the pages below the
@@ -894,13 +896,15 @@ impl Mmsb {
 
     /// Commit page and graph changes, checked by the caller.
     fn commit(&self, w: &mut WriteState, changes: Vec<Change>) -> Result<()> {
-        w.commit(&self.ctx(), Batch::Changes(changes)).map(drop)
+        w.commit(&self.ctx(), Batch::Changes(changes))
     }
 
     /// Plan and commit a propagation of the queued work.
     fn propagate_locked(&self, w: &mut WriteState) -> Result<PropagationStats> {
         let _span = tracing::debug_span!("mmsb.propagate").entered();
-        w.commit(&self.ctx(), Batch::Propagation).map(|c| c.stats)
+        let mut stats = PropagationStats::default();
+        w.commit(&self.ctx(), Batch::Propagation { stats: &mut stats })?;
+        Ok(stats)
     }
 
     /// After a graph change: in immediate mode, the work it queued is done.

@@ -96,18 +96,17 @@ pub(crate) enum Batch<'b> {
     /// User updates, applied in order, all or none (their payloads may be
     /// taken), with the derived deltas of their propagation when it is
     /// due at once.
-    Write(&'b mut [Update]),
+    Write {
+        /// The updates.
+        updates: &'b mut [Update],
+        /// Filled with the epoch each update leaves its page at.
+        epochs: &'b mut Small<Epoch>,
+    },
     /// The derived deltas of a propagation of the queued work.
-    Propagation,
-}
-
-/// What a commit gives back.
-#[derive(Debug, Default)]
-pub(crate) struct Committed {
-    /// The epoch each update of a write leaves its page at.
-    pub(crate) epochs: Small<Epoch>,
-    /// The propagation's figures (default when none ran).
-    pub(crate) stats: PropagationStats,
+    Propagation {
+        /// Set to the propagation's figures.
+        stats: &'b mut PropagationStats,
+    },
 }
 
 /// A write's updates and, for each, the index of its page's lock.
@@ -145,27 +144,28 @@ struct Changes<'l> {
     deps: &'l mut Deps,
 }
 
-/// What a prepared batch logs and applies.
-enum Items<'b, 'l> {
+/// What a prepared batch logs and applies (borrowed from the commit's
+/// frame, so that the stages move no more than a few words).
+enum Items<'u, 'b, 'l> {
     /// Page and graph changes.
-    Changes(Changes<'l>),
+    Changes(&'u mut Changes<'l>),
     /// A write with nothing to propagate at once.
-    Updates(Users<'b, 'l>),
+    Updates(&'u mut Users<'b, 'l>),
     /// A write and the derived deltas of its immediate propagation.
-    Propagated(Users<'b, 'l>, Plan<'l>),
+    Propagated(&'u mut Users<'b, 'l>, &'u mut Plan<'l>),
     /// The derived deltas of a propagation of the queued work.
-    Derived(Plan<'l>),
+    Derived(&'u mut Plan<'l>),
 }
 
 /// A prepared batch: checked, its pages locked, its propagation planned;
 /// nothing logged yet.
-struct Unit<'b, 'l, 'g> {
+struct Unit<'u, 'b, 'l> {
     /// What it logs and applies.
-    items: Items<'b, 'l>,
+    items: Items<'u, 'b, 'l>,
     /// The write locks of the pages deltas change: the batch's own pages
     /// first (in id order), then the derived pages, at the index each
     /// [`Derived::guard`] names.
-    guards: &'l mut [(PageId, PageGuard<'g>)],
+    guards: &'u mut [(PageId, PageGuard<'l>)],
     /// How many of `guards` are the batch's own pages.
     own: usize,
     /// User deltas applied so far.
@@ -200,9 +200,8 @@ impl WriteState {
     /// [`Error::Poisoned`], [`Error::Serialization`]). After the log, the
     /// error of an item that could not be applied or of the GPU flush,
     /// which poisons the log.
-    pub(crate) fn commit(&mut self, ctx: &Ctx<'_>, batch: Batch<'_>) -> Result<Committed> {
+    pub(crate) fn commit(&mut self, ctx: &Ctx<'_>, batch: Batch<'_>) -> Result<()> {
         let Self { clock, log, deps, mode, settings, gpu_apply } = self;
-        let mut done = Committed::default();
         // A write's pages (the cells outlive their locks), in id order;
         // their locks, which move to the front of `all` when a propagation
         // joins the write and adds the derived pages' locks there.
@@ -211,25 +210,29 @@ impl WriteState {
         let slots: Small<usize>;
         let mut own: Small<(PageId, PageGuard<'_>)> = Small::new();
         let mut all: Vec<(PageId, PageGuard<'_>)> = Vec::new();
+        // What the batch logs and applies, borrowed by the unit.
+        let (mut changes, mut users, mut plan) = (None, None, None);
+        // Where a propagation's figures go.
+        let mut out: Option<&mut PropagationStats> = None;
 
         // 1. Prepare.
         let mut unit = match batch {
-            Batch::Changes(list) => Unit::new(Items::Changes(Changes::prepare(ctx, list, deps)?), &mut [], 0),
-            Batch::Write(updates) => {
+            Batch::Changes(list) => {
+                let changes = changes.insert(Changes::prepare(ctx, list, deps)?);
+                Unit::new(Items::Changes(changes), &mut [], 0)
+            }
+            Batch::Write { updates, epochs } => {
                 // Every page is locked, in id order (no deadlock with other
                 // writers of several pages), before anything is checked.
                 let ids;
                 (ids, slots) = page_slots(updates);
                 lock_pages(ctx.registry, &ids, &mut cells, &mut own)?;
-                let epochs;
-                (done.epochs, epochs) = check_updates(updates, &slots, &own)?;
-                let users = Users { updates, slots: &slots };
-                let plan = if *mode == PropagationMode::Immediate && !deps.graph.is_empty() {
-                    plan_write(ctx, deps, *settings, &users, &epochs, &ids, &mut own, &mut all)?
-                } else {
-                    None
-                };
-                match plan {
+                let last = check_updates(updates, &slots, &own, epochs)?;
+                let users = users.insert(Users { updates, slots: &slots });
+                if *mode == PropagationMode::Immediate && !deps.graph.is_empty() {
+                    plan = plan_write(ctx, deps, *settings, users, &last, &ids, &mut own, &mut all)?;
+                }
+                match &mut plan {
                     Some(plan) => Unit::new(Items::Propagated(users, plan), &mut all, ids.len()),
                     None => {
                         let n = own.len();
@@ -237,8 +240,9 @@ impl WriteState {
                     }
                 }
             }
-            Batch::Propagation => {
-                let plan = plan_queued(ctx, deps, *settings, &mut all)?;
+            Batch::Propagation { stats } => {
+                let plan = plan.insert(plan_queued(ctx, deps, *settings, &mut all)?);
+                out = Some(stats);
                 Unit::new(Items::Derived(plan), &mut all, 0)
             }
         };
@@ -250,26 +254,19 @@ impl WriteState {
         }
 
         let _span = tracing::trace_span!("mmsb.commit", changes = unit.len()).entered();
-        // 2. Log, 3. apply, 4. flush, 5. the propagation's closing events.
-        let res = unit
-            .log(log, clock)
-            .and_then(|()| {
-                unit.apply(ctx, clock).map_err(|e| poison(log, "a logged change could not be applied", e))
-            })
-            .and_then(|()| {
-                unit.flush(*gpu_apply).map_err(|e| poison(log, "logged GPU deltas could not be applied", e))
-            })
-            .map(|()| unit.finish(ctx));
+        let res = unit.run(ctx, log, clock, *gpu_apply);
 
         // 5. Settle, once the page locks are released.
         let (users_applied, derived_applied) = (unit.users_applied, unit.derived_applied);
-        let (updates, derived) = unit.items.into_parts();
+        let updates: &[Update] = users.map_or(&[], |u: Users<'_, '_>| u.updates);
+        if let (Some(stats), Some(p)) = (out, &plan) {
+            *stats = p.stats;
+        }
+        let derived = plan.map(|p: Plan<'_>| p.derived);
         drop(all);
         drop(own);
-        let users = updates.map_or(&[][..], |u| &u[..users_applied]);
-        settle(deps, users, derived, derived_applied, res.is_ok());
-        done.stats = res?;
-        Ok(done)
+        settle(deps, &updates[..users_applied], derived, derived_applied, res.is_ok());
+        res
     }
 }
 
@@ -375,7 +372,7 @@ impl<'l> Plan<'l> {
 
     /// After a successful commit: the propagation's duration, its
     /// recomputes and its end, to the subscribers of [`Plan::announce`].
-    fn finish(&mut self, ctx: &Ctx<'_>) -> PropagationStats {
+    fn finish(&mut self, ctx: &Ctx<'_>) {
         self.stats.duration = self.t0.elapsed();
         ctx.monitor.propagated(self.stats.duration);
         if let Some(to) = self.scratch.listeners {
@@ -391,27 +388,13 @@ impl<'l> Plan<'l> {
             };
             ctx.events.send_to(finished, to);
         }
-        self.stats
     }
 }
 
-impl<'b, 'l> Items<'b, 'l> {
-    /// A write's updates and a propagation's derived deltas, for the
-    /// graph's bookkeeping.
-    fn into_parts(self) -> (Option<&'b mut [Update]>, Option<Vec<Derived>>) {
-        match self {
-            Items::Changes(_) => (None, None),
-            Items::Updates(u) => (Some(u.updates), None),
-            Items::Propagated(u, p) => (Some(u.updates), Some(p.derived)),
-            Items::Derived(p) => (None, Some(p.derived)),
-        }
-    }
-}
-
-impl<'b, 'l, 'g> Unit<'b, 'l, 'g> {
+impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
     /// A unit of `items` whose deltas change the pages locked in `guards`,
     /// the first `own` of them the batch's own.
-    fn new(items: Items<'b, 'l>, guards: &'l mut [(PageId, PageGuard<'g>)], own: usize) -> Self {
+    fn new(items: Items<'u, 'b, 'l>, guards: &'u mut [(PageId, PageGuard<'l>)], own: usize) -> Self {
         Self { items, guards, own, users_applied: 0, derived_applied: 0, device: false }
     }
 
@@ -423,6 +406,24 @@ impl<'b, 'l, 'g> Unit<'b, 'l, 'g> {
             Items::Propagated(u, p) => u.updates.len() + p.derived.len(),
             Items::Derived(p) => p.derived.len(),
         }
+    }
+
+    /// Stages 2 to 5 (before the graph's bookkeeping): log, apply, flush,
+    /// the propagation's closing events. A failure after the log poisons
+    /// it: memory and log disagree from here on.
+    ///
+    /// # Errors
+    /// As [`Unit::log`], [`Unit::apply`] and [`Unit::flush`].
+    fn run(&mut self, ctx: &Ctx<'_>, log: &mut LogWriter, clock: &mut Clock, gpu: GpuApply) -> Result<()> {
+        self.log(log, clock)?;
+        if let Err(e) = self.apply(ctx, clock) {
+            return Err(poison(log, "a logged change could not be applied", e));
+        }
+        if let Err(e) = self.flush(gpu) {
+            return Err(poison(log, "logged GPU deltas could not be applied", e));
+        }
+        self.finish(ctx);
+        Ok(())
     }
 
     /// Stage 2: frame the unit as one atomic batch of the log and make it
@@ -495,10 +496,10 @@ impl<'b, 'l, 'g> Unit<'b, 'l, 'g> {
     }
 
     /// Stage 5, after a successful commit: a propagation's closing events.
-    fn finish(&mut self, ctx: &Ctx<'_>) -> PropagationStats {
+    fn finish(&mut self, ctx: &Ctx<'_>) {
         match &mut self.items {
             Items::Propagated(_, p) | Items::Derived(p) => p.finish(ctx),
-            Items::Changes(_) | Items::Updates(_) => PropagationStats::default(),
+            Items::Changes(_) | Items::Updates(_) => {}
         }
     }
 }
@@ -506,6 +507,7 @@ impl<'b, 'l, 'g> Unit<'b, 'l, 'g> {
 /// Apply a write's updates in order, each advancing the page's epoch, the
 /// delta id and the timestamp, with its event; GPU pages queue theirs for
 /// the flush. `applied` counts the updates applied, also when one fails.
+#[inline(always)]
 fn apply_users(
     ctx: &Ctx<'_>,
     users: &mut Users<'_, '_>,
@@ -742,8 +744,8 @@ fn lock_pages<'c>(
 
 /// Check a write against its locked pages, simulating the epochs it walks
 /// through: each payload fits its page, each base epoch is the one its
-/// page is at by then, no epoch overflows. Returns the epoch each update
-/// leaves its page at, and the epoch each page ends at.
+/// page is at by then, no epoch overflows. Fills `results` with the epoch
+/// each update leaves its page at; returns the epoch each page ends at.
 ///
 /// # Errors
 /// [`Error::InvalidDelta`], [`Error::StaleEpoch`].
@@ -751,9 +753,10 @@ fn check_updates(
     updates: &[Update],
     slots: &[usize],
     guards: &[(PageId, PageGuard<'_>)],
-) -> Result<(Small<Epoch>, Small<Epoch>)> {
+    results: &mut Small<Epoch>,
+) -> Result<Small<Epoch>> {
     let mut epochs: Small<Epoch> = guards.iter().map(|(_, g)| g.epoch).collect();
-    let mut results = Small::with_capacity(updates.len());
+    results.reserve_exact(updates.len());
     for (u, &k) in updates.iter().zip(slots) {
         let page = &guards[k].1;
         u.payload.check(page.len).map_err(|e| with_page(e, u.page))?;
@@ -767,7 +770,7 @@ fn check_updates(
             .ok_or_else(|| Error::invalid_delta(Some(u.page), "page epoch would overflow"))?;
         results.push(epochs[k]);
     }
-    Ok((results, epochs))
+    Ok(epochs)
 }
 
 /// The distinct pages of `updates` in ascending id order, and for each
