@@ -14,7 +14,9 @@
 //! scope that waits for the device.
 
 use mmsb::gpu::{open, Gpu};
-use mmsb::internals::gpu::{self as internals, BatchImage, DeviceBlock, DeviceRange, Launches, RunTable, Updates};
+use mmsb::internals::gpu::{
+    self as internals, BatchImage, DeviceBlock, DeviceRange, Launches, RunTable, Updates,
+};
 use mmsb::{Config, DenseDelta, Error, Location, Mmsb, PageSpec, Payload, Result, Run, Update};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

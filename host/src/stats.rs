@@ -205,15 +205,6 @@ impl Default for Monitor {
 }
 
 impl Monitor {
-    /// A delta was applied (`derived`: by propagation).
-    #[inline]
-    pub(crate) fn delta_applied(&self, derived: bool) {
-        self.deltas.fetch_add(1, Ordering::Relaxed);
-        if derived {
-            self.derived.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// `n` user deltas were applied.
     #[inline]
     pub(crate) fn deltas_applied(&self, n: u64) {
@@ -498,10 +489,14 @@ pub fn dir_stats(state_dir: &Path) -> Result<DirStats> {
 /// As [`dir_stats`].
 pub fn dir_stats_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<DirStats> {
     let mut records = 0u64;
-    let img =
-        crate::history::replay::replay_observed(vfs, state_dir, None, limits, &mut |_, _| false, &mut |_, c| {
-            records += c.len() as u64
-        })?;
+    let img = crate::history::replay::replay_observed(
+        vfs,
+        state_dir,
+        None,
+        limits,
+        &mut |_, _| false,
+        &mut |_, c| records += c.len() as u64,
+    )?;
     let insp = crate::history::tools::inspect_with(vfs, state_dir, limits)?;
     let mut locations: Vec<(Location, PageCounts)> = Vec::new();
     for p in img.pages.values() {

@@ -1,21 +1,15 @@
 //! The public handle: [`Mmsb`].
 
 use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
-use crate::delta::change::Change;
-use crate::delta::change::{EdgeKind, Update};
-use crate::delta::{Payload, Source};
-use crate::events::{event_for_change, Event, EventBus, SourceKind, Subscription};
+use crate::delta::change::{Change, EdgeKind, Update};
+use crate::delta::Payload;
+use crate::engine::write::{Batch, Clock, Ctx, Small, WriteState};
+use crate::events::{Event, EventBus, Subscription};
 use crate::gpu::Storage;
-use crate::graph::propagate::{
-    self, Deps, Derived, Functions, PropagationMode, PropagationStats, Scratch, Settings, Sink,
-};
-use crate::graph::Graph;
+use crate::graph::propagate::{self, Deps, PropagationMode, PropagationStats, Settings};
 use crate::graph::PageHandle;
-use crate::registry::Page;
-use crate::registry::{PageCell, Registry};
+use crate::registry::{Page, Registry};
 use crate::storage::checkpoint::{CheckpointInfo, CheckpointWriter};
-use crate::storage::codec::delta::apply_encoded;
-use crate::storage::codec::derived::DerivedEntry;
 use crate::storage::codec::page::PageImage;
 use crate::storage::codec::Limits;
 use crate::storage::image::StateImage;
@@ -24,13 +18,12 @@ use crate::storage::recovery::{RecoveryMode, RecoveryReport};
 use crate::storage::vfs::{StdVfs, Vfs};
 use crate::types::page::{Location, Metadata, PageSpec};
 use crate::{Error, Result};
-use parking_lot::{Mutex, RawRwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, RawRwLock};
 use shared_types::{Epoch, Lsn, PageId};
 use smallvec::SmallVec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// How to start a state.
 #[derive(Clone, Debug)]
@@ -294,49 +287,6 @@ impl std::fmt::Debug for PageRef {
     }
 }
 
-type PageGuard<'a> = RwLockWriteGuard<'a, Page>;
-
-/// A write's per-page bookkeeping: on the stack up to four pages.
-type Small<T> = SmallVec<[T; 4]>;
-
-/// Most derived-page locks a propagation makes room for up front.
-const GUARDS_RESERVE_MAX: usize = 1 << 10;
-
-/// The log entry of planned derived delta `d`.
-#[inline]
-fn derived_entry<'a>(functions: &'a Functions, sink: &'a Sink, d: &Derived) -> DerivedEntry<'a> {
-    DerivedEntry {
-        page: d.page,
-        func: d.func,
-        function: &functions.entries[d.func as usize].name,
-        version: d.version,
-        parents: d.parent_epochs(sink),
-        payload: d.encoded(sink),
-    }
-}
-
-/// The parts of the clock a commit of deltas advances. The graph is left
-/// out: locks borrowed from it may be held meanwhile.
-struct Tally<'c> {
-    log: &'c mut LogWriter,
-    next_delta: &'c mut u64,
-    timestamp: &'c mut u64,
-    /// The changes being applied are logged already (a write and its
-    /// immediate propagation are one committed unit of the log).
-    logged: bool,
-}
-
-/// Counters, log and dependency state owned by the commit path (one
-/// writer at a time).
-#[derive(Debug)]
-struct Clock {
-    next_page: u64,
-    next_delta: u64,
-    timestamp: u64,
-    log: LogWriter,
-    deps: Deps,
-}
-
 enum DirHolder {
     Temp(tempfile::TempDir),
     Given(PathBuf),
@@ -366,15 +316,13 @@ pub struct Mmsb {
     dir: DirHolder,
     alloc: PageAllocator,
     registry: Registry,
-    clock: Mutex<Clock>,
+    /// The write path: the commit lock, held by every change.
+    write: Mutex<WriteState>,
     stopped: AtomicBool,
     vfs: Arc<dyn Vfs>,
     limits: Limits,
     report: RecoveryReport,
     events: EventBus,
-    mode: PropagationMode,
-    gpu_apply: crate::gpu::GpuApply,
-    settings: Settings,
     monitor: crate::stats::Monitor,
     /// Releases the storage of files a checkpoint made unnecessary (their
     /// names are already gone); joined by the next checkpoint, `stop` and drop.
@@ -390,9 +338,9 @@ impl Drop for Mmsb {
         // (best effort: errors are dropped with it); a temporary state is
         // removed anyway.
         if !self.stopped.load(Ordering::Acquire) && matches!(self.dir, DirHolder::Given(_)) {
-            let mut clock = self.clock.lock();
-            if clock.log.poisoned().is_none() {
-                let _ = clock.log.close();
+            let mut w = self.write.lock();
+            if w.log.poisoned().is_none() {
+                let _ = w.log.close();
             }
         }
         self.join_reaper();
@@ -493,24 +441,25 @@ impl Mmsb {
             dir,
             alloc,
             registry,
-            clock: Mutex::new(Clock {
-                next_page: image.next_page,
-                next_delta: image.next_delta,
-                timestamp: image.timestamp,
+            write: Mutex::new(WriteState::new(
+                Clock {
+                    next_page: image.next_page,
+                    next_delta: image.next_delta,
+                    timestamp: image.timestamp,
+                },
                 log,
-                deps: Deps::default(),
-            }),
+                config.propagation,
+                Settings {
+                    threads,
+                    parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
+                },
+                config.gpu_apply,
+            )),
             stopped: AtomicBool::new(false),
             vfs,
             limits: config.limits,
             report,
             events: EventBus::new(config.event_capacity),
-            mode: config.propagation,
-            gpu_apply: config.gpu_apply,
-            settings: Settings {
-                threads,
-                parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
-            },
             monitor: crate::stats::Monitor::default(),
             reaper: Mutex::new(None),
             lock: Mutex::new(lock),
@@ -530,12 +479,12 @@ impl Mmsb {
     /// [`Error::Io`] (the log is then poisoned) or [`Error::Poisoned`].
     pub fn sync(&self) -> Result<()> {
         self.live()?;
-        self.clock.lock().log.sync()
+        self.write.lock().log.sync()
     }
 
     /// Log counters.
     pub fn log_stats(&self) -> LogStats {
-        self.clock.lock().log.stats()
+        self.write.lock().log.stats()
     }
 
     /// Write a checkpoint of the whole state (writers wait meanwhile), then
@@ -546,14 +495,14 @@ impl Mmsb {
     /// previous one and the log intact.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
         let _span = tracing::info_span!("mmsb.checkpoint").entered();
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.join_reaper();
         self.live()?;
         // A poisoned log may have lost records the pages reflect: no checkpoint.
-        if let Some(why) = clock.log.poisoned() {
+        if let Some(why) = w.log.poisoned() {
             return Err(Error::Poisoned(why.to_owned()));
         }
-        let lsn = clock.log.last_lsn().0;
+        let lsn = w.log.last_lsn().0;
         let dir = crate::storage::files::log_dir(self.dir());
         // Propagation work queued now is not in the checkpoint: a due record
         // names it, first in a new segment, durable before the checkpoint
@@ -561,37 +510,38 @@ impl Mmsb {
         // replays the due record too: it only queues work again). Pages
         // stale through control edges are named the same way, in a stale
         // record.
-        let queued = clock.deps.graph.has_pending();
-        let stale = clock.deps.graph.stale_pages();
+        let queued = w.deps.graph.has_pending();
+        let stale = w.deps.graph.stale_pages();
         let due = queued || !stale.is_empty();
         if due {
-            let g = &clock.deps.graph;
+            let g = &w.deps.graph;
             let pages = |nodes: &[u32]| {
                 let mut v: Vec<PageId> = nodes.iter().map(|&n| g.slots[n as usize].page).collect();
                 v.sort_unstable();
                 v
             };
             let (written, forced) = (pages(&g.pending), pages(&g.forced));
-            clock.log.rotate()?;
+            w.log.rotate()?;
             if queued {
-                clock.log.append_due(&written, &forced)?;
+                w.log.append_due(&written, &forced)?;
             }
             if !stale.is_empty() {
-                clock.log.append_stale(&stale)?;
+                w.log.append_stale(&stale)?;
             }
-            clock.log.sync()?;
+            w.log.sync()?;
         }
         let counters = StateImage {
             pages: Default::default(),
-            next_page: clock.next_page,
-            next_delta: clock.next_delta,
-            timestamp: clock.timestamp,
+            next_page: w.clock.next_page,
+            next_delta: w.clock.next_delta,
+            timestamp: w.clock.timestamp,
             lsn,
-            graph: graph_image(&clock),
+            graph: graph_image(&w),
         };
         let cells = self.registry.cells();
-        let generation = clock.log.generation();
-        let mut w = CheckpointWriter::new(self.vfs.clone(), &dir, generation, &counters, cells.len() as u64)?;
+        let generation = w.log.generation();
+        let mut cw =
+            CheckpointWriter::new(self.vfs.clone(), &dir, generation, &counters, cells.len() as u64)?;
         for (_, cell) in &cells {
             let p = cell.read();
             // GPU pages apply their queued deltas and come back through pinned memory.
@@ -599,9 +549,9 @@ impl Mmsb {
                 Storage::Host(b) => std::borrow::Cow::Borrowed(&b[..]),
                 _ => std::borrow::Cow::Owned(p.copy_bytes()?),
             };
-            w.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
+            cw.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
         }
-        let (path, pages, bytes) = w.finish()?;
+        let (path, pages, bytes) = cw.finish()?;
         // The checkpoint is durable and covers every record so far: the log
         // moves to a new segment without syncing the old one. Older
         // checkpoints and the segments before the new one can go (a crash
@@ -609,7 +559,7 @@ impl Mmsb {
         // directory sync, leaves extras that recovery skips). Their names go
         // now; their blocks are freed on another thread.
         // With `due`, the log went on to a new segment already.
-        let new_seq = if due { clock.log.seq() } else { clock.log.rotate_covered()? };
+        let new_seq = if due { w.log.seq() } else { w.log.rotate_covered()? };
         let (mut removed_segments, mut removed_checkpoints) = (0, 0);
         let mut released = Vec::new();
         for (l, p) in crate::storage::checkpoint::list(self.vfs.as_ref(), &dir)? {
@@ -658,14 +608,14 @@ impl Mmsb {
     /// # Errors
     /// [`Error::Gpu`] when a device page cannot be read.
     pub fn snapshot(&self) -> Result<StateImage> {
-        let clock = self.clock.lock();
+        let w = self.write.lock();
         let mut img = StateImage {
             pages: Default::default(),
-            next_page: clock.next_page,
-            next_delta: clock.next_delta,
-            timestamp: clock.timestamp,
-            lsn: clock.log.last_lsn().0,
-            graph: graph_image(&clock),
+            next_page: w.clock.next_page,
+            next_delta: w.clock.next_delta,
+            timestamp: w.clock.timestamp,
+            lsn: w.log.last_lsn().0,
+            graph: graph_image(&w),
         };
         for (id, cell) in self.registry.cells() {
             let p = cell.read();
@@ -690,7 +640,7 @@ impl Mmsb {
     /// # Errors
     /// [`Error::Gpu`] when a device page cannot be read.
     pub fn state_hash(&self) -> Result<u128> {
-        let _clock = self.clock.lock();
+        let _write = self.write.lock();
         let cells = self.registry.cells();
         let guards: Vec<_> = cells.iter().map(|(_, c)| c.read()).collect();
         let mut copies = Vec::new();
@@ -729,11 +679,11 @@ impl Mmsb {
     /// [`Error::Stopped`] when already stopped.
     pub fn stop(&self) -> Result<()> {
         self.join_reaper();
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
         }
-        let closed = clock.log.close().map(drop);
+        let closed = w.log.close().map(drop);
         // Every later call is refused, so the directory is free for another
         // handle from here on.
         self.lock.lock().take();
@@ -786,16 +736,16 @@ impl Mmsb {
                 ),
             });
         }
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
         let change = Change::CreatePage {
-            id: PageId(clock.next_page),
+            id: PageId(w.clock.next_page),
             len: spec.len,
             location: spec.location,
             meta: spec.meta,
         };
-        self.commit(&mut clock, vec![change], &mut [])?;
-        Ok(PageId(clock.next_page - 1))
+        self.commit(&mut w, vec![change])?;
+        Ok(PageId(w.clock.next_page - 1))
     }
 
     /// Delete a page and free its bytes, with its edges: a derived page
@@ -811,19 +761,19 @@ impl Mmsb {
     /// function is not registered (immediate mode). Nothing changes on
     /// error.
     pub fn delete_page(&self, id: PageId) -> Result<()> {
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
         if !self.registry.contains(id) {
             return Err(Error::PageNotFound(id));
         }
-        let deps = &clock.deps;
-        if let Some(n) = deps.graph.node(id) {
-            for &c in &deps.graph.slots[n as usize].data_children {
-                self.try_recompute_without(deps, c, n)?;
+        let g = &w.deps.graph;
+        if let Some(n) = g.node(id) {
+            for &c in &g.slots[n as usize].data_children {
+                self.try_recompute_without(&w, c, n)?;
             }
         }
-        self.commit(&mut clock, vec![Change::DeletePage { id }], &mut [])?;
-        self.after_graph_change(&mut clock)
+        self.commit(&mut w, vec![Change::DeletePage { id }])?;
+        self.after_graph_change(&mut w)
     }
 
     /// Run the function of derived node `c` once on the current bytes of
@@ -835,13 +785,14 @@ impl Mmsb {
     ///
     /// # Errors
     /// [`Error::Recompute`], [`Error::Function`].
-    fn try_recompute_without(&self, deps: &Deps, c: u32, gone: u32) -> Result<()> {
+    fn try_recompute_without(&self, w: &WriteState, c: u32, gone: u32) -> Result<()> {
+        let deps = &w.deps;
         let s = &deps.graph.slots[c as usize];
         let Some(b) = s.binding else { return Ok(()) };
         let entry = &deps.functions.entries[b.func as usize];
         let f = match entry.code(b.version, s.page) {
             Ok(f) => f,
-            Err(_) if self.mode == PropagationMode::Deferred => return Ok(()),
+            Err(_) if w.mode == PropagationMode::Deferred => return Ok(()),
             Err(e) => return Err(e),
         };
         let parents: Vec<PageHandle> = s
@@ -886,315 +837,11 @@ impl Mmsb {
     /// one page allocates nothing here.
     fn update_slice(&self, updates: &mut [Update]) -> Result<Small<Epoch>> {
         let _span = tracing::debug_span!("mmsb.update", updates = updates.len()).entered();
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
-        // Resolve and lock every page involved, in id order (no deadlock with
-        // other multi-page lockers), before validating anything.
-        // `slots[i]`: index of update i's page in `ids` (and in `guards`,
-        // which shares their order).
-        let (ids, slots) = page_slots(updates);
-        let mut cells: Small<(PageId, PageCell)> = Small::with_capacity(ids.len());
-        for &id in &ids {
-            cells.push((id, self.registry.get(id)?));
-        }
-        let mut guards: Small<(PageId, PageGuard<'_>)> = Small::with_capacity(cells.len());
-        for (id, c) in &cells {
-            guards.push((*id, crate::registry::write_page(c, *id)?));
-        }
-
-        // Validate all of it, simulating the epochs a batch walks through.
-        let mut epochs: Small<Epoch> = guards.iter().map(|(_, g)| g.epoch).collect();
-        let mut results = Small::with_capacity(updates.len());
-        for (u, &k) in updates.iter().zip(&slots) {
-            let page = &guards[k].1;
-            u.payload.check(page.len).map_err(|e| with_page(e, u.page))?;
-            if let Some(base) = u.base_epoch {
-                if base != epochs[k] {
-                    return Err(Error::StaleEpoch { page: u.page, expected: base, actual: epochs[k] });
-                }
-            }
-            epochs[k] = epochs[k]
-                .checked_next()
-                .ok_or_else(|| Error::invalid_delta(Some(u.page), "page epoch would overflow"))?;
-            results.push(epochs[k]);
-        }
-        let clock = &mut *clock;
-
-        // Immediate propagation is planned on staged copies before anything
-        // is applied: if a recompute fails, the batch is refused whole.
-        if self.mode == PropagationMode::Immediate && !clock.deps.graph.is_empty() {
-            let Clock { log, deps, next_delta, timestamp, .. } = &mut *clock;
-            let Deps { graph, functions, scratch } = deps;
-            // The graph node of each page of the batch (u32::MAX: none).
-            let node_of: Small<u32> =
-                guards.iter().map(|(id, _)| graph.node(*id).unwrap_or(u32::MAX)).collect();
-            let feeds =
-                node_of.iter().any(|&n| n != u32::MAX && !graph.slots[n as usize].data_children.is_empty());
-            if feeds || graph.has_pending() {
-                let t0 = Instant::now();
-                scratch.begin(graph.bound(), self.events.listeners());
-                for (k, &n) in node_of.iter().enumerate().filter(|(_, &n)| n != u32::MAX) {
-                    scratch.stage(n, guards[k].1.bytes()?, epochs[k]);
-                }
-                for (u, &k) in updates.iter().zip(&slots) {
-                    if node_of[k] != u32::MAX {
-                        u.payload.apply_to(scratch.staged_mut(node_of[k], guards[k].1.len as usize))?;
-                    }
-                }
-                let extra: Small<u32> = node_of.into_iter().filter(|&n| n != u32::MAX).collect();
-                // The output buffer is reused across propagations. The plan
-                // write-locks each page it changes, after the batch's own
-                // (which keep their places: `slots` stays valid); a page of
-                // the batch keeps its lock there.
-                let mut derived = std::mem::take(&mut scratch.derived);
-                let own = guards.len();
-                // Room for as many derived pages as the last propagation had
-                // (up to a bound: one huge propagation should not make every
-                // later write allocate as much).
-                let mut all: Vec<(PageId, PageGuard<'_>)> =
-                    Vec::with_capacity(own + derived.capacity().min(GUARDS_RESERVE_MAX));
-                // One by one: each guard coerces to the plan's shorter
-                // lifetime (an `extend` would tie the two together).
-                for g in guards.drain(..) {
-                    all.push(g);
-                }
-                let stats = {
-                    let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
-                    propagate::plan(graph, functions, scratch, &extra, self.settings, &mut derived, &mut all)?
-                };
-                for d in derived.iter_mut().filter(|d| d.guard == usize::MAX) {
-                    d.guard = ids.binary_search(&d.page).unwrap_or(usize::MAX);
-                }
-                let mut tally = Tally { log, next_delta, timestamp, logged: false };
-                let (mut users, mut applied) = (0, 0);
-                // The write and its propagation go into the log as one
-                // committed unit: recovery finds both or neither.
-                let res = self
-                    .log_propagated(&mut tally, updates, functions, &scratch.sink, &derived, stats.dirty > 0)
-                    .and_then(|()| {
-                        self.apply_updates(&mut tally, updates, &slots, &mut all[..own], &mut users)
-                    })
-                    .and_then(|()| {
-                        self.commit_derived(
-                            &mut tally,
-                            functions,
-                            scratch,
-                            &derived,
-                            stats,
-                            t0,
-                            (&mut all, own),
-                            &mut applied,
-                        )
-                    });
-                drop(all);
-                for u in &updates[..users] {
-                    graph.on_apply(u.page, false);
-                }
-                Self::settle_propagation(graph, &mut derived, applied, res.is_ok());
-                scratch.derived = derived;
-                res?;
-                return Ok(results);
-            }
-        }
-        self.commit_updates(clock, updates, &slots, &mut guards)?;
-        Ok(results)
-    }
-
-    /// Log user updates and the derived deltas of their immediate
-    /// propagation as one committed unit (nothing applied yet), and mark
-    /// `tally` logged for the apply steps that follow. When the propagation
-    /// `ran` and changed nothing, a settled record follows the updates.
-    fn log_propagated(
-        &self,
-        tally: &mut Tally<'_>,
-        updates: &[Update],
-        functions: &Functions,
-        sink: &Sink,
-        derived: &[Derived],
-        ran: bool,
-    ) -> Result<()> {
-        let _span = tracing::trace_span!("mmsb.log", changes = updates.len() + derived.len()).entered();
-        let first = (*tally.next_delta, *tally.timestamp + 1);
-        tally.log.append_propagated(updates, first, derived.len(), |i| {
-            derived_entry(functions, sink, &derived[i])
-        })?;
-        if ran && derived.is_empty() {
-            tally.log.append_settled()?;
-        }
-        tally.log.commit()?;
-        tally.logged = true;
-        Ok(())
-    }
-
-    /// Commit the deltas of a planned propagation (each page locked in
-    /// `guards.0` at [`Derived::guard`], the first `guards.1` of them the
-    /// batch's own) and emit its events; `applied`
-    /// counts the deltas applied, for the caller to tell the graph about
-    /// (see [`Mmsb::settle_propagation`]).
-    #[allow(clippy::too_many_arguments)]
-    fn commit_derived(
-        &self,
-        tally: &mut Tally<'_>,
-        functions: &Functions,
-        scratch: &Scratch,
-        derived: &[Derived],
-        mut stats: PropagationStats,
-        t0: Instant,
-        guards: (&mut [(PageId, PageGuard<'_>)], usize),
-        applied: &mut usize,
-    ) -> Result<PropagationStats> {
-        // Decided when the propagation began, so that its events come whole
-        // or not at all: to the subscribers of that moment only.
-        let listeners = scratch.listeners;
-        if let Some(to) = listeners {
-            self.events.send_to(Event::PropagationStarted { dirty: stats.dirty }, to);
-        }
-        if !tally.logged && derived.is_empty() && stats.dirty > 0 {
-            // It ran and changed nothing: recovery needs to know it ran.
-            tally.log.append_settled()?;
-        }
-        self.commit_planned(tally, functions, &scratch.sink, derived, guards, applied)?;
-        stats.duration = t0.elapsed();
-        self.monitor.propagated(stats.duration);
-        if let Some(to) = listeners {
-            for &(page, changed) in &scratch.fired {
-                self.events.send_to(Event::Recomputed { page, changed }, to);
-            }
-            self.events.send_to(
-                Event::PropagationFinished {
-                    dirty: stats.dirty,
-                    recomputed: stats.recomputed,
-                    cut_off: stats.cut_off,
-                    duration: stats.duration,
-                },
-                to,
-            );
-        }
-        Ok(stats)
-    }
-
-    /// After a committed propagation (once the locks borrowed from the
-    /// graph are released): the first `applied` derived deltas reach the
-    /// graph, and the queued work is forgotten when the commit succeeded.
-    fn settle_propagation(graph: &mut Graph, derived: &mut Vec<Derived>, applied: usize, ok: bool) {
-        // A derived delta of a page that was not stale and has no control
-        // edges leaves the graph as it is.
-        for d in derived[..applied].iter().filter(|d| d.flags) {
-            graph.on_apply_node(d.node, true);
-        }
-        derived.clear();
-        if ok {
-            graph.clear_pending();
-        }
-    }
-
-    /// The commit path of planned derived deltas: the same log records,
-    /// epochs, counters and events as [`Mmsb::commit`] of the equivalent
-    /// [`Change::Apply`] deltas with [`Source::Propagation`], framed and
-    /// applied from the payload encodings and parents the plan left in its
-    /// scratch sink, without building them. `guards` holds the write lock of
-    /// every derived page, at index [`Derived::guard`]; its first `own` are
-    /// the locks of the pages a batch writes itself.
-    ///
-    /// Derived pages are in host memory (the plan read their bytes and
-    /// holds their locks since), so only the batch's own pages can be GPU
-    /// pages for the post-commit flush, unless a derived one turns out not
-    /// to be (then every page is looked at, as the general path does).
-    fn commit_planned(
-        &self,
-        tally: &mut Tally<'_>,
-        functions: &Functions,
-        sink: &Sink,
-        derived: &[Derived],
-        (guards, own): (&mut [(PageId, PageGuard<'_>)], usize),
-        applied: &mut usize,
-    ) -> Result<()> {
-        let _span = tracing::trace_span!("mmsb.commit", changes = derived.len()).entered();
-        if !tally.logged {
-            let first = (*tally.next_delta, *tally.timestamp + 1);
-            tally
-                .log
-                .append_derived(derived.len(), first, |i| derived_entry(functions, sink, &derived[i]))?;
-            tally.log.commit()?;
-        }
-        let listen = self.events.active();
-        let mut failed = None;
-        let mut n = 0;
-        let mut device = false;
-        for d in derived {
-            let page = match guards.get_mut(d.guard) {
-                Some((id, page)) if *id == d.page => page,
-                _ => {
-                    failed = Some(Error::PageNotFound(d.page));
-                    break;
-                }
-            };
-            let enc = d.encoded(sink);
-            let res = match &mut page.storage {
-                Storage::Host(b) => apply_encoded(enc, b),
-                // GPU pages queue the payload; the batch flushes below.
-                _ => {
-                    device = true;
-                    d.payload(sink).and_then(|p| page.apply_checked(p))
-                }
-            };
-            if let Err(e) = res {
-                failed = Some(e);
-                break;
-            }
-            page.epoch = Epoch(page.epoch.0 + 1);
-            n += 1;
-            if listen {
-                self.events.send(Event::DeltaApplied {
-                    page: d.page,
-                    epoch: page.epoch,
-                    source: SourceKind::Propagation,
-                    bytes: d.touched,
-                });
-            }
-        }
-        *tally.next_delta += n as u64;
-        *tally.timestamp += n as u64;
-        *applied = n;
-        self.monitor.derived_applied(n as u64);
-        if let Some(e) = failed {
-            // Logged but not applied: memory and log disagree from here on.
-            tally.log.poison_with(format!("a logged change could not be applied: {e}"));
-            return Err(e);
-        }
-        let flush = if device { &guards[..] } else { &guards[..own.min(guards.len())] };
-        self.flush_gpu_pages(tally.log, flush)
-    }
-
-    /// Plan and commit a propagation of the queued work.
-    fn propagate_locked(&self, clock: &mut Clock) -> Result<PropagationStats> {
-        let _span = tracing::debug_span!("mmsb.propagate").entered();
-        let t0 = Instant::now();
-        let Clock { log, deps, next_delta, timestamp, .. } = clock;
-        let Deps { graph, functions, scratch } = deps;
-        let mut derived = std::mem::take(&mut scratch.derived);
-        scratch.begin(graph.bound(), self.events.listeners());
-        // The plan write-locks each page it changes (in `guards`).
-        let mut guards: Vec<(PageId, PageGuard<'_>)> =
-            Vec::with_capacity(derived.capacity().min(GUARDS_RESERVE_MAX));
-        let stats =
-            propagate::plan(graph, functions, scratch, &[], self.settings, &mut derived, &mut guards)?;
-        let mut tally = Tally { log, next_delta, timestamp, logged: false };
-        let mut applied = 0;
-        let res = self.commit_derived(
-            &mut tally,
-            functions,
-            scratch,
-            &derived,
-            stats,
-            t0,
-            (&mut guards, 0),
-            &mut applied,
-        );
-        drop(guards);
-        Self::settle_propagation(graph, &mut derived, applied, res.is_ok());
-        scratch.derived = derived;
-        res
+        let mut epochs = Small::new();
+        w.commit(&self.ctx(), Batch::Write { updates, epochs: &mut epochs })?;
+        Ok(epochs)
     }
 
     /// Bring every derived page up to date: recompute the pages below the
@@ -1211,17 +858,36 @@ impl Mmsb {
     /// O(pages recomputed × (parents + log pages recomputed)) plus the
     /// functions and diffs; with nothing queued it returns at once.
     pub fn propagate(&self) -> Result<PropagationStats> {
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
-        if !clock.deps.graph.has_pending() {
+        if !w.deps.graph.has_pending() {
             return Ok(PropagationStats::default());
         }
-        self.propagate_locked(&mut clock)
+        self.propagate_locked(&mut w)
     }
 
-    fn after_graph_change(&self, clock: &mut Clock) -> Result<()> {
-        if self.mode == PropagationMode::Immediate && clock.deps.graph.has_pending() {
-            self.propagate_locked(clock)?;
+    /// The state a commit uses beside the write state.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx { registry: &self.registry, alloc: &self.alloc, events: &self.events, monitor: &self.monitor }
+    }
+
+    /// Commit page and graph changes, checked by the caller.
+    fn commit(&self, w: &mut WriteState, changes: Vec<Change>) -> Result<()> {
+        w.commit(&self.ctx(), Batch::Changes(changes))
+    }
+
+    /// Plan and commit a propagation of the queued work.
+    fn propagate_locked(&self, w: &mut WriteState) -> Result<PropagationStats> {
+        let _span = tracing::debug_span!("mmsb.propagate").entered();
+        let mut stats = PropagationStats::default();
+        w.commit(&self.ctx(), Batch::Propagation { stats: &mut stats })?;
+        Ok(stats)
+    }
+
+    /// After a graph change: in immediate mode, the work it queued is done.
+    fn after_graph_change(&self, w: &mut WriteState) -> Result<()> {
+        if w.mode == PropagationMode::Immediate && w.deps.graph.has_pending() {
+            self.propagate_locked(w)?;
         }
         Ok(())
     }
@@ -1236,8 +902,8 @@ impl Mmsb {
         if g.is_empty() {
             return Ok(());
         }
-        let mut clock = self.clock.lock();
-        let deps = &mut clock.deps;
+        let mut w = self.write.lock();
+        let deps = &mut w.deps;
         for (page, d) in &g.derived {
             let func = deps.functions.intern(&d.function);
             let parents = d.parents.iter().map(|&p| self.handle(p)).collect::<Result<Vec<_>>>()?;
@@ -1284,16 +950,9 @@ impl Mmsb {
         })
     }
 
+    /// The graph's handle of page `id` (see [`crate::engine::write::handle`]).
     fn handle(&self, id: PageId) -> Result<PageHandle> {
-        let cell = self.registry.get(id)?;
-        let len = {
-            let p = cell.read();
-            if p.location != Location::Cpu {
-                return Err(Error::UnsupportedLocation { op: "dependency graph", location: p.location });
-            }
-            p.len as usize
-        };
-        Ok((id, cell, len))
+        crate::engine::write::handle(&self.registry, id)
     }
 
     /// Register recompute function `name` at `version`. Pages derived by an
@@ -1316,12 +975,12 @@ impl Mmsb {
     where
         F: Fn(&[&[u8]], &mut [u8]) + Send + Sync + 'static,
     {
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
-        let clock = &mut *clock;
-        clock.deps.functions.check_register(name, version)?;
-        let fi = clock.deps.functions.set(name, version, Arc::new(f));
-        let graph = &clock.deps.graph;
+        let w = &mut *w;
+        w.deps.functions.check_register(name, version)?;
+        let fi = w.deps.functions.set(name, version, Arc::new(f));
+        let graph = &w.deps.graph;
         let mut pages = Vec::new();
         let mut changes = Vec::new();
         for n in graph.bound_to(fi) {
@@ -1337,18 +996,18 @@ impl Mmsb {
             }
         }
         pages.sort_unstable();
-        self.commit(clock, changes, &mut [])?;
+        self.commit(w, changes)?;
         // Queued work that needs a function not registered yet (after a
         // restart, say) waits for it.
-        if Self::due_ready(&clock.deps) {
-            self.after_graph_change(clock)?;
+        if Self::due_ready(&w.deps) {
+            self.after_graph_change(w)?;
         }
         Ok(pages)
     }
 
     /// Whether recompute function `name` is registered at `version`.
     pub fn has_function(&self, name: &str, version: u32) -> bool {
-        self.clock.lock().deps.functions.has(name, version)
+        self.write.lock().deps.functions.has(name, version)
     }
 
     /// Make `page` a derived page: its bytes are `function(parents…)`, with
@@ -1367,15 +1026,15 @@ impl Mmsb {
     /// on it; [`Error::Recompute`] when the function panics. Nothing changes
     /// on error.
     pub fn declare_derived(&self, page: PageId, function: &str, parents: &[PageId]) -> Result<()> {
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
-        let clock = &mut *clock;
-        let (fi, version) = clock.deps.functions.current(function)?;
+        let w = &mut *w;
+        let (fi, version) = w.deps.functions.current(function)?;
         let (_, cell, len) = self.handle(page)?;
         let handles: Vec<PageHandle> = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
-        clock.deps.graph.check_declare(page, parents)?;
+        w.deps.graph.check_declare(page, parents)?;
         // Dry run, so that a function that panics is refused up front.
-        if let Some(f) = &clock.deps.functions.entries[fi as usize].f {
+        if let Some(f) = &w.deps.functions.entries[fi as usize].f {
             dry_run(f, function, page, len, &handles)?;
         }
         drop(cell);
@@ -1385,8 +1044,8 @@ impl Mmsb {
             version,
             parents: parents.to_vec(),
         };
-        self.commit(clock, vec![change], &mut [])?;
-        self.after_graph_change(clock)
+        self.commit(w, vec![change])?;
+        self.after_graph_change(w)
     }
 
     /// Add a dependency edge `from → to`. A [`EdgeKind::Data`] edge adds
@@ -1405,13 +1064,13 @@ impl Mmsb {
     /// order; otherwise proportional to the nodes between the two pages in
     /// that order (Pearce–Kelly).
     pub fn add_edge(&self, from: PageId, to: PageId, kind: EdgeKind) -> Result<()> {
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
         self.handle(from)?;
         self.handle(to)?;
-        clock.deps.graph.check_edge(from, to, kind)?;
-        self.commit(&mut clock, vec![Change::AddEdge { from, to, kind }], &mut [])?;
-        self.after_graph_change(&mut clock)
+        w.deps.graph.check_edge(from, to, kind)?;
+        self.commit(&mut w, vec![Change::AddEdge { from, to, kind }])?;
+        self.after_graph_change(&mut w)
     }
 
     /// Remove the dependency edge `from → to`. Removing a data edge drops
@@ -1423,18 +1082,18 @@ impl Mmsb {
     /// as [`Mmsb::delete_page`] for the child's function. Nothing changes
     /// on error.
     pub fn remove_edge(&self, from: PageId, to: PageId) -> Result<()> {
-        let mut clock = self.clock.lock();
+        let mut w = self.write.lock();
         self.live()?;
-        let g = &clock.deps.graph;
+        let g = &w.deps.graph;
         match (g.edge(from, to), g.node(from), g.node(to)) {
             (None, ..) => {
                 return Err(Error::InvalidEdge { from, to, reason: "no edge between these pages".into() })
             }
-            (Some(EdgeKind::Data), Some(a), Some(b)) => self.try_recompute_without(&clock.deps, b, a)?,
+            (Some(EdgeKind::Data), Some(a), Some(b)) => self.try_recompute_without(&w, b, a)?,
             _ => {}
         }
-        self.commit(&mut clock, vec![Change::RemoveEdge { from, to }], &mut [])?;
-        self.after_graph_change(&mut clock)
+        self.commit(&mut w, vec![Change::RemoveEdge { from, to }])?;
+        self.after_graph_change(&mut w)
     }
 
     /// Whether `page`'s bytes may be out of date: a control parent changed
@@ -1449,8 +1108,8 @@ impl Mmsb {
     /// [`Error::PageNotFound`].
     pub fn is_stale(&self, page: PageId) -> Result<bool> {
         self.registry.get(page)?;
-        let clock = self.clock.lock();
-        let g = &clock.deps.graph;
+        let w = self.write.lock();
+        let g = &w.deps.graph;
         Ok(g.node(page).is_some_and(|n| g.out_of_date(n)))
     }
 
@@ -1460,8 +1119,8 @@ impl Mmsb {
     /// [`Error::PageNotFound`].
     pub fn derivation(&self, page: PageId) -> Result<Option<Derivation>> {
         self.registry.get(page)?;
-        let clock = self.clock.lock();
-        let (g, f) = (&clock.deps.graph, &clock.deps.functions);
+        let w = self.write.lock();
+        let (g, f) = (&w.deps.graph, &w.deps.functions);
         Ok(g.node(page).and_then(|n| {
             let s = &g.slots[n as usize];
             s.binding.map(|b| Derivation {
@@ -1478,8 +1137,8 @@ impl Mmsb {
     /// [`Error::PageNotFound`].
     pub fn children(&self, page: PageId) -> Result<Vec<(PageId, EdgeKind)>> {
         self.registry.get(page)?;
-        let clock = self.clock.lock();
-        let g = &clock.deps.graph;
+        let w = self.write.lock();
+        let g = &w.deps.graph;
         let mut out: Vec<(PageId, EdgeKind)> = g
             .node(page)
             .map(|n| {
@@ -1501,9 +1160,9 @@ impl Mmsb {
     /// [`Error::Invariant`] naming the first page that differs; the errors
     /// of a recompute ([`Error::Recompute`], [`Error::Function`]).
     pub fn verify_recompute(&self) -> Result<usize> {
-        let clock = self.clock.lock();
+        let w = self.write.lock();
         self.live()?;
-        let (g, f) = (&clock.deps.graph, &clock.deps.functions);
+        let (g, f) = (&w.deps.graph, &w.deps.functions);
         let skip = g.downstream_of_pending();
         let mut checked = 0;
         for n in g.live_nodes() {
@@ -1530,220 +1189,6 @@ impl Mmsb {
         self.events.subscribe()
     }
 
-    /// The commit path. `changes` are fully validated and `guards` holds the
-    /// write locks of every page an `Apply` touches, sorted by id. Applying
-    /// cannot fail after validation; each change advances the clock.
-    fn commit(
-        &self,
-        clock: &mut Clock,
-        changes: Vec<Change>,
-        guards: &mut [(PageId, PageGuard<'_>)],
-    ) -> Result<()> {
-        let _span = tracing::trace_span!("mmsb.commit", changes = changes.len()).entered();
-        // The changes go to the log as one atomic batch and are made as
-        // durable as configured before any is applied; a log failure leaves
-        // the state unchanged. A page for a device must have its device
-        // before it is logged.
-        // The bytes of a new page are allocated before it is logged too: a
-        // page the memory cannot hold fails here, with nothing written.
-        let mut storage = Vec::new();
-        for c in &changes {
-            if let Change::CreatePage { len, location, .. } = c {
-                crate::gpu::check_location(*location)?;
-                storage.push(self.storage_for(*location, *len)?);
-            }
-        }
-        clock.log.append(&changes)?;
-        clock.log.commit()?;
-        let mut storage = storage.into_iter();
-        for change in changes {
-            if let Err(e) = self.apply_change(clock, change, guards, &mut storage) {
-                // Logged but not applied: memory and log disagree from here on.
-                clock.log.poison_with(format!("a logged change could not be applied: {e}"));
-                return Err(e);
-            }
-        }
-        self.flush_gpu_pages(&mut clock.log, guards)
-    }
-
-    /// After a commit: GPU pages queue their deltas; Immediate applies them
-    /// before the commit returns. A failed flush loses queued deltas that
-    /// are already logged, so, like a failed apply, it poisons the log.
-    fn flush_gpu_pages(&self, log: &mut LogWriter, guards: &[(PageId, PageGuard<'_>)]) -> Result<()> {
-        let pages = guards.iter().filter_map(|(_, g)| g.storage.gpu());
-        if let Err(e) = crate::gpu::after_commit(self.gpu_apply, pages) {
-            log.poison_with(format!("logged GPU deltas could not be applied: {e}"));
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// The commit path of validated user updates with nothing to propagate
-    /// at once: the same log records, epochs, counters and events as
-    /// [`Mmsb::commit`] of the equivalent [`Change::Apply`] deltas, without
-    /// building them. `slots[i]` is the index in `guards` of update `i`'s page.
-    fn commit_updates(
-        &self,
-        clock: &mut Clock,
-        updates: &mut [Update],
-        slots: &[usize],
-        guards: &mut [(PageId, PageGuard<'_>)],
-    ) -> Result<()> {
-        let Clock { log, deps, next_delta, timestamp, .. } = clock;
-        let mut tally = Tally { log, next_delta, timestamp, logged: false };
-        let mut applied = 0;
-        let res = self.apply_updates(&mut tally, updates, slots, guards, &mut applied);
-        if !deps.graph.is_empty() {
-            for u in &updates[..applied] {
-                deps.graph.on_apply(u.page, false);
-            }
-        }
-        res
-    }
-
-    /// Log and apply validated user updates (see [`Mmsb::commit_updates`])
-    /// with the graph left alone: `applied` counts the updates applied, for
-    /// the caller to tell the graph about (also when one fails after
-    /// logging, which poisons the log).
-    fn apply_updates(
-        &self,
-        tally: &mut Tally<'_>,
-        updates: &mut [Update],
-        slots: &[usize],
-        guards: &mut [(PageId, PageGuard<'_>)],
-        applied: &mut usize,
-    ) -> Result<()> {
-        let _span = tracing::trace_span!("mmsb.commit", changes = updates.len()).entered();
-        if !tally.logged {
-            tally.log.append_updates(updates, *tally.next_delta, *tally.timestamp + 1)?;
-            tally.log.commit()?;
-        }
-        let listen = self.events.active();
-        let mut failed = None;
-        // The counters stay in registers through the loop.
-        let (mut next_delta, mut timestamp) = (*tally.next_delta, *tally.timestamp);
-        let mut n = 0;
-        for (u, &k) in updates.iter_mut().zip(slots) {
-            let Some((_, page)) = guards.get_mut(k) else {
-                failed = Some(Error::Invariant(format!("no lock held on page {}", u.page)));
-                break;
-            };
-            let bytes = if listen { u.payload.touched() } else { 0 };
-            let res = match &mut page.storage {
-                Storage::Host(b) => u.payload.apply_to(b),
-                // GPU pages queue the payload; the batch flushes below.
-                _ => {
-                    page.apply_checked(std::mem::replace(&mut u.payload, Payload::Sparse(Default::default())))
-                }
-            };
-            if let Err(e) = res {
-                failed = Some(e);
-                break;
-            }
-            page.epoch = Epoch(page.epoch.0 + 1);
-            n += 1;
-            next_delta += 1;
-            timestamp += 1;
-            if listen {
-                let epoch = page.epoch;
-                self.events.send(Event::DeltaApplied {
-                    page: u.page,
-                    epoch,
-                    source: SourceKind::User,
-                    bytes,
-                });
-            }
-        }
-        (*tally.next_delta, *tally.timestamp) = (next_delta, timestamp);
-        *applied = n;
-        self.monitor.deltas_applied(n as u64);
-        if let Some(e) = failed {
-            // Logged but not applied: memory and log disagree from here on.
-            tally.log.poison_with(format!("a logged change could not be applied: {e}"));
-            return Err(e);
-        }
-        self.flush_gpu_pages(tally.log, guards)
-    }
-
-    /// Fresh zeroed storage for a page of `len` bytes at `location`.
-    fn storage_for(&self, location: Location, len: u64) -> Result<Storage> {
-        Ok(match location {
-            Location::Cpu => Storage::Host(self.alloc.alloc(len as usize)?),
-            Location::Gpu(_) => Storage::Device(crate::gpu::create_page(location, len)?),
-            Location::Unified => Storage::Unified(crate::gpu::create_page(location, len)?),
-        })
-    }
-
-    /// Apply one validated change and advance the clock; a created page
-    /// takes the next of `storage` (allocated before the change was logged).
-    fn apply_change(
-        &self,
-        clock: &mut Clock,
-        change: Change,
-        guards: &mut [(PageId, PageGuard<'_>)],
-        storage: &mut impl Iterator<Item = Storage>,
-    ) -> Result<()> {
-        let mut event = if self.events.active() { event_for_change(&change, Epoch(0)) } else { None };
-        match change {
-            Change::CreatePage { id, len, location, meta } => {
-                let storage = storage.next().ok_or_else(|| {
-                    Error::Invariant(format!("page {id} was logged without storage allocated for it"))
-                })?;
-                self.registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage })?;
-                clock.next_page = clock.next_page.max(id.0 + 1);
-            }
-            Change::DeletePage { id } => {
-                self.registry.remove(id)?;
-                clock.deps.graph.remove_page(id);
-            }
-            Change::Apply(delta) => {
-                let k = guards
-                    .binary_search_by_key(&delta.page, |(id, _)| *id)
-                    .map_err(|_| Error::PageNotFound(delta.page))?;
-                let page = &mut guards[k].1;
-                // GPU pages queue the payload; the batch flushes below.
-                page.apply_checked(delta.payload)?;
-                page.epoch = Epoch(page.epoch.0 + 1);
-                self.monitor.delta_applied(matches!(delta.source, Source::Propagation(_)));
-                if let Some(Event::DeltaApplied { epoch, .. }) = &mut event {
-                    *epoch = page.epoch;
-                }
-                clock.next_delta = clock.next_delta.max(delta.id.0 + 1);
-                if !clock.deps.graph.is_empty() {
-                    clock.deps.graph.on_apply(delta.page, matches!(delta.source, Source::Propagation(_)));
-                }
-            }
-            Change::AddEdge { from, to, kind } => {
-                let graph = &mut clock.deps.graph;
-                graph.add_edge(self.handle(from)?, self.handle(to)?, kind)?;
-                if kind == EdgeKind::Data {
-                    if let Some(n) = graph.node(to) {
-                        graph.force(n);
-                    }
-                }
-            }
-            Change::RemoveEdge { from, to } => {
-                let graph = &mut clock.deps.graph;
-                if graph.remove_edge(from, to)? == EdgeKind::Data {
-                    if let Some(n) = graph.node(to) {
-                        graph.force(n);
-                    }
-                }
-            }
-            Change::DeclareDerived { page, function, version, parents } => {
-                let func = clock.deps.functions.intern(&function);
-                let page = self.handle(page)?;
-                let parents = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
-                clock.deps.graph.declare(page, crate::graph::Binding { func, version }, parents)?;
-            }
-        }
-        clock.timestamp += 1;
-        if let Some(e) = event {
-            self.events.send(e);
-        }
-        Ok(())
-    }
-
     /// A copy of the page's bytes. For a GPU or unified page, queued deltas
     /// are applied first and the bytes come back through pinned memory.
     ///
@@ -1761,7 +1206,7 @@ impl Mmsb {
     /// [`Error::PageNotFound`]; [`Error::NoDevice`] / [`Error::GpuMemory`]
     /// when the target cannot hold it (the page then stays where it was).
     pub fn migrate_page(&self, id: PageId, to: Location) -> Result<()> {
-        let _clock = self.clock.lock();
+        let _write = self.write.lock();
         self.live()?;
         let cell = self.registry.get(id)?;
         let mut page = crate::registry::write_page(&cell, id)?;
@@ -1916,7 +1361,7 @@ impl Mmsb {
     /// give for the same state. Replaying the directory to this LSN
     /// ([`crate::history::replay::replay_dir`]) gives this state. No page is copied.
     pub fn lsn(&self) -> Lsn {
-        self.clock.lock().log.last_lsn()
+        self.write.lock().log.last_lsn()
     }
 
     /// Wait until the log segments and checkpoints that the last
@@ -1935,7 +1380,7 @@ impl Mmsb {
 
     /// Logical time: the number of changes accepted so far.
     pub fn timestamp(&self) -> u64 {
-        self.clock.lock().timestamp
+        self.write.lock().clock.timestamp
     }
 
     /// Allocator statistics.
@@ -1988,16 +1433,16 @@ impl Mmsb {
     /// # Errors
     /// [`Error::Invariant`] naming the first violation.
     pub fn verify(&self) -> Result<()> {
-        let clock = self.clock.lock();
-        self.registry.verify(PageId(clock.next_page))?;
-        clock.deps.graph.verify()
+        let w = self.write.lock();
+        self.registry.verify(PageId(w.clock.next_page))?;
+        w.deps.graph.verify()
     }
 }
 
 /// The dependency graph as data, with function names resolved.
-fn graph_image(clock: &Clock) -> crate::storage::image::GraphImage {
-    let f = &clock.deps.functions;
-    clock.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.to_string()).unwrap_or_default())
+fn graph_image(w: &WriteState) -> crate::storage::image::GraphImage {
+    let f = &w.deps.functions;
+    w.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.to_string()).unwrap_or_default())
 }
 
 /// [`Error::InvalidPage`] naming both pages unless they have one length.
@@ -2011,54 +1456,6 @@ fn same_length(a: &Page, b: &Page) -> Result<()> {
             a.id, a.len, b.id, b.len
         ),
     })
-}
-
-/// The distinct pages of `updates` in ascending id order, and for each
-/// update the index of its page in that list. Large batches deduplicate
-/// through a small open-addressing table first, so only the distinct ids
-/// are sorted.
-fn page_slots(updates: &[Update]) -> (Small<PageId>, Small<usize>) {
-    const EMPTY: u32 = u32::MAX;
-    let n = updates.len();
-    if n <= 32 || u32::try_from(n).is_err() {
-        let mut ids: Small<PageId> = updates.iter().map(|u| u.page).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let slots = updates.iter().map(|u| ids.binary_search(&u.page).unwrap_or(0)).collect();
-        return (ids, slots);
-    }
-    let bits = (2 * n).next_power_of_two().trailing_zeros();
-    let mask = (1usize << bits) - 1;
-    // (id, index of the id in `uniq`); EMPTY marks a free entry.
-    let mut table = vec![(0u64, EMPTY); mask + 1];
-    let mut uniq: Vec<PageId> = Vec::new();
-    let mut first: Vec<u32> = Vec::with_capacity(n);
-    for u in updates {
-        let id = u.page.0;
-        let mut h = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
-        let slot = loop {
-            let e = &mut table[h];
-            if e.1 == EMPTY {
-                *e = (id, uniq.len() as u32);
-                uniq.push(u.page);
-                break e.1;
-            }
-            if e.0 == id {
-                break e.1;
-            }
-            h = (h + 1) & mask;
-        };
-        first.push(slot);
-    }
-    let mut order: Vec<u32> = (0..uniq.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| uniq[i as usize]);
-    let mut rank = vec![0usize; uniq.len()];
-    for (pos, &i) in order.iter().enumerate() {
-        rank[i as usize] = pos;
-    }
-    let ids = order.iter().map(|&i| uniq[i as usize]).collect();
-    let slots = first.iter().map(|&i| rank[i as usize]).collect();
-    (ids, slots)
 }
 
 /// Run `f` (registered as `function`, deriving `page` of `len` bytes) once
@@ -2081,11 +1478,4 @@ fn dry_run(
         function: function.to_owned(),
         reason: propagate::panic_message(p.as_ref()),
     })
-}
-
-fn with_page(e: Error, page: PageId) -> Error {
-    match e {
-        Error::InvalidDelta { page: None, reason } => Error::InvalidDelta { page: Some(page), reason },
-        other => other,
-    }
 }

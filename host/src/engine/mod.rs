@@ -2,3 +2,4 @@
 //! behind it (batches, logging then applying, events, checkpoints).
 
 pub mod handle;
+pub(crate) mod write;

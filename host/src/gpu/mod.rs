@@ -57,8 +57,8 @@ mod driver;
 pub(crate) mod internals;
 mod pool;
 pub(crate) mod ptx;
-mod storage;
 mod range;
+mod storage;
 
 pub(crate) use device::opened as opened_device;
 pub(crate) use device::GpuPage;
