@@ -1,210 +1,29 @@
 //! The public handle: [`Mmsb`].
 
-use crate::alloc::{AllocStats, PageAllocator, DEFAULT_POOL_BUDGET};
+use super::open::DirHolder;
+use crate::alloc::{AllocStats, PageAllocator};
 use crate::delta::change::{Change, EdgeKind, Update};
 use crate::delta::Payload;
-use crate::engine::write::{Batch, Clock, Ctx, Small, WriteState};
-use crate::events::{Event, EventBus, Subscription};
+use crate::engine::write::{Batch, Ctx, Small, WriteState};
+use crate::events::{EventBus, Subscription};
 use crate::gpu::Storage;
-use crate::graph::propagate::{self, Deps, PropagationMode, PropagationStats, Settings};
+use crate::graph::propagate::{self, Deps, PropagationMode, PropagationStats};
 use crate::graph::PageHandle;
 use crate::registry::{Page, Registry};
-use crate::storage::checkpoint::{CheckpointInfo, CheckpointWriter};
 use crate::storage::codec::page::PageImage;
 use crate::storage::codec::Limits;
 use crate::storage::image::StateImage;
-use crate::storage::log::{Durability, LogStats, LogWriter};
-use crate::storage::recovery::{RecoveryMode, RecoveryReport};
-use crate::storage::vfs::{StdVfs, Vfs};
+use crate::storage::log::LogStats;
+use crate::storage::recovery::RecoveryReport;
+use crate::storage::vfs::Vfs;
 use crate::types::page::{Location, Metadata, PageSpec};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RawRwLock};
 use shared_types::{Epoch, Lsn, PageId};
 use smallvec::SmallVec;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// How to start a state.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The state directory; `None` makes a fresh temporary one that is
-    /// removed when the handle is dropped.
-    pub dir: Option<PathBuf>,
-    /// Open only an existing state: [`Mmsb::start`] refuses a `dir` that is
-    /// missing or holds no MMSB log ([`Error::NotAState`]) instead of
-    /// creating an empty state there ([`Config::existing`]).
-    pub existing: bool,
-    /// Byte budget of the page allocator's free lists (split over its
-    /// eight shards). On Linux, with at least 2 MiB a shard, pages of 256
-    /// KiB to 1 MiB are cut from 2 MiB huge-page chunks whose other blocks
-    /// wait in the free lists; with less, each such page is mapped alone.
-    pub pool_budget: u64,
-    /// How durable a commit is when it returns.
-    pub durability: Durability,
-    /// What recovery does about corruption that is not a torn tail.
-    pub recovery: RecoveryMode,
-    /// Segment size at which the log starts a new segment file (at least
-    /// [`MIN_SEGMENT_BYTES`]).
-    pub segment_bytes: u64,
-    /// Bounds the decoders enforce on persisted data.
-    pub limits: Limits,
-    /// The file system under the log and checkpoints (`None`: the real one).
-    pub vfs: Option<Arc<dyn Vfs>>,
-    /// When derived pages are recomputed.
-    pub propagation: PropagationMode,
-    /// Threads a propagation may use for one wide level (0: the number of
-    /// available cores; at most [`MAX_PROPAGATION_THREADS`]).
-    pub propagation_threads: usize,
-    /// Bytes (outputs plus inputs) a level must involve before it is
-    /// recomputed on several threads; thread start-up costs microseconds.
-    pub parallel_min_bytes: u64,
-    /// Capacity of each subscriber's event channel (at least 1); events
-    /// beyond it are dropped for that subscriber and counted.
-    pub event_capacity: usize,
-    /// When deltas accepted for GPU pages are applied on the device (see
-    /// [`crate::gpu::GpuApply`]).
-    pub gpu_apply: crate::gpu::GpuApply,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            dir: None,
-            existing: false,
-            pool_budget: DEFAULT_POOL_BUDGET,
-            durability: Durability::default(),
-            recovery: RecoveryMode::default(),
-            segment_bytes: crate::storage::log::DEFAULT_SEGMENT_BYTES,
-            limits: Limits::default(),
-            vfs: None,
-            propagation: PropagationMode::Immediate,
-            propagation_threads: 0,
-            parallel_min_bytes: 256 << 10,
-            event_capacity: 1 << 16,
-            gpu_apply: crate::gpu::GpuApply::Immediate,
-        }
-    }
-}
-
-impl Config {
-    /// The settings [`Mmsb::start`] refuses, as it refuses them.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the first setting out of range.
-    pub fn check(&self) -> Result<()> {
-        if self.segment_bytes < MIN_SEGMENT_BYTES {
-            return Err(Error::Config(format!(
-                "segment_bytes {} is under the minimum of {MIN_SEGMENT_BYTES}",
-                self.segment_bytes
-            )));
-        }
-        if self.event_capacity == 0 {
-            return Err(Error::Config("event_capacity must be at least 1".into()));
-        }
-        if self.propagation_threads > MAX_PROPAGATION_THREADS {
-            return Err(Error::Config(format!(
-                "propagation_threads {} is over the maximum of {MAX_PROPAGATION_THREADS} (0 means one per core)",
-                self.propagation_threads
-            )));
-        }
-        Ok(())
-    }
-
-    /// A configuration with a temporary state directory.
-    pub fn temporary() -> Self {
-        Self::default()
-    }
-
-    /// A configuration for the state directory `dir`: the state there is
-    /// opened, or a new one is created when `dir` is missing or empty. A
-    /// directory that holds other files but no MMSB log is refused
-    /// ([`Error::NotAState`]), never adopted.
-    pub fn at(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: Some(dir.into()), ..Self::default() }
-    }
-
-    /// A configuration that opens the existing state in `dir` and never
-    /// creates one: a mistyped path is an error ([`Error::NotAState`]), not
-    /// a new empty state.
-    ///
-    /// # Examples
-    /// ```
-    /// use mmsb::{Config, Error, Mmsb};
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let missing = dir.path().join("no-such-state");
-    /// assert!(matches!(Mmsb::start(Config::existing(&missing)), Err(Error::NotAState { .. })));
-    /// assert!(!missing.exists());
-    /// ```
-    pub fn existing(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: Some(dir.into()), existing: true, ..Self::default() }
-    }
-
-    /// Set the durability.
-    #[must_use]
-    pub fn durability(mut self, d: Durability) -> Self {
-        self.durability = d;
-        self
-    }
-
-    /// Set the recovery mode.
-    #[must_use]
-    pub fn recovery(mut self, m: RecoveryMode) -> Self {
-        self.recovery = m;
-        self
-    }
-
-    /// Use `vfs` for the log and checkpoints.
-    #[must_use]
-    pub fn vfs(mut self, vfs: Arc<dyn Vfs>) -> Self {
-        self.vfs = Some(vfs);
-        self
-    }
-    /// The same configuration with another GPU apply mode.
-    #[must_use]
-    pub fn with_gpu_apply(mut self, mode: crate::gpu::GpuApply) -> Self {
-        self.gpu_apply = mode;
-        self
-    }
-
-    /// The same configuration with another propagation mode.
-    #[must_use]
-    pub fn with_propagation(mut self, mode: PropagationMode) -> Self {
-        self.propagation = mode;
-        self
-    }
-}
-
-/// Whether `dir` may be started as a state directory: with `existing`, it
-/// must hold a log with a segment or a checkpoint; otherwise it may also be
-/// missing or empty, but not hold other files without a log.
-fn check_state_dir(vfs: &dyn Vfs, dir: &Path, existing: bool) -> Result<()> {
-    let not_a_state = |reason: String| Error::NotAState { dir: dir.to_path_buf(), reason };
-    let log_dir = crate::storage::files::log_dir(dir);
-    match vfs.list(&log_dir) {
-        Ok(names) => {
-            let holds_state = names.iter().any(|n| {
-                crate::storage::files::parse_segment_name(n).is_some()
-                    || crate::storage::files::parse_checkpoint_name(n).is_some()
-            });
-            if existing && !holds_state {
-                return Err(not_a_state("its log/ holds no log segment or checkpoint".into()));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match (existing, vfs.list(dir)) {
-            (true, Ok(_)) => Err(not_a_state("it has no log/ directory".into())),
-            (true, Err(_)) => Err(not_a_state("it does not exist".into())),
-            (false, Ok(names)) if !names.is_empty() => Err(not_a_state(format!(
-                "it holds other files ({}{}) and no log/; give an empty or new directory to create a state",
-                names.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
-                if names.len() > 3 { ", ..." } else { "" }
-            ))),
-            (false, _) => Ok(()),
-        },
-        Err(e) => Err(Error::from(e).in_file(&log_dir)),
-    }
-}
 
 /// A derived page's recipe: function, version and parents in call order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,14 +51,6 @@ pub struct PageInfo {
     pub meta: Metadata,
 }
 
-/// The smallest [`Config::segment_bytes`]: a segment's header and one
-/// small record (a segment is started when a record would pass the size,
-/// so smaller values only multiply files).
-pub const MIN_SEGMENT_BYTES: u64 = 1024;
-
-/// The most threads [`Config::propagation_threads`] may ask for.
-pub const MAX_PROPAGATION_THREADS: usize = 1024;
-
 /// A read guard on one page: borrows its bytes without copying. Writers to
 /// this page on other threads wait until it is dropped, and so does a
 /// write to any page the guarded page is derived from whose propagation
@@ -262,11 +73,8 @@ impl PageRef {
 
     /// The bytes (the page is in host memory: [`Mmsb::read_page`] checked it).
     pub fn bytes(&self) -> &[u8] {
-        match &self.guard.storage {
-            Storage::Host(b) => b,
-            // read_page only hands out guards on host pages.
-            Storage::Device(_) | Storage::Unified(_) => &[],
-        }
+        // read_page only hands out guards on host pages.
+        self.guard.storage.host().unwrap_or(&[])
     }
 
     /// The epoch.
@@ -285,11 +93,6 @@ impl std::fmt::Debug for PageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageRef").field("id", &self.guard.id).field("epoch", &self.guard.epoch).finish()
     }
-}
-
-enum DirHolder {
-    Temp(tempfile::TempDir),
-    Given(PathBuf),
 }
 
 /// A running MMSB state: pages, deltas and everything built on them.
@@ -313,23 +116,23 @@ enum DirHolder {
 /// # }
 /// ```
 pub struct Mmsb {
-    dir: DirHolder,
-    alloc: PageAllocator,
-    registry: Registry,
+    pub(super) dir: DirHolder,
+    pub(super) alloc: PageAllocator,
+    pub(super) registry: Registry,
     /// The write path: the commit lock, held by every change.
-    write: Mutex<WriteState>,
-    stopped: AtomicBool,
-    vfs: Arc<dyn Vfs>,
-    limits: Limits,
-    report: RecoveryReport,
-    events: EventBus,
-    monitor: crate::stats::Monitor,
+    pub(super) write: Mutex<WriteState>,
+    pub(super) stopped: AtomicBool,
+    pub(super) vfs: Arc<dyn Vfs>,
+    pub(super) limits: Limits,
+    pub(super) report: RecoveryReport,
+    pub(super) events: EventBus,
+    pub(super) monitor: crate::stats::Monitor,
     /// Releases the storage of files a checkpoint made unnecessary (their
     /// names are already gone); joined by the next checkpoint, `stop` and drop.
-    reaper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub(super) reaper: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The hold on the state directory ([`Vfs::lock_dir`]): released by
     /// `stop` and by drop, so that the directory can be started again.
-    lock: Mutex<Option<crate::storage::vfs::DirLock>>,
+    pub(super) lock: Mutex<Option<crate::storage::vfs::DirLock>>,
 }
 
 impl Drop for Mmsb {
@@ -354,120 +157,6 @@ impl std::fmt::Debug for Mmsb {
 }
 
 impl Mmsb {
-    /// Start a state in `config.dir` (a temporary directory when `None`).
-    /// An existing state is recovered: the newest valid checkpoint, then the
-    /// log after it (see [`Mmsb::recovery_report`]).
-    ///
-    /// # Errors
-    /// [`Error::Io`] when the directory cannot be created or read;
-    /// [`Error::Corrupt`] when the stored state is corrupt (in
-    /// [`RecoveryMode::Strict`]) or a logged change does not validate;
-    /// [`Error::UnsupportedLocation`] for a stored page this build cannot hold;
-    /// [`Error::InUse`] when another handle holds the directory;
-    /// [`Error::Config`] for settings out of range (checked before the
-    /// directory is touched): `segment_bytes` under
-    /// [`MIN_SEGMENT_BYTES`], `event_capacity` 0, `propagation_threads`
-    /// over [`MAX_PROPAGATION_THREADS`].
-    pub fn start(config: Config) -> Result<Mmsb> {
-        let _span = tracing::info_span!("mmsb.start").entered();
-        config.check()?;
-        let vfs: Arc<dyn Vfs> = config.vfs.clone().unwrap_or_else(|| Arc::new(StdVfs));
-        let dir = match config.dir {
-            Some(d) => {
-                check_state_dir(vfs.as_ref(), &d, config.existing)?;
-                if config.vfs.is_none() {
-                    StdVfs.create_dir_all(&d).map_err(|e| Error::from(e).in_file(&d))?;
-                }
-                DirHolder::Given(d)
-            }
-            None => DirHolder::Temp(tempfile::Builder::new().prefix("mmsb-").tempdir().map_err(Error::from)?),
-        };
-        let threads = match config.propagation_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let state_dir = match &dir {
-            DirHolder::Temp(t) => t.path().to_path_buf(),
-            DirHolder::Given(p) => p.clone(),
-        };
-        let log_dir = crate::storage::files::log_dir(&state_dir);
-        vfs.create_dir_all(&log_dir).map_err(|e| Error::from(e).in_file(&log_dir))?;
-        // One writing handle per directory, held before anything is read or
-        // removed (the temporaries below may be another handle's).
-        let lock = vfs.lock_dir(&log_dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::InUse { dir: state_dir.clone() },
-            _ => Error::from(e).in_file(&log_dir),
-        })?;
-        if let Ok(names) = vfs.list(&log_dir) {
-            for n in names.iter().filter(|n| n.ends_with(".tmp")) {
-                let _ = vfs.remove(&log_dir.join(n));
-            }
-        }
-        let alloc = PageAllocator::new(config.pool_budget);
-        let (mut image, mut report, resume) = {
-            let _span = tracing::info_span!("mmsb.recovery", dir = %state_dir.display()).entered();
-            crate::storage::recovery::recover_with(
-                vfs.as_ref(),
-                &state_dir,
-                config.recovery,
-                &config.limits,
-                Some(&alloc),
-            )?
-        };
-        if !report.dropped.is_empty() {
-            crate::storage::recovery::set_aside_dropped(vfs.as_ref(), &log_dir, &mut report)?;
-        }
-        let registry = Registry::default();
-        for (_, p) in std::mem::take(&mut image.pages) {
-            // Pages come back to the location they were checkpointed at.
-            let len = p.bytes.len() as u64;
-            let storage = match p.location {
-                Location::Cpu => Storage::Host(p.bytes.into_page_buf(&alloc)?),
-                Location::Gpu(_) => Storage::Device(crate::gpu::page_from(p.location, &p.bytes)?),
-                Location::Unified => Storage::Unified(crate::gpu::page_from(p.location, &p.bytes)?),
-            };
-            registry.insert(Page {
-                id: p.id,
-                len,
-                epoch: p.epoch,
-                location: p.location,
-                meta: p.meta,
-                storage,
-            })?;
-        }
-        let log = LogWriter::resume(vfs.clone(), &log_dir, &resume, config.durability, config.segment_bytes)?;
-        report.generation = log.generation();
-        let state = Mmsb {
-            dir,
-            alloc,
-            registry,
-            write: Mutex::new(WriteState::new(
-                Clock {
-                    next_page: image.next_page,
-                    next_delta: image.next_delta,
-                    timestamp: image.timestamp,
-                },
-                log,
-                config.propagation,
-                Settings {
-                    threads,
-                    parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
-                },
-                config.gpu_apply,
-            )),
-            stopped: AtomicBool::new(false),
-            vfs,
-            limits: config.limits,
-            report,
-            events: EventBus::new(config.event_capacity),
-            monitor: crate::stats::Monitor::default(),
-            reaper: Mutex::new(None),
-            lock: Mutex::new(lock),
-        };
-        state.restore_graph(&image.graph)?;
-        Ok(state)
-    }
-
     /// What recovery found when this handle started.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
@@ -485,121 +174,6 @@ impl Mmsb {
     /// Log counters.
     pub fn log_stats(&self) -> LogStats {
         self.write.lock().log.stats()
-    }
-
-    /// Write a checkpoint of the whole state (writers wait meanwhile), then
-    /// remove the log segments and older checkpoints it makes unnecessary.
-    ///
-    /// # Errors
-    /// [`Error::Io`] or [`Error::Poisoned`]; a failed checkpoint leaves the
-    /// previous one and the log intact.
-    pub fn checkpoint(&self) -> Result<CheckpointInfo> {
-        let _span = tracing::info_span!("mmsb.checkpoint").entered();
-        let mut w = self.write.lock();
-        self.join_reaper();
-        self.live()?;
-        // A poisoned log may have lost records the pages reflect: no checkpoint.
-        if let Some(why) = w.log.poisoned() {
-            return Err(Error::Poisoned(why.to_owned()));
-        }
-        let lsn = w.log.last_lsn().0;
-        let dir = crate::storage::files::log_dir(self.dir());
-        // Propagation work queued now is not in the checkpoint: a due record
-        // names it, first in a new segment, durable before the checkpoint
-        // is (a crash in between recovers from the older checkpoint, and
-        // replays the due record too: it only queues work again). Pages
-        // stale through control edges are named the same way, in a stale
-        // record.
-        let queued = w.deps.graph.has_pending();
-        let stale = w.deps.graph.stale_pages();
-        let due = queued || !stale.is_empty();
-        if due {
-            let g = &w.deps.graph;
-            let pages = |nodes: &[u32]| {
-                let mut v: Vec<PageId> = nodes.iter().map(|&n| g.slots[n as usize].page).collect();
-                v.sort_unstable();
-                v
-            };
-            let (written, forced) = (pages(&g.pending), pages(&g.forced));
-            w.log.rotate()?;
-            if queued {
-                w.log.append_due(&written, &forced)?;
-            }
-            if !stale.is_empty() {
-                w.log.append_stale(&stale)?;
-            }
-            w.log.sync()?;
-        }
-        let counters = StateImage {
-            pages: Default::default(),
-            next_page: w.clock.next_page,
-            next_delta: w.clock.next_delta,
-            timestamp: w.clock.timestamp,
-            lsn,
-            graph: graph_image(&w),
-        };
-        let cells = self.registry.cells();
-        let generation = w.log.generation();
-        let mut cw =
-            CheckpointWriter::new(self.vfs.clone(), &dir, generation, &counters, cells.len() as u64)?;
-        for (_, cell) in &cells {
-            let p = cell.read();
-            // GPU pages apply their queued deltas and come back through pinned memory.
-            let bytes = match &p.storage {
-                Storage::Host(b) => std::borrow::Cow::Borrowed(&b[..]),
-                _ => std::borrow::Cow::Owned(p.copy_bytes()?),
-            };
-            cw.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
-        }
-        let (path, pages, bytes) = cw.finish()?;
-        // The checkpoint is durable and covers every record so far: the log
-        // moves to a new segment without syncing the old one. Older
-        // checkpoints and the segments before the new one can go (a crash
-        // midway, or before the removals reach the disk with the next
-        // directory sync, leaves extras that recovery skips). Their names go
-        // now; their blocks are freed on another thread.
-        // With `due`, the log went on to a new segment already.
-        let new_seq = if due { w.log.seq() } else { w.log.rotate_covered()? };
-        let (mut removed_segments, mut removed_checkpoints) = (0, 0);
-        let mut released = Vec::new();
-        for (l, p) in crate::storage::checkpoint::list(self.vfs.as_ref(), &dir)? {
-            if l < lsn {
-                if let Ok(r) = self.vfs.remove_keep_open(&p) {
-                    removed_checkpoints += 1;
-                    released.extend(r);
-                }
-            }
-        }
-        if let Ok(names) = self.vfs.list(&dir) {
-            for n in names {
-                if crate::storage::files::parse_segment_name(&n).is_some_and(|s| s < new_seq) {
-                    if let Ok(r) = self.vfs.remove_keep_open(&dir.join(&n)) {
-                        removed_segments += 1;
-                        released.extend(r);
-                    }
-                }
-            }
-        }
-        if !released.is_empty() {
-            self.join_reaper();
-            // Without a thread the files are released here, as before.
-            let handle =
-                std::thread::Builder::new().name("mmsb-release".into()).spawn(move || drop(released));
-            *self.reaper.lock() = handle.ok();
-        }
-        self.monitor.checkpointed();
-        if self.events.active() {
-            self.events.send(Event::CheckpointWritten { lsn: shared_types::Lsn(lsn) });
-        }
-        Ok(CheckpointInfo {
-            lsn: shared_types::Lsn(lsn),
-            path,
-            pages,
-            bytes,
-            generation,
-            removed_segments,
-            removed_checkpoints,
-        })
     }
 
     /// A copy of the whole state (pages in id order plus counters). GPU
@@ -643,19 +217,8 @@ impl Mmsb {
         let _write = self.write.lock();
         let cells = self.registry.cells();
         let guards: Vec<_> = cells.iter().map(|(_, c)| c.read()).collect();
-        let mut copies = Vec::new();
-        for g in &guards {
-            if g.bytes().is_err() {
-                copies.push((g.id, g.copy_bytes()?));
-            }
-        }
-        Ok(crate::storage::image::hash_pages(guards.iter().map(|g| {
-            let bytes = match g.bytes() {
-                Ok(b) => b,
-                Err(_) => copies.iter().find(|(id, _)| *id == g.id).map_or(&[][..], |(_, b)| &b[..]),
-            };
-            (g.id, g.epoch, bytes)
-        })))
+        let bytes = guards.iter().map(|g| g.storage.read()).collect::<Result<Vec<_>>>()?;
+        Ok(crate::storage::image::hash_pages(guards.iter().zip(&bytes).map(|(g, b)| (g.id, g.epoch, &b[..]))))
     }
 
     /// The decoder bounds in force.
@@ -699,7 +262,7 @@ impl Mmsb {
     }
 
     /// Wait until the files removed by the last checkpoint are released.
-    fn join_reaper(&self) {
+    pub(super) fn join_reaper(&self) {
         if let Some(h) = self.reaper.lock().take() {
             let _ = h.join();
         }
@@ -898,7 +461,7 @@ impl Mmsb {
     /// Propagation work that recovery found queued and not done
     /// ([`RecoveryReport::due`](crate::storage::log::RecoveryReport::due)) is queued
     /// again.
-    fn restore_graph(&self, g: &crate::storage::image::GraphImage) -> Result<()> {
+    pub(super) fn restore_graph(&self, g: &crate::storage::image::GraphImage) -> Result<()> {
         if g.is_empty() {
             return Ok(());
         }
@@ -1214,11 +777,7 @@ impl Mmsb {
             return Ok(());
         }
         let bytes = page.copy_bytes()?;
-        page.storage = match to {
-            Location::Cpu => Storage::Host(self.alloc.alloc_copy(&bytes)?),
-            Location::Gpu(_) => Storage::Device(crate::gpu::page_from(to, &bytes)?),
-            Location::Unified => Storage::Unified(crate::gpu::page_from(to, &bytes)?),
-        };
+        page.storage = Storage::copied(to, &bytes, &self.alloc)?;
         page.location = to;
         Ok(())
     }
@@ -1440,7 +999,7 @@ impl Mmsb {
 }
 
 /// The dependency graph as data, with function names resolved.
-fn graph_image(w: &WriteState) -> crate::storage::image::GraphImage {
+pub(super) fn graph_image(w: &WriteState) -> crate::storage::image::GraphImage {
     let f = &w.deps.functions;
     w.deps.graph.export(&|i| f.entries.get(i as usize).map(|e| e.name.to_string()).unwrap_or_default())
 }

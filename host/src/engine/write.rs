@@ -287,7 +287,7 @@ impl<'l> Changes<'l> {
             match c {
                 Change::CreatePage { len, location, .. } => {
                     crate::gpu::check_location(*location)?;
-                    storage.push(storage_for(ctx.alloc, *location, *len)?);
+                    storage.push(Storage::zeroed(*location, *len, ctx.alloc)?);
                 }
                 Change::Apply(d) => return Err(delta_as_change(d.page)),
                 _ => {}
@@ -527,11 +527,7 @@ fn apply_users(
             break;
         };
         let bytes = if listen { u.payload.touched() } else { 0 };
-        let res = match &mut page.storage {
-            Storage::Host(b) => u.payload.apply_to(b),
-            _ => page
-                .apply_checked(std::mem::replace(&mut u.payload, crate::Payload::Sparse(Default::default()))),
-        };
+        let res = page.storage.apply(&mut u.payload);
         if let Err(e) = res {
             failed = Some(e);
             break;
@@ -576,11 +572,13 @@ fn apply_derived(
                 break;
             }
         };
-        let res = match &mut page.storage {
-            Storage::Host(b) => apply_encoded(d.encoded(sink), b),
-            _ => {
+        // Host pages apply the encoding the plan left in its sink; a GPU
+        // page queues the payload decoded from it.
+        let res = match page.storage.host_mut() {
+            Some(b) => apply_encoded(d.encoded(sink), b),
+            None => {
                 *device = true;
-                d.payload(sink).and_then(|p| page.apply_checked(p))
+                d.payload(sink).and_then(|mut p| page.storage.apply(&mut p))
             }
         };
         if let Err(e) = res {
@@ -857,15 +855,6 @@ fn force(graph: &mut Graph, page: PageId) {
     if let Some(n) = graph.node(page) {
         graph.force(n);
     }
-}
-
-/// Fresh zeroed storage for a page of `len` bytes at `location`.
-fn storage_for(alloc: &PageAllocator, location: Location, len: u64) -> Result<Storage> {
-    Ok(match location {
-        Location::Cpu => Storage::Host(alloc.alloc(len as usize)?),
-        Location::Gpu(_) => Storage::Device(crate::gpu::create_page(location, len)?),
-        Location::Unified => Storage::Unified(crate::gpu::create_page(location, len)?),
-    })
 }
 
 /// Poison `log` because `what` failed after it: memory and log disagree

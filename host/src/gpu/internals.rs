@@ -80,7 +80,7 @@ pub fn run_descs(runs: &[Run], chunk: u64) -> Vec<RunDesc> {
 ///
 /// ```no_run
 /// # fn f(dev: &mmsb::gpu::Gpu) -> mmsb::Result<()> {
-/// use mmsb::internals::{alloc, launches};
+/// use mmsb::internals::gpu::{alloc, launches};
 /// let block = alloc(dev, 4096)?;
 /// launches(dev, |l| l.zero(block.range()))?;
 /// # Ok(())
@@ -91,7 +91,7 @@ pub fn run_descs(runs: &[Run], chunk: u64) -> Vec<RunDesc> {
 ///
 /// ```compile_fail
 /// # fn f(dev: &mmsb::gpu::Gpu) -> mmsb::Result<()> {
-/// use mmsb::internals::{alloc, launches};
+/// use mmsb::internals::gpu::{alloc, launches};
 /// launches(dev, |l| {
 ///     let block = alloc(dev, 4096)?;
 ///     l.zero(block.range()) // `block` does not live long enough

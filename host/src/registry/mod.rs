@@ -6,7 +6,6 @@
 mod page;
 pub use page::Page;
 
-use crate::gpu::Storage;
 use crate::sync::{Mutex, RwLock};
 use crate::{Error, Result};
 use shared_types::{Epoch, PageId};
@@ -155,10 +154,7 @@ impl Registry {
                     p.id
                 )));
             }
-            let stored = match &p.storage {
-                Storage::Host(b) => b.len() as u64,
-                Storage::Device(g) | Storage::Unified(g) => g.len(),
-            };
+            let stored = p.storage.len();
             if stored != p.len {
                 return Err(Error::Invariant(format!(
                     "page {key} has length {} but {stored} stored bytes",

@@ -2,7 +2,6 @@
 //! the storage of its bytes.
 
 use crate::gpu::Storage;
-use crate::delta::Payload;
 use crate::{Error, Location, Metadata, Result};
 use shared_types::{Epoch, PageId};
 
@@ -59,39 +58,14 @@ impl Page {
     /// [`Error::UnsupportedLocation`] for a page whose bytes are on a device:
     /// copy them out with [`crate::Mmsb::query_page`] instead.
     pub fn bytes(&self) -> Result<&[u8]> {
-        match &self.storage {
-            Storage::Host(b) => Ok(b),
-            Storage::Device(_) | Storage::Unified(_) => {
-                Err(Error::UnsupportedLocation { op: "Page::bytes", location: self.location })
-            }
-        }
-    }
-
-    pub(crate) fn host_bytes_mut(&mut self) -> Result<&mut [u8]> {
-        match &mut self.storage {
-            Storage::Host(b) => Ok(b),
-            Storage::Device(_) | Storage::Unified(_) => {
-                Err(Error::UnsupportedLocation { op: "host_bytes_mut", location: self.location })
-            }
-        }
+        self.storage
+            .host()
+            .ok_or(Error::UnsupportedLocation { op: "Page::bytes", location: self.location })
     }
 
     /// A copy of the bytes, wherever they live (GPU pages apply their
     /// queued deltas first).
     pub(crate) fn copy_bytes(&self) -> Result<Vec<u8>> {
-        match &self.storage {
-            Storage::Host(b) => Ok(b.to_vec()),
-            Storage::Device(g) | Storage::Unified(g) => g.download(),
-        }
-    }
-
-    /// Apply a payload already validated against this page's length.
-    #[inline]
-    pub(crate) fn apply_checked(&mut self, payload: Payload) -> Result<()> {
-        if let Some(g) = self.storage.gpu() {
-            g.enqueue(payload);
-            return Ok(());
-        }
-        payload.apply_to(self.host_bytes_mut()?)
+        self.storage.read().map(std::borrow::Cow::into_owned)
     }
 }

@@ -486,6 +486,48 @@ pub fn newest_valid_with(
     Ok((None, bad))
 }
 
+/// What [`retire`] removed.
+#[derive(Debug, Default)]
+pub(crate) struct Retired {
+    /// Log segments removed.
+    pub(crate) segments: usize,
+    /// Checkpoints removed.
+    pub(crate) checkpoints: usize,
+    /// The removed files, still open: their storage is released when these
+    /// are dropped (on another thread, by the engine).
+    pub(crate) released: Vec<crate::storage::vfs::Removed>,
+}
+
+/// Remove from log directory `dir` what a durable checkpoint at `lsn` made
+/// unnecessary: older checkpoints and the segments before `new_seq` (the
+/// segment the log went on to). A removal that fails is skipped: recovery
+/// passes over such extras.
+///
+/// # Errors
+/// [`Error::Io`] when the directory cannot be listed.
+pub(crate) fn retire(vfs: &dyn Vfs, dir: &Path, lsn: u64, new_seq: u64) -> Result<Retired> {
+    let mut out = Retired::default();
+    for (l, p) in list(vfs, dir)? {
+        if l < lsn {
+            if let Ok(r) = vfs.remove_keep_open(&p) {
+                out.checkpoints += 1;
+                out.released.push(r);
+            }
+        }
+    }
+    if let Ok(names) = vfs.list(dir) {
+        for n in names {
+            if crate::storage::files::parse_segment_name(&n).is_some_and(|s| s < new_seq) {
+                if let Ok(r) = vfs.remove_keep_open(&dir.join(&n)) {
+                    out.segments += 1;
+                    out.released.push(r);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
