@@ -565,7 +565,7 @@ fn apply_derived(
     let mut failed = None;
     let mut n = 0;
     for d in &plan.derived {
-        let page = match guards.get_mut(d.guard) {
+        let page = match d.guard.and_then(|g| guards.get_mut(g)) {
             Some((id, page)) if *id == d.page => page,
             _ => {
                 failed = Some(Error::PageNotFound(d.page));
@@ -649,30 +649,32 @@ fn plan_write<'l>(
     all: &mut Vec<(PageId, PageGuard<'l>)>,
 ) -> Result<Option<Plan<'l>>> {
     let Deps { graph, functions, scratch } = deps;
-    // The graph node of each page of the write (u32::MAX: none).
-    let node_of: Small<u32> = own.iter().map(|(id, _)| graph.node(*id).unwrap_or(u32::MAX)).collect();
-    let feeds = node_of.iter().any(|&n| n != u32::MAX && !graph.slots[n as usize].data_children.is_empty());
+    // The graph node of each page of the write, if it has one.
+    let node_of: Small<Option<u32>> = own.iter().map(|(id, _)| graph.node(*id)).collect();
+    let feeds = node_of.iter().flatten().any(|&n| !graph.slots[n as usize].data_children.is_empty());
     if !feeds && !graph.has_pending() {
         return Ok(None);
     }
     let t0 = Instant::now();
     scratch.begin(graph.bound(), ctx.events.listeners());
-    for (k, &n) in node_of.iter().enumerate().filter(|(_, &n)| n != u32::MAX) {
-        scratch.stage(n, own[k].1.bytes()?, epochs[k]);
-    }
-    for (u, &k) in users.updates.iter().zip(users.slots) {
-        if node_of[k] != u32::MAX {
-            u.payload.apply_to(scratch.staged_mut(node_of[k], own[k].1.len as usize))?;
+    for (k, n) in node_of.iter().enumerate() {
+        if let Some(n) = *n {
+            scratch.stage(n, own[k].1.bytes()?, epochs[k]);
         }
     }
-    let extra: Small<u32> = node_of.into_iter().filter(|&n| n != u32::MAX).collect();
+    for (u, &k) in users.updates.iter().zip(users.slots) {
+        if let Some(n) = node_of[k] {
+            u.payload.apply_to(scratch.staged_mut(n, own[k].1.len as usize))?;
+        }
+    }
+    let extra: Small<u32> = node_of.into_iter().flatten().collect();
     let mut plan = {
         let _span = tracing::debug_span!("mmsb.propagate", immediate = true).entered();
         plan(graph, functions, scratch, (&extra, settings, t0), own, all)?
     };
     // A page of the write keeps its lock, at its place among the write's.
-    for d in plan.derived.iter_mut().filter(|d| d.guard == usize::MAX) {
-        d.guard = ids.binary_search(&d.page).unwrap_or(usize::MAX);
+    for d in plan.derived.iter_mut().filter(|d| d.guard.is_none()) {
+        d.guard = ids.binary_search(&d.page).ok();
     }
     Ok(Some(plan))
 }

@@ -209,8 +209,9 @@ pub(crate) struct Derived {
     pub(crate) parents: std::ops::Range<usize>,
     /// Bytes the payload touches ([`Payload::touched`]).
     pub(crate) touched: u64,
-    /// Where the commit path holds the page's write lock (see [`plan`]).
-    pub(crate) guard: usize,
+    /// Where the commit path holds the page's write lock (see [`plan`]);
+    /// `None` until the caller places a page it locked itself.
+    pub(crate) guard: Option<usize>,
     /// Whether applying it may change the graph's flags (the page is stale
     /// or has control edges): see [`Graph::on_apply_node`].
     pub(crate) flags: bool,
@@ -420,7 +421,7 @@ impl<'g> Held<'g> {
 /// commit order. Reads pages through read locks, or the staged copies.
 /// Each page a delta changes is write-locked onto `held` (the delta's
 /// [`Derived::guard`] is its index there), except pages staged by the
-/// caller before the plan, whose guard is left at `usize::MAX`.
+/// caller before the plan, whose guard is left `None`.
 ///
 /// # Errors
 /// The first failed recompute ([`Error::Recompute`], [`Error::Function`]);
@@ -602,7 +603,7 @@ impl<'g> Settle<'g, '_> {
                 // commit (nothing else writes pages meanwhile: the commit
                 // lock is held).
                 let guard = if self.staged[n as usize] == self.gen {
-                    usize::MAX
+                    None
                 } else {
                     let write = match lock {
                         Some(g) => g.into_write()?,
@@ -612,7 +613,7 @@ impl<'g> Settle<'g, '_> {
                         },
                     };
                     self.held.push((s.page, write));
-                    self.held.len() - 1
+                    Some(self.held.len() - 1)
                 };
                 self.staged[n as usize] = self.gen;
                 self.off[n as usize] = at;
