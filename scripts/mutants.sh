@@ -35,12 +35,12 @@ done
 files=()
 for a in "${areas[@]}"; do
     case "$a" in
-        reader) files+=(-f host/src/log/reader.rs) ;;
-        recovery) files+=(-f host/src/log/recovery.rs) ;;
-        writer) files+=(-f host/src/log/writer.rs) ;;
-        checkpoint) files+=(-f host/src/checkpoint.rs) ;;
-        codecs) files+=(-f 'host/src/codec/*.rs') ;;
-        delta) files+=(-f host/src/delta.rs) ;;
+        reader) files+=(-f host/src/storage/log/reader.rs) ;;
+        recovery) files+=(-f host/src/storage/recovery.rs) ;;
+        writer) files+=(-f host/src/storage/log/writer.rs) ;;
+        checkpoint) files+=(-f host/src/storage/checkpoint.rs) ;;
+        codecs) files+=(-f 'host/src/storage/codec/*.rs') ;;
+        delta) files+=(-f host/src/delta/mod.rs) ;;
         *) echo "mutants: unknown area $a (reader, recovery, writer, checkpoint, codecs, delta)" >&2; exit 2 ;;
     esac
 done
