@@ -154,8 +154,9 @@ enum Items<'u, 'b, 'l> {
     Updates(&'u mut Users<'b, 'l>),
     /// A write and the derived deltas of its immediate propagation.
     Propagated(&'u mut Users<'b, 'l>, &'u mut Plan<'l>),
-    /// The derived deltas of a propagation of the queued work.
-    Derived(&'u mut Plan<'l>),
+    /// The derived deltas of a propagation of the queued work, and where
+    /// its figures go.
+    Derived(&'u mut Plan<'l>, &'u mut PropagationStats),
 }
 
 /// A prepared batch: checked, its pages locked, its propagation planned;
@@ -212,15 +213,13 @@ impl WriteState {
         let mut own: Small<(PageId, PageGuard<'_>)> = Small::new();
         let mut all: Vec<(PageId, PageGuard<'_>)> = Vec::new();
         // What the batch logs and applies, borrowed by the unit.
-        let (mut changes, mut users, mut plan) = (None, None, None);
-        // Where a propagation's figures go.
-        let mut out: Option<&mut PropagationStats> = None;
+        let (mut changes, mut users, mut plan);
 
         // 1. Prepare.
         let mut unit = match batch {
             Batch::Changes(list) => {
-                let changes = changes.insert(Changes::prepare(ctx, list, deps)?);
-                Unit::new(Items::Changes(changes), &mut [], 0)
+                changes = Changes::prepare(ctx, list, deps)?;
+                Unit::new(Items::Changes(&mut changes), &mut [], 0)
             }
             Batch::Write { updates, epochs } => {
                 // Every page is locked, in id order (no deadlock with other
@@ -229,28 +228,32 @@ impl WriteState {
                 (ids, slots) = page_slots(updates);
                 lock_pages(ctx.registry, &ids, &mut cells, &mut own)?;
                 let last = check_updates(updates, &slots, &own, epochs)?;
-                let users = users.insert(Users { updates, slots: &slots });
-                if *mode == PropagationMode::Immediate && !deps.graph.is_empty() {
-                    plan = plan_write(ctx, deps, *settings, users, &last, &ids, &mut own, &mut all)?;
-                }
-                match &mut plan {
-                    Some(plan) => Unit::new(Items::Propagated(users, plan), &mut all, ids.len()),
+                users = Users { updates, slots: &slots };
+                let planned = if *mode == PropagationMode::Immediate && !deps.graph.is_empty() {
+                    plan_write(ctx, deps, *settings, &users, &last, &ids, &mut own, &mut all)?
+                } else {
+                    None
+                };
+                match planned {
+                    Some(p) => {
+                        plan = p;
+                        Unit::new(Items::Propagated(&mut users, &mut plan), &mut all, ids.len())
+                    }
                     None => {
                         let n = own.len();
-                        Unit::new(Items::Updates(users), &mut own, n)
+                        Unit::new(Items::Updates(&mut users), &mut own, n)
                     }
                 }
             }
             Batch::Propagation { stats } => {
-                let plan = plan.insert(plan_queued(ctx, deps, *settings, &mut all)?);
-                out = Some(stats);
-                Unit::new(Items::Derived(plan), &mut all, 0)
+                plan = plan_queued(ctx, deps, *settings, &mut all)?;
+                Unit::new(Items::Derived(&mut plan, stats), &mut all, 0)
             }
         };
         // A propagation of queued work is announced before its log record;
         // one that joins a write after the write's own deltas, whose events
         // come first.
-        if let Items::Derived(plan) = &unit.items {
+        if let Items::Derived(plan, _) = &unit.items {
             plan.announce(ctx);
         }
 
@@ -259,11 +262,7 @@ impl WriteState {
 
         // 5. Settle, once the page locks are released.
         let (users_applied, derived_applied) = (unit.users_applied, unit.derived_applied);
-        let updates: &[Update] = users.map_or(&[], |u: Users<'_, '_>| u.updates);
-        if let (Some(stats), Some(p)) = (out, &plan) {
-            *stats = p.stats;
-        }
-        let derived = plan.map(|p: Plan<'_>| p.derived);
+        let (updates, derived) = unit.items.take_parts();
         drop(all);
         drop(own);
         settle(deps, &updates[..users_applied], derived, derived_applied, res.is_ok());
@@ -392,6 +391,19 @@ impl<'l> Plan<'l> {
     }
 }
 
+impl<'b> Items<'_, 'b, '_> {
+    /// Take a write's updates and a propagation's derived deltas out, for
+    /// the graph's bookkeeping once the page locks are released.
+    fn take_parts(&mut self) -> (&'b mut [Update], Option<Vec<Derived>>) {
+        match self {
+            Items::Changes(_) => (&mut [], None),
+            Items::Updates(u) => (std::mem::take(&mut u.updates), None),
+            Items::Propagated(u, p) => (std::mem::take(&mut u.updates), Some(std::mem::take(&mut p.derived))),
+            Items::Derived(p, _) => (&mut [], Some(std::mem::take(&mut p.derived))),
+        }
+    }
+}
+
 impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
     /// A unit of `items` whose deltas change the pages locked in `guards`,
     /// the first `own` of them the batch's own.
@@ -405,7 +417,7 @@ impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
             Items::Changes(c) => c.list.len(),
             Items::Updates(u) => u.updates.len(),
             Items::Propagated(u, p) => u.updates.len() + p.derived.len(),
-            Items::Derived(p) => p.derived.len(),
+            Items::Derived(p, _) => p.derived.len(),
         }
     }
 
@@ -451,7 +463,7 @@ impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
                     log.append_settled()?;
                 }
             }
-            Items::Derived(p) => {
+            Items::Derived(p, _) => {
                 if p.settles() {
                     log.append_settled()?;
                 }
@@ -478,7 +490,7 @@ impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
                 p.announce(ctx);
                 apply_derived(ctx, p, guards, clock, (derived_applied, device))
             }
-            Items::Derived(p) => apply_derived(ctx, p, guards, clock, (derived_applied, device)),
+            Items::Derived(p, _) => apply_derived(ctx, p, guards, clock, (derived_applied, device)),
         }
     }
 
@@ -499,7 +511,11 @@ impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
     /// Stage 5, after a successful commit: a propagation's closing events.
     fn finish(&mut self, ctx: &Ctx<'_>) {
         match &mut self.items {
-            Items::Propagated(_, p) | Items::Derived(p) => p.finish(ctx),
+            Items::Propagated(_, p) => p.finish(ctx),
+            Items::Derived(p, stats) => {
+                p.finish(ctx);
+                **stats = p.stats;
+            }
             Items::Changes(_) | Items::Updates(_) => {}
         }
     }
