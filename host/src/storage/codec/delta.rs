@@ -324,8 +324,8 @@ impl<'a> PayloadView<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] only if the view was built by hand inconsistently.
-    pub fn to_payload(&self) -> Result<Payload> {
-        match *self {
+    pub fn to_payload(self) -> Result<Payload> {
+        match self {
             PayloadView::Full(b) => Ok(Payload::Full(b.to_vec())),
             PayloadView::Sparse { runs, data, .. } => {
                 let runs: RunBuf =
@@ -572,7 +572,7 @@ impl<'a> DeltaView<'a> {
     ///
     /// # Errors
     /// [`Error::Corrupt`] (only for hand-built inconsistent views).
-    pub fn to_delta(&self) -> Result<Delta> {
+    pub fn to_delta(self) -> Result<Delta> {
         let source = match self.source {
             0 => Source::User,
             1 => Source::Propagation(self.provenance.to_provenance()?),
@@ -616,8 +616,8 @@ impl ProvenanceView<'_> {
     /// # Errors
     /// [`Error::Corrupt`] for [`ProvenanceView::None`] and for hand-built
     /// inconsistent views.
-    pub fn to_provenance(&self) -> Result<Provenance> {
-        match *self {
+    pub fn to_provenance(self) -> Result<Provenance> {
+        match self {
             ProvenanceView::None => Err(Error::corrupt_at(0, "a propagation delta without provenance")),
             ProvenanceView::Body(b) => parse_provenance(b, 0),
             ProvenanceView::Derived { function, version, count, parents } => {
