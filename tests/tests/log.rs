@@ -445,7 +445,7 @@ fn derived_delta_records_are_the_general_encoding_of_each_diff() -> Result<()> {
             } else if raw.kind == RecordType::Derived as u8 {
                 let mut views = Vec::new();
                 DerivedView::parse(raw.body, 0, &limits)?.for_each(&limits, |v| views.push(v))?;
-                views.iter().map(DeltaView::to_delta).collect::<Result<Vec<_>>>()?
+                views.iter().map(|v| v.to_delta()).collect::<Result<Vec<_>>>()?
             } else {
                 continue;
             };
