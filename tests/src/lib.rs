@@ -131,3 +131,11 @@ macro_rules! on_cpu_and_gpu {
         cpu
     }};
 }
+
+/// The path of this package's binary `name`, whose build-time path is
+/// `built` (`env!("CARGO_BIN_EXE_<name>")`): nextest's run-time
+/// `NEXTEST_BIN_EXE_<name>` first, which points into an extracted test
+/// archive on another machine, then the build-time path.
+pub fn bin_exe(name: &str, built: &str) -> std::path::PathBuf {
+    std::env::var_os(format!("NEXTEST_BIN_EXE_{name}")).map_or_else(|| built.into(), Into::into)
+}

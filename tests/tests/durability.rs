@@ -534,12 +534,13 @@ struct Child {
 
 impl Child {
     fn spawn(dir: &Path) -> Child {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
-            .arg(dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn writer");
+        let mut child =
+            std::process::Command::new(mmsb_tests::bin_exe("writer", env!("CARGO_BIN_EXE_writer")))
+                .arg(dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn writer");
         let out = child.stdout.take().expect("stdout");
         Child { child, lines: std::io::BufRead::lines(std::io::BufReader::new(out)) }
     }

@@ -4,7 +4,7 @@
 #[test]
 fn acknowledged_commits_survive_sigkill() {
     let kills = std::env::var("MMSB_TEST_KILLS").unwrap_or_else(|_| "20".into());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kill_loop"))
+    let out = std::process::Command::new(mmsb_tests::bin_exe("kill_loop", env!("CARGO_BIN_EXE_kill_loop")))
         .args(["--kills", &kills, "--seed", "7"])
         .output()
         .expect("run kill_loop");
