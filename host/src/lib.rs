@@ -41,37 +41,33 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-/// A module of the crate's plumbing: private, or public but hidden with the
-/// `internals` feature (see [`internals`](crate#internals)).
-macro_rules! plumbing {
-    ($($name:ident),* $(,)?) => {$(
-        #[cfg(feature = "internals")]
-        #[doc(hidden)]
-        pub mod $name;
-        #[cfg(not(feature = "internals"))]
-        mod $name;
-    )*};
-}
-
-// The layers, bottom to top (docs/ARCHITECTURE.md): each module imports only
-// from those above it in this list; scripts/module-cycles.py checks it.
-// The storage layer and the offline history above it build without the
-// `engine` feature (and so for wasm32-unknown-unknown).
-mod linebuf;
-mod sync;
-plumbing!(types, delta, alloc, storage);
+// The layers, bottom to top, are drawn in docs/ARCHITECTURE.md: types,
+// delta, alloc, storage, events, history, gpu, registry, graph, stats,
+// engine, typed. Each module imports only from those below it;
+// scripts/module-cycles.py checks it. The storage layer and the offline
+// history above it build without the `engine` feature (and so for
+// wasm32-unknown-unknown). The plumbing is private; the `internals`
+// feature re-exports parts of it (see `internals` below).
+mod alloc;
+mod delta;
+#[cfg(feature = "engine")]
+mod engine;
 pub mod events;
 #[cfg(feature = "engine")]
 pub mod gpu;
+#[cfg(feature = "engine")]
+mod graph;
 pub mod history;
+mod linebuf;
 #[cfg(feature = "engine")]
-plumbing!(registry, graph);
-#[cfg(feature = "engine")]
-mod engine;
+mod registry;
 #[cfg(feature = "engine")]
 pub mod stats;
+mod storage;
+mod sync;
 #[cfg(feature = "engine")]
 pub mod typed;
+mod types;
 #[cfg(feature = "engine")]
 #[macro_use]
 mod macros;
@@ -114,10 +110,14 @@ pub use history::{provenance, replay, tools};
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::alloc;
-    pub use crate::delta;
-    #[cfg(feature = "engine")]
-    pub use crate::graph;
+    /// The page allocator.
+    pub mod alloc {
+        pub use crate::alloc::*;
+    }
+    /// Payloads and changes, with their internals.
+    pub mod delta {
+        pub use crate::delta::*;
+    }
     pub use crate::storage::{checkpoint, codec, files, image, log, recovery, vfs};
     /// Device blocks, typed device ranges and checked kernel launches.
     #[cfg(feature = "engine")]

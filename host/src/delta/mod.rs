@@ -1369,7 +1369,9 @@ mod tests {
         let merged = a.merge(&b, 4096).unwrap();
         let mut enc = Vec::new();
         crate::storage::codec::delta::encode_payload(&b, &mut enc);
-        let decoded = crate::storage::codec::delta::decode_payload(&enc, &crate::storage::codec::Limits::default()).unwrap();
+        let decoded =
+            crate::storage::codec::delta::decode_payload(&enc, &crate::storage::codec::Limits::default())
+                .unwrap();
         for (what, p) in [
             ("from_pairs", &a),
             ("from_pairs, two runs", &b),

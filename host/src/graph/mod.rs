@@ -22,8 +22,8 @@
 pub mod propagate;
 
 use crate::delta::change::EdgeKind;
-use crate::storage::image::{DerivedImage, GraphImage};
 use crate::registry::PageCell;
+use crate::storage::image::{DerivedImage, GraphImage};
 use crate::{Error, Result};
 use petgraph::acyclic::Acyclic;
 use petgraph::data::Build;
@@ -54,7 +54,6 @@ impl Hasher for IdHasher {
 }
 
 type IdMap<V> = HashMap<PageId, V, BuildHasherDefault<IdHasher>>;
-
 
 /// A derived page's binding to a recompute function (an index into the
 /// function table) at a version.
@@ -619,8 +618,8 @@ mod tests {
     use super::*;
     use crate::gpu::Storage;
     use crate::registry::Page;
-    use crate::types::page::Location;
     use crate::registry::Registry;
+    use crate::types::page::Location;
 
     fn handles(n: u64) -> Vec<PageHandle> {
         let reg = Registry::default();
@@ -661,4 +660,3 @@ mod tests {
         g.verify().unwrap();
     }
 }
-

@@ -235,7 +235,10 @@ impl Derived {
     /// # Errors
     /// [`Error::Corrupt`] only if the sink does not hold this delta.
     pub(crate) fn payload(&self, sink: &Sink) -> Result<Payload> {
-        crate::storage::codec::delta::decode_payload(self.encoded(sink), &crate::storage::codec::Limits::unbounded())
+        crate::storage::codec::delta::decode_payload(
+            self.encoded(sink),
+            &crate::storage::codec::Limits::unbounded(),
+        )
     }
 }
 

@@ -129,11 +129,6 @@ impl Registry {
         self.pages.read().len()
     }
 
-    /// Whether there are no pages.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Check the invariants: each page is stored under its own id, below
     /// `next_id`; its storage has exactly its length; its epoch never went
     /// back since the last call.

@@ -58,9 +58,7 @@ impl Page {
     /// [`Error::UnsupportedLocation`] for a page whose bytes are on a device:
     /// copy them out with [`crate::Mmsb::query_page`] instead.
     pub fn bytes(&self) -> Result<&[u8]> {
-        self.storage
-            .host()
-            .ok_or(Error::UnsupportedLocation { op: "Page::bytes", location: self.location })
+        self.storage.host().ok_or(Error::UnsupportedLocation { op: "Page::bytes", location: self.location })
     }
 
     /// A copy of the bytes, wherever they live (GPU pages apply their

@@ -8,14 +8,14 @@
 use crate::alloc::PageAllocator;
 use crate::storage::codec::page::{encode_head, read_page};
 use crate::storage::codec::{crc, crc_append, crc_combine, put_u32, put_u64, Limits, Reader};
-use crate::types::page::{Location, Metadata};
+use crate::storage::files::{checkpoint_name, parse_checkpoint_name, CKPT_END, CKPT_MAGIC};
 use crate::storage::image::StateImage;
 use crate::storage::vfs::{MemFile, Vfs, VfsFile, VfsRead};
+use crate::types::page::{Location, Metadata};
 use crate::{Error, Result};
 use shared_types::{Epoch, Lsn, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use crate::storage::files::{checkpoint_name, parse_checkpoint_name, CKPT_END, CKPT_MAGIC};
 
 /// Current checkpoint version (2 added the dependency-graph section; version
 /// 1 files, which have none, are still read).
@@ -604,7 +604,14 @@ mod tests {
         let mut expect = bytes[..CKPT_HEAD_LEN].to_vec();
         let meta: Metadata = [("k".to_string(), b"v".to_vec())].into();
         for (id, b) in &pages {
-            crate::storage::codec::page::encode_page(*id, Epoch(id.0 * 3), Location::Cpu, &meta, b, &mut expect)?;
+            crate::storage::codec::page::encode_page(
+                *id,
+                Epoch(id.0 * 3),
+                Location::Cpu,
+                &meta,
+                b,
+                &mut expect,
+            )?;
         }
         expect.extend_from_slice(&bytes[expect.len()..]);
         assert_eq!(expect, bytes);

@@ -11,9 +11,9 @@ use crate::delta::change::{Change, EdgeKind};
 use crate::delta::{Delta, Payload, Source, SparseDelta};
 use crate::storage::codec::delta::{plain_sparse, DeltaView, PayloadView};
 use crate::storage::codec::page::{PageBytes, PageImage};
+use crate::storage::codec::Limits;
 use crate::storage::log::reader::{self, Record};
 use crate::types::page::{check_metadata, Location, Metadata};
-use crate::storage::codec::Limits;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use shared_types::{DeltaId, Epoch, PageId};
@@ -394,7 +394,11 @@ impl StateImage {
     /// first invalid record, though not always in the words of
     /// [`StateImage::apply_commit`] (callers re-read a refused batch the
     /// general way to report it); the image is then unchanged.
-    pub(crate) fn apply_delta_frames(&mut self, frames: reader::DeltaFrames<'_>, limits: &Limits) -> Result<()> {
+    pub(crate) fn apply_delta_frames(
+        &mut self,
+        frames: reader::DeltaFrames<'_>,
+        limits: &Limits,
+    ) -> Result<()> {
         self.apply_delta_views(
             frames.len(),
             frames.bodies().map(|(at, body)| match plain_sparse(body, limits) {
@@ -570,7 +574,6 @@ pub fn diff(a: &StateImage, b: &StateImage) -> Result<Vec<Change>> {
     Ok(out)
 }
 
-
 /// A recipe of a derived page as persisted: function, version, parents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DerivedImage {
@@ -652,4 +655,3 @@ impl GraphImage {
         }
     }
 }
-

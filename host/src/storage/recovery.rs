@@ -13,13 +13,13 @@ use super::log::reader;
 pub use super::log::{Continued, Dropped, RecoveryMode, Resume, TornTail};
 use crate::alloc::PageAllocator;
 use crate::storage::codec::Limits;
+use crate::storage::files::{log_dir, SET_ASIDE_SUFFIX};
 use crate::storage::image::StateImage;
 use crate::storage::vfs::Vfs;
 use crate::{Error, Result};
 use shared_types::{Lsn, PageId};
 use std::collections::BTreeSet;
 use std::fmt;
-use crate::storage::files::{log_dir, SET_ASIDE_SUFFIX};
 use std::path::{Path, PathBuf};
 
 /// Make what tolerant recovery dropped stay dropped: every file it dropped
@@ -77,7 +77,11 @@ impl Due {
     /// pages queued for it fresh (they were recomputed, whether or not
     /// their bytes changed). Call before [`Due::note`], which settles the
     /// queued work.
-    pub(crate) fn note_stale(&mut self, graph: &crate::storage::image::GraphImage, commit: reader::Commit<'_, '_>) {
+    pub(crate) fn note_stale(
+        &mut self,
+        graph: &crate::storage::image::GraphImage,
+        commit: reader::Commit<'_, '_>,
+    ) {
         use reader::Record;
         let mut propagated = false;
         for (_, r) in commit {
@@ -433,4 +437,3 @@ pub(crate) fn history_gap(
         },
     })
 }
-

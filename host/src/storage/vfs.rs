@@ -379,7 +379,6 @@ fn owner_only_no_link(o: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions
     o
 }
 
-
 /// Mode of files [`StdVfs`] creates (owner read/write), before the umask.
 pub const FILE_MODE: u32 = 0o600;
 /// Mode of directories [`StdVfs`] creates (owner only), before the umask.

@@ -129,4 +129,3 @@ impl PageSpec {
         check_metadata(&self.meta)
     }
 }
-

@@ -24,8 +24,8 @@ use super::{
 };
 use super::{Limits, Reader};
 use crate::alloc::{PageAllocator, PageBuf};
-use crate::types::page::{Location, Metadata};
 use crate::storage::vfs::{MemFile, VfsRead};
+use crate::types::page::{Location, Metadata};
 use crate::{Error, Result};
 use shared_types::{Epoch, PageId};
 use std::ops::Range;

@@ -29,10 +29,9 @@ pub mod reader;
 mod scan;
 pub mod writer;
 
-
 use crate::delta::change::Change;
-use shared_types::PageId;
 pub use scan::{Continued, Dropped, RecoveryMode, Resume, TornTail};
+use shared_types::PageId;
 pub use writer::LogStats;
 // The engine writes through it; the storage layer alone only defines it.
 #[cfg_attr(not(feature = "engine"), allow(unused_imports))]

@@ -4,13 +4,13 @@
 
 use super::{Dropped, RecoveryMode, TornTail};
 use super::{RecordType, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN, SEGMENT_VERSION};
-use crate::storage::files::{check_names, parse_segment_name, SEGMENT_MAGIC};
 use crate::delta::change::Change;
 use crate::storage::codec::delta::DeltaView;
 use crate::storage::codec::derived::DerivedView;
 use crate::storage::codec::{crc, read_location, read_metadata, Limits, Reader};
-use crate::types::page::{Location, Metadata};
+use crate::storage::files::{check_names, parse_segment_name, SEGMENT_MAGIC};
 use crate::storage::vfs::{Vfs, VfsRead};
+use crate::types::page::{Location, Metadata};
 use crate::{Error, Result};
 use shared_types::PageId;
 use std::collections::BTreeMap;

@@ -5,16 +5,16 @@
 
 use super::Resume;
 use super::{Durability, RecordType, RECORD_HEAD_LEN, RECORD_TAIL_LEN, SEGMENT_HEAD_LEN, SEGMENT_VERSION};
-use crate::storage::files::{segment_name, segment_temp_name, SEGMENT_MAGIC};
 use crate::delta::change::Change;
+use crate::delta::simd::copy_small;
+use crate::delta::Payload;
 use crate::storage::codec::delta::{
     delta_body_len, delta_head, encode_delta_rest, encode_payload_body, payload_head, DELTA_HEAD_LEN,
     FLAG_BASE, PAYLOAD_HEAD_LEN,
 };
 use crate::storage::codec::derived::{DerivedEntry, FunctionSlots, DERIVED_HEAD_LEN};
 use crate::storage::codec::{crc, put_location, put_metadata, put_u32, put_u64};
-use crate::delta::Payload;
-use crate::delta::simd::copy_small;
+use crate::storage::files::{segment_name, segment_temp_name, SEGMENT_MAGIC};
 use crate::storage::vfs::{Vfs, VfsFile};
 use crate::{Error, Result};
 use shared_types::{Lsn, PageId};
