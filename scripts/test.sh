@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's test command: every test of the project on a fresh machine.
+#
+#   bash scripts/test.sh
+#
+# 1. The Rust workspace (unit, property, integration and doc tests; GPU
+#    tests print that they skipped when there is no CUDA device).
+# 2. The Python suites, in a virtual environment under target/ that this
+#    script creates and fills from PyPI (pinned in scripts/requirements-test.txt).
+#
+# Extra arguments go to `cargo test`. MMSB_SKIP_PYTHON=1 runs the Rust part
+# only (CI runs the two parts as separate steps through this same script).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+if [ "${MMSB_ONLY_PYTHON:-0}" != 1 ]; then
+    cargo test --workspace "$@"
+fi
+[ "${MMSB_SKIP_PYTHON:-0}" = 1 ] && exit 0
+
+# The Python side: a virtual environment kept between runs.
+py=${PYTHON:-python3}
+venv="$root/target/pyenv"
+if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r scripts/requirements-test.txt
+export PATH="$venv/bin:$PATH"
+
+suites=()
+for d in tests/python; do
+    [ -d "$d" ] && suites+=("$d")
+done
+if [ ${#suites[@]} -gt 0 ]; then
+    python -m pytest -q "${suites[@]}"
+fi
