@@ -60,15 +60,28 @@ fn checkpoint_then_more_log_recovers_and_prunes() -> Result<()> {
         workload(&s)?;
         let info = s.checkpoint()?;
         assert!(info.removed_segments >= 1);
+        assert_eq!(info.removed_checkpoints, 0, "nothing to retire before the first");
         let p = s.create_page(PageSpec::new(5000))?;
         s.update_page(p, sparse(4000, &[7; 64]))?;
+        // A second checkpoint retires the first (one is kept) and the
+        // segments the new one covers; the report counts exactly those.
+        let second = s.checkpoint()?;
+        assert_eq!(second.removed_checkpoints, 1, "{second:?}");
+        assert!(second.removed_segments >= 1, "{second:?}");
+        let left: Vec<_> = std::fs::read_dir(second.path.parent().unwrap())?
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("ckpt-"))
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(!info.path.exists() && second.path.exists());
+        s.update_page(p, sparse(10, &[9; 8]))?;
         s.stop()?;
         s.state_hash().unwrap()
     };
     let s = Mmsb::start(Config::at(dir.path()))?;
     let r = s.recovery_report();
     assert!(r.checkpoint.is_some() && r.is_clean(), "{r}");
-    assert_eq!(r.changes_replayed, 2);
+    assert_eq!(r.changes_replayed, 1);
     assert_eq!(s.state_hash().unwrap(), hash);
     Ok(())
 }
