@@ -78,14 +78,14 @@ pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Runs, 
 #[cfg(feature = "engine")]
 pub use engine::handle::{Derivation, Mmsb, PageInfo, PageRef};
 #[cfg(feature = "engine")]
-pub use engine::open::{Config, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES};
+pub use engine::open::{Config, DEFAULT_CHECKPOINT_CHAIN, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES};
 pub use events::{Event, SourceKind, Subscription};
 #[cfg(feature = "engine")]
 pub use graph::propagate::{PropagationMode, PropagationStats, RecomputeFn};
 #[cfg(feature = "engine")]
-pub use registry::Page;
+pub use registry::{Page, CHANGE_BLOCK};
 pub use shared_types::{DeltaId, Epoch, Lsn, PageId};
-pub use storage::checkpoint::CheckpointInfo;
+pub use storage::checkpoint::{CheckpointInfo, CheckpointKind};
 pub use storage::codec::page::PageImage;
 pub use storage::codec::Limits;
 pub use storage::image::{DerivedImage, GraphImage, StateImage};

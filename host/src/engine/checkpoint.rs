@@ -4,13 +4,26 @@
 
 use super::handle::{graph_image, Mmsb};
 use crate::events::Event;
-use crate::storage::checkpoint::{CheckpointInfo, CheckpointWriter};
+use crate::registry::CHANGE_BLOCK;
+use crate::storage::checkpoint::{Chain, CheckpointInfo, CheckpointKind, CheckpointWriter, Link};
 use crate::storage::image::StateImage;
 use crate::{Error, PageId, Result};
 
 impl Mmsb {
-    /// Write a checkpoint of the whole state (writers wait meanwhile), then
-    /// remove the log segments and older checkpoints it makes unnecessary.
+    /// Write a checkpoint (writers wait meanwhile): of the whole state, or,
+    /// when the last checkpoint's chain allows it, an increment on the last
+    /// checkpoint holding only what changed since (the changed blocks of
+    /// [`crate::CHANGE_BLOCK`] bytes of its pages, pages created whole, the
+    /// ids of pages deleted). A chain holds at most
+    /// [`Config::checkpoint_chain`](crate::Config::checkpoint_chain)
+    /// increments, and a checkpoint is full again when the chain's
+    /// increments would hold as many bytes as its full checkpoint.
+    ///
+    /// A full checkpoint then removes the log segments and older
+    /// checkpoints it makes unnecessary; an increment removes nothing of its
+    /// chain or of the log since the chain's full checkpoint, so a replay
+    /// may start from any checkpoint kept and a damaged increment is
+    /// bridged by the log.
     ///
     /// # Errors
     /// [`Error::Io`] or [`Error::Poisoned`]; a failed checkpoint leaves the
@@ -62,24 +75,58 @@ impl Mmsb {
         };
         let cells = self.registry.cells();
         let generation = w.log.generation();
-        let mut cw =
-            CheckpointWriter::new(self.vfs.clone(), &dir, generation, &counters, cells.len() as u64)?;
-        for (_, cell) in &cells {
-            let p = cell.read();
-            // GPU pages apply their queued deltas and come back through pinned memory.
-            let bytes = p.storage.read()?;
-            cw.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
+        let chain = w.checkpoints.chain.take();
+        let plan = plan(chain.as_ref(), w.checkpoints.max_chain, lsn, &cells);
+        let written = self.write_checkpoint(&dir, generation, &counters, &cells, &plan);
+        let (path, pages, bytes, crc) = match written {
+            Ok(r) => r,
+            Err(e) => {
+                // The chain on disk is as it was.
+                w.checkpoints.chain = chain;
+                return Err(e);
+            }
+        };
+        // Every change is in a checkpoint now.
+        let mut ids = Vec::with_capacity(cells.len());
+        for (id, cell) in &cells {
+            cell.write().changed.clear();
+            ids.push(*id);
         }
-        let (path, pages, bytes) = cw.finish()?;
+        let (kind, keep_from, mut next) = match (&plan, chain) {
+            (Plan::Increment { base, .. }, Some(mut c)) => {
+                c.head = Link { lsn, crc, depth: base.depth + 1 };
+                c.files.push((lsn, path.clone(), bytes));
+                let from = c.files[0].0;
+                (
+                    CheckpointKind::Increment { base: shared_types::Lsn(base.lsn), depth: base.depth + 1 },
+                    from,
+                    c,
+                )
+            }
+            _ => (
+                CheckpointKind::Full,
+                lsn,
+                Chain {
+                    head: Link { lsn, crc, depth: 0 },
+                    files: vec![(lsn, path.clone(), bytes)],
+                    pages: Vec::new(),
+                },
+            ),
+        };
+        next.pages = ids;
+        w.checkpoints.chain = Some(next);
         // The checkpoint is durable and covers every record so far: the log
-        // moves to a new segment without syncing the old one. Older
-        // checkpoints and the segments before the new one can go (a crash
-        // midway, or before the removals reach the disk with the next
-        // directory sync, leaves extras that recovery skips). Their names go
-        // now; their blocks are freed on another thread.
+        // moves to a new segment without syncing the old one. A full
+        // checkpoint retires older checkpoints and the segments before the
+        // new one; an increment keeps its chain and the log since the
+        // chain's full checkpoint (a crash midway, or before the removals
+        // reach the disk with the next directory sync, leaves extras that
+        // recovery skips). Their names go now; their blocks are freed on
+        // another thread.
         // With `due`, the log went on to a new segment already.
         let new_seq = if due { w.log.seq() } else { w.log.rotate_covered()? };
-        let retired = crate::storage::checkpoint::retire(self.vfs.as_ref(), &dir, lsn, new_seq)?;
+        let segments = matches!(kind, CheckpointKind::Full).then_some(new_seq);
+        let retired = crate::storage::checkpoint::retire(self.vfs.as_ref(), &dir, keep_from, segments)?;
         let (removed_segments, removed_checkpoints, released) =
             (retired.segments, retired.checkpoints, retired.released);
         if !released.is_empty() {
@@ -101,6 +148,90 @@ impl Mmsb {
             generation,
             removed_segments,
             removed_checkpoints,
+            kind,
         })
     }
+
+    /// Write the checkpoint `plan` says, of `cells` (ids ascending).
+    fn write_checkpoint(
+        &self,
+        dir: &std::path::Path,
+        generation: u64,
+        counters: &StateImage,
+        cells: &[(PageId, crate::registry::PageCell)],
+        plan: &Plan,
+    ) -> Result<(std::path::PathBuf, u64, u64, u32)> {
+        let vfs = self.vfs.clone();
+        let mut cw = match plan {
+            Plan::Full => CheckpointWriter::new(vfs, dir, generation, counters, cells.len() as u64)?,
+            Plan::Increment { base, deleted, entries } => {
+                CheckpointWriter::new_increment(vfs, dir, generation, counters, *base, deleted, *entries)?
+            }
+        };
+        let full = matches!(plan, Plan::Full);
+        for (_, cell) in cells {
+            let p = cell.read();
+            if !full && p.changed.is_clean() {
+                continue;
+            }
+            // GPU pages apply their queued deltas and come back through
+            // pinned memory.
+            let bytes = p.storage.read()?;
+            if full || p.changed.is_whole() {
+                cw.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
+            } else {
+                let per = CHANGE_BLOCK / crate::storage::codec::page::BLOCK;
+                let changed = &p.changed;
+                cw.patch(p.id, p.epoch, p.location, &p.meta, &bytes, |k| changed.block(k / per))?;
+            }
+        }
+        cw.finish()
+    }
+}
+
+/// What the next checkpoint is.
+enum Plan {
+    /// Every page, whole.
+    Full,
+    /// The changes since `base`: `deleted` pages, `entries` pages.
+    Increment { base: Link, deleted: Vec<PageId>, entries: u64 },
+}
+
+/// An increment on `chain` when there is one at an earlier LSN, it is
+/// shorter than `max_chain`, and the chain's increments with this one would
+/// still hold fewer bytes than its full checkpoint (restoring it would cost
+/// more than a full checkpoint otherwise); else a full checkpoint.
+fn plan(
+    chain: Option<&Chain>,
+    max_chain: u32,
+    lsn: u64,
+    cells: &[(PageId, crate::registry::PageCell)],
+) -> Plan {
+    let Some(c) = chain.filter(|c| c.head.lsn < lsn && c.head.depth < max_chain) else {
+        return Plan::Full;
+    };
+    // The file's own bytes (header, increment section, trailer), then each
+    // entry's head and data.
+    let mut bytes = 128u64 + 8 * c.pages.len().saturating_sub(cells.len()) as u64;
+    let mut entries = 0u64;
+    for (_, cell) in cells {
+        let p = cell.read();
+        if !p.changed.is_clean() {
+            entries += 1;
+            bytes += 80 + p.changed.bytes(p.len);
+        }
+    }
+    if bytes.saturating_add(c.increment_bytes()) >= c.full_bytes() {
+        return Plan::Full;
+    }
+    // The base's pages that are gone (ids are never reused).
+    let mut deleted = Vec::new();
+    let mut live = cells.iter().map(|(id, _)| *id).peekable();
+    for id in &c.pages {
+        while live.next_if(|l| l < id).is_some() {}
+        if live.peek() != Some(id) {
+            deleted.push(*id);
+        }
+    }
+    Plan::Increment { base: c.head, deleted, entries }
 }

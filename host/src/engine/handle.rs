@@ -779,6 +779,7 @@ impl Mmsb {
         let bytes = page.copy_bytes()?;
         page.storage = Storage::copied(to, &bytes, &self.alloc)?;
         page.location = to;
+        page.changed.touch();
         Ok(())
     }
 

@@ -59,6 +59,9 @@ pub struct Config {
     /// When deltas accepted for GPU pages are applied on the device (see
     /// [`crate::gpu::GpuApply`]).
     pub gpu_apply: crate::gpu::GpuApply,
+    /// Increments a checkpoint chain may hold before the next checkpoint is
+    /// full again (0: every checkpoint is full; at most 64). See [`Mmsb::checkpoint`].
+    pub checkpoint_chain: u32,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             parallel_min_bytes: 256 << 10,
             event_capacity: 1 << 16,
             gpu_apply: crate::gpu::GpuApply::Immediate,
+            checkpoint_chain: DEFAULT_CHECKPOINT_CHAIN,
         }
     }
 }
@@ -161,6 +165,14 @@ impl Config {
         self
     }
 
+    /// The same configuration with chains of at most `n` increments (0:
+    /// full checkpoints only).
+    #[must_use]
+    pub fn checkpoint_chain(mut self, n: u32) -> Self {
+        self.checkpoint_chain = n;
+        self
+    }
+
     /// The same configuration with another propagation mode.
     #[must_use]
     pub fn with_propagation(mut self, mode: PropagationMode) -> Self {
@@ -204,6 +216,9 @@ fn check_state_dir(vfs: &dyn Vfs, dir: &Path, existing: bool) -> Result<()> {
 /// small record (a segment is started when a record would pass the size,
 /// so smaller values only multiply files).
 pub const MIN_SEGMENT_BYTES: u64 = 1024;
+
+/// Increments a checkpoint chain holds by default ([`Config::checkpoint_chain`]).
+pub const DEFAULT_CHECKPOINT_CHAIN: u32 = 8;
 
 /// The most threads [`Config::propagation_threads`] may ask for.
 pub const MAX_PROPAGATION_THREADS: usize = 1024;
@@ -284,6 +299,13 @@ impl Mmsb {
             // Pages come back to the location they were checkpointed at.
             let len = p.bytes.len() as u64;
             let storage = Storage::restored(p.location, p.bytes, &alloc)?;
+            // Pages the log changed after the checkpoint go whole into the
+            // next increment (blocks are tracked from here on).
+            let changed = if resume.changed.binary_search(&p.id).is_ok() {
+                crate::registry::Changed::whole()
+            } else {
+                crate::registry::Changed::default()
+            };
             registry.insert(Page {
                 id: p.id,
                 len,
@@ -291,9 +313,11 @@ impl Mmsb {
                 location: p.location,
                 meta: p.meta,
                 storage,
+                changed,
             })?;
         }
         let log = LogWriter::resume(vfs.clone(), &log_dir, &resume, config.durability, config.segment_bytes)?;
+        let resume_chain = resume.chain;
         report.generation = log.generation();
         let state = Mmsb {
             dir,
@@ -312,6 +336,10 @@ impl Mmsb {
                     parallel_min_bytes: usize::try_from(config.parallel_min_bytes).unwrap_or(usize::MAX),
                 },
                 config.gpu_apply,
+                super::write::Checkpoints {
+                    chain: resume_chain,
+                    max_chain: config.checkpoint_chain.min(crate::storage::checkpoint::MAX_CHAIN),
+                },
             )),
             stopped: AtomicBool::new(false),
             vfs,

@@ -88,6 +88,18 @@ pub(crate) struct WriteState {
     settings: Settings,
     /// When deltas queued for GPU pages are applied.
     gpu_apply: GpuApply,
+    /// The chain the next checkpoint may extend.
+    pub(crate) checkpoints: Checkpoints,
+}
+
+/// The checkpoints of a running state: the chain of the last one written
+/// (or recovered from), and how long a chain may grow.
+#[derive(Debug, Default)]
+pub(crate) struct Checkpoints {
+    /// The last checkpoint's chain.
+    pub(crate) chain: Option<crate::storage::checkpoint::Chain>,
+    /// Increments a chain may hold (0: every checkpoint is full).
+    pub(crate) max_chain: u32,
 }
 
 /// What [`WriteState::commit`] commits: one committed unit of the log.
@@ -187,8 +199,9 @@ impl WriteState {
         mode: PropagationMode,
         settings: Settings,
         gpu_apply: GpuApply,
+        checkpoints: Checkpoints,
     ) -> Self {
-        Self { clock, log, deps: Deps::default(), mode, settings, gpu_apply }
+        Self { clock, log, deps: Deps::default(), mode, settings, gpu_apply, checkpoints }
     }
 
     /// Commit `batch` (see the module doc for the stages).
@@ -203,7 +216,7 @@ impl WriteState {
     /// error of an item that could not be applied or of the GPU flush,
     /// which poisons the log.
     pub(crate) fn commit(&mut self, ctx: &Ctx<'_>, batch: Batch<'_>) -> Result<()> {
-        let Self { clock, log, deps, mode, settings, gpu_apply } = self;
+        let Self { clock, log, deps, mode, settings, gpu_apply, checkpoints: _ } = self;
         // A write's pages (the cells outlive their locks), in id order;
         // their locks, which move to the front of `all` when a propagation
         // joins the write and adds the derived pages' locks there.
@@ -317,7 +330,8 @@ impl<'l> Changes<'l> {
                 let storage = self.storage.next().ok_or_else(|| {
                     Error::Invariant(format!("page {id} was logged without storage allocated for it"))
                 })?;
-                registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage })?;
+                let changed = crate::registry::Changed::whole();
+                registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage, changed })?;
                 *next_page = (*next_page).max(id.0 + 1);
             }
             Change::DeletePage { id } => {
@@ -543,6 +557,9 @@ fn apply_users(
             break;
         };
         let bytes = if listen { u.payload.touched() } else { 0 };
+        // Before the apply: a GPU page takes the payload.
+        let len = page.len;
+        page.changed.mark_payload(&u.payload, len);
         let res = page.storage.apply(&mut u.payload);
         if let Err(e) = res {
             failed = Some(e);
@@ -590,11 +607,19 @@ fn apply_derived(
         };
         // Host pages apply the encoding the plan left in its sink; a GPU
         // page queues the payload decoded from it.
+        let len = page.len;
+        let page: &mut crate::registry::Page = page;
         let res = match page.storage.host_mut() {
-            Some(b) => apply_encoded(d.encoded(sink), b),
+            Some(b) => {
+                page.changed.mark_encoded(d.encoded(sink), len);
+                apply_encoded(d.encoded(sink), b)
+            }
             None => {
                 *device = true;
-                d.payload(sink).and_then(|mut p| page.storage.apply(&mut p))
+                d.payload(sink).and_then(|mut p| {
+                    page.changed.mark_payload(&p, len);
+                    page.storage.apply(&mut p)
+                })
             }
         };
         if let Err(e) = res {

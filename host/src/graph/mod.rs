@@ -634,6 +634,7 @@ mod tests {
                     location: Location::Cpu,
                     meta: Default::default(),
                     storage,
+                    changed: Default::default(),
                 };
                 (PageId(i), reg.insert(page).expect("insert"), 1)
             })

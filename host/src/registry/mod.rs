@@ -4,7 +4,9 @@
 //! sequence of operations yields the same ids, and replay reproduces them.
 
 mod page;
+pub(crate) use page::Changed;
 pub use page::Page;
+pub use page::CHANGE_BLOCK;
 
 use crate::sync::{Mutex, RwLock};
 use crate::{Error, Result};

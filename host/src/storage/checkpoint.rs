@@ -1,12 +1,16 @@
 //! Checkpoints: every page (v2 page images) with its epoch and metadata,
-//! plus the commit path's counters, as of one LSN.
+//! plus the commit path's counters, as of one LSN; or an increment: the
+//! pages changed since an earlier checkpoint (its base), as patch images of
+//! their changed blocks, with the pages deleted since. A full checkpoint
+//! and the increments on it form a chain; reading a checkpoint reads its
+//! chain ([`read`]).
 //!
 //! Written to `ckpt-<lsn>.tmp`, fsynced, renamed to `ckpt-<lsn>.ckpt`, and
 //! the directory fsynced: a checkpoint file either exists whole or not at
 //! all. Recovery uses the newest one that verifies, then the log after it.
 
 use crate::alloc::PageAllocator;
-use crate::storage::codec::page::{encode_head, read_page};
+use crate::storage::codec::page::{encode_head, encode_patch_head, read_entry, PageEntry};
 use crate::storage::codec::{crc, crc_append, crc_combine, put_u32, put_u64, Limits, Reader};
 use crate::storage::files::{checkpoint_name, parse_checkpoint_name, CKPT_END, CKPT_MAGIC};
 use crate::storage::image::StateImage;
@@ -17,11 +21,20 @@ use shared_types::{Epoch, Lsn, PageId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Current checkpoint version (2 added the dependency-graph section; version
-/// 1 files, which have none, are still read).
+/// Version of full checkpoints (2 added the dependency-graph section;
+/// version 1 files, which have none, are still read).
 pub const CKPT_VERSION: u32 = 2;
+/// Version of increments ([`FLAG_INCREMENT`]); otherwise as version 2.
+pub const CKPT_INCREMENT_VERSION: u32 = 3;
 /// Header flag: a dependency-graph section follows the pages.
 pub const FLAG_GRAPH: u32 = 1;
+/// Header flag (version 3): the file is an increment on the checkpoint it
+/// names (its base); the increment section follows the header.
+pub const FLAG_INCREMENT: u32 = 2;
+/// Size of the fixed part of the increment section.
+pub const INCREMENT_HEAD_LEN: usize = 24;
+/// The longest chain a reader follows (increments on one full checkpoint).
+pub const MAX_CHAIN: u32 = 64;
 /// Header size.
 pub const CKPT_HEAD_LEN: usize = 72;
 /// Trailer size.
@@ -44,6 +57,37 @@ pub struct CheckpointInfo {
     pub removed_segments: usize,
     /// Older checkpoints removed.
     pub removed_checkpoints: usize,
+    /// A full checkpoint, or an increment on an earlier one.
+    pub kind: CheckpointKind,
+}
+
+/// Whether a checkpoint holds every page or the changes since its base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// Every page, whole.
+    Full,
+    /// The pages changed since `base` (the checkpoint at that LSN): the
+    /// changed blocks of pages that were in it, whole pages created since,
+    /// and the ids of pages deleted since.
+    Increment {
+        /// LSN of the checkpoint it applies to.
+        base: Lsn,
+        /// Increments from the chain's full checkpoint to this one (1: on
+        /// the full checkpoint itself).
+        depth: u32,
+    },
+}
+
+/// The base an increment names: a checkpoint file's LSN, its CRC (the last
+/// four bytes of the file) and its depth in its chain (0: a full one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// LSN of the checkpoint.
+    pub lsn: u64,
+    /// Its file CRC.
+    pub crc: u32,
+    /// Increments between the chain's full checkpoint and it.
+    pub depth: u32,
 }
 
 /// Checkpoints in `dir`, newest first.
@@ -135,14 +179,51 @@ impl CheckpointWriter {
         counters: &StateImage,
         page_count: u64,
     ) -> Result<Self> {
+        Self::start(vfs, dir, generation, counters, page_count, None)
+    }
+
+    /// Start an increment on `base` at `counters.lsn`: `deleted` (ascending)
+    /// are the pages of the base's state gone since, and `entry_count`
+    /// pages follow ([`CheckpointWriter::page`] for pages created since,
+    /// [`CheckpointWriter::patch`] for pages of the base), ids ascending.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::Invariant`] for a chain at [`MAX_CHAIN`].
+    pub fn new_increment(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        generation: u64,
+        counters: &StateImage,
+        base: Link,
+        deleted: &[PageId],
+        entry_count: u64,
+    ) -> Result<Self> {
+        if base.depth >= MAX_CHAIN {
+            return Err(Error::Invariant(format!("a chain holds at most {MAX_CHAIN} increments")));
+        }
+        Self::start(vfs, dir, generation, counters, entry_count, Some((base, deleted)))
+    }
+
+    fn start(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        generation: u64,
+        counters: &StateImage,
+        page_count: u64,
+        increment: Option<(Link, &[PageId])>,
+    ) -> Result<Self> {
         let tmp = dir.join(format!("ckpt-{:020}.tmp", counters.lsn));
         let file = vfs.create(&tmp).map_err(|e| Error::from(e).in_file(&tmp))?;
         let mut h = Vec::with_capacity(BUFFER_BYTES + (64 << 10));
         let graph =
             if counters.graph.is_empty() { None } else { Some(postcard::to_stdvec(&counters.graph)?) };
+        let mut flags = if graph.is_some() { FLAG_GRAPH } else { 0 };
+        if increment.is_some() {
+            flags |= FLAG_INCREMENT;
+        }
         h.extend_from_slice(&CKPT_MAGIC);
-        put_u32(&mut h, CKPT_VERSION);
-        put_u32(&mut h, if graph.is_some() { FLAG_GRAPH } else { 0 });
+        put_u32(&mut h, if increment.is_some() { CKPT_INCREMENT_VERSION } else { CKPT_VERSION });
+        put_u32(&mut h, flags);
         put_u64(&mut h, generation);
         put_u64(&mut h, counters.lsn);
         put_u64(&mut h, counters.next_page);
@@ -152,6 +233,15 @@ impl CheckpointWriter {
         let c = crc(&h);
         put_u32(&mut h, c);
         put_u32(&mut h, 0);
+        if let Some((base, deleted)) = increment {
+            put_u64(&mut h, base.lsn);
+            put_u32(&mut h, base.crc);
+            put_u32(&mut h, base.depth + 1);
+            put_u64(&mut h, deleted.len() as u64);
+            for id in deleted {
+                put_u64(&mut h, id.0);
+            }
+        }
         Ok(Self {
             vfs,
             dir: dir.to_path_buf(),
@@ -209,6 +299,44 @@ impl CheckpointWriter {
             &mut self.ranges,
             large.then_some(&mut data_crc),
         )?;
+        self.image(bytes, total, large, data_crc)
+    }
+
+    /// Add the next page of an increment as a patch of the blocks `changed`
+    /// names (64-byte block indexes) (ids ascending, among the pages).
+    ///
+    /// # Errors
+    /// As [`CheckpointWriter::page`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &mut self,
+        id: PageId,
+        epoch: Epoch,
+        location: Location,
+        meta: &Metadata,
+        bytes: &[u8],
+        changed: impl Fn(usize) -> bool,
+    ) -> Result<()> {
+        self.head.clear();
+        let large = bytes.len() >= SCAN_CRC_MIN;
+        let mut data_crc = 0u32;
+        let total = encode_patch_head(
+            id,
+            epoch,
+            location,
+            meta,
+            bytes,
+            changed,
+            &mut self.head,
+            &mut self.ranges,
+            large.then_some(&mut data_crc),
+        )?;
+        self.image(bytes, total, large, data_crc)
+    }
+
+    /// Write the image whose head is in `self.head` and data ranges in
+    /// `self.ranges` (of `bytes`), `total` bytes with its CRC.
+    fn image(&mut self, bytes: &[u8], total: u64, large: bool, data_crc: u32) -> Result<()> {
         let data_len = total - self.head.len() as u64 - 4;
         let direct = data_len >= DIRECT_MIN && data_len / self.ranges.len() as u64 >= DIRECT_MIN_RANGE;
         if !direct {
@@ -258,7 +386,8 @@ impl CheckpointWriter {
     /// # Errors
     /// [`Error::Io`]; [`Error::Invariant`] when the page count differs from
     /// the one announced.
-    pub fn finish(mut self) -> Result<(PathBuf, u64, u64)> {
+    /// Returns the file, its page count, size and CRC.
+    pub fn finish(mut self) -> Result<(PathBuf, u64, u64, u32)> {
         if self.written != self.declared {
             return Err(Error::Invariant(format!(
                 "checkpoint announced {} pages, got {}",
@@ -283,14 +412,116 @@ impl CheckpointWriter {
         self.renamed = true;
         self.vfs.sync_dir(&self.dir).map_err(|e| Error::from(e).in_file(&self.dir))?;
         let _ = self.generation;
-        Ok((fin, self.written, total))
+        Ok((fin, self.written, total, c))
     }
 }
 
-/// Read and fully verify a checkpoint file.
+/// A checkpoint file decoded on its own.
+#[derive(Debug)]
+pub enum CheckpointFile {
+    /// A full checkpoint: the state.
+    Full(StateImage),
+    /// An increment: to be applied to its base.
+    Increment(Increment),
+}
+
+/// An increment decoded on its own (see [`CheckpointWriter::new_increment`]).
+#[derive(Debug)]
+pub struct Increment {
+    /// The checkpoint it applies to, with that file's CRC and chain depth.
+    pub base: Link,
+    /// The pages of the base's state deleted since, ascending.
+    pub deleted: Vec<PageId>,
+    /// Pages changed since the base, ids ascending: whole (pages created
+    /// since, or pages of the base written whole) or patches of pages of
+    /// the base.
+    pub entries: Vec<PageEntry>,
+    /// The counters, LSN and graph as of this checkpoint (no pages).
+    pub counters: StateImage,
+}
+
+impl Increment {
+    /// Apply to `image`, the state of the base; `at` is the increment's
+    /// file for errors.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the increment does not fit the state (a
+    /// deleted page that is not there, a patch of a page missing or of
+    /// another length or metadata).
+    pub fn apply_to(self, image: &mut StateImage, at: &Path) -> Result<()> {
+        let bad = |reason: String| Error::Corrupt { file: Some(at.to_path_buf()), offset: None, reason };
+        for id in &self.deleted {
+            if image.pages.remove(id).is_none() {
+                return Err(bad(format!("increment deletes page {id}, which its base does not hold")));
+            }
+        }
+        for e in self.entries {
+            match e {
+                // A page created since the base, or one of the base
+                // written whole (changed before its blocks were tracked).
+                PageEntry::Full(p) => {
+                    image.pages.insert(p.id, p);
+                }
+                PageEntry::Patch(p) => match image.pages.get_mut(&p.id) {
+                    Some(page) => p.apply_to(page, 0).map_err(|e| e.in_file(at))?,
+                    None => {
+                        return Err(bad(format!(
+                            "increment patches page {}, which its base does not hold",
+                            p.id
+                        )))
+                    }
+                },
+            }
+        }
+        let c = self.counters;
+        (image.next_page, image.next_delta, image.timestamp, image.lsn, image.graph) =
+            (c.next_page, c.next_delta, c.timestamp, c.lsn, c.graph);
+        Ok(())
+    }
+}
+
+/// A checkpoint file decoded on its own, with its size and CRC.
+#[derive(Debug)]
+pub struct Decoded {
+    /// What it holds.
+    pub file: CheckpointFile,
+    /// File size.
+    pub len: u64,
+    /// File CRC (its last four bytes).
+    pub crc: u32,
+}
+
+/// A checkpoint's chain, as read: its full checkpoint and the increments
+/// on it, up to the checkpoint read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// The checkpoint read: its LSN, CRC and depth (0: a full checkpoint).
+    pub head: Link,
+    /// The files, the full checkpoint first, with their LSNs and sizes.
+    pub files: Vec<(u64, PathBuf, u64)>,
+    /// The pages of the state at the head, ascending.
+    pub pages: Vec<PageId>,
+}
+
+impl Chain {
+    /// Size of the full checkpoint.
+    pub fn full_bytes(&self) -> u64 {
+        self.files.first().map_or(0, |f| f.2)
+    }
+
+    /// Total size of the increments.
+    pub fn increment_bytes(&self) -> u64 {
+        self.files.iter().skip(1).map(|f| f.2).sum()
+    }
+}
+
+/// Read and fully verify a checkpoint: the file, and for an increment its
+/// chain (each base by name in the same directory, each link checked by
+/// the base file's CRC), applied in order.
 ///
 /// # Errors
-/// [`Error::Corrupt`] with the file and offset of the first problem; [`Error::Io`].
+/// [`Error::Corrupt`] with the file and offset of the first problem
+/// (possibly in a base); [`Error::Io`].
 pub fn read(vfs: &dyn Vfs, path: &Path, limits: &Limits) -> Result<StateImage> {
     read_with(vfs, path, limits, None)
 }
@@ -306,15 +537,103 @@ pub fn read_with(
     limits: &Limits,
     alloc: Option<&PageAllocator>,
 ) -> Result<StateImage> {
+    read_chain(vfs, path, limits, alloc).map(|(img, _)| img)
+}
+
+/// [`read_with`], also returning the chain it read.
+///
+/// # Errors
+/// As [`read`].
+pub fn read_chain(
+    vfs: &dyn Vfs,
+    path: &Path,
+    limits: &Limits,
+    alloc: Option<&PageAllocator>,
+) -> Result<(StateImage, Chain)> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let first = read_file(vfs, path, limits, alloc)?;
+    let head_crc = first.crc;
+    // From the file read back to the chain's full checkpoint.
+    let mut increments: Vec<(PathBuf, u64, Increment)> = Vec::new();
+    let mut cur = (path.to_path_buf(), first);
+    let base = loop {
+        let (p, d) = cur;
+        match d.file {
+            CheckpointFile::Full(img) => break (p, d.len, img),
+            CheckpointFile::Increment(inc) => {
+                let link = inc.base;
+                let bp = dir.join(checkpoint_name(link.lsn));
+                let lsn = inc.counters.lsn;
+                increments.push((p.clone(), d.len, inc));
+                let bad = |reason: String| Error::Corrupt { file: Some(p.clone()), offset: Some(72), reason };
+                let based = read_file(vfs, &bp, limits, alloc).map_err(|e| {
+                    bad(format!("its base, the checkpoint at LSN {}, does not verify: {e}", link.lsn))
+                })?;
+                let (blsn, bdepth) = match &based.file {
+                    CheckpointFile::Full(img) => (img.lsn, 0),
+                    CheckpointFile::Increment(i) => (i.counters.lsn, i.base.depth + 1),
+                };
+                if based.crc != link.crc || blsn != link.lsn || bdepth != link.depth {
+                    return Err(bad(format!(
+                        "its base {} is not the checkpoint it was written on (CRC, LSN or depth differs)",
+                        bp.display()
+                    )));
+                }
+                if blsn >= lsn {
+                    return Err(bad(format!("its base's LSN {blsn} is not before its own {lsn}")));
+                }
+                cur = (bp, based);
+            }
+        }
+    };
+    let (bpath, blen, mut image) = base;
+    let depth = increments.len() as u32;
+    let mut files = vec![(image.lsn, bpath, blen)];
+    for (p, len, inc) in increments.into_iter().rev() {
+        let lsn = inc.counters.lsn;
+        inc.apply_to(&mut image, &p)?;
+        files.push((lsn, p, len));
+    }
+    let pages = image.pages.keys().copied().collect();
+    let chain = Chain { head: Link { lsn: image.lsn, crc: head_crc, depth }, files, pages };
+    Ok((image, chain))
+}
+
+/// Read and verify one checkpoint file on its own (an increment is not
+/// applied: see [`read`]).
+///
+/// # Errors
+/// As [`read`].
+pub fn read_file(
+    vfs: &dyn Vfs,
+    path: &Path,
+    limits: &Limits,
+    alloc: Option<&PageAllocator>,
+) -> Result<Decoded> {
     let mut f = vfs.open_read(path).map_err(|e| Error::from(e).in_file(path))?;
     decode_from(f.as_mut(), limits, alloc).map_err(|e| e.in_file(path))
 }
 
-/// Decode a checkpoint held in memory.
+/// Decode a full checkpoint held in memory.
+///
+/// # Errors
+/// [`Error::Corrupt`] at the offset of the first problem, or for an
+/// increment (which needs its chain: [`read`], or [`decode_file`] for the
+/// increment alone); never panics.
+pub fn decode(buf: &[u8], limits: &Limits) -> Result<StateImage> {
+    match decode_file(buf, limits)?.file {
+        CheckpointFile::Full(img) => Ok(img),
+        CheckpointFile::Increment(_) => {
+            Err(Error::corrupt_at(12, "an increment: it is read with its chain (checkpoint::read)"))
+        }
+    }
+}
+
+/// Decode a checkpoint file held in memory, full or increment.
 ///
 /// # Errors
 /// [`Error::Corrupt`] at the offset of the first problem; never panics.
-pub fn decode(buf: &[u8], limits: &Limits) -> Result<StateImage> {
+pub fn decode_file(buf: &[u8], limits: &Limits) -> Result<Decoded> {
     decode_from(&mut MemFile(buf), limits, None)
 }
 
@@ -331,7 +650,7 @@ fn read_at(src: &mut dyn VfsRead, buf: &mut [u8], at: u64) -> Result<()> {
 /// Decode a checkpoint from `src`, reading each part once: every page
 /// image's CRC is checked as it is read, and the file CRC is assembled from
 /// the pieces (CRC combination) and checked before anything is returned.
-fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAllocator>) -> Result<StateImage> {
+fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAllocator>) -> Result<Decoded> {
     let file_len = src.len();
     let mut head = [0u8; CKPT_HEAD_LEN];
     let head_len = file_len.min(CKPT_HEAD_LEN as u64) as usize;
@@ -356,11 +675,14 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
     if crc(&head[..64]) != stored {
         return Err(Error::corrupt_at(64, "checkpoint header CRC mismatch"));
     }
-    if version != CKPT_VERSION && version != 1 {
-        return Err(Error::corrupt_at(8, format!("unsupported checkpoint version {version}")));
-    }
-    let known = if version == 1 { 0 } else { FLAG_GRAPH };
-    if flags & !known != 0 || h.u32("reserved")? != 0 {
+    let known = match version {
+        1 => 0,
+        CKPT_VERSION => FLAG_GRAPH,
+        CKPT_INCREMENT_VERSION => FLAG_GRAPH | FLAG_INCREMENT,
+        _ => return Err(Error::corrupt_at(8, format!("unsupported checkpoint version {version}"))),
+    };
+    let increment = flags & FLAG_INCREMENT != 0;
+    if flags & !known != 0 || h.u32("reserved")? != 0 || (version == CKPT_INCREMENT_VERSION) != increment {
         return Err(Error::corrupt_at(12, "unknown checkpoint flags"));
     }
     if file_len < (CKPT_HEAD_LEN + CKPT_TAIL_LEN) as u64 {
@@ -385,14 +707,33 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
     let mut fcrc = crc(head);
     let mut image = StateImage { next_page, next_delta, timestamp, lsn, ..StateImage::default() };
     let mut pos = CKPT_HEAD_LEN as u64;
+    let mut inc = None;
+    if increment {
+        let (i, used, c) = read_increment_head(src, pos, tail_at, lsn, next_page)?;
+        fcrc = crc_append(fcrc, &c);
+        pos += used;
+        inc = Some(i);
+    }
+    let mut entries = Vec::new();
+    let mut last: Option<PageId> = None;
     for i in 0..count {
-        let (p, used, pcrc) = read_page(src, pos, tail_at - pos, pos, limits, alloc)?;
-        if p.id.0 == 0 || p.id.0 >= next_page || image.pages.last_key_value().is_some_and(|(k, _)| *k >= p.id)
+        let (e, used, pcrc) = read_entry(src, pos, tail_at - pos, pos, limits, alloc, increment)?;
+        let id = e.id();
+        if id.0 == 0
+            || id.0 >= next_page
+            || last.is_some_and(|k| k >= id)
+            || inc.as_ref().is_some_and(|(_, del): &IncrementHead| del.binary_search(&id).is_ok())
         {
-            return Err(Error::corrupt_at(pos + 16, format!("page {i} has id {} out of order", p.id)));
+            return Err(Error::corrupt_at(pos + 16, format!("page {i} has id {id} out of order")));
         }
+        last = Some(id);
         fcrc = crc_combine(fcrc, pcrc, used);
-        image.pages.insert(p.id, p);
+        match e {
+            PageEntry::Full(p) if !increment => {
+                image.pages.insert(p.id, p);
+            }
+            e => entries.push(e),
+        }
         pos += used;
     }
     let mut graph = None;
@@ -434,8 +775,74 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
             ));
         }
     }
-    Ok(image)
+    let file = match inc {
+        Some((base, deleted)) => {
+            CheckpointFile::Increment(Increment { base, deleted, entries, counters: image })
+        }
+        None => CheckpointFile::Full(image),
+    };
+    Ok(Decoded { file, len: file_len, crc: tcrc })
 }
+
+/// An increment's base and deleted pages.
+type IncrementHead = (Link, Vec<PageId>);
+
+/// Read the increment section at `pos` (before `tail_at`) of an increment
+/// at `lsn`: its base link and deleted pages, the bytes it occupied and
+/// those bytes (for the file CRC).
+fn read_increment_head(
+    src: &mut dyn VfsRead,
+    pos: u64,
+    tail_at: u64,
+    lsn: u64,
+    next_page: u64,
+) -> Result<(IncrementHead, u64, Vec<u8>)> {
+    if tail_at - pos < INCREMENT_HEAD_LEN as u64 {
+        return Err(Error::corrupt_at(pos, "increment section: need 24 bytes"));
+    }
+    let mut b = [0u8; INCREMENT_HEAD_LEN];
+    read_at(src, &mut b, pos)?;
+    let mut r = Reader::new(&b, pos);
+    let base_lsn = r.u64("base lsn")?;
+    let base_crc = r.u32("base crc")?;
+    let depth = r.u32("chain depth")?;
+    let n = r.u64("deleted count")?;
+    if base_lsn >= lsn {
+        return Err(Error::corrupt_at(
+            pos,
+            format!("base LSN {base_lsn} is not before the increment's {lsn}"),
+        ));
+    }
+    if depth == 0 || depth > MAX_CHAIN {
+        return Err(Error::corrupt_at(pos + 12, format!("chain depth {depth} out of range 1..={MAX_CHAIN}")));
+    }
+    let room = (tail_at - pos - INCREMENT_HEAD_LEN as u64) / 8;
+    if n > room {
+        return Err(Error::corrupt_at(pos + 16, format!("{n} deleted pages do not fit the file")));
+    }
+    let mut ids = vec![0u8; n as usize * 8];
+    read_at(src, &mut ids, pos + INCREMENT_HEAD_LEN as u64)?;
+    let mut deleted: Vec<PageId> = Vec::with_capacity(n as usize);
+    for (k, c) in ids.chunks_exact(8).enumerate() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        let id = PageId(u64::from_le_bytes(a));
+        if id.0 == 0 || id.0 >= next_page || deleted.last().is_some_and(|l| *l >= id) {
+            return Err(Error::corrupt_at(
+                pos + INCREMENT_HEAD_LEN as u64 + 8 * k as u64,
+                format!("deleted page {id} out of order"),
+            ));
+        }
+        deleted.push(id);
+    }
+    let mut all = b.to_vec();
+    all.extend_from_slice(&ids);
+    let link = Link { lsn: base_lsn, crc: base_crc, depth: depth - 1 };
+    Ok(((link, deleted), all.len() as u64, all))
+}
+
+/// A checkpoint that verified: its file, its state and its chain.
+pub type Found = (PathBuf, StateImage, Chain);
 
 /// Checkpoints that failed verification: `(file, error)`.
 pub type Invalid = Vec<(PathBuf, Error)>;
@@ -451,10 +858,12 @@ pub fn newest_valid(
     limits: &Limits,
     max_lsn: Option<u64>,
 ) -> Result<(Option<(PathBuf, StateImage)>, Invalid)> {
-    newest_valid_with(vfs, dir, limits, max_lsn, None)
+    let (found, bad) = newest_valid_with(vfs, dir, limits, max_lsn, None)?;
+    Ok((found.map(|(p, img, _)| (p, img)), bad))
 }
 
-/// [`newest_valid`], with page bytes read into buffers of `alloc` when given.
+/// [`newest_valid`], with page bytes read into buffers of `alloc` when
+/// given, and the chain of the checkpoint found.
 ///
 /// # Errors
 /// [`Error::Io`] listing the directory.
@@ -464,14 +873,14 @@ pub fn newest_valid_with(
     limits: &Limits,
     max_lsn: Option<u64>,
     alloc: Option<&PageAllocator>,
-) -> Result<(Option<(PathBuf, StateImage)>, Invalid)> {
+) -> Result<(Option<Found>, Invalid)> {
     let mut bad = Vec::new();
     for (lsn, path) in list(vfs, dir)? {
         if max_lsn.is_some_and(|m| lsn > m) {
             continue;
         }
-        match read_with(vfs, &path, limits, alloc) {
-            Ok(img) if img.lsn == lsn => return Ok((Some((path, img)), bad)),
+        match read_chain(vfs, &path, limits, alloc) {
+            Ok((img, chain)) if img.lsn == lsn => return Ok((Some((path, img, chain)), bad)),
             Ok(_) => bad.push((
                 path.clone(),
                 Error::Corrupt {
@@ -498,14 +907,18 @@ pub(crate) struct Retired {
     pub(crate) released: Vec<crate::storage::vfs::Removed>,
 }
 
-/// Remove from log directory `dir` what a durable checkpoint at `lsn` made
-/// unnecessary: older checkpoints and the segments before `new_seq` (the
-/// segment the log went on to). A removal that fails is skipped: recovery
-/// passes over such extras.
+/// Remove from log directory `dir` what a durable checkpoint made
+/// unnecessary: the checkpoints before LSN `lsn` and, with `new_seq`, the
+/// segments before it (the segment the log went on to). A full checkpoint
+/// passes its own LSN and the new segment; an increment passes the LSN of
+/// its chain's full checkpoint and no segment (the chain's files and the
+/// log since its full checkpoint stay: a replay may start from any of
+/// them, and a damaged increment is bridged by the log). A removal that
+/// fails is skipped: recovery passes over such extras.
 ///
 /// # Errors
 /// [`Error::Io`] when the directory cannot be listed.
-pub(crate) fn retire(vfs: &dyn Vfs, dir: &Path, lsn: u64, new_seq: u64) -> Result<Retired> {
+pub(crate) fn retire(vfs: &dyn Vfs, dir: &Path, lsn: u64, new_seq: Option<u64>) -> Result<Retired> {
     let mut out = Retired::default();
     for (l, p) in list(vfs, dir)? {
         if l < lsn {
@@ -515,6 +928,7 @@ pub(crate) fn retire(vfs: &dyn Vfs, dir: &Path, lsn: u64, new_seq: u64) -> Resul
             }
         }
     }
+    let Some(new_seq) = new_seq else { return Ok(out) };
     if let Ok(names) = vfs.list(dir) {
         for n in names {
             if crate::storage::files::parse_segment_name(&n).is_some_and(|s| s < new_seq) {

@@ -270,7 +270,7 @@ pub fn recover_with(
 ) -> Result<(StateImage, RecoveryReport, Resume)> {
     let dir = log_dir(state_dir);
     let (ckpt, invalid) = crate::storage::checkpoint::newest_valid_with(vfs, &dir, limits, None, alloc)?;
-    let after = ckpt.as_ref().map_or(0, |(_, img)| img.lsn);
+    let after = ckpt.as_ref().map_or(0, |(_, img, _)| img.lsn);
     if !invalid.is_empty() {
         // A checkpoint that does not verify may be the one that covered
         // the log records its writing retired: name it, rather than the
@@ -284,13 +284,17 @@ pub fn recover_with(
         invalid_checkpoints: invalid.into_iter().map(|(p, e)| (p, e.to_string())).collect(),
         ..RecoveryReport::default()
     };
-    let mut image = match ckpt {
-        Some((path, img)) => {
+    let (mut image, chain) = match ckpt {
+        Some((path, img, chain)) => {
             report.checkpoint = Some((Lsn(img.lsn), path));
-            img
+            (img, Some(chain))
         }
-        None => StateImage::default(),
+        None => (StateImage::default(), None),
     };
+    // The pages' epochs at the checkpoint: a page the log changes after it
+    // ends at another epoch (every delta counts one).
+    let at_checkpoint: std::collections::HashMap<PageId, u64> =
+        image.pages.iter().map(|(id, p)| (*id, p.epoch.0)).collect();
     let (mut commits, mut changes) = (0u64, 0u64);
     let mut due = Due::default();
     let scan = reader::scan(vfs, &dir, after, mode, limits, &mut |c| {
@@ -316,6 +320,13 @@ pub fn recover_with(
         generation: report.generation,
         next_lsn: report.last_lsn.0 + 1,
         continued: None,
+        changed: image
+            .pages
+            .iter()
+            .filter(|(id, p)| at_checkpoint.get(id) != Some(&p.epoch.0))
+            .map(|(id, _)| *id)
+            .collect(),
+        chain,
     };
     // The last segment read is a header and nothing else (so it holds no
     // torn tail: only the last segment can), it starts where the log

@@ -38,6 +38,11 @@ pub const PAGE_VERSION: u16 = 2;
 pub const BLOCK: usize = 64;
 /// Size of the fixed header.
 pub const PAGE_HEAD_LEN: usize = 64;
+/// Page image flag: the image is a patch (incremental checkpoints). Its
+/// runs alternate unchanged and changed blocks and its data is the changed
+/// blocks' bytes, whatever they hold (zero blocks included): applied to the
+/// same page in the checkpoint it patches, it gives the page's bytes.
+pub const PAGE_FLAG_PATCH: u16 = 1;
 
 /// The bytes of a decoded page: a plain vector, or a buffer of the page
 /// allocator when the decoder was given one (then recovery hands it to the
@@ -201,6 +206,38 @@ pub(crate) fn encode_head(
     bytes: &[u8],
     out: &mut Vec<u8>,
     data: &mut Vec<Range<usize>>,
+    data_crc: Option<&mut u32>,
+) -> Result<u64> {
+    let n = bytes.len();
+    let present = |k: usize| block_present(&bytes[k * BLOCK..((k + 1) * BLOCK).min(n)]);
+    encode_head_by((id, epoch, location, meta), bytes, 0, present, out, data, data_crc)
+}
+
+/// [`encode_head`] of a patch image ([`PAGE_FLAG_PATCH`]): the blocks for
+/// which `changed` (a 64-byte block index) says true are its data.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_patch_head(
+    id: PageId,
+    epoch: Epoch,
+    location: Location,
+    meta: &Metadata,
+    bytes: &[u8],
+    changed: impl Fn(usize) -> bool,
+    out: &mut Vec<u8>,
+    data: &mut Vec<Range<usize>>,
+    data_crc: Option<&mut u32>,
+) -> Result<u64> {
+    encode_head_by((id, epoch, location, meta), bytes, PAGE_FLAG_PATCH, changed, out, data, data_crc)
+}
+
+/// The head of an image whose data blocks are those `present_at` names.
+fn encode_head_by(
+    (id, epoch, location, meta): (PageId, Epoch, Location, &Metadata),
+    bytes: &[u8],
+    flags: u16,
+    present_at: impl Fn(usize) -> bool,
+    out: &mut Vec<u8>,
+    data: &mut Vec<Range<usize>>,
     mut data_crc: Option<&mut u32>,
 ) -> Result<u64> {
     /// Blocks scanned between two CRC updates (16 KiB: well within L1/L2).
@@ -215,7 +252,6 @@ pub(crate) fn encode_head(
     // Alternating absent and present runs, starting with absent; each
     // present run is one data range.
     let n = bytes.len();
-    let present_at = |k: usize| block_present(&bytes[k * BLOCK..((k + 1) * BLOCK).min(n)]);
     let mut runs: Vec<u32> = Vec::new();
     let mut data_len: u64 = 0;
     let mut k = 0;
@@ -255,7 +291,7 @@ pub(crate) fn encode_head(
     out.reserve(PAGE_HEAD_LEN + mlen + 4 * runs.len());
     out.extend_from_slice(&PAGE_MAGIC);
     put_u16(out, PAGE_VERSION);
-    put_u16(out, 0);
+    put_u16(out, flags);
     put_u64(out, total);
     put_u64(out, id.0);
     put_u64(out, epoch.0);
@@ -339,6 +375,89 @@ pub(crate) fn read_page(
     limits: &Limits,
     alloc: Option<&PageAllocator>,
 ) -> Result<(PageImage, u64, u32)> {
+    match read_entry(src, at, avail, base, limits, alloc, false)? {
+        (PageEntry::Full(p), used, c) => Ok((p, used, c)),
+        (PageEntry::Patch(_), _, _) => Err(Error::corrupt_at(base + 6, "unknown page flags")),
+    }
+}
+
+/// A patch image, decoded: the page's new epoch and location, and the
+/// bytes of its changed blocks with where they go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PagePatch {
+    /// Id.
+    pub id: PageId,
+    /// Epoch after the patch.
+    pub epoch: Epoch,
+    /// Location after the patch.
+    pub location: Location,
+    /// Metadata (equal to the patched page's).
+    pub meta: Metadata,
+    /// Page length (equal to the patched page's).
+    pub len: u64,
+    /// The changed byte ranges, ascending and disjoint, and the bytes of
+    /// each in order in `data`.
+    pub ranges: Vec<Range<usize>>,
+    /// The changed bytes, packed.
+    pub data: Vec<u8>,
+}
+
+impl PagePatch {
+    /// Apply to `page`, the same page in the checkpoint this one patches.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] (offset `at`) when `page` has another id, length
+    /// or metadata.
+    pub fn apply_to(&self, page: &mut PageImage, at: u64) -> Result<()> {
+        if page.id != self.id || page.bytes.len() as u64 != self.len || page.meta != self.meta {
+            return Err(Error::corrupt_at(
+                at,
+                format!("patch of page {} does not match the page it patches (length or metadata)", self.id),
+            ));
+        }
+        let mut packed = 0;
+        for r in &self.ranges {
+            page.bytes[r.clone()].copy_from_slice(&self.data[packed..packed + r.len()]);
+            packed += r.len();
+        }
+        page.epoch = self.epoch;
+        page.location = self.location;
+        Ok(())
+    }
+}
+
+/// An image in an incremental checkpoint: a whole page or a patch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageEntry {
+    /// A whole page (a page created, or rewritten, since the base).
+    Full(PageImage),
+    /// The changed blocks of a page of the base.
+    Patch(PagePatch),
+}
+
+impl PageEntry {
+    /// The page's id.
+    pub fn id(&self) -> PageId {
+        match self {
+            PageEntry::Full(p) => p.id,
+            PageEntry::Patch(p) => p.id,
+        }
+    }
+}
+
+/// [`read_page`], also accepting a patch image when `allow_patch`.
+///
+/// # Errors
+/// As [`read_page`].
+pub(crate) fn read_entry(
+    src: &mut dyn VfsRead,
+    at: u64,
+    avail: u64,
+    base: u64,
+    limits: &Limits,
+    alloc: Option<&PageAllocator>,
+    allow_patch: bool,
+) -> Result<(PageEntry, u64, u32)> {
     let mut head = [0u8; PAGE_HEAD_LEN];
     let head_len = (avail.min(PAGE_HEAD_LEN as u64)) as usize;
     src.read_exact_at(&mut head[..head_len], at).map_err(|e| io_err(e, base))?;
@@ -350,9 +469,11 @@ pub(crate) fn read_page(
     if v != PAGE_VERSION {
         return Err(Error::corrupt_at(base + 4, format!("unsupported page image version {v}")));
     }
-    if r.u16("page flags")? != 0 {
+    let flags = r.u16("page flags")?;
+    if flags & !(if allow_patch { PAGE_FLAG_PATCH } else { 0 }) != 0 {
         return Err(Error::corrupt_at(base + 6, "unknown page flags"));
     }
+    let patch = flags & PAGE_FLAG_PATCH != 0;
     let total = r.u64("page total length")?;
     if total < PAGE_HEAD_LEN as u64 + 4 || total > avail {
         return Err(Error::corrupt_at(
@@ -390,8 +511,13 @@ pub(crate) fn read_page(
     let mut pos = at + PAGE_HEAD_LEN as u64;
     src.read_exact_at(&mut mid, pos).map_err(|e| io_err(e, base + PAGE_HEAD_LEN as u64))?;
     pos += mid_len;
-    let mut bytes = PageBytes::zeroed(len_usize, alloc)
-        .map_err(|e| Error::corrupt_at(len_at, format!("page length {len} cannot be allocated: {e}")))?;
+    // A patch keeps its data packed (data_len <= total <= avail bytes).
+    let mut bytes = if patch {
+        PageBytes::from(vec![0u8; data_len as usize])
+    } else {
+        PageBytes::zeroed(len_usize, alloc)
+            .map_err(|e| Error::corrupt_at(len_at, format!("page length {len} cannot be allocated: {e}")))?
+    };
     let data_n = data_len as usize;
     src.read_exact_at(&mut bytes[..data_n], pos)
         .map_err(|e| io_err(e, base + PAGE_HEAD_LEN as u64 + mid_len))?;
@@ -407,7 +533,7 @@ pub(crate) fn read_page(
     let mut zero_chunk: Option<usize> = None;
     for (w, win) in bytes[..data_n].chunks(WINDOW).enumerate() {
         c = crc_append(c, win);
-        if zero_chunk.is_none() {
+        if zero_chunk.is_none() && !patch {
             zero_chunk = win.chunks(BLOCK).position(|b| !block_present(b)).map(|j| w * (WINDOW / BLOCK) + j);
         }
     }
@@ -452,6 +578,11 @@ pub(crate) fn read_page(
     if block != nblocks || packed != data_n || runs.is_empty() {
         return Err(Error::corrupt_at(runs_at, "block runs do not cover the page exactly"));
     }
+    if patch {
+        let ranges = present_ranges.into_iter().map(|(from, to)| from..to).collect();
+        let patch = PagePatch { id, epoch, location, meta, len, ranges, data: bytes.into_vec() };
+        return Ok((PageEntry::Patch(patch), total, whole_crc));
+    }
     if let Some(z) = zero_chunk {
         let mut packed_at = 0usize;
         let mut block = 0usize;
@@ -481,7 +612,7 @@ pub(crate) fn read_page(
         prev_end = to;
     }
     bytes[prev_end..].fill(0);
-    Ok((PageImage { id, epoch, location, meta, bytes }, total, whole_crc))
+    Ok((PageEntry::Full(PageImage { id, epoch, location, meta, bytes }), total, whole_crc))
 }
 
 #[cfg(test)]

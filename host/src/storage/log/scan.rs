@@ -3,6 +3,7 @@
 //! ([`TornTail`], [`Dropped`]), and where the writer continues after a
 //! recovery ([`Resume`]). Recovery (above the log) fills these in.
 
+use shared_types::PageId;
 use std::path::PathBuf;
 
 /// What recovery does about corruption that is not a torn tail.
@@ -59,6 +60,12 @@ pub struct Resume {
     /// record, starting at `next_lsn` (a clean stop left it, see
     /// [`LogWriter::close`](super::LogWriter::close)): appending to it is the same log.
     pub continued: Option<Continued>,
+    /// The chain of the checkpoint recovery started from: the next
+    /// checkpoint may be an increment on it.
+    pub chain: Option<crate::storage::checkpoint::Chain>,
+    /// Pages the log changed after that checkpoint (created, or at another
+    /// epoch), ascending: the next increment holds them whole.
+    pub changed: Vec<PageId>,
 }
 
 /// A segment the writer appends to after recovery ([`Resume::continued`]).
