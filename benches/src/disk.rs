@@ -205,7 +205,8 @@ pub fn checkpoint_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
         }
         s.update_page(ids[rep % ids.len()], Payload::Full(vec![rep as u8; page]))?;
         let t = Instant::now();
-        let info = s.checkpoint()?;
+        // Full checkpoints: the increments have rows of their own.
+        let info = s.checkpoint_full()?;
         write_times.push(t.elapsed().as_secs_f64());
         file_bytes = info.bytes;
         s.stop()?;
@@ -240,6 +241,149 @@ pub fn checkpoint_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
             "GB/s",
             &format!("raw sequential read of the {mb} MB file (page cache)"),
             gbs(median(&mut raw_read_times)),
+            Some(0.8),
+        ),
+    ])
+}
+
+/// Incremental checkpoints over a state of `b.checkpoint_bytes` in 1 MiB
+/// pages of random bytes, each in the same run as its peer: with 1% of the
+/// 4 KiB blocks changed, an increment against a full checkpoint of the same
+/// state (bytes written and time); with every block changed, the
+/// checkpoint `Mmsb::checkpoint` chooses (a full one) against a forced full
+/// one; and a start through a chain of 8 increments against a raw read of
+/// the files it reads.
+pub fn increment_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
+    let dir = base.join("increments");
+    let page = 1usize << 20;
+    let count = (b.checkpoint_bytes / page).max(1);
+    let blocks_per_page = page / mmsb::CHANGE_BLOCK;
+    let total_blocks = count * blocks_per_page;
+    let cfg = || Config::at(&dir).durability(Durability::None).checkpoint_chain(8);
+    let s = Mmsb::start(cfg())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = s.create_page(PageSpec::new(page as u64))?;
+        let mut data = vec![0u8; page];
+        rng.fill_bytes(&mut data);
+        s.update_page(id, Payload::Full(data))?;
+        ids.push(id);
+    }
+    // 1% of the blocks, each by one 8-byte write, in one commit.
+    let one_percent = |rng: &mut ChaCha8Rng| -> Result<()> {
+        let n = (total_blocks / 100).max(1);
+        let mut updates = Vec::with_capacity(n);
+        for k in 0..n {
+            // Distinct blocks: a stride through them from a random start.
+            let block = (rng.next_u64() as usize % 100 + k * 100) % total_blocks;
+            let (p, at) = (block / blocks_per_page, (block % blocks_per_page) * mmsb::CHANGE_BLOCK);
+            let mut bytes = [0u8; 8];
+            rng.fill_bytes(&mut bytes);
+            let payload = Payload::Sparse(mmsb::SparseDelta::from_pairs([(at as u64 + 8, &bytes[..])])?);
+            updates.push(Update::new(ids[p], payload));
+        }
+        s.update_batch(updates).map(|_| ())
+    };
+    let (mut incr_t, mut full_t, mut incr_b, mut full_b) = (Vec::new(), Vec::new(), 0u64, 0u64);
+    for _ in 0..b.checkpoint_reps.max(1) {
+        // A full base, then an increment on it and a full checkpoint of the
+        // same change, in turn.
+        s.checkpoint_full()?;
+        one_percent(&mut rng)?;
+        let t = Instant::now();
+        let i = s.checkpoint()?;
+        incr_t.push(t.elapsed().as_secs_f64());
+        if !matches!(i.kind, mmsb::CheckpointKind::Increment { .. }) {
+            return Err(mmsb::Error::Invariant(format!("1% changed gave {:?}", i.kind)));
+        }
+        incr_b = i.bytes;
+        one_percent(&mut rng)?;
+        let t = Instant::now();
+        full_b = s.checkpoint_full()?.bytes;
+        full_t.push(t.elapsed().as_secs_f64());
+    }
+    // Every block changed: what checkpoint() picks against a full one.
+    let (mut all_t, mut all_full_t) = (Vec::new(), Vec::new());
+    for rep in 0..b.checkpoint_reps.max(1) {
+        for (k, id) in ids.iter().enumerate() {
+            s.update_page(*id, Payload::Full(vec![(rep + k) as u8 | 1; page]))?;
+        }
+        let t = Instant::now();
+        s.checkpoint()?;
+        all_t.push(t.elapsed().as_secs_f64());
+        for id in &ids {
+            s.update_page(*id, Payload::Full(vec![rep as u8 | 2; page]))?;
+        }
+        let t = Instant::now();
+        s.checkpoint_full()?;
+        all_full_t.push(t.elapsed().as_secs_f64());
+    }
+    // A chain of 8 increments, then a start through it.
+    s.checkpoint_full()?;
+    let mut files = Vec::new();
+    for _ in 0..8 {
+        one_percent(&mut rng)?;
+        files.push(s.checkpoint()?);
+    }
+    let chain_bytes: u64 = files.iter().map(|f| f.bytes).sum::<u64>() + full_b;
+    let mut paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    if !files.iter().all(|f| matches!(f.kind, mmsb::CheckpointKind::Increment { .. })) {
+        return Err(mmsb::Error::Invariant("the chain of 8 was cut short".into()));
+    }
+    s.stop()?;
+    drop(s);
+    let full_path = mmsb::internals::checkpoint::list(&StdVfs, &mmsb::internals::files::log_dir(&dir))?
+        .last()
+        .map(|c| c.1.clone())
+        .ok_or_else(|| mmsb::Error::Invariant("no checkpoint".into()))?;
+    paths.push(full_path);
+    let (mut restore_t, mut raw_t) = (Vec::new(), Vec::new());
+    for _ in 0..b.checkpoint_reps.max(1) {
+        let t = Instant::now();
+        let s = Mmsb::start(cfg())?;
+        restore_t.push(t.elapsed().as_secs_f64());
+        drop(s);
+        let t = Instant::now();
+        for p in &paths {
+            std::hint::black_box(read_fresh(p)?);
+        }
+        raw_t.push(t.elapsed().as_secs_f64());
+    }
+    std::fs::remove_dir_all(&dir)?;
+    let mb = b.checkpoint_bytes >> 20;
+    let gbs = |secs: f64| chain_bytes as f64 / secs / 1e9;
+    Ok(vec![
+        Row::cost(
+            &format!("checkpoint_increment_1pct_{mb}m_bytes"),
+            incr_b as f64,
+            "B",
+            "a full checkpoint of the same state",
+            full_b as f64,
+            Some(20.0),
+        ),
+        Row::cost(
+            &format!("checkpoint_increment_1pct_{mb}m"),
+            median(&mut incr_t) * 1e3,
+            "ms",
+            "a full checkpoint of the same state",
+            median(&mut full_t) * 1e3,
+            Some(10.0),
+        ),
+        Row::cost(
+            &format!("checkpoint_all_changed_{mb}m"),
+            median(&mut all_t) * 1e3,
+            "ms",
+            "a forced full checkpoint of the same state",
+            median(&mut all_full_t) * 1e3,
+            Some(0.95),
+        ),
+        Row::throughput(
+            &format!("checkpoint_chain8_restore_{mb}m"),
+            gbs(median(&mut restore_t)),
+            "GB/s",
+            "raw read of the chain's files (page cache)",
+            gbs(median(&mut raw_t)),
             Some(0.8),
         ),
     ])

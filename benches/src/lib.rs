@@ -81,6 +81,26 @@ impl Row {
         }
     }
 
+    /// A cost row (bytes, seconds) against a peer's cost of the same work:
+    /// lower value is better; ratio = limit / value, against `target`.
+    pub fn cost(
+        name: &str,
+        value: f64,
+        unit: &str,
+        limit_name: &str,
+        limit: f64,
+        target: Option<f64>,
+    ) -> Row {
+        Row { lower_is_better: true, ..Row::throughput(name, limit, unit, limit_name, value, target) }
+            .swapped()
+    }
+
+    /// The row with value and limit exchanged (ratio unchanged).
+    fn swapped(mut self) -> Row {
+        std::mem::swap(&mut self.value, &mut self.limit_value);
+        self
+    }
+
     /// Attach the device that produced the figure.
     #[must_use]
     pub fn on(mut self, device: &str) -> Row {

@@ -89,6 +89,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if want("checkpoint") {
             rows.extend(section("checkpoint", || disk::checkpoint_rows(disk_budget, base))?);
+            rows.extend(section("incremental checkpoints", || disk::increment_rows(disk_budget, base))?);
         }
         if want("replay") {
             rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);

@@ -29,6 +29,20 @@ impl Mmsb {
     /// [`Error::Io`] or [`Error::Poisoned`]; a failed checkpoint leaves the
     /// previous one and the log intact.
     pub fn checkpoint(&self) -> Result<CheckpointInfo> {
+        self.checkpoint_as(false)
+    }
+
+    /// Write a full checkpoint whatever the chain (then remove what it makes
+    /// unnecessary, as [`Mmsb::checkpoint`] does after a full one): for a
+    /// state copied or archived as one file, or a chain started afresh.
+    ///
+    /// # Errors
+    /// As [`Mmsb::checkpoint`].
+    pub fn checkpoint_full(&self) -> Result<CheckpointInfo> {
+        self.checkpoint_as(true)
+    }
+
+    fn checkpoint_as(&self, full: bool) -> Result<CheckpointInfo> {
         let _span = tracing::info_span!("mmsb.checkpoint").entered();
         let mut w = self.write.lock();
         self.join_reaper();
@@ -76,9 +90,9 @@ impl Mmsb {
         let cells = self.registry.cells();
         let generation = w.log.generation();
         let chain = w.checkpoints.chain.take();
-        let plan = plan(chain.as_ref(), w.checkpoints.max_chain, lsn, &cells);
+        let plan = if full { Plan::Full } else { plan(chain.as_ref(), w.checkpoints.max_chain, lsn, &cells) };
         let written = self.write_checkpoint(&dir, generation, &counters, &cells, &plan);
-        let (path, pages, bytes, crc) = match written {
+        let (path, pages, bytes, fingerprint) = match written {
             Ok(r) => r,
             Err(e) => {
                 // The chain on disk is as it was.
@@ -94,7 +108,7 @@ impl Mmsb {
         }
         let (kind, keep_from, mut next) = match (&plan, chain) {
             (Plan::Increment { base, .. }, Some(mut c)) => {
-                c.head = Link { lsn, crc, depth: base.depth + 1 };
+                c.head = Link { lsn, fingerprint, depth: base.depth + 1 };
                 c.files.push((lsn, path.clone(), bytes));
                 let from = c.files[0].0;
                 (
@@ -107,7 +121,7 @@ impl Mmsb {
                 CheckpointKind::Full,
                 lsn,
                 Chain {
-                    head: Link { lsn, crc, depth: 0 },
+                    head: Link { lsn, fingerprint, depth: 0 },
                     files: vec![(lsn, path.clone(), bytes)],
                     pages: Vec::new(),
                 },
@@ -160,7 +174,7 @@ impl Mmsb {
         counters: &StateImage,
         cells: &[(PageId, crate::registry::PageCell)],
         plan: &Plan,
-    ) -> Result<(std::path::PathBuf, u64, u64, u32)> {
+    ) -> Result<(std::path::PathBuf, u64, u64, u64)> {
         let vfs = self.vfs.clone();
         let mut cw = match plan {
             Plan::Full => CheckpointWriter::new(vfs, dir, generation, counters, cells.len() as u64)?,

@@ -25,6 +25,9 @@ pub struct CheckpointSummary {
     pub pages: Option<usize>,
     /// Why it does not verify.
     pub error: Option<String>,
+    /// Its chain, when it verifies: the LSNs of the full checkpoint and of
+    /// each increment up to this one (one LSN: a full checkpoint).
+    pub chain: Vec<u64>,
 }
 
 /// What [`inspect`] found.
@@ -50,7 +53,14 @@ impl fmt::Display for InspectReport {
         for c in &self.checkpoints {
             match (&c.pages, &c.error) {
                 (Some(p), _) => {
-                    writeln!(f, "  {} LSN {} {} bytes, {p} pages", c.path.display(), c.lsn, c.bytes)?
+                    write!(f, "  {} LSN {} {} bytes, {p} pages", c.path.display(), c.lsn, c.bytes)?;
+                    match c.chain.len() {
+                        0 | 1 => writeln!(f, ", full")?,
+                        n => {
+                            let lsns: Vec<String> = c.chain.iter().map(u64::to_string).collect();
+                            writeln!(f, ", increment {} of the chain LSN {}", n - 1, lsns.join(" <- "))?
+                        }
+                    }
                 }
                 (_, Some(e)) => writeln!(f, "  {} LSN {} INVALID: {e}", c.path.display(), c.lsn)?,
                 _ => {}
@@ -104,11 +114,11 @@ pub fn inspect_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<
     let mut rep = InspectReport::default();
     for (lsn, path) in crate::storage::checkpoint::list(vfs, &dir)? {
         let bytes = vfs.read(&path).map(|b| b.len() as u64).unwrap_or(0);
-        let (pages, error) = match crate::storage::checkpoint::read(vfs, &path, limits) {
-            Ok(img) => (Some(img.pages.len()), None),
-            Err(e) => (None, Some(e.to_string())),
+        let (pages, error, chain) = match crate::storage::checkpoint::read_chain(vfs, &path, limits, None) {
+            Ok((img, chain)) => (Some(img.pages.len()), None, chain.files.iter().map(|f| f.0).collect()),
+            Err(e) => (None, Some(e.to_string()), Vec::new()),
         };
-        rep.checkpoints.push(CheckpointSummary { path, lsn, bytes, pages, error });
+        rep.checkpoints.push(CheckpointSummary { path, lsn, bytes, pages, error, chain });
     }
     // The log is read after the newest valid checkpoint, as recovery reads
     // it: segments the checkpoint made unnecessary may be gone.

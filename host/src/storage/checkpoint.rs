@@ -32,7 +32,7 @@ pub const FLAG_GRAPH: u32 = 1;
 /// names (its base); the increment section follows the header.
 pub const FLAG_INCREMENT: u32 = 2;
 /// Size of the fixed part of the increment section.
-pub const INCREMENT_HEAD_LEN: usize = 24;
+pub const INCREMENT_HEAD_LEN: usize = 32;
 /// The longest chain a reader follows (increments on one full checkpoint).
 pub const MAX_CHAIN: u32 = 64;
 /// Header size.
@@ -78,14 +78,21 @@ pub enum CheckpointKind {
     },
 }
 
-/// The base an increment names: a checkpoint file's LSN, its CRC (the last
-/// four bytes of the file) and its depth in its chain (0: a full one).
+/// The base an increment names: a checkpoint file's LSN, its fingerprint
+/// and its depth in its chain (0: a full one).
+///
+/// The fingerprint is XXH3-64 over the file's header (and increment
+/// section), the CRC of each page image in order, and the graph section:
+/// everything the file holds, through the image CRCs. (The file CRC cannot
+/// serve: the CRC of an image followed by its own CRC is a constant, so
+/// the file CRC does not depend on the images' contents, which their own
+/// CRCs protect.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {
     /// LSN of the checkpoint.
     pub lsn: u64,
-    /// Its file CRC.
-    pub crc: u32,
+    /// Its fingerprint.
+    pub fingerprint: u64,
     /// Increments between the chain's full checkpoint and it.
     pub depth: u32,
 }
@@ -139,6 +146,8 @@ pub struct CheckpointWriter {
     file: Box<dyn VfsFile>,
     buf: Vec<u8>,
     crc: u32,
+    /// The fingerprint being computed (see [`Link`]).
+    fingerprint: Fingerprint,
     bytes: u64,
     declared: u64,
     written: u64,
@@ -153,6 +162,25 @@ pub struct CheckpointWriter {
     /// Whether the temporary file was renamed into place (else dropping
     /// the writer removes it).
     renamed: bool,
+}
+
+/// A checkpoint's fingerprint being computed (see [`Link`]).
+struct Fingerprint(xxhash_rust::xxh3::Xxh3);
+
+impl Fingerprint {
+    fn update(&mut self, b: &[u8]) {
+        self.0.update(b);
+    }
+
+    fn digest(&self) -> u64 {
+        self.0.digest()
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({:016x})", self.0.digest())
+    }
 }
 
 impl Drop for CheckpointWriter {
@@ -235,13 +263,16 @@ impl CheckpointWriter {
         put_u32(&mut h, 0);
         if let Some((base, deleted)) = increment {
             put_u64(&mut h, base.lsn);
-            put_u32(&mut h, base.crc);
+            put_u64(&mut h, base.fingerprint);
             put_u32(&mut h, base.depth + 1);
+            put_u32(&mut h, 0);
             put_u64(&mut h, deleted.len() as u64);
             for id in deleted {
                 put_u64(&mut h, id.0);
             }
         }
+        let mut fingerprint = Fingerprint(xxhash_rust::xxh3::Xxh3::new());
+        fingerprint.update(&h);
         Ok(Self {
             vfs,
             dir: dir.to_path_buf(),
@@ -251,6 +282,7 @@ impl CheckpointWriter {
             file,
             buf: h,
             crc: 0,
+            fingerprint,
             bytes: 0,
             declared: page_count,
             written: 0,
@@ -351,6 +383,7 @@ impl CheckpointWriter {
                 crc(&self.buf[start..])
             };
             put_u32(&mut self.buf, c);
+            self.fingerprint.update(&c.to_le_bytes());
             self.written += 1;
             if self.buf.len() >= BUFFER_BYTES {
                 self.drain()?;
@@ -360,6 +393,7 @@ impl CheckpointWriter {
         let c = crc_combine(crc(&self.head), data_crc, data_len);
         self.drain()?;
         let tail = c.to_le_bytes();
+        self.fingerprint.update(&tail);
         let mut slices: Vec<&[u8]> = Vec::with_capacity(self.ranges.len() + 2);
         slices.push(&self.head);
         slices.extend(self.ranges.iter().map(|r| &bytes[r.clone()]));
@@ -386,8 +420,8 @@ impl CheckpointWriter {
     /// # Errors
     /// [`Error::Io`]; [`Error::Invariant`] when the page count differs from
     /// the one announced.
-    /// Returns the file, its page count, size and CRC.
-    pub fn finish(mut self) -> Result<(PathBuf, u64, u64, u32)> {
+    /// Returns the file, its page count, size and fingerprint (see [`Link`]).
+    pub fn finish(mut self) -> Result<(PathBuf, u64, u64, u64)> {
         if self.written != self.declared {
             return Err(Error::Invariant(format!(
                 "checkpoint announced {} pages, got {}",
@@ -397,6 +431,7 @@ impl CheckpointWriter {
         if let Some(g) = self.graph.take() {
             put_u64(&mut self.buf, g.len() as u64);
             self.buf.extend_from_slice(&g);
+            self.fingerprint.update(&g);
         }
         let total = self.bytes + self.buf.len() as u64 + CKPT_TAIL_LEN as u64;
         self.buf.extend_from_slice(&CKPT_END);
@@ -412,7 +447,7 @@ impl CheckpointWriter {
         self.renamed = true;
         self.vfs.sync_dir(&self.dir).map_err(|e| Error::from(e).in_file(&self.dir))?;
         let _ = self.generation;
-        Ok((fin, self.written, total, c))
+        Ok((fin, self.written, total, self.fingerprint.digest()))
     }
 }
 
@@ -487,8 +522,8 @@ pub struct Decoded {
     pub file: CheckpointFile,
     /// File size.
     pub len: u64,
-    /// File CRC (its last four bytes).
-    pub crc: u32,
+    /// Its fingerprint (see [`Link`]).
+    pub fingerprint: u64,
 }
 
 /// A checkpoint's chain, as read: its full checkpoint and the increments
@@ -552,7 +587,7 @@ pub fn read_chain(
 ) -> Result<(StateImage, Chain)> {
     let dir = path.parent().unwrap_or(Path::new(""));
     let first = read_file(vfs, path, limits, alloc)?;
-    let head_crc = first.crc;
+    let head_fp = first.fingerprint;
     // From the file read back to the chain's full checkpoint.
     let mut increments: Vec<(PathBuf, u64, Increment)> = Vec::new();
     let mut cur = (path.to_path_buf(), first);
@@ -573,9 +608,9 @@ pub fn read_chain(
                     CheckpointFile::Full(img) => (img.lsn, 0),
                     CheckpointFile::Increment(i) => (i.counters.lsn, i.base.depth + 1),
                 };
-                if based.crc != link.crc || blsn != link.lsn || bdepth != link.depth {
+                if based.fingerprint != link.fingerprint || blsn != link.lsn || bdepth != link.depth {
                     return Err(bad(format!(
-                        "its base {} is not the checkpoint it was written on (CRC, LSN or depth differs)",
+                        "its base {} is not the checkpoint it was written on (fingerprint, LSN or depth differs)",
                         bp.display()
                     )));
                 }
@@ -595,7 +630,7 @@ pub fn read_chain(
         files.push((lsn, p, len));
     }
     let pages = image.pages.keys().copied().collect();
-    let chain = Chain { head: Link { lsn: image.lsn, crc: head_crc, depth }, files, pages };
+    let chain = Chain { head: Link { lsn: image.lsn, fingerprint: head_fp, depth }, files, pages };
     Ok((image, chain))
 }
 
@@ -705,19 +740,23 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
         return Err(Error::corrupt_at(tail_at + 8, "checkpoint trailer does not match the file"));
     }
     let mut fcrc = crc(head);
+    let mut fp = xxhash_rust::xxh3::Xxh3::new();
+    fp.update(head);
     let mut image = StateImage { next_page, next_delta, timestamp, lsn, ..StateImage::default() };
     let mut pos = CKPT_HEAD_LEN as u64;
     let mut inc = None;
     if increment {
         let (i, used, c) = read_increment_head(src, pos, tail_at, lsn, next_page)?;
         fcrc = crc_append(fcrc, &c);
+        fp.update(&c);
         pos += used;
         inc = Some(i);
     }
     let mut entries = Vec::new();
     let mut last: Option<PageId> = None;
     for i in 0..count {
-        let (e, used, pcrc) = read_entry(src, pos, tail_at - pos, pos, limits, alloc, increment)?;
+        let (e, used, pcrc, own) = read_entry(src, pos, tail_at - pos, pos, limits, alloc, increment)?;
+        fp.update(&own.to_le_bytes());
         let id = e.id();
         if id.0 == 0
             || id.0 >= next_page
@@ -753,6 +792,7 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
         let mut g = vec![0u8; len as usize];
         read_at(src, &mut g, pos + 8)?;
         fcrc = crc_append(crc_append(fcrc, &lb), &g);
+        fp.update(&g);
         graph = Some((pos + 8, g));
         pos += 8 + len;
     }
@@ -781,7 +821,7 @@ fn decode_from(src: &mut dyn VfsRead, limits: &Limits, alloc: Option<&PageAlloca
         }
         None => CheckpointFile::Full(image),
     };
-    Ok(Decoded { file, len: file_len, crc: tcrc })
+    Ok(Decoded { file, len: file_len, fingerprint: fp.digest() })
 }
 
 /// An increment's base and deleted pages.
@@ -798,14 +838,17 @@ fn read_increment_head(
     next_page: u64,
 ) -> Result<(IncrementHead, u64, Vec<u8>)> {
     if tail_at - pos < INCREMENT_HEAD_LEN as u64 {
-        return Err(Error::corrupt_at(pos, "increment section: need 24 bytes"));
+        return Err(Error::corrupt_at(pos, "increment section: need 32 bytes"));
     }
     let mut b = [0u8; INCREMENT_HEAD_LEN];
     read_at(src, &mut b, pos)?;
     let mut r = Reader::new(&b, pos);
     let base_lsn = r.u64("base lsn")?;
-    let base_crc = r.u32("base crc")?;
+    let base_fp = r.u64("base fingerprint")?;
     let depth = r.u32("chain depth")?;
+    if r.u32("increment reserved")? != 0 {
+        return Err(Error::corrupt_at(pos + 20, "increment section reserved field is not zero"));
+    }
     let n = r.u64("deleted count")?;
     if base_lsn >= lsn {
         return Err(Error::corrupt_at(
@@ -814,11 +857,11 @@ fn read_increment_head(
         ));
     }
     if depth == 0 || depth > MAX_CHAIN {
-        return Err(Error::corrupt_at(pos + 12, format!("chain depth {depth} out of range 1..={MAX_CHAIN}")));
+        return Err(Error::corrupt_at(pos + 16, format!("chain depth {depth} out of range 1..={MAX_CHAIN}")));
     }
     let room = (tail_at - pos - INCREMENT_HEAD_LEN as u64) / 8;
     if n > room {
-        return Err(Error::corrupt_at(pos + 16, format!("{n} deleted pages do not fit the file")));
+        return Err(Error::corrupt_at(pos + 24, format!("{n} deleted pages do not fit the file")));
     }
     let mut ids = vec![0u8; n as usize * 8];
     read_at(src, &mut ids, pos + INCREMENT_HEAD_LEN as u64)?;
@@ -837,7 +880,7 @@ fn read_increment_head(
     }
     let mut all = b.to_vec();
     all.extend_from_slice(&ids);
-    let link = Link { lsn: base_lsn, crc: base_crc, depth: depth - 1 };
+    let link = Link { lsn: base_lsn, fingerprint: base_fp, depth: depth - 1 };
     Ok(((link, deleted), all.len() as u64, all))
 }
 

@@ -376,8 +376,8 @@ pub(crate) fn read_page(
     alloc: Option<&PageAllocator>,
 ) -> Result<(PageImage, u64, u32)> {
     match read_entry(src, at, avail, base, limits, alloc, false)? {
-        (PageEntry::Full(p), used, c) => Ok((p, used, c)),
-        (PageEntry::Patch(_), _, _) => Err(Error::corrupt_at(base + 6, "unknown page flags")),
+        (PageEntry::Full(p), used, c, _) => Ok((p, used, c)),
+        (PageEntry::Patch(_), ..) => Err(Error::corrupt_at(base + 6, "unknown page flags")),
     }
 }
 
@@ -445,7 +445,8 @@ impl PageEntry {
     }
 }
 
-/// [`read_page`], also accepting a patch image when `allow_patch`.
+/// [`read_page`], also accepting a patch image when `allow_patch`; also
+/// returns the image's own CRC (its last four bytes).
 ///
 /// # Errors
 /// As [`read_page`].
@@ -457,7 +458,7 @@ pub(crate) fn read_entry(
     limits: &Limits,
     alloc: Option<&PageAllocator>,
     allow_patch: bool,
-) -> Result<(PageEntry, u64, u32)> {
+) -> Result<(PageEntry, u64, u32, u32)> {
     let mut head = [0u8; PAGE_HEAD_LEN];
     let head_len = (avail.min(PAGE_HEAD_LEN as u64)) as usize;
     src.read_exact_at(&mut head[..head_len], at).map_err(|e| io_err(e, base))?;
@@ -581,7 +582,7 @@ pub(crate) fn read_entry(
     if patch {
         let ranges = present_ranges.into_iter().map(|(from, to)| from..to).collect();
         let patch = PagePatch { id, epoch, location, meta, len, ranges, data: bytes.into_vec() };
-        return Ok((PageEntry::Patch(patch), total, whole_crc));
+        return Ok((PageEntry::Patch(patch), total, whole_crc, c));
     }
     if let Some(z) = zero_chunk {
         let mut packed_at = 0usize;
@@ -612,7 +613,7 @@ pub(crate) fn read_entry(
         prev_end = to;
     }
     bytes[prev_end..].fill(0);
-    Ok((PageEntry::Full(PageImage { id, epoch, location, meta, bytes }), total, whole_crc))
+    Ok((PageEntry::Full(PageImage { id, epoch, location, meta, bytes }), total, whole_crc, c))
 }
 
 #[cfg(test)]
