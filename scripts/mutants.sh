@@ -4,7 +4,8 @@
 #
 #   bash scripts/mutants.sh [AREA ...] [-- CARGO_MUTANTS_ARGS ...]
 #
-# AREA: reader, recovery, writer, checkpoint, codecs, delta (default: all).
+# AREA: reader, recovery, writer, checkpoint, codecs, delta, changes (the
+# change tracking and checkpoint planning behind increments) (default: all).
 # Extra arguments go to cargo-mutants, e.g. `-- --re 'fn read_frame'` to
 # mutate only matching functions, or `-- --shard 0/4` to split a run.
 #
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
         *) areas+=("$1"); shift ;;
     esac
 done
-[ ${#areas[@]} -gt 0 ] || areas=(reader recovery writer checkpoint codecs delta)
+[ ${#areas[@]} -gt 0 ] || areas=(reader recovery writer checkpoint codecs delta changes)
 
 files=()
 for a in "${areas[@]}"; do
@@ -41,7 +42,8 @@ for a in "${areas[@]}"; do
         checkpoint) files+=(-f host/src/storage/checkpoint.rs) ;;
         codecs) files+=(-f 'host/src/storage/codec/*.rs') ;;
         delta) files+=(-f host/src/delta/mod.rs) ;;
-        *) echo "mutants: unknown area $a (reader, recovery, writer, checkpoint, codecs, delta)" >&2; exit 2 ;;
+        changes) files+=(-f host/src/registry/page.rs -f host/src/engine/checkpoint.rs) ;;
+        *) echo "mutants: unknown area $a (reader, recovery, writer, checkpoint, codecs, delta, changes)" >&2; exit 2 ;;
     esac
 done
 
@@ -56,7 +58,7 @@ rm -rf "$out"
 mkdir -p "$out"
 
 tests=(--lib --test log --test log_edges --test durability --test crash --test untrusted
-    --test replay_paths --test graph_persist --test laws)
+    --test replay_paths --test graph_persist --test laws --test increments)
 start=$(date +%s)
 cd "$work/src"
 export CARGO_TARGET_DIR="$root/target/mutants/build"
