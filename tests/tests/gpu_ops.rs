@@ -189,3 +189,59 @@ fn gpu_transfer_bytes_are_counted_in_stats() -> mmsb::Result<()> {
     assert!(d2h1 >= d2h0 + 4096, "download counted: {d2h0} -> {d2h1}");
     Ok(())
 }
+
+/// Increments of pages at `loc`: the kinds and sizes of three checkpoints
+/// (a full one, then increments with changed blocks, a deleted page, a
+/// created one and a page migrated to `loc`), and the state after a
+/// restart through the chain.
+#[allow(clippy::type_complexity)]
+fn increments_at(loc: Location) -> Result<(Vec<(String, u64)>, u128, Vec<Vec<u8>>)> {
+    let dir = tempfile::tempdir()?;
+    let mut rng = Rng::new(77);
+    let lens = [3u64, 4096, 4097, 100_003, 1 << 20, 3 << 20];
+    let mut kinds = Vec::new();
+    let (ids, hash) = {
+        let s = Mmsb::start(Config::at(dir.path()))?;
+        let mut ids = Vec::new();
+        for &len in &lens {
+            let p = s.create_page(PageSpec::new(len).on(loc))?;
+            s.update_page(p, Payload::Full(rng.bytes(len as usize)))?;
+            ids.push(p);
+        }
+        let cpu_page = s.create_page(PageSpec::new(9000))?;
+        s.update_page(cpu_page, Payload::Full(rng.bytes(9000)))?;
+        kinds.push(s.checkpoint()?);
+        for _ in 0..3 {
+            for (k, &len) in lens.iter().enumerate().skip(1) {
+                s.update_page(ids[k], random_payload(&mut rng, len))?;
+            }
+        }
+        // A sparse change of a few bytes in the largest page.
+        s.update_page(ids[5], Payload::Sparse(SparseDelta::from_pairs([(2_000_000u64, &[9u8; 5][..])])?))?;
+        kinds.push(s.checkpoint()?);
+        s.delete_page(ids[2])?;
+        let created = s.create_page(PageSpec::new(5000).on(loc))?;
+        s.update_page(created, Payload::Full(rng.bytes(5000)))?;
+        s.migrate_page(cpu_page, loc)?;
+        s.update_page(ids[4], Payload::Sparse(SparseDelta::from_pairs([(4095u64, &[1u8, 2][..])])?))?;
+        kinds.push(s.checkpoint()?);
+        let h = s.state_hash()?;
+        s.stop()?;
+        (s.page_ids(), h)
+    };
+    let kinds = kinds.iter().map(|i| (format!("{:?}", i.kind), i.pages)).collect();
+    let s = Mmsb::start(Config::at(dir.path()))?;
+    assert!(s.recovery_report().is_clean(), "{}", s.recovery_report());
+    assert_eq!(s.state_hash()?, hash);
+    let bytes = ids.iter().map(|p| s.query_page(*p)).collect::<Result<Vec<_>>>()?;
+    Ok((kinds, hash, bytes))
+}
+
+#[test]
+fn gpu_increments_gather_the_changed_blocks_like_the_cpu() {
+    let (kinds, ..) = on_cpu_and_gpu!("gpu_increments_gather_the_changed_blocks_like_the_cpu", increments_at);
+    assert!(
+        kinds[0].0 == "Full" && kinds[1].0.starts_with("Increment") && kinds[2].0.starts_with("Increment"),
+        "{kinds:?}"
+    );
+}

@@ -183,9 +183,37 @@ impl Mmsb {
             }
         };
         let full = matches!(plan, Plan::Full);
-        for (_, cell) in cells {
-            let p = cell.read();
+        let per = CHANGE_BLOCK / crate::storage::codec::page::BLOCK;
+        // The changed blocks of GPU pages, gathered on their device a
+        // window of pages at a time: only those bytes cross the bus.
+        let mut gathered: std::collections::HashMap<PageId, Vec<u8>> = Default::default();
+        for (k, (id, cell)) in cells.iter().enumerate() {
+            let mut p = cell.read();
             if !full && p.changed.is_clean() {
+                continue;
+            }
+            if !full && !p.changed.is_whole() && p.storage.gpu().is_some() {
+                if !gathered.contains_key(id) {
+                    drop(p);
+                    gathered = gather_window(&cells[k..])?;
+                    p = cell.read();
+                }
+                let packed = gathered
+                    .remove(id)
+                    .ok_or_else(|| crate::Error::Invariant(format!("page {id} was not gathered")))?;
+                let changed = &p.changed;
+                let len = usize::try_from(p.len).map_err(|_| crate::Error::InvalidPage {
+                    reason: "page exceeds the address space".into(),
+                })?;
+                cw.patch_packed(
+                    p.id,
+                    p.epoch,
+                    p.location,
+                    &p.meta,
+                    len,
+                    |b| changed.block(b / per),
+                    &packed,
+                )?;
                 continue;
             }
             // GPU pages apply their queued deltas and come back through
@@ -194,13 +222,51 @@ impl Mmsb {
             if full || p.changed.is_whole() {
                 cw.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
             } else {
-                let per = CHANGE_BLOCK / crate::storage::codec::page::BLOCK;
                 let changed = &p.changed;
                 cw.patch(p.id, p.epoch, p.location, &p.meta, &bytes, |k| changed.block(k / per))?;
             }
         }
         cw.finish()
     }
+}
+
+/// Changed bytes gathered from the device per launch (at most; a page's
+/// blocks are never split).
+const GATHER_WINDOW: u64 = 64 << 20;
+
+/// Gather the changed blocks of the GPU pages at the front of `cells` that
+/// an increment patches: the first such page and the following ones on the
+/// same device, up to [`GATHER_WINDOW`] changed bytes.
+fn gather_window(
+    cells: &[(PageId, crate::registry::PageCell)],
+) -> Result<std::collections::HashMap<PageId, Vec<u8>>> {
+    type Held<'c> =
+        (PageId, parking_lot::RwLockReadGuard<'c, crate::registry::Page>, Vec<std::ops::Range<u64>>);
+    let mut guards: Vec<Held<'_>> = Vec::new();
+    let mut bytes = 0u64;
+    for (id, cell) in cells {
+        if bytes >= GATHER_WINDOW {
+            break;
+        }
+        let p = cell.read();
+        let Some(g) = p.storage.gpu() else { continue };
+        if p.changed.is_clean() || p.changed.is_whole() {
+            continue;
+        }
+        let same = guards
+            .first()
+            .is_none_or(|(_, q, _)| q.storage.gpu().is_some_and(|f| crate::gpu::same_device(f, g)));
+        if !same {
+            continue;
+        }
+        bytes += p.changed.bytes(p.len);
+        let runs = p.changed.runs(p.len);
+        guards.push((*id, p, runs));
+    }
+    let parts: Vec<(&crate::gpu::GpuPage, &[std::ops::Range<u64>])> =
+        guards.iter().filter_map(|(_, p, runs)| p.storage.gpu().map(|g| (g, &runs[..]))).collect();
+    let packed = crate::gpu::gather(&parts)?;
+    Ok(guards.iter().map(|(id, ..)| *id).zip(packed).collect())
 }
 
 /// What the next checkpoint is.

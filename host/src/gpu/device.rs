@@ -780,6 +780,104 @@ impl Gpu {
         Ok((words, n[0]))
     }
 
+    /// The bytes of `ranges` (each inside its page, ascending) of each page
+    /// of this device, packed in order: one launch copies every range into
+    /// one device buffer (the batched apply kernel's full-copy descriptors,
+    /// at most 64 KiB each), and one download brings the buffer back.
+    /// Queued deltas are applied first. What an increment of GPU pages
+    /// needs: only the changed blocks cross the bus.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a range outside its page or a page of another
+    /// device; [`Error::GpuMemory`]; driver errors.
+    pub(crate) fn gather(
+        &self,
+        parts: &[(DeviceRange<'_>, &[std::ops::Range<u64>])],
+    ) -> Result<Vec<Vec<u8>>> {
+        const OP: &str = "gather";
+        for (r, ranges) in parts {
+            self.mine(OP, r)?;
+            let mut end = 0;
+            for x in ranges.iter() {
+                if x.start < end || x.start > x.end || x.end > r.len() {
+                    return Err(Error::Gpu {
+                        context: OP.into(),
+                        source: format!(
+                            "range {x:?} of a page of {} bytes (ranges ascending, inside it)",
+                            r.len()
+                        )
+                        .into(),
+                    });
+                }
+                end = x.end;
+            }
+        }
+        self.flush()?;
+        // Pieces (source address, offset in the gathered bytes, length);
+        // each range starts 16-aligned in the gathered bytes.
+        let mut pieces: Vec<(u64, u64, u64)> = Vec::new();
+        let mut spans: Vec<Vec<(u64, u64)>> = Vec::with_capacity(parts.len());
+        let mut off = 0u64;
+        for (r, ranges) in parts {
+            let mut s = Vec::with_capacity(ranges.len());
+            for x in ranges.iter() {
+                off = off.next_multiple_of(16);
+                let mut o = x.start;
+                while o < x.end {
+                    let n = batch::SEGMENT.min(x.end - o);
+                    pieces.push((r.ptr() + o, off + (o - x.start), n));
+                    o += n;
+                }
+                s.push((off, x.end - x.start));
+                off += x.end - x.start;
+            }
+            spans.push(s);
+        }
+        if pieces.is_empty() {
+            return Ok(spans.iter().map(|_| Vec::new()).collect());
+        }
+        let descs_bytes = (pieces.len() * size_of::<ApplyDesc>()) as u64;
+        let data_at = descs_bytes.next_multiple_of(16);
+        let block = self.pool.alloc(data_at + off)?;
+        let image = block.range().slice(0, data_at + off)?;
+        let base = image.ptr() + data_at;
+        let mut work = 0;
+        let descs: Vec<ApplyDesc> = pieces
+            .iter()
+            .map(|&(src, at, n)| {
+                let d = ApplyDesc {
+                    page: base + at,
+                    len: n,
+                    data: src,
+                    kind: shared_types::kind::FULL,
+                    work_start: work,
+                    ..ApplyDesc::default()
+                };
+                work += n.div_ceil(16);
+                d
+            })
+            .collect();
+        self.upload(image.slice(0, descs_bytes)?, bytemuck::cast_slice(&descs))?;
+        // SAFETY: every descriptor copies n bytes from inside a page range
+        // of this device (checked above; the ranges borrow their pages for
+        // the whole call) to its own part of `block`, which lives to the end
+        // of the call; the download below waits for the stream; no two
+        // descriptors write the same byte (the offsets are disjoint).
+        unsafe { self.apply_batch(image, pieces.len() as u64)? };
+        let mut all = vec![0u8; off as usize];
+        self.download_raw(image.slice(data_at, off)?, &mut all)?;
+        Ok(spans
+            .into_iter()
+            .map(|s| {
+                let mut v = Vec::with_capacity(s.iter().map(|x| x.1 as usize).sum());
+                for (at, n) in s {
+                    v.extend_from_slice(&all[at as usize..(at + n) as usize]);
+                }
+                v
+            })
+            .collect())
+    }
+
     /// Download without flushing (the caller already did).
     fn download_raw(&self, src: DeviceRange<'_>, out: &mut [u8]) -> Result<()> {
         self.mine("download", &src)?;

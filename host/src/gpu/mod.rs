@@ -119,6 +119,15 @@ pub(crate) fn diff(old: &GpuPage, new: &GpuPage) -> Result<Payload> {
     Ok(crate::delta::diff_from_runs(runs, &bytes))
 }
 
+/// The bytes of `ranges` of each page (pages of one device), packed in
+/// order, gathered on the device by one launch and downloaded at once (see
+/// [`Gpu::gather`]).
+pub(crate) fn gather(pages: &[(&GpuPage, &[std::ops::Range<u64>])]) -> Result<Vec<Vec<u8>>> {
+    let Some((first, _)) = pages.first() else { return Ok(Vec::new()) };
+    let parts: Vec<_> = pages.iter().map(|(p, r)| (p.range(), *r)).collect();
+    first.gpu().gather(&parts)
+}
+
 /// Whether two GPU pages live on the same device.
 pub(crate) fn same_device(a: &GpuPage, b: &GpuPage) -> bool {
     std::sync::Arc::ptr_eq(a.gpu(), b.gpu())

@@ -124,6 +124,24 @@ impl Changed {
         self.whole || self.bits.get(k / 64).is_some_and(|w| w >> (k % 64) & 1 == 1)
     }
 
+    /// The changed blocks of a page of `len` bytes as byte ranges,
+    /// ascending, adjacent blocks merged (the last one ends at `len`).
+    pub(crate) fn runs(&self, len: u64) -> Vec<std::ops::Range<u64>> {
+        let blocks = len.div_ceil(CHANGE_BLOCK as u64) as usize;
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+        for k in 0..blocks {
+            if !self.block(k) {
+                continue;
+            }
+            let (from, to) = ((k * CHANGE_BLOCK) as u64, ((k + 1) * CHANGE_BLOCK) as u64);
+            match out.last_mut() {
+                Some(r) if r.end == from => r.end = to.min(len),
+                _ => out.push(from..to.min(len)),
+            }
+        }
+        out
+    }
+
     /// Bytes an increment would copy for this page of `len` bytes.
     pub(crate) fn bytes(&self, len: u64) -> u64 {
         if self.whole {
@@ -254,6 +272,7 @@ mod tests {
         want.push(200);
         assert_eq!(blocks(&c, len), want);
         assert_eq!(c.bytes(len), want.len() as u64 * 4096);
+        assert_eq!(c.runs(len), [0..8192, 63 * 4096..131 * 4096, 200 * 4096..len]);
         c.clear();
         assert!(c.is_clean() && blocks(&c, len).is_empty());
         // An empty range still puts the page in the next increment.

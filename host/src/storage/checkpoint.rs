@@ -366,6 +366,39 @@ impl CheckpointWriter {
         self.image(bytes, total, large, data_crc)
     }
 
+    /// [`CheckpointWriter::patch`] of a page of `len` bytes whose changed
+    /// bytes (the blocks `changed` names, in order) are `packed`, as a GPU
+    /// page's gathered blocks are.
+    ///
+    /// # Errors
+    /// As [`CheckpointWriter::page`]; [`Error::Invariant`] when `packed`
+    /// is not as long as the blocks `changed` names.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_packed(
+        &mut self,
+        id: PageId,
+        epoch: Epoch,
+        location: Location,
+        meta: &Metadata,
+        len: usize,
+        changed: impl Fn(usize) -> bool,
+        packed: &[u8],
+    ) -> Result<()> {
+        self.head.clear();
+        let total = crate::storage::codec::page::encode_patch_head_packed(
+            (id, epoch, location, meta),
+            len,
+            changed,
+            packed.len(),
+            &mut self.head,
+        )?;
+        self.ranges.clear();
+        if !packed.is_empty() {
+            self.ranges.push(0..packed.len());
+        }
+        self.image(packed, total, true, crc(packed))
+    }
+
     /// Write the image whose head is in `self.head` and data ranges in
     /// `self.ranges` (of `bytes`), `total` bytes with its CRC.
     fn image(&mut self, bytes: &[u8], total: u64, large: bool, data_crc: u32) -> Result<()> {
@@ -1091,6 +1124,64 @@ mod tests {
         }
         for cut in [0, 10, CKPT_HEAD_LEN, 5000, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode(&bytes[..cut], &Limits::default()).is_err(), "cut at {cut}");
+        }
+        Ok(())
+    }
+
+    /// The patch of gathered bytes (a GPU page's path) is the patch of the
+    /// page's bytes (a CPU page's path), byte for byte, for changed blocks
+    /// anywhere: none, the first, the short last, everything.
+    #[test]
+    fn a_patch_of_packed_bytes_is_the_patch_of_the_page() -> Result<()> {
+        let pages = pages();
+        let counters = StateImage { lsn: 9, next_page: 10, ..StateImage::default() };
+        let base = Link { lsn: 4, fingerprint: 7, depth: 0 };
+        let block = crate::registry::CHANGE_BLOCK;
+        let sets: [&dyn Fn(usize) -> bool; 5] =
+            [&|_| false, &|k| k == 0, &|k| k % 3 == 1, &|k| k >= 200, &|_| true];
+        for (n, changed) in sets.iter().enumerate() {
+            let dir = tempfile::tempdir()?;
+            let mut out = Vec::new();
+            for packed in [false, true] {
+                let mut w = CheckpointWriter::new_increment(
+                    Arc::new(StdVfs),
+                    dir.path(),
+                    1,
+                    &counters,
+                    base,
+                    &[],
+                    pages.len() as u64,
+                )?;
+                for (id, bytes) in &pages {
+                    let per64 = |k: usize| changed(k * 64 / block);
+                    if packed {
+                        let mut data = Vec::new();
+                        for k in 0..bytes.len().div_ceil(block) {
+                            if changed(k) {
+                                data.extend_from_slice(&bytes[k * block..((k + 1) * block).min(bytes.len())]);
+                            }
+                        }
+                        w.patch_packed(
+                            *id,
+                            Epoch(3),
+                            Location::Cpu,
+                            &Metadata::new(),
+                            bytes.len(),
+                            per64,
+                            &data,
+                        )?;
+                    } else {
+                        w.patch(*id, Epoch(3), Location::Cpu, &Metadata::new(), bytes, per64)?;
+                    }
+                }
+                let (path, ..) = w.finish()?;
+                out.push(std::fs::read(path)?);
+            }
+            assert_eq!(out[0], out[1], "set {n}");
+            match decode_file(&out[0], &Limits::default())?.file {
+                CheckpointFile::Increment(i) => assert_eq!(i.entries.len(), pages.len()),
+                CheckpointFile::Full(_) => panic!("an increment"),
+            }
         }
         Ok(())
     }

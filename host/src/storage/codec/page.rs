@@ -230,6 +230,85 @@ pub(crate) fn encode_patch_head(
     encode_head_by((id, epoch, location, meta), bytes, PAGE_FLAG_PATCH, changed, out, data, data_crc)
 }
 
+/// The head of a patch image of a page of `len` bytes whose changed blocks
+/// (`changed`, 64-byte block indexes) hold `packed_len` bytes; the data is
+/// those bytes, packed.
+///
+/// # Errors
+/// [`Error::InvalidPage`] as [`encode_head`], or when `packed_len` is not
+/// the changed blocks' size.
+pub(crate) fn encode_patch_head_packed(
+    (id, epoch, location, meta): (PageId, Epoch, Location, &Metadata),
+    len: usize,
+    changed: impl Fn(usize) -> bool,
+    packed_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<u64> {
+    let nblocks = len.div_ceil(BLOCK);
+    if u32::try_from(nblocks).is_err() {
+        return Err(Error::InvalidPage { reason: format!("page of {len} bytes is too large to encode") });
+    }
+    let mut runs: Vec<u32> = Vec::new();
+    let mut data_len = 0usize;
+    let mut k = 0;
+    loop {
+        let start = k;
+        while k < nblocks && !changed(k) {
+            k += 1;
+        }
+        runs.push((k - start) as u32);
+        if k == nblocks {
+            break;
+        }
+        let start = k;
+        while k < nblocks && changed(k) {
+            k += 1;
+        }
+        runs.push((k - start) as u32);
+        data_len += (k * BLOCK).min(len) - start * BLOCK;
+        if k == nblocks {
+            break;
+        }
+    }
+    if data_len != packed_len {
+        return Err(Error::InvalidPage {
+            reason: format!("patch of page {id}: {packed_len} bytes given for {data_len} changed"),
+        });
+    }
+    Ok(put_head((id, epoch, location, meta), PAGE_FLAG_PATCH, len as u64, &runs, data_len as u64, out))
+}
+
+/// Append an image's head (fixed header, metadata, block runs) to `out`;
+/// returns the image's total length.
+fn put_head(
+    (id, epoch, location, meta): (PageId, Epoch, Location, &Metadata),
+    flags: u16,
+    len: u64,
+    runs: &[u32],
+    data_len: u64,
+    out: &mut Vec<u8>,
+) -> u64 {
+    let mlen = metadata_len(meta);
+    let total = PAGE_HEAD_LEN as u64 + mlen as u64 + 4 * runs.len() as u64 + data_len + 4;
+    out.reserve(PAGE_HEAD_LEN + mlen + 4 * runs.len());
+    out.extend_from_slice(&PAGE_MAGIC);
+    put_u16(out, PAGE_VERSION);
+    put_u16(out, flags);
+    put_u64(out, total);
+    put_u64(out, id.0);
+    put_u64(out, epoch.0);
+    put_u64(out, len);
+    put_location(out, location);
+    put_u32(out, mlen as u32);
+    put_u32(out, runs.len() as u32);
+    put_u64(out, data_len);
+    put_metadata(out, meta);
+    for r in runs {
+        put_u32(out, *r);
+    }
+    total
+}
+
 /// The head of an image whose data blocks are those `present_at` names.
 fn encode_head_by(
     (id, epoch, location, meta): (PageId, Epoch, Location, &Metadata),
@@ -286,25 +365,7 @@ fn encode_head_by(
             break;
         }
     }
-    let mlen = metadata_len(meta);
-    let total = PAGE_HEAD_LEN as u64 + mlen as u64 + 4 * runs.len() as u64 + data_len + 4;
-    out.reserve(PAGE_HEAD_LEN + mlen + 4 * runs.len());
-    out.extend_from_slice(&PAGE_MAGIC);
-    put_u16(out, PAGE_VERSION);
-    put_u16(out, flags);
-    put_u64(out, total);
-    put_u64(out, id.0);
-    put_u64(out, epoch.0);
-    put_u64(out, bytes.len() as u64);
-    put_location(out, location);
-    put_u32(out, mlen as u32);
-    put_u32(out, runs.len() as u32);
-    put_u64(out, data_len);
-    put_metadata(out, meta);
-    for r in &runs {
-        put_u32(out, *r);
-    }
-    Ok(total)
+    Ok(put_head((id, epoch, location, meta), flags, bytes.len() as u64, &runs, data_len, out))
 }
 
 /// Append the v2 encoding of a page to `out`.
