@@ -211,9 +211,18 @@ fn increments_at(loc: Location) -> Result<(Vec<(String, u64)>, u128, Vec<Vec<u8>
         let cpu_page = s.create_page(PageSpec::new(9000))?;
         s.update_page(cpu_page, Payload::Full(rng.bytes(9000)))?;
         kinds.push(s.checkpoint()?);
-        for _ in 0..3 {
-            for (k, &len) in lens.iter().enumerate().skip(1) {
+        // A random payload on the small pages, a few short runs on the
+        // others (an increment holds the blocks they touch).
+        for (k, &len) in lens.iter().enumerate() {
+            if len <= 4097 {
                 s.update_page(ids[k], random_payload(&mut rng, len))?;
+            } else {
+                for _ in 0..3 {
+                    let at = rng.below(len - 16);
+                    let n = 1 + rng.below(15) as usize;
+                    let run = rng.bytes(n);
+                    s.update_page(ids[k], Payload::Sparse(SparseDelta::from_pairs([(at, &run[..])])?))?;
+                }
             }
         }
         // A sparse change of a few bytes in the largest page.
