@@ -252,9 +252,15 @@ pub fn checkpoint_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
 /// state (bytes written and time); with every block changed, the
 /// checkpoint `Mmsb::checkpoint` chooses (a full one) against a forced full
 /// one; and a start through a chain of 8 increments against a raw read of
-/// the files it reads.
-pub fn increment_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
+/// the files it reads. With `loc` a GPU, the pages live there (the
+/// increment gathers their changed blocks on the device); the rows' names
+/// start with `gpu_` and carry the device's name.
+pub fn increment_rows(b: DiskBudget, base: &Path, loc: mmsb::Location) -> Result<Vec<Row>> {
     let dir = base.join("increments");
+    let (prefix, device) = match loc {
+        mmsb::Location::Cpu => ("", crate::cpu_model()),
+        _ => ("gpu_", mmsb::gpu::probe().map(|i| i.name).unwrap_or_else(|e| e.to_string())),
+    };
     let page = 1usize << 20;
     let count = (b.checkpoint_bytes / page).max(1);
     let blocks_per_page = page / mmsb::CHANGE_BLOCK;
@@ -264,7 +270,7 @@ pub fn increment_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
-        let id = s.create_page(PageSpec::new(page as u64))?;
+        let id = s.create_page(PageSpec::new(page as u64).on(loc))?;
         let mut data = vec![0u8; page];
         rng.fill_bytes(&mut data);
         s.update_page(id, Payload::Full(data))?;
@@ -353,9 +359,9 @@ pub fn increment_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
     std::fs::remove_dir_all(&dir)?;
     let mb = b.checkpoint_bytes >> 20;
     let gbs = |secs: f64| chain_bytes as f64 / secs / 1e9;
-    Ok(vec![
+    let rows = vec![
         Row::cost(
-            &format!("checkpoint_increment_1pct_{mb}m_bytes"),
+            &format!("{prefix}checkpoint_increment_1pct_{mb}m_bytes"),
             incr_b as f64,
             "B",
             "a full checkpoint of the same state",
@@ -363,7 +369,7 @@ pub fn increment_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
             Some(20.0),
         ),
         Row::cost(
-            &format!("checkpoint_increment_1pct_{mb}m"),
+            &format!("{prefix}checkpoint_increment_1pct_{mb}m"),
             median(&mut incr_t) * 1e3,
             "ms",
             "a full checkpoint of the same state",
@@ -371,7 +377,7 @@ pub fn increment_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
             Some(10.0),
         ),
         Row::cost(
-            &format!("checkpoint_all_changed_{mb}m"),
+            &format!("{prefix}checkpoint_all_changed_{mb}m"),
             median(&mut all_t) * 1e3,
             "ms",
             "a forced full checkpoint of the same state",
@@ -379,14 +385,15 @@ pub fn increment_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
             Some(0.95),
         ),
         Row::throughput(
-            &format!("checkpoint_chain8_restore_{mb}m"),
+            &format!("{prefix}checkpoint_chain8_restore_{mb}m"),
             gbs(median(&mut restore_t)),
             "GB/s",
             "raw read of the chain's files (page cache)",
             gbs(median(&mut raw_t)),
             Some(0.8),
         ),
-    ])
+    ];
+    Ok(rows.into_iter().map(|r| r.on(&device)).collect())
 }
 
 /// Reserved for the raw read of a checkpoint: more than glibc's largest

@@ -89,7 +89,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if want("checkpoint") {
             rows.extend(section("checkpoint", || disk::checkpoint_rows(disk_budget, base))?);
-            rows.extend(section("incremental checkpoints", || disk::increment_rows(disk_budget, base))?);
+            rows.extend(section("incremental checkpoints", || {
+                disk::increment_rows(disk_budget, base, mmsb::Location::Cpu)
+            })?);
+            if want("gpu") && mmsb::gpu::device_count().unwrap_or(0) > 0 {
+                rows.extend(section("incremental checkpoints of GPU pages", || {
+                    disk::increment_rows(disk_budget, base, mmsb::Location::Gpu(0))
+                })?);
+            }
         }
         if want("replay") {
             rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);
