@@ -309,21 +309,27 @@ pub fn increment_rows(b: DiskBudget, base: &Path, loc: mmsb::Location) -> Result
         full_b = s.checkpoint_full()?.bytes;
         full_t.push(t.elapsed().as_secs_f64());
     }
-    // Every block changed: what checkpoint() picks against a full one.
+    // Every block changed: what checkpoint() picks against a full one,
+    // each after a full one (both retire one file), in turn.
     let (mut all_t, mut all_full_t) = (Vec::new(), Vec::new());
+    s.checkpoint_full()?;
     for rep in 0..b.checkpoint_reps.max(1) {
-        for (k, id) in ids.iter().enumerate() {
-            s.update_page(*id, Payload::Full(vec![(rep + k) as u8 | 1; page]))?;
+        for forced in [rep % 2 == 1, rep % 2 == 0] {
+            for (k, id) in ids.iter().enumerate() {
+                let mut data = vec![0u8; page];
+                rng.fill_bytes(&mut data);
+                data[0] = (rep + k) as u8;
+                s.update_page(*id, Payload::Full(data))?;
+            }
+            let t = Instant::now();
+            if forced {
+                s.checkpoint_full()?;
+                all_full_t.push(t.elapsed().as_secs_f64());
+            } else {
+                s.checkpoint()?;
+                all_t.push(t.elapsed().as_secs_f64());
+            }
         }
-        let t = Instant::now();
-        s.checkpoint()?;
-        all_t.push(t.elapsed().as_secs_f64());
-        for id in &ids {
-            s.update_page(*id, Payload::Full(vec![rep as u8 | 2; page]))?;
-        }
-        let t = Instant::now();
-        s.checkpoint_full()?;
-        all_full_t.push(t.elapsed().as_secs_f64());
     }
     // A chain of 8 increments, then a start through it.
     s.checkpoint_full()?;

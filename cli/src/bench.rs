@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// durable, checkpoint, replay, propagation, gpu. Default: all.
     #[arg(long, value_name = "SECTION", value_delimiter = ',', value_parser = SECTIONS)]
     only: Vec<String>,
+    /// Size of the state in the checkpoint rows, in MiB (default: 32 with
+    /// --quick, 256 without).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    state_mib: Option<u64>,
 }
 
 /// Section names accepted by `--only`.
@@ -46,7 +50,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let started = Instant::now();
     let budget = if args.quick { Budget::QUICK } else { Budget::FULL };
-    let disk_budget = if args.quick { DiskBudget::QUICK } else { DiskBudget::FULL };
+    let mut disk_budget = if args.quick { DiskBudget::QUICK } else { DiskBudget::FULL };
+    if let Some(m) = args.state_mib {
+        disk_budget.checkpoint_bytes = usize::try_from(m << 20)
+            .map_err(|_| Error::Config(format!("--state-mib {m} exceeds the address space")))?;
+    }
     let mut rows: Vec<Row> = Vec::new();
     // Everything that can fail before measuring is checked first: a path
     // that cannot be written fails before minutes of measuring, not after.
