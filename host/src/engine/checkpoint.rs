@@ -4,7 +4,6 @@
 
 use super::handle::{graph_image, Mmsb};
 use crate::events::Event;
-use crate::registry::CHANGE_BLOCK;
 use crate::storage::checkpoint::{Chain, CheckpointInfo, CheckpointKind, CheckpointWriter, Link};
 use crate::storage::image::StateImage;
 use crate::{Error, PageId, Result};
@@ -183,7 +182,6 @@ impl Mmsb {
             }
         };
         let full = matches!(plan, Plan::Full);
-        let per = CHANGE_BLOCK / crate::storage::codec::page::BLOCK;
         // The changed blocks of GPU pages, gathered on their device a
         // window of pages at a time: only those bytes cross the bus.
         let mut gathered: std::collections::HashMap<PageId, Vec<u8>> = Default::default();
@@ -201,19 +199,13 @@ impl Mmsb {
                 let packed = gathered
                     .remove(id)
                     .ok_or_else(|| crate::Error::Invariant(format!("page {id} was not gathered")))?;
-                let changed = &p.changed;
                 let len = usize::try_from(p.len).map_err(|_| crate::Error::InvalidPage {
                     reason: "page exceeds the address space".into(),
                 })?;
-                cw.patch_packed(
-                    p.id,
-                    p.epoch,
-                    p.location,
-                    &p.meta,
-                    len,
-                    |b| changed.block(b / per),
-                    &packed,
-                )?;
+                // The ranges the gather read (the page cannot change: the
+                // commit lock is held).
+                let ranges = usize_ranges(&p.changed.runs(p.len));
+                cw.patch_packed(p.id, p.epoch, p.location, &p.meta, len, &ranges, &packed)?;
                 continue;
             }
             // GPU pages apply their queued deltas and come back through
@@ -222,12 +214,17 @@ impl Mmsb {
             if full || p.changed.is_whole() {
                 cw.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
             } else {
-                let changed = &p.changed;
-                cw.patch(p.id, p.epoch, p.location, &p.meta, &bytes, |k| changed.block(k / per))?;
+                cw.patch(p.id, p.epoch, p.location, &p.meta, &bytes, &usize_ranges(&p.changed.runs(p.len)))?;
             }
         }
         cw.finish()
     }
+}
+
+/// Byte ranges of a page in memory as `usize` (a page in memory fits the
+/// address space).
+fn usize_ranges(r: &[std::ops::Range<u64>]) -> Vec<std::ops::Range<usize>> {
+    r.iter().map(|x| x.start as usize..x.end as usize).collect()
 }
 
 /// Changed bytes gathered from the device per launch (at most; a page's

@@ -120,6 +120,7 @@ impl Changed {
     }
 
     /// Whether block `k` (of [`CHANGE_BLOCK`] bytes) changed.
+    #[cfg(test)]
     pub(crate) fn block(&self, k: usize) -> bool {
         self.whole || self.bits.get(k / 64).is_some_and(|w| w >> (k % 64) & 1 == 1)
     }
@@ -127,16 +128,24 @@ impl Changed {
     /// The changed blocks of a page of `len` bytes as byte ranges,
     /// ascending, adjacent blocks merged (the last one ends at `len`).
     pub(crate) fn runs(&self, len: u64) -> Vec<std::ops::Range<u64>> {
-        let blocks = len.div_ceil(CHANGE_BLOCK as u64) as usize;
+        if self.whole {
+            return std::iter::once(0..len).filter(|r| !r.is_empty()).collect();
+        }
         let mut out: Vec<std::ops::Range<u64>> = Vec::new();
-        for k in 0..blocks {
-            if !self.block(k) {
-                continue;
-            }
-            let (from, to) = ((k * CHANGE_BLOCK) as u64, ((k + 1) * CHANGE_BLOCK) as u64);
-            match out.last_mut() {
-                Some(r) if r.end == from => r.end = to.min(len),
-                _ => out.push(from..to.min(len)),
+        // Word by word: a clean word (64 blocks) costs one test.
+        for (w, &word) in self.bits.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let k = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let (from, to) = ((k * CHANGE_BLOCK) as u64, ((k + 1) * CHANGE_BLOCK) as u64);
+                if from >= len {
+                    break;
+                }
+                match out.last_mut() {
+                    Some(r) if r.end == from => r.end = to.min(len),
+                    _ => out.push(from..to.min(len)),
+                }
             }
         }
         out

@@ -334,11 +334,14 @@ impl CheckpointWriter {
         self.image(bytes, total, large, data_crc)
     }
 
-    /// Add the next page of an increment as a patch of the blocks `changed`
-    /// names (64-byte block indexes) (ids ascending, among the pages).
+    /// Add the next page of an increment as a patch of its changed bytes
+    /// `ranges` (ascending, disjoint, not adjacent, each starting on a
+    /// 64-byte block and ending on one or at the page's end) (ids
+    /// ascending, among the pages). Reads only those bytes.
     ///
     /// # Errors
-    /// As [`CheckpointWriter::page`].
+    /// As [`CheckpointWriter::page`]; [`Error::InvalidPage`] for ranges
+    /// that break those rules.
     #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
@@ -347,32 +350,23 @@ impl CheckpointWriter {
         location: Location,
         meta: &Metadata,
         bytes: &[u8],
-        changed: impl Fn(usize) -> bool,
+        ranges: &[std::ops::Range<usize>],
     ) -> Result<()> {
         self.head.clear();
-        let large = bytes.len() >= SCAN_CRC_MIN;
-        let mut data_crc = 0u32;
-        let total = encode_patch_head(
-            id,
-            epoch,
-            location,
-            meta,
-            bytes,
-            changed,
-            &mut self.head,
-            &mut self.ranges,
-            large.then_some(&mut data_crc),
-        )?;
-        self.image(bytes, total, large, data_crc)
+        let total = encode_patch_head((id, epoch, location, meta), bytes.len(), ranges, &mut self.head)?;
+        self.ranges.clear();
+        self.ranges.extend(ranges.iter().cloned());
+        let data_crc = ranges.iter().fold(0, |c, r| crc_append(c, &bytes[r.clone()]));
+        self.image(bytes, total, true, data_crc)
     }
 
     /// [`CheckpointWriter::patch`] of a page of `len` bytes whose changed
-    /// bytes (the blocks `changed` names, in order) are `packed`, as a GPU
-    /// page's gathered blocks are.
+    /// bytes `ranges` are given `packed` in order (as a GPU page's gathered
+    /// blocks are).
     ///
     /// # Errors
-    /// As [`CheckpointWriter::page`]; [`Error::Invariant`] when `packed`
-    /// is not as long as the blocks `changed` names.
+    /// As [`CheckpointWriter::patch`]; [`Error::InvalidPage`] when `packed`
+    /// is not as long as the ranges.
     #[allow(clippy::too_many_arguments)]
     pub fn patch_packed(
         &mut self,
@@ -381,17 +375,17 @@ impl CheckpointWriter {
         location: Location,
         meta: &Metadata,
         len: usize,
-        changed: impl Fn(usize) -> bool,
+        ranges: &[std::ops::Range<usize>],
         packed: &[u8],
     ) -> Result<()> {
+        let want: usize = ranges.iter().map(|r| r.len()).sum();
+        if want != packed.len() {
+            return Err(Error::InvalidPage {
+                reason: format!("patch of page {id}: {} bytes given for {want} changed", packed.len()),
+            });
+        }
         self.head.clear();
-        let total = crate::storage::codec::page::encode_patch_head_packed(
-            (id, epoch, location, meta),
-            len,
-            changed,
-            packed.len(),
-            &mut self.head,
-        )?;
+        let total = encode_patch_head((id, epoch, location, meta), len, ranges, &mut self.head)?;
         self.ranges.clear();
         if !packed.is_empty() {
             self.ranges.push(0..packed.len());
@@ -1153,36 +1147,85 @@ mod tests {
                     pages.len() as u64,
                 )?;
                 for (id, bytes) in &pages {
-                    let per64 = |k: usize| changed(k * 64 / block);
-                    if packed {
-                        let mut data = Vec::new();
-                        for k in 0..bytes.len().div_ceil(block) {
-                            if changed(k) {
-                                data.extend_from_slice(&bytes[k * block..((k + 1) * block).min(bytes.len())]);
-                            }
+                    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+                    for k in (0..bytes.len().div_ceil(block)).filter(|&k| changed(k)) {
+                        let r = k * block..((k + 1) * block).min(bytes.len());
+                        match ranges.last_mut() {
+                            Some(l) if l.end == r.start => l.end = r.end,
+                            _ => ranges.push(r),
                         }
-                        w.patch_packed(
-                            *id,
-                            Epoch(3),
-                            Location::Cpu,
-                            &Metadata::new(),
-                            bytes.len(),
-                            per64,
-                            &data,
-                        )?;
+                    }
+                    let meta = Metadata::new();
+                    if packed {
+                        let data: Vec<u8> =
+                            ranges.iter().flat_map(|r| bytes[r.clone()].iter().copied()).collect();
+                        w.patch_packed(*id, Epoch(3), Location::Cpu, &meta, bytes.len(), &ranges, &data)?;
                     } else {
-                        w.patch(*id, Epoch(3), Location::Cpu, &Metadata::new(), bytes, per64)?;
+                        w.patch(*id, Epoch(3), Location::Cpu, &meta, bytes, &ranges)?;
                     }
                 }
                 let (path, ..) = w.finish()?;
                 out.push(std::fs::read(path)?);
             }
             assert_eq!(out[0], out[1], "set {n}");
+            // Applied to the pages, the patches give the pages back.
+            if let CheckpointFile::Increment(i) = decode_file(&out[0], &Limits::default())?.file {
+                for (e, (id, bytes)) in i.entries.iter().zip(&pages) {
+                    let PageEntry::Patch(p) = e else { panic!("a patch") };
+                    let mut page = crate::PageImage {
+                        id: *id,
+                        epoch: Epoch(0),
+                        location: Location::Cpu,
+                        meta: Metadata::new(),
+                        bytes: vec![0; bytes.len()].into(),
+                    };
+                    p.apply_to(&mut page, 0)?;
+                    for r in &p.ranges {
+                        assert_eq!(page.bytes[r.clone()], bytes[r.clone()], "set {n} page {id}");
+                    }
+                }
+            }
             match decode_file(&out[0], &Limits::default())?.file {
                 CheckpointFile::Increment(i) => assert_eq!(i.entries.len(), pages.len()),
                 CheckpointFile::Full(_) => panic!("an increment"),
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn patch_ranges_must_be_whole_blocks_in_order() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let counters = StateImage { lsn: 9, next_page: 10, ..StateImage::default() };
+        let base = Link { lsn: 4, fingerprint: 7, depth: 0 };
+        let mut w =
+            CheckpointWriter::new_increment(Arc::new(StdVfs), dir.path(), 1, &counters, base, &[], 1)?;
+        let bytes = vec![1u8; 1000];
+        let meta = Metadata::new();
+        let bad_ranges: [&[std::ops::Range<usize>]; 6] = [
+            &[1..64],           // not on a block
+            &[0..63],           // does not end on one
+            &[0..64, 64..128],  // adjacent: one range
+            &[128..192, 0..64], // out of order
+            &[0..1001],         // past the end
+            &[64..64],          // empty
+        ];
+        for bad in bad_ranges {
+            assert!(
+                matches!(
+                    w.patch(PageId(1), Epoch(1), Location::Cpu, &meta, &bytes, bad),
+                    Err(Error::InvalidPage { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        // Ending at the page's end is whole.
+        w.patch(PageId(1), Epoch(1), Location::Cpu, &meta, &bytes, &[0..64, 960..1000])?;
+        assert!(matches!(
+            w.patch_packed(PageId(2), Epoch(1), Location::Cpu, &meta, 1000, &[0..64], &[0; 63]),
+            Err(Error::InvalidPage { .. })
+        ));
         Ok(())
     }
 }

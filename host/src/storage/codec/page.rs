@@ -210,72 +210,55 @@ pub(crate) fn encode_head(
 ) -> Result<u64> {
     let n = bytes.len();
     let present = |k: usize| block_present(&bytes[k * BLOCK..((k + 1) * BLOCK).min(n)]);
-    encode_head_by((id, epoch, location, meta), bytes, 0, present, out, data, data_crc)
+    encode_head_by((id, epoch, location, meta), bytes, present, out, data, data_crc)
 }
 
-/// [`encode_head`] of a patch image ([`PAGE_FLAG_PATCH`]): the blocks for
-/// which `changed` (a 64-byte block index) says true are its data.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_patch_head(
-    id: PageId,
-    epoch: Epoch,
-    location: Location,
-    meta: &Metadata,
-    bytes: &[u8],
-    changed: impl Fn(usize) -> bool,
-    out: &mut Vec<u8>,
-    data: &mut Vec<Range<usize>>,
-    data_crc: Option<&mut u32>,
-) -> Result<u64> {
-    encode_head_by((id, epoch, location, meta), bytes, PAGE_FLAG_PATCH, changed, out, data, data_crc)
-}
-
-/// The head of a patch image of a page of `len` bytes whose changed blocks
-/// (`changed`, 64-byte block indexes) hold `packed_len` bytes; the data is
-/// those bytes, packed.
+/// The head of a patch image ([`PAGE_FLAG_PATCH`]) of a page of `len`
+/// bytes whose changed bytes are `ranges`: ascending, disjoint, not
+/// adjacent, each starting on a 64-byte block and ending on one or at
+/// `len`. The image's data is those bytes in order. Costs O(ranges), not
+/// O(blocks).
 ///
 /// # Errors
-/// [`Error::InvalidPage`] as [`encode_head`], or when `packed_len` is not
-/// the changed blocks' size.
-pub(crate) fn encode_patch_head_packed(
-    (id, epoch, location, meta): (PageId, Epoch, Location, &Metadata),
+/// [`Error::InvalidPage`] for ranges that break those rules, or a page too
+/// large for the format (as [`encode_head`]).
+pub(crate) fn encode_patch_head(
+    head: (PageId, Epoch, Location, &Metadata),
     len: usize,
-    changed: impl Fn(usize) -> bool,
-    packed_len: usize,
+    ranges: &[Range<usize>],
     out: &mut Vec<u8>,
 ) -> Result<u64> {
     let nblocks = len.div_ceil(BLOCK);
     if u32::try_from(nblocks).is_err() {
         return Err(Error::InvalidPage { reason: format!("page of {len} bytes is too large to encode") });
     }
-    let mut runs: Vec<u32> = Vec::new();
-    let mut data_len = 0usize;
-    let mut k = 0;
-    loop {
-        let start = k;
-        while k < nblocks && !changed(k) {
-            k += 1;
+    let bad = |r: &Range<usize>| Error::InvalidPage {
+        reason: format!(
+            "patch of page {}: range {r:?} of a {len}-byte page is not made of whole blocks in order",
+            head.0
+        ),
+    };
+    let mut runs: Vec<u32> = Vec::with_capacity(2 * ranges.len() + 1);
+    let (mut at, mut data_len) = (0usize, 0usize);
+    for r in ranges {
+        if r.start % BLOCK != 0 || r.start >= r.end || r.end > len || (r.end % BLOCK != 0 && r.end != len) {
+            return Err(bad(r));
         }
-        runs.push((k - start) as u32);
-        if k == nblocks {
-            break;
+        let (from, to) = (r.start / BLOCK, r.end.div_ceil(BLOCK));
+        // Runs other than the first are never empty: a range must not
+        // touch the one before it.
+        if from < at || (from == at && at != 0) {
+            return Err(bad(r));
         }
-        let start = k;
-        while k < nblocks && changed(k) {
-            k += 1;
-        }
-        runs.push((k - start) as u32);
-        data_len += (k * BLOCK).min(len) - start * BLOCK;
-        if k == nblocks {
-            break;
-        }
+        runs.push((from - at) as u32);
+        runs.push((to - from) as u32);
+        data_len += r.len();
+        at = to;
     }
-    if data_len != packed_len {
-        return Err(Error::InvalidPage {
-            reason: format!("patch of page {id}: {packed_len} bytes given for {data_len} changed"),
-        });
+    if at < nblocks || runs.is_empty() {
+        runs.push((nblocks - at) as u32);
     }
-    Ok(put_head((id, epoch, location, meta), PAGE_FLAG_PATCH, len as u64, &runs, data_len as u64, out))
+    Ok(put_head(head, PAGE_FLAG_PATCH, len as u64, &runs, data_len as u64, out))
 }
 
 /// Append an image's head (fixed header, metadata, block runs) to `out`;
@@ -313,7 +296,6 @@ fn put_head(
 fn encode_head_by(
     (id, epoch, location, meta): (PageId, Epoch, Location, &Metadata),
     bytes: &[u8],
-    flags: u16,
     present_at: impl Fn(usize) -> bool,
     out: &mut Vec<u8>,
     data: &mut Vec<Range<usize>>,
@@ -365,7 +347,7 @@ fn encode_head_by(
             break;
         }
     }
-    Ok(put_head((id, epoch, location, meta), flags, bytes.len() as u64, &runs, data_len, out))
+    Ok(put_head((id, epoch, location, meta), 0, bytes.len() as u64, &runs, data_len, out))
 }
 
 /// Append the v2 encoding of a page to `out`.
