@@ -196,7 +196,7 @@ impl Session {
 
     /// Forget a log file (one the directory no longer lists).
     pub fn remove_file(&mut self, name: &str) {
-        self.vfs.remove(name);
+        self.vfs.forget(name);
         self.timeline = None;
     }
 

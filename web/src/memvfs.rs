@@ -51,7 +51,7 @@ impl MemVfs {
     }
 
     /// Forget a file (one the directory no longer lists).
-    pub fn remove(&mut self, name: &str) {
+    pub fn forget(&mut self, name: &str) {
         self.files.remove(name);
     }
 
@@ -154,7 +154,7 @@ mod tests {
         assert!(v.read(&log.join("../log/wal-0000000000000001.log")).is_err());
         assert!(v.list(Path::new("/elsewhere")).is_err());
         assert!(v.create(&log.join("x")).is_err());
-        v.remove("wal-0000000000000001.log");
+        v.forget("wal-0000000000000001.log");
         assert!(v.is_empty());
     }
 }
