@@ -288,6 +288,7 @@ async function loadFromDisk(fileList) {
   if (ui.tail) { ui.tail.close(); ui.tail = null; }
   $('tail-status').textContent = 'live tail: off (a directory from disk)';
   ui.viewer = new Viewer();
+  window.mmsbViewer = ui.viewer;
   ui.compare = null;
   let n = 0;
   let root = '';
@@ -310,6 +311,7 @@ async function main() {
   await init();
   window.mmsbTimings.initMs = performance.now() - t0;
   ui.viewer = new Viewer();
+  window.mmsbViewer = ui.viewer;
   $('slider').addEventListener('input', () => { try { gotoIndex(Number($('slider').value)); } catch (e) { fail(e); } });
   $('prev').onclick = () => { try { gotoIndex(Math.max(0, Number($('slider').value) - 1)); } catch (e) { fail(e); } };
   $('next').onclick = () => { try { gotoIndex(Math.min(ui.points.length - 1, Number($('slider').value) + 1)); } catch (e) { fail(e); } };
