@@ -44,7 +44,7 @@ fn step(state: &Mmsb, i: u64) -> mmsb::Result<()> {
     let v = u32::from_le_bytes(c).wrapping_add(1 + (i as u32 % 7));
     let p = (i as usize) % PARTICLES;
     let mut rec = Particle { pos: [i as f32, (i as f32) * 0.5, -(i as f32)], mass: 1.0 + (i % 5) as f32 };
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         rec.mass = 0.25;
     }
     let note = format!("step {i}");

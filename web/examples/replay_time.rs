@@ -31,7 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);
-    println!("commits {commits}; timeline {timeline_ms:.2} ms; replay to the end (median of 5) {:.2} ms", ms[2]);
+    println!(
+        "commits {commits}; timeline {timeline_ms:.2} ms; replay to the end (median of 5) {:.2} ms",
+        ms[2]
+    );
     println!("state hash: {hash}");
     Ok(())
 }
