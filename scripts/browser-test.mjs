@@ -36,7 +36,7 @@ const browser = await chromium.launch({
 });
 let checks = 0;
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 400 } });
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   const t0 = Date.now();
@@ -114,7 +114,23 @@ try {
   console.log(`browser-test: live tail showed LSN ${live.lsn} (written after the page loaded); hash ${live.hash}`);
   checks++;
 
-  await page.screenshot({ path: path.join(out, 'viewer.png') });
+  // Offline: the same directory picked from the local disk, no server data.
+  const disk = await browser.newPage();
+  disk.on('pageerror', (e) => errors.push(String(e)));
+  await disk.goto(url);
+  await disk.waitForSelector('body[data-ready="1"]', { timeout: 60000 });
+  await disk.evaluate(() => { delete document.body.dataset.ready; });
+  await disk.setInputFiles('#pick', dir);
+  await disk.waitForSelector('body[data-ready="1"]', { timeout: 60000 });
+  const source = await disk.textContent('#source');
+  if (!source.includes('from disk')) fail(`the picked directory was not loaded: ${source}`);
+  const fromDisk = (await disk.textContent('#state-hash')).trim();
+  if (fromDisk !== cliHash([])) fail(`directory from disk: browser ${fromDisk}, mmsb replay ${cliHash([])}`);
+  console.log(`browser-test: the directory picked from disk replays to ${fromDisk} = mmsb replay`);
+  checks++;
+  await disk.close();
+
+  await page.screenshot({ path: path.join(out, 'viewer.png'), fullPage: true });
   const timings = await page.evaluate(() => window.mmsbTimings);
   // Replay of the whole log in the page, for docs/BENCHMARKS.md.
   const bench = await page.evaluate(() => {

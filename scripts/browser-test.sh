@@ -45,7 +45,8 @@ rm -rf "$state"
 "$writer" "$state" "${MMSB_VIEWER_STEPS:-60}" >/dev/null
 
 log="$out/serve.log"
-"$mmsb" serve "$state" --addr 127.0.0.1:0 >"$log" 2>&1 &
+# From inside $out, so that the page names the directory as "state".
+(cd "$out" && exec "$mmsb" serve state --addr 127.0.0.1:0) >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT
 url=""
