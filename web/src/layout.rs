@@ -45,7 +45,6 @@ pub struct Field {
 
 /// A primitive type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub enum Prim {
     U8,
     I8,

@@ -5,7 +5,7 @@
 //! to the last byte and the same state hash.
 //!
 //! [`Session`] is plain Rust, built and tested natively; the
-//! `wasm-bindgen` surface the viewer's JavaScript calls is [`bindings`].
+//! `wasm-bindgen` surface the viewer's JavaScript calls is [`Viewer`].
 //! Answers cross to JavaScript as JSON text.
 
 mod bindings;
