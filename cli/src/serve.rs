@@ -282,19 +282,16 @@ async fn log_file(
 ) -> Response {
     // Only names the directory lists as segments or checkpoints: never a path.
     let listed = app.snapshot.borrow().files.iter().any(|(n, _)| *n == name);
-    if !listed {
-        // The listing may be up to one poll behind a new segment.
-        let fresh = log_files(&app.vfs, &app.dir).is_ok_and(|f| f.iter().any(|(n, _)| *n == name));
-        if !fresh {
-            return plain(StatusCode::NOT_FOUND, "no such log file (GET /api/summary lists them)");
-        }
-    }
     let Ok(_permit) = app.reads.acquire().await else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or("").to_string());
     let a = Arc::clone(&app);
     let res = tokio::task::spawn_blocking(move || -> std::result::Result<Response, Response> {
+        // The listing may be up to one poll behind a new segment: look again.
+        if !listed && !log_files(&a.vfs, &a.dir).is_ok_and(|f| f.iter().any(|(n, _)| *n == name)) {
+            return Err(plain(StatusCode::NOT_FOUND, "no such log file (GET /api/summary lists them)"));
+        }
         let path = files::log_dir(&a.dir).join(&name);
         let mut f =
             a.vfs.open_read(&path).map_err(|e| plain(StatusCode::NOT_FOUND, &format!("{name}: {e}")))?;

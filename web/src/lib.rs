@@ -29,6 +29,9 @@ pub struct Session {
     vfs: MemVfs,
     limits: Limits,
     timeline: Option<Timeline>,
+    /// The state at the end of the history, from the same replay as
+    /// `timeline` (a point at or past its LSN needs no replay of its own).
+    end: Option<StateImage>,
     /// The state shown, and the one compared with.
     current: Option<StateImage>,
     other: Option<StateImage>,
@@ -181,7 +184,7 @@ impl Session {
     /// next [`Session::timeline`].
     pub fn set_file(&mut self, name: &str, bytes: Vec<u8>) {
         self.vfs.set(name, bytes);
-        self.timeline = None;
+        self.forget_history();
     }
 
     /// Append bytes fetched from `offset` of a log file (the live tail).
@@ -190,14 +193,19 @@ impl Session {
     /// When `offset` is not the file's length held: nothing changes.
     pub fn append_file(&mut self, name: &str, offset: u64, bytes: &[u8]) -> Result<()> {
         self.vfs.append(name, offset, bytes)?;
-        self.timeline = None;
+        self.forget_history();
         Ok(())
     }
 
     /// Forget a log file (one the directory no longer lists).
     pub fn remove_file(&mut self, name: &str) {
         self.vfs.forget(name);
+        self.forget_history();
+    }
+
+    fn forget_history(&mut self) {
         self.timeline = None;
+        self.end = None;
     }
 
     /// A log file's length held, when it is held.
@@ -216,22 +224,36 @@ impl Session {
     /// The replay's error (a corrupt record, a gap in the history...).
     pub fn timeline(&mut self) -> Result<&Timeline> {
         if self.timeline.is_none() {
-            self.timeline = Some(self.read_timeline()?);
+            let (t, end) = self.read_timeline()?;
+            self.timeline = Some(t);
+            self.end = Some(end);
         }
         Ok(self.timeline.get_or_insert_with(Timeline::default))
     }
 
-    fn read_timeline(&self) -> Result<Timeline> {
+    fn read_timeline(&self) -> Result<(Timeline, StateImage)> {
         let t = replay::timeline(&self.vfs, Path::new(ROOT), &self.limits).map_err(err)?;
         let p = |c: replay::CommitPoint| Point { lsn: c.lsn.0, time: c.timestamp };
-        Ok(Timeline {
+        let timeline = Timeline {
             start: p(t.start),
             commits: t.commits.into_iter().map(p).collect(),
             torn_bytes: t.torn.map(|t| t.bytes),
-        })
+        };
+        Ok((timeline, t.end))
     }
 
     fn replay(&self, until: Until) -> Result<StateImage> {
+        // At or past the last commit: the timeline's own end state.
+        if let Some(end) = &self.end {
+            let past_end = match until {
+                Until::End => true,
+                Until::Lsn(l) => l.0 >= end.lsn,
+                _ => false,
+            };
+            if past_end {
+                return Ok(end.clone());
+            }
+        }
         replay::replay_to(&self.vfs, Path::new(ROOT), until, &self.limits).map(|r| r.image).map_err(err)
     }
 
