@@ -258,6 +258,29 @@ pub struct Timeline {
 ///
 /// # Errors
 /// As [`replay_observed`].
+///
+/// # Examples
+/// ```
+/// use mmsb::history::replay::{replay_dir, timeline, Until};
+/// use mmsb::vfs::StdVfs;
+/// use mmsb::{Config, Limits, Mmsb, PageSpec, Payload};
+/// # fn main() -> mmsb::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let state = Mmsb::start(Config::at(dir.path()))?;
+/// let p = state.create_page(PageSpec::new(4))?;
+/// state.update_page(p, Payload::Full(vec![1; 4]))?;
+/// state.update_page(p, Payload::Full(vec![2; 4]))?;
+/// state.stop()?;
+/// let t = timeline(&StdVfs, dir.path(), &Limits::default())?;
+/// assert_eq!(t.start.lsn.0, 0);
+/// assert_eq!(t.commits.len(), 3); // the creation, then two writes
+/// // Each point is one replay_to can stop at; the last is the end.
+/// let second = replay_dir(dir.path(), Until::Lsn(t.commits[1].lsn))?.image;
+/// assert_eq!(&second.pages[&p].bytes[..], &[1; 4]);
+/// assert_eq!(t.end.state_hash(), replay_dir(dir.path(), Until::End)?.image.state_hash());
+/// # Ok(())
+/// # }
+/// ```
 pub fn timeline(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<Timeline> {
     let dir = crate::storage::files::log_dir(state_dir);
     let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
