@@ -5,17 +5,25 @@
 #
 # 1. The Rust workspace (unit, property, integration and doc tests; GPU
 #    tests print that they skipped when there is no CUDA device).
-# 2. The Python suites, in a virtual environment under target/ that this
+# 2. The viewer in a real browser (scripts/browser-test.sh).
+# 3. The Python suites, in a virtual environment under target/ that this
 #    script creates and fills from PyPI (pinned in scripts/requirements-test.txt).
 #
 # Extra arguments go to `cargo test`. MMSB_SKIP_PYTHON=1 runs the Rust part
-# only (CI runs the two parts as separate steps through this same script).
+# and the browser test only (CI runs the two parts as separate steps
+# through this same script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 if [ "${MMSB_ONLY_PYTHON:-0}" != 1 ]; then
     cargo test --workspace "$@"
+fi
+
+# The viewer in headless Chromium against the CLI (docs/SERVE.md; installs
+# chromium and playwright-core when missing). MMSB_SKIP_BROWSER=1 skips it.
+if [ "${MMSB_ONLY_PYTHON:-0}" != 1 ] && [ "${MMSB_SKIP_BROWSER:-0}" != 1 ]; then
+    bash scripts/browser-test.sh
 fi
 [ "${MMSB_SKIP_PYTHON:-0}" = 1 ] && exit 0
 

@@ -6,7 +6,7 @@
 //! listed and read (a FIFO or device node is refused, never opened for a
 //! blocking read). Writes are refused: the offline commands change nothing.
 
-use mmsb::vfs::{Vfs, VfsFile};
+use mmsb::vfs::{Vfs, VfsFile, VfsRead};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -62,6 +62,52 @@ impl Confined {
     }
 }
 
+impl Confined {
+    /// Open a regular file under the root for reading (checked before and
+    /// after it is opened).
+    fn open_file(&self, path: &Path) -> io::Result<std::fs::File> {
+        let meta = self.check(path)?;
+        let not_file = || {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display()))
+        };
+        if !meta.is_file() {
+            return Err(not_file());
+        }
+        let f = open_nofollow(path)?;
+        // The file was checked before it was opened; check what was opened.
+        if !f.metadata()?.is_file() {
+            return Err(not_file());
+        }
+        Ok(f)
+    }
+}
+
+/// A file opened by [`Confined::open_read`]: positioned reads, no copy of
+/// the whole file.
+#[derive(Debug)]
+struct ConfinedFile {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl VfsRead for ConfinedFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    #[cfg(unix)]
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    #[cfg(not(unix))]
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.read_exact(buf)
+    }
+}
+
 impl Vfs for Confined {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         Err(denied(format!("read-only: will not create {}", dir.display())))
@@ -79,24 +125,16 @@ impl Vfs for Confined {
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let meta = self.check(path)?;
-        if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
-        let mut f = open_nofollow(path)?;
-        // The file was checked before it was opened; check what was opened.
-        if !f.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
+        let mut f = self.open_file(path)?;
         let mut buf = Vec::new();
         io::Read::read_to_end(&mut f, &mut buf)?;
         Ok(buf)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>> {
+        let file = self.open_file(path)?;
+        let len = file.metadata()?.len();
+        Ok(Box::new(ConfinedFile { file, len }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {

@@ -7,6 +7,7 @@
 //! | `verify DIR` | every CRC and invariant; exit 1 naming the file and offset of the first problem |
 //! | `replay DIR` | the state at the end of the log, an LSN or a logical time; its hash on the last line |
 //! | `stats DIR` | pages, graph, log and checkpoints in brief; `--provenance PAGE`: how that page's value was computed |
+//! | `serve DIR` | the viewer and a read-only HTTP API over a state directory (docs/SERVE.md) |
 //! | `bench` | the performance envelope, each figure next to a limit measured in the same run |
 //!
 //! The offline commands (`inspect`, `verify`, `replay`, `stats`) only read, and never
@@ -41,6 +42,7 @@ mod confined;
 mod demo;
 mod offline;
 mod progress;
+mod serve;
 mod stats;
 
 #[derive(Parser, Debug)]
@@ -71,6 +73,10 @@ enum Command {
     /// Summarise a state directory (pages, graph, log, checkpoints), or
     /// with --provenance PAGE, how that page's value was computed.
     Stats(stats::StatsArgs),
+    /// Serve the viewer and a read-only HTTP API over a state directory:
+    /// travel through its history in a browser, watch new commits live
+    /// (docs/SERVE.md).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => offline::replay(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Stats(args) => stats::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::FAILURE,

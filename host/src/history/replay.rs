@@ -229,6 +229,79 @@ pub fn replay_to_timestamp(vfs: &dyn Vfs, state_dir: &Path, t: u64, limits: &Lim
     replay_to(vfs, state_dir, Until::Time(t), limits).map(|r| r.image)
 }
 
+/// A commit boundary of a history: the LSN of the commit's last record and
+/// the logical time after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPoint {
+    /// LSN.
+    pub lsn: Lsn,
+    /// Logical time.
+    pub timestamp: u64,
+}
+
+/// Every point [`replay_to`] can stop at in the history still on disk.
+#[derive(Debug)]
+pub struct Timeline {
+    /// Where the history starts: the oldest checkpoint kept, or LSN 0.
+    pub start: CommitPoint,
+    /// Each commit after that, in order.
+    pub commits: Vec<CommitPoint>,
+    /// The state at the end of the log.
+    pub end: StateImage,
+    /// The torn tail the log ends in, when there is one.
+    pub torn: Option<TornTail>,
+}
+
+/// The history of `state_dir` as a timeline: its start and every commit
+/// boundary after it (the points a viewer's slider moves between), read
+/// in one replay from the oldest checkpoint kept.
+///
+/// # Errors
+/// As [`replay_observed`].
+///
+/// # Examples
+/// ```
+/// use mmsb::history::replay::{replay_dir, timeline, Until};
+/// use mmsb::vfs::StdVfs;
+/// use mmsb::{Config, Limits, Mmsb, PageSpec, Payload};
+/// # fn main() -> mmsb::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let state = Mmsb::start(Config::at(dir.path()))?;
+/// let p = state.create_page(PageSpec::new(4))?;
+/// state.update_page(p, Payload::Full(vec![1; 4]))?;
+/// state.update_page(p, Payload::Full(vec![2; 4]))?;
+/// state.stop()?;
+/// let t = timeline(&StdVfs, dir.path(), &Limits::default())?;
+/// assert_eq!(t.start.lsn.0, 0);
+/// assert_eq!(t.commits.len(), 3); // the creation, then two writes
+/// // Each point is one replay_to can stop at; the last is the end.
+/// let second = replay_dir(dir.path(), Until::Lsn(t.commits[1].lsn))?.image;
+/// assert_eq!(&second.pages[&p].bytes[..], &[1; 4]);
+/// assert_eq!(t.end.state_hash(), replay_dir(dir.path(), Until::End)?.image.state_hash());
+/// # Ok(())
+/// # }
+/// ```
+pub fn timeline(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<Timeline> {
+    let dir = crate::storage::files::log_dir(state_dir);
+    let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
+    let mut start: Option<CommitPoint> = None;
+    let mut commits = Vec::new();
+    let point = |img: &StateImage| CommitPoint { lsn: Lsn(img.lsn), timestamp: img.timestamp };
+    let (end, torn) = replay_impl(
+        vfs,
+        state_dir,
+        Some(oldest),
+        limits,
+        &mut |img, _| {
+            start.get_or_insert_with(|| point(img));
+            false
+        },
+        &mut |img, _| commits.push(point(img)),
+        None,
+    )?;
+    Ok(Timeline { start: start.unwrap_or_else(|| point(&end)), commits, end, torn })
+}
+
 /// One version of a page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageVersion {
