@@ -373,6 +373,8 @@ class State:
         deterministic. An exception it raises becomes a
         :class:`RecomputeError` (with it as ``__cause__``) and nothing of
         that change is applied. Returns pages re-declared at this version."""
+        if not callable(fn):
+            raise TypeError("a recompute function must be callable")
 
         def call(inputs: List[bytes], out: bytearray) -> None:
             fn([np.frombuffer(b, dtype=np.uint8) for b in inputs], np.frombuffer(out, dtype=np.uint8))
