@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mmsb
-from conftest import cli_path
+from mmsb_testutil import cli_path
 
 
 def test_replay_history_provenance(state_dir):

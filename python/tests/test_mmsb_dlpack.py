@@ -54,7 +54,7 @@ def test_gpu_view_of_cpu_page_is_refused(state):
 def test_gpu_page_without_device(state):
     ok, why = mmsb.gpu_info()
     if ok:
-        pytest.skip("a GPU is present: tests/test_gpu.py covers GPU pages")
+        pytest.skip("a GPU is present: tests/test_mmsb_gpu.py covers GPU pages")
     with pytest.raises(mmsb.NoDeviceError):
         state.create_page(16, location="gpu")
     print(f"no GPU: {why}")

@@ -3,7 +3,7 @@ memory itself, and a PyTorch kernel's writes committed with
 `State.commit_view` are logged exactly and replay on the CPU to the same
 state hash.
 
-Runs under pytest, or alone (`python python/tests/test_gpu.py`, which is
+Runs under pytest, or alone (`python python/tests/test_mmsb_gpu.py`, which is
 how scripts/gpu-check.sh runs it on a machine without pytest). Every test
 skips, printing why, when CUDA or the library it needs is absent."""
 
