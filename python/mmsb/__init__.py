@@ -193,7 +193,12 @@ def _guard_array(self: PageGuard, dtype: Any = None) -> np.ndarray:
 
 
 PageGuard.array = _guard_array  # type: ignore[attr-defined]
-PageGuard.__array__ = lambda self, dtype=None, copy=None: _guard_array(self, dtype)  # type: ignore[attr-defined]
+def _guard_array_protocol(self: PageGuard, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+    a = _guard_array(self, dtype)
+    return a.copy() if copy else a
+
+
+PageGuard.__array__ = _guard_array_protocol  # type: ignore[attr-defined]
 
 
 class Batch:
