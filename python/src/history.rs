@@ -44,11 +44,7 @@ type Version<'py> = (u64, u64, u64, Bound<'py, PyBytes>);
 /// Every version of `page` in `path`'s history, oldest first:
 /// `[(lsn, timestamp, epoch, bytes), ...]`.
 #[pyfunction]
-pub(crate) fn page_history<'py>(
-    py: Python<'py>,
-    path: PathBuf,
-    page: u64,
-) -> PyResult<Vec<Version<'py>>> {
+pub(crate) fn page_history<'py>(py: Python<'py>, path: PathBuf, page: u64) -> PyResult<Vec<Version<'py>>> {
     let v = py.detach(|| replay::page_history(&StdVfs, &path, PageId(page), &Limits::default())).py()?;
     Ok(v.into_iter().map(|p| (p.lsn.0, p.timestamp, p.epoch.get(), PyBytes::new(py, &p.bytes))).collect())
 }
