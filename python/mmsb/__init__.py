@@ -192,13 +192,13 @@ def _guard_array(self: PageGuard, dtype: Any = None) -> np.ndarray:
     return a if dtype is None else a.view(dtype)
 
 
-PageGuard.array = _guard_array  # type: ignore[attr-defined]
+PageGuard.array = _guard_array  # type: ignore[method-assign]
 def _guard_array_protocol(self: PageGuard, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
     a = _guard_array(self, dtype)
     return a.copy() if copy else a
 
 
-PageGuard.__array__ = _guard_array_protocol  # type: ignore[attr-defined]
+PageGuard.__array__ = _guard_array_protocol  # type: ignore[method-assign]
 
 
 class Batch:
@@ -320,8 +320,8 @@ class State:
         With ``expect_epoch`` the write is applied only if the page is at
         that epoch (else :class:`StaleEpochError`). Bad input raises
         :class:`InvalidDeltaError` and changes nothing."""
-        if type(data) is bytes and mask is None and runs is None and offset is None:
-            return self._raw.update_full(page, data, expect_epoch)
+        if mask is None and runs is None and offset is None and data is not None:
+            return self._raw.update_full(page, _as_bytes(data), expect_epoch)
         return self._raw.apply(page, _payload(data, mask, runs, offset), expect_epoch)
 
     @contextlib.contextmanager

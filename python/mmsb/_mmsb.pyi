@@ -3,7 +3,7 @@ Most programs use the names re-exported by :mod:`mmsb`; the ``Raw*``
 classes are the layer :class:`mmsb.State` is written on."""
 
 from os import PathLike
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class PageGuard:
     ) -> Any: ...
     def __dlpack_device__(self) -> Tuple[int, int]: ...
     def __enter__(self) -> PageGuard: ...
-    def __exit__(self, t: Any, v: Any, tb: Any) -> bool: ...
+    def __exit__(self, t: Any, v: Any, tb: Any) -> Literal[False]: ...
 
 class DeviceView:
     """A GPU page's device memory (from :meth:`mmsb.State.gpu_view`)."""

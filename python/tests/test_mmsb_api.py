@@ -303,3 +303,40 @@ def test_help_reads_well():
     for name in ("update", "read", "checkpoint", "state_hash", "replay_to", "batch", "gpu_view"):
         assert name in text
     assert "zero-copy" in mmsb.State.read.__doc__ or "without a copy" in mmsb.State.read.__doc__
+
+
+def test_deferred_propagation_and_control_edges(tmp_path):
+    with mmsb.open(str(tmp_path / "s"), propagation="deferred") as s:
+        a, d, c = s.create_page(4), s.create_page(4), s.create_page(4)
+
+        def inc(inputs, out):
+            out[:] = inputs[0] + 1
+
+        s.register_function("inc", inc)
+        s.derive(d, "inc", [a])
+        s.propagate()
+        s.update(a, b"\x01\x02\x03\x04")
+        assert s.is_stale(d) and s.query(d) == b"\x01\x01\x01\x01"
+        s.propagate()
+        assert not s.is_stale(d) and s.query(d) == b"\x02\x03\x04\x05"
+        s.add_edge(a, c, "control")
+        s.update(a, b"\x00\x00\x00\x00")
+        assert s.is_stale(c)
+        s.remove_edge(a, c)
+        with pytest.raises(mmsb.InvalidEdgeError):
+            s.remove_edge(a, c)
+        with pytest.raises(mmsb.ConfigError):
+            s.add_edge(a, c, "sideways")
+    with pytest.raises(mmsb.ConfigError):
+        mmsb.open(propagation="lazy")
+
+
+def test_metadata_and_pages(state):
+    p = state.create_page(4, name="x", meta={"unit": b"m/s"})
+    info = state.page_info(p)
+    assert info["meta"] == {"name": b"x", "unit": b"m/s"} and info["location"] == "cpu"
+    assert state.pages() == [p]
+    state.delete_page(p)
+    assert state.pages() == [] and state.page_named("x") is None
+    with pytest.raises(mmsb.PageNotFoundError):
+        state.page_info(p)
