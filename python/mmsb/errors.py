@@ -38,6 +38,7 @@ __all__ = [
     "TypeLayoutError",
     "ViewReleasedError",
     "ViewsAliveError",
+    "GuardThreadError",
 ]
 
 
@@ -164,3 +165,10 @@ class ViewReleasedError(MmsbError):
 class ViewsAliveError(MmsbError):
     """A read guard cannot be released while NumPy views or DLPack
     exports of it are alive; delete them first. The guard stays held."""
+
+
+class GuardThreadError(MmsbError):
+    """A read guard was used (or released) on a thread other than the one
+    that took it. Its NumPy views may be read on any thread; a guard
+    whose last view goes on another thread is released by its own
+    thread's next call into the state."""

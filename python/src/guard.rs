@@ -9,6 +9,11 @@
 //! ever outlives the lock, and every method of a released guard raises
 //! `ViewReleasedError`. The buffer protocol is not used: it is outside
 //! the stable ABI of Python 3.9 (the package is abi3-py39).
+//!
+//! The read lock is released on the thread that took it (the crate's
+//! rule): a guard whose last reference goes on another thread (a NumPy
+//! view dropped by a worker) is parked and released by its own thread's
+//! next call into the state.
 
 use crate::dlpack::{self, Keep};
 use crate::errors::{py_error_now, IntoPy};
@@ -19,41 +24,106 @@ use pyo3::types::PyDict;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
-/// A `PageRef` carried out of `Python::detach`, whose closure runs on the
-/// calling thread.
-struct SameThread(PageRef);
+/// A `PageRef` that is used and dropped only on the thread that made it
+/// (its owner), though it may be moved meanwhile: [`PageGuard`] checks the
+/// thread before every use, and a guard dropped on another thread parks
+/// its `Held` in [`ORPHANS`] for the owner to drop ([`reap`]).
+struct Held(PageRef);
 
-// SAFETY: `Python::detach` runs its closure on the calling thread and
-// returns there; the guard inside is made and used on that one thread.
-unsafe impl Send for SameThread {}
+// SAFETY: see the type: a `Held` is only moved between threads, never
+// used or dropped away from its owner (the read lock's release and the
+// crate's per-thread borrow record stay on the thread that took them).
+unsafe impl Send for Held {}
 
-/// A read guard on one CPU page. Stays on the thread that made it.
-#[pyclass(unsendable, module = "mmsb._mmsb")]
+/// Guards dropped on a thread other than their owner, by owner.
+static ORPHANS: Mutex<Vec<(ThreadId, Held)>> = Mutex::new(Vec::new());
+/// `ORPHANS.len()`, read without the lock on every call.
+static ORPHAN_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Drop the guards of this thread that were dropped on other threads
+/// (called at the start of every state call, so that the page is free
+/// again before the call's own work).
+pub(crate) fn reap() {
+    if ORPHAN_COUNT.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let me = std::thread::current().id();
+    let mine: Vec<Held> = {
+        let mut o = ORPHANS.lock().unwrap_or_else(|p| p.into_inner());
+        let (mine, rest): (Vec<_>, Vec<_>) = o.drain(..).partition(|(t, _)| *t == me);
+        *o = rest;
+        ORPHAN_COUNT.store(o.len(), Ordering::Release);
+        mine.into_iter().map(|(_, h)| h).collect()
+    };
+    drop(mine);
+}
+
+/// A read guard on one CPU page. Its methods answer on the thread that
+/// took it; NumPy views of it may be read on any thread.
+#[pyclass(frozen, module = "mmsb._mmsb")]
 pub(crate) struct PageGuard {
-    guard: Option<PageRef>,
+    guard: Mutex<Option<Held>>,
+    owner: ThreadId,
     exports: Arc<AtomicUsize>,
     page: u64,
     epoch: u64,
     len: usize,
+    /// The address of the page's bytes, valid while `guard` holds a `Held`.
+    ptr: usize,
+}
+
+impl Drop for PageGuard {
+    fn drop(&mut self) {
+        let Some(h) = self.guard.get_mut().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        if std::thread::current().id() == self.owner {
+            drop(h);
+        } else {
+            let mut o = ORPHANS.lock().unwrap_or_else(|p| p.into_inner());
+            o.push((self.owner, h));
+            ORPHAN_COUNT.store(o.len(), Ordering::Release);
+        }
+    }
 }
 
 impl PageGuard {
     pub(crate) fn new(py: Python<'_>, state: &Arc<Mmsb>, page: PageId) -> PyResult<Self> {
+        reap();
         // Waiting for the lock without the GIL: a writer holding it may be
-        // running a Python recompute function.
-        let r = py.detach(|| state.read_page(page).map(SameThread)).py()?.0;
-        let (epoch, len) = (r.epoch().get(), r.bytes().len());
-        Ok(Self { guard: Some(r), exports: Arc::new(AtomicUsize::new(0)), page: page.0, epoch, len })
+        // running a Python recompute function. The closure runs on this
+        // thread (`Python::detach` does not move it).
+        let r = py.detach(|| state.read_page(page).map(Held)).py()?;
+        let (epoch, len, ptr) = (r.0.epoch().get(), r.0.bytes().len(), r.0.bytes().as_ptr() as usize);
+        Ok(Self {
+            guard: Mutex::new(Some(r)),
+            owner: std::thread::current().id(),
+            exports: Arc::new(AtomicUsize::new(0)),
+            page: page.0,
+            epoch,
+            len,
+            ptr,
+        })
     }
 
-    fn live(&self) -> PyResult<&PageRef> {
-        self.guard.as_ref().ok_or_else(|| {
-            py_error_now(
+    /// Whether the guard is held, checked on its owner thread.
+    fn check(&self) -> PyResult<()> {
+        if std::thread::current().id() != self.owner {
+            return Err(py_error_now(
+                "GuardThreadError",
+                format!(
+                    "the read guard of page {} belongs to the thread that took it; use it there",
+                    self.page
+                ),
+            ));
+        }
+        if self.guard.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Err(py_error_now(
                 "ViewReleasedError",
                 format!("the read guard of page {} was released; read the page again", self.page),
-            )
-        })
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -80,7 +150,7 @@ impl PageGuard {
     /// Whether the guard was released.
     #[getter]
     fn released(&self) -> bool {
-        self.guard.is_none()
+        self.guard.lock().unwrap_or_else(|p| p.into_inner()).is_none()
     }
 
     /// NumPy views (and DLPack exports) of the page still alive.
@@ -91,24 +161,41 @@ impl PageGuard {
 
     /// A new token for one NumPy view (`numpy.asarray(token)`).
     fn _token(slf: Bound<'_, Self>) -> PyResult<ViewToken> {
-        let g = slf.borrow();
-        let r = g.live()?;
-        let ptr = r.bytes().as_ptr() as usize;
+        let g = slf.get();
+        g.check()?;
         g.exports.fetch_add(1, Ordering::AcqRel);
-        Ok(ViewToken { _guard: slf.clone().into_any().unbind(), ptr, len: g.len, exports: g.exports.clone() })
+        Ok(ViewToken {
+            _guard: slf.clone().into_any().unbind(),
+            ptr: g.ptr,
+            len: g.len,
+            exports: g.exports.clone(),
+        })
     }
 
     /// A copy of the bytes.
     fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        Ok(pyo3::types::PyBytes::new(py, self.live()?.bytes()))
+        self.check()?;
+        let held = self.guard.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = held.as_ref().map(|h| h.0.bytes()).unwrap_or(&[]);
+        Ok(pyo3::types::PyBytes::new(py, bytes))
     }
 
     /// Release the read lock. Refused (`ViewsAliveError`) while NumPy
     /// views or DLPack exports of the page are alive: delete them first.
     /// Releasing twice is allowed.
-    fn release(&mut self) -> PyResult<()> {
+    fn release(&self) -> PyResult<()> {
+        if std::thread::current().id() != self.owner {
+            return Err(py_error_now(
+                "GuardThreadError",
+                format!(
+                    "the read guard of page {} belongs to the thread that took it; release it there",
+                    self.page
+                ),
+            ));
+        }
+        let mut held = self.guard.lock().unwrap_or_else(|p| p.into_inner());
         let n = self.exports.load(Ordering::Acquire);
-        if n > 0 && self.guard.is_some() {
+        if n > 0 && held.is_some() {
             return Err(py_error_now(
                 "ViewsAliveError",
                 format!(
@@ -117,7 +204,7 @@ impl PageGuard {
                 ),
             ));
         }
-        self.guard = None;
+        drop(held.take());
         Ok(())
     }
 
@@ -141,12 +228,11 @@ impl PageGuard {
             ));
         }
         let py = slf.py();
-        let g = slf.borrow();
-        let r = g.live()?;
-        let data = r.bytes().as_ptr() as *mut c_void;
+        let g = slf.get();
+        g.check()?;
         g.exports.fetch_add(1, Ordering::AcqRel);
         let keep = Keep::Host { _guard: slf.clone().into_any().unbind(), exports: g.exports.clone() };
-        dlpack::capsule(py, data, g.len as u64, (dlpack::DEVICE_CPU, 0), keep)
+        dlpack::capsule(py, g.ptr as *mut c_void, g.len as u64, (dlpack::DEVICE_CPU, 0), keep)
     }
 
     fn __dlpack_device__(&self) -> (i32, i32) {
@@ -158,7 +244,7 @@ impl PageGuard {
     }
 
     fn __exit__(
-        &mut self,
+        &self,
         _t: Option<Bound<'_, PyAny>>,
         _v: Option<Bound<'_, PyAny>>,
         _tb: Option<Bound<'_, PyAny>>,
@@ -168,7 +254,7 @@ impl PageGuard {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.guard.is_some() { "held" } else { "released" };
+        let state = if self.released() { "released" } else { "held" };
         format!("PageGuard(page={}, epoch={}, len={}, {state})", self.page, self.epoch, self.len)
     }
 }

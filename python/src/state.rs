@@ -2,7 +2,7 @@
 //! baselines the Python tests compare against.
 
 use crate::errors::{note_recompute_cause, IntoPy};
-use crate::guard::{DeviceView, PageGuard};
+use crate::guard::{reap, DeviceView, PageGuard};
 use mmsb::{
     Config, DenseDelta, Durability, EdgeKind, Epoch, Event, Location, Mmsb, PageId, PageSpec, Payload,
     SourceKind, SparseDelta, Update,
@@ -191,6 +191,7 @@ impl RawState {
         location: &str,
         meta: Option<Vec<(String, Vec<u8>)>>,
     ) -> PyResult<u64> {
+        reap();
         let mut spec = PageSpec::new(len).on(self::location(location)?);
         if let Some(n) = name {
             spec = spec.named(n);
@@ -202,11 +203,13 @@ impl RawState {
     }
 
     fn delete_page(&self, py: Python<'_>, page: u64) -> PyResult<()> {
+        reap();
         py.detach(|| self.inner.delete_page(PageId(page))).py()
     }
 
     #[pyo3(signature = (page, data, base=None))]
     fn update_full(&self, py: Python<'_>, page: u64, data: &[u8], base: Option<u64>) -> PyResult<u64> {
+        reap();
         let payload = Payload::Full(data.to_vec());
         let r = py.detach(|| match epoch(base) {
             None => self.inner.update_page(PageId(page), payload),
@@ -217,6 +220,7 @@ impl RawState {
 
     #[pyo3(signature = (page, payload, base=None))]
     fn apply(&self, py: Python<'_>, page: u64, payload: &RawPayload, base: Option<u64>) -> PyResult<u64> {
+        reap();
         let p = payload.p.clone();
         let r = py.detach(|| match epoch(base) {
             None => self.inner.update_page(PageId(page), p),
@@ -230,6 +234,7 @@ impl RawState {
         py: Python<'_>,
         ops: Vec<(u64, PyRef<'_, RawPayload>, Option<u64>)>,
     ) -> PyResult<Vec<u64>> {
+        reap();
         let updates: Vec<Update> = ops
             .iter()
             .map(|(page, p, base)| {
@@ -255,6 +260,7 @@ impl RawState {
         new: &[u8],
         base: u64,
     ) -> PyResult<Option<u64>> {
+        reap();
         let payload = Payload::diff(old, new).py()?;
         if payload.touched() == 0 {
             return Ok(None);
@@ -264,6 +270,7 @@ impl RawState {
     }
 
     fn query<'py>(&self, py: Python<'py>, page: u64) -> PyResult<Bound<'py, PyBytes>> {
+        reap();
         let v = py.detach(|| self.inner.query_page(PageId(page))).py()?;
         Ok(bytes(py, &v))
     }
@@ -304,6 +311,7 @@ impl RawState {
         version: u32,
         f: Py<PyAny>,
     ) -> PyResult<Vec<u64>> {
+        reap();
         if !f.bind(py).is_callable() {
             return Err(PyTypeError::new_err("a recompute function must be callable"));
         }
@@ -342,20 +350,24 @@ impl RawState {
     }
 
     fn declare_derived(&self, py: Python<'_>, page: u64, function: &str, parents: Vec<u64>) -> PyResult<()> {
+        reap();
         let parents: Vec<PageId> = parents.into_iter().map(PageId).collect();
         py.detach(|| self.inner.declare_derived(PageId(page), function, &parents)).py()
     }
 
     fn add_edge(&self, py: Python<'_>, from_page: u64, to_page: u64, kind: &str) -> PyResult<()> {
+        reap();
         let k = edge_kind(kind)?;
         py.detach(|| self.inner.add_edge(PageId(from_page), PageId(to_page), k)).py()
     }
 
     fn remove_edge(&self, py: Python<'_>, from_page: u64, to_page: u64) -> PyResult<()> {
+        reap();
         py.detach(|| self.inner.remove_edge(PageId(from_page), PageId(to_page))).py()
     }
 
     fn propagate(&self, py: Python<'_>) -> PyResult<()> {
+        reap();
         py.detach(|| self.inner.propagate()).map(drop).py()
     }
 
@@ -378,6 +390,7 @@ impl RawState {
     }
 
     fn checkpoint<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        reap();
         let c = py.detach(|| self.inner.checkpoint()).py()?;
         let d = PyDict::new(py);
         d.set_item("lsn", c.lsn.0)?;
@@ -390,10 +403,12 @@ impl RawState {
     }
 
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        reap();
         py.detach(|| self.inner.sync()).py()
     }
 
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        reap();
         py.detach(|| self.inner.stop()).py()
     }
 
@@ -406,20 +421,24 @@ impl RawState {
     }
 
     fn state_hash(&self, py: Python<'_>) -> PyResult<String> {
+        reap();
         let h = py.detach(|| self.inner.state_hash()).py()?;
         Ok(format!("{h:032x}"))
     }
 
     fn diff_pages(&self, py: Python<'_>, old: u64, new: u64) -> PyResult<RawPayload> {
+        reap();
         let p = py.detach(|| self.inner.diff_pages(PageId(old), PageId(new))).py()?;
         Ok(RawPayload { p })
     }
 
     fn compare_pages(&self, py: Python<'_>, a: u64, b: u64) -> PyResult<u64> {
+        reap();
         py.detach(|| self.inner.compare_pages(PageId(a), PageId(b))).py()
     }
 
     fn migrate_page(&self, py: Python<'_>, page: u64, location: &str) -> PyResult<()> {
+        reap();
         let to = self::location(location)?;
         py.detach(|| self.inner.migrate_page(PageId(page), to)).py()
     }
@@ -430,6 +449,7 @@ impl RawState {
 
     #[pyo3(signature = (page, capture=true))]
     fn gpu_view(&self, py: Python<'_>, page: u64, capture: bool) -> PyResult<DeviceView> {
+        reap();
         DeviceView::new(py, &self.inner, PageId(page), capture)
     }
 }

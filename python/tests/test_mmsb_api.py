@@ -340,3 +340,37 @@ def test_metadata_and_pages(state):
     assert state.pages() == [] and state.page_named("x") is None
     with pytest.raises(mmsb.PageNotFoundError):
         state.page_info(p)
+
+
+def test_guard_across_threads(state):
+    p = state.create_page(64)
+    state.update(p, bytes(range(64)))
+    g = state.read(p)
+    a = g.array()
+    seen = []
+
+    def other():
+        seen.append(int(a[10]))  # views read on any thread
+        for use in (g.array, g.release, g.tobytes):
+            try:
+                use()
+            except mmsb.GuardThreadError as e:
+                seen.append(type(e).__name__)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [10, "GuardThreadError", "GuardThreadError", "GuardThreadError"]
+    # The last references (guard and view) go on another thread: the lock
+    # is parked for this thread, whose next call releases it.
+    box = [g, a]
+    del g, a
+
+    def drop():
+        box.clear()
+        gc.collect()
+
+    t = threading.Thread(target=drop)
+    t.start()
+    t.join()
+    assert state.update(p, b"\x00", offset=0) == 2  # no PageBorrowedError, no wait
