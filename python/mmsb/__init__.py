@@ -45,9 +45,6 @@ __all__ = [
     "__version__",
 ] + errors.__all__
 
-Data = Union[bytes, bytearray, memoryview, np.ndarray]
-
-
 def _as_bytes(data: Any) -> bytes:
     """The bytes of ``data``: ``bytes`` as is; anything NumPy takes (arrays
     of any dtype, structured arrays, bytearray, memoryview) as its
@@ -252,6 +249,7 @@ class State:
     """
 
     def __init__(self, raw: "_mmsb.RawState") -> None:
+        """Made by :func:`mmsb.open`, not called directly."""
         self._raw = raw
 
     # -- lifetime ---------------------------------------------------------
