@@ -126,8 +126,10 @@ device() {
     step mmsbbench 60 target/device/mmsb bench --quick --json "$OUT/mmsb-bench.json"
     step criterion 60 env CRITERION_HOME=/tmp/mmsb-criterion target/device/criterion_mmsb --bench --quick --noplot gpu
     # The Python package's GPU tests against the wheel built here (no
-    # network there: --no-index; numpy, torch, cupy, jax are the host's).
-    step python 40 bash -c 'rm -rf /tmp/mmsb-py && python3 -m pip install --quiet --no-index --no-deps --target /tmp/mmsb-py target/device/mmsb-*.whl && PYTHONPATH=/tmp/mmsb-py python3 python/tests/test_mmsb_gpu.py'
+    # network there: --no-index; numpy, torch, cupy, jax are the host's),
+    # then the tutorial notebook with its GPU cells when nbclient is there.
+    # Alone, with more time: STEPS=python PYTHON_TIMEOUT=300 ... --device.
+    step python "${PYTHON_TIMEOUT:-40}" bash -c 'rm -rf /tmp/mmsb-py && python3 -m pip install --quiet --no-index --no-deps --target /tmp/mmsb-py target/device/mmsb-*.whl && PYTHONPATH=/tmp/mmsb-py python3 python/tests/test_mmsb_gpu.py; rc=$?; PYTHONPATH=/tmp/mmsb-py python3 scripts/run-notebook.py || rc=1; exit $rc'
     step memcheck "$st" compute-sanitizer --tool memcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step racecheck "$st" compute-sanitizer --tool racecheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step initcheck "$st" compute-sanitizer --tool initcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
@@ -142,7 +144,7 @@ device() {
         grep -h "RACECHECK SUMMARY" "$OUT"/racecheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h 'latency\|_e2e\|_alloc_' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
         echo "python (DLPack: torch, cupy, jax):"
-        grep -hE '^(PASS|FAIL|SKIP|BENCH) ' "$OUT/python.log" 2>/dev/null | sed 's/^/   /' || true
+        grep -hE '^(PASS|FAIL|SKIP|BENCH) |^skipped the GPU|^same device memory|^CPU replay' "$OUT/python.log" 2>/dev/null | sed 's/^/   /' || true
         echo
         echo "mmsb bench --quick on this host ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs):"
         # The GPU kernels' rows are in the card's table below; the pooled
