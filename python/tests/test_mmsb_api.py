@@ -1,6 +1,7 @@
 """The Python API over a CPU state: writes in every form, batches, typed
 edits, derived pages, events, errors."""
 
+import faulthandler
 import gc
 import threading
 
@@ -141,6 +142,10 @@ def test_read_guard_zero_copy_lifecycle(state):
 
 
 def test_view_keeps_guard_alive(state):
+    # Also the proof that a call waiting in Rust has released the GIL: the
+    # writer thread waits for the page inside `update` while this thread
+    # runs Python; a held GIL would hang here (faulthandler fails it).
+    faulthandler.dump_traceback_later(60, exit=True)
     p = state.create_page(64)
     state.update(p, bytes(range(64)))
     a = state.read(p).array()  # the guard object itself is dropped
@@ -159,6 +164,7 @@ def test_view_keeps_guard_alive(state):
     del a
     gc.collect()
     t.join(10)
+    faulthandler.cancel_dump_traceback_later()
     assert done and state.query(p)[0] == 0xFF
 
 
