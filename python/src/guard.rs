@@ -290,6 +290,9 @@ impl ViewToken {
     }
 }
 
+/// How often `gpu_view` copies a page written meanwhile before it gives up.
+const CAPTURE_ATTEMPTS: usize = 64;
+
 /// A GPU page's device memory, exported without a copy (DLPack), with
 /// the page's bytes kept on the host at `epoch` when `capture` was asked
 /// for, so that `commit` can log what a consumer wrote.
@@ -308,15 +311,25 @@ impl DeviceView {
             let (export, epoch) = state.export_device(page)?;
             let capture = if capture {
                 // The bytes at `epoch`: read again until no write came
-                // between the export and the copy.
+                // between the export and the copy (a bounded number of
+                // times: a page written without pause is refused).
                 let mut at = epoch;
-                loop {
+                let mut got = None;
+                for _ in 0..CAPTURE_ATTEMPTS {
                     let bytes = state.query_page(page)?;
                     let now = state.page_info(page)?.epoch;
                     if now == at {
-                        break Some((bytes, at));
+                        got = Some((bytes, at));
+                        break;
                     }
                     at = now;
+                }
+                match got {
+                    Some(c) => Some(c),
+                    None => {
+                        let actual = state.page_info(page)?.epoch;
+                        return Err(mmsb::Error::StaleEpoch { page, expected: at, actual });
+                    }
                 }
             } else {
                 None
