@@ -39,6 +39,14 @@ for line in sys.stdin:
     [[ -n "$exe" ]] || { echo "gpu-check: no criterion executable" >&2; exit 1; }
     cp "$exe" "$DEV/criterion_mmsb"
     cp /usr/local/bin/cargo-nextest "$DEV/"
+    # The Python package as a wheel (abi3: any CPython 3.9+), for the GPU
+    # Python tests (python/tests/test_mmsb_gpu.py: PyTorch, CuPy, JAX
+    # through DLPack). pip fetches maturin, the build backend, here.
+    rm -f "$DEV"/mmsb-*.whl
+    local py=python3
+    [[ -x target/pyenv/bin/python ]] && py=target/pyenv/bin/python
+    CARGO_TARGET_DIR="$(pwd)/target" "$py" -m pip wheel --quiet --disable-pip-version-check \
+        --no-deps -w "$DEV" ./python
     echo "gpu-check: built $DEV:"
     ls -l "$DEV"
     du -sh "$DEV"
@@ -68,7 +76,7 @@ device() {
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
     # STEPS (space-separated names) picks a subset; all steps by default.
-    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch bound mmsbbench criterion} "
+    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch bound mmsbbench criterion python} "
     step() {
         local name=$1 limit=$2
         shift 2
@@ -100,13 +108,13 @@ device() {
     local filt=(-E 'test(/gpu/) & not (test(gpu_hundred_thousand_small_deltas_match_cpu) | test(gpu_large_page_matches_cpu) | test(gpu_memory_when_a_device_page_cannot_fit))')
     local st=${SANITIZER_TIMEOUT:-60}
 
-    # Step limits add up to 6 x 60 + 3 x 60 = 540 s, inside one 600 s device
+    # Step limits add up to 6 x 60 + 40 + 3 x 60 = 580 s, inside one 600 s device
     # call with room for start-up and the summary (measured on an H100:
     # tests 28 s, bench 3 s, torch 14 s, bound 5 s, mmsb bench 15 s, each
     # sanitizer under 20 s; a sanitizer that crashes runs once more, which
     # can add its limit once). Benchmarks run before the sanitizers so that a
     # slow sanitizer never costs the figures.
-    echo "gpu-check: step limits total $((60 * 6 + 3 * st)) s"
+    echo "gpu-check: step limits total $((60 * 6 + 40 + 3 * st)) s"
     # Every test of the archive except the kill loop, whose child binary is
     # not part of a nextest archive (CI runs it on the build machine).
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
@@ -117,6 +125,11 @@ device() {
     step bound 60 bash -c "nvcc -O3 -arch=native scripts/sparse_bound.cu -o /tmp/sparse_bound && /tmp/sparse_bound --mib ${BENCH_MIB:-256}"
     step mmsbbench 60 target/device/mmsb bench --quick --json "$OUT/mmsb-bench.json"
     step criterion 60 env CRITERION_HOME=/tmp/mmsb-criterion target/device/criterion_mmsb --bench --quick --noplot gpu
+    # The Python package's GPU tests against the wheel built here (no
+    # network there: --no-index; numpy, torch, cupy, jax are the host's),
+    # then the tutorial notebook with its GPU cells when nbclient is there.
+    # Alone, with more time: STEPS=python PYTHON_TIMEOUT=300 ... --device.
+    step python "${PYTHON_TIMEOUT:-40}" bash -c 'rm -rf /tmp/mmsb-py && python3 -m pip install --quiet --no-index --no-deps --target /tmp/mmsb-py target/device/mmsb-*.whl && PYTHONPATH=/tmp/mmsb-py python3 python/tests/test_mmsb_gpu.py; rc=$?; PYTHONPATH=/tmp/mmsb-py python3 scripts/run-notebook.py || rc=1; exit $rc'
     step memcheck "$st" compute-sanitizer --tool memcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step racecheck "$st" compute-sanitizer --tool racecheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
     step initcheck "$st" compute-sanitizer --tool initcheck --error-exitcode 1 "${nt[@]}" "${filt[@]}"
@@ -130,6 +143,8 @@ device() {
         grep -h "ERROR SUMMARY" "$OUT"/memcheck.log "$OUT"/racecheck.log "$OUT"/initcheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h "RACECHECK SUMMARY" "$OUT"/racecheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h 'latency\|_e2e\|_alloc_' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
+        echo "python (DLPack: torch, cupy, jax):"
+        grep -hE '^(PASS|FAIL|SKIP|BENCH) |^skipped the GPU|^same device memory|^CPU replay' "$OUT/python.log" 2>/dev/null | sed 's/^/   /' || true
         echo
         echo "mmsb bench --quick on this host ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs):"
         # The GPU kernels' rows are in the card's table below; the pooled

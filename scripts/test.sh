@@ -7,7 +7,8 @@
 #    tests print that they skipped when there is no CUDA device).
 # 2. The viewer in a real browser (scripts/browser-test.sh).
 # 3. The Python suites, in a virtual environment under target/ that this
-#    script creates and fills from PyPI (pinned in scripts/requirements-test.txt).
+#    script creates and fills from PyPI (pinned in scripts/requirements-test.txt),
+#    with the mmsb package built from python/ and installed there.
 #
 # Extra arguments go to `cargo test`. MMSB_SKIP_PYTHON=1 runs the Rust part
 # and the browser test only (CI runs the two parts as separate steps
@@ -36,9 +37,18 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r scripts/requirements-test.txt
 export PATH="$venv/bin:$PATH"
+# The mmsb package (python/), built from this tree by maturin (which pip
+# fetches as the build backend) into target/ like the rest: a second run
+# rebuilds only what changed.
+CARGO_TARGET_DIR="$root/target" "$venv/bin/python" -m pip install --quiet \
+    --disable-pip-version-check --force-reinstall --no-deps ./python
+# The CLI the state-hash test compares with (built by `cargo test` above).
+if [ -x "$root/target/debug/mmsb" ]; then
+    export MMSB_CLI="$root/target/debug/mmsb"
+fi
 
 suites=()
-for d in tests/python; do
+for d in tests/python python/tests; do
     [ -d "$d" ] && suites+=("$d")
 done
 if [ ${#suites[@]} -gt 0 ]; then

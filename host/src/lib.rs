@@ -12,7 +12,7 @@
 //! | [`history`] | a state directory read offline: replay to an LSN or a time, page history, the provenance of a value, inspect and verify |
 //! | [`typed`] | pages read and written as `T: Pod` values, writes captured as minimal deltas |
 //! | [`events`] | the event stream's delivery rules |
-//! | [`gpu`] | devices: probing, opening, when queued deltas reach a device ([`gpu::GpuApply`]) |
+//! | [`gpu`] | devices: probing, opening, when queued deltas reach a device ([`gpu::GpuApply`]), a page's device memory handed to another library ([`gpu::DeviceExport`]) |
 //! | [`stats`] | counters, latency histograms, directory statistics, `metrics` export |
 //! | [`vfs`] | the file-system seam ([`vfs::Vfs`]), the real one and a crash-simulating one |
 //!

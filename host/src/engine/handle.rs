@@ -874,6 +874,87 @@ impl Mmsb {
         Ok(PageRef { guard })
     }
 
+    /// Hand the device memory of GPU or unified page `id` to another
+    /// library (DLPack for PyTorch, CuPy, JAX): its queued deltas are
+    /// applied and the device's stream drained first. Returns the export
+    /// and the page's epoch at that moment. No byte is copied.
+    ///
+    /// Writes made through the export bypass the log until
+    /// [`Mmsb::commit_device_writes`] captures them; reads of the page
+    /// through MMSB meanwhile see them (they are in the page's memory).
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::UnsupportedLocation`] for a page
+    /// in host memory (use [`Mmsb::read_page`]); [`Error::Gpu`].
+    pub fn export_device(&self, id: PageId) -> Result<(crate::gpu::DeviceExport, Epoch)> {
+        let cell = self.registry.get(id)?;
+        let page = cell.read();
+        let Some(g) = page.storage.gpu() else {
+            return Err(Error::UnsupportedLocation { op: "export_device", location: page.location });
+        };
+        Ok((g.export()?, page.epoch))
+    }
+
+    /// Log the writes another library made through `export` (from
+    /// [`Mmsb::export_device`] of page `id`): every stream of the device
+    /// is drained, the page's bytes are read back and compared with
+    /// `before` (the page's bytes at epoch `base`, which the caller kept),
+    /// and the bytes that differ are committed as one user delta at base
+    /// epoch `base` (applying it on the device writes the bytes already
+    /// there). Returns the new epoch, or `None` when nothing changed; on
+    /// success `before` holds the page's bytes as committed, ready for the
+    /// next capture at the returned epoch.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::InvalidDelta`] when the page's
+    /// memory is no longer the exported memory (migrated, deleted and
+    /// recreated) or `before` has another length; [`Error::StaleEpoch`]
+    /// when the page was written through MMSB since epoch `base` (the
+    /// device writes are then not logged: the page's memory holds bytes
+    /// the log does not explain until they are written again and
+    /// committed, or the state is reopened); [`Error::Gpu`].
+    pub fn commit_device_writes(
+        &self,
+        id: PageId,
+        export: &crate::gpu::DeviceExport,
+        before: &mut [u8],
+        base: Epoch,
+    ) -> Result<Option<Epoch>> {
+        export.synchronize()?;
+        let payload = {
+            let cell = self.registry.get(id)?;
+            let page = cell.read();
+            if !page.storage.gpu().is_some_and(|g| g.is_exported_as(export)) {
+                return Err(Error::invalid_delta(
+                    Some(id),
+                    "the page no longer lives in the exported device memory (migrated or deleted since the export)",
+                ));
+            }
+            if before.len() as u64 != page.len {
+                return Err(Error::invalid_delta(
+                    Some(id),
+                    format!(
+                        "{} bytes given as the page's earlier bytes; the page has {}",
+                        before.len(),
+                        page.len
+                    ),
+                ));
+            }
+            if page.epoch != base {
+                return Err(Error::StaleEpoch { page: id, expected: base, actual: page.epoch });
+            }
+            let now = page.copy_bytes()?;
+            (Payload::diff(before, &now)?, now)
+        };
+        let (payload, now) = payload;
+        if payload.touched() == 0 {
+            return Ok(None);
+        }
+        let epoch = self.update_page_at(id, payload, base)?;
+        before.copy_from_slice(&now);
+        Ok(Some(epoch))
+    }
+
     /// A page's id, length, epoch, location and metadata.
     ///
     /// # Errors

@@ -123,6 +123,84 @@ impl GpuPage {
     }
 }
 
+/// The device memory of one GPU page, handed to another library (a DLPack
+/// export for PyTorch, CuPy or JAX). It keeps the memory allocated while
+/// it lives, whatever happens to the page meanwhile (a migration, a
+/// deletion): an address taken from it never dangles while it is held.
+///
+/// Writes made through the address by another library bypass the log;
+/// [`crate::Mmsb::commit_device_writes`] captures them as a delta.
+pub struct DeviceExport {
+    gpu: Arc<Gpu>,
+    mem: Arc<PageMem>,
+    len: u64,
+}
+
+impl std::fmt::Debug for DeviceExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceExport")
+            .field("device", &self.gpu.info.ordinal)
+            .field("address", &format_args!("{:#x}", self.mem.ptr()))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl DeviceExport {
+    /// The ordinal of the device holding the memory.
+    pub fn device(&self) -> u32 {
+        self.gpu.info.ordinal
+    }
+
+    /// The device address of the page's first byte (a CUDA `CUdeviceptr`).
+    /// Only another library's device code can use it; the memory stays
+    /// allocated while this export lives.
+    pub fn address(&self) -> u64 {
+        self.mem.ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the export covers no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the memory is CUDA managed (unified) memory.
+    pub fn is_managed(&self) -> bool {
+        matches!(*self.mem, PageMem::Managed { .. })
+    }
+
+    /// Wait for all work queued on the device's context, on every stream
+    /// (another library's kernels on the primary context included).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when the device fails.
+    pub fn synchronize(&self) -> Result<()> {
+        self.gpu.ctx.synchronize().map_err(driver::gpu_err("cuCtxSynchronize"))
+    }
+}
+
+impl GpuPage {
+    /// Export the page's memory: its queued deltas applied and the
+    /// device's stream drained first, so the bytes are current for a
+    /// consumer on any stream.
+    pub(crate) fn export(&self) -> Result<DeviceExport> {
+        self.gpu.flush()?;
+        self.gpu.sync()?;
+        Ok(DeviceExport { gpu: self.gpu.clone(), mem: self.mem.clone(), len: self.len })
+    }
+
+    /// Whether `e` exports this page's memory (and not memory the page has
+    /// since left).
+    pub(crate) fn is_exported_as(&self, e: &DeviceExport) -> bool {
+        Arc::ptr_eq(&self.mem, &e.mem)
+    }
+}
+
 struct Pending {
     items: Vec<(Arc<PageMem>, u64, Payload)>,
     index: HashMap<DevicePtr, usize, BuildHasherDefault<PtrHasher>>,

@@ -62,7 +62,7 @@ mod storage;
 
 pub(crate) use device::opened as opened_device;
 pub(crate) use device::GpuPage;
-pub use device::{device_count, open, probe, Gpu, GpuInfo};
+pub use device::{device_count, open, probe, DeviceExport, Gpu, GpuInfo};
 pub use pool::GpuPoolStats;
 pub(crate) use storage::Storage;
 
