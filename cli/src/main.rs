@@ -7,9 +7,10 @@
 //! | `verify DIR` | every CRC and invariant; exit 1 naming the file and offset of the first problem |
 //! | `replay DIR` | the state at the end of the log, an LSN or a logical time; its hash on the last line |
 //! | `stats DIR` | pages, graph, log and checkpoints in brief; `--provenance PAGE`: how that page's value was computed |
+//! | `export DIR OUT` | pages, commits, deltas and the graph as Parquet or Arrow IPC files (docs/FORMAT.md) |
 //! | `bench` | the performance envelope, each figure next to a limit measured in the same run |
 //!
-//! The offline commands (`inspect`, `verify`, `replay`, `stats`) only read, and never
+//! The offline commands (`inspect`, `verify`, `replay`, `stats`, `export`) only read, and never
 //! follow a path out of the directory they are given.
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ macro_rules! outln {
 mod bench;
 mod confined;
 mod demo;
+mod export;
 mod offline;
 mod progress;
 mod stats;
@@ -65,6 +67,11 @@ enum Command {
     /// Replay a state directory (newest usable checkpoint, then the log)
     /// and print the state hash on the last line.
     Replay(offline::ReplayArgs),
+    /// Write a state directory's pages and whole history (commits, deltas,
+    /// the dependency graph) as Parquet or Arrow IPC files, one per table,
+    /// for SQL engines and dataframe tools (schemas in docs/FORMAT.md).
+    /// Damage stops it exactly where it stops `replay`.
+    Export(export::ExportArgs),
     /// Measure the performance envelope: each figure as a ratio to a limit
     /// measured in the same run.
     Bench(bench::BenchArgs),
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => offline::replay(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Stats(args) => stats::run(&args),
+        Command::Export(args) => export::run(&args),
     };
     match result {
         Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::FAILURE,
