@@ -10,7 +10,8 @@ use mmsb::vfs::Vfs;
 use mmsb::{Error, Result};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ pub const MANIFEST: &str = "manifest.json";
 
 /// Bytes of encoded rows a Parquet file's writer holds before it writes
 /// them out as a row group.
-pub const ROW_GROUP_BYTES: usize = 32 << 20;
+pub const ROW_GROUP_BYTES: usize = 8 << 20;
 
 fn arrow_err(e: impl std::fmt::Display) -> Error {
     Error::Serialization(format!("arrow: {e}"))
@@ -70,7 +71,13 @@ impl Writer {
         let schema = table.schema();
         Ok(match format {
             Format::Parquet => {
+                // Page and delta bytes: no dictionary (values rarely repeat,
+                // and a dictionary is memory held until the row group ends)
+                // and no min/max statistics.
+                let bytes = ColumnPath::from("bytes");
                 let props = WriterProperties::builder()
+                    .set_column_dictionary_enabled(bytes.clone(), false)
+                    .set_column_statistics_enabled(bytes, EnabledStatistics::None)
                     .set_compression(Compression::SNAPPY)
                     .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
                     .set_created_by(format!("mmsb-arrow {}", env!("CARGO_PKG_VERSION")))

@@ -77,20 +77,27 @@ impl Summary {
     }
 }
 
-/// The kind of a committed unit, for the `commits` table.
+/// The kind of a committed unit, for the `commits` table: what its
+/// records other than derived deltas are (the propagation a write caused
+/// is committed with it): one change's name (`delta`, `create_page`,
+/// `delete_page`, `graph`, or an annotation: `settled`, `due`, `stale`,
+/// `optional`), `batch` for several, `propagation` for derived deltas
+/// alone.
 fn commit_kind(c: &Commit<'_, '_>) -> &'static str {
-    let derived = |r: &Record<'_>| matches!(r, Record::Delta(v) if v.source == 1);
-    match c.records() {
-        [(_, r)] => match r {
+    let mut own = c.records().iter().filter(|(_, r)| !matches!(r, Record::Delta(v) if v.source == 1));
+    match (own.next(), own.next()) {
+        (None, _) => "propagation",
+        (Some(_), Some(_)) => "batch",
+        (Some((_, r)), None) => match r {
             Record::Create { .. } => "create_page",
             Record::Delete { .. } => "delete_page",
-            Record::Delta(v) if v.source == 1 => "propagation",
             Record::Delta(_) => "delta",
             Record::Graph(_) => "graph",
-            _ => "other",
+            Record::Settled => "settled",
+            Record::Due { .. } => "due",
+            Record::Stale(_) => "stale",
+            _ => "optional",
         },
-        rs if !rs.is_empty() && rs.iter().all(|(_, r)| derived(r)) => "propagation",
-        _ => "batch",
     }
 }
 
