@@ -20,7 +20,7 @@ fn arrow_err(e: arrow_schema::ArrowError) -> Error {
 
 /// `(offset, len)` runs of the bytes a payload writes, in page order, and
 /// (when `bytes` is given) the bytes themselves appended to it.
-fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, mut bytes: Option<&mut Vec<u8>>) -> u64 {
+fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, bytes: Option<&mut Vec<u8>>) -> u64 {
     match *p {
         PayloadView::Full(b) => {
             runs.push((0, b.len() as u64));
@@ -51,6 +51,13 @@ fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, mut bytes: Option<
                     }
                     continue;
                 }
+                if m == 0xFF {
+                    match &mut open {
+                        Some((_, len)) => *len += 8,
+                        None => open = Some((8 * i as u64, 8)),
+                    }
+                    continue;
+                }
                 for b in 0..8u64 {
                     let at = 8 * i as u64 + b;
                     if m & (1 << b) != 0 {
@@ -66,7 +73,7 @@ fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, mut bytes: Option<
             if let Some(r) = open {
                 runs.push(r);
             }
-            if let Some(out) = bytes.as_deref_mut() {
+            if let Some(out) = bytes {
                 out.extend_from_slice(selected);
             }
             selected.len() as u64
@@ -485,13 +492,14 @@ mod tests {
 
     #[test]
     fn dense_ranges_are_the_runs_of_set_mask_bits() {
-        // Bits 0-2, 7-9 (across a byte), 20; page of 21 bytes.
-        let mask = [0b1000_0111u8, 0b0000_0011, 0b0001_0000];
-        let selected: Vec<u8> = (1..=7).collect();
-        let p = PayloadView::Dense { len: 21, mask: &mask, selected: &selected };
+        // Bits 0-2, 7-9 (across a byte), 20, 24-40 (whole bytes and a
+        // run into the next); page of 42 bytes.
+        let mask = [0b1000_0111u8, 0b0000_0011, 0b0001_0000, 0xFF, 0xFF, 0b0000_0001];
+        let selected: Vec<u8> = (1..=24).collect();
+        let p = PayloadView::Dense { len: 42, mask: &mask, selected: &selected };
         let (mut runs, mut bytes) = (Vec::new(), Vec::new());
-        assert_eq!(ranges_of(&p, &mut runs, Some(&mut bytes)), 7);
-        assert_eq!(runs, vec![(0, 3), (7, 3), (20, 1)]);
+        assert_eq!(ranges_of(&p, &mut runs, Some(&mut bytes)), 24);
+        assert_eq!(runs, vec![(0, 3), (7, 3), (20, 1), (24, 17)]);
         assert_eq!(bytes, selected);
         let full = [9u8; 5];
         runs.clear();

@@ -694,6 +694,37 @@ mod tests {
     }
 
     #[test]
+    fn page_writes_count_the_history_after_the_oldest_checkpoint() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (a, b) = {
+            let state = Mmsb::start(Config::at(dir.path()))?;
+            let a = state.create_page(PageSpec::new(64).named("a"))?;
+            let b = state.create_page(PageSpec::new(16))?;
+            state.update_page(a, Payload::Full(vec![1; 64]))?;
+            state.checkpoint()?;
+            // After the checkpoint: a full write, a sparse one of 3 bytes,
+            // a dense one of 2 selected bytes.
+            state.update_page(a, Payload::Full(vec![2; 64]))?;
+            state
+                .update_page(b, Payload::Sparse(crate::SparseDelta::from_pairs([(1, &[5u8, 6, 7][..])])?))?;
+            let dense =
+                Payload::Sparse(crate::SparseDelta::from_pairs([(9, &[1u8, 1][..])])?).to_dense(16)?;
+            state.update_page(b, Payload::Dense(dense))?;
+            state.stop()?;
+            (a, b)
+        };
+        let w = page_writes(dir.path())?;
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!((w[0].page, w[0].name.as_deref(), w[0].deltas, w[0].bytes_written), (a, Some("a"), 1, 64));
+        assert_eq!(
+            (w[1].page, w[1].name.as_deref(), w[1].deltas, w[1].derived, w[1].bytes_written),
+            (b, None, 2, 0, 5)
+        );
+        assert_eq!(w[1].to_string(), format!("page {b} -: 2 deltas (0 derived), 5 bytes written"));
+        Ok(())
+    }
+
+    #[test]
     fn dir_stats_reads_a_stopped_state() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let hash = {

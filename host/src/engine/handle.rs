@@ -102,6 +102,28 @@ impl Drop for PageRef {
 /// the writing thread itself, so no writer could know that waiting would
 /// end. Reads are not affected. Drop it (and every Arrow array over it) to
 /// write the page again.
+///
+/// It is `Send` and `Sync`; a [`PageRef`] is not:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// # fn main() -> mmsb::Result<()> {
+/// let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+/// let p = state.create_page(mmsb::PageSpec::new(8))?;
+/// send(state.read_page(p)?); // PageRef stays on its thread
+/// # Ok(())
+/// # }
+/// ```
+///
+/// ```
+/// fn send<T: Send + Sync>(_: T) {}
+/// # fn main() -> mmsb::Result<()> {
+/// let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+/// let p = state.create_page(mmsb::PageSpec::new(8))?;
+/// send(state.read_page_shared(p)?);
+/// # Ok(())
+/// # }
+/// ```
 pub struct SharedPageRef {
     guard: parking_lot::ArcRwLockReadGuard<RawRwLock, Page>,
 }
