@@ -9,9 +9,8 @@ use arrow_array::RecordBatch;
 use mmsb::vfs::Vfs;
 use mmsb::{Error, Result};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -71,13 +70,35 @@ impl Writer {
         let schema = table.schema();
         Ok(match format {
             Format::Parquet => {
-                // Page and delta bytes: no dictionary (values rarely repeat,
-                // and a dictionary is memory held until the row group ends)
-                // and no min/max statistics.
-                let bytes = ColumnPath::from("bytes");
-                let props = WriterProperties::builder()
-                    .set_column_dictionary_enabled(bytes.clone(), false)
-                    .set_column_statistics_enabled(bytes, EnabledStatistics::None)
+                let mut props = WriterProperties::builder();
+                let columns =
+                    parquet::arrow::ArrowSchemaConverter::new().convert(&schema).map_err(arrow_err)?;
+                for c in columns.columns() {
+                    let path = c.path().clone();
+                    match path.parts().first().map(String::as_str) {
+                        // Page and delta bytes: no dictionary (values rarely
+                        // repeat, and a dictionary is memory held until the
+                        // row group ends), no min/max statistics.
+                        Some("bytes") => {
+                            props = props
+                                .set_column_dictionary_enabled(path.clone(), false)
+                                .set_column_statistics_enabled(path, EnabledStatistics::None);
+                        }
+                        // Byte runs and parent lists: ascending offsets and
+                        // small lengths, which delta packing stores in a few
+                        // bits each (a dense payload's runs can number a
+                        // quarter of its page), with nothing left to compress.
+                        Some("ranges" | "parents") => {
+                            props = props
+                                .set_column_dictionary_enabled(path.clone(), false)
+                                .set_column_encoding(path.clone(), Encoding::DELTA_BINARY_PACKED)
+                                .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+                                .set_column_statistics_enabled(path, EnabledStatistics::None);
+                        }
+                        _ => {}
+                    }
+                }
+                let props = props
                     .set_compression(Compression::SNAPPY)
                     .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
                     .set_created_by(format!("mmsb-arrow {}", env!("CARGO_PKG_VERSION")))
@@ -104,17 +125,16 @@ impl Writer {
         }
     }
 
+    /// Finish the file. It is not fsynced: an export is made again from
+    /// the state directory, and after a crash its output is either whole
+    /// (the rename happened) or a staging directory to remove.
     fn close(self, path: &Path) -> Result<()> {
         match self {
-            Writer::Parquet(w) => {
-                let f = w.into_inner().map_err(arrow_err)?;
-                f.sync_all().map_err(|e| Error::from(e).in_file(path))
-            }
+            Writer::Parquet(w) => w.close().map(drop).map_err(arrow_err),
             Writer::Ipc(mut w) => {
                 w.finish().map_err(arrow_err)?;
                 let f = w.into_inner().map_err(arrow_err)?;
-                let f = f.into_inner().map_err(|e| Error::from(e.into_error()).in_file(path))?;
-                f.sync_all().map_err(|e| Error::from(e).in_file(path))
+                f.into_inner().map(drop).map_err(|e| Error::from(e.into_error()).in_file(path))
             }
         }
     }

@@ -41,34 +41,17 @@ fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, bytes: Option<&mut
             data.len() as u64
         }
         PayloadView::Dense { mask, selected, .. } => {
-            // Runs of set mask bits; the selected bytes are in page order,
-            // so they are the runs' bytes back to back.
+            // Runs of set mask bits, a 64-bit word at a time (bit k of
+            // mask byte j is page byte 8j + k: a little-endian word); the
+            // selected bytes are in page order, so they are the runs'
+            // bytes back to back.
             let mut open: Option<(u64, u64)> = None;
-            for (i, &m) in mask.iter().enumerate() {
-                if m == 0 {
-                    if let Some(r) = open.take() {
-                        runs.push(r);
-                    }
-                    continue;
-                }
-                if m == 0xFF {
-                    match &mut open {
-                        Some((_, len)) => *len += 8,
-                        None => open = Some((8 * i as u64, 8)),
-                    }
-                    continue;
-                }
-                for b in 0..8u64 {
-                    let at = 8 * i as u64 + b;
-                    if m & (1 << b) != 0 {
-                        match &mut open {
-                            Some((_, len)) => *len += 1,
-                            None => open = Some((at, 1)),
-                        }
-                    } else if let Some(r) = open.take() {
-                        runs.push(r);
-                    }
-                }
+            let (words, tail) = mask.as_chunks::<8>();
+            let mut last = [0u8; 8];
+            last[..tail.len()].copy_from_slice(tail);
+            let tail_word = (!tail.is_empty()).then_some(&last);
+            for (i, w) in words.iter().chain(tail_word).enumerate() {
+                mask_runs(u64::from_le_bytes(*w), 64 * i as u64, &mut open, runs);
             }
             if let Some(r) = open {
                 runs.push(r);
@@ -77,6 +60,33 @@ fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, bytes: Option<&mut
                 out.extend_from_slice(selected);
             }
             selected.len() as u64
+        }
+    }
+}
+
+/// The runs of set bits of mask word `w`, whose bit 0 is page byte `base`,
+/// continuing the run `open` (one that reaches the word's last bit stays
+/// open for the next word).
+#[inline]
+fn mask_runs(w: u64, base: u64, open: &mut Option<(u64, u64)>, runs: &mut Vec<(u64, u64)>) {
+    let mut pos = 0u32;
+    while pos < 64 {
+        let rest = w >> pos;
+        if rest & 1 == 1 {
+            let ones = rest.trailing_ones();
+            match open {
+                Some((_, len)) => *len += u64::from(ones),
+                None => *open = Some((base + u64::from(pos), u64::from(ones))),
+            }
+            pos += ones;
+        } else {
+            if let Some(r) = open.take() {
+                runs.push(r);
+            }
+            if rest == 0 {
+                break;
+            }
+            pos += rest.trailing_zeros();
         }
     }
 }
