@@ -511,6 +511,34 @@ mod tests {
         assert_eq!(ranges_of(&p, &mut runs, Some(&mut bytes)), 24);
         assert_eq!(runs, vec![(0, 3), (7, 3), (20, 1), (24, 17)]);
         assert_eq!(bytes, selected);
+        // Random masks of every length up to 200 bytes against a bit-by-bit reference.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for n in 1..200usize {
+            let m: Vec<u8> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Mostly all or nothing, sometimes mixed.
+                    [0, 0xFF, x as u8][(x >> 60) as usize % 3]
+                })
+                .collect();
+            let mut expect: Vec<(u64, u64)> = Vec::new();
+            for bit in 0..8 * n as u64 {
+                if m[(bit / 8) as usize] >> (bit % 8) & 1 == 1 {
+                    match expect.last_mut() {
+                        Some((o, l)) if *o + *l == bit => *l += 1,
+                        _ => expect.push((bit, 1)),
+                    }
+                }
+            }
+            let count: u64 = expect.iter().map(|r| r.1).sum();
+            let sel = vec![1u8; count as usize];
+            let v = PayloadView::Dense { len: 8 * n as u64, mask: &m, selected: &sel };
+            runs.clear();
+            assert_eq!(ranges_of(&v, &mut runs, None), count);
+            assert_eq!(runs, expect, "mask {m:?}");
+        }
         let full = [9u8; 5];
         runs.clear();
         assert_eq!(ranges_of(&PayloadView::Full(&full), &mut runs, None), 5);
