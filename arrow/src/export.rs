@@ -79,7 +79,7 @@ impl Writer {
                         // Page and delta bytes: no dictionary (values rarely
                         // repeat, and a dictionary is memory held until the
                         // row group ends), no min/max statistics.
-                        Some("bytes") => {
+                        Some("bytes" | "mask") => {
                             props = props
                                 .set_column_dictionary_enabled(path.clone(), false)
                                 .set_column_statistics_enabled(path, EnabledStatistics::None);

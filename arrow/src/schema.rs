@@ -122,7 +122,7 @@ pub fn commits() -> SchemaRef {
 }
 
 /// `deltas`: `lsn`, `delta_id`, `time`, `page_id`, `epoch_before`,
-/// `epoch_after`, `base_epoch`, `kind`, `ranges`, `bytes_written`,
+/// `epoch_after`, `base_epoch`, `kind`, `ranges`, `mask`, `bytes_written`,
 /// `bytes`, `source`, `function`, `function_version`, `parents`, `tag`.
 pub fn deltas() -> SchemaRef {
     with_meta(
@@ -138,8 +138,9 @@ pub fn deltas() -> SchemaRef {
             Field::new(
                 "ranges",
                 DataType::List(Arc::new(Field::new("item", DataType::Struct(range_fields()), false))),
-                false,
+                true,
             ),
+            Field::new("mask", DataType::LargeBinary, true),
             u64f("bytes_written"),
             Field::new("bytes", DataType::LargeBinary, true),
             Field::new("source", DataType::Utf8, false),

@@ -18,16 +18,41 @@ fn arrow_err(e: arrow_schema::ArrowError) -> Error {
     Error::Serialization(format!("arrow: {e}"))
 }
 
+/// A dense payload whose mask has more runs than this is described by its
+/// mask (the `mask` column), not by runs: the encoder chose dense because
+/// the runs were many, and a random half-full mask of 1 MiB has about
+/// 260,000 of them.
+pub const MAX_DENSE_RANGES: u64 = 256;
+
+/// Runs of set bits in a dense payload's mask (bit k of byte j: page byte
+/// 8j + k), counted a word at a time: a run starts at each set bit whose
+/// predecessor is clear.
+fn dense_runs(mask: &[u8]) -> u64 {
+    let (words, tail) = mask.as_chunks::<8>();
+    let mut last = [0u8; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    let mut carry = 0u64;
+    let mut n = 0u64;
+    for w in words.iter().chain((!tail.is_empty()).then_some(&last)) {
+        let w = u64::from_le_bytes(*w);
+        n += u64::from((w & !((w << 1) | carry)).count_ones());
+        carry = w >> 63;
+    }
+    n
+}
+
 /// `(offset, len)` runs of the bytes a payload writes, in page order, and
-/// (when `bytes` is given) the bytes themselves appended to it.
-fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, bytes: Option<&mut Vec<u8>>) -> u64 {
+/// (when `bytes` is given) the bytes themselves appended to it; the bytes
+/// written. `None` for a dense payload of more than [`MAX_DENSE_RANGES`]
+/// runs (its bytes are appended all the same).
+fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, bytes: Option<&mut Vec<u8>>) -> Option<u64> {
     match *p {
         PayloadView::Full(b) => {
             runs.push((0, b.len() as u64));
             if let Some(out) = bytes {
                 out.extend_from_slice(b);
             }
-            b.len() as u64
+            Some(b.len() as u64)
         }
         PayloadView::Sparse { runs: enc, data, .. } => {
             for r in enc.chunks_exact(16) {
@@ -38,9 +63,15 @@ fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, bytes: Option<&mut
             if let Some(out) = bytes {
                 out.extend_from_slice(data);
             }
-            data.len() as u64
+            Some(data.len() as u64)
         }
         PayloadView::Dense { mask, selected, .. } => {
+            if let Some(out) = bytes {
+                out.extend_from_slice(selected);
+            }
+            if dense_runs(mask) > MAX_DENSE_RANGES {
+                return None;
+            }
             // Runs of set mask bits, a 64-bit word at a time (bit k of
             // mask byte j is page byte 8j + k: a little-endian word); the
             // selected bytes are in page order, so they are the runs'
@@ -56,10 +87,7 @@ fn ranges_of(p: &PayloadView<'_>, runs: &mut Vec<(u64, u64)>, bytes: Option<&mut
             if let Some(r) = open {
                 runs.push(r);
             }
-            if let Some(out) = bytes {
-                out.extend_from_slice(selected);
-            }
-            selected.len() as u64
+            Some(selected.len() as u64)
         }
     }
 }
@@ -151,6 +179,7 @@ pub(crate) struct Deltas {
     base_epoch: UInt64Builder,
     kind: StringBuilder,
     ranges: PairList,
+    mask: LargeBinaryBuilder,
     bytes_written: UInt64Builder,
     bytes: LargeBinaryBuilder,
     source: StringBuilder,
@@ -177,6 +206,7 @@ impl Deltas {
             base_epoch: UInt64Builder::new(),
             kind: StringBuilder::new(),
             ranges: PairList::default(),
+            mask: LargeBinaryBuilder::new(),
             bytes_written: UInt64Builder::new(),
             bytes: LargeBinaryBuilder::new(),
             source: StringBuilder::new(),
@@ -210,8 +240,22 @@ impl Deltas {
         self.scratch_runs.clear();
         self.scratch_bytes.clear();
         let bytes = self.with_bytes.then_some(&mut self.scratch_bytes);
-        let written = ranges_of(&v.payload, &mut self.scratch_runs, bytes);
-        self.ranges.push_row(self.scratch_runs.iter().copied(), true)?;
+        let written = match ranges_of(&v.payload, &mut self.scratch_runs, bytes) {
+            Some(w) => {
+                self.ranges.push_row(self.scratch_runs.iter().copied(), true)?;
+                self.mask.append_null();
+                w
+            }
+            None => {
+                let PayloadView::Dense { mask, selected, .. } = v.payload else {
+                    return Err(Error::Invariant("only a dense payload has no runs".into()));
+                };
+                self.ranges.push_row([], false)?;
+                self.mask.append_value(mask);
+                self.held += mask.len();
+                selected.len() as u64
+            }
+        };
         self.bytes_written.append_value(written);
         if self.with_bytes {
             self.bytes.append_value(&self.scratch_bytes);
@@ -272,7 +316,8 @@ impl Deltas {
             Arc::new(self.epoch_after.finish()),
             Arc::new(self.base_epoch.finish()),
             Arc::new(self.kind.finish()),
-            self.ranges.finish(schema::range_fields(), false),
+            self.ranges.finish(schema::range_fields(), true),
+            Arc::new(self.mask.finish()),
             Arc::new(self.bytes_written.finish()),
             Arc::new(self.bytes.finish()),
             Arc::new(self.source.finish()),
@@ -508,7 +553,8 @@ mod tests {
         let selected: Vec<u8> = (1..=24).collect();
         let p = PayloadView::Dense { len: 42, mask: &mask, selected: &selected };
         let (mut runs, mut bytes) = (Vec::new(), Vec::new());
-        assert_eq!(ranges_of(&p, &mut runs, Some(&mut bytes)), 24);
+        assert_eq!(ranges_of(&p, &mut runs, Some(&mut bytes)), Some(24));
+        assert_eq!(dense_runs(&mask), 4);
         assert_eq!(runs, vec![(0, 3), (7, 3), (20, 1), (24, 17)]);
         assert_eq!(bytes, selected);
         // Random masks of every length up to 200 bytes against a bit-by-bit reference.
@@ -536,12 +582,25 @@ mod tests {
             let sel = vec![1u8; count as usize];
             let v = PayloadView::Dense { len: 8 * n as u64, mask: &m, selected: &sel };
             runs.clear();
-            assert_eq!(ranges_of(&v, &mut runs, None), count);
+            assert_eq!(dense_runs(&m), expect.len() as u64, "mask {m:?}");
+            if expect.len() as u64 > MAX_DENSE_RANGES {
+                assert_eq!(ranges_of(&v, &mut runs, None), None);
+                continue;
+            }
+            assert_eq!(ranges_of(&v, &mut runs, None), Some(count));
             assert_eq!(runs, expect, "mask {m:?}");
         }
         let full = [9u8; 5];
         runs.clear();
-        assert_eq!(ranges_of(&PayloadView::Full(&full), &mut runs, None), 5);
+        assert_eq!(ranges_of(&PayloadView::Full(&full), &mut runs, None), Some(5));
         assert_eq!(runs, vec![(0, 5)]);
+        // A mask of more runs than the limit: no runs, the bytes all the same.
+        let many = vec![0b0101_0101u8; 80];
+        let sel = vec![3u8; 320];
+        let (mut runs, mut bytes) = (Vec::new(), Vec::new());
+        let v = PayloadView::Dense { len: 640, mask: &many, selected: &sel };
+        assert_eq!(dense_runs(&many), 320);
+        assert_eq!(ranges_of(&v, &mut runs, Some(&mut bytes)), None);
+        assert_eq!(bytes, sel);
     }
 }

@@ -6,7 +6,7 @@
 //! listed and read (a FIFO or device node is refused, never opened for a
 //! blocking read). Writes are refused: the offline commands change nothing.
 
-use mmsb::vfs::{Vfs, VfsFile};
+use mmsb::vfs::{Vfs, VfsFile, VfsRead};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -62,6 +62,53 @@ impl Confined {
     }
 }
 
+impl Confined {
+    /// Open the regular file `path` under the root (checked before it is
+    /// opened, and what was opened checked again); its length.
+    fn open_file(&self, path: &Path) -> io::Result<(std::fs::File, u64)> {
+        let meta = self.check(path)?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        let f = open_nofollow(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        Ok((f, meta.len()))
+    }
+}
+
+/// A file under the root, read at offsets.
+#[derive(Debug)]
+struct ConfinedRead {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl VfsRead for ConfinedRead {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    #[cfg(unix)]
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    #[cfg(not(unix))]
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        io::Seek::seek(&mut self.file, io::SeekFrom::Start(offset))?;
+        io::Read::read_exact(&mut self.file, buf)
+    }
+}
+
 impl Vfs for Confined {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         Err(denied(format!("read-only: will not create {}", dir.display())))
@@ -79,24 +126,17 @@ impl Vfs for Confined {
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let meta = self.check(path)?;
-        if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
-        let mut f = open_nofollow(path)?;
-        // The file was checked before it was opened; check what was opened.
-        if !f.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
+        let (mut f, _) = self.open_file(path)?;
         let mut buf = Vec::new();
         io::Read::read_to_end(&mut f, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Read at offsets, not the whole file: a scan holds a window of a
+    /// segment, not the segment (the default would read it all first).
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsRead>> {
+        let (file, len) = self.open_file(path)?;
+        Ok(Box::new(ConfinedRead { file, len }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {

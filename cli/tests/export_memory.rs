@@ -11,7 +11,7 @@ use std::process::Command;
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// The memory the export may use beyond `mmsb replay`'s, in MiB.
-const EXTRA_MIB: u64 = 64;
+const EXTRA_MIB: u64 = 48;
 /// The log: this many full writes of a 1 MiB page (random bytes, which no
 /// codec shrinks), so that it is larger than replay's peak plus the bound.
 const WRITES: usize = 320;

@@ -81,15 +81,22 @@ def test_bytes_written_per_page_equal_stats(mmsb, demo, sql):
     ).fetchall()
     assert {r[0]: tuple(r[1:]) for r in rows} == stats
     assert len(stats) == 9
-    # The bytes column holds exactly the bytes counted, and the ranges cover them.
+    # The bytes column holds exactly the bytes counted, and the ranges (or,
+    # for a dense payload of many runs, the mask) select exactly as many.
     bad = sql.execute(
         """
         SELECT count(*) FROM deltas
         WHERE octet_length(bytes) != bytes_written
+           OR (ranges IS NULL) = (mask IS NULL)
+           OR (mask IS NOT NULL AND kind != 'dense')
            OR (SELECT sum(r.len) FROM (SELECT unnest(ranges) AS r)) != bytes_written
         """
     ).fetchone()[0]
     assert bad == 0
+    masks = sql.execute("SELECT mask, bytes_written FROM deltas WHERE mask IS NOT NULL").fetchall()
+    assert len(masks) > 10
+    for mask, written in masks:
+        assert int.from_bytes(mask, "little").bit_count() == written
 
 
 def provenance_from_sql(sql, page: int) -> list[str]:
