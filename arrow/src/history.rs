@@ -29,7 +29,8 @@ pub struct Options {
     /// A batch is cut once it holds this many rows (a commit's rows are
     /// never split, so one commit larger than this makes a larger batch).
     pub batch_rows: usize,
-    /// ... or roughly this many bytes (page bytes, delta bytes, ranges).
+    /// Or once it holds about this many bytes (page bytes, delta bytes,
+    /// ranges and masks), whichever comes first.
     pub batch_bytes: usize,
     /// Size limits of the log's reader.
     pub limits: Limits,
