@@ -24,7 +24,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     scratch: Option<PathBuf>,
     /// Run only these sections (repeat or comma-separate): apply, append,
-    /// durable, checkpoint, replay, propagation, gpu. Default: all.
+    /// durable, checkpoint, replay, export, propagation, gpu. Default: all.
     #[arg(long, value_name = "SECTION", value_delimiter = ',', value_parser = SECTIONS)]
     only: Vec<String>,
     /// Size of the state in the checkpoint rows, in MiB (default: 32 with
@@ -34,7 +34,8 @@ pub struct BenchArgs {
 }
 
 /// Section names accepted by `--only`.
-const SECTIONS: [&str; 7] = ["apply", "append", "durable", "checkpoint", "replay", "propagation", "gpu"];
+const SECTIONS: [&str; 8] =
+    ["apply", "append", "durable", "checkpoint", "replay", "export", "propagation", "gpu"];
 
 /// Run one section with a spinner and its wall time on stderr.
 fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -67,7 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let json_file = args.json.as_deref().map(output).transpose()?;
     let plot_file = args.plot.as_deref().map(output).transpose()?;
-    let disk = ["append", "durable", "checkpoint", "replay"].iter().any(|s| want(s));
+    let disk = ["append", "durable", "checkpoint", "replay", "export"].iter().any(|s| want(s));
     let scratch = disk
         .then(|| {
             match &args.scratch {
@@ -108,6 +109,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if want("replay") {
             rows.extend(section("replay", || disk::replay_rows(disk_budget, base))?);
+        }
+        if want("export") {
+            rows.extend(section("export", || export_rows(args.quick, base))?);
         }
     }
     if want("propagation") {
@@ -168,6 +172,79 @@ fn finish(mut f: tempfile::NamedTempFile, path: &Path, bytes: &[u8]) -> Result<(
     f.persist(path).map_err(|e| Error::from(e.error).in_file(path))?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// `mmsb export` of the demo's log (200,000 deltas; 50,000 with
+/// `--quick`), against reading the same segment files: the export decodes
+/// and re-validates every commit (the replay), turns it into rows and
+/// writes the Parquet files. The target is a ratio: at least 0.5 of the
+/// speed at which the segments can merely be read.
+fn export_rows(quick: bool, base: &Path) -> Result<Vec<Row>> {
+    let deltas: u64 = if quick { 50_000 } else { 200_000 };
+    let dir = base.join("export-demo");
+    // The demo itself, as the command runs it, keeping its whole log.
+    let exe = std::env::current_exe()?;
+    let made = std::process::Command::new(exe)
+        .args(["demo", "--keep-log", "--deltas", &deltas.to_string(), "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !made.success() {
+        return Err(Error::Invariant(format!("mmsb demo for the export rows: {made}")));
+    }
+    let segments: Vec<PathBuf> = std::fs::read_dir(mmsb::internals::files::log_dir(&dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    let (mut read, mut plain, mut bytes_too) = (Vec::new(), Vec::new(), Vec::new());
+    let mut log_bytes = 0u64;
+    let mut rows = 0u64;
+    for round in 0..3 {
+        let t = Instant::now();
+        log_bytes = 0;
+        for p in &segments {
+            log_bytes += std::hint::black_box(std::fs::read(p)?).len() as u64;
+        }
+        read.push(t.elapsed().as_secs_f64());
+        for (with_bytes, times) in [(false, &mut plain), (true, &mut bytes_too)] {
+            let out = base.join(format!("export-out-{round}-{with_bytes}"));
+            let opts = mmsb_arrow::ExportOptions {
+                history: mmsb_arrow::Options { with_bytes, ..Default::default() },
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let s = mmsb_arrow::export(&dir, &out, &opts)?;
+            times.push(t.elapsed().as_secs_f64());
+            rows = s.rows_of(mmsb_arrow::Table::Deltas);
+            std::fs::remove_dir_all(&out)?;
+        }
+    }
+    std::fs::remove_dir_all(&dir)?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let n = rows as f64;
+    let limit = n / median(&mut read);
+    let what = format!("read of the same {} MB of segments", log_bytes >> 20);
+    Ok(vec![
+        Row::throughput(
+            "export_demo_log_parquet",
+            n / median(&mut plain),
+            "deltas/s",
+            &what,
+            limit,
+            Some(0.5),
+        ),
+        Row::throughput(
+            "export_demo_log_parquet_with_bytes",
+            n / median(&mut bytes_too),
+            "deltas/s",
+            &what,
+            limit,
+            None,
+        ),
+    ])
 }
 
 fn rows_with(cpu: &[Row], gpu: &[Row]) -> Vec<Row> {

@@ -26,6 +26,11 @@ pub struct DemoArgs {
     /// Seed of the random stream (the same seed gives the same run).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// With --dir, end without the checkpoint, so that the log keeps the
+    /// run's whole history (every delta, for `mmsb export`, `mmsb stats
+    /// --pages` and `--provenance`); a checkpoint retires the log before it.
+    #[arg(long, requires = "dir")]
+    keep_log: bool,
 }
 
 /// Page sizes of the demo: odd and even, tiny to 1 MiB.
@@ -188,7 +193,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if gpu {
         outln!("  gpu pages        {} on GPU 0, checked against the same reference", GPU_PAGES.len());
     }
-    if args.dir.is_some() {
+    if args.dir.is_some() && args.keep_log {
+        outln!("  log              kept whole (no checkpoint): LSN {}", state.lsn());
+    } else if args.dir.is_some() {
         let info = state.checkpoint()?;
         outln!(
             "  checkpoint       {} (LSN {}, {} pages, {} bytes)",

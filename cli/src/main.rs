@@ -8,9 +8,10 @@
 //! | `replay DIR` | the state at the end of the log, an LSN or a logical time; its hash on the last line |
 //! | `stats DIR` | pages, graph, log and checkpoints in brief; `--provenance PAGE`: how that page's value was computed |
 //! | `serve DIR` | the viewer and a read-only HTTP API over a state directory (docs/SERVE.md) |
+//! | `export DIR OUT` | pages, commits, deltas and the graph as Parquet or Arrow IPC files (docs/FORMAT.md) |
 //! | `bench` | the performance envelope, each figure next to a limit measured in the same run |
 //!
-//! The offline commands (`inspect`, `verify`, `replay`, `stats`) only read, and never
+//! The offline commands (`inspect`, `verify`, `replay`, `stats`, `export`) only read, and never
 //! follow a path out of the directory they are given.
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ macro_rules! outln {
 mod bench;
 mod confined;
 mod demo;
+mod export;
 mod offline;
 mod progress;
 mod serve;
@@ -67,6 +69,11 @@ enum Command {
     /// Replay a state directory (newest usable checkpoint, then the log)
     /// and print the state hash on the last line.
     Replay(offline::ReplayArgs),
+    /// Write a state directory's pages and whole history (commits, deltas,
+    /// the dependency graph) as Parquet or Arrow IPC files, one per table,
+    /// for SQL engines and dataframe tools (schemas in docs/FORMAT.md).
+    /// Damage stops it exactly where it stops `replay`.
+    Export(export::ExportArgs),
     /// Measure the performance envelope: each figure as a ratio to a limit
     /// measured in the same run.
     Bench(bench::BenchArgs),
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Stats(args) => stats::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Export(args) => export::run(&args),
     };
     match result {
         Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::FAILURE,

@@ -11,8 +11,13 @@ pub struct StatsArgs {
     pub dir: PathBuf,
     /// Print the provenance of this page's latest version instead: the
     /// derived deltas back to the user writes they rest on.
-    #[arg(long, value_name = "PAGE")]
+    #[arg(long, value_name = "PAGE", conflicts_with = "pages")]
     pub provenance: Option<u64>,
+    /// Print the writes per page instead: for each page that received a
+    /// delta in the history on disk (the log after the oldest checkpoint),
+    /// its deltas, how many were derived, and the bytes they wrote.
+    #[arg(long)]
+    pub pages: bool,
 }
 
 /// Print the report.
@@ -23,6 +28,12 @@ pub struct StatsArgs {
 pub fn run(args: &StatsArgs) -> mmsb::Result<()> {
     let v = crate::offline::open(&args.dir)?;
     let limits = Limits::default();
+    if args.pages {
+        for w in mmsb::stats::page_writes_with(&v, v.root(), &limits)? {
+            outln!("{w}");
+        }
+        return Ok(());
+    }
     match args.provenance {
         Some(p) => {
             out!("{}", mmsb::history::provenance::chain_with(&v, v.root(), mmsb::PageId(p), None, &limits)?)

@@ -76,7 +76,7 @@ pub use alloc::AllocStats;
 pub use delta::change::{Change, EdgeKind, Update};
 pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Runs, Source, SparseDelta};
 #[cfg(feature = "engine")]
-pub use engine::handle::{Derivation, Mmsb, PageInfo, PageRef};
+pub use engine::handle::{Derivation, Mmsb, PageInfo, PageRef, SharedPageRef};
 #[cfg(feature = "engine")]
 pub use engine::open::{Config, DEFAULT_CHECKPOINT_CHAIN, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES};
 pub use events::{Event, SourceKind, Subscription};

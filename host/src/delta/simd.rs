@@ -285,10 +285,81 @@ pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes)
 }
 
+/// Write a dense payload as the log holds it: the `selected` bytes, in
+/// page order, to the bytes of `page` whose bit is set in `mask` (bit `k`
+/// of mask byte `j`: page byte `8j + k`). The caller has checked the
+/// payload (`mask` covers `page`, one selected byte per set bit).
+#[inline]
+pub(crate) fn scatter_selected(page: &mut [u8], mask: &[u8], selected: &[u8]) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        if mask.len() >= 16 && std::arch::is_x86_feature_detected!("bmi2") {
+            // SAFETY: the CPU supports BMI2 (checked just above).
+            unsafe { x86::scatter_selected_bmi2(page, mask, selected) };
+            return;
+        }
+    }
+    scatter_selected_scalar(page, mask, selected, 0, 0);
+}
+
+/// The portable [`scatter_selected`] from mask byte `from` on, whose first
+/// selected byte is `selected[at]`: a byte at a time.
+pub(crate) fn scatter_selected_scalar(
+    page: &mut [u8],
+    mask: &[u8],
+    selected: &[u8],
+    from: usize,
+    mut at: usize,
+) {
+    for (i, &m) in mask.iter().enumerate().skip(from) {
+        match m {
+            0 => {}
+            0xFF => {
+                page[8 * i..8 * i + 8].copy_from_slice(&selected[at..at + 8]);
+                at += 8;
+            }
+            _ => {
+                let mut bits = m;
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    page[8 * i + b] = selected[at];
+                    at += 1;
+                    bits &= bits - 1;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 mod x86 {
     use crate::delta::NarrowRun;
     use std::arch::x86_64::*;
+
+    /// [`super::scatter_selected`] a mask byte at a time: the next eight
+    /// selected bytes deposited (`pdep`) into the page word at the set
+    /// bytes of the mask byte's 64-bit byte mask, and the word's other
+    /// bytes kept; the last bytes (a page word cut short, fewer than eight
+    /// selected bytes left) the portable way.
+    #[target_feature(enable = "bmi2")]
+    pub(super) fn scatter_selected_bmi2(page: &mut [u8], mask: &[u8], selected: &[u8]) {
+        let mut at = 0usize;
+        let mut i = 0usize;
+        let words = mask.len().min(page.len() / 8);
+        while i < words {
+            let m = mask[i];
+            if m != 0 {
+                let Some(src) = selected.get(at..).and_then(|s| s.first_chunk::<8>()) else { break };
+                let Some(dst) = page.get_mut(8 * i..).and_then(|p| p.first_chunk_mut::<8>()) else { break };
+                let bm = super::expand8(m);
+                let word = u64::from_le_bytes(*dst);
+                *dst = ((word & !bm) | _pdep_u64(u64::from_le_bytes(*src), bm)).to_le_bytes();
+                at += m.count_ones() as usize;
+            }
+            i += 1;
+        }
+        super::scatter_selected_scalar(page, mask, selected, i, at);
+    }
 
     /// How far ahead (in 64-byte lines) the dense blend prefetches.
     const PREFETCH_LINES: usize = 16;
@@ -690,6 +761,51 @@ mod x86 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn scatter_selected_matches_the_scalar_version() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Miri interprets the portable version only: small pages suffice.
+        let larger: &[usize] = if cfg!(miri) { &[] } else { &[4096, 4099, 65_536 + 3] };
+        for len in (1..if cfg!(miri) { 40 } else { 300 }).chain(larger.iter().copied()) {
+            let mask: Vec<u8> = (0..len.div_ceil(8))
+                .map(|i| {
+                    let r = next();
+                    let m = [0u8, 0xFF, r as u8][(r >> 62) as usize % 3];
+                    // No bit past the page's end.
+                    if 8 * i + 8 > len {
+                        m & ((1u16 << (len - 8 * i)) - 1) as u8
+                    } else {
+                        m
+                    }
+                })
+                .collect();
+            let n: usize = mask.iter().map(|m| m.count_ones() as usize).sum();
+            let selected: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let page: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut want = page.clone();
+            scatter_selected_scalar(&mut want, &mask, &selected, 0, 0);
+            let mut got = page.clone();
+            scatter_selected(&mut got, &mask, &selected);
+            assert_eq!(got, want, "len {len}");
+            // The reference: every set bit takes the next selected byte.
+            let mut at = 0;
+            for (b, p) in page.iter().enumerate() {
+                if mask[b / 8] >> (b % 8) & 1 == 1 {
+                    assert_eq!(want[b], selected[at]);
+                    at += 1;
+                } else {
+                    assert_eq!(want[b], *p);
+                }
+            }
+        }
+    }
 
     proptest! {
         #[test]

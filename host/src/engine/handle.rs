@@ -63,6 +63,9 @@ pub struct PageInfo {
 /// itself. The guard stays on the thread that made it (it is not `Send`).
 pub struct PageRef {
     guard: parking_lot::ArcRwLockReadGuard<RawRwLock, Page>,
+    /// Keeps the guard on its thread (its borrow is noted there); shared
+    /// references across threads are still fine.
+    _not_send: std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl PageRef {
@@ -86,6 +89,72 @@ impl PageRef {
 impl Drop for PageRef {
     fn drop(&mut self) {
         crate::registry::note_release(parking_lot::ArcRwLockReadGuard::rwlock(&self.guard));
+    }
+}
+
+/// A read guard on one host page that may move between threads and be
+/// shared ([`Mmsb::read_page_shared`]): what an Arrow buffer over the page's
+/// bytes holds (`mmsb-arrow`'s zero-copy page view).
+///
+/// While one exists, every change that would write its page (an update, a
+/// typed write, a propagation reaching it, a migration), from any thread,
+/// is refused whole with [`Error::PageBorrowed`]: the guard may be held by
+/// the writing thread itself, so no writer could know that waiting would
+/// end. Reads are not affected. Drop it (and every Arrow array over it) to
+/// write the page again.
+///
+/// It is `Send` and `Sync`; a [`PageRef`] is not:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// # fn main() -> mmsb::Result<()> {
+/// let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+/// let p = state.create_page(mmsb::PageSpec::new(8))?;
+/// send(state.read_page(p)?); // PageRef stays on its thread
+/// # Ok(())
+/// # }
+/// ```
+///
+/// ```
+/// fn send<T: Send + Sync>(_: T) {}
+/// # fn main() -> mmsb::Result<()> {
+/// let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+/// let p = state.create_page(mmsb::PageSpec::new(8))?;
+/// send(state.read_page_shared(p)?);
+/// # Ok(())
+/// # }
+/// ```
+pub struct SharedPageRef {
+    guard: parking_lot::ArcRwLockReadGuard<RawRwLock, Page>,
+}
+
+impl SharedPageRef {
+    /// The page.
+    pub fn page(&self) -> &Page {
+        &self.guard
+    }
+
+    /// The bytes (the page is in host memory: [`Mmsb::read_page_shared`]
+    /// checked it). Their address is fixed while the guard lives.
+    pub fn bytes(&self) -> &[u8] {
+        self.guard.storage.host().unwrap_or(&[])
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.guard.epoch
+    }
+}
+
+impl Drop for SharedPageRef {
+    fn drop(&mut self) {
+        crate::registry::note_unshared(parking_lot::ArcRwLockReadGuard::rwlock(&self.guard));
+    }
+}
+
+impl std::fmt::Debug for SharedPageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPageRef").field("id", &self.guard.id).field("epoch", &self.guard.epoch).finish()
     }
 }
 
@@ -871,7 +940,25 @@ impl Mmsb {
             return Err(Error::UnsupportedLocation { op: "read_page", location: guard.location });
         }
         crate::registry::note_borrow(parking_lot::ArcRwLockReadGuard::rwlock(&guard));
-        Ok(PageRef { guard })
+        Ok(PageRef { guard, _not_send: std::marker::PhantomData })
+    }
+
+    /// A read guard that borrows the page's bytes without copying and,
+    /// unlike [`Mmsb::read_page`], may be sent to and shared with other
+    /// threads ([`SharedPageRef`]): while it lives, writes to the page are
+    /// refused with [`Error::PageBorrowed`] on every thread.
+    ///
+    /// # Errors
+    /// [`Error::PageNotFound`]; [`Error::UnsupportedLocation`] for a page
+    /// whose bytes are not in host memory (use [`Mmsb::query_page`]).
+    pub fn read_page_shared(&self, id: PageId) -> Result<SharedPageRef> {
+        let cell = self.registry.get(id)?;
+        let guard = cell.read_arc();
+        if guard.location != Location::Cpu {
+            return Err(Error::UnsupportedLocation { op: "read_page_shared", location: guard.location });
+        }
+        crate::registry::note_shared(parking_lot::ArcRwLockReadGuard::rwlock(&guard));
+        Ok(SharedPageRef { guard })
     }
 
     /// Hand the device memory of GPU or unified page `id` to another

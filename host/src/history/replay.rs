@@ -38,6 +38,24 @@ pub fn replay_observed(
     replay_impl(vfs, state_dir, max_ckpt_lsn, limits, stop, seen, None).map(|(image, _)| image)
 }
 
+/// [`replay_observed`], also returning the torn tail the log ends in
+/// (as [`replay_to`] does): for readers that must say where the history
+/// they read stops.
+///
+/// # Errors
+/// As [`replay_observed`].
+pub fn replay_history(
+    vfs: &dyn Vfs,
+    state_dir: &Path,
+    max_ckpt_lsn: Option<u64>,
+    limits: &Limits,
+    stop: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>) -> bool,
+    seen: &mut dyn FnMut(&StateImage, reader::Commit<'_, '_>),
+) -> Result<Replayed> {
+    replay_impl(vfs, state_dir, max_ckpt_lsn, limits, stop, seen, None)
+        .map(|(image, torn)| Replayed { image, torn })
+}
+
 /// Whether a batch of delta records (the LSN of its end marker, its record
 /// count) must go the general way because the stop rule may stop at it;
 /// the image as it is before the batch.

@@ -45,10 +45,46 @@ pub(crate) fn note_release(lock: &parking_lot::RwLock<Page>) {
     });
 }
 
-/// Whether this thread holds a [`crate::PageRef`] on `lock`.
+/// The page locks a [`crate::SharedPageRef`] holds, by address, one entry
+/// per guard. Such a guard may be on any thread, so a change that would
+/// write its page is refused everywhere rather than left to wait for a
+/// reader that may be its own thread.
+static SHARED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+/// Entries of [`SHARED`]: the common case (none) reads no mutex.
+static SHARED_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Note a [`crate::SharedPageRef`] on `lock`.
+pub(crate) fn note_shared(lock: &parking_lot::RwLock<Page>) {
+    let mut s = SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    s.push(address(lock));
+    SHARED_COUNT.store(s.len(), std::sync::atomic::Ordering::Release);
+}
+
+/// Note that a [`crate::SharedPageRef`] on `lock` is gone.
+pub(crate) fn note_unshared(lock: &parking_lot::RwLock<Page>) {
+    let at = address(lock);
+    let mut s = SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(i) = s.iter().rposition(|&x| x == at) {
+        s.swap_remove(i);
+    }
+    SHARED_COUNT.store(s.len(), std::sync::atomic::Ordering::Release);
+}
+
+/// Whether a [`crate::SharedPageRef`] on `lock` exists (on any thread).
+fn shared(lock: &parking_lot::RwLock<Page>) -> bool {
+    if SHARED_COUNT.load(std::sync::atomic::Ordering::Acquire) == 0 {
+        return false;
+    }
+    let at = address(lock);
+    SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&at)
+}
+
+/// Whether this thread holds a [`crate::PageRef`] on `lock`, or any thread
+/// a [`crate::SharedPageRef`]: a write to it would wait for itself, or
+/// for a reader no one can tell the end of.
 pub(crate) fn borrowed_here(lock: &parking_lot::RwLock<Page>) -> bool {
     let at = address(lock);
-    BORROWED.try_with(|b| b.borrow().contains(&at)).unwrap_or(false)
+    BORROWED.try_with(|b| b.borrow().contains(&at)).unwrap_or(false) || shared(lock)
 }
 
 /// The write lock of page `id`: at once when it is free; an error when

@@ -195,11 +195,12 @@ pub enum Error {
     },
 
     /// A change needs the write lock of a page that this thread holds a
-    /// [`crate::PageRef`] on (the page itself, or a derived page its
-    /// propagation would write): waiting would never end, so the change is
-    /// refused whole. Drop the guard first.
+    /// [`crate::PageRef`] on, or that any thread holds a `SharedPageRef`
+    /// on (an Arrow view of the page; the page itself, or a derived page
+    /// its propagation would write): waiting might never end, so the
+    /// change is refused whole. Drop the guard first.
     #[error(
-        "page {page} is borrowed by a PageRef on this thread; drop it before a change that writes the page"
+        "page {page} is borrowed by a PageRef on this thread or a SharedPageRef (an Arrow view); drop it before a change that writes the page"
     )]
     PageBorrowed {
         /// The page.

@@ -297,25 +297,7 @@ impl<'a> PayloadView<'a> {
             PayloadView::Full(b) => page.copy_from_slice(b),
             PayloadView::Sparse { .. } => {}
             PayloadView::Dense { mask, selected, .. } => {
-                let mut at = 0usize;
-                for (i, &m) in mask.iter().enumerate() {
-                    match m {
-                        0 => {}
-                        0xFF => {
-                            page[8 * i..8 * i + 8].copy_from_slice(&selected[at..at + 8]);
-                            at += 8;
-                        }
-                        _ => {
-                            let mut bits = m;
-                            while bits != 0 {
-                                let b = bits.trailing_zeros() as usize;
-                                page[8 * i + b] = selected[at];
-                                at += 1;
-                                bits &= bits - 1;
-                            }
-                        }
-                    }
-                }
+                crate::delta::simd::scatter_selected(page, mask, selected);
             }
         }
     }
