@@ -81,24 +81,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     spin.finish_and_clear();
     let s = s?;
     // The notes `mmsb replay` gives for the same point, worded the same.
-    match until {
-        Until::Lsn(Lsn(to)) if s.lsn.0 < to => {
-            eprintln!("note: the log ends at LSN {} (before the requested LSN {to})", s.lsn);
-        }
-        Until::Time(t) if s.timestamp < t => {
-            eprintln!("note: the log ends at logical time {} (before the requested time {t})", s.timestamp);
-        }
-        _ => {}
-    }
-    if let Some(t) = &s.torn {
-        eprintln!(
-            "note: the log ends in a torn tail: {} bytes at offset {} of {} (a write that never \
-             completed; left out, as recovery leaves it out)",
-            t.bytes,
-            t.offset,
-            t.file.display()
-        );
-    }
+    crate::offline::end_notes(until, s.lsn.0, s.timestamp, s.torn.as_ref());
     outln!(
         "exported {} to {} ({}): history after LSN {} to LSN {} (logical time {})",
         args.dir.display(),

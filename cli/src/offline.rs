@@ -242,16 +242,28 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     bar.finish_and_clear();
     let replayed = replayed?;
     let img = &replayed.image;
+    end_notes(until, img.lsn, img.timestamp, replayed.torn.as_ref());
+    let bytes: u64 = img.pages.values().map(|p| p.bytes.len() as u64).sum();
+    outln!("replayed {} to LSN {} (logical time {})", args.dir.display(), Lsn(img.lsn), img.timestamp);
+    outln!("pages: {} ({bytes} bytes)", img.pages.len());
+    outln!("state hash: {:032x}", img.state_hash());
+    Ok(())
+}
+
+/// The notes on stderr of a replay to `until` that reached LSN `lsn` and
+/// logical time `timestamp`: the log ending before the point asked for,
+/// and a torn tail at its end (`mmsb replay` and `mmsb export` alike).
+pub fn end_notes(until: Until, lsn: u64, timestamp: u64, torn: Option<&mmsb::TornTail>) {
     match until {
-        Until::Lsn(Lsn(to)) if img.lsn < to => {
-            eprintln!("note: the log ends at LSN {} (before the requested LSN {to})", img.lsn);
+        Until::Lsn(Lsn(to)) if lsn < to => {
+            eprintln!("note: the log ends at LSN {lsn} (before the requested LSN {to})");
         }
-        Until::Time(t) if img.timestamp < t => {
-            eprintln!("note: the log ends at logical time {} (before the requested time {t})", img.timestamp);
+        Until::Time(t) if timestamp < t => {
+            eprintln!("note: the log ends at logical time {timestamp} (before the requested time {t})");
         }
         _ => {}
     }
-    if let Some(t) = &replayed.torn {
+    if let Some(t) = torn {
         eprintln!(
             "note: the log ends in a torn tail: {} bytes at offset {} of {} (a write that never \
              completed; left out, as recovery leaves it out)",
@@ -260,9 +272,4 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
             t.file.display()
         );
     }
-    let bytes: u64 = img.pages.values().map(|p| p.bytes.len() as u64).sum();
-    outln!("replayed {} to LSN {} (logical time {})", args.dir.display(), Lsn(img.lsn), img.timestamp);
-    outln!("pages: {} ({bytes} bytes)", img.pages.len());
-    outln!("state hash: {:032x}", img.state_hash());
-    Ok(())
 }

@@ -14,15 +14,7 @@ use std::path::{Path, PathBuf};
 const PAGE: u64 = 256 << 10;
 
 fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    mmsb_tests::Rng::new(seed).bytes(n)
 }
 
 /// 16 pages of 256 KiB of noise.
