@@ -47,10 +47,10 @@ if [ -x "$root/target/debug/mmsb" ]; then
     export MMSB_CLI="$root/target/debug/mmsb"
 fi
 
-suites=()
+# One pytest process a suite: each has its own conftest.py, imported by
+# its tests as `conftest`, which one process would take for both.
 for d in tests/python python/tests; do
-    [ -d "$d" ] && suites+=("$d")
+    if [ -d "$d" ]; then
+        python -m pytest -q "$d"
+    fi
 done
-if [ ${#suites[@]} -gt 0 ]; then
-    python -m pytest -q "${suites[@]}"
-fi
