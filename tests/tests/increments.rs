@@ -316,3 +316,17 @@ fn lsn_of_a_chain_file_must_match_its_name() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_thread_holding_a_page_guard_can_checkpoint() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (s, ids) = filled(Config::at(dir.path()))?;
+    let guard = s.read_page(ids[0])?;
+    assert_eq!(s.checkpoint()?.kind, CheckpointKind::Full);
+    scatter(&s, &ids[1..], 3, 5)?;
+    // The increment clears the pages' change bits without waiting for the
+    // guard this thread holds.
+    assert!(matches!(s.checkpoint()?.kind, CheckpointKind::Increment { .. }));
+    assert_eq!(guard.bytes().len() as u64, PAGE);
+    Ok(())
+}

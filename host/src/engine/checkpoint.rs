@@ -102,7 +102,7 @@ impl Mmsb {
         // Every change is in a checkpoint now.
         let mut ids = Vec::with_capacity(cells.len());
         for (id, cell) in &cells {
-            cell.write().changed.clear();
+            cell.read().changed.lock().clear();
             ids.push(*id);
         }
         let (kind, keep_from, mut next) = match (&plan, chain) {
@@ -187,10 +187,10 @@ impl Mmsb {
         let mut gathered: std::collections::HashMap<PageId, Vec<u8>> = Default::default();
         for (k, (id, cell)) in cells.iter().enumerate() {
             let mut p = cell.read();
-            if !full && p.changed.is_clean() {
+            if !full && p.changed.lock().is_clean() {
                 continue;
             }
-            if !full && !p.changed.is_whole() && p.storage.gpu().is_some() {
+            if !full && !p.changed.lock().is_whole() && p.storage.gpu().is_some() {
                 if !gathered.contains_key(id) {
                     drop(p);
                     gathered = gather_window(&cells[k..])?;
@@ -204,17 +204,24 @@ impl Mmsb {
                 })?;
                 // The ranges the gather read (the page cannot change: the
                 // commit lock is held).
-                let ranges = usize_ranges(&p.changed.runs(p.len));
+                let ranges = usize_ranges(&p.changed.lock().runs(p.len));
                 cw.patch_packed(p.id, p.epoch, p.location, &p.meta, len, &ranges, &packed)?;
                 continue;
             }
             // GPU pages apply their queued deltas and come back through
             // pinned memory.
             let bytes = p.storage.read()?;
-            if full || p.changed.is_whole() {
+            if full || p.changed.lock().is_whole() {
                 cw.page(p.id, p.epoch, p.location, &p.meta, &bytes)?;
             } else {
-                cw.patch(p.id, p.epoch, p.location, &p.meta, &bytes, &usize_ranges(&p.changed.runs(p.len)))?;
+                cw.patch(
+                    p.id,
+                    p.epoch,
+                    p.location,
+                    &p.meta,
+                    &bytes,
+                    &usize_ranges(&p.changed.lock().runs(p.len)),
+                )?;
             }
         }
         cw.finish()
@@ -247,7 +254,7 @@ fn gather_window(
         }
         let p = cell.read();
         let Some(g) = p.storage.gpu() else { continue };
-        if p.changed.is_clean() || p.changed.is_whole() {
+        if p.changed.lock().is_clean() || p.changed.lock().is_whole() {
             continue;
         }
         let same = guards
@@ -256,8 +263,8 @@ fn gather_window(
         if !same {
             continue;
         }
-        bytes += p.changed.bytes(p.len);
-        let runs = p.changed.runs(p.len);
+        bytes += p.changed.lock().bytes(p.len);
+        let runs = p.changed.lock().runs(p.len);
         guards.push((*id, p, runs));
     }
     let parts: Vec<(&crate::gpu::GpuPage, &[std::ops::Range<u64>])> =
@@ -293,9 +300,9 @@ fn plan(
     let mut entries = 0u64;
     for (_, cell) in cells {
         let p = cell.read();
-        if !p.changed.is_clean() {
+        if !p.changed.lock().is_clean() {
             entries += 1;
-            bytes += 80 + p.changed.bytes(p.len);
+            bytes += 80 + p.changed.lock().bytes(p.len);
         }
     }
     if bytes.saturating_add(c.increment_bytes()) >= c.full_bytes() {

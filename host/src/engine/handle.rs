@@ -848,7 +848,7 @@ impl Mmsb {
         let bytes = page.copy_bytes()?;
         page.storage = Storage::copied(to, &bytes, &self.alloc)?;
         page.location = to;
-        page.changed.touch();
+        page.changed.get_mut().touch();
         Ok(())
     }
 

@@ -301,11 +301,11 @@ impl Mmsb {
             let storage = Storage::restored(p.location, p.bytes, &alloc)?;
             // Pages the log changed after the checkpoint go whole into the
             // next increment (blocks are tracked from here on).
-            let changed = if resume.changed.binary_search(&p.id).is_ok() {
+            let changed = parking_lot::Mutex::new(if resume.changed.binary_search(&p.id).is_ok() {
                 crate::registry::Changed::whole()
             } else {
                 crate::registry::Changed::default()
-            };
+            });
             registry.insert(Page {
                 id: p.id,
                 len,

@@ -330,7 +330,7 @@ impl<'l> Changes<'l> {
                 let storage = self.storage.next().ok_or_else(|| {
                     Error::Invariant(format!("page {id} was logged without storage allocated for it"))
                 })?;
-                let changed = crate::registry::Changed::whole();
+                let changed = parking_lot::Mutex::new(crate::registry::Changed::whole());
                 registry.insert(Page { id, len, epoch: Epoch(0), location, meta, storage, changed })?;
                 *next_page = (*next_page).max(id.0 + 1);
             }
@@ -559,7 +559,7 @@ fn apply_users(
         let bytes = if listen { u.payload.touched() } else { 0 };
         // Before the apply: a GPU page takes the payload.
         let len = page.len;
-        page.changed.mark_payload(&u.payload, len);
+        page.changed.get_mut().mark_payload(&u.payload, len);
         let res = page.storage.apply(&mut u.payload);
         if let Err(e) = res {
             failed = Some(e);
@@ -611,13 +611,13 @@ fn apply_derived(
         let page: &mut crate::registry::Page = page;
         let res = match page.storage.host_mut() {
             Some(b) => {
-                page.changed.mark_encoded(d.encoded(sink), len);
+                page.changed.get_mut().mark_encoded(d.encoded(sink), len);
                 apply_encoded(d.encoded(sink), b)
             }
             None => {
                 *device = true;
                 d.payload(sink).and_then(|mut p| {
-                    page.changed.mark_payload(&p, len);
+                    page.changed.get_mut().mark_payload(&p, len);
                     page.storage.apply(&mut p)
                 })
             }

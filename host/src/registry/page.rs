@@ -14,8 +14,11 @@ pub struct Page {
     pub(crate) location: Location,
     pub(crate) meta: Metadata,
     pub(crate) storage: Storage,
-    /// What changed since the last checkpoint (for an increment).
-    pub(crate) changed: Changed,
+    /// What changed since the last checkpoint (for an increment). Marked
+    /// under the page's write lock (`get_mut`, no locking); read and
+    /// cleared by a checkpoint under a read lock, so that a checkpoint never
+    /// waits for a reader (a thread holding a page guard may checkpoint).
+    pub(crate) changed: parking_lot::Mutex<Changed>,
 }
 
 impl Page {
