@@ -206,11 +206,56 @@ pub(crate) fn encode_head(
     bytes: &[u8],
     out: &mut Vec<u8>,
     data: &mut Vec<Range<usize>>,
-    data_crc: Option<&mut u32>,
+    mut data_crc: Option<&mut u32>,
 ) -> Result<u64> {
+    /// Blocks scanned between two CRC updates (16 KiB: well within L1/L2).
+    const WINDOW: usize = 256;
+    let nblocks = bytes.len().div_ceil(BLOCK);
+    if u32::try_from(nblocks).is_err() {
+        return Err(Error::InvalidPage {
+            reason: format!("page of {} bytes is too large to encode", bytes.len()),
+        });
+    }
+    data.clear();
+    // Alternating absent and present runs, starting with absent; each
+    // present run is one data range.
     let n = bytes.len();
-    let present = |k: usize| block_present(&bytes[k * BLOCK..((k + 1) * BLOCK).min(n)]);
-    encode_head_by((id, epoch, location, meta), bytes, present, out, data, data_crc)
+    let present_at = |k: usize| block_present(&bytes[k * BLOCK..((k + 1) * BLOCK).min(n)]);
+    let mut runs: Vec<u32> = Vec::new();
+    let mut data_len: u64 = 0;
+    let mut k = 0;
+    loop {
+        let start = k;
+        while k < nblocks && !present_at(k) {
+            k += 1;
+        }
+        runs.push((k - start) as u32);
+        if k == nblocks {
+            break;
+        }
+        let start = k;
+        let mut crc_from = start * BLOCK;
+        while k < nblocks && present_at(k) {
+            k += 1;
+            if (k - start) % WINDOW == 0 {
+                if let Some(c) = data_crc.as_deref_mut() {
+                    *c = crc_append(*c, &bytes[crc_from..k * BLOCK]);
+                    crc_from = k * BLOCK;
+                }
+            }
+        }
+        runs.push((k - start) as u32);
+        let range = start * BLOCK..(k * BLOCK).min(n);
+        if let Some(c) = data_crc.as_deref_mut() {
+            *c = crc_append(*c, &bytes[crc_from..range.end]);
+        }
+        data_len += range.len() as u64;
+        data.push(range);
+        if k == nblocks {
+            break;
+        }
+    }
+    Ok(put_head((id, epoch, location, meta), 0, bytes.len() as u64, &runs, data_len, out))
 }
 
 /// The head of a patch image ([`PAGE_FLAG_PATCH`]) of a page of `len`
@@ -290,64 +335,6 @@ fn put_head(
         put_u32(out, *r);
     }
     total
-}
-
-/// The head of an image whose data blocks are those `present_at` names.
-fn encode_head_by(
-    (id, epoch, location, meta): (PageId, Epoch, Location, &Metadata),
-    bytes: &[u8],
-    present_at: impl Fn(usize) -> bool,
-    out: &mut Vec<u8>,
-    data: &mut Vec<Range<usize>>,
-    mut data_crc: Option<&mut u32>,
-) -> Result<u64> {
-    /// Blocks scanned between two CRC updates (16 KiB: well within L1/L2).
-    const WINDOW: usize = 256;
-    let nblocks = bytes.len().div_ceil(BLOCK);
-    if u32::try_from(nblocks).is_err() {
-        return Err(Error::InvalidPage {
-            reason: format!("page of {} bytes is too large to encode", bytes.len()),
-        });
-    }
-    data.clear();
-    // Alternating absent and present runs, starting with absent; each
-    // present run is one data range.
-    let n = bytes.len();
-    let mut runs: Vec<u32> = Vec::new();
-    let mut data_len: u64 = 0;
-    let mut k = 0;
-    loop {
-        let start = k;
-        while k < nblocks && !present_at(k) {
-            k += 1;
-        }
-        runs.push((k - start) as u32);
-        if k == nblocks {
-            break;
-        }
-        let start = k;
-        let mut crc_from = start * BLOCK;
-        while k < nblocks && present_at(k) {
-            k += 1;
-            if (k - start) % WINDOW == 0 {
-                if let Some(c) = data_crc.as_deref_mut() {
-                    *c = crc_append(*c, &bytes[crc_from..k * BLOCK]);
-                    crc_from = k * BLOCK;
-                }
-            }
-        }
-        runs.push((k - start) as u32);
-        let range = start * BLOCK..(k * BLOCK).min(n);
-        if let Some(c) = data_crc.as_deref_mut() {
-            *c = crc_append(*c, &bytes[crc_from..range.end]);
-        }
-        data_len += range.len() as u64;
-        data.push(range);
-        if k == nblocks {
-            break;
-        }
-    }
-    Ok(put_head((id, epoch, location, meta), 0, bytes.len() as u64, &runs, data_len, out))
 }
 
 /// Append the v2 encoding of a page to `out`.
