@@ -184,7 +184,7 @@ impl Mmsb {
         let full = matches!(plan, Plan::Full);
         // The changed blocks of GPU pages, gathered on their device a
         // window of pages at a time: only those bytes cross the bus.
-        let mut gathered: std::collections::HashMap<PageId, Vec<u8>> = Default::default();
+        let mut gathered: std::collections::HashMap<PageId, Gathered> = Default::default();
         for (k, (id, cell)) in cells.iter().enumerate() {
             let mut p = cell.read();
             if !full && p.changed.lock().is_clean() {
@@ -196,15 +196,13 @@ impl Mmsb {
                     gathered = gather_window(&cells[k..])?;
                     p = cell.read();
                 }
-                let packed = gathered
+                let (packed, runs) = gathered
                     .remove(id)
                     .ok_or_else(|| crate::Error::Invariant(format!("page {id} was not gathered")))?;
                 let len = usize::try_from(p.len).map_err(|_| crate::Error::InvalidPage {
                     reason: "page exceeds the address space".into(),
                 })?;
-                // The ranges the gather read (the page cannot change: the
-                // commit lock is held).
-                let ranges = usize_ranges(&p.changed.lock().runs(p.len));
+                let ranges = usize_ranges(&runs);
                 cw.patch_packed(p.id, p.epoch, p.location, &p.meta, len, &ranges, &packed)?;
                 continue;
             }
@@ -234,6 +232,9 @@ fn usize_ranges(r: &[std::ops::Range<u64>]) -> Vec<std::ops::Range<usize>> {
     r.iter().map(|x| x.start as usize..x.end as usize).collect()
 }
 
+/// A GPU page's changed bytes, packed, and the byte ranges they came from.
+type Gathered = (Vec<u8>, Vec<std::ops::Range<u64>>);
+
 /// Changed bytes gathered from the device per launch (at most; a page's
 /// blocks are never split).
 const GATHER_WINDOW: u64 = 64 << 20;
@@ -243,7 +244,7 @@ const GATHER_WINDOW: u64 = 64 << 20;
 /// same device, up to [`GATHER_WINDOW`] changed bytes.
 fn gather_window(
     cells: &[(PageId, crate::registry::PageCell)],
-) -> Result<std::collections::HashMap<PageId, Vec<u8>>> {
+) -> Result<std::collections::HashMap<PageId, Gathered>> {
     type Held<'c> =
         (PageId, parking_lot::RwLockReadGuard<'c, crate::registry::Page>, Vec<std::ops::Range<u64>>);
     let mut guards: Vec<Held<'_>> = Vec::new();
@@ -270,7 +271,7 @@ fn gather_window(
     let parts: Vec<(&crate::gpu::GpuPage, &[std::ops::Range<u64>])> =
         guards.iter().filter_map(|(_, p, runs)| p.storage.gpu().map(|g| (g, &runs[..]))).collect();
     let packed = crate::gpu::gather(&parts)?;
-    Ok(guards.iter().map(|(id, ..)| *id).zip(packed).collect())
+    Ok(guards.into_iter().zip(packed).map(|((id, _, runs), bytes)| (id, (bytes, runs))).collect())
 }
 
 /// What the next checkpoint is.
