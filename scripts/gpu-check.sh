@@ -23,6 +23,11 @@ build() {
     cargo nextest archive --release -p mmsb -p mmsb-tests --archive-file "$DEV/tests.tar.zst"
     cargo build --release -p mmsb-benches --example gpu_bench
     cp target/release/examples/gpu_bench "$DEV/"
+    # The example device recompute function (Rust, built to PTX here) and
+    # the program that checks it against the CPU.
+    bash examples/device-function/build.sh "$DEV/example_kernel.ptx"
+    cargo build --release -p mmsb --example device_function
+    cp target/release/examples/device_function "$DEV/"
     # The CLI, for `mmsb bench --quick` on the device's host: CPU and GPU
     # rows of one run, on an idle machine.
     cargo build --release --bin mmsb
@@ -76,7 +81,7 @@ device() {
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
     # STEPS (space-separated names) picks a subset; all steps by default.
-    local steps=" ${STEPS:-tests memcheck racecheck initcheck bench torch bound mmsbbench criterion python} "
+    local steps=" ${STEPS:-tests example memcheck racecheck initcheck bench torch bound mmsbbench criterion python} "
     step() {
         local name=$1 limit=$2
         shift 2
@@ -118,6 +123,7 @@ device() {
     # Every test of the archive except the kill loop, whose child binary is
     # not part of a nextest archive (CI runs it on the build machine).
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
+    step example 30 target/device/device_function target/device/example_kernel.ptx
     step bench 60 target/device/gpu_bench --mib "${BENCH_MIB:-256}" --iters 20
     step torch 60 python3 scripts/torch_peer.py --mib "${BENCH_MIB:-256}" --iters 20
     # The memory system's share for the same sparse layouts: a search-free

@@ -162,6 +162,35 @@ pub struct MergeArgs {
     pub len: u64,
 }
 
+/// One argument of a device recompute function: a parent page's bytes in
+/// the memory of the device the function runs on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DeviceInput {
+    /// Device address of the first byte.
+    pub ptr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The one parameter of a device recompute function's kernel, passed by
+/// value: the parents (an array of [`DeviceInput`] in declaration order)
+/// and the output, which starts zeroed and has the derived page's length.
+/// The kernel is launched with a one-dimensional grid of any size and must
+/// cover the whole output itself (a grid-stride loop).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RecomputeArgs {
+    /// Device address of `n_inputs` [`DeviceInput`]s.
+    pub inputs: u64,
+    /// Number of parents.
+    pub n_inputs: u64,
+    /// Device address of the output bytes.
+    pub out: u64,
+    /// Output length in bytes.
+    pub out_len: u64,
+}
+
 // Layout pins: a change here is a change of the kernel ABI.
 const _: () = {
     use core::mem::{align_of, offset_of, size_of};
@@ -189,6 +218,12 @@ const _: () = {
     assert!(offset_of!(MergeArgs, mask2) == 32);
     assert!(offset_of!(MergeArgs, data2) == 40);
     assert!(offset_of!(MergeArgs, len) == 48);
+    assert!(size_of::<DeviceInput>() == 16);
+    assert!(offset_of!(DeviceInput, len) == 8);
+    assert!(size_of::<RecomputeArgs>() == 32);
+    assert!(offset_of!(RecomputeArgs, n_inputs) == 8);
+    assert!(offset_of!(RecomputeArgs, out) == 16);
+    assert!(offset_of!(RecomputeArgs, out_len) == 24);
 };
 
 #[cfg(test)]

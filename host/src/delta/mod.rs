@@ -861,43 +861,78 @@ fn diff_direct(old: &[u8], new: &[u8]) -> Payload {
 /// from each other and inside `new`, as the mask scans that produce it give
 /// them: a sparse delta's runs are trusted to be so wherever it is applied.
 pub(crate) fn diff_from_runs(raw: Vec<Run>, new: &[u8]) -> Payload {
+    let fetch = |ranges: &[std::ops::Range<u64>]| -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(ranges.iter().map(|r| (r.end - r.start) as usize).sum());
+        for r in ranges {
+            out.extend_from_slice(&new[r.start as usize..r.end as usize]);
+        }
+        Ok(out)
+    };
+    match diff_from_fetch(raw, new.len() as u64, fetch) {
+        Ok(p) => p,
+        // The fetch above cannot fail.
+        Err(_) => Payload::Full(new.to_vec()),
+    }
+}
+
+/// [`diff_from_runs`] for a page of `len` bytes whose new bytes are
+/// elsewhere (on a device): `fetch` returns the bytes of the ranges it is
+/// given (ascending, apart), packed in order. Only the bytes the payload
+/// holds are fetched: the bridged runs for a sparse payload, the differing
+/// runs for a dense one, the whole page for a full one.
+///
+/// # Errors
+/// The errors of `fetch`, or [`Error::Invariant`] when it returns a wrong
+/// number of bytes.
+pub(crate) fn diff_from_fetch(
+    raw: Vec<Run>,
+    len: u64,
+    fetch: impl FnOnce(&[std::ops::Range<u64>]) -> Result<Vec<u8>>,
+) -> Result<Payload> {
     debug_assert!(raw.windows(2).all(|w| w[0].offset + w[0].len < w[1].offset));
-    debug_assert!(raw.iter().all(|r| r.len > 0 && r.offset + r.len <= new.len() as u64));
-    {
-        let len = new.len() as u64;
-        let ndiff: u64 = raw.iter().map(|r| r.len).sum();
-        // Bridging a gap of g equal bytes costs g data bytes and saves one
-        // 16-byte run header: worth it exactly when g < 16.
-        let mut bridged: Vec<Run> = Vec::with_capacity(raw.len());
-        for &r in &raw {
-            match bridged.last_mut() {
-                Some(last) if r.offset - (last.offset + last.len) < 16 => {
-                    last.len = r.offset + r.len - last.offset
-                }
-                _ => bridged.push(r),
+    debug_assert!(raw.iter().all(|r| r.len > 0 && r.offset + r.len <= len));
+    let ndiff: u64 = raw.iter().map(|r| r.len).sum();
+    // Bridging a gap of g equal bytes costs g data bytes and saves one
+    // 16-byte run header: worth it exactly when g < 16.
+    let mut bridged: Vec<Run> = Vec::with_capacity(raw.len());
+    for &r in &raw {
+        match bridged.last_mut() {
+            Some(last) if r.offset - (last.offset + last.len) < 16 => {
+                last.len = r.offset + r.len - last.offset
             }
+            _ => bridged.push(r),
         }
-        let sparse_cost = 16 * bridged.len() as u64 + bridged.iter().map(|r| r.len).sum::<u64>();
-        let dense_cost = len.div_ceil(8) + ndiff;
-        let full_cost = len;
-        if sparse_cost <= dense_cost && sparse_cost <= full_cost {
-            let mut data = ByteBuf::with_capacity((sparse_cost - 16 * bridged.len() as u64) as usize);
-            for r in &bridged {
-                data.extend_from_slice(&new[r.offset as usize..(r.offset + r.len) as usize]);
-            }
-            Payload::Sparse(SparseDelta::of_coalesced(&bridged, data))
-        } else if dense_cost <= full_cost {
-            let mut words = vec![0u64; new.len().div_ceil(64)];
-            let mut data = vec![0u8; new.len()];
-            for r in &raw {
-                let (a, b) = (r.offset as usize, (r.offset + r.len) as usize);
-                set_bits(&mut words, a, b);
-                data[a..b].copy_from_slice(&new[a..b]);
-            }
-            Payload::Dense(DenseDelta { words, data })
-        } else {
-            Payload::Full(new.to_vec())
+    }
+    let sparse_cost = 16 * bridged.len() as u64 + bridged.iter().map(|r| r.len).sum::<u64>();
+    let dense_cost = len.div_ceil(8) + ndiff;
+    let full_cost = len;
+    let fetched = |ranges: &[std::ops::Range<u64>], data: Vec<u8>| -> Result<Vec<u8>> {
+        let want: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        if data.len() as u64 != want {
+            return Err(Error::Invariant(format!("fetched {} bytes of {want}", data.len())));
         }
+        Ok(data)
+    };
+    if sparse_cost <= dense_cost && sparse_cost <= full_cost {
+        let ranges: Vec<std::ops::Range<u64>> = bridged.iter().map(|r| r.offset..r.offset + r.len).collect();
+        let data = fetched(&ranges, fetch(&ranges)?)?;
+        Ok(Payload::Sparse(SparseDelta::of_coalesced(&bridged, ByteBuf::from_vec(data))))
+    } else if dense_cost <= full_cost {
+        let ranges: Vec<std::ops::Range<u64>> = raw.iter().map(|r| r.offset..r.offset + r.len).collect();
+        let packed = fetched(&ranges, fetch(&ranges)?)?;
+        let mut words = vec![0u64; len.div_ceil(64) as usize];
+        let mut data = vec![0u8; len as usize];
+        let mut at = 0;
+        for r in &raw {
+            let (a, b) = (r.offset as usize, (r.offset + r.len) as usize);
+            set_bits(&mut words, a, b);
+            data[a..b].copy_from_slice(&packed[at..at + (b - a)]);
+            at += b - a;
+        }
+        Ok(Payload::Dense(DenseDelta { words, data }))
+    } else {
+        let ranges = [0..len];
+        Ok(Payload::Full(fetched(&ranges, fetch(&ranges)?)?))
     }
 }
 

@@ -423,7 +423,10 @@ impl Mmsb {
         let Some(b) = s.binding else { return Ok(()) };
         let entry = &deps.functions.entries[b.func as usize];
         let f = match entry.code(b.version, s.page) {
-            Ok(f) => f,
+            Ok(propagate::Code::Host(f)) => f,
+            // A kernel is not run ahead: its failures are the
+            // propagation's, which changes nothing when it fails.
+            Ok(propagate::Code::Device(_)) => return Ok(()),
             Err(_) if w.mode == PropagationMode::Deferred => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -607,11 +610,43 @@ impl Mmsb {
     where
         F: Fn(&[&[u8]], &mut [u8]) + Send + Sync + 'static,
     {
+        self.register_code(name, version, propagate::Code::Host(Arc::new(f)))
+    }
+
+    /// Register a recompute function that runs on a GPU, as
+    /// [`Mmsb::register_function`] registers one that runs on the CPU (same
+    /// names, versions, re-declaration and errors). It derives pages that
+    /// live on a GPU: each recompute launches the kernel on the derived
+    /// page's device with its parents' device memory (a parent elsewhere is
+    /// copied to that device first), compares the output with the page on
+    /// the device and downloads only the bytes that differ, which are
+    /// logged as the derived delta, with the same provenance as a CPU
+    /// function's. An output equal to the page cuts propagation off below
+    /// it. The kernel's contract is in [`crate::gpu::DeviceFunction`].
+    ///
+    /// A page in host memory bound to a device function fails to recompute
+    /// with [`Error::UnsupportedLocation`]; a kernel the driver refuses or
+    /// that faults gives [`Error::Recompute`]. In both cases the
+    /// propagation changes nothing.
+    ///
+    /// # Errors
+    /// As [`Mmsb::register_function`].
+    pub fn register_device_function(
+        &self,
+        name: &str,
+        version: u32,
+        f: crate::gpu::DeviceFunction,
+    ) -> Result<Vec<PageId>> {
+        self.register_code(name, version, propagate::Code::Device(Arc::new(f)))
+    }
+
+    /// [`Mmsb::register_function`] for code of either kind.
+    fn register_code(&self, name: &str, version: u32, code: propagate::Code) -> Result<Vec<PageId>> {
         let mut w = self.write.lock();
         self.live()?;
         let w = &mut *w;
         w.deps.functions.check_register(name, version)?;
-        let fi = w.deps.functions.set(name, version, Arc::new(f));
+        let fi = w.deps.functions.set(name, version, code);
         let graph = &w.deps.graph;
         let mut pages = Vec::new();
         let mut changes = Vec::new();
@@ -655,18 +690,38 @@ impl Mmsb {
     /// # Errors
     /// [`Error::PageNotFound`]; [`Error::Function`] when `function` is not
     /// registered; [`Error::GraphCycle`] when a parent is `page` or depends
-    /// on it; [`Error::Recompute`] when the function panics. Nothing changes
-    /// on error.
+    /// on it; [`Error::Recompute`] when the function panics (or, for a
+    /// device function, when the driver refuses its PTX);
+    /// [`Error::UnsupportedLocation`] when a device function would derive
+    /// a page in host memory. Nothing changes on error.
     pub fn declare_derived(&self, page: PageId, function: &str, parents: &[PageId]) -> Result<()> {
         let mut w = self.write.lock();
         self.live()?;
         let w = &mut *w;
         let (fi, version) = w.deps.functions.current(function)?;
         let (_, cell, len) = self.handle(page)?;
+        if let Some(propagate::Code::Device(f)) = &w.deps.functions.entries[fi as usize].f {
+            // A kernel is not run ahead, but it must be able to run: the
+            // page is on a GPU, and the driver takes the PTX there.
+            let p = cell.read();
+            match p.storage.gpu() {
+                Some(g) => crate::gpu::load_function(f, g).map_err(|e| Error::Recompute {
+                    page,
+                    function: function.to_owned(),
+                    reason: e.to_string(),
+                })?,
+                None => {
+                    return Err(Error::UnsupportedLocation {
+                        op: "device recompute function",
+                        location: p.location,
+                    })
+                }
+            }
+        }
         let handles: Vec<PageHandle> = parents.iter().map(|&p| self.handle(p)).collect::<Result<_>>()?;
         w.deps.graph.check_declare(page, parents)?;
         // Dry run, so that a function that panics is refused up front.
-        if let Some(f) = &w.deps.functions.entries[fi as usize].f {
+        if let Some(propagate::Code::Host(f)) = &w.deps.functions.entries[fi as usize].f {
             dry_run(f, function, page, len, &handles)?;
         }
         drop(cell);
@@ -1199,7 +1254,10 @@ fn dry_run(
     parents: &[PageHandle],
 ) -> Result<()> {
     let locks: Vec<_> = parents.iter().map(|h| h.1.read_recursive()).collect();
-    let inputs: Vec<&[u8]> = locks.iter().map(|g| g.bytes()).collect::<Result<_>>()?;
+    // Pages on a device are read from copies.
+    let copies: Vec<std::borrow::Cow<'_, [u8]>> =
+        locks.iter().map(|g| g.storage.read()).collect::<Result<_>>()?;
+    let inputs: Vec<&[u8]> = copies.iter().map(|c| &c[..]).collect();
     let mut out = vec![0u8; len];
     propagate::catch_quietly(|| f(&inputs, &mut out)).map_err(|p| Error::Recompute {
         page,

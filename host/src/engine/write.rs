@@ -31,7 +31,6 @@ use crate::stats::Monitor;
 use crate::storage::codec::delta::apply_encoded;
 use crate::storage::codec::derived::DerivedEntry;
 use crate::storage::log::LogWriter;
-use crate::types::page::Location;
 use crate::{Error, Result};
 use parking_lot::RwLockWriteGuard;
 use shared_types::{Epoch, PageId};
@@ -700,7 +699,19 @@ fn plan_write<'l>(
     scratch.begin(graph.bound(), ctx.events.listeners());
     for (k, n) in node_of.iter().enumerate() {
         if let Some(n) = *n {
-            scratch.stage(n, own[k].1.bytes()?, epochs[k]);
+            let page = &own[k].1;
+            match (page.storage.host(), page.storage.gpu()) {
+                (Some(b), _) => {
+                    scratch.stage(n, b, epochs[k]);
+                }
+                // A page on a device is staged from a copy of its bytes.
+                (None, gpu) => {
+                    scratch.stage(n, &page.copy_bytes()?, epochs[k]);
+                    if let Some(g) = gpu {
+                        scratch.stage_home(n, g);
+                    }
+                }
+            }
         }
     }
     for (u, &k) in users.updates.iter().zip(users.slots) {
@@ -876,20 +887,13 @@ fn derived_entry<'a>(functions: &'a Functions, sink: &'a Sink, d: &Derived) -> D
     }
 }
 
-/// The graph's handle of page `id`: only pages in host memory take part
-/// in the dependency graph.
+/// The graph's handle of page `id` (a page of any location).
 ///
 /// # Errors
-/// [`Error::PageNotFound`], [`Error::UnsupportedLocation`].
+/// [`Error::PageNotFound`].
 pub(crate) fn handle(registry: &Registry, id: PageId) -> Result<PageHandle> {
     let cell = registry.get(id)?;
-    let len = {
-        let p = cell.read();
-        if p.location != Location::Cpu {
-            return Err(Error::UnsupportedLocation { op: "dependency graph", location: p.location });
-        }
-        p.len as usize
-    };
+    let len = cell.read().len as usize;
     Ok((id, cell, len))
 }
 

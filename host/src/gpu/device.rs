@@ -72,7 +72,10 @@ impl Drop for PageMem {
     }
 }
 
-/// A page whose bytes live on a GPU (device or managed memory).
+/// A page whose bytes live on a GPU (device or managed memory). A clone
+/// is a second handle to the same memory (a propagation holds one to a
+/// page it recomputed on the device).
+#[derive(Clone)]
 pub(crate) struct GpuPage {
     gpu: Arc<Gpu>,
     mem: Arc<PageMem>,
@@ -449,6 +452,71 @@ impl Gpu {
         unsafe { self.zero(page.range())? };
         self.sync()?;
         Ok(page)
+    }
+
+    /// Load a module of foreign PTX (a device recompute function) on this
+    /// device, looking up `entry`.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when the driver refuses the PTX or finds no such
+    /// entry.
+    pub(crate) fn load_module(&self, ptx: &str, entry: &str) -> Result<Module> {
+        Module::load(&self.ctx, ptx, &[entry])
+    }
+
+    /// Run recompute kernel `entry` of `module` (loaded on this device) over
+    /// `inputs` (ranges of this device) into a new zeroed page of `out_len`
+    /// bytes, with blocks of `block` threads; waits for it to finish.
+    /// Queued deltas are applied first, so the inputs are current.
+    ///
+    /// # Safety
+    /// The kernel must read only the input ranges and write only the
+    /// output range (its [`shared_types::RecomputeArgs`] parameter says
+    /// where they are): the driver cannot hold a kernel to that.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for an input of another device, a launch the driver
+    /// refuses or a kernel that faults; [`Error::GpuMemory`].
+    pub(crate) unsafe fn run_recompute(
+        self: &Arc<Self>,
+        module: &Module,
+        entry: &str,
+        block: u32,
+        inputs: &[DeviceRange<'_>],
+        out_len: u64,
+    ) -> Result<GpuPage> {
+        const OP: &str = "device recompute function";
+        for r in inputs {
+            self.mine(OP, r)?;
+        }
+        let f = module.function(entry)?;
+        self.flush()?;
+        let out = self.alloc_page(out_len, false)?;
+        let table: Vec<shared_types::DeviceInput> =
+            inputs.iter().map(|r| shared_types::DeviceInput { ptr: r.ptr(), len: r.len() }).collect();
+        let table_bytes = (table.len() * size_of::<shared_types::DeviceInput>()) as u64;
+        let block_mem = self.pool.alloc(table_bytes.max(16))?;
+        if table_bytes > 0 {
+            self.upload(block_mem.range().slice(0, table_bytes)?, bytemuck::cast_slice(&table))?;
+        }
+        let mut args = shared_types::RecomputeArgs {
+            inputs: block_mem.range().ptr(),
+            n_inputs: table.len() as u64,
+            out: out.range().ptr(),
+            out_len,
+        };
+        let cap = u64::from(self.info.sm_count) * 32;
+        let grid = ceil_div(out_len.max(1), u64::from(block)).min(cap).max(1) as u32;
+        let mut params = [(&mut args as *mut shared_types::RecomputeArgs).cast::<c_void>()];
+        // SAFETY: args matches the kernel's one parameter (the ABI of
+        // RecomputeArgs); every address in it is a live range of this
+        // device (the inputs borrow their pages for the call, the table
+        // and the output live to its end), and the sync below waits for
+        // the kernel before any of them can go. That the kernel stays
+        // inside those ranges is the caller's promise.
+        unsafe { driver::launch(&self.ctx, f, entry, grid, block, self.cu_stream(), &mut params)? };
+        self.sync()?;
+        Ok(out)
     }
 
     /// A page holding a copy of `bytes`.

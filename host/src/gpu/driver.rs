@@ -243,7 +243,7 @@ pub(crate) fn sync(ctx: &CudaContext, stream: sys::CUstream) -> Result<()> {
 /// A loaded PTX module and its kernels, unloaded on drop.
 pub(crate) struct Module {
     module: sys::CUmodule,
-    functions: Vec<(&'static str, sys::CUfunction)>,
+    functions: Vec<(Box<str>, sys::CUfunction)>,
     ctx: Arc<CudaContext>,
 }
 
@@ -255,7 +255,7 @@ unsafe impl Sync for Module {}
 
 impl Module {
     /// Load `ptx` and look up every name in `names`.
-    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str, names: &[&'static str]) -> Result<Self> {
+    pub(crate) fn load<N: AsRef<str>>(ctx: &Arc<CudaContext>, ptx: &str, names: &[N]) -> Result<Self> {
         bind(ctx)?;
         let image = CString::new(ptx)
             .map_err(|e| Error::Gpu { context: "loading the PTX module".into(), source: Box::new(e) })?;
@@ -263,20 +263,21 @@ impl Module {
         let module =
             unsafe { cu::module::load_data(image.as_ptr().cast()) }.map_err(gpu_err("cuModuleLoadData"))?;
         let mut m = Module { module, functions: Vec::with_capacity(names.len()), ctx: ctx.clone() };
-        for &name in names {
+        for name in names {
+            let name = name.as_ref();
             let cname =
                 CString::new(name).map_err(|e| Error::Gpu { context: name.into(), source: Box::new(e) })?;
             // SAFETY: module is a live module handle.
             let f = unsafe { cu::module::get_function(m.module, cname) }
                 .map_err(gpu_err(format!("cuModuleGetFunction({name})")))?;
-            m.functions.push((name, f));
+            m.functions.push((name.into(), f));
         }
         Ok(m)
     }
 
     /// The kernel called `name`.
     pub(crate) fn function(&self, name: &str) -> Result<sys::CUfunction> {
-        self.functions.iter().find(|(n, _)| *n == name).map(|(_, f)| *f).ok_or_else(|| Error::Gpu {
+        self.functions.iter().find(|(n, _)| &**n == name).map(|(_, f)| *f).ok_or_else(|| Error::Gpu {
             context: format!("kernel {name}"),
             source: "not in the loaded module".into(),
         })

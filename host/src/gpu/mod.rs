@@ -53,6 +53,7 @@
 pub(crate) mod batch;
 mod device;
 mod driver;
+mod function;
 #[cfg(feature = "internals")]
 pub(crate) mod internals;
 mod pool;
@@ -63,6 +64,7 @@ mod storage;
 pub(crate) use device::opened as opened_device;
 pub(crate) use device::GpuPage;
 pub use device::{device_count, open, probe, DeviceExport, Gpu, GpuInfo};
+pub use function::{DeviceFunction, DEFAULT_BLOCK};
 pub use pool::GpuPoolStats;
 pub(crate) use storage::Storage;
 
@@ -126,6 +128,49 @@ pub(crate) fn gather(pages: &[(&GpuPage, &[std::ops::Range<u64>])]) -> Result<Ve
     let Some((first, _)) = pages.first() else { return Ok(Vec::new()) };
     let parts: Vec<_> = pages.iter().map(|(p, r)| (p.range(), *r)).collect();
     first.gpu().gather(&parts)
+}
+
+/// Run device function `f` for a derived page whose current bytes are
+/// `old`, over `inputs` (pages of `old`'s device, in argument order). The
+/// output is compared with `old` on the device; `None` when they are
+/// equal, else the payload that turns `old` into the output (the one
+/// [`Payload::diff`] of the two would give; only the bytes it holds are
+/// downloaded) and the output page.
+///
+/// # Errors
+/// [`Error::Gpu`] (a PTX the driver refuses, a faulting kernel, an input
+/// on another device), [`Error::GpuMemory`].
+pub(crate) fn recompute(
+    f: &DeviceFunction,
+    old: &GpuPage,
+    inputs: &[&GpuPage],
+) -> Result<Option<(Payload, GpuPage)>> {
+    let ranges: Vec<_> = inputs.iter().map(|p| p.range()).collect();
+    let new = f.run(old.gpu(), &ranges, old.len())?;
+    let (mask, count) = old.gpu().compare_ranges(old.range(), new.range())?;
+    if count == 0 {
+        return Ok(None);
+    }
+    let runs = device::runs_from_mask(&mask, old.len());
+    let payload = crate::delta::diff_from_fetch(runs, old.len(), |ranges| {
+        let mut parts = new.gpu().gather(&[(new.range(), ranges)])?;
+        Ok(parts.pop().unwrap_or_default())
+    })?;
+    Ok(Some((payload, new)))
+}
+
+/// Load device function `f` on the device of `page` (once per device).
+///
+/// # Errors
+/// [`Error::Gpu`] when the driver refuses the PTX.
+pub(crate) fn load_function(f: &DeviceFunction, page: &GpuPage) -> Result<()> {
+    f.module(page.gpu()).map(drop)
+}
+
+/// A page of device `like`'s GPU holding a copy of `bytes` (an input of a
+/// device recompute that is not on that device).
+pub(crate) fn upload_like(like: &GpuPage, bytes: &[u8]) -> Result<GpuPage> {
+    like.gpu().page_from(bytes, false)
 }
 
 /// Whether two GPU pages live on the same device.

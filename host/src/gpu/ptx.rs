@@ -13,8 +13,7 @@ pub const SKIPPED: Option<&str> = option_env!("MMSB_PTX_SKIPPED");
 use gpu_kernels::names as kernel_names;
 
 /// Names of the `.entry` points declared in `ptx`.
-#[cfg(test)]
-fn entries(ptx: &str) -> Vec<&str> {
+pub(crate) fn entries(ptx: &str) -> Vec<&str> {
     ptx.lines()
         .filter_map(|l| {
             let l = l.trim_start();

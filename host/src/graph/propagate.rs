@@ -29,6 +29,7 @@
 //! [`Mmsb::register_function`]: crate::Mmsb::register_function
 
 use crate::delta::{encode_change, Payload};
+use crate::gpu::GpuPage;
 use crate::graph::{Graph, Slot};
 use crate::registry::Page;
 use crate::{Error, Result};
@@ -74,11 +75,27 @@ pub struct PropagationStats {
     pub duration: Duration,
 }
 
+/// The code of a recompute function: a closure run on the CPU, or a
+/// kernel run on the derived page's GPU.
+#[derive(Clone)]
+pub(crate) enum Code {
+    Host(RecomputeFn),
+    Device(Arc<crate::gpu::DeviceFunction>),
+}
+
+impl Code {
+    /// Whether it runs on a GPU.
+    #[inline]
+    pub(crate) fn is_device(&self) -> bool {
+        matches!(self, Code::Device(_))
+    }
+}
+
 pub(crate) struct FunctionEntry {
     /// Shared with the provenance of every delta the function derives.
     pub(crate) name: Arc<str>,
     pub(crate) version: u32,
-    pub(crate) f: Option<RecomputeFn>,
+    pub(crate) f: Option<Code>,
 }
 
 impl FunctionEntry {
@@ -88,7 +105,7 @@ impl FunctionEntry {
     /// [`Error::Function`] (naming `page`) when no code is registered at
     /// that version.
     #[inline]
-    pub(crate) fn code(&self, version: u32, page: PageId) -> Result<&RecomputeFn> {
+    pub(crate) fn code(&self, version: u32, page: PageId) -> Result<&Code> {
         match &self.f {
             Some(f) if self.version == version => Ok(f),
             _ => Err(self.missing(version, page)),
@@ -168,7 +185,7 @@ impl Functions {
         Ok(())
     }
 
-    pub(crate) fn set(&mut self, name: &str, version: u32, f: RecomputeFn) -> u32 {
+    pub(crate) fn set(&mut self, name: &str, version: u32, f: Code) -> u32 {
         let i = self.intern(name);
         let e = &mut self.entries[i as usize];
         e.version = version;
@@ -266,6 +283,9 @@ pub(crate) enum Outcome {
         parents: usize,
         touched: u64,
         epoch: Epoch,
+        /// The new bytes on the page's device, when a device function
+        /// computed them (its children on that device read them there).
+        fresh: Option<GpuPage>,
     },
     Failed(Error),
 }
@@ -274,9 +294,13 @@ impl Outcome {
     /// The outcome with its sink ranges moved by `enc` and `parents`.
     fn shifted(self, enc: usize, parents: usize) -> Outcome {
         match self {
-            Outcome::Changed { enc: r, parents: p, touched, epoch } => {
-                Outcome::Changed { enc: r.start + enc..r.end + enc, parents: p + parents, touched, epoch }
-            }
+            Outcome::Changed { enc: r, parents: p, touched, epoch, fresh } => Outcome::Changed {
+                enc: r.start + enc..r.end + enc,
+                parents: p + parents,
+                touched,
+                epoch,
+                fresh,
+            },
             other => other,
         }
     }
@@ -308,6 +332,12 @@ pub(crate) struct Scratch {
     /// Payload encodings and parents of the derived deltas of the last
     /// propagation.
     pub(crate) sink: Sink,
+    /// New bytes of pages a device function recomputed in this
+    /// propagation, on their device (dropped when the plan ends).
+    fresh: HashMap<u32, GpuPage>,
+    /// The device memory of staged pages that live on a device (their
+    /// staged copy holds the new bytes; this, the device they are on).
+    home: HashMap<u32, GpuPage>,
 }
 
 impl std::fmt::Debug for Scratch {
@@ -350,6 +380,8 @@ impl Scratch {
         self.arena.clear();
         self.heap.clear();
         self.fired.clear();
+        self.fresh.clear();
+        self.home.clear();
         if self.sink.enc.capacity() > ARENA_KEEP || self.sink.parents.capacity() > ARENA_KEEP / 16 {
             self.sink = Sink::default();
         }
@@ -365,6 +397,11 @@ impl Scratch {
         self.off[n as usize] = at;
         self.epoch[n as usize] = epoch;
         &mut self.arena[at..]
+    }
+
+    /// Note that staged node `n` is a page on a device, at `gpu`.
+    pub(crate) fn stage_home(&mut self, n: u32, gpu: &GpuPage) {
+        self.home.insert(n, gpu.clone());
     }
 }
 
@@ -454,10 +491,14 @@ pub(crate) fn plan<'g>(
         fired,
         listeners,
         sink,
+        fresh,
+        home,
         ..
     } = sc;
     out.clear();
     let mut st = Settle {
+        fresh,
+        home,
         slots,
         gen: *gen,
         staged,
@@ -535,11 +576,15 @@ pub(crate) fn plan<'g>(
     }
     let mut stats = st.stats;
     stats.written = st.out.len() as u64;
+    // Recomputed bytes on devices are in the derived deltas now.
+    st.fresh.clear();
     Ok(stats)
 }
 
 /// The state a plan updates as it settles each recompute.
 struct Settle<'g, 'p> {
+    fresh: &'p mut HashMap<u32, GpuPage>,
+    home: &'p HashMap<u32, GpuPage>,
     slots: &'g [Slot],
     gen: u32,
     staged: &'p mut Vec<u32>,
@@ -579,6 +624,8 @@ impl<'g> Settle<'g, '_> {
             off: self.off,
             epoch: self.epoch,
             done,
+            fresh: self.fresh,
+            home: self.home,
         }
     }
 
@@ -599,7 +646,10 @@ impl<'g> Settle<'g, '_> {
                     self.fired.push((s.page, false));
                 }
             }
-            Outcome::Changed { enc, parents, touched, epoch } => {
+            Outcome::Changed { enc, parents, touched, epoch, fresh } => {
+                if let Some(g) = fresh {
+                    self.fresh.insert(n, g);
+                }
                 let b = s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
                 // A page staged before its recompute is one the caller
                 // writes and holds; any other is locked here, for the
@@ -655,6 +705,8 @@ struct Ctx<'g, 'a> {
     off: &'a [usize],
     epoch: &'a [Epoch],
     done: &'a [u8],
+    fresh: &'a HashMap<u32, GpuPage>,
+    home: &'a HashMap<u32, GpuPage>,
 }
 
 impl<'a> Ctx<'_, 'a> {
@@ -757,12 +809,14 @@ const INLINE_INPUTS: usize = 8;
 
 /// Fill `dst` (one entry per argument) with the parents' bytes: staged
 /// copies, or the pages read through `guards` (one per unstaged argument,
-/// in order).
+/// in order); a page on a device is read from its copy in `copies` (at
+/// the guard's index; empty when every page is in host memory).
 #[inline(always)]
 fn inputs<'a>(
     ctx: &Ctx<'_, 'a>,
     args: &[u32],
     guards: &'a [RwLockReadGuard<'_, Page>],
+    copies: &'a [Option<Vec<u8>>],
     dst: &mut [&'a [u8]],
 ) -> Result<()> {
     let mut gi = 0;
@@ -771,10 +825,32 @@ fn inputs<'a>(
             ctx.staged_bytes(p)
         } else {
             gi += 1;
-            guards[gi - 1].bytes()?
+            match guards[gi - 1].storage.host() {
+                Some(b) => b,
+                None => match copies.get(gi - 1) {
+                    Some(Some(c)) => c,
+                    _ => guards[gi - 1].bytes()?,
+                },
+            }
         };
     }
     Ok(())
+}
+
+/// Host copies of the pages behind `guards` that live on a device (a CPU
+/// recompute function reads them): `None` for a page in host memory, and
+/// an empty list, which allocates nothing, when every page is.
+///
+/// # Errors
+/// The device's errors.
+fn device_copies(guards: &[RwLockReadGuard<'_, Page>]) -> Result<Vec<Option<Vec<u8>>>> {
+    if guards.iter().all(|g| g.storage.host().is_some()) {
+        return Ok(Vec::new());
+    }
+    guards
+        .iter()
+        .map(|g| if g.storage.host().is_some() { Ok(None) } else { g.copy_bytes().map(Some) })
+        .collect()
 }
 
 #[inline(always)]
@@ -793,7 +869,8 @@ fn compute_one<'g>(
     };
     let entry = &ctx.functions[b.func as usize];
     let f = match entry.code(b.version, slot.page) {
-        Ok(f) => f,
+        Ok(Code::Host(f)) => f,
+        Ok(Code::Device(d)) => return compute_on_device(ctx, n, &entry.name, d, o, guards, sink, keep),
         Err(e) => return Outcome::Failed(e),
     };
     for &p in &slot.args {
@@ -807,18 +884,23 @@ fn compute_one<'g>(
         }
     }
     let guards = &*guards;
+    // Parents on a device are copied in for a function that runs here.
+    let copies = match device_copies(guards) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e),
+    };
     let k = slot.args.len();
     let run = if k <= INLINE_INPUTS {
         // Few parents (the common case): the input list lives on the stack.
         let mut inline: [&[u8]; INLINE_INPUTS] = [&[]; INLINE_INPUTS];
-        if let Err(e) = inputs(ctx, &slot.args, guards, &mut inline[..k]) {
+        if let Err(e) = inputs(ctx, &slot.args, guards, &copies, &mut inline[..k]) {
             return Outcome::Failed(e);
         }
         catch_quietly(|| f(&inline[..k], o))
     } else {
         let mut slices: Vec<&[u8]> = recycle(spare);
         slices.resize(k, &[]);
-        if let Err(e) = inputs(ctx, &slot.args, guards, &mut slices) {
+        if let Err(e) = inputs(ctx, &slot.args, guards, &copies, &mut slices) {
             *spare = unrecycle(slices);
             return Outcome::Failed(e);
         }
@@ -834,6 +916,7 @@ fn compute_one<'g>(
         });
     }
     let child;
+    let old_copy;
     let (old, before) = if ctx.is_staged(n) {
         (ctx.staged_bytes(n), ctx.epoch[n as usize])
     } else {
@@ -849,9 +932,17 @@ fn compute_one<'g>(
                 &child
             }
         };
-        match page.bytes() {
-            Ok(b) => (b, page.epoch),
-            Err(e) => return Outcome::Failed(e),
+        match page.storage.host() {
+            Some(b) => (b, page.epoch),
+            // A page on a device: its current bytes come back to be
+            // compared with the function's output.
+            None => match page.copy_bytes() {
+                Ok(b) => {
+                    old_copy = b;
+                    (&old_copy[..], page.epoch)
+                }
+                Err(e) => return Outcome::Failed(e),
+            },
         }
     };
     let at = sink.enc.len();
@@ -877,7 +968,130 @@ fn compute_one<'g>(
         };
         sink.parents.push((page, epoch));
     }
-    Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after }
+    Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after, fresh: None }
+}
+
+/// [`compute_one`] for a node whose function runs on a GPU: the kernel
+/// runs on the derived page's device with its parents' device memory
+/// (parents elsewhere, or staged on the host, are copied there first), the
+/// output is compared with the page on the device, and only the payload's
+/// bytes come back. `o` (the node's place in the arena) receives the whole
+/// output only when a child runs on the CPU and will read it there.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn compute_on_device<'g>(
+    ctx: &Ctx<'g, '_>,
+    n: u32,
+    name: &Arc<str>,
+    code: &crate::gpu::DeviceFunction,
+    o: &mut [u8],
+    guards: &mut Vec<RwLockReadGuard<'g, Page>>,
+    sink: &mut Sink,
+    keep: Option<&mut Option<Held<'g>>>,
+) -> Outcome {
+    let slot: &'g Slot = &ctx.slots[n as usize];
+    let unsupported =
+        |location| Outcome::Failed(Error::UnsupportedLocation { op: "device recompute function", location });
+    // The page's bytes now, on its device.
+    let child;
+    let (old, before) = if ctx.is_staged(n) {
+        let Some(home) = ctx.home.get(&n) else { return unsupported(crate::Location::Cpu) };
+        match crate::gpu::upload_like(home, ctx.staged_bytes(n)) {
+            Ok(g) => (g, ctx.epoch[n as usize]),
+            Err(e) => return Outcome::Failed(e),
+        }
+    } else {
+        let Some(cell) = &slot.cell else {
+            return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
+        };
+        let page: &Page = match keep {
+            Some(k) => k.insert(Held::take(cell, slot.page)).page(),
+            None => {
+                child = cell.read_recursive();
+                &child
+            }
+        };
+        match page.storage.gpu() {
+            Some(g) => (g.clone(), page.epoch),
+            None => return unsupported(page.location),
+        }
+    };
+    // The parents, on that device.
+    let mut inputs: Vec<GpuPage> = Vec::with_capacity(slot.args.len());
+    for &p in &slot.args {
+        let input = if let Some(g) = ctx.fresh.get(&p) {
+            if crate::gpu::same_device(g, &old) {
+                Ok(g.clone())
+            } else {
+                g.download().and_then(|b| crate::gpu::upload_like(&old, &b))
+            }
+        } else if ctx.is_staged(p) {
+            crate::gpu::upload_like(&old, ctx.staged_bytes(p))
+        } else {
+            let Some(cell) = &ctx.slots[p as usize].cell else {
+                return Outcome::Failed(Error::Invariant(format!("page {} has a dead parent", slot.page)));
+            };
+            let guard = cell.read_recursive();
+            let input = match guard.storage.gpu() {
+                Some(g) if crate::gpu::same_device(g, &old) => Ok(g.clone()),
+                _ => guard.copy_bytes().and_then(|b| crate::gpu::upload_like(&old, &b)),
+            };
+            guards.push(guard);
+            input
+        };
+        match input {
+            Ok(g) => inputs.push(g),
+            Err(e) => return Outcome::Failed(e),
+        }
+    }
+    let refs: Vec<&GpuPage> = inputs.iter().collect();
+    let (payload, new) = match crate::gpu::recompute(code, &old, &refs) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Outcome::Unchanged,
+        Err(Error::Gpu { context, source }) => {
+            return Outcome::Failed(Error::Recompute {
+                page: slot.page,
+                function: name.to_string(),
+                reason: format!("{context}: {source}"),
+            })
+        }
+        Err(e) => return Outcome::Failed(e),
+    };
+    let Some(after) = before.checked_next() else {
+        return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
+    };
+    // A child run on the CPU reads the new bytes from the arena.
+    let host_child = slot.data_children.iter().any(|&c| {
+        ctx.slots[c as usize].binding.is_none_or(|b| {
+            !ctx.functions.get(b.func as usize).is_some_and(|e| e.f.as_ref().is_some_and(Code::is_device))
+        })
+    });
+    if host_child {
+        if let Err(e) = new.gpu().download(new.range(), o) {
+            return Outcome::Failed(e);
+        }
+    }
+    let at = sink.enc.len();
+    crate::storage::codec::delta::encode_payload(&payload, &mut sink.enc);
+    let parents = sink.parents.len();
+    let mut gi = 0;
+    for &p in &slot.args {
+        let page = ctx.slots[p as usize].page;
+        let epoch = if ctx.is_staged(p) {
+            ctx.epoch[p as usize]
+        } else {
+            gi += 1;
+            guards[gi - 1].epoch
+        };
+        sink.parents.push((page, epoch));
+    }
+    Outcome::Changed {
+        enc: at..sink.enc.len(),
+        parents,
+        touched: payload.touched(),
+        epoch: after,
+        fresh: Some(new),
+    }
 }
 
 /// Run a node's function on the current page bytes (no staging) and say
@@ -888,8 +1102,18 @@ fn compute_one<'g>(
 pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result<bool> {
     let slots = &graph.slots[..];
     // Nothing staged: every read goes to the pages.
-    let ctx =
-        Ctx { slots, functions: &functions.entries, gen: 1, staged: &[], off: &[], epoch: &[], done: &[] };
+    let none = HashMap::new();
+    let ctx = Ctx {
+        slots,
+        functions: &functions.entries,
+        gen: 1,
+        staged: &[],
+        off: &[],
+        epoch: &[],
+        done: &[],
+        fresh: &none,
+        home: &none,
+    };
     let mut out = vec![0u8; slots[n as usize].len];
     match compute_one(&ctx, n, &mut out, &mut Vec::new(), &mut Vec::new(), &mut Sink::default(), None) {
         Outcome::Unchanged => Ok(true),

@@ -1,0 +1,239 @@
+//! Derived pages on a GPU: CPU recompute functions over GPU pages, and
+//! device recompute functions (a kernel registered by name and version),
+//! checked against the same derivations on the CPU. Without a device the
+//! GPU tests print `SKIPPED: no CUDA device (...)`.
+
+use mmsb::gpu::DeviceFunction;
+use mmsb::{
+    Config, Error, Location, Mmsb, PageId, PageSpec, Payload, PropagationMode, Result, SparseDelta, Update,
+};
+use mmsb_tests::{gpu_available, random_payload, Rng};
+
+/// A kernel written by hand in PTX: byte `i` of the output is the largest
+/// byte `i` of the parents (0 past a shorter parent's end).
+const MAX_PTX: &str = include_str!("../data/bytewise_max.ptx");
+const MAX_ENTRY: &str = "mmsb_test_bytewise_max";
+
+/// The same function on the CPU.
+fn bytewise_max(ins: &[&[u8]], out: &mut [u8]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = ins.iter().map(|p| p.get(i).copied().unwrap_or(0)).max().unwrap_or(0);
+    }
+}
+
+fn sparse(at: u64, bytes: &[u8]) -> Payload {
+    Payload::Sparse(SparseDelta::from_pairs([(at, bytes)]).expect("one run"))
+}
+
+fn device_max() -> DeviceFunction {
+    // SAFETY: the kernel reads bytes [0, len) of each input and writes
+    // bytes [0, out_len) of the output, nothing else.
+    unsafe { DeviceFunction::from_ptx(MAX_PTX, MAX_ENTRY) }.expect("the PTX declares the entry")
+}
+
+/// How the derived pages of [`dag`] are placed and computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// Every page in host memory, CPU functions.
+    Cpu,
+    /// GPU pages (but one CPU source and one CPU derived page), CPU functions.
+    GpuCpuFunctions,
+    /// The same pages, the GPU-derived ones computed by the kernel.
+    GpuDeviceFunctions,
+}
+
+const LEN: u64 = 3 * 4096 + 5;
+
+/// Sources s0 (GPU), s1 (CPU), s2 (GPU, half length); derived
+/// d1 = max(s0, s1) and d2 = max(d1, s2) on the GPU, d3 = max(d1, d2) on the
+/// CPU (a CPU function below device-computed pages) and d4 = max(d3, s0) on
+/// the GPU: a diamond, CPU and GPU parents, cut-offs. Random writes, single
+/// and batched; returns the state hash after each step, the final bytes of
+/// every page and the number of recomputes cut off.
+fn dag(
+    kind: Kind,
+    seed: u64,
+    dir: &std::path::Path,
+    mode: PropagationMode,
+) -> Result<(Vec<u128>, Vec<Vec<u8>>, u64)> {
+    let gpu = if kind == Kind::Cpu { Location::Cpu } else { Location::Gpu(0) };
+    let state = Mmsb::start(Config { propagation: mode, ..Config::at(dir) })?;
+    let s0 = state.create_page(PageSpec::new(LEN).on(gpu).named("s0"))?;
+    let s1 = state.create_page(PageSpec::new(LEN).named("s1"))?;
+    let s2 = state.create_page(PageSpec::new(LEN / 2).on(gpu).named("s2"))?;
+    let d1 = state.create_page(PageSpec::new(LEN).on(gpu).named("d1"))?;
+    let d2 = state.create_page(PageSpec::new(LEN).on(gpu).named("d2"))?;
+    let d3 = state.create_page(PageSpec::new(LEN).named("d3"))?;
+    let d4 = state.create_page(PageSpec::new(LEN).on(gpu).named("d4"))?;
+    state.register_function("max", 1, bytewise_max)?;
+    let on_gpu = if kind == Kind::GpuDeviceFunctions {
+        state.register_device_function("max_gpu", 1, device_max())?;
+        "max_gpu"
+    } else {
+        "max"
+    };
+    state.declare_derived(d1, on_gpu, &[s0, s1])?;
+    state.declare_derived(d2, on_gpu, &[d1, s2])?;
+    state.declare_derived(d3, "max", &[d1, d2])?;
+    state.declare_derived(d4, on_gpu, &[d3, s0])?;
+    let sources = [(s0, LEN), (s1, LEN), (s2, LEN / 2)];
+    let mut rng = Rng::new(seed);
+    let mut hashes = Vec::new();
+    let mut cut_off = 0;
+    for step in 0..40 {
+        match step % 4 {
+            // A batch over two sources.
+            3 => {
+                let (a, b) = (sources[rng.below(3) as usize], sources[rng.below(3) as usize]);
+                let mut ups = vec![Update::new(a.0, random_payload(&mut rng, a.1))];
+                if b.0 != a.0 {
+                    ups.push(Update::new(b.0, random_payload(&mut rng, b.1)));
+                }
+                state.update_batch(ups)?;
+            }
+            // Zeros somewhere: often changes no maximum (a cut-off).
+            2 => {
+                let (p, len) = sources[rng.below(3) as usize];
+                let at = rng.below(len - 64);
+                state.update_page(p, sparse(at, &[0u8; 64]))?;
+            }
+            _ => {
+                let (p, len) = sources[rng.below(3) as usize];
+                state.update_page(p, random_payload(&mut rng, len))?;
+            }
+        }
+        if mode == PropagationMode::Deferred {
+            cut_off += state.propagate()?.cut_off;
+        }
+        hashes.push(state.state_hash()?);
+    }
+    let pages =
+        [s0, s1, s2, d1, d2, d3, d4].iter().map(|&p| state.query_page(p)).collect::<Result<Vec<_>>>()?;
+    let d4_bytes = &pages[6];
+    let mut want = vec![0u8; LEN as usize];
+    bytewise_max(&[&pages[5], &pages[0]], &mut want);
+    assert_eq!(d4_bytes, &want, "{kind:?}: d4 is max(d3, s0) at the end");
+    state.stop()?;
+    Ok((hashes, pages, cut_off))
+}
+
+#[test]
+fn gpu_derived_pages_match_the_cpu_with_either_kind_of_function() -> Result<()> {
+    if !gpu_available("gpu_derived_pages_match_the_cpu_with_either_kind_of_function") {
+        return Ok(());
+    }
+    for mode in [PropagationMode::Immediate, PropagationMode::Deferred] {
+        for seed in [1, 2] {
+            let mut runs = Vec::new();
+            for kind in [Kind::Cpu, Kind::GpuCpuFunctions, Kind::GpuDeviceFunctions] {
+                let dir = tempfile::tempdir()?;
+                runs.push((kind, dag(kind, seed, dir.path(), mode)?, dir));
+            }
+            let (_, (cpu_hashes, cpu_pages, cpu_cut), _) = &runs[0];
+            for (kind, (hashes, pages, cut), _) in &runs[1..] {
+                assert_eq!(pages, cpu_pages, "{kind:?} {mode:?} seed {seed}: page bytes");
+                assert_eq!(hashes, cpu_hashes, "{kind:?} {mode:?} seed {seed}: state hash after every step");
+                assert_eq!(cut, cpu_cut, "{kind:?} {mode:?} seed {seed}: cut-offs");
+            }
+            // The log holds the derived deltas: a reopen with no function
+            // registered replays to the same state.
+            for (kind, (hashes, _, _), dir) in &runs {
+                let again = Mmsb::start(Config::at(dir.path()))?;
+                assert_eq!(again.state_hash()?, *hashes.last().expect("steps"), "{kind:?}: replay");
+                again.stop()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_device_function_downloads_only_what_changed() -> Result<()> {
+    if !gpu_available("gpu_device_function_downloads_only_what_changed") {
+        return Ok(());
+    }
+    const BIG: u64 = 16 << 20;
+    let state = Mmsb::start(Config::temporary())?;
+    let a = state.create_page(PageSpec::new(BIG).on(Location::Gpu(0)))?;
+    let b = state.create_page(PageSpec::new(BIG).on(Location::Gpu(0)))?;
+    let d = state.create_page(PageSpec::new(BIG).on(Location::Gpu(0)))?;
+    state.register_device_function("max", 1, device_max())?;
+    state.declare_derived(d, "max", &[a, b])?;
+    let d2h = |s: &Mmsb| s.stats().gpus.iter().find(|(o, _)| *o == 0).map_or(0, |(_, g)| g.d2h_bytes);
+    let before = d2h(&state);
+    let epoch = state.page_info(d)?.epoch;
+    state.update_page(a, sparse(1 << 20, &[9u8; 64]))?;
+    let moved = d2h(&state) - before;
+    let mut want = vec![0u8; 64];
+    want.fill(9);
+    assert_eq!(&state.query_page(d)?[1 << 20..(1 << 20) + 64], &want[..]);
+    eprintln!("device recompute of a 16 MiB page after a 64-byte write: {moved} bytes downloaded");
+    assert!(moved < BIG / 4, "{moved} bytes came back for a 64-byte change of a {BIG}-byte page");
+    assert_eq!(state.page_info(d)?.epoch.0, epoch.0 + 1, "one derived delta");
+    Ok(())
+}
+
+#[test]
+fn gpu_device_function_errors_change_nothing() -> Result<()> {
+    if !gpu_available("gpu_device_function_errors_change_nothing") {
+        return Ok(());
+    }
+    let state = Mmsb::start(Config::temporary())?;
+    let a = state.create_page(PageSpec::new(256).on(Location::Gpu(0)))?;
+    let d = state.create_page(PageSpec::new(256).on(Location::Gpu(0)))?;
+    let host = state.create_page(PageSpec::new(256))?;
+    state.register_device_function("max", 1, device_max())?;
+    // A device function derives GPU pages only.
+    let err = state.declare_derived(host, "max", &[a]).expect_err("a page in host memory");
+    assert!(matches!(err, Error::UnsupportedLocation { .. }), "{err}");
+    assert!(state.derivation(host)?.is_none(), "nothing declared");
+    // PTX the driver refuses: the write that needs it is refused whole.
+    let broken = MAX_PTX.replace("max.u32", "max.bogus");
+    // SAFETY: as device_max; this PTX does not even load.
+    let broken = unsafe { DeviceFunction::from_ptx(broken, MAX_ENTRY) }?;
+    state.register_device_function("broken", 1, broken)?;
+    state.declare_derived(d, "max", &[a])?;
+    let err = state.declare_derived(d, "broken", &[a]).expect_err("PTX that does not load");
+    assert!(matches!(err, Error::Recompute { .. }), "{err}");
+    let epochs = (state.page_info(a)?.epoch, state.page_info(d)?.epoch);
+    state.update_page(a, Payload::Full(vec![5; 256]))?;
+    assert_eq!(state.query_page(d)?, vec![5; 256], "the working function still derives d");
+    assert!(state.page_info(a)?.epoch > epochs.0);
+    Ok(())
+}
+
+#[test]
+fn device_functions_check_their_ptx_without_a_device() {
+    // SAFETY (all three): these never run.
+    let err = unsafe { DeviceFunction::from_ptx(MAX_PTX, "no_such_kernel") }.expect_err("no such entry");
+    assert!(matches!(err, Error::Function { .. }), "{err}");
+    let err = unsafe { DeviceFunction::from_ptx("  ", MAX_ENTRY) }.expect_err("empty");
+    assert!(matches!(err, Error::Function { .. }), "{err}");
+    let err = unsafe { DeviceFunction::from_ptx(format!("{MAX_PTX}\0"), MAX_ENTRY) }.expect_err("NUL");
+    assert!(matches!(err, Error::Function { .. }), "{err}");
+    let f = device_max();
+    assert_eq!((f.entry(), f.block()), (MAX_ENTRY, 256));
+    assert!(device_max().with_block(100).is_err());
+    assert_eq!(device_max().with_block(512).expect("512").block(), 512);
+}
+
+#[test]
+fn device_functions_register_like_cpu_functions() -> Result<()> {
+    // Names and versions are shared between the two kinds, with or
+    // without a device: registering needs no GPU.
+    let state = Mmsb::start(Config::temporary())?;
+    state.register_device_function("f", 2, device_max())?;
+    assert!(state.has_function("f", 2));
+    let err = state.register_function("f", 1, bytewise_max).expect_err("an older version");
+    assert!(matches!(err, Error::Function { .. }), "{err}");
+    state.register_function("f", 3, bytewise_max)?;
+    assert!(state.has_function("f", 3));
+    // A CPU page cannot be derived by a device function.
+    state.register_device_function("g", 1, device_max())?;
+    let p = state.create_page(PageSpec::new(8))?;
+    let q = state.create_page(PageSpec::new(8))?;
+    let err = state.declare_derived(q, "g", &[p]).expect_err("host page");
+    assert!(matches!(err, Error::UnsupportedLocation { .. }), "{err}");
+    let _: Option<PageId> = state.page_named("none");
+    Ok(())
+}
