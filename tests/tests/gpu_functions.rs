@@ -170,6 +170,24 @@ fn gpu_device_function_downloads_only_what_changed() -> Result<()> {
     eprintln!("device recompute of a 16 MiB page after a 64-byte write: {moved} bytes downloaded");
     assert!(moved < BIG / 4, "{moved} bytes came back for a 64-byte change of a {BIG}-byte page");
     assert_eq!(state.page_info(d)?.epoch.0, epoch.0 + 1, "one derived delta");
+    // Scattered changes, first and last bytes included, on both parents.
+    let mut rng = Rng::new(5);
+    for _ in 0..4 {
+        let mut pairs: Vec<(u64, Vec<u8>)> =
+            vec![(0, vec![rng.next_u64() as u8 | 1]), (BIG - 3, vec![200, 201, 202])];
+        for _ in 0..20 {
+            let at = 8 + rng.below(BIG / 64 - 1) * 63;
+            pairs.push((at, (0..1 + rng.below(40)).map(|_| rng.next_u64() as u8).collect()));
+        }
+        pairs.sort_by_key(|p| p.0);
+        pairs.dedup_by_key(|p| p.0);
+        let target = if rng.below(2) == 0 { a } else { b };
+        let payload = Payload::Sparse(SparseDelta::from_pairs(pairs.iter().map(|(o, v)| (*o, &v[..])))?);
+        state.update_page(target, payload)?;
+        let mut want = vec![0u8; BIG as usize];
+        bytewise_max(&[&state.query_page(a)?, &state.query_page(b)?], &mut want);
+        assert!(state.query_page(d)? == want, "d = max(a, b) after scattered writes");
+    }
     Ok(())
 }
 

@@ -926,6 +926,107 @@ impl Gpu {
         Ok((words, n[0]))
     }
 
+    /// The maximal runs where `a` and `b` (ranges of this device of one
+    /// length) differ, and the number of differing bytes. The comparison's
+    /// mask (a bit per byte) stays on the device: what comes back is a
+    /// summary of it (a bit per mask byte, itself summarised while it is
+    /// large) and the mask bytes that are not zero, so that a small change
+    /// of a large range downloads about 1/256 of it, not the 1/8 a whole
+    /// mask would be. Queued deltas are applied first.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a range of another device or unequal lengths;
+    /// [`Error::GpuMemory`]; driver errors.
+    pub(crate) fn changed_runs(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<(Vec<Run>, u64)> {
+        const OP: &str = "changed runs";
+        self.mine(OP, &a)?;
+        self.mine(OP, &b)?;
+        b.exactly(OP, a.len())?;
+        self.flush()?;
+        let len = a.len();
+        let mask_len = ceil_div(len, 32) * 4;
+        let mask = self.pool.alloc(mask_len)?;
+        let count = self.pool.alloc(8)?;
+        // SAFETY: a and b borrow their allocations for the whole call, mask
+        // and count live to its end, and the download below waits for the
+        // stream before any of them can go.
+        unsafe {
+            self.fill(count.range(), 0)?;
+            self.compare(a, b, mask.range(), count.range())?;
+        }
+        let mut n = [0u64; 1];
+        self.download_raw(count.range(), bytemuck::cast_slice_mut(&mut n))?;
+        if n[0] == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        for (k, v) in self.nonzero_bytes(mask.range().slice(0, mask_len)?)? {
+            for bit in 0..8 {
+                let at = k * 8 + bit;
+                if at >= len {
+                    break;
+                }
+                if v >> bit & 1 == 1 {
+                    match runs.last_mut() {
+                        Some(r) if r.offset + r.len == at => r.len += 1,
+                        _ => runs.push(Run { offset: at, len: 1 }),
+                    }
+                }
+            }
+        }
+        Ok((runs, n[0]))
+    }
+
+    /// The bytes of `r` (a range of this device) that are not zero, as
+    /// (offset, value), ascending. A small range is downloaded; a larger
+    /// one is compared with zeros on the device, and only the bytes its
+    /// mask (found the same way) marks are gathered.
+    fn nonzero_bytes(&self, r: DeviceRange<'_>) -> Result<Vec<(u64, u8)>> {
+        const SMALL: u64 = 64 << 10;
+        let len = r.len();
+        if len <= SMALL {
+            let mut v = vec![0u8; len as usize];
+            self.download_raw(r, &mut v)?;
+            return Ok(v.iter().enumerate().filter(|(_, b)| **b != 0).map(|(i, b)| (i as u64, *b)).collect());
+        }
+        let zeros = self.pool.alloc(len)?;
+        let marks_len = ceil_div(len, 32) * 4;
+        let marks = self.pool.alloc(marks_len)?;
+        let count = self.pool.alloc(8)?;
+        // SAFETY: r borrows its allocation for the whole call; zeros, marks
+        // and count live to its end, and the downloads below (in the
+        // recursion and the gather) wait for the stream first.
+        unsafe {
+            self.zero(zeros.range())?;
+            self.fill(count.range(), 0)?;
+            self.compare(r, zeros.range().slice(0, len)?, marks.range(), count.range())?;
+        }
+        let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+        for (k, v) in self.nonzero_bytes(marks.range().slice(0, marks_len)?)? {
+            for bit in 0..8 {
+                let at = k * 8 + bit;
+                if at < len && v >> bit & 1 == 1 {
+                    match ranges.last_mut() {
+                        Some(x) if x.end == at => x.end += 1,
+                        _ => ranges.push(at..at + 1),
+                    }
+                }
+            }
+        }
+        let got = self.gather(&[(r, &ranges)])?.pop().unwrap_or_default();
+        let mut bytes = got.into_iter();
+        let mut out = Vec::new();
+        for x in &ranges {
+            for at in x.clone() {
+                let Some(v) = bytes.next() else {
+                    return Err(Error::Invariant("gathered fewer mask bytes than marked".into()));
+                };
+                out.push((at, v));
+            }
+        }
+        Ok(out)
+    }
+
     /// The bytes of `ranges` (each inside its page, ascending) of each page
     /// of this device, packed in order: one launch copies every range into
     /// one device buffer (the batched apply kernel's full-copy descriptors,

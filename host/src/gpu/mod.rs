@@ -112,13 +112,15 @@ pub(crate) fn compare(a: &GpuPage, b: &GpuPage) -> Result<(Vec<u64>, u64)> {
 
 /// The payload that turns `old` into `new` (same device, same length):
 /// identical to [`Payload::diff`] of their bytes. The comparison runs on the
-/// device; only the mask and the new page's bytes come back.
+/// device; what comes back is a summary of its mask and the bytes the
+/// payload holds (see [`Gpu::changed_runs`]).
 pub(crate) fn diff(old: &GpuPage, new: &GpuPage) -> Result<Payload> {
     check_pair(old, new)?;
-    let (mask, _) = old.gpu().compare_ranges(old.range(), new.range())?;
-    let runs = device::runs_from_mask(&mask, old.len());
-    let bytes = new.download()?;
-    Ok(crate::delta::diff_from_runs(runs, &bytes))
+    let (runs, _) = old.gpu().changed_runs(old.range(), new.range())?;
+    crate::delta::diff_from_fetch(runs, old.len(), |ranges| {
+        let mut parts = new.gpu().gather(&[(new.range(), ranges)])?;
+        Ok(parts.pop().unwrap_or_default())
+    })
 }
 
 /// The bytes of `ranges` of each page (pages of one device), packed in
@@ -147,11 +149,10 @@ pub(crate) fn recompute(
 ) -> Result<Option<(Payload, GpuPage)>> {
     let ranges: Vec<_> = inputs.iter().map(|p| p.range()).collect();
     let new = f.run(old.gpu(), &ranges, old.len())?;
-    let (mask, count) = old.gpu().compare_ranges(old.range(), new.range())?;
+    let (runs, count) = old.gpu().changed_runs(old.range(), new.range())?;
     if count == 0 {
         return Ok(None);
     }
-    let runs = device::runs_from_mask(&mask, old.len());
     let payload = crate::delta::diff_from_fetch(runs, old.len(), |ranges| {
         let mut parts = new.gpu().gather(&[(new.range(), ranges)])?;
         Ok(parts.pop().unwrap_or_default())
