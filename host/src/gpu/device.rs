@@ -959,21 +959,7 @@ impl Gpu {
         if n[0] == 0 {
             return Ok((Vec::new(), 0));
         }
-        let mut runs: Vec<Run> = Vec::new();
-        for (k, v) in self.nonzero_bytes(mask.range().slice(0, mask_len)?)? {
-            for bit in 0..8 {
-                let at = k * 8 + bit;
-                if at >= len {
-                    break;
-                }
-                if v >> bit & 1 == 1 {
-                    match runs.last_mut() {
-                        Some(r) if r.offset + r.len == at => r.len += 1,
-                        _ => runs.push(Run { offset: at, len: 1 }),
-                    }
-                }
-            }
-        }
+        let runs = runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, mask_len)?)?, len);
         Ok((runs, n[0]))
     }
 
@@ -1217,36 +1203,23 @@ fn ensure_pinned<'a>(
         .ok_or_else(|| Error::Gpu { context: "pinned staging".into(), source: "not allocated".into() })
 }
 
-/// Maximal runs of set bits in a mask of `len` bits.
-pub(crate) fn runs_from_mask(words: &[u64], len: u64) -> Vec<Run> {
-    let mut runs = Vec::new();
-    let mut open: Option<u64> = None;
-    for (wi, &w0) in words.iter().enumerate() {
-        let base = wi as u64 * 64;
-        if base >= len {
-            break;
-        }
-        let valid = (len - base).min(64);
-        let w = if valid == 64 { w0 } else { w0 & ((1u64 << valid) - 1) };
-        match (w, open) {
-            (0, None) => continue,
-            (u64::MAX, Some(_)) => continue,
-            _ => {}
-        }
-        for k in 0..valid {
-            let bit = (w >> k) & 1 == 1;
-            match (bit, open) {
-                (true, None) => open = Some(base + k),
-                (false, Some(s)) => {
-                    runs.push(Run { offset: s, len: base + k - s });
-                    open = None;
+/// Maximal runs of set bits in a mask of `len` bits given by its non-zero
+/// bytes (offset, value), ascending: bit `b` of byte `k` is bit `8k + b`.
+fn runs_from_mask_bytes(bytes: impl IntoIterator<Item = (u64, u8)>, len: u64) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for (k, v) in bytes {
+        for bit in 0..8 {
+            let at = k * 8 + bit;
+            if at >= len {
+                break;
+            }
+            if v >> bit & 1 == 1 {
+                match runs.last_mut() {
+                    Some(r) if r.offset + r.len == at => r.len += 1,
+                    _ => runs.push(Run { offset: at, len: 1 }),
                 }
-                _ => {}
             }
         }
-    }
-    if let Some(s) = open {
-        runs.push(Run { offset: s, len: len - s });
     }
     runs
 }
@@ -1294,7 +1267,13 @@ mod tests {
             set(&mut words, i);
         }
         words[4] |= u64::MAX << 44; // dead bits past len are ignored
-        let runs = runs_from_mask(&words, len);
+        let bytes: Vec<(u64, u8)> = bytemuck::cast_slice::<u64, u8>(&words)
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b != 0)
+            .map(|(k, b)| (k as u64, *b))
+            .collect();
+        let runs = runs_from_mask_bytes(bytes, len);
         assert_eq!(
             runs,
             vec![
