@@ -65,3 +65,86 @@ fn ratio_target(name: &str) -> Option<f64> {
 fn latency_target(name: &str) -> Option<f64> {
     name.starts_with("gpu_update_1k_delta_latency").then_some(20.0)
 }
+
+/// The kernel of the derived-page rows (hand-written PTX, shared with the
+/// tests): byte `i` of the output is the largest byte `i` of the parents.
+const MAX_PTX: &str = include_str!("../../tests/data/bytewise_max.ptx");
+
+/// Derived pages on device 0: a page derived from two GPU pages, written
+/// 1 KiB at a time, by a device recompute function against the same
+/// derivation by a CPU function (which reads copies of the parents and
+/// uploads its delta). Two rows: the time of one write with its
+/// propagation (median), and the bytes that came back from the device per
+/// write.
+///
+/// # Errors
+/// A sentence saying why no row was measured.
+pub fn derive_rows(quick: bool) -> Result<Vec<Row>, String> {
+    let info = mmsb::gpu::probe().map_err(|e| e.to_string())?;
+    let mib: u64 = if quick { 16 } else { 64 };
+    let iters = if quick { 20 } else { 50 };
+    let run = |device: bool| -> mmsb::Result<(f64, f64)> {
+        let len = mib << 20;
+        let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+        let gpu = mmsb::Location::Gpu(0);
+        let a = state.create_page(mmsb::PageSpec::new(len).on(gpu))?;
+        let b = state.create_page(mmsb::PageSpec::new(len).on(gpu))?;
+        let d = state.create_page(mmsb::PageSpec::new(len).on(gpu))?;
+        if device {
+            // SAFETY: the kernel reads each input inside its length and
+            // writes only its output (tests/data/bytewise_max.ptx).
+            let f = unsafe { mmsb::gpu::DeviceFunction::from_ptx(MAX_PTX, "mmsb_test_bytewise_max") }?;
+            state.register_device_function("max", 1, f)?;
+        } else {
+            state.register_function("max", 1, |ins: &[&[u8]], out: &mut [u8]| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = ins.iter().map(|p| p[i]).max().unwrap_or(0);
+                }
+            })?;
+        }
+        state.declare_derived(d, "max", &[a, b])?;
+        let down =
+            |s: &mmsb::Mmsb| s.stats().gpus.iter().find(|(o, _)| *o == 0).map_or(0, |(_, g)| g.d2h_bytes);
+        let mut times = Vec::with_capacity(iters);
+        let mut moved = 0;
+        for k in 0..iters + 3 {
+            let at = (k as u64 * 7_919_993) % (len - 1024);
+            let bytes = vec![(k % 250) as u8 + 1; 1024];
+            let payload = mmsb::Payload::Sparse(mmsb::SparseDelta::from_pairs([(at, &bytes[..])])?);
+            let before = down(&state);
+            let t = std::time::Instant::now();
+            state.update_page(a, payload)?;
+            let dt = t.elapsed().as_secs_f64();
+            if k >= 3 {
+                times.push(dt);
+                moved += down(&state) - before;
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((times[times.len() / 2], moved as f64 / iters as f64))
+    };
+    let fail = |e: mmsb::Error| format!("the derived-page rows failed on {}: {e}", info.name);
+    let (dev_t, dev_b) = run(true).map_err(fail)?;
+    let (cpu_t, cpu_b) = run(false).map_err(fail)?;
+    let base = format!("gpu_derive_{mib}m_1k_write");
+    Ok(vec![
+        Row::latency(
+            &format!("{base}_device_fn"),
+            dev_t * 1e6,
+            "us",
+            "the same derivation by a CPU function",
+            cpu_t * 1e6,
+            None,
+        )
+        .on(&info.name),
+        Row::latency(
+            &format!("{base}_bytes_down"),
+            dev_b,
+            "B",
+            "the same derivation by a CPU function",
+            cpu_b,
+            None,
+        )
+        .on(&info.name),
+    ])
+}

@@ -118,7 +118,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         rows.extend(section("propagation", || mmsb_benches::prop::rows(budget))?);
     }
     let gpu = if want("gpu") {
-        section("gpu", || Ok(mmsb_benches::gpu::rows(args.quick)))?
+        section("gpu", || {
+            Ok(mmsb_benches::gpu::rows(args.quick).map(|mut rows| {
+                // Derived pages by a kernel against a CPU function: the
+                // kernel rows' device, or a line saying why not.
+                match mmsb_benches::gpu::derive_rows(args.quick) {
+                    Ok(more) => rows.extend(more),
+                    Err(why) => eprintln!("  derived GPU pages: no rows ({why})"),
+                }
+                rows
+            }))
+        })?
     } else {
         Err("not selected by --only".to_string())
     };
