@@ -3,7 +3,7 @@
 //! the output counts as 0 past its end; a trailing partial element of the
 //! output is left zero).
 //!
-//! The entry point takes one [`RecomputeArgs`] by value, as every device
+//! The entry point takes one [`RecomputeArgs`](shared_types::RecomputeArgs) by value, as every device
 //! recompute function does: an array of [`DeviceInput`] (the parents'
 //! device addresses and lengths, in declaration order) and the output,
 //! which starts zeroed. The grid is one-dimensional and of any size, so the
@@ -13,7 +13,7 @@
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx))]
 
-use shared_types::{DeviceInput, RecomputeArgs};
+use shared_types::DeviceInput;
 
 /// The entry point's name, as the host registers it.
 pub const ENTRY: &str = "mmsb_example_sum_u32";
@@ -34,7 +34,9 @@ pub unsafe fn sum_at(inputs: *const DeviceInput, n: u64, k: u64) -> u32 {
             // SAFETY: bytes [4k, 4k + 4) are inside the input (checked
             // above); an unaligned read, as a parent's length need not be
             // a multiple of 4.
-            let v = unsafe { core::ptr::read_unaligned((input.ptr as *const u8).add(k as usize * 4).cast::<u32>()) };
+            let v = unsafe {
+                core::ptr::read_unaligned((input.ptr as *const u8).add(k as usize * 4).cast::<u32>())
+            };
             acc = acc.wrapping_add(u32::from_le(v));
         }
     }
@@ -44,14 +46,15 @@ pub unsafe fn sum_at(inputs: *const DeviceInput, n: u64, k: u64) -> u32 {
 /// The kernel: one output element per loop step of each thread.
 ///
 /// # Safety
-/// Launched by MMSB with a [`RecomputeArgs`] whose addresses are valid.
+/// Launched by MMSB with a [`RecomputeArgs`](shared_types::RecomputeArgs) whose addresses are valid.
 #[cfg(target_arch = "nvptx64")]
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn mmsb_example_sum_u32(args: RecomputeArgs) {
+pub unsafe extern "ptx-kernel" fn mmsb_example_sum_u32(args: shared_types::RecomputeArgs) {
     use core::arch::nvptx;
     // SAFETY: reading special registers has no preconditions.
-    let (block, dim, thread, grid) =
-        unsafe { (nvptx::_block_idx_x(), nvptx::_block_dim_x(), nvptx::_thread_idx_x(), nvptx::_grid_dim_x()) };
+    let (block, dim, thread, grid) = unsafe {
+        (nvptx::_block_idx_x(), nvptx::_block_dim_x(), nvptx::_thread_idx_x(), nvptx::_grid_dim_x())
+    };
     let mut k = u64::from(block) * u64::from(dim) + u64::from(thread);
     let step = u64::from(grid) * u64::from(dim);
     let elements = args.out_len / 4;
@@ -98,8 +101,10 @@ mod tests {
     fn sum_at_matches_the_reference() {
         let a: Vec<u8> = (0..40u8).collect();
         let b: Vec<u8> = (0..22u8).map(|x| x.wrapping_mul(37)).collect();
-        let descs =
-            [DeviceInput { ptr: a.as_ptr() as u64, len: 40 }, DeviceInput { ptr: b.as_ptr() as u64, len: 22 }];
+        let descs = [
+            DeviceInput { ptr: a.as_ptr() as u64, len: 40 },
+            DeviceInput { ptr: b.as_ptr() as u64, len: 22 },
+        ];
         let mut want = [0u8; 40];
         reference(&[&a, &b], &mut want);
         for k in 0..10u64 {
