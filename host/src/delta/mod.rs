@@ -915,8 +915,12 @@ pub(crate) fn diff_from_fetch(
     };
     if sparse_cost <= dense_cost && sparse_cost <= full_cost {
         let ranges: Vec<std::ops::Range<u64>> = bridged.iter().map(|r| r.offset..r.offset + r.len).collect();
-        let data = fetched(&ranges, fetch(&ranges)?)?;
-        Ok(Payload::Sparse(SparseDelta::of_coalesced(&bridged, ByteBuf::from_vec(data))))
+        let packed = fetched(&ranges, fetch(&ranges)?)?;
+        // A buffer of the sparse layout (its bytes start on a line past
+        // the inline size), not the fetched vector adopted as it is.
+        let mut data = ByteBuf::with_capacity(packed.len());
+        data.extend_from_slice(&packed);
+        Ok(Payload::Sparse(SparseDelta::of_coalesced(&bridged, data)))
     } else if dense_cost <= full_cost {
         let ranges: Vec<std::ops::Range<u64>> = raw.iter().map(|r| r.offset..r.offset + r.len).collect();
         let packed = fetched(&ranges, fetch(&ranges)?)?;

@@ -697,14 +697,30 @@ fn plan_write<'l>(
     }
     let t0 = Instant::now();
     scratch.begin(graph.bound(), ctx.events.listeners());
+    // Pages of the write whose new bytes only device recomputes read are
+    // staged on their device (a copy there, the write applied there).
+    let mut on_device: Small<bool> = Small::new();
     for (k, n) in node_of.iter().enumerate() {
+        let mut device = false;
         if let Some(n) = *n {
             let page = &own[k].1;
             match (page.storage.host(), page.storage.gpu()) {
                 (Some(b), _) => {
                     scratch.stage(n, b, epochs[k]);
                 }
-                // A page on a device is staged from a copy of its bytes.
+                (None, Some(g)) if !propagate::read_on_host(&graph.slots, &functions.entries, n) => {
+                    let payloads: Vec<&crate::delta::Payload> = users
+                        .updates
+                        .iter()
+                        .zip(users.slots)
+                        .filter(|(_, &slot)| slot == k)
+                        .map(|(u, _)| &u.payload)
+                        .collect();
+                    scratch.stage_on_device(n, crate::gpu::staged_copy(g, &payloads)?, epochs[k]);
+                    device = true;
+                }
+                // Otherwise a page on a device is staged from a copy of
+                // its bytes.
                 (None, gpu) => {
                     scratch.stage(n, &page.copy_bytes()?, epochs[k]);
                     if let Some(g) = gpu {
@@ -713,9 +729,10 @@ fn plan_write<'l>(
                 }
             }
         }
+        on_device.push(device);
     }
     for (u, &k) in users.updates.iter().zip(users.slots) {
-        if let Some(n) = node_of[k] {
+        if let (Some(n), false) = (node_of[k], on_device[k]) {
             u.payload.apply_to(scratch.staged_mut(n, own[k].1.len as usize))?;
         }
     }

@@ -519,6 +519,26 @@ impl Gpu {
         Ok(out)
     }
 
+    /// A new page of this device holding `page`'s bytes (copied on the
+    /// device) with `payloads` applied in order: a write's new bytes, made
+    /// where they will be read.
+    pub(crate) fn staged_copy(self: &Arc<Self>, page: &GpuPage, payloads: &[&Payload]) -> Result<GpuPage> {
+        self.mine("staged copy", &page.range())?;
+        // The page's queued deltas first: the copy starts from its bytes.
+        self.flush()?;
+        let copy = self.alloc_page(page.len(), false)?;
+        // SAFETY: both ranges are live pages of this device of one length
+        // (distinct allocations), borrowed for the whole call; the flush
+        // below waits for the stream.
+        unsafe { self.memcpy_dtod(copy.range(), page.range())? };
+        for p in payloads {
+            copy.enqueue((*p).clone());
+        }
+        self.flush()?;
+        self.sync()?;
+        Ok(copy)
+    }
+
     /// A page holding a copy of `bytes`.
     pub(crate) fn page_from(self: &Arc<Self>, bytes: &[u8], unified: bool) -> Result<GpuPage> {
         let page = self.alloc_page(bytes.len() as u64, unified)?;
@@ -572,7 +592,6 @@ impl Gpu {
     /// # Safety
     /// Both allocations must stay allocated until the stream has been
     /// synchronised.
-    #[cfg(feature = "internals")]
     pub(crate) unsafe fn memcpy_dtod(&self, dst: DeviceRange<'_>, src: DeviceRange<'_>) -> Result<()> {
         const OP: &str = "cuMemcpyDtoD";
         self.mine(OP, &dst)?;

@@ -204,7 +204,6 @@ pub(crate) unsafe fn copy_dtoh(
 /// # Safety
 /// Both ranges valid device memory of `bytes` bytes until the stream has
 /// been synchronised.
-#[cfg(feature = "internals")]
 pub(crate) unsafe fn copy_dtod(
     ctx: &CudaContext,
     dst: DevicePtr,

@@ -168,6 +168,12 @@ pub(crate) fn load_function(f: &DeviceFunction, page: &GpuPage) -> Result<()> {
     f.module(page.gpu()).map(drop)
 }
 
+/// A copy of `page` on its device with `payloads` applied: the new bytes
+/// of a page a write changes, for the device recomputes below it.
+pub(crate) fn staged_copy(page: &GpuPage, payloads: &[&Payload]) -> Result<GpuPage> {
+    page.gpu().staged_copy(page, payloads)
+}
+
 /// A page of device `like`'s GPU holding a copy of `bytes` (an input of a
 /// device recompute that is not on that device).
 pub(crate) fn upload_like(like: &GpuPage, bytes: &[u8]) -> Result<GpuPage> {

@@ -403,6 +403,31 @@ impl Scratch {
     pub(crate) fn stage_home(&mut self, n: u32, gpu: &GpuPage) {
         self.home.insert(n, gpu.clone());
     }
+
+    /// Stage node `n` with new bytes that are on a device only (`fresh`,
+    /// a copy of the page): for a page no recompute reads on the CPU (see
+    /// [`read_on_host`]), whose arena place is never read.
+    pub(crate) fn stage_on_device(&mut self, n: u32, fresh: GpuPage, epoch: Epoch) {
+        self.staged[n as usize] = self.gen;
+        self.off[n as usize] = usize::MAX;
+        self.epoch[n as usize] = epoch;
+        self.fresh.insert(n, fresh);
+    }
+}
+
+/// Whether the new bytes of node `n` may be read on the CPU in a
+/// propagation: by its own recompute (a derived page whose function runs
+/// on the CPU diffs against them) or by a child whose function does (or
+/// whose function is not known).
+pub(crate) fn read_on_host(slots: &[Slot], functions: &[FunctionEntry], n: u32) -> bool {
+    let on_device = |b: crate::graph::Binding| {
+        functions.get(b.func as usize).is_some_and(|e| e.f.as_ref().is_some_and(Code::is_device))
+    };
+    slots[n as usize].binding.is_some_and(|b| !on_device(b))
+        || slots[n as usize]
+            .data_children
+            .iter()
+            .any(|&c| slots[c as usize].binding.is_none_or(|b| !on_device(b)))
 }
 
 /// A recomputed page's lock, kept from the read of its current bytes in
@@ -994,7 +1019,10 @@ fn compute_on_device<'g>(
         |location| Outcome::Failed(Error::UnsupportedLocation { op: "device recompute function", location });
     // The page's bytes now, on its device.
     let child;
-    let (old, before) = if ctx.is_staged(n) {
+    let (old, before) = if let Some(g) = ctx.fresh.get(&n) {
+        // Written in this batch, staged on its device.
+        (g.clone(), ctx.epoch[n as usize])
+    } else if ctx.is_staged(n) {
         let Some(home) = ctx.home.get(&n) else { return unsupported(crate::Location::Cpu) };
         match crate::gpu::upload_like(home, ctx.staged_bytes(n)) {
             Ok(g) => (g, ctx.epoch[n as usize]),
@@ -1061,12 +1089,7 @@ fn compute_on_device<'g>(
         return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
     };
     // A child run on the CPU reads the new bytes from the arena.
-    let host_child = slot.data_children.iter().any(|&c| {
-        ctx.slots[c as usize].binding.is_none_or(|b| {
-            !ctx.functions.get(b.func as usize).is_some_and(|e| e.f.as_ref().is_some_and(Code::is_device))
-        })
-    });
-    if host_child {
+    if read_on_host(ctx.slots, ctx.functions, n) {
         if let Err(e) = new.gpu().download(new.range(), o) {
             return Outcome::Failed(e);
         }
