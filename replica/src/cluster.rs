@@ -152,8 +152,8 @@ impl LocalCluster {
     }
 
     /// The client URL of node `i`.
-    pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    pub fn url(&self, i: usize) -> Option<String> {
+        self.nodes.get(i).map(|n| format!("nats://127.0.0.1:{}", n.client_port))
     }
 
     /// The number of nodes.
@@ -168,12 +168,12 @@ impl LocalCluster {
 
     /// The process id of node `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.nodes[i].child.as_ref().map(|c| c.id())
+        self.nodes.get(i)?.child.as_ref().map(|c| c.id())
     }
 
     /// Kill node `i` (SIGKILL) and reap it.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
+        if let Some(mut c) = self.nodes.get_mut(i).and_then(|n| n.child.take()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -185,6 +185,9 @@ impl LocalCluster {
     /// # Errors
     /// As [`LocalCluster::start`].
     pub fn restart(&mut self, i: usize) -> Result<()> {
+        if i >= self.nodes.len() {
+            return Err(Error::Server(format!("no node {i}")));
+        }
         self.kill(i);
         self.spawn(i)?;
         self.wait_ready(i, Duration::from_secs(20))
