@@ -132,6 +132,11 @@ pub struct Follower {
     subscribers: Vec<mpsc::Sender<Applied>>,
     /// Messages that were already applied when they arrived.
     duplicates: u64,
+    /// The highest LSN a stream message named (a commit's last, a fence's).
+    seen_lsn: u64,
+    /// The directory's lock: one writer of its log at a time (a
+    /// follower's, or a leader's `Mmsb`).
+    _lock: Option<mmsb::internals::vfs::DirLock>,
 }
 
 impl Follower {
@@ -158,6 +163,10 @@ impl Follower {
         let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
         let log_dir = mmsb::internals::files::log_dir(dir);
         vfs.create_dir_all(&log_dir).map_err(|e| mmsb::Error::from(e).in_file(&log_dir))?;
+        let lock = vfs.lock_dir(&log_dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => mmsb::Error::InUse { dir: dir.to_path_buf() },
+            _ => mmsb::Error::from(e).in_file(&log_dir),
+        })?;
         let limits = Limits::default();
         let (image, _report, resume) = recover(vfs.as_ref(), dir, RecoveryMode::default(), &limits)?;
         let log = LogWriter::resume(
@@ -178,6 +187,8 @@ impl Follower {
             pending: BTreeMap::new(),
             subscribers: Vec::new(),
             duplicates: 0,
+            seen_lsn: 0,
+            _lock: lock,
         })
     }
 
@@ -193,6 +204,10 @@ impl Follower {
     /// follower's LSN without starting after it.
     pub fn offer(&mut self, m: Replicated) -> Result<bool> {
         self.epoch = self.epoch.max(m.epoch);
+        self.seen_lsn = self.seen_lsn.max(match &m.body {
+            Body::Commit { last, .. } => *last,
+            Body::Fence { after } => *after,
+        });
         let Body::Commit { first, last, .. } = &m.body else { return Ok(false) };
         let (first, last) = (*first, *last);
         if last <= self.image.lsn {
@@ -333,6 +348,11 @@ impl Follower {
     /// The highest leader epoch seen.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The highest LSN a message offered so far named.
+    pub fn seen_lsn(&self) -> u64 {
+        self.seen_lsn
     }
 
     /// The last stream sequence read.

@@ -185,6 +185,14 @@ impl Leader {
         let mut tries = 0;
         let last_seq = loop {
             follower.catch_up()?;
+            if follower.lsn().0 > follower.seen_lsn() {
+                return Err(Error::Config(format!(
+                    "{} holds LSNs up to {}, the stream only up to {}: it is not a replica of this stream",
+                    dir.display(),
+                    follower.lsn().0,
+                    follower.seen_lsn()
+                )));
+            }
             let mut h = HeaderMap::new();
             h.insert(HDR_EPOCH, epoch.to_string().as_str());
             h.insert(HDR_FENCE, follower.lsn().0.to_string().as_str());

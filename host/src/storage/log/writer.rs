@@ -928,6 +928,7 @@ mod tests {
     use super::*;
     use crate::delta::change::Update;
     use crate::delta::{Delta, DenseDelta, Payload, Source, SparseDelta};
+    use crate::storage::codec::Limits;
     use crate::storage::vfs::SimVfs;
     use shared_types::{DeltaId, Epoch, PageId};
 
@@ -1294,5 +1295,96 @@ mod tests {
         assert!(matches!(w.append_derived(2, (0, u64::MAX), e), Err(Error::Serialization(_))));
         assert_eq!((w.buf.len(), w.next_lsn()), before);
         w.append_derived(2, (u64::MAX - 2, 0), e).unwrap();
+    }
+
+    /// A sink that records what it is given, and refuses when told to.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        got: parking_lot::Mutex<Vec<(u64, u64, Vec<u8>)>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl CommitSink for Recorder {
+        fn commit(&self, first: Lsn, last: Lsn, framed: &[u8]) -> Result<()> {
+            if self.refuse.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Replication("refused".into()));
+            }
+            self.got.lock().push((first.0, last.0, framed.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn create(id: u64) -> Change {
+        Change::CreatePage {
+            id: PageId(id),
+            len: 8,
+            location: crate::types::page::Location::Cpu,
+            meta: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_each_commit_framed_before_the_local_log_and_a_refusal_rolls_it_back() {
+        let vfs = Arc::new(SimVfs::new());
+        let dir = Path::new("/log");
+        vfs.create_dir_all(dir).unwrap();
+        let mut w = LogWriter::open(vfs.clone(), dir, 1, 1, 1, Durability::None, 1 << 30).unwrap();
+        let sink = Arc::new(Recorder::default());
+        w.set_sink(Some(sink.clone()));
+        w.append(&[create(1)]).unwrap();
+        w.commit().unwrap();
+        w.append(&[create(2), create(3)]).unwrap();
+        w.commit().unwrap();
+        {
+            let got = sink.got.lock();
+            assert_eq!(got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), [(1, 1), (2, 5)]);
+            // The bytes are whole commits the reader takes from their first LSN.
+            for (first, last, framed) in got.iter() {
+                let end =
+                    super::super::reader::visit_framed(framed, *first, &Limits::default(), &mut |_| Ok(true));
+                assert_eq!(end.unwrap(), *last);
+            }
+        }
+        // Durability `None` kept both in the buffer; a refusal writes
+        // the acknowledged ones, drops the refused one and poisons.
+        sink.refuse.store(true, std::sync::atomic::Ordering::Relaxed);
+        w.append(&[create(4)]).unwrap();
+        assert!(matches!(w.commit(), Err(Error::Replication(_))));
+        assert_eq!(w.last_lsn(), Lsn(5));
+        assert!(matches!(w.append(&[create(5)]), Err(Error::Poisoned(_))));
+        let bytes = vfs.read(&dir.join(segment_name(1))).unwrap();
+        let got = sink.got.lock();
+        let expect: Vec<u8> = got.iter().flat_map(|g| g.2.iter().copied()).collect();
+        assert_eq!(&bytes[SEGMENT_HEAD_LEN..], &expect[..]);
+    }
+
+    #[test]
+    fn append_framed_takes_whole_commits_from_the_next_lsn_only() {
+        let framed = {
+            let vfs = Arc::new(SimVfs::new());
+            let dir = Path::new("/a");
+            vfs.create_dir_all(dir).unwrap();
+            let mut w = LogWriter::open(vfs.clone(), dir, 1, 1, 1, Durability::Flush, 1 << 30).unwrap();
+            w.append(&[create(1), create(2)]).unwrap();
+            w.commit().unwrap();
+            vfs.read(&dir.join(segment_name(1))).unwrap()[SEGMENT_HEAD_LEN..].to_vec()
+        };
+        let vfs = Arc::new(SimVfs::new());
+        let dir = Path::new("/b");
+        vfs.create_dir_all(dir).unwrap();
+        let limits = Limits::default();
+        let mut w = LogWriter::open(vfs.clone(), dir, 1, 1, 1, Durability::Flush, 1 << 30).unwrap();
+        // Cut inside the batch, or a flipped byte: refused, nothing appended.
+        assert!(matches!(w.append_framed(&framed[..framed.len() - 3], &limits), Err(Error::Corrupt { .. })));
+        let mut bad = framed.clone();
+        bad[20] ^= 1;
+        assert!(matches!(w.append_framed(&bad, &limits), Err(Error::Corrupt { .. })));
+        assert!(matches!(w.append_framed(&[], &limits), Err(Error::Corrupt { .. })));
+        assert_eq!(w.next_lsn(), Lsn(1));
+        assert_eq!(w.append_framed(&framed, &limits).unwrap(), Lsn(4));
+        // The same records again do not follow LSN 4.
+        assert!(matches!(w.append_framed(&framed, &limits), Err(Error::Corrupt { .. })));
+        let bytes = vfs.read(&dir.join(segment_name(1))).unwrap();
+        assert_eq!(&bytes[SEGMENT_HEAD_LEN..], &framed[..]);
     }
 }
