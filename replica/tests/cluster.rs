@@ -313,3 +313,32 @@ fn a_paused_node_past_the_lease_loses_nothing() -> TestResult {
     assert_eq!(check_history(&stream, &acked)?, l.mmsb().lsn().0);
     Ok(())
 }
+
+#[test]
+fn a_commit_over_the_message_limit_is_refused_and_nothing_is_lost() -> TestResult {
+    let Some(c) = cluster(3) else { return Ok(()) };
+    let opts = options(&c, "large", "w");
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("leader");
+    let leader = Leader::acquire(&opts, &dir, Duration::from_secs(15))?;
+    let mut acked = Vec::new();
+    let page = leader.mmsb().create_page(PageSpec::new(2 << 20))?;
+    record(&mut acked, leader.epoch(), leader.mmsb())?;
+    let before = (leader.mmsb().lsn(), leader.mmsb().state_hash()?);
+    // 2 MiB of framed records: over the server's 1 MB max_payload.
+    let r = leader.mmsb().update_page(page, mmsb::Payload::Full(vec![7; 2 << 20]));
+    assert!(matches!(r, Err(mmsb::Error::Replication(_))), "{r:?}");
+    assert_eq!((leader.mmsb().lsn(), leader.mmsb().state_hash()?), before);
+    // The writer steps down, leads again from its directory, and goes on.
+    drop(leader.step_down()?);
+    let leader = Leader::acquire(&opts, &dir, Duration::from_secs(15))?;
+    assert_eq!((leader.mmsb().lsn(), leader.mmsb().state_hash()?), before);
+    leader
+        .mmsb()
+        .update_page(page, mmsb::Payload::Sparse(mmsb::SparseDelta::from_pairs([(0u64, &[1u8; 64][..])])?))?;
+    record(&mut acked, leader.epoch(), leader.mmsb())?;
+    let f = converge(&opts.with_holder("r"), &tmp.path().join("f"), &acked)?;
+    assert_eq!((f.lsn(), f.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    assert_eq!(check_history(&read_stream(&opts)?, &acked)?, leader.mmsb().lsn().0);
+    Ok(())
+}
