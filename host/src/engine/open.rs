@@ -62,6 +62,10 @@ pub struct Config {
     /// Increments a checkpoint chain may hold before the next checkpoint is
     /// full again (0: every checkpoint is full; at most 64). See [`Mmsb::checkpoint`].
     pub checkpoint_chain: u32,
+    /// Where each commit's framed records go before it is acknowledged
+    /// (a replicated log; see [`crate::CommitSink`]). `None`: the local
+    /// log alone.
+    pub commit_sink: Option<Arc<dyn crate::CommitSink>>,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             event_capacity: 1 << 16,
             gpu_apply: crate::gpu::GpuApply::Immediate,
             checkpoint_chain: DEFAULT_CHECKPOINT_CHAIN,
+            commit_sink: None,
         }
     }
 }
@@ -136,6 +141,13 @@ impl Config {
     /// ```
     pub fn existing(dir: impl Into<PathBuf>) -> Self {
         Self { dir: Some(dir.into()), existing: true, ..Self::default() }
+    }
+
+    /// Hand each commit to `sink` before it is acknowledged.
+    #[must_use]
+    pub fn commit_sink(mut self, sink: Arc<dyn crate::CommitSink>) -> Self {
+        self.commit_sink = Some(sink);
+        self
     }
 
     /// Set the durability.
@@ -316,7 +328,9 @@ impl Mmsb {
                 changed,
             })?;
         }
-        let log = LogWriter::resume(vfs.clone(), &log_dir, &resume, config.durability, config.segment_bytes)?;
+        let mut log =
+            LogWriter::resume(vfs.clone(), &log_dir, &resume, config.durability, config.segment_bytes)?;
+        log.set_sink(config.commit_sink.clone());
         let resume_chain = resume.chain;
         report.generation = log.generation();
         let state = Mmsb {

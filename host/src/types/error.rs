@@ -173,6 +173,12 @@ pub enum Error {
     #[error("the state was stopped")]
     Stopped,
 
+    /// A [`crate::CommitSink`] refused a commit or could not say that it
+    /// took it (a replicated log's publish failed, or this writer was
+    /// deposed); the commit is not acknowledged and the log is poisoned.
+    #[error("replication refused the commit: {0}")]
+    Replication(String),
+
     /// A directory given as a state directory is not one: it is missing
     /// or holds no log, when [`crate::Config::existing`] asked for an
     /// existing state, or it holds other files and no MMSB log, which

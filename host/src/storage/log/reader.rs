@@ -875,6 +875,52 @@ fn take_frame<'a>(
     Ok(None)
 }
 
+/// Read `framed`, whole frames of whole committed units (a segment's
+/// records without its header, as a replicated log carries them) whose
+/// first record has LSN `first_lsn`, delivering each unit to `visit`
+/// (which returns `false` to stop) as a scan of a segment would. Returns
+/// the LSN of the last record read.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a frame that is not the next valid record, a
+/// malformed batch, or bytes that end inside a batch or are empty; an
+/// error from `visit`.
+pub fn visit_framed(
+    framed: &[u8],
+    first_lsn: u64,
+    limits: &Limits,
+    visit: &mut dyn FnMut(Commit<'_, '_>) -> Result<bool>,
+) -> Result<u64> {
+    let path = Path::new("<replicated commit>");
+    if framed.is_empty() {
+        return Err(corrupt(path, 0, "no records"));
+    }
+    let mut cur = Cursor { pos: 0, lsn: first_lsn, batch: None, pending: Vec::new() };
+    let mut res = ScanResult { last_lsn: first_lsn.saturating_sub(1), ..ScanResult::default() };
+    let mut summary = SegmentSummary {
+        path: path.to_path_buf(),
+        bytes: framed.len() as u64,
+        header: None,
+        records: 0,
+        lsns: None,
+    };
+    let mut by_type = [(0u64, 0u64); 256];
+    let mut visitor = FnVisitor(visit);
+    while cur.pos < framed.len() {
+        let raw =
+            read_frame(framed, cur.pos, cur.lsn, limits).map_err(|r| corrupt(path, cur.pos as u64, r))?;
+        match take_frame(raw, &mut cur, path, &mut res, &mut summary, &mut by_type, limits, &mut visitor) {
+            Ok(Some(_)) => return Ok(cur.lsn - 1),
+            Ok(None) => {}
+            Err((e, _)) => return Err(e),
+        }
+    }
+    if cur.batch.is_some() {
+        return Err(corrupt(path, cur.pos as u64, "the records end inside a batch"));
+    }
+    Ok(cur.lsn - 1)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn scan_all(
     vfs: &dyn Vfs,

@@ -54,9 +54,34 @@ pub struct LogStats {
     pub segments: u64,
 }
 
+/// Where each group commit's framed records go, besides the local log,
+/// before the commit is acknowledged: a replicated log (the
+/// `mmsb-replica` crate publishes them to a NATS JetStream stream).
+///
+/// [`LogWriter::commit`] and [`LogWriter::sync`] hand the sink the records
+/// appended since the last hand-off, framed exactly as in a segment
+/// (docs/FORMAT.md), with the LSNs of the first and the last. The sink is
+/// called before the records are written locally. An error from it
+/// poisons the log: the commit fails, nothing of it is applied, and the
+/// writer accepts no more commits (the sink may or may not have stored the
+/// records; a replicated writer resolves that by reading its stream).
+pub trait CommitSink: Send + Sync + std::fmt::Debug {
+    /// Take records `first..=last` (`framed`: whole frames, whole commits).
+    ///
+    /// # Errors
+    /// Any error; it becomes the commit's error and poisons the log.
+    fn commit(&self, first: Lsn, last: Lsn, framed: &[u8]) -> Result<()>;
+}
+
 /// Appends records to the segment files of one log directory.
 #[derive(Debug)]
 pub struct LogWriter {
+    /// The replicated log each commit goes to first, if any.
+    sink: Option<Arc<dyn CommitSink>>,
+    /// Where in `buf` the records not yet handed to `sink` start.
+    sink_from: usize,
+    /// The LSN of the first of them.
+    sink_lsn: u64,
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     file: Option<Box<dyn VfsFile>>,
@@ -152,6 +177,9 @@ impl LogWriter {
         segment_limit: u64,
     ) -> Self {
         LogWriter {
+            sink: None,
+            sink_from: 0,
+            sink_lsn: next_lsn,
             vfs,
             dir: dir.to_path_buf(),
             file: None,
@@ -220,6 +248,59 @@ impl LogWriter {
         }
         self.file = None;
         self.buf.clear();
+        self.sink_from = 0;
+    }
+
+    /// Hand every later commit to `sink` before it is written locally.
+    pub fn set_sink(&mut self, sink: Option<Arc<dyn CommitSink>>) {
+        self.sink = sink;
+        self.sink_from = self.buf.len();
+        self.sink_lsn = self.next_lsn;
+    }
+
+    /// Hand the records appended since the last hand-off to the sink.
+    fn replicate(&mut self) -> Result<()> {
+        let Some(sink) = &self.sink else { return Ok(()) };
+        if self.next_lsn == self.sink_lsn {
+            return Ok(());
+        }
+        let (first, last) = (Lsn(self.sink_lsn), Lsn(self.next_lsn - 1));
+        let res = match self.buf.get(self.sink_from..) {
+            Some(framed) => sink.commit(first, last, framed),
+            None => Err(Error::Invariant("the replicated records left the log buffer".into())),
+        };
+        if let Err(e) = res {
+            // The refused records go; those of acknowledged commits that
+            // the buffer still holds (durability `None`) are written first.
+            self.buf.truncate(self.sink_from);
+            self.next_lsn = self.sink_lsn;
+            let _ = self.write_out();
+            return Err(self.poison(e));
+        }
+        self.sink_from = self.buf.len();
+        self.sink_lsn = self.next_lsn;
+        Ok(())
+    }
+
+    /// Append records framed elsewhere (a replica's copy of a leader's
+    /// commits): `framed` must hold whole commits whose first record has
+    /// this log's next LSN; they are checked as recovery reads them
+    /// ([`super::reader::visit_framed`]) before anything is appended, then
+    /// committed with this log's durability. Returns the last LSN.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for frames that do not read as whole commits
+    /// from the next LSN (nothing appended); as [`LogWriter::commit`].
+    pub fn append_framed(&mut self, framed: &[u8], limits: &crate::storage::codec::Limits) -> Result<Lsn> {
+        self.live()?;
+        let last = super::reader::visit_framed(framed, self.next_lsn, limits, &mut |_| Ok(true))?;
+        self.framed_with(|w| {
+            w.buf.extend_from_slice(framed);
+            w.next_lsn = last + 1;
+            Ok(())
+        })?;
+        self.commit()?;
+        Ok(Lsn(last))
     }
 
     fn live(&self) -> Result<()> {
@@ -721,6 +802,7 @@ impl LogWriter {
         }
         self.stats.writes += 1;
         self.buf.clear();
+        self.sink_from = 0;
         Ok(())
     }
 
@@ -730,6 +812,7 @@ impl LogWriter {
     /// [`Error::Poisoned`], or the [`Error::Io`] that poisons the log now.
     pub fn commit(&mut self) -> Result<()> {
         self.live()?;
+        self.replicate()?;
         match self.durability {
             Durability::None => {
                 if self.buf.len() >= BUFFER_BYTES {
@@ -777,6 +860,7 @@ impl LogWriter {
     /// [`Error::Poisoned`], or the [`Error::Io`] that poisons the log now.
     pub fn sync(&mut self) -> Result<()> {
         self.live()?;
+        self.replicate()?;
         self.write_out()?;
         self.fsync()
     }
@@ -844,6 +928,7 @@ mod tests {
     use super::*;
     use crate::delta::change::Update;
     use crate::delta::{Delta, DenseDelta, Payload, Source, SparseDelta};
+    use crate::storage::codec::Limits;
     use crate::storage::vfs::SimVfs;
     use shared_types::{DeltaId, Epoch, PageId};
 
@@ -1210,5 +1295,96 @@ mod tests {
         assert!(matches!(w.append_derived(2, (0, u64::MAX), e), Err(Error::Serialization(_))));
         assert_eq!((w.buf.len(), w.next_lsn()), before);
         w.append_derived(2, (u64::MAX - 2, 0), e).unwrap();
+    }
+
+    /// A sink that records what it is given, and refuses when told to.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        got: parking_lot::Mutex<Vec<(u64, u64, Vec<u8>)>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl CommitSink for Recorder {
+        fn commit(&self, first: Lsn, last: Lsn, framed: &[u8]) -> Result<()> {
+            if self.refuse.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Replication("refused".into()));
+            }
+            self.got.lock().push((first.0, last.0, framed.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn create(id: u64) -> Change {
+        Change::CreatePage {
+            id: PageId(id),
+            len: 8,
+            location: crate::types::page::Location::Cpu,
+            meta: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_each_commit_framed_before_the_local_log_and_a_refusal_rolls_it_back() {
+        let vfs = Arc::new(SimVfs::new());
+        let dir = Path::new("/log");
+        vfs.create_dir_all(dir).unwrap();
+        let mut w = LogWriter::open(vfs.clone(), dir, 1, 1, 1, Durability::None, 1 << 30).unwrap();
+        let sink = Arc::new(Recorder::default());
+        w.set_sink(Some(sink.clone()));
+        w.append(&[create(1)]).unwrap();
+        w.commit().unwrap();
+        w.append(&[create(2), create(3)]).unwrap();
+        w.commit().unwrap();
+        {
+            let got = sink.got.lock();
+            assert_eq!(got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), [(1, 1), (2, 5)]);
+            // The bytes are whole commits the reader takes from their first LSN.
+            for (first, last, framed) in got.iter() {
+                let end =
+                    super::super::reader::visit_framed(framed, *first, &Limits::default(), &mut |_| Ok(true));
+                assert_eq!(end.unwrap(), *last);
+            }
+        }
+        // Durability `None` kept both in the buffer; a refusal writes
+        // the acknowledged ones, drops the refused one and poisons.
+        sink.refuse.store(true, std::sync::atomic::Ordering::Relaxed);
+        w.append(&[create(4)]).unwrap();
+        assert!(matches!(w.commit(), Err(Error::Replication(_))));
+        assert_eq!(w.last_lsn(), Lsn(5));
+        assert!(matches!(w.append(&[create(5)]), Err(Error::Poisoned(_))));
+        let bytes = vfs.read(&dir.join(segment_name(1))).unwrap();
+        let got = sink.got.lock();
+        let expect: Vec<u8> = got.iter().flat_map(|g| g.2.iter().copied()).collect();
+        assert_eq!(&bytes[SEGMENT_HEAD_LEN..], &expect[..]);
+    }
+
+    #[test]
+    fn append_framed_takes_whole_commits_from_the_next_lsn_only() {
+        let framed = {
+            let vfs = Arc::new(SimVfs::new());
+            let dir = Path::new("/a");
+            vfs.create_dir_all(dir).unwrap();
+            let mut w = LogWriter::open(vfs.clone(), dir, 1, 1, 1, Durability::Flush, 1 << 30).unwrap();
+            w.append(&[create(1), create(2)]).unwrap();
+            w.commit().unwrap();
+            vfs.read(&dir.join(segment_name(1))).unwrap()[SEGMENT_HEAD_LEN..].to_vec()
+        };
+        let vfs = Arc::new(SimVfs::new());
+        let dir = Path::new("/b");
+        vfs.create_dir_all(dir).unwrap();
+        let limits = Limits::default();
+        let mut w = LogWriter::open(vfs.clone(), dir, 1, 1, 1, Durability::Flush, 1 << 30).unwrap();
+        // Cut inside the batch, or a flipped byte: refused, nothing appended.
+        assert!(matches!(w.append_framed(&framed[..framed.len() - 3], &limits), Err(Error::Corrupt { .. })));
+        let mut bad = framed.clone();
+        bad[20] ^= 1;
+        assert!(matches!(w.append_framed(&bad, &limits), Err(Error::Corrupt { .. })));
+        assert!(matches!(w.append_framed(&[], &limits), Err(Error::Corrupt { .. })));
+        assert_eq!(w.next_lsn(), Lsn(1));
+        assert_eq!(w.append_framed(&framed, &limits).unwrap(), Lsn(4));
+        // The same records again do not follow LSN 4.
+        assert!(matches!(w.append_framed(&framed, &limits), Err(Error::Corrupt { .. })));
+        let bytes = vfs.read(&dir.join(segment_name(1))).unwrap();
+        assert_eq!(&bytes[SEGMENT_HEAD_LEN..], &framed[..]);
     }
 }

@@ -1,0 +1,144 @@
+//! `mmsb lead` killed (SIGKILL) in the middle of its commits on a real
+//! three-node NATS cluster: another `mmsb lead` takes the lease over, and
+//! every commit the killed one acknowledged is in the stream once, in
+//! order, with the state hash it printed; `mmsb follow` converges.
+
+use mmsb_replica::cluster::{server_binary, LocalCluster};
+use mmsb_replica::link::Link;
+use mmsb_replica::{Body, Follower, Options, Replicated};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A child process killed when dropped (also when the test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lead(c: &LocalCluster, holder: &str, dir: &std::path::Path, writes: u64, seed: u64) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mmsb"));
+    cmd.args([
+        "lead",
+        "--nats",
+        &c.urls().join(","),
+        "--state",
+        "kill",
+        "--holder",
+        holder,
+        "--lease-ms",
+        "800",
+    ])
+    .args(["--writes", &writes.to_string(), "--seed", &seed.to_string(), "--wait-ms", "20000"])
+    .arg(dir)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    cmd
+}
+
+/// `(epoch, lsn, hash)` of an `acked` line.
+fn acked(line: &str) -> Option<(u64, u64, String)> {
+    let mut w = line.strip_prefix("acked ")?.split(' ');
+    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?, w.next()?.to_string()))
+}
+
+#[test]
+fn killing_the_leader_mid_commit_loses_no_acknowledged_commit() -> TestResult {
+    if server_binary().is_none() {
+        assert_ne!(
+            std::env::var("MMSB_REQUIRE_NATS").as_deref(),
+            Ok("1"),
+            "MMSB_REQUIRE_NATS=1 but no nats-server"
+        );
+        eprintln!("skipped: no nats-server (set MMSB_NATS_SERVER or run scripts/nats-server.sh)");
+        return Ok(());
+    }
+    let c = LocalCluster::start(3)?;
+    let tmp = tempfile::tempdir()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The first leader: killed once it has acknowledged 40 commits, in
+    // the middle of its next ones.
+    let mut a = Killed(lead(&c, "a", &tmp.path().join("a"), 1_000_000, 1).spawn()?);
+    let out = a.0.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        assert!(Instant::now() < deadline, "the first leader acknowledged too little in time");
+        let line = lines.next().ok_or("the first leader stopped")??;
+        got.extend(acked(&line));
+    }
+    let pid = libc::pid_t::try_from(a.0.id())?;
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let _ = a.0.wait();
+    // Whatever it printed before dying was acknowledged too.
+    for line in lines {
+        got.extend(acked(&line?));
+    }
+    // The second leader takes over once the lease expires.
+    let b = lead(&c, "b", &tmp.path().join("b"), 30, 2).output()?;
+    assert!(b.status.success(), "the second leader failed");
+    let b_lines: Vec<_> = String::from_utf8(b.stdout)?.lines().filter_map(acked).collect();
+    assert_eq!(b_lines.len(), 30);
+    got.extend(b_lines);
+
+    // The history: the stream holds LSNs 1..=n once each, each fence
+    // after the last commit of the epoch before it, and every printed
+    // commit at its LSN under its epoch.
+    let mut opts = Options::new(c.urls(), "kill", "checker");
+    opts.timeout = Duration::from_secs(10);
+    let link = Link::connect(&opts)?;
+    let (first, last) = link.bounds()?;
+    let mut stream = Vec::new();
+    for seq in first..=last {
+        stream.push(Replicated::from_message(&link.get(seq)?.ok_or("a message is missing")?)?);
+    }
+    let (mut lsn, mut fence, mut ends) = (0, 0, std::collections::BTreeMap::new());
+    for m in &stream {
+        match &m.body {
+            Body::Fence { after } => {
+                assert!(m.epoch > fence && *after == lsn, "bad fence at seq {}", m.seq);
+                fence = m.epoch;
+            }
+            Body::Commit { first, last, .. } => {
+                assert_eq!((m.epoch, *first), (fence, lsn + 1), "commit at seq {} out of order", m.seq);
+                lsn = *last;
+                ends.insert(*last, m.epoch);
+            }
+        }
+    }
+    for (epoch, l, _) in &got {
+        assert_eq!(ends.get(l), Some(epoch), "acknowledged LSN {l} of epoch {epoch} is not in the stream");
+    }
+    // A follower equals each leader at every LSN it printed.
+    let hashes: std::collections::BTreeMap<u64, String> =
+        got.iter().map(|(_, l, h)| (*l, h.clone())).collect();
+    let mut f = Follower::open(&opts, &tmp.path().join("f"))?;
+    let mut checked = 0;
+    while let Some(m) = f.step()? {
+        if !matches!(m.body, Body::Commit { .. }) {
+            continue;
+        }
+        if let Some(h) = hashes.get(&f.lsn().0) {
+            assert_eq!(&format!("{:032x}", f.state_hash()), h, "follower differs at LSN {}", f.lsn().0);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, hashes.len());
+    // `mmsb follow` reaches the same state.
+    let fol = Command::new(env!("CARGO_BIN_EXE_mmsb"))
+        .args(["follow", "--nats", &c.urls().join(","), "--state", "kill", "--holder", "cli"])
+        .arg(tmp.path().join("g"))
+        .output()?;
+    assert!(fol.status.success());
+    let text = String::from_utf8(fol.stdout)?;
+    let last_line = text.lines().last().ok_or("no output")?;
+    assert_eq!(last_line, format!("lsn {} hash {:032x}", f.lsn().0, f.state_hash()));
+    Ok(())
+}
