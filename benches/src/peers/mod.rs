@@ -272,11 +272,36 @@ pub fn commit_rows(b: PeerBudget, base: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// One system's history figures: seconds to reopen (and read a page), and
-/// seconds to read every page as of the midpoint, when it can.
+/// One system's history figures, in seconds: to reopen and read one page,
+/// to reopen and read every page, the same for MMSB after a checkpoint,
+/// and to read every page as of the midpoint, when the system can.
 struct HistoryRun {
     reopen: f64,
+    reopen_all: f64,
+    checkpointed: Option<(f64, f64)>,
     as_of: Option<f64>,
+}
+
+/// Reopen the store in `dir` and read every page: the seconds to the
+/// first page and to the last, the pages checked against `model`.
+fn timed_reopen(
+    sys: System,
+    b: PeerBudget,
+    dir: &Path,
+    model: &[Vec<u8>],
+) -> Result<(Box<dyn stores::PageStore>, f64, f64)> {
+    let t = Instant::now();
+    let mut store = sys.reopen(dir, Setting::ProcessCrash, b.pages)?;
+    let mut pages = vec![store.read(0)?];
+    let first = t.elapsed().as_secs_f64();
+    for k in 1..b.pages {
+        pages.push(store.read(k)?);
+    }
+    let all = t.elapsed().as_secs_f64();
+    if let Some(k) = (0..b.pages).find(|&k| pages[k] != model[k]) {
+        return Err(mmsb::Error::Invariant(format!("{}: page {k} differs after the reopen", sys.key())));
+    }
+    Ok((store, first, all))
 }
 
 /// The state after `n` commits of `work`'s generator, page by page.
@@ -312,19 +337,9 @@ fn history_run(sys: System, b: PeerBudget, dir: &Path) -> Result<HistoryRun> {
         store.commit(&c)?;
     }
     store.close()?;
-    let t = Instant::now();
-    let mut store = sys.reopen(dir, setting, b.pages)?;
-    let first = store.read(0)?;
-    let reopen = t.elapsed().as_secs_f64();
-    if first != model[0] {
-        return Err(mmsb::Error::Invariant(format!("{}: page 0 differs after the reopen", sys.key())));
-    }
-    for (k, want) in model.iter().enumerate() {
-        if &store.read(k)? != want {
-            return Err(mmsb::Error::Invariant(format!("{}: page {k} differs after the reopen", sys.key())));
-        }
-    }
+    let (mut store, reopen, reopen_all) = timed_reopen(sys, b, dir, &model)?;
     let mid = mid_model.unwrap_or_else(|| model.clone());
+    let mut checkpointed = None;
     let as_of = if let Some((state_dir, lsn)) = mid_lsn {
         store.close()?;
         let t = Instant::now();
@@ -339,6 +354,15 @@ fn history_run(sys: System, b: PeerBudget, dir: &Path) -> Result<HistoryRun> {
         if pages != mid {
             return Err(mmsb::Error::Invariant("mmsb: the replay to the midpoint differs".into()));
         }
+        // The same state after a checkpoint (which retires the log the
+        // history read above needs, so it comes last).
+        let s = mmsb::Mmsb::start(mmsb::Config::existing(&state_dir).durability(mmsb::Durability::Flush))?;
+        s.checkpoint()?;
+        s.stop()?;
+        drop(s);
+        let (store, first, all) = timed_reopen(sys, b, dir, &model)?;
+        store.close()?;
+        checkpointed = Some((first, all));
         Some(e)
     } else if let Some(id) = savepoint {
         let t = Instant::now();
@@ -354,7 +378,7 @@ fn history_run(sys: System, b: PeerBudget, dir: &Path) -> Result<HistoryRun> {
         None
     };
     std::fs::remove_dir_all(dir)?;
-    Ok(HistoryRun { reopen, as_of })
+    Ok(HistoryRun { reopen, reopen_all, checkpointed, as_of })
 }
 
 /// What a peer offers instead of a read as of an earlier commit.
@@ -381,17 +405,26 @@ pub fn history_rows(b: PeerBudget, base: &Path) -> Result<Vec<Row>> {
         let theirs = history_run(sys, b, &dir)?;
         let peer = sys.peer(Setting::ProcessCrash);
         let label = format!("{} {}, {}", peer.name, peer.version, peer.setting);
-        rows.push(
-            Row::cost(
-                &format!("peers_reopen_after_{n}_commits_{}", sys.key()),
-                ours.reopen * 1e3,
-                "ms",
-                &label,
-                theirs.reopen * 1e3,
-                Some(1.0),
-            )
-            .against(peer.clone()),
-        );
+        // MMSB reopened from its log alone, then after a checkpoint.
+        let (cp_first, cp_all) = ours.checkpointed.unwrap_or((f64::NAN, f64::NAN));
+        for (what, mine, theirs) in [
+            ("", ours.reopen, theirs.reopen),
+            ("_read_all", ours.reopen_all, theirs.reopen_all),
+            ("_checkpointed", cp_first, theirs.reopen),
+            ("_checkpointed_read_all", cp_all, theirs.reopen_all),
+        ] {
+            rows.push(
+                Row::cost(
+                    &format!("peers_reopen{what}_after_{n}_commits_{}", sys.key()),
+                    mine * 1e3,
+                    "ms",
+                    &label,
+                    theirs * 1e3,
+                    Some(1.0),
+                )
+                .against(peer.clone()),
+            );
+        }
         let mut peer = peer;
         let label = match history_setting(sys) {
             Ok(how) => {
@@ -443,8 +476,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let rows = rows(PeerBudget::TINY, dir.path())?;
         // 2 settings x 2 variants x 3 peers x (rate + bytes), 3 peers x
-        // (reopen + history), 4 incremental rows.
-        assert_eq!(rows.len(), 24 + 6 + 4, "{:?}", rows.iter().map(|r| &r.name).collect::<Vec<_>>());
+        // (4 reopens + history), 4 incremental rows.
+        assert_eq!(rows.len(), 24 + 15 + 4, "{:?}", rows.iter().map(|r| &r.name).collect::<Vec<_>>());
         for r in &rows {
             let peer = r.peer.as_ref().expect("every row names its peer");
             assert!(peer.version != "unknown", "{}: no version for {}", r.name, peer.name);
