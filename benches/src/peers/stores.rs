@@ -106,6 +106,14 @@ impl System {
             (System::Fjall, Setting::ProcessCrash) => "PersistMode::Buffer per batch",
             (System::Sqlite, Setting::PowerCut) => "journal_mode=WAL, synchronous=FULL",
             (System::Sqlite, Setting::ProcessCrash) => "journal_mode=WAL, synchronous=NORMAL",
+            (System::Mmsb, Setting::Bulk) => "history loaded with Durability::None, synced at the stop",
+            (System::Redb, Setting::Bulk) => {
+                "history loaded with Durability::None, every 1,000th commit and the close Immediate"
+            }
+            (System::Fjall, Setting::Bulk) => {
+                "history loaded without a persist per batch, SyncAll at the close"
+            }
+            (System::Sqlite, Setting::Bulk) => "history loaded with journal_mode=WAL, synchronous=OFF",
         }
     }
 
@@ -167,6 +175,7 @@ fn mmsb_durability(setting: Setting) -> Durability {
     match setting {
         Setting::PowerCut => Durability::SYNC,
         Setting::ProcessCrash => Durability::Flush,
+        Setting::Bulk => Durability::None,
     }
 }
 
@@ -232,21 +241,33 @@ const REDB_TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new
 /// redb: a table of page id → 4 KiB value.
 struct RedbStore {
     db: redb::Database,
-    durability: redb::Durability,
+    /// Durable every this many commits (1: every commit).
+    every: u64,
+    commits: u64,
 }
 
 impl RedbStore {
-    fn open(dir: &Path, _setting: Setting) -> Result<RedbStore> {
+    fn open(dir: &Path, setting: Setting) -> Result<RedbStore> {
         let db = redb::Database::create(dir.join("pages.redb")).map_err(peer_error("redb"))?;
         // redb has no setting that survives a process crash without an
         // fsync: `Durability::None` commits are not written until a later
-        // durable commit. Both settings use `Immediate`.
-        Ok(RedbStore { db, durability: redb::Durability::Immediate })
+        // durable commit. Both of the commit rows' settings use `Immediate`.
+        let every = match setting {
+            Setting::PowerCut | Setting::ProcessCrash => 1,
+            Setting::Bulk => 1_000,
+        };
+        Ok(RedbStore { db, every, commits: 0 })
     }
 
     fn write(&mut self, f: impl FnOnce(&mut redb::WriteTransaction) -> Result<()>) -> Result<()> {
         let mut tx = self.db.begin_write().map_err(peer_error("redb"))?;
-        tx.set_durability(self.durability).map_err(peer_error("redb"))?;
+        self.commits += 1;
+        let durability = if self.commits.is_multiple_of(self.every) {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        tx.set_durability(durability).map_err(peer_error("redb"))?;
         f(&mut tx)?;
         tx.commit().map_err(peer_error("redb"))
     }
@@ -275,7 +296,11 @@ impl PageStore for RedbStore {
         v.map(|v| v.value().to_vec()).ok_or(mmsb::Error::Config(format!("redb: no page {k}")))
     }
 
-    fn close(self: Box<Self>) -> Result<()> {
+    fn close(mut self: Box<Self>) -> Result<()> {
+        // An empty durable commit makes the non-durable ones before it
+        // durable.
+        self.every = 1;
+        self.write(|_| Ok(()))?;
         drop(self.db);
         Ok(())
     }
@@ -309,7 +334,7 @@ impl PageStore for RedbStore {
 struct FjallStore {
     db: fjall::Database,
     pages: fjall::Keyspace,
-    mode: fjall::PersistMode,
+    mode: Option<fjall::PersistMode>,
 }
 
 impl FjallStore {
@@ -318,8 +343,9 @@ impl FjallStore {
         let pages =
             db.keyspace("pages", fjall::KeyspaceCreateOptions::default).map_err(peer_error("fjall"))?;
         let mode = match setting {
-            Setting::PowerCut => fjall::PersistMode::SyncData,
-            Setting::ProcessCrash => fjall::PersistMode::Buffer,
+            Setting::PowerCut => Some(fjall::PersistMode::SyncData),
+            Setting::ProcessCrash => Some(fjall::PersistMode::Buffer),
+            Setting::Bulk => None,
         };
         Ok(FjallStore { db, pages, mode })
     }
@@ -327,7 +353,7 @@ impl FjallStore {
 
 impl PageStore for FjallStore {
     fn commit(&mut self, changes: &[Change]) -> Result<()> {
-        let mut batch = self.db.batch().durability(Some(self.mode));
+        let mut batch = self.db.batch().durability(self.mode);
         for c in changes {
             let key = (c.page as u64).to_be_bytes();
             let mut value = match self.pages.get(key).map_err(peer_error("fjall"))? {
@@ -361,6 +387,7 @@ impl SqliteStore {
         let sync = match setting {
             Setting::PowerCut => "FULL",
             Setting::ProcessCrash => "NORMAL",
+            Setting::Bulk => "OFF",
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};
