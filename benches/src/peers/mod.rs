@@ -63,10 +63,10 @@ impl PeerBudget {
     /// The `--quick --peers` counts.
     pub const QUICK: PeerBudget = PeerBudget {
         pages: 1_000,
-        power_commits: 200,
-        power_batches: 20,
+        power_commits: 300,
+        power_batches: 100,
         crash_commits: 2_000,
-        crash_batches: 100,
+        crash_batches: 200,
         history_commits: 20_000,
         fanout: 10_000,
         dag: (10_000, 90_000),
