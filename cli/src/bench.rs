@@ -31,7 +31,9 @@ pub struct BenchArgs {
     /// Add the peers section: MMSB beside redb, fjall, SQLite and salsa on
     /// the same work (durable commits, reopen and history, incremental
     /// computation). Needs a binary built with the `peers` feature:
-    /// `cargo build --release -p mmsb-cli --features peers`.
+    /// `cargo build --release -p mmsb-cli --features peers`. Without
+    /// --quick it loads 1,000,000 commits into each system before a
+    /// reopen: long, and over 10 GB of scratch space for redb.
     #[arg(long)]
     peers: bool,
     /// Size of the state in the checkpoint rows, in MiB (default: 32 with
