@@ -15,6 +15,8 @@ pub mod cpu;
 pub mod disk;
 pub mod gpu;
 pub mod gpu_harness;
+#[cfg(feature = "peers")]
+pub mod peers;
 pub mod plot;
 pub mod prop;
 
@@ -44,6 +46,28 @@ pub struct Row {
     pub meets_target: Option<bool>,
     /// The CPU model or GPU name that produced the figure.
     pub device: String,
+    /// For the rows of `mmsb bench --peers`: the other system the figure
+    /// is compared with (then the limit is that system's figure on the same
+    /// work). Absent from the JSON of every other row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Peer>,
+}
+
+/// The other system of a `--peers` row.
+#[derive(Clone, Debug, Serialize)]
+pub struct Peer {
+    /// Its name (`redb`, `fjall`, `SQLite`, `salsa`).
+    pub name: String,
+    /// Its version as built into this binary.
+    pub version: String,
+    /// The setting it ran with (durability level, mode), or what stands in
+    /// for a feature it lacks.
+    pub setting: String,
+    /// Set when the peer cannot do the row's work at all: what it lacks
+    /// (then the limit is NaN, `null` in the JSON, and the row has no
+    /// target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 impl Row {
@@ -69,6 +93,7 @@ impl Row {
             lower_is_better: false,
             meets_target: target.map(|t| ratio >= t),
             device: cpu_model(),
+            peer: None,
         }
     }
 
@@ -108,6 +133,20 @@ impl Row {
         self
     }
 
+    /// Attach the peer the row compares with.
+    #[must_use]
+    pub fn against(mut self, peer: Peer) -> Row {
+        if peer.unsupported.is_some() {
+            self.limit_value = f64::NAN;
+            self.ratio = f64::NAN;
+            self.target = None;
+            self.target_value = None;
+            self.meets_target = None;
+        }
+        self.peer = Some(peer);
+        self
+    }
+
     /// A latency row: lower value is better; ratio = limit / value;
     /// `max` is an absolute target (at most this many `unit`).
     pub fn latency(
@@ -130,6 +169,7 @@ impl Row {
             lower_is_better: true,
             meets_target: max.map(|m| value <= m),
             device: cpu_model(),
+            peer: None,
         }
     }
 }
@@ -329,16 +369,17 @@ pub fn table(rows: &[Row]) -> String {
             Some(false) => " MISS",
             None => "",
         };
+        let limit = match r.peer.as_ref().and_then(|p| p.unsupported.as_ref()) {
+            Some(why) => format!("{}: {why}", r.limit_name),
+            None => format!("{} = {} {}", r.limit_name, num(r.limit_value), r.unit),
+        };
         out.push_str(&format!(
-            "{:<34} {:>14} {:<9} {:>8} {:>8}{mark:<5}  {} = {} {}\n",
+            "{:<34} {:>14} {:<9} {:>8} {:>8}{mark:<5}  {limit}\n",
             r.name,
             num(r.value),
             r.unit,
             num(r.ratio),
             target,
-            r.limit_name,
-            num(r.limit_value),
-            r.unit
         ));
     }
     out.push_str(

@@ -82,31 +82,64 @@ impl XorShift {
     }
 }
 
-/// A 100,000-node random DAG in Deferred mode: 10,000 sources and 90,000
-/// pages derived by `sum` from 1–3 parents biased to recent pages (deep,
-/// sparse dependencies). Returns the state and the source ids.
+/// The shape of a random DAG: `sources` source nodes (indices below
+/// `sources`), then `derived` nodes, each with 1–3 parents among the 2,000
+/// nodes before it (deep, sparse dependencies). Entry `k` lists the parents
+/// of node `sources + k`; every parent comes before its child.
+pub fn dag_shape(sources: usize, derived: usize) -> Vec<Vec<usize>> {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    (0..derived)
+        .map(|k| {
+            let len = sources + k;
+            let n = 1 + (rng.next_u64() % 3) as usize;
+            (0..n)
+                .map(|_| {
+                    let back = 1 + (rng.next_u64() % 2_000) as usize;
+                    len.saturating_sub(back)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A random DAG of [`dag_shape`] in Deferred mode, pages of 8 bytes, the
+/// derived ones by `sum`, propagated once. Returns the state and the
+/// source ids.
 ///
 /// # Errors
 /// As [`Mmsb::declare_derived`].
-pub fn dag100k() -> Result<(Mmsb, Vec<PageId>)> {
+pub fn dag(sources: usize, derived: usize) -> Result<(Mmsb, Vec<PageId>)> {
     let s = state(PropagationMode::Deferred)?;
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-    let mut ids: Vec<PageId> = (0..10_000).map(|_| s.create_page(PageSpec::new(8))).collect::<Result<_>>()?;
-    for _ in 0..90_000 {
+    let ids = dag_in(&s, sources, derived)?;
+    Ok((s, ids))
+}
+
+/// [`dag`] in the given state (whose `sum` is the function used); the
+/// source ids.
+///
+/// # Errors
+/// As [`Mmsb::declare_derived`].
+pub fn dag_in(s: &Mmsb, sources: usize, derived: usize) -> Result<Vec<PageId>> {
+    let mut ids: Vec<PageId> =
+        (0..sources).map(|_| s.create_page(PageSpec::new(8))).collect::<Result<_>>()?;
+    for parents in dag_shape(sources, derived) {
         let p = s.create_page(PageSpec::new(8))?;
-        let k = 1 + (rng.next_u64() % 3) as usize;
-        let parents: Vec<PageId> = (0..k)
-            .map(|_| {
-                let back = 1 + (rng.next_u64() % 2_000) as usize;
-                ids[ids.len().saturating_sub(back)]
-            })
-            .collect();
+        let parents: Vec<PageId> = parents.into_iter().map(|i| ids[i]).collect();
         s.declare_derived(p, "sum", &parents)?;
         ids.push(p);
     }
     s.propagate()?;
-    ids.truncate(10_000);
-    Ok((s, ids))
+    ids.truncate(sources);
+    Ok(ids)
+}
+
+/// A 100,000-node random DAG in Deferred mode: 10,000 sources and 90,000
+/// pages derived by `sum` ([`dag`]). Returns the state and the source ids.
+///
+/// # Errors
+/// As [`Mmsb::declare_derived`].
+pub fn dag100k() -> Result<(Mmsb, Vec<PageId>)> {
+    dag(10_000, 90_000)
 }
 
 /// Seconds per update of `src` to a new value.

@@ -24,9 +24,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     scratch: Option<PathBuf>,
     /// Run only these sections (repeat or comma-separate): apply, append,
-    /// durable, checkpoint, replay, export, propagation, gpu. Default: all.
+    /// durable, checkpoint, replay, export, propagation, gpu, peers.
+    /// Default: all but peers.
     #[arg(long, value_name = "SECTION", value_delimiter = ',', value_parser = SECTIONS)]
     only: Vec<String>,
+    /// Add the peers section: MMSB beside redb, fjall, SQLite and salsa on
+    /// the same work (durable commits, reopen and history, incremental
+    /// computation). Needs a binary built with the `peers` feature:
+    /// `cargo build --release -p mmsb-cli --features peers`. Without
+    /// --quick it loads 1,000,000 commits into each system before a
+    /// reopen: long, and over 10 GB of scratch space for redb.
+    #[arg(long)]
+    peers: bool,
     /// Size of the state in the checkpoint rows, in MiB (default: 32 with
     /// --quick, 256 without).
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
@@ -34,8 +43,36 @@ pub struct BenchArgs {
 }
 
 /// Section names accepted by `--only`.
-const SECTIONS: [&str; 8] =
-    ["apply", "append", "durable", "checkpoint", "replay", "export", "propagation", "gpu"];
+const SECTIONS: [&str; 9] =
+    ["apply", "append", "durable", "checkpoint", "replay", "export", "propagation", "gpu", "peers"];
+
+/// Why `--peers` cannot run in this binary, when it cannot.
+#[cfg(not(feature = "peers"))]
+fn peers_missing() -> Option<Error> {
+    Some(Error::Config(
+        "this mmsb was built without the peers (redb, fjall, SQLite, salsa); build it with \
+         `cargo build --release -p mmsb-cli --features peers`, or run \
+         `cargo run --release -p mmsb-cli --features peers -- bench --peers`"
+            .into(),
+    ))
+}
+
+#[cfg(feature = "peers")]
+fn peers_missing() -> Option<Error> {
+    None
+}
+
+/// The peers section.
+#[cfg(feature = "peers")]
+fn peer_rows(quick: bool, base: &Path) -> Result<Vec<Row>> {
+    use mmsb_benches::peers::PeerBudget;
+    mmsb_benches::peers::rows(if quick { PeerBudget::QUICK } else { PeerBudget::FULL }, base)
+}
+
+#[cfg(not(feature = "peers"))]
+fn peer_rows(_quick: bool, _base: &Path) -> Result<Vec<Row>> {
+    Err(peers_missing().unwrap_or_else(|| Error::Config("no peers".into())))
+}
 
 /// Run one section with a spinner and its wall time on stderr.
 fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -48,7 +85,15 @@ fn section<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    // The peers run when asked for, by `--peers` or by name in `--only`.
+    let peers = args.peers || args.only.iter().any(|o| o == "peers");
+    let want = |s: &str| match s {
+        "peers" => peers,
+        _ => args.only.is_empty() || args.only.iter().any(|o| o == s),
+    };
+    if let (true, Some(e)) = (peers, peers_missing()) {
+        return Err(e);
+    }
     let started = Instant::now();
     let budget = if args.quick { Budget::QUICK } else { Budget::FULL };
     let mut disk_budget = if args.quick { DiskBudget::QUICK } else { DiskBudget::FULL };
@@ -68,7 +113,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let json_file = args.json.as_deref().map(output).transpose()?;
     let plot_file = args.plot.as_deref().map(output).transpose()?;
-    let disk = ["append", "durable", "checkpoint", "replay", "export"].iter().any(|s| want(s));
+    let disk = ["append", "durable", "checkpoint", "replay", "export", "peers"].iter().any(|s| want(s));
     let scratch = disk
         .then(|| {
             match &args.scratch {
@@ -112,6 +157,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         if want("export") {
             rows.extend(section("export", || export_rows(args.quick, base))?);
+        }
+        if want("peers") {
+            rows.extend(section("peers", || peer_rows(args.quick, base))?);
         }
     }
     if want("propagation") {

@@ -401,6 +401,23 @@ fn bench_writes_its_rows_and_their_targets() -> Result {
     Ok(())
 }
 
+/// A binary built without the `peers` feature refuses `--peers` (and
+/// `--only peers`) before measuring anything, naming the cargo command that
+/// builds one with the peers.
+#[cfg(not(feature = "peers"))]
+#[test]
+fn bench_peers_without_the_feature_names_the_build_command() -> Result {
+    for args in [&["bench", "--quick", "--peers"][..], &["bench", "--quick", "--only", "peers"]] {
+        let o = mmsb(args)?;
+        assert_clean_failure(&o, "--peers in a build without the peers");
+        let (out, err) = text(&o);
+        assert!(err.contains("cargo build --release -p mmsb-cli --features peers"), "{err}");
+        assert!(!err.contains("mmsb bench: CPU"), "started measuring:\n{err}");
+        assert!(out.is_empty(), "printed rows:\n{out}");
+    }
+    Ok(())
+}
+
 #[test]
 fn bench_refuses_bad_arguments_before_measuring() -> Result {
     let tmp = tempfile::tempdir()?;
