@@ -948,10 +948,11 @@ impl Gpu {
     /// The maximal runs where `a` and `b` (ranges of this device of one
     /// length) differ, and the number of differing bytes. The comparison's
     /// mask (a bit per byte) stays on the device: what comes back is a
-    /// summary of it (a bit per mask byte, itself summarised while it is
-    /// large) and the mask bytes that are not zero, so that a small change
-    /// of a large range downloads about 1/256 of it, not the 1/8 a whole
-    /// mask would be. Queued deltas are applied first.
+    /// summary of it (a bit per mask byte, summarised again while it is
+    /// over 64 KiB, so at most 64 KiB) and the mask bytes the summary
+    /// marks, so that a small change of a large range downloads tens of
+    /// KiB, not the 1/8 of it a whole mask would be. Queued deltas are
+    /// applied first.
     ///
     /// # Errors
     /// [`Error::Gpu`] for a range of another device or unequal lengths;
