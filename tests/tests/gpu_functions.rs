@@ -164,9 +164,7 @@ fn gpu_device_function_downloads_only_what_changed() -> Result<()> {
     let epoch = state.page_info(d)?.epoch;
     state.update_page(a, sparse(1 << 20, &[9u8; 64]))?;
     let moved = d2h(&state) - before;
-    let mut want = vec![0u8; 64];
-    want.fill(9);
-    assert_eq!(&state.query_page(d)?[1 << 20..(1 << 20) + 64], &want[..]);
+    assert_eq!(&state.query_page(d)?[1 << 20..(1 << 20) + 64], &[9u8; 64][..]);
     eprintln!("device recompute of a 16 MiB page after a 64-byte write: {moved} bytes downloaded");
     assert!(moved < BIG / 4, "{moved} bytes came back for a 64-byte change of a {BIG}-byte page");
     assert_eq!(state.page_info(d)?.epoch.0, epoch.0 + 1, "one derived delta");
@@ -222,11 +220,13 @@ fn gpu_device_function_errors_change_nothing() -> Result<()> {
 
 #[test]
 fn device_functions_check_their_ptx_without_a_device() {
-    // SAFETY (all three): these never run.
+    // SAFETY: refused before anything could run.
     let err = unsafe { DeviceFunction::from_ptx(MAX_PTX, "no_such_kernel") }.expect_err("no such entry");
     assert!(matches!(err, Error::Function { .. }), "{err}");
+    // SAFETY: refused before anything could run.
     let err = unsafe { DeviceFunction::from_ptx("  ", MAX_ENTRY) }.expect_err("empty");
     assert!(matches!(err, Error::Function { .. }), "{err}");
+    // SAFETY: refused before anything could run.
     let err = unsafe { DeviceFunction::from_ptx(format!("{MAX_PTX}\0"), MAX_ENTRY) }.expect_err("NUL");
     assert!(matches!(err, Error::Function { .. }), "{err}");
     let f = device_max();

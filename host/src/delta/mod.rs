@@ -935,8 +935,9 @@ pub(crate) fn diff_from_fetch(
         }
         Ok(Payload::Dense(DenseDelta { words, data }))
     } else {
-        let ranges = [0..len];
-        Ok(Payload::Full(fetched(&ranges, fetch(&ranges)?)?))
+        let whole = 0..len;
+        let whole = std::slice::from_ref(&whole);
+        Ok(Payload::Full(fetched(whole, fetch(whole)?)?))
     }
 }
 

@@ -95,7 +95,7 @@ impl DeviceFunction {
     /// [`Error::Function`] unless `threads` is a multiple of 32 from 32 to
     /// 1024.
     pub fn with_block(mut self, threads: u32) -> Result<Self> {
-        if !(32..=1024).contains(&threads) || threads % 32 != 0 {
+        if !(32..=1024).contains(&threads) || !threads.is_multiple_of(32) {
             return Err(Error::Function {
                 name: self.entry.to_string(),
                 reason: format!("{threads} threads per block (a multiple of 32 from 32 to 1024)"),
