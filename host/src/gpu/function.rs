@@ -1,28 +1,5 @@
-//! Device recompute functions: kernels that derive a page on its GPU.
-//!
-//! A [`DeviceFunction`] is PTX text and the name of its entry point. It is
-//! registered under a name and a version like a CPU recompute function
-//! ([`crate::Mmsb::register_device_function`]) and derives pages that live
-//! on a GPU. A propagation launches it on the derived page's device with
-//! the parents' device memory (parents elsewhere are copied to that device
-//! first), compares its output with the page on the device, and brings
-//! back only the bytes that differ: those become the derived delta that is
-//! logged, exactly as a CPU function's would be.
-//!
-//! # The kernel's contract
-//!
-//! The entry point takes one parameter, a [`shared_types::RecomputeArgs`]
-//! passed by value: the parents as an array of
-//! [`shared_types::DeviceInput`] (address and length, in declaration
-//! order) and the output (address and length). The output starts zeroed.
-//! The kernel is launched on a one-dimensional grid of blocks of
-//! [`DeviceFunction::block`] threads (256 unless set), with as many
-//! blocks as there are output bytes per thread of a block, at most 32 per
-//! multiprocessor: it must cover the whole output itself, with a
-//! grid-stride loop. It must be deterministic, read only its inputs and
-//! write only its output. Any PTX the driver loads will do: compiled from
-//! Rust for `nvptx64-nvidia-cuda` (as `gpu-kernels` is; see
-//! `examples/device-function/`), from CUDA C++ by nvcc, or written by hand.
+//! Device recompute functions: kernels that derive a page on its GPU
+//! (see [`DeviceFunction`]).
 
 use super::device::Gpu;
 use super::driver::Module;
@@ -35,6 +12,29 @@ pub const DEFAULT_BLOCK: u32 = 256;
 
 /// A recompute function that runs on a GPU: PTX and its entry point,
 /// loaded on each device the first time a page of that device needs it.
+///
+/// It is registered under a name and a version like a CPU recompute function
+/// ([`crate::Mmsb::register_device_function`]) and derives pages that live
+/// on a GPU. A propagation launches it on the derived page's device with
+/// the parents' device memory (parents elsewhere are copied to that device
+/// first), compares its output with the page on the device, and brings
+/// back only the bytes that differ: those become the derived delta that is
+/// logged, exactly as a CPU function's would be.
+///
+/// # The kernel's contract
+///
+/// The entry point takes one parameter, a [`shared_types::RecomputeArgs`]
+/// passed by value: the parents as an array of
+/// [`shared_types::DeviceInput`] (address and length, in declaration
+/// order) and the output (address and length). The output starts zeroed.
+/// The kernel is launched on a one-dimensional grid of blocks of
+/// [`DeviceFunction::block`] threads (256 unless set), with as many
+/// blocks as there are output bytes per thread of a block, at most 32 per
+/// multiprocessor: it must cover the whole output itself, with a
+/// grid-stride loop. It must be deterministic, read only its inputs and
+/// write only its output. Any PTX the driver loads will do: compiled from
+/// Rust for `nvptx64-nvidia-cuda` (as `gpu-kernels` is; see
+/// `examples/device-function/`), from CUDA C++ by nvcc, or written by hand.
 pub struct DeviceFunction {
     ptx: Arc<str>,
     entry: Box<str>,
@@ -57,7 +57,7 @@ impl DeviceFunction {
     /// The kernel `entry` of `ptx`.
     ///
     /// # Safety
-    /// The kernel must keep the contract of the [module docs](self): read
+    /// The kernel must keep the contract of the [type's docs](Self): read
     /// only the input ranges and write only the output range it is given.
     /// Device code can reach memory the host uses (pinned buffers are
     /// mapped into the device's address space), so a kernel that writes
