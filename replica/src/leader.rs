@@ -291,11 +291,12 @@ fn take_lease(link: &Link, opts: &Options, wait: Duration) -> Result<(u64, u64)>
     let t0 = Instant::now();
     loop {
         let value = lease_value(&opts.holder, opts.lease_ttl);
+        // A cluster that has just started (or lost its meta leader)
+        // answers "no responders" for a while: the read is retried.
         let entry = link.run("reading the lease", async {
-            link.kv
-                .entry(LEASE_KEY)
+            crate::link::retry(opts.timeout, || link.kv.entry(LEASE_KEY))
                 .await
-                .map_err(|e| Error::JetStream { op: "read lease", reason: e.to_string() })
+                .map_err(|reason| Error::JetStream { op: "read lease", reason })
         })?;
         let live = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
         let held = match live {

@@ -88,10 +88,14 @@ impl Link {
         let urls = opts.urls.join(",");
         let replicas = opts.replicas;
         let names2 = names.clone();
+        // Each server gets a share of the time: a server that accepts the
+        // connection but never answers (a stopped process) must leave time
+        // to try the others.
+        let per_server = (timeout / (addrs.len() as u32 + 1)).max(Duration::from_millis(250));
         let (js, stream, kv) = rt.block_on(async move {
             let client = tokio::time::timeout(
                 timeout,
-                async_nats::ConnectOptions::new().connection_timeout(timeout).connect(addrs),
+                async_nats::ConnectOptions::new().connection_timeout(per_server).connect(addrs),
             )
             .await
             .map_err(|_| Error::Timeout(format!("connecting to {urls}")))?
@@ -180,7 +184,7 @@ impl Link {
 
 /// Retry `f` (a JetStream administrative call, refused while the cluster
 /// has no meta leader yet) until it succeeds or `within` passes.
-async fn retry<T, E: std::fmt::Display, F: Future<Output = std::result::Result<T, E>>>(
+pub(crate) async fn retry<T, E: std::fmt::Display, F: Future<Output = std::result::Result<T, E>>>(
     within: Duration,
     mut f: impl FnMut() -> F,
 ) -> std::result::Result<T, String> {

@@ -69,6 +69,21 @@ fn converge(opts: &Options, dir: &Path, acked: &[Acked]) -> Result<Follower, Box
     Ok(f)
 }
 
+/// The end of a fault test: a new follower in `tmp/f` converges to the
+/// leader's LSN and state hash, and the stream's history checks out
+/// against `acked`.
+fn leader_and_follower_agree(
+    opts: &Options,
+    tmp: &Path,
+    leader: &Leader,
+    acked: &[Acked],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let f = converge(&opts.with_holder("r"), &tmp.join("f"), acked)?;
+    assert_eq!((f.lsn(), f.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    assert_eq!(check_history(&read_stream(opts)?, acked)?, leader.mmsb().lsn().0);
+    Ok(())
+}
+
 #[test]
 fn model_followers_match_the_leader_at_every_lsn() -> TestResult {
     let Some(c) = cluster(3) else { return Ok(()) };
@@ -281,11 +296,8 @@ fn killing_and_restarting_a_nats_node_loses_nothing() -> TestResult {
     write_through(&mut leader, &opts, &dir, 30, &mut rng, &mut acked, deadline)?;
     c.restart(1)?;
     write_through(&mut leader, &opts, &dir, 10, &mut rng, &mut acked, deadline)?;
-    let f = converge(&opts.with_holder("r"), &tmp.path().join("f"), &acked)?;
     let l = leader.ok_or("no leader")?;
-    assert_eq!((f.lsn(), f.state_hash()), (l.mmsb().lsn(), l.mmsb().state_hash()?));
-    let stream = read_stream(&opts)?;
-    assert_eq!(check_history(&stream, &acked)?, l.mmsb().lsn().0);
+    leader_and_follower_agree(&opts, tmp.path(), &l, &acked)?;
     Ok(())
 }
 
@@ -306,11 +318,8 @@ fn a_paused_node_past_the_lease_loses_nothing() -> TestResult {
     std::thread::sleep(wait);
     c.resume(2)?;
     write_through(&mut leader, &opts, &dir, 20, &mut rng, &mut acked, deadline)?;
-    let f = converge(&opts.with_holder("r"), &tmp.path().join("f"), &acked)?;
     let l = leader.ok_or("no leader")?;
-    assert_eq!((f.lsn(), f.state_hash()), (l.mmsb().lsn(), l.mmsb().state_hash()?));
-    let stream = read_stream(&opts)?;
-    assert_eq!(check_history(&stream, &acked)?, l.mmsb().lsn().0);
+    leader_and_follower_agree(&opts, tmp.path(), &l, &acked)?;
     Ok(())
 }
 
@@ -337,8 +346,6 @@ fn a_commit_over_the_message_limit_is_refused_and_nothing_is_lost() -> TestResul
         .mmsb()
         .update_page(page, mmsb::Payload::Sparse(mmsb::SparseDelta::from_pairs([(0u64, &[1u8; 64][..])])?))?;
     record(&mut acked, leader.epoch(), leader.mmsb())?;
-    let f = converge(&opts.with_holder("r"), &tmp.path().join("f"), &acked)?;
-    assert_eq!((f.lsn(), f.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
-    assert_eq!(check_history(&read_stream(&opts)?, &acked)?, leader.mmsb().lsn().0);
+    leader_and_follower_agree(&opts, tmp.path(), &leader, &acked)?;
     Ok(())
 }

@@ -940,22 +940,14 @@ fn compute_one<'g>(
             reason: panic_message(p.as_ref()),
         });
     }
-    let child;
+    let mut child = None;
     let old_copy;
     let (old, before) = if ctx.is_staged(n) {
         (ctx.staged_bytes(n), ctx.epoch[n as usize])
     } else {
-        let Some(cell) = &slot.cell else {
-            return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
-        };
-        // With `keep`, the lock stays there for the caller to turn into
-        // the commit's write lock if the page changes.
-        let page: &Page = match keep {
-            Some(k) => k.insert(Held::take(cell, slot.page)).page(),
-            None => {
-                child = cell.read_recursive();
-                &child
-            }
+        let page = match lock_output(slot, keep, &mut child) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failed(e),
         };
         match page.storage.host() {
             Some(b) => (b, page.epoch),
@@ -996,6 +988,27 @@ fn compute_one<'g>(
     Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after, fresh: None }
 }
 
+/// Lock recomputed page `slot` for the read of its current bytes. With
+/// `keep`, the lock stays there for the caller to turn into the commit's
+/// write lock if the page changes; otherwise it is a read lock in `child`.
+///
+/// # Errors
+/// [`Error::Invariant`] for a slot without a page.
+#[inline(always)]
+fn lock_output<'a, 'g: 'a>(
+    slot: &'g Slot,
+    keep: Option<&'a mut Option<Held<'g>>>,
+    child: &'a mut Option<RwLockReadGuard<'g, Page>>,
+) -> Result<&'a Page> {
+    let Some(cell) = &slot.cell else {
+        return Err(Error::Invariant(format!("page {} has no cell", slot.page)));
+    };
+    Ok(match keep {
+        Some(k) => k.insert(Held::take(cell, slot.page)).page(),
+        None => child.insert(cell.read_recursive()),
+    })
+}
+
 /// [`compute_one`] for a node whose function runs on a GPU: the kernel
 /// runs on the derived page's device with its parents' device memory
 /// (parents elsewhere, or staged on the host, are copied there first), the
@@ -1018,7 +1031,7 @@ fn compute_on_device<'g>(
     let unsupported =
         |location| Outcome::Failed(Error::UnsupportedLocation { op: "device recompute function", location });
     // The page's bytes now, on its device.
-    let child;
+    let mut child = None;
     let (old, before) = if let Some(g) = ctx.fresh.get(&n) {
         // Written in this batch, staged on its device.
         (g.clone(), ctx.epoch[n as usize])
@@ -1029,15 +1042,9 @@ fn compute_on_device<'g>(
             Err(e) => return Outcome::Failed(e),
         }
     } else {
-        let Some(cell) = &slot.cell else {
-            return Outcome::Failed(Error::Invariant(format!("page {} has no cell", slot.page)));
-        };
-        let page: &Page = match keep {
-            Some(k) => k.insert(Held::take(cell, slot.page)).page(),
-            None => {
-                child = cell.read_recursive();
-                &child
-            }
+        let page = match lock_output(slot, keep, &mut child) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failed(e),
         };
         match page.storage.gpu() {
             Some(g) => (g.clone(), page.epoch),

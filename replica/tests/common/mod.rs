@@ -13,9 +13,33 @@ use std::time::Duration;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A cluster for one test at a time. The tests of a binary run on
+/// several threads, and a few three-node clusters at once on a 2-core
+/// machine miss their leases: the clusters take turns instead. The
+/// cluster is stopped before the next test's starts.
+pub struct Serial {
+    // Field order is drop order: the cluster stops, then the turn passes.
+    cluster: LocalCluster,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Serial {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for Serial {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
+}
+
 /// A three-node cluster, or `None` (with a line saying so) when no
 /// server binary is installed and `MMSB_REQUIRE_NATS` is not `1`.
-pub fn cluster(n: usize) -> Option<LocalCluster> {
+pub fn cluster(n: usize) -> Option<Serial> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if server_binary().is_none() {
         if std::env::var("MMSB_REQUIRE_NATS").as_deref() == Ok("1") {
             panic!(
@@ -25,8 +49,11 @@ pub fn cluster(n: usize) -> Option<LocalCluster> {
         eprintln!("skipped: no nats-server (set MMSB_NATS_SERVER or run scripts/nats-server.sh)");
         return None;
     }
+    // A test that failed while holding the turn leaves it poisoned: the
+    // next one still runs.
+    let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     match LocalCluster::start(n) {
-        Ok(c) => Some(c),
+        Ok(cluster) => Some(Serial { cluster, _turn: turn }),
         Err(e) => panic!("the cluster did not start: {e}"),
     }
 }
