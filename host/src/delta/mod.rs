@@ -283,7 +283,7 @@ impl DenseDelta {
 
 /// A sparse delta: sorted, non-overlapping byte runs plus their bytes.
 ///
-/// A delta of one run and at most [`SPARSE_INLINE_BYTES`] bytes holds them
+/// A delta of one run and at most 16 bytes (`SPARSE_INLINE_BYTES`) holds them
 /// inline: building, logging, applying and dropping it allocates nothing.
 /// More bytes, when the engine writes them (decoding from the log,
 /// [`Payload::diff`], merging, [`SparseDelta::from_pairs`]), start on a
@@ -305,7 +305,7 @@ pub struct SparseDelta {
 impl SparseDelta {
     /// Build from runs and their concatenated bytes. Adjacent runs are
     /// coalesced. `data` is taken over, not copied (more than
-    /// [`SPARSE_INLINE_BYTES`] of it), and stays where the allocator put
+    /// 16 bytes of it), and stays where the allocator put
     /// it; [`SparseDelta::from_pairs`] copies the bytes onto a cache line
     /// instead (see the type's notes).
     ///

@@ -972,8 +972,23 @@ fn compute_one<'g>(
         sink.enc.truncate(at);
         return Outcome::Failed(Error::invalid_delta(Some(slot.page), "page epoch would overflow"));
     };
-    let parents = sink.parents.len();
-    sink.parents.reserve(k);
+    let parents = push_parents(ctx, slot, guards, sink);
+    Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after, fresh: None }
+}
+
+/// Append the provenance parents of a recompute of `slot` to the sink:
+/// each argument with the epoch it was read at (staged, or through its
+/// read lock in `guards`, one per unstaged argument, in order). Returns
+/// where they start.
+#[inline(always)]
+fn push_parents(
+    ctx: &Ctx<'_, '_>,
+    slot: &Slot,
+    guards: &[RwLockReadGuard<'_, Page>],
+    sink: &mut Sink,
+) -> usize {
+    let at = sink.parents.len();
+    sink.parents.reserve(slot.args.len());
     let mut gi = 0;
     for &p in &slot.args {
         let page = ctx.slots[p as usize].page;
@@ -985,7 +1000,7 @@ fn compute_one<'g>(
         };
         sink.parents.push((page, epoch));
     }
-    Outcome::Changed { enc: at..sink.enc.len(), parents, touched, epoch: after, fresh: None }
+    at
 }
 
 /// Lock recomputed page `slot` for the read of its current bytes. With
@@ -1103,18 +1118,7 @@ fn compute_on_device<'g>(
     }
     let at = sink.enc.len();
     crate::storage::codec::delta::encode_payload(&payload, &mut sink.enc);
-    let parents = sink.parents.len();
-    let mut gi = 0;
-    for &p in &slot.args {
-        let page = ctx.slots[p as usize].page;
-        let epoch = if ctx.is_staged(p) {
-            ctx.epoch[p as usize]
-        } else {
-            gi += 1;
-            guards[gi - 1].epoch
-        };
-        sink.parents.push((page, epoch));
-    }
+    let parents = push_parents(ctx, slot, guards, sink);
     Outcome::Changed {
         enc: at..sink.enc.len(),
         parents,

@@ -58,7 +58,7 @@ pub struct LogStats {
 /// before the commit is acknowledged: a replicated log (the
 /// `mmsb-replica` crate publishes them to a NATS JetStream stream).
 ///
-/// [`LogWriter::commit`] and [`LogWriter::sync`] hand the sink the records
+/// The log writer's commit and sync hand the sink the records
 /// appended since the last hand-off, framed exactly as in a segment
 /// (docs/FORMAT.md), with the LSNs of the first and the last. The sink is
 /// called before the records are written locally. An error from it
