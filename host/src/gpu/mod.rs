@@ -149,15 +149,10 @@ pub(crate) fn recompute(
 ) -> Result<Option<(Payload, GpuPage)>> {
     let ranges: Vec<_> = inputs.iter().map(|p| p.range()).collect();
     let new = f.run(old.gpu(), &ranges, old.len())?;
-    let (runs, count) = old.gpu().changed_runs(old.range(), new.range())?;
-    if count == 0 {
-        return Ok(None);
-    }
-    let payload = crate::delta::diff_from_fetch(runs, old.len(), |ranges| {
-        let mut parts = new.gpu().gather(&[(new.range(), ranges)])?;
-        Ok(parts.pop().unwrap_or_default())
-    })?;
-    Ok(Some((payload, new)))
+    // Equal pages diff to a payload that touches nothing, and nothing of
+    // it is downloaded.
+    let payload = diff(old, &new)?;
+    Ok((payload.touched() > 0).then_some((payload, new)))
 }
 
 /// Load device function `f` on the device of `page` (once per device).
