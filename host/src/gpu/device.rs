@@ -526,7 +526,13 @@ impl Gpu {
         self.mine("staged copy", &page.range())?;
         // The page's queued deltas first: the copy starts from its bytes.
         self.flush()?;
-        let copy = self.alloc_page(page.len(), false)?;
+        // Every byte of the new page is written by the copy below, so it
+        // is not zeroed first.
+        let copy = GpuPage {
+            gpu: self.clone(),
+            mem: Arc::new(PageMem::Device(self.pool.alloc(page.len())?)),
+            len: page.len(),
+        };
         // SAFETY: both ranges are live pages of this device of one length
         // (distinct allocations), borrowed for the whole call; the flush
         // below waits for the stream.
@@ -918,31 +924,43 @@ impl Gpu {
     /// [`Error::Gpu`] around a [`RangeError`](super::range::RangeError) when
     /// a range is on another device or the lengths differ; driver errors.
     pub(crate) fn compare_ranges(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<(Vec<u64>, u64)> {
-        const OP: &str = "range compare";
-        self.mine(OP, &a)?;
-        self.mine(OP, &b)?;
-        b.exactly(OP, a.len())?;
-        self.flush()?;
         let len = a.len();
+        let (mask, n) = self.compared("range compare", a, b)?;
         let words64 = ceil_div(len, 64) as usize;
-        let mask = self.pool.alloc((words64 * 8) as u64)?;
+        let mut words = vec![0u64; words64];
+        let mask_bytes = ceil_div(len, 32) as usize * 4;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        self.download_raw(mask.range().slice(0, mask_bytes as u64)?, &mut bytes[..mask_bytes])?;
+        Ok((words, n))
+    }
+
+    /// Compare `a` and `b` (ranges of this device of one length, queued
+    /// deltas applied first) into a new difference mask
+    /// (`ceil(len / 32)` `u32` words, a bit per byte) and count the bytes
+    /// that differ; waits for the count.
+    fn compared(
+        &self,
+        op: &'static str,
+        a: DeviceRange<'_>,
+        b: DeviceRange<'_>,
+    ) -> Result<(DeviceBlock, u64)> {
+        self.mine(op, &a)?;
+        self.mine(op, &b)?;
+        b.exactly(op, a.len())?;
+        self.flush()?;
+        let mask = self.pool.alloc(ceil_div(a.len(), 32) * 4)?;
         let count = self.pool.alloc(8)?;
         // SAFETY: a and b borrow their allocations for the whole call, mask
-        // and count live to its end, and the downloads below wait for the
-        // stream before any of them can go.
+        // and count live to its end, and the download below waits for the
+        // stream before any of them can go (the mask is returned, so it
+        // outlives every later use).
         unsafe {
             self.fill(count.range(), 0)?;
             self.compare(a, b, mask.range(), count.range())?;
         }
-        let mut words = vec![0u64; words64];
         let mut n = [0u64; 1];
-        let mask_bytes = ceil_div(len, 32) as usize * 4;
-        {
-            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-            self.download_raw(mask.range().slice(0, mask_bytes as u64)?, &mut bytes[..mask_bytes])?;
-        }
         self.download_raw(count.range(), bytemuck::cast_slice_mut(&mut n))?;
-        Ok((words, n[0]))
+        Ok((mask, n[0]))
     }
 
     /// The maximal runs where `a` and `b` (ranges of this device of one
@@ -958,29 +976,14 @@ impl Gpu {
     /// [`Error::Gpu`] for a range of another device or unequal lengths;
     /// [`Error::GpuMemory`]; driver errors.
     pub(crate) fn changed_runs(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<(Vec<Run>, u64)> {
-        const OP: &str = "changed runs";
-        self.mine(OP, &a)?;
-        self.mine(OP, &b)?;
-        b.exactly(OP, a.len())?;
-        self.flush()?;
         let len = a.len();
-        let mask_len = ceil_div(len, 32) * 4;
-        let mask = self.pool.alloc(mask_len)?;
-        let count = self.pool.alloc(8)?;
-        // SAFETY: a and b borrow their allocations for the whole call, mask
-        // and count live to its end, and the download below waits for the
-        // stream before any of them can go.
-        unsafe {
-            self.fill(count.range(), 0)?;
-            self.compare(a, b, mask.range(), count.range())?;
-        }
-        let mut n = [0u64; 1];
-        self.download_raw(count.range(), bytemuck::cast_slice_mut(&mut n))?;
-        if n[0] == 0 {
+        let (mask, n) = self.compared("changed runs", a, b)?;
+        if n == 0 {
             return Ok((Vec::new(), 0));
         }
-        let runs = runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, mask_len)?)?, len);
-        Ok((runs, n[0]))
+        let runs =
+            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len);
+        Ok((runs, n))
     }
 
     /// The bytes of `r` (a range of this device) that are not zero, as
@@ -996,16 +999,13 @@ impl Gpu {
             return Ok(v.iter().enumerate().filter(|(_, b)| **b != 0).map(|(i, b)| (i as u64, *b)).collect());
         }
         let zeros = self.pool.alloc(len)?;
+        // SAFETY: zeros lives to the end of the call, and the compare below
+        // waits for the stream before returning.
+        unsafe { self.zero(zeros.range())? };
         let marks_len = ceil_div(len, 32) * 4;
-        let marks = self.pool.alloc(marks_len)?;
-        let count = self.pool.alloc(8)?;
-        // SAFETY: r borrows its allocation for the whole call; zeros, marks
-        // and count live to its end, and the downloads below (in the
-        // recursion and the gather) wait for the stream first.
-        unsafe {
-            self.zero(zeros.range())?;
-            self.fill(count.range(), 0)?;
-            self.compare(r, zeros.range().slice(0, len)?, marks.range(), count.range())?;
+        let (marks, n) = self.compared("nonzero bytes", r, zeros.range().slice(0, len)?)?;
+        if n == 0 {
+            return Ok(Vec::new());
         }
         let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
         for (k, v) in self.nonzero_bytes(marks.range().slice(0, marks_len)?)? {
