@@ -3,10 +3,12 @@
 //! and in memory (a [`StateImage`] serving reads), applying the stream
 //! idempotently by LSN.
 
-use crate::link::{Link, HDR_EPOCH, HDR_FENCE, HDR_LSN};
+use crate::archive::{self, StoredCheckpoint};
+use crate::link::{Link, HDR_EPOCH, HDR_FENCE, HDR_LSN, HDR_OBJECT};
 use crate::{Error, Options, Result};
 use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
+use mmsb::internals::checkpoint;
 use mmsb::internals::codec::Limits;
 use mmsb::internals::image::StateImage;
 use mmsb::internals::log::reader::visit_framed;
@@ -41,6 +43,16 @@ pub enum Body {
         last: u64,
         /// The framed records.
         framed: Bytes,
+    },
+    /// Records `first..=last` of a commit too large for a message, held
+    /// by object `object` of the state's object store.
+    Stored {
+        /// LSN of the first record.
+        first: u64,
+        /// LSN of the last record.
+        last: u64,
+        /// The object's name.
+        object: String,
     },
     /// A new leader's fence: it starts writing after LSN `after`.
     Fence {
@@ -80,7 +92,23 @@ impl Replicated {
         if first == 0 || last < first {
             return Err(Error::BadMessage { seq, reason: format!("LSN range {first}-{last} is empty") });
         }
+        if let Some(object) = header(m, HDR_OBJECT) {
+            return Ok(Replicated {
+                seq,
+                epoch,
+                body: Body::Stored { first, last, object: object.to_string() },
+            });
+        }
         Ok(Replicated { seq, epoch, body: Body::Commit { first, last, framed: m.payload.clone() } })
+    }
+
+    /// The last LSN this message names (a commit's last record, a
+    /// fence's start).
+    pub fn last_lsn(&self) -> u64 {
+        match &self.body {
+            Body::Commit { last, .. } | Body::Stored { last, .. } => *last,
+            Body::Fence { after } => *after,
+        }
     }
 }
 
@@ -132,8 +160,12 @@ pub struct Follower {
     subscribers: Vec<mpsc::Sender<Applied>>,
     /// Messages that were already applied when they arrived.
     duplicates: u64,
-    /// The highest LSN a stream message named (a commit's last, a fence's).
+    /// The highest LSN a stream message named (a commit's last, a fence's),
+    /// or a checkpoint this follower started from.
     seen_lsn: u64,
+    /// Checkpoints of the object store this follower started from.
+    bootstraps: Vec<Lsn>,
+    durability: mmsb::Durability,
     /// The directory's lock: one writer of its log at a time (a
     /// follower's, or a leader's `Mmsb`).
     _lock: Option<mmsb::internals::vfs::DirLock>,
@@ -148,6 +180,14 @@ impl Follower {
     pub fn open(opts: &Options, dir: &Path) -> Result<Follower> {
         let link = Arc::new(Link::connect(opts)?);
         Self::with_link(Some(link), opts, dir)
+    }
+
+    /// The checkpoints of the state's object store, oldest first.
+    ///
+    /// # Errors
+    /// As [`archive::checkpoints`].
+    pub fn stored_checkpoints(&self) -> Result<Vec<StoredCheckpoint>> {
+        archive::checkpoints(self.link()?)
     }
 
     /// A follower of `dir` with no connection: it applies only what
@@ -168,15 +208,8 @@ impl Follower {
             _ => mmsb::Error::from(e).in_file(&log_dir),
         })?;
         let limits = Limits::default();
-        let (image, _report, resume) = recover(vfs.as_ref(), dir, RecoveryMode::default(), &limits)?;
-        let log = LogWriter::resume(
-            vfs,
-            &log_dir,
-            &resume,
-            opts.durability,
-            mmsb::internals::log::DEFAULT_SEGMENT_BYTES,
-        )?;
-        Ok(Follower {
+        let (image, log) = open_dir(vfs, dir, opts.durability, &limits)?;
+        let mut f = Follower {
             link,
             dir: dir.to_path_buf(),
             image,
@@ -188,8 +221,141 @@ impl Follower {
             subscribers: Vec::new(),
             duplicates: 0,
             seen_lsn: 0,
+            bootstraps: Vec::new(),
+            durability: opts.durability,
             _lock: lock,
-        })
+        };
+        if f.link.is_some() {
+            f.position()?;
+        }
+        Ok(f)
+    }
+
+    fn link(&self) -> Result<&Arc<Link>> {
+        self.link.as_ref().ok_or_else(|| Error::Config("this follower has no connection".into()))
+    }
+
+    /// Start from the newest checkpoint of the object store when it is
+    /// ahead of this follower; otherwise read the stream from after it
+    /// (the messages up to it hold nothing this follower lacks).
+    fn position(&mut self) -> Result<()> {
+        let Some(c) = archive::checkpoints(self.link()?)?.pop() else { return Ok(()) };
+        if c.lsn.0 > self.image.lsn {
+            self.bootstrap(&c)?;
+        } else if self.pending.is_empty() {
+            self.read_seq = self.read_seq.max(c.seq);
+            self.seen_lsn = self.seen_lsn.max(c.lsn.0);
+        }
+        Ok(())
+    }
+
+    /// Replace this follower's state with checkpoint `c` of the object
+    /// store: the file is read and verified whole, installed in the state
+    /// directory as its newest checkpoint, the local log (whose records it
+    /// covers) removed, and the stream read from after `c.seq`.
+    fn bootstrap(&mut self, c: &StoredCheckpoint) -> Result<()> {
+        let link = self.link()?.clone();
+        let bytes = link
+            .get_object(&c.name)?
+            .ok_or_else(|| Error::BadObject { name: c.name.clone(), reason: "it is gone".into() })?;
+        let bad = |reason: String| Error::BadObject { name: c.name.clone(), reason };
+        let decoded = checkpoint::decode(&bytes, &self.limits).map_err(|e| bad(e.to_string()))?;
+        if decoded.lsn != c.lsn.0 || decoded.state_hash() != c.state_hash {
+            return Err(bad(format!(
+                "it holds LSN {} with state hash {:032x}, its metadata say LSN {} and {:032x}",
+                decoded.lsn,
+                decoded.state_hash(),
+                c.lsn.0,
+                c.state_hash
+            )));
+        }
+        let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
+        let log_dir = mmsb::internals::files::log_dir(&self.dir);
+        // The checkpoint first, durably: a crash after it leaves a
+        // directory that recovers to it (the older files it covers are
+        // skipped).
+        let tmp = log_dir.join(format!("ckpt-{:020}.tmp", c.lsn.0));
+        let fin = log_dir.join(mmsb::internals::files::checkpoint_name(c.lsn.0));
+        {
+            let mut f = vfs.create(&tmp).map_err(|e| mmsb::Error::from(e).in_file(&tmp))?;
+            f.write_all(&bytes).map_err(|e| mmsb::Error::from(e).in_file(&tmp))?;
+            f.sync().map_err(|e| mmsb::Error::from(e).in_file(&tmp))?;
+        }
+        vfs.rename(&tmp, &fin).map_err(|e| mmsb::Error::from(e).in_file(&fin))?;
+        vfs.sync_dir(&log_dir).map_err(|e| mmsb::Error::from(e).in_file(&log_dir))?;
+        self.log.close()?;
+        let names = vfs.list(&log_dir).map_err(|e| mmsb::Error::from(e).in_file(&log_dir))?;
+        for n in names {
+            let older_ckpt = mmsb::internals::files::parse_checkpoint_name(&n).is_some_and(|l| l < c.lsn.0);
+            if older_ckpt || mmsb::internals::files::parse_segment_name(&n).is_some() {
+                let p = log_dir.join(&n);
+                vfs.remove(&p).map_err(|e| mmsb::Error::from(e).in_file(&p))?;
+            }
+        }
+        vfs.sync_dir(&log_dir).map_err(|e| mmsb::Error::from(e).in_file(&log_dir))?;
+        let (image, log) = open_dir(vfs, &self.dir, self.durability, &self.limits)?;
+        if image.lsn != c.lsn.0 {
+            return Err(Error::State(mmsb::Error::Invariant(format!(
+                "the state directory opened at LSN {} after installing the checkpoint at {}",
+                image.lsn, c.lsn.0
+            ))));
+        }
+        self.image = image;
+        self.log = log;
+        self.read_seq = c.seq;
+        self.pending.clear();
+        self.seen_lsn = self.seen_lsn.max(c.lsn.0);
+        self.bootstraps.push(c.lsn);
+        Ok(())
+    }
+
+    /// Write this follower's state as a full checkpoint into its state
+    /// directory and store it in the object store, then keep the newest
+    /// `keep` checkpoints there and trim the stream behind the oldest of
+    /// them ([`archive::trim`]). Followers and a standby leader start from
+    /// the newest; one that fell behind the trimmed stream starts again
+    /// from it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for `keep == 0` or commits still waiting for
+    /// earlier ones; [`Error::State`] when the file cannot be written; the
+    /// object store's and stream's errors.
+    pub fn checkpoint(&mut self, keep: usize) -> Result<(StoredCheckpoint, archive::Trimmed)> {
+        if keep == 0 {
+            return Err(Error::Config("at least one checkpoint must be kept".into()));
+        }
+        if !self.pending.is_empty() {
+            return Err(Error::Config(format!(
+                "commits after LSN {} wait for earlier ones: catch up first",
+                self.image.lsn
+            )));
+        }
+        let link = self.link()?.clone();
+        let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
+        let log_dir = mmsb::internals::files::log_dir(&self.dir);
+        let (path, _) = checkpoint::write_image(vfs.clone(), &log_dir, self.log.generation(), &self.image)?;
+        let bytes = std::fs::read(&path).map_err(|e| mmsb::Error::from(e).in_file(&path))?;
+        let stored = archive::put_checkpoint(
+            &link,
+            Lsn(self.image.lsn),
+            self.read_seq,
+            self.image.state_hash(),
+            &bytes,
+        )?;
+        // Older local checkpoints: the log is kept whole, so the newest
+        // `keep` of them are all a start needs.
+        let mut local = checkpoint::list(vfs.as_ref(), &log_dir)?;
+        for (_, p) in local.drain(..).skip(keep) {
+            vfs.remove(&p).map_err(|e| mmsb::Error::from(e).in_file(&p))?;
+        }
+        let trimmed = archive::trim(&link, keep)?;
+        Ok((stored, trimmed))
+    }
+
+    /// The checkpoints of the object store this follower started from, in
+    /// order (at open, or after falling behind the trimmed stream).
+    pub fn bootstraps(&self) -> &[Lsn] {
+        &self.bootstraps
     }
 
     /// Take one message, in any order and any number of times: a commit
@@ -204,12 +370,11 @@ impl Follower {
     /// follower's LSN without starting after it.
     pub fn offer(&mut self, m: Replicated) -> Result<bool> {
         self.epoch = self.epoch.max(m.epoch);
-        self.seen_lsn = self.seen_lsn.max(match &m.body {
-            Body::Commit { last, .. } => *last,
-            Body::Fence { after } => *after,
-        });
-        let Body::Commit { first, last, .. } = &m.body else { return Ok(false) };
-        let (first, last) = (*first, *last);
+        self.seen_lsn = self.seen_lsn.max(m.last_lsn());
+        let (first, last) = match &m.body {
+            Body::Commit { first, last, .. } | Body::Stored { first, last, .. } => (*first, *last),
+            Body::Fence { .. } => return Ok(false),
+        };
         if last <= self.image.lsn {
             self.duplicates += 1;
             return Ok(false);
@@ -239,7 +404,16 @@ impl Follower {
     }
 
     fn apply(&mut self, m: &Replicated) -> Result<()> {
-        let Body::Commit { first, last, framed } = &m.body else { return Ok(()) };
+        let (first, last, framed) = match &m.body {
+            Body::Commit { first, last, framed } => (first, last, framed),
+            Body::Stored { object, .. } => {
+                return Err(Error::BadMessage {
+                    seq: m.seq,
+                    reason: format!("its records are object {object}, which was not read (offer the commit)"),
+                })
+            }
+            Body::Fence { .. } => return Ok(()),
+        };
         // The local log checks the frames as recovery reads them, then the
         // image replays them: the library's one decoder, twice.
         let end = self.log.append_framed(framed, &self.limits)?;
@@ -260,29 +434,57 @@ impl Follower {
     }
 
     /// Read the message after the last one read, if the stream has it, and
-    /// apply it. Returns `None` when the stream holds nothing newer.
+    /// apply it. Returns `None` when the stream holds nothing newer. When
+    /// the stream was trimmed past that message, the follower starts again
+    /// from the newest checkpoint of the object store (or, when it is
+    /// already at or past that checkpoint, reads on after it).
     ///
     /// # Errors
-    /// [`Error::Gap`] when the stream no longer holds the next message
-    /// (trimmed); as [`Follower::offer`] and [`Link::get`].
+    /// [`Error::Gap`] when neither the stream nor a checkpoint holds what
+    /// follows this follower's LSN; as [`Follower::offer`] and
+    /// [`Link::get`]; [`Error::BadObject`] for a large commit's object
+    /// that is missing.
     pub fn step(&mut self) -> Result<Option<Replicated>> {
-        let link =
-            self.link.clone().ok_or_else(|| Error::Config("this follower has no connection".into()))?;
-        let (first, last) = link.bounds()?;
-        let seq = self.read_seq + 1;
-        if seq > last {
-            return Ok(None);
+        let link = self.link()?.clone();
+        let mut repositioned = false;
+        loop {
+            let (first, last) = link.bounds()?;
+            let seq = self.read_seq + 1;
+            if seq > last {
+                return Ok(None);
+            }
+            let msg = if seq < first { None } else { link.get(seq)? };
+            let Some(msg) = msg else {
+                // Trimmed (maybe between the two requests): once from a
+                // checkpoint, then it is a gap.
+                if repositioned {
+                    return Err(Error::Gap { lsn: Lsn(self.image.lsn), seq, first_seq: first });
+                }
+                repositioned = true;
+                self.position()?;
+                if self.read_seq + 1 < first {
+                    return Err(Error::Gap {
+                        lsn: Lsn(self.image.lsn),
+                        seq: self.read_seq + 1,
+                        first_seq: first,
+                    });
+                }
+                continue;
+            };
+            let mut m = Replicated::from_message(&msg)?;
+            if let Body::Stored { first, last, object } = &m.body {
+                if *last > self.image.lsn {
+                    let framed = link.get_object(object)?.ok_or_else(|| Error::BadObject {
+                        name: object.clone(),
+                        reason: format!("message {seq} names it for records {first}-{last}, and it is gone"),
+                    })?;
+                    m.body = Body::Commit { first: *first, last: *last, framed: Bytes::from(framed) };
+                }
+            }
+            self.offer(m.clone())?;
+            self.read_seq = seq;
+            return Ok(Some(m));
         }
-        if seq < first {
-            return Err(Error::Gap { lsn: Lsn(self.image.lsn), seq, first_seq: first });
-        }
-        let Some(msg) = link.get(seq)? else {
-            return Err(Error::Gap { lsn: Lsn(self.image.lsn), seq, first_seq: first });
-        };
-        let m = Replicated::from_message(&msg)?;
-        self.offer(m.clone())?;
-        self.read_seq = seq;
-        Ok(Some(m))
     }
 
     /// Apply every message the stream holds now. Returns the LSN reached.
@@ -290,8 +492,7 @@ impl Follower {
     /// # Errors
     /// As [`Follower::step`].
     pub fn catch_up(&mut self) -> Result<Lsn> {
-        let link =
-            self.link.clone().ok_or_else(|| Error::Config("this follower has no connection".into()))?;
+        let link = self.link()?.clone();
         let (_, last) = link.bounds()?;
         while self.read_seq < last {
             if self.step()?.is_none() {
@@ -309,9 +510,7 @@ impl Follower {
     /// # Errors
     /// As [`Link::bounds`].
     pub fn lag(&self) -> Result<Lag> {
-        let link =
-            self.link.as_ref().ok_or_else(|| Error::Config("this follower has no connection".into()))?;
-        let (_, last) = link.bounds()?;
+        let (_, last) = self.link()?.bounds()?;
         Ok(Lag { stream_seq: last, read_seq: self.read_seq, lsn: self.lsn() })
     }
 
@@ -379,4 +578,18 @@ impl Follower {
         self.log.close()?;
         Ok((self.lsn(), self.read_seq))
     }
+}
+
+/// Recover state directory `dir` and open its log for appending.
+fn open_dir(
+    vfs: Arc<dyn Vfs>,
+    dir: &Path,
+    durability: mmsb::Durability,
+    limits: &Limits,
+) -> Result<(StateImage, LogWriter)> {
+    let log_dir = mmsb::internals::files::log_dir(dir);
+    let (image, _report, resume) = recover(vfs.as_ref(), dir, RecoveryMode::default(), limits)?;
+    let log =
+        LogWriter::resume(vfs, &log_dir, &resume, durability, mmsb::internals::log::DEFAULT_SEGMENT_BYTES)?;
+    Ok((image, log))
 }

@@ -5,7 +5,7 @@
 //! before acknowledging it.
 
 use crate::follower::Follower;
-use crate::link::{Link, HDR_EPOCH, HDR_FENCE, HDR_LSN, LEASE_KEY};
+use crate::link::{Link, HDR_EPOCH, HDR_FENCE, HDR_LSN, HDR_OBJECT, HEADER_ROOM, LEASE_KEY};
 use crate::{Error, Options, Result};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv;
@@ -119,8 +119,23 @@ impl StreamSink {
         let mut h = HeaderMap::new();
         h.insert(HDR_EPOCH, self.epoch.to_string().as_str());
         h.insert(HDR_LSN, format!("{}-{}", first.0, last.0).as_str());
+        // A commit over the message limit: its records become an object,
+        // and the message (fenced like any other) points to it. An object
+        // whose message is refused is never read; trimming removes it.
+        let payload = if framed.len() + HEADER_ROOM > self.link.max_payload {
+            let name = crate::archive::commit_object(self.epoch, first.0);
+            self.link.put_object(
+                &name,
+                &[(crate::archive::META_LSN, format!("{}-{}", first.0, last.0))],
+                framed,
+            )?;
+            h.insert(HDR_OBJECT, name.as_str());
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(framed)
+        };
         let msg = PublishMessage::build()
-            .payload(Bytes::copy_from_slice(framed))
+            .payload(payload)
             .headers(h)
             .message_id(format!("{}:{}", self.epoch, first.0))
             .expected_last_sequence(st.last_seq);

@@ -5,6 +5,7 @@
 //! | connection, the state's stream and lease bucket, headers | [`link`] |
 //! | the writer: lease, catch-up, fence, publish before acknowledging | [`leader`] |
 //! | read-only replicas applying the stream idempotently by LSN | [`follower`] |
+//! | checkpoints and large commits in the state's object store; trimming | [`archive`] |
 //! | a real `nats-server` cluster on 127.0.0.1 for tests and benchmarks | [`cluster`] |
 //!
 //! The core library knows nothing of NATS: a leader's state is an
@@ -28,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod archive;
 pub mod cluster;
 pub mod follower;
 pub mod leader;
@@ -87,6 +89,15 @@ pub enum Error {
     BadMessage {
         /// Its stream sequence.
         seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An object of the state's object store does not read as a
+    /// checkpoint or commit of this state, or is missing.
+    #[error("object {name} of the object store: {reason}")]
+    BadObject {
+        /// Its name.
+        name: String,
         /// What is wrong.
         reason: String,
     },

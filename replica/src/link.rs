@@ -2,7 +2,7 @@
 //! context, the state's stream and its lease bucket.
 
 use crate::{Error, Options, Result};
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use std::future::Future;
 use std::time::Duration;
 
@@ -13,8 +13,15 @@ pub const HDR_EPOCH: &str = "Mmsb-Epoch";
 /// Header: set on a fence message (no records), carrying the LSN the
 /// new leader starts after.
 pub const HDR_FENCE: &str = "Mmsb-Fence";
+/// Header: set on a commit whose records are an object of the state's
+/// object store (a commit over the message limit), naming the object; the
+/// message's payload is empty.
+pub const HDR_OBJECT: &str = "Mmsb-Object";
 /// The lease key in the state's bucket.
 pub const LEASE_KEY: &str = "leader";
+/// Room left in a message for its headers: a commit whose records exceed
+/// the server's `max_payload` less this goes to the object store.
+pub const HEADER_ROOM: usize = 4096;
 
 /// The JetStream names of one replicated state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +32,9 @@ pub struct Names {
     pub subject: String,
     /// The key-value bucket holding the lease: `MMSB_LEASE_<state>`.
     pub lease_bucket: String,
+    /// The object store of checkpoints and large commits:
+    /// `MMSB_OBJ_<state>`.
+    pub objects: String,
 }
 
 impl Names {
@@ -42,19 +52,31 @@ impl Names {
             stream: format!("MMSB_{state}"),
             subject: format!("mmsb.{state}.log"),
             lease_bucket: format!("MMSB_LEASE_{state}"),
+            objects: format!("MMSB_OBJ_{state}"),
         })
     }
 }
 
 /// A connection to the cluster for one state.
-#[derive(Debug)]
 pub struct Link {
     rt: tokio::runtime::Runtime,
     pub(crate) js: jetstream::Context,
     pub(crate) stream: stream::Stream,
     pub(crate) kv: kv::Store,
+    pub(crate) objects: object_store::ObjectStore,
     pub(crate) names: Names,
     pub(crate) timeout: Duration,
+    /// The largest message payload the server accepts.
+    pub(crate) max_payload: usize,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("names", &self.names)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 fn js_err(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Error {
@@ -63,7 +85,7 @@ fn js_err(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Error {
 
 impl Link {
     /// Connect to `opts.urls`, creating the state's stream (R`replicas`,
-    /// file storage) and lease bucket when missing.
+    /// file storage), lease bucket and object store when missing.
     ///
     /// # Errors
     /// [`Error::Connect`], [`Error::JetStream`], [`Error::Timeout`].
@@ -92,7 +114,7 @@ impl Link {
         // connection but never answers (a stopped process) must leave time
         // to try the others.
         let per_server = (timeout / (addrs.len() as u32 + 1)).max(Duration::from_millis(250));
-        let (js, stream, kv) = rt.block_on(async move {
+        let (js, stream, kv, objects, max_payload) = rt.block_on(async move {
             let client = tokio::time::timeout(
                 timeout,
                 async_nats::ConnectOptions::new().connection_timeout(per_server).connect(addrs),
@@ -100,6 +122,7 @@ impl Link {
             .await
             .map_err(|_| Error::Timeout(format!("connecting to {urls}")))?
             .map_err(|e| Error::Connect { url: urls.clone(), reason: e.to_string() })?;
+            let max_payload = client.server_info().max_payload;
             let mut js = jetstream::new(client);
             js.set_timeout(timeout);
             let cfg = stream::Config {
@@ -134,9 +157,27 @@ impl Link {
                     }
                 }
             };
-            Ok::<_, Error>((js, stream, kv))
+            let objects = match js.get_object_store(&names2.objects).await {
+                Ok(o) => o,
+                Err(_) => {
+                    let cfg = object_store::Config {
+                        bucket: names2.objects.clone(),
+                        num_replicas: replicas,
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    };
+                    match retry(timeout, || js.create_object_store(cfg.clone())).await {
+                        Ok(o) => o,
+                        Err(e) => js
+                            .get_object_store(&names2.objects)
+                            .await
+                            .map_err(|_| Error::JetStream { op: "create object store", reason: e })?,
+                    }
+                }
+            };
+            Ok::<_, Error>((js, stream, kv, objects, max_payload))
         })?;
-        Ok(Link { rt, js, stream, kv, names, timeout })
+        Ok(Link { rt, js, stream, kv, objects, names, timeout, max_payload })
     }
 
     /// Run `f` on this link's runtime, bounded by the link's timeout.
@@ -144,7 +185,25 @@ impl Link {
     /// # Errors
     /// [`Error::Timeout`] naming `what`, or `f`'s error.
     pub(crate) fn run<T>(&self, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
-        let t = self.timeout;
+        self.run_for(self.timeout, what, f)
+    }
+
+    /// The time an object of `bytes` may take to move: the link's timeout
+    /// plus a second per 16 MiB.
+    pub(crate) fn transfer_time(&self, bytes: u64) -> Duration {
+        self.timeout + Duration::from_secs(bytes >> 24)
+    }
+
+    /// [`Link::run`] bounded by `t`.
+    ///
+    /// # Errors
+    /// As [`Link::run`].
+    pub(crate) fn run_for<T>(
+        &self,
+        t: Duration,
+        what: &str,
+        f: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         self.rt
             .block_on(async move { tokio::time::timeout(t, f).await })
             .map_err(|_| Error::Timeout(what.to_string()))?
@@ -176,9 +235,118 @@ impl Link {
         })
     }
 
-    /// The names of this state's stream and bucket.
+    /// The names of this state's stream and buckets.
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// The largest message payload the server accepts.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Remove every stream message below sequence `seq` (those after it
+    /// stay). Returns how many went.
+    ///
+    /// # Errors
+    /// [`Error::JetStream`], [`Error::Timeout`].
+    pub fn purge_below(&self, seq: u64) -> Result<u64> {
+        self.run("trimming the stream", async {
+            let r = self.stream.purge().sequence(seq).await.map_err(|e| js_err("purge")(&e))?;
+            Ok(r.purged)
+        })
+    }
+
+    /// Store `bytes` as object `name` with string `metadata`, replacing
+    /// an object of that name.
+    ///
+    /// # Errors
+    /// [`Error::JetStream`], [`Error::Timeout`].
+    pub fn put_object(&self, name: &str, metadata: &[(&str, String)], bytes: &[u8]) -> Result<()> {
+        let meta = object_store::ObjectMetadata {
+            name: name.to_string(),
+            metadata: metadata.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect(),
+            ..Default::default()
+        };
+        self.run_for(self.transfer_time(bytes.len() as u64), "storing an object", async {
+            let mut r = bytes;
+            self.objects.put(meta, &mut r).await.map_err(|e| js_err("put object")(&e))?;
+            Ok(())
+        })
+    }
+
+    /// The bytes of object `name` (their SHA-256 checked by the client
+    /// against the object's digest); `None` when there is no such object.
+    ///
+    /// # Errors
+    /// [`Error::JetStream`], [`Error::Timeout`].
+    pub fn get_object(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let size = match self.object_info(name)? {
+            Some(i) => i.size as u64,
+            None => return Ok(None),
+        };
+        self.run_for(self.transfer_time(size), "reading an object", async {
+            use tokio::io::AsyncReadExt;
+            let mut o = match self.objects.get(name).await {
+                Ok(o) => o,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(js_err("get object")(&e)),
+            };
+            let mut v = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            o.read_to_end(&mut v).await.map_err(|e| js_err("read object")(&e))?;
+            Ok(Some(v))
+        })
+    }
+
+    /// What the object store says of object `name`; `None` when there is
+    /// none.
+    ///
+    /// # Errors
+    /// [`Error::JetStream`], [`Error::Timeout`].
+    pub fn object_info(&self, name: &str) -> Result<Option<object_store::ObjectInfo>> {
+        self.run("reading an object's info", async {
+            match self.objects.info(name).await {
+                Ok(i) => Ok(Some(i)),
+                Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
+                Err(e) => Err(js_err("object info")(&e)),
+            }
+        })
+    }
+
+    /// Every object of the state's object store (deleted ones left out).
+    ///
+    /// # Errors
+    /// [`Error::JetStream`], [`Error::Timeout`].
+    pub fn list_objects(&self) -> Result<Vec<object_store::ObjectInfo>> {
+        self.run("listing objects", async {
+            use futures_util::StreamExt;
+            let mut l = match self.objects.list().await {
+                Ok(l) => l,
+                Err(e) => return Err(js_err("list objects")(&e)),
+            };
+            let mut out = Vec::new();
+            while let Some(i) = l.next().await {
+                let i = i.map_err(|e| js_err("list objects")(&e))?;
+                if !i.deleted {
+                    out.push(i);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Remove object `name` (nothing when there is none).
+    ///
+    /// # Errors
+    /// [`Error::JetStream`], [`Error::Timeout`].
+    pub fn delete_object(&self, name: &str) -> Result<()> {
+        self.run("removing an object", async {
+            match self.objects.delete(name).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+                Err(e) => Err(js_err("delete object")(&e)),
+            }
+        })
     }
 }
 

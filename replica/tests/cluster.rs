@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{check_history, cluster, options, random_write, read_stream, record, Acked, Rng, TestResult};
+use common::{
+    check_history, check_history_after, cluster, options, random_write, read_stream, record, Acked, Rng,
+    TestResult,
+};
 use mmsb::{PageId, PageSpec};
 use mmsb_replica::{follow, Body, Error, Follower, Leader, Options};
 use std::collections::BTreeMap;
@@ -324,28 +327,173 @@ fn a_paused_node_past_the_lease_loses_nothing() -> TestResult {
 }
 
 #[test]
-fn a_commit_over_the_message_limit_is_refused_and_nothing_is_lost() -> TestResult {
+fn a_commit_over_the_message_limit_goes_through_the_object_store() -> TestResult {
     let Some(c) = cluster(3) else { return Ok(()) };
     let opts = options(&c, "large", "w");
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("leader");
     let leader = Leader::acquire(&opts, &dir, Duration::from_secs(15))?;
     let mut acked = Vec::new();
-    let page = leader.mmsb().create_page(PageSpec::new(2 << 20))?;
+    let page = leader.mmsb().create_page(PageSpec::new(3 << 20))?;
     record(&mut acked, leader.epoch(), leader.mmsb())?;
-    let before = (leader.mmsb().lsn(), leader.mmsb().state_hash()?);
-    // 2 MiB of framed records: over the server's 1 MB max_payload.
-    let r = leader.mmsb().update_page(page, mmsb::Payload::Full(vec![7; 2 << 20]));
-    assert!(matches!(r, Err(mmsb::Error::Replication(_))), "{r:?}");
-    assert_eq!((leader.mmsb().lsn(), leader.mmsb().state_hash()?), before);
-    // The writer steps down, leads again from its directory, and goes on.
-    drop(leader.step_down()?);
-    let leader = Leader::acquire(&opts, &dir, Duration::from_secs(15))?;
-    assert_eq!((leader.mmsb().lsn(), leader.mmsb().state_hash()?), before);
+    // 3 MiB of framed records: over the server's 1 MB max_payload.
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    leader.mmsb().update_page(page, mmsb::Payload::Full(big.clone()))?;
+    record(&mut acked, leader.epoch(), leader.mmsb())?;
     leader
         .mmsb()
         .update_page(page, mmsb::Payload::Sparse(mmsb::SparseDelta::from_pairs([(0u64, &[1u8; 64][..])])?))?;
     record(&mut acked, leader.epoch(), leader.mmsb())?;
+    let stream = read_stream(&opts)?;
+    let stored: Vec<_> = stream.iter().filter(|m| matches!(m.body, Body::Stored { .. })).collect();
+    assert!(!stored.is_empty(), "no commit went to the object store");
     leader_and_follower_agree(&opts, tmp.path(), &leader, &acked)?;
+    let f = follow(&opts.with_holder("r2"), &tmp.path().join("f2"))?;
+    drop(f);
+    let mut f = follow(&opts.with_holder("r2"), &tmp.path().join("f2"))?;
+    f.catch_up()?;
+    let mut expect = big;
+    expect[..64].fill(1);
+    assert!(f.read_page(page)? == &expect[..], "the follower's page differs from the leader's");
+    // A checkpoint covers the large commits: trimming removes their objects.
+    let (ckpt, trimmed) = f.checkpoint(1)?;
+    assert_eq!(ckpt.lsn, leader.mmsb().lsn());
+    assert_eq!(trimmed.commits, stored.len());
+    let link = mmsb_replica::link::Link::connect(&opts)?;
+    let names: Vec<String> = link.list_objects()?.into_iter().map(|i| i.name).collect();
+    assert_eq!(names, vec![ckpt.name.clone()]);
+    Ok(())
+}
+
+/// Keep writing and checkpointing: each round `writes` commits, then a
+/// checkpoint by `archiver` keeping `keep`.
+fn rounds(
+    leader: &Leader,
+    archiver: &mut Follower,
+    rounds: usize,
+    writes: usize,
+    keep: usize,
+    rng: &mut Rng,
+    acked: &mut Vec<Acked>,
+) -> TestResult {
+    let mut pages = leader.mmsb().page_ids();
+    for _ in 0..rounds {
+        for _ in 0..writes {
+            random_write(leader.mmsb(), &mut pages, rng)?;
+            record(acked, leader.epoch(), leader.mmsb())?;
+        }
+        archiver.catch_up()?;
+        let (c, _) = archiver.checkpoint(keep)?;
+        assert_eq!((c.lsn, c.state_hash), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    }
+    Ok(())
+}
+
+#[test]
+fn followers_start_from_the_newest_checkpoint_and_the_stream_is_trimmed_behind_the_kept_ones() -> TestResult {
+    let Some(c) = cluster(3) else { return Ok(()) };
+    let opts = options(&c, "ckpt", "w");
+    let tmp = tempfile::tempdir()?;
+    let leader = Leader::acquire(&opts, &tmp.path().join("leader"), Duration::from_secs(15))?;
+    let mut archiver = follow(&opts.with_holder("a"), &tmp.path().join("a"))?;
+    let (mut rng, mut acked) = (Rng(0x5151_2727_8383_4949), Vec::new());
+    rounds(&leader, &mut archiver, 4, 25, 2, &mut rng, &mut acked)?;
+    let kept = archiver.stored_checkpoints()?;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    // The stream holds exactly the messages after the oldest kept one.
+    let link = mmsb_replica::link::Link::connect(&opts)?;
+    let (first, last) = link.bounds()?;
+    assert_eq!(first, kept[0].seq + 1);
+    let stream = read_stream(&opts)?;
+    assert_eq!(check_history_after(&stream, &acked, kept[0].lsn.0)?, kept[1].lsn.0);
+    // A new follower starts from the newest checkpoint and reads only
+    // what follows it.
+    for _ in 0..10 {
+        random_write(leader.mmsb(), &mut leader.mmsb().page_ids(), &mut rng)?;
+        record(&mut acked, leader.epoch(), leader.mmsb())?;
+    }
+    let mut f = follow(&opts.with_holder("new"), &tmp.path().join("new"))?;
+    assert_eq!(f.bootstraps(), &[kept[1].lsn]);
+    assert_eq!(f.read_seq(), kept[1].seq);
+    let mut read = 0;
+    while f.step()?.is_some() {
+        read += 1;
+    }
+    assert_eq!(read as u64, link.bounds()?.1 - kept[1].seq);
+    assert!(read < last, "read {read} messages; the stream held {last}");
+    assert_eq!((f.lsn(), f.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    // Reopened, it recovers its directory (the installed checkpoint and
+    // the log after it) without starting from the object store again.
+    drop(f);
+    let f = follow(&opts.with_holder("new"), &tmp.path().join("new"))?;
+    assert!(f.bootstraps().is_empty());
+    assert_eq!((f.lsn(), f.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    // A standby with an empty directory leads from the checkpoint.
+    drop(f);
+    let old = leader.step_down()?;
+    drop(old);
+    let mut o2 = opts.with_holder("w2");
+    o2.lease_ttl = Duration::from_millis(800);
+    let l2 = Leader::acquire(&o2, &tmp.path().join("standby"), Duration::from_secs(15))?;
+    assert_eq!(l2.mmsb().lsn(), acked.last().map(|a| mmsb::Lsn(a.lsn)).ok_or("nothing acknowledged")?);
+    let mut pages = l2.mmsb().page_ids();
+    random_write(l2.mmsb(), &mut pages, &mut rng)?;
+    record(&mut acked, l2.epoch(), l2.mmsb())?;
+    let mut f = follow(&opts.with_holder("new"), &tmp.path().join("new"))?;
+    f.catch_up()?;
+    assert_eq!((f.lsn(), f.state_hash()), (l2.mmsb().lsn(), l2.mmsb().state_hash()?));
+    Ok(())
+}
+
+#[test]
+fn a_slow_follower_behind_the_trimmed_stream_starts_again_from_a_checkpoint() -> TestResult {
+    let Some(c) = cluster(3) else { return Ok(()) };
+    let opts = options(&c, "slow", "w");
+    let tmp = tempfile::tempdir()?;
+    let leader = Leader::acquire(&opts, &tmp.path().join("leader"), Duration::from_secs(15))?;
+    let mut archiver = follow(&opts.with_holder("a"), &tmp.path().join("a"))?;
+    let mut slow = follow(&opts.with_holder("slow"), &tmp.path().join("slow"))?;
+    let (mut rng, mut acked) = (Rng(0x0BAD_5EED_1234_5678), Vec::new());
+    let mut pages = Vec::new();
+    for _ in 0..20 {
+        random_write(leader.mmsb(), &mut pages, &mut rng)?;
+        record(&mut acked, leader.epoch(), leader.mmsb())?;
+    }
+    // The slow follower reads a few messages, then falls behind while the
+    // stream is trimmed past it, three times.
+    for _ in 0..5 {
+        slow.step()?;
+    }
+    let behind = slow.lsn();
+    assert!(behind.0 > 0 && slow.bootstraps().is_empty());
+    rounds(&leader, &mut archiver, 3, 20, 1, &mut rng, &mut acked)?;
+    let (first, _) = mmsb_replica::link::Link::connect(&opts)?.bounds()?;
+    assert!(slow.read_seq() + 1 < first, "the stream was not trimmed past the slow follower");
+    // Its next step starts it again from the newest checkpoint.
+    let newest = archiver.stored_checkpoints()?.pop().ok_or("no checkpoint")?;
+    slow.step()?;
+    assert_eq!(slow.bootstraps(), &[newest.lsn]);
+    assert!(slow.lsn() > behind);
+    slow.catch_up()?;
+    assert_eq!((slow.lsn(), slow.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    // Its directory now starts at the checkpoint: reopened, it is the
+    // same state and follows on.
+    drop(slow);
+    let mut slow = follow(&opts.with_holder("slow"), &tmp.path().join("slow"))?;
+    assert_eq!((slow.lsn(), slow.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    let mut pages = leader.mmsb().page_ids();
+    random_write(leader.mmsb(), &mut pages, &mut rng)?;
+    slow.catch_up()?;
+    assert_eq!((slow.lsn(), slow.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
+    // A follower without a connection cannot start again: it reports the
+    // gap rather than skipping records.
+    let o = opts.with_holder("offline");
+    let mut off = Follower::open_local(&o, &tmp.path().join("offline"))?;
+    let m = read_stream(&opts)?
+        .into_iter()
+        .find(|m| !matches!(m.body, Body::Fence { .. }))
+        .ok_or("empty stream")?;
+    assert!(!off.offer(m)?, "a commit after a gap was applied");
+    assert_eq!(off.lsn().0, 0);
     Ok(())
 }

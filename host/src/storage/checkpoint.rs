@@ -478,6 +478,28 @@ impl CheckpointWriter {
     }
 }
 
+/// Write a full checkpoint of `image` (every page, its counters and graph,
+/// at `image.lsn`) into `dir` as [`CheckpointWriter`] does: a temporary
+/// file, fsynced, renamed into place. What a replica that holds a state as
+/// an image (not a live handle) checkpoints with. Returns the file and its
+/// size.
+///
+/// # Errors
+/// [`Error::Io`]; [`Error::InvalidPage`] for a page the format cannot hold.
+pub fn write_image(
+    vfs: Arc<dyn Vfs>,
+    dir: &Path,
+    generation: u64,
+    image: &StateImage,
+) -> Result<(PathBuf, u64)> {
+    let mut w = CheckpointWriter::new(vfs, dir, generation, image, image.pages.len() as u64)?;
+    for (id, p) in &image.pages {
+        w.page(*id, p.epoch, p.location, &p.meta, &p.bytes)?;
+    }
+    let (path, _, bytes, _) = w.finish()?;
+    Ok((path, bytes))
+}
+
 /// A checkpoint file decoded on its own.
 #[derive(Debug)]
 pub enum CheckpointFile {

@@ -174,8 +174,20 @@ pub fn read_stream(opts: &Options) -> Result<Vec<Replicated>, mmsb_replica::Erro
 /// order it was acknowledged, under the epoch that acknowledged it.
 /// Returns the LSN the stream ends at.
 pub fn check_history(stream: &[Replicated], acked: &[Acked]) -> Result<u64, String> {
-    let mut lsn = 0u64;
-    let mut fence = 0u64;
+    check_history_after(stream, acked, 0)
+}
+
+/// [`check_history`] of a stream trimmed behind a checkpoint at LSN
+/// `after`: it starts with LSN `after + 1` (under the epoch of its first
+/// message, whose fence may be gone), and the acknowledged commits up to
+/// `after` are the checkpoint's.
+pub fn check_history_after(stream: &[Replicated], acked: &[Acked], after: u64) -> Result<u64, String> {
+    let mut lsn = after;
+    let mut fence = match stream.first() {
+        Some(m) if after > 0 && !matches!(m.body, Body::Fence { .. }) => m.epoch,
+        _ => 0,
+    };
+    let acked: Vec<Acked> = acked.iter().copied().filter(|a| a.lsn > after).collect();
     // LSN -> epoch of the message ending there.
     let mut ends = BTreeMap::new();
     for m in stream {
@@ -192,7 +204,7 @@ pub fn check_history(stream: &[Replicated], acked: &[Acked]) -> Result<u64, Stri
                 }
                 fence = m.epoch;
             }
-            Body::Commit { first, last, .. } => {
+            Body::Commit { first, last, .. } | Body::Stored { first, last, .. } => {
                 if m.epoch != fence {
                     return Err(format!(
                         "commit {first}-{last} at seq {} of epoch {} after the fence of epoch {fence}",
@@ -211,8 +223,8 @@ pub fn check_history(stream: &[Replicated], acked: &[Acked]) -> Result<u64, Stri
             }
         }
     }
-    let mut prev = 0;
-    for a in acked {
+    let mut prev = after;
+    for a in &acked {
         if a.lsn <= prev {
             return Err(format!("acknowledged LSN {} not after {prev}", a.lsn));
         }
