@@ -136,7 +136,7 @@ fn main() -> ExitCode {
 }
 
 /// A replication error as the command's error type.
-fn into_mmsb(e: mmsb_replica::Error) -> mmsb::Error {
+pub(crate) fn into_mmsb(e: mmsb_replica::Error) -> mmsb::Error {
     match e {
         mmsb_replica::Error::State(e) => e,
         other => mmsb::Error::Replication(other.to_string()),

@@ -13,14 +13,22 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The state directory.
-    dir: PathBuf,
+    /// The state directory (or, with --nats and --state, a replicated
+    /// state's stream and object store).
+    #[arg(required_unless_present = "state")]
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    replicated: crate::replica::Replicated,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The state directory.
-    dir: PathBuf,
+    /// The state directory (or, with --nats and --state, a replicated
+    /// state's stream and object store).
+    #[arg(required_unless_present = "state")]
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    replicated: crate::replica::Replicated,
     /// Also check derived pages offline. Recompute functions are code in
     /// the program that registered them, so this command cannot run them;
     /// it replays the whole history and checks that every derived delta
@@ -77,12 +85,15 @@ pub(crate) fn open(dir: &Path) -> Result<Confined> {
 }
 
 pub fn inspect(args: &InspectArgs) -> Result<()> {
-    let v = open(&args.dir)?;
+    let Some(dir) = &args.dir else {
+        return args.replicated.inspect();
+    };
+    let v = open(dir)?;
     let spin = progress::spinner("reading log and checkpoints");
     let rep = mmsb::history::tools::inspect_with(&v, v.root(), &Limits::default());
     spin.finish_and_clear();
     let rep = rep?;
-    outln!("state directory: {}", args.dir.display());
+    outln!("state directory: {}", dir.display());
     out!("{rep}");
     let total: u64 = rep.segments.iter().map(|s| s.bytes).sum::<u64>()
         + rep.checkpoints.iter().map(|c| c.bytes).sum::<u64>();
@@ -92,7 +103,15 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
 
 /// Exit status of `verify`: 0 sound, 1 a problem found.
 pub fn verify(args: &VerifyArgs) -> Result<bool> {
-    let v = open(&args.dir)?;
+    let Some(dir) = &args.dir else {
+        if args.recompute {
+            return Err(Error::Config(
+                "--recompute reads a state directory; a replicated state is verified without it".into(),
+            ));
+        }
+        return args.replicated.verify();
+    };
+    let v = open(dir)?;
     let spin = progress::spinner("checking every CRC and replaying every commit");
     let rep = mmsb::history::tools::verify_with(&v, v.root(), &Limits::default());
     spin.finish_and_clear();

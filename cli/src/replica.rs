@@ -37,6 +37,47 @@ impl Cluster {
     }
 }
 
+/// A replicated state named on the command line of `inspect` and `verify`.
+#[derive(Args, Debug)]
+pub struct Replicated {
+    /// NATS URLs of the cluster's nodes, comma-separated (with --state,
+    /// instead of a state directory).
+    #[arg(long, value_delimiter = ',', requires = "state", conflicts_with = "dir")]
+    nats: Vec<String>,
+    /// The replicated state's name (its stream is MMSB_<name>).
+    #[arg(long, requires = "nats", conflicts_with = "dir")]
+    state: Option<String>,
+}
+
+impl Replicated {
+    fn options(&self) -> mmsb::Result<Options> {
+        let state = self.state.as_deref().ok_or_else(|| mmsb::Error::Config("no --state given".into()))?;
+        Ok(Options::new(self.nats.clone(), state, "mmsb-inspect"))
+    }
+
+    /// `mmsb inspect --nats URLS --state NAME`.
+    pub fn inspect(&self) -> mmsb::Result<()> {
+        let opts = self.options()?;
+        let rep = mmsb_replica::audit::inspect(&opts).map_err(crate::into_mmsb)?;
+        outln!("replicated state: {} at {}", opts.state, opts.urls.join(","));
+        out!("{rep}");
+        Ok(())
+    }
+
+    /// `mmsb verify --nats URLS --state NAME`: `Ok(false)` when it found a
+    /// problem (printed to stderr).
+    pub fn verify(&self) -> mmsb::Result<bool> {
+        let opts = self.options()?;
+        let rep = mmsb_replica::audit::verify(&opts).map_err(crate::into_mmsb)?;
+        if rep.problem.is_some() {
+            eprintln!("mmsb verify: {rep}");
+            return Ok(false);
+        }
+        outln!("{rep}");
+        Ok(true)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct FollowArgs {
     #[command(flatten)]
@@ -47,18 +88,59 @@ pub struct FollowArgs {
     /// second (0: catch up once and stop).
     #[arg(long, default_value_t = 0)]
     watch: u64,
+    /// After catching up (and, while watching, each time the LSN moved
+    /// this many records further), write a full checkpoint, store it in the state's
+    /// object store and trim the stream behind the kept ones (0: never).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u64,
+    /// Checkpoints kept in the object store (the stream is trimmed behind
+    /// the oldest of them).
+    #[arg(long, default_value_t = 2)]
+    keep: usize,
 }
 
 /// Catch up with the stream (and keep following with `--watch`); the
 /// last line is `lsn N hash H`.
 pub fn follow_cmd(args: &FollowArgs) -> mmsb_replica::Result<()> {
     let mut f = follow(&args.cluster.options(), &args.dir)?;
+    for l in f.bootstraps() {
+        outln!("started from the object store's checkpoint at lsn {}", l.0);
+    }
     let t0 = Instant::now();
     f.catch_up()?;
+    let checkpoint = |f: &mut mmsb_replica::Follower| -> mmsb_replica::Result<()> {
+        let (c, t) = f.checkpoint(args.keep)?;
+        outln!(
+            "checkpoint at lsn {} ({} bytes) stored as {}; trimmed {} messages, {} checkpoints, {} large commits",
+            c.lsn.0,
+            c.bytes,
+            c.name,
+            t.messages,
+            t.checkpoints,
+            t.commits
+        );
+        Ok(())
+    };
+    let mut at = f.lsn();
+    if args.checkpoint_every > 0 {
+        checkpoint(&mut f)?;
+    }
     let mut shown = Instant::now();
     while t0.elapsed() < Duration::from_secs(args.watch) {
-        if f.step()?.is_none() {
-            std::thread::sleep(Duration::from_millis(20));
+        match f.step()? {
+            None => std::thread::sleep(Duration::from_millis(20)),
+            Some(m)
+                if matches!(
+                    m.body,
+                    mmsb_replica::Body::Commit { .. } | mmsb_replica::Body::Stored { .. }
+                ) =>
+            {
+                if args.checkpoint_every > 0 && f.lsn().0.saturating_sub(at.0) >= args.checkpoint_every {
+                    checkpoint(&mut f)?;
+                    at = f.lsn();
+                }
+            }
+            Some(_) => {}
         }
         if shown.elapsed() >= Duration::from_secs(1) {
             let lag = f.lag()?;

@@ -106,7 +106,7 @@ fn killing_the_leader_mid_commit_loses_no_acknowledged_commit() -> TestResult {
                 assert!(m.epoch > fence && *after == lsn, "bad fence at seq {}", m.seq);
                 fence = m.epoch;
             }
-            Body::Commit { first, last, .. } => {
+            Body::Commit { first, last, .. } | Body::Stored { first, last, .. } => {
                 assert_eq!((m.epoch, *first), (fence, lsn + 1), "commit at seq {} out of order", m.seq);
                 lsn = *last;
                 ends.insert(*last, m.epoch);
@@ -139,6 +139,66 @@ fn killing_the_leader_mid_commit_loses_no_acknowledged_commit() -> TestResult {
     assert!(fol.status.success());
     let text = String::from_utf8(fol.stdout)?;
     let last_line = text.lines().last().ok_or("no output")?;
-    assert_eq!(last_line, format!("lsn {} hash {:032x}", f.lsn().0, f.state_hash()));
+    let end = format!("lsn {} hash {:032x}", f.lsn().0, f.state_hash());
+    assert_eq!(last_line, end);
+
+    // `mmsb follow --checkpoint-every` stores a checkpoint and trims the
+    // stream behind it; a new `mmsb follow` starts from it; `mmsb inspect`
+    // and `mmsb verify` read the stream and the object store.
+    let mmsb = |args: &[&str]| -> std::io::Result<std::process::Output> {
+        Command::new(env!("CARGO_BIN_EXE_mmsb")).args(args).output()
+    };
+    let urls = c.urls().join(",");
+    let cp = mmsb(&[
+        "follow",
+        "--nats",
+        &urls,
+        "--state",
+        "kill",
+        "--checkpoint-every",
+        "1",
+        "--keep",
+        "1",
+        &tmp.path().join("g").display().to_string(),
+    ])?;
+    let text = String::from_utf8(cp.stdout)?;
+    assert!(cp.status.success(), "{text}");
+    assert!(text.contains(&format!("checkpoint at lsn {} (", f.lsn().0)), "{text}");
+    assert!(link.bounds()?.0 > last, "the stream was not trimmed: {:?}", link.bounds()?);
+    let fresh =
+        mmsb(&["follow", "--nats", &urls, "--state", "kill", &tmp.path().join("h").display().to_string()])?;
+    let text = String::from_utf8(fresh.stdout)?;
+    assert!(fresh.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("started from the object store's checkpoint at lsn {}", f.lsn().0)),
+        "{text}"
+    );
+    assert_eq!(text.lines().last(), Some(end.as_str()));
+    let ins = mmsb(&["inspect", "--nats", &urls, "--state", "kill"])?;
+    let text = String::from_utf8(ins.stdout)?;
+    assert!(ins.status.success(), "{text}");
+    assert!(text.contains("1 checkpoints"), "{text}");
+    assert!(text.contains(&format!("checkpoint at lsn {} (stream seq {last})", f.lsn().0)), "{text}");
+    let ver = mmsb(&["verify", "--nats", &urls, "--state", "kill"])?;
+    let text = String::from_utf8(ver.stdout)?;
+    assert!(ver.status.success(), "{text}{}", String::from_utf8_lossy(&ver.stderr));
+    assert!(text.starts_with("OK: 1 checkpoints decode, 1 of them"), "{text}");
+    assert!(text.contains(&format!("state hash {:032x}", f.state_hash())), "{text}");
+    // A state the cluster does not hold is refused, and not created.
+    let none = mmsb(&["verify", "--nats", &urls, "--state", "nosuch"])?;
+    assert!(!none.status.success());
+    assert!(String::from_utf8(none.stderr)?.contains("no replicated state \"nosuch\""));
+    assert!(mmsb_replica::link::Link::open(&Options::new(c.urls(), "nosuch", "x")).is_err());
+    // A checkpoint object that is not what its metadata say is found.
+    let stored = mmsb_replica::archive::checkpoints(&link)?;
+    let newest = stored.last().ok_or("no checkpoint")?;
+    let mut bytes = link.get_object(&newest.name)?.ok_or("no object")?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    mmsb_replica::archive::put_checkpoint(&link, newest.lsn, newest.seq, newest.state_hash, &bytes)?;
+    let bad = mmsb(&["verify", "--nats", &urls, "--state", "kill"])?;
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8(bad.stderr)?;
+    assert!(err.contains(&format!("DAMAGED: checkpoint {}", newest.name)), "{err}");
     Ok(())
 }

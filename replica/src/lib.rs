@@ -6,6 +6,7 @@
 //! | the writer: lease, catch-up, fence, publish before acknowledging | [`leader`] |
 //! | read-only replicas applying the stream idempotently by LSN | [`follower`] |
 //! | checkpoints and large commits in the state's object store; trimming | [`archive`] |
+//! | `mmsb inspect` and `mmsb verify` of the stream and object store | [`audit`] |
 //! | a real `nats-server` cluster on 127.0.0.1 for tests and benchmarks | [`cluster`] |
 //!
 //! The core library knows nothing of NATS: a leader's state is an
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod archive;
+pub mod audit;
 pub mod cluster;
 pub mod follower;
 pub mod leader;

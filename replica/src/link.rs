@@ -90,7 +90,23 @@ impl Link {
     /// # Errors
     /// [`Error::Connect`], [`Error::JetStream`], [`Error::Timeout`].
     pub fn connect(opts: &Options) -> Result<Link> {
+        Self::connect_with(opts, true)
+    }
+
+    /// Connect to an existing replicated state: as [`Link::connect`], but a
+    /// state whose stream does not exist is refused, not created (what the
+    /// read-only commands use).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the cluster holds no stream of that state; as
+    /// [`Link::connect`].
+    pub fn open(opts: &Options) -> Result<Link> {
+        Self::connect_with(opts, false)
+    }
+
+    fn connect_with(opts: &Options, create: bool) -> Result<Link> {
         let names = Names::of(&opts.state)?;
+        let state = opts.state.clone();
         let rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(
                 |e| Error::Connect { url: opts.urls.join(","), reason: format!("no runtime: {e}") },
@@ -125,6 +141,14 @@ impl Link {
             let max_payload = client.server_info().max_payload;
             let mut js = jetstream::new(client);
             js.set_timeout(timeout);
+            if !create {
+                if let Err(e) = js.get_stream(&names2.stream).await {
+                    return Err(Error::Config(format!(
+                        "no replicated state {state:?} at {urls}: stream {} ({e})",
+                        names2.stream
+                    )));
+                }
+            }
             let cfg = stream::Config {
                 name: names2.stream.clone(),
                 subjects: vec![names2.subject.clone()],
