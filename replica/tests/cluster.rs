@@ -419,7 +419,7 @@ fn followers_start_from_the_newest_checkpoint_and_the_stream_is_trimmed_behind_t
     while f.step()?.is_some() {
         read += 1;
     }
-    assert_eq!(read as u64, link.bounds()?.1 - kept[1].seq);
+    assert_eq!(read, link.bounds()?.1 - kept[1].seq);
     assert!(read < last, "read {read} messages; the stream held {last}");
     assert_eq!((f.lsn(), f.state_hash()), (leader.mmsb().lsn(), leader.mmsb().state_hash()?));
     // Reopened, it recovers its directory (the installed checkpoint and
