@@ -1111,6 +1111,15 @@ impl Gpu {
             })
             .collect();
         self.upload(image.slice(0, descs_bytes)?, bytemuck::cast_slice(&descs))?;
+        // The 16-byte alignment leaves gaps between ranges that no
+        // descriptor writes; they are downloaded with the rest, so they
+        // are zeroed first (the download never reads uninitialised memory).
+        let gathered: u64 = spans.iter().flatten().map(|x| x.1).sum();
+        if gathered != off {
+            // SAFETY: the data part of `block`, which lives to the end of
+            // the call; the download below waits for the stream.
+            unsafe { self.zero(image.slice(data_at, off)?)? };
+        }
         // SAFETY: every descriptor copies n bytes from inside a page range
         // of this device (checked above; the ranges borrow their pages for
         // the whole call) to its own part of `block`, which lives to the end
