@@ -158,6 +158,8 @@ pub struct Follower {
     /// Commits that arrived before the ones they follow, by first LSN.
     pending: BTreeMap<u64, Replicated>,
     subscribers: Vec<mpsc::Sender<Applied>>,
+    /// Subscribers to page-level events.
+    event_subscribers: Vec<mpsc::Sender<mmsb::Event>>,
     /// Messages that were already applied when they arrived.
     duplicates: u64,
     /// The highest LSN a stream message named (a commit's last, a fence's),
@@ -219,6 +221,7 @@ impl Follower {
             epoch: 0,
             pending: BTreeMap::new(),
             subscribers: Vec::new(),
+            event_subscribers: Vec::new(),
             duplicates: 0,
             seen_lsn: 0,
             bootstraps: Vec::new(),
@@ -424,12 +427,22 @@ impl Follower {
             });
         }
         let image = &mut self.image;
-        visit_framed(framed, *first, &self.limits, &mut |c| image.apply_commit(c).map(|()| true))?;
+        let want_events = !self.event_subscribers.is_empty();
+        let mut events = Vec::new();
+        visit_framed(framed, *first, &self.limits, &mut |c| {
+            if want_events {
+                events.extend(image.events_of(&c));
+            }
+            image.apply_commit(c).map(|()| true)
+        })?;
         // Optional records at the end of a message (a checkpoint's) are
         // part of the LSN sequence even though no commit ends there.
         image.lsn = *last;
         let ev = Applied { seq: m.seq, epoch: m.epoch, first: Lsn(*first), last: Lsn(*last) };
         self.subscribers.retain(|s| s.send(ev).is_ok());
+        if want_events {
+            self.event_subscribers.retain(|s| events.iter().all(|e| s.send(e.clone()).is_ok()));
+        }
         Ok(())
     }
 
@@ -518,6 +531,18 @@ impl Follower {
     pub fn subscribe(&mut self) -> mpsc::Receiver<Applied> {
         let (tx, rx) = mpsc::channel();
         self.subscribers.push(tx);
+        rx
+    }
+
+    /// Page-level events ([`mmsb::Event`]: pages created and deleted,
+    /// deltas applied with the page's epoch after them, edges, derivations)
+    /// of every commit applied from now on, the state-change events the
+    /// leader's own subscribers got for it, in the same order. (A
+    /// follower runs no propagation and writes no checkpoint of the
+    /// leader's, so it sends none of the live-only events.)
+    pub fn events(&mut self) -> mpsc::Receiver<mmsb::Event> {
+        let (tx, rx) = mpsc::channel();
+        self.event_subscribers.push(tx);
         rx
     }
 

@@ -95,6 +95,7 @@ fn model_followers_match_the_leader_at_every_lsn() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let leader = Leader::acquire(&opts, &tmp.path().join("leader"), Duration::from_secs(15))?;
     let s = leader.mmsb();
+    let leader_events = s.subscribe();
     // A derived page: its deltas are in the log, followers recompute nothing.
     s.register_function("sum", 1, |ins: &[&[u8]], out: &mut [u8]| {
         let v = ins.iter().flat_map(|b| b.iter()).fold(0u8, |a, x| a.wrapping_add(*x));
@@ -140,6 +141,7 @@ fn model_followers_match_the_leader_at_every_lsn() -> TestResult {
     let fdir = tmp.path().join("f1");
     let mut f = follow(&opts.with_holder("f1"), &fdir)?;
     let events = f.subscribe();
+    let page_events = f.events();
     let mut checked = 0;
     while let Some(m) = f.step()? {
         if let Body::Commit { last, .. } = m.body {
@@ -155,6 +157,25 @@ fn model_followers_match_the_leader_at_every_lsn() -> TestResult {
     assert_eq!(f.read_page(d)?, &leader.mmsb().query_page(d)?[..]);
     let seen: Vec<_> = events.try_iter().collect();
     assert_eq!(seen.last().map(|e| e.last.0), Some(end.0));
+    // The follower's page-level events are the leader's state-change
+    // events, in order (the leader's live-only propagation events aside).
+    let live_only = |e: &mmsb::Event| {
+        matches!(
+            e,
+            mmsb::Event::PropagationStarted { .. }
+                | mmsb::Event::Recomputed { .. }
+                | mmsb::Event::PropagationFinished { .. }
+                | mmsb::Event::CheckpointWritten { .. }
+        )
+    };
+    let from_leader: Vec<mmsb::Event> = leader_events.drain().into_iter().filter(|e| !live_only(e)).collect();
+    let from_follower: Vec<mmsb::Event> = page_events.try_iter().collect();
+    assert_eq!(leader_events.dropped(), 0);
+    assert!(from_leader.len() > 150, "{} events", from_leader.len());
+    assert!(from_leader
+        .iter()
+        .any(|e| matches!(e, mmsb::Event::DeltaApplied { source: mmsb::SourceKind::Propagation, .. })));
+    assert_eq!(from_follower, from_leader);
     assert_eq!(f.lag()?.messages(), 0);
     // Reopened, the follower recovers its directory and skips what it has.
     drop(f);

@@ -467,6 +467,48 @@ impl StateImage {
         Ok(())
     }
 
+    /// The state-change events of `commit` (a committed unit read from the
+    /// log) as the live handle sent them when it committed it, for this
+    /// image as the state before it: what a replica applying the log tells
+    /// its subscribers. Call before [`StateImage::apply_commit`].
+    pub fn events_of(&self, commit: &reader::Commit<'_, '_>) -> Vec<crate::events::Event> {
+        use crate::events::{Event, SourceKind};
+        let mut epochs: std::collections::HashMap<PageId, Epoch> = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(commit.len());
+        for (_, r) in commit.records() {
+            match r {
+                Record::Create { id, len, .. } => {
+                    epochs.insert(*id, Epoch(0));
+                    out.push(Event::PageCreated { page: *id, len: *len });
+                }
+                Record::Delete { id } => {
+                    epochs.remove(id);
+                    out.push(Event::PageDeleted { page: *id });
+                }
+                Record::Delta(v) => {
+                    let e = epochs
+                        .entry(v.page)
+                        .or_insert_with(|| self.pages.get(&v.page).map_or(Epoch(0), |p| p.epoch));
+                    *e = Epoch(e.0 + 1);
+                    let source = match v.source {
+                        0 => SourceKind::User,
+                        1 => SourceKind::Propagation,
+                        _ => SourceKind::Replay,
+                    };
+                    let bytes = match v.payload {
+                        PayloadView::Dense { selected, .. } => selected.len(),
+                        PayloadView::Sparse { data, .. } => data.len(),
+                        PayloadView::Full(b) => b.len(),
+                    } as u64;
+                    out.push(Event::DeltaApplied { page: v.page, epoch: *e, source, bytes });
+                }
+                Record::Graph(c) => out.extend(crate::events::event_for_change(c, Epoch(0))),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Validate and apply changes (for example a [`diff`]) in order, all or
     /// nothing. Ids and timestamps need not follow this image's counters.
     ///
