@@ -15,6 +15,9 @@
 use crate::link::Link;
 use crate::{Error, Result};
 use async_nats::jetstream::object_store::ObjectInfo;
+use mmsb::internals::checkpoint;
+use mmsb::internals::codec::Limits;
+use mmsb::internals::image::StateImage;
 use mmsb::Lsn;
 
 /// Prefix of checkpoint objects.
@@ -101,6 +104,31 @@ pub fn checkpoints(link: &Link) -> Result<Vec<StoredCheckpoint>> {
         .collect::<Result<Vec<_>>>()?;
     v.sort_by_key(|c| c.lsn);
     Ok(v)
+}
+
+/// Read checkpoint `c` whole and verify it: the object's digest (the
+/// client checks it), every CRC of the file, and its LSN and state hash
+/// against the metadata. Returns the file's bytes and the state.
+///
+/// # Errors
+/// [`Error::BadObject`] when it is gone or is not what its metadata say;
+/// the object store's errors.
+pub fn fetch_checkpoint(link: &Link, c: &StoredCheckpoint, limits: &Limits) -> Result<(Vec<u8>, StateImage)> {
+    let bytes = link.get_object(&c.name)?.ok_or_else(|| bad(&c.name, "it is gone".into()))?;
+    let img = checkpoint::decode(&bytes, limits).map_err(|e| bad(&c.name, e.to_string()))?;
+    if img.lsn != c.lsn.0 || img.state_hash() != c.state_hash {
+        return Err(bad(
+            &c.name,
+            format!(
+                "it holds lsn {} with state hash {:032x}; its metadata say lsn {} and {:032x}",
+                img.lsn,
+                img.state_hash(),
+                c.lsn.0,
+                c.state_hash
+            ),
+        ));
+    }
+    Ok((bytes, img))
 }
 
 /// Store the checkpoint file `bytes` (a full checkpoint at `lsn`, the

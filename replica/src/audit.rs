@@ -13,7 +13,6 @@ use crate::archive::{self, parse_commit_object, StoredCheckpoint, COMMIT_PREFIX}
 use crate::follower::{Body, Replicated};
 use crate::link::Link;
 use crate::{Error, Options, Result};
-use mmsb::internals::checkpoint;
 use mmsb::internals::codec::Limits;
 use mmsb::internals::image::StateImage;
 use mmsb::internals::log::reader::visit_framed;
@@ -206,8 +205,8 @@ pub fn verify(opts: &Options) -> Result<VerifyReport> {
     // Every checkpoint decodes and is what its metadata say.
     let mut images = Vec::new();
     for c in &stored {
-        match read_checkpoint(&link, c, &limits) {
-            Ok(img) => images.push(img),
+        match archive::fetch_checkpoint(&link, c, &limits) {
+            Ok((_, img)) => images.push(img),
             Err(Error::BadObject { name, reason }) => {
                 rep.problem = Some(format!("checkpoint {name}: {reason}"));
                 return Ok(rep);
@@ -281,22 +280,6 @@ pub fn verify(opts: &Options) -> Result<VerifyReport> {
     rep.lsn = Lsn(image.lsn);
     rep.state_hash = image.state_hash();
     Ok(rep)
-}
-
-fn read_checkpoint(link: &Link, c: &StoredCheckpoint, limits: &Limits) -> Result<StateImage> {
-    let bad = |reason: String| Error::BadObject { name: c.name.clone(), reason };
-    let bytes = link.get_object(&c.name)?.ok_or_else(|| bad("it is gone".into()))?;
-    let img = checkpoint::decode(&bytes, limits).map_err(|e| bad(e.to_string()))?;
-    if img.lsn != c.lsn.0 || img.state_hash() != c.state_hash {
-        return Err(bad(format!(
-            "it holds lsn {} with state hash {:032x}; its metadata say lsn {} and {:032x}",
-            img.lsn,
-            img.state_hash(),
-            c.lsn.0,
-            c.state_hash
-        )));
-    }
-    Ok(img)
 }
 
 /// Apply message `m` to `image`, checking the history; the problem as text.

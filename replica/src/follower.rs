@@ -258,20 +258,7 @@ impl Follower {
     /// covers) removed, and the stream read from after `c.seq`.
     fn bootstrap(&mut self, c: &StoredCheckpoint) -> Result<()> {
         let link = self.link()?.clone();
-        let bytes = link
-            .get_object(&c.name)?
-            .ok_or_else(|| Error::BadObject { name: c.name.clone(), reason: "it is gone".into() })?;
-        let bad = |reason: String| Error::BadObject { name: c.name.clone(), reason };
-        let decoded = checkpoint::decode(&bytes, &self.limits).map_err(|e| bad(e.to_string()))?;
-        if decoded.lsn != c.lsn.0 || decoded.state_hash() != c.state_hash {
-            return Err(bad(format!(
-                "it holds LSN {} with state hash {:032x}, its metadata say LSN {} and {:032x}",
-                decoded.lsn,
-                decoded.state_hash(),
-                c.lsn.0,
-                c.state_hash
-            )));
-        }
+        let (bytes, _) = archive::fetch_checkpoint(&link, c, &self.limits)?;
         let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
         let log_dir = mmsb::internals::files::log_dir(&self.dir);
         // The checkpoint first, durably: a crash after it leaves a
