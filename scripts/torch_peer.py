@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch peer of the MMSB GPU kernels, timed with CUDA events.
+"""PyTorch (and CuPy) peers of the MMSB GPU kernels, timed with CUDA events.
 
 Dense masked update: a bit-packed mask (one bit per byte, LSB first) is
 unpacked on the device and applied with torch.where; sparse runs (the same
 layouts as the Rust rows gpu_apply_sparse_<shape>) are applied with
 index_put_. Bandwidth counts bytes read plus written, with the same byte
 formulas as the Rust benchmarks, next to x.copy_(y) measured in the same run.
+When CuPy is importable, the dense masked update runs there too, the two
+ways a CuPy user would write it: cupy.unpackbits then cupy.copyto with
+where=, and one ElementwiseKernel reading the packed bit of each byte;
+same byte formula, ratio to the same torch copy.
 Prints `PEER name gbps ratio` lines.
 """
 import argparse
@@ -108,12 +112,53 @@ def main() -> int:
         del idx, vals, starts_d, lens_d, first
         torch.cuda.empty_cache()
 
+    rows.extend(cupy_rows(n, args.iters))
+
     name = torch.cuda.get_device_name(0)
     print(f"device: {name}")
     for r, b, s in rows:
         gbps = b / s / 1e9
         print(f"PEER {r} {gbps:.1f} {gbps / copy_gbps:.3f}")
     return 0
+
+
+def cupy_rows(n, iters):
+    """The dense masked update in CuPy: (name, bytes, seconds) rows."""
+    try:
+        import cupy as cp
+    except Exception as e:  # noqa: BLE001
+        print(f"SKIPPED: cupy not importable ({e})")
+        return []
+    rng = cp.random.default_rng(1)
+    page = rng.integers(0, 256, n, dtype=cp.uint8)
+    data = rng.integers(0, 256, n, dtype=cp.uint8)
+    packed = rng.integers(0, 256, n // 8, dtype=cp.uint8)
+
+    def timed(fn):
+        fn()
+        cp.cuda.Device().synchronize()
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end) / 1e3 / iters
+
+    def copyto():
+        mask = cp.unpackbits(packed, bitorder="little").view(cp.bool_)
+        cp.copyto(page, data, where=mask)
+
+    kernel = cp.ElementwiseKernel(
+        "raw uint8 packed, uint8 d",
+        "uint8 p",
+        "if ((packed[i >> 3] >> (i & 7)) & 1) p = d;",
+        "mmsb_peer_masked_update",
+    )
+    return [
+        ("cupy_dense_copyto_bitmask", 3 * n + n // 8, timed(copyto)),
+        ("cupy_dense_elementwise_bitmask", 3 * n + n // 8, timed(lambda: kernel(packed, data, page))),
+    ]
 
 
 if __name__ == "__main__":
