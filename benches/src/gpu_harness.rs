@@ -329,7 +329,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     };
     batch_rows(&dev, cfg, it, &mut row)?;
     alloc_rows(&dev, &mut rows)?;
-    latency_rows(&mut rows)?;
+    latency_rows(&dev, &mut rows)?;
     Ok(BenchReport { device: dev.info().name.clone(), copy_gbps, rows })
 }
 
@@ -469,24 +469,30 @@ fn alloc_rows(dev: &Gpu, rows: &mut Vec<BenchRow>) -> Result<()> {
     Ok(())
 }
 
-fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
-    let state = Mmsb::start(Config::temporary())?;
-    let page = state.create_page(PageSpec::new(4096).on(Location::Gpu(0)))?;
-    let bytes = [0x5Au8; 1024];
+/// p50 and p99 (seconds) of 500 timed runs of `f` after 20 warm-ups.
+fn percentiles(mut f: impl FnMut(u64) -> Result<()>) -> Result<(f64, f64)> {
     let mut times: Vec<Duration> = Vec::with_capacity(500);
     for i in 0..520u64 {
-        let d = mmsb::SparseDelta::from_pairs([((i * 97) % 3072, &bytes[..])])?;
         let t = Instant::now();
-        state.update_batch(vec![Update::new(page, Payload::Sparse(d))])?;
-        state.flush_gpu()?;
+        f(i)?;
         let e = t.elapsed();
         if i >= 20 {
             times.push(e);
         }
     }
     times.sort();
-    let p50 = times[times.len() / 2].as_secs_f64();
-    let p99 = times[times.len() * 99 / 100].as_secs_f64();
+    Ok((times[times.len() / 2].as_secs_f64(), times[times.len() * 99 / 100].as_secs_f64()))
+}
+
+fn latency_rows(dev: &Arc<Gpu>, rows: &mut Vec<BenchRow>) -> Result<()> {
+    let state = Mmsb::start(Config::temporary())?;
+    let page = state.create_page(PageSpec::new(4096).on(Location::Gpu(0)))?;
+    let bytes = [0x5Au8; 1024];
+    let delta = |i: u64| mmsb::SparseDelta::from_pairs([((i * 97) % 3072, &bytes[..])]);
+    let (p50, p99) = percentiles(|i| {
+        state.update_batch(vec![Update::new(page, Payload::Sparse(delta(i)?))])?;
+        state.flush_gpu()
+    })?;
     rows.push(BenchRow {
         name: "gpu_update_1k_delta_latency".into(),
         bytes: 1024,
@@ -496,6 +502,46 @@ fn latency_rows(rows: &mut Vec<BenchRow>) -> Result<()> {
         note: format!("update_page + flush, p50 {:.1} us, p99 {:.1} us", p50 * 1e6, p99 * 1e6),
         limit: None,
     });
+    // What the latency is made of, each part alone, p50 and p99: the
+    // commit on the host (the same update of a CPU page of the same
+    // state: validation, the log, the registry), a wait on an idle
+    // stream, one small kernel launched and waited for, and 1 KiB copied
+    // up and waited for.
+    let cpu_page = state.create_page(PageSpec::new(4096))?;
+    let block = internals::alloc(dev, 1024)?;
+    let parts: [(&str, &str, Box<dyn FnMut(u64) -> Result<()> + '_>); 4] = [
+        (
+            "gpu_update_1k_part_host_commit",
+            "the same update of a CPU page",
+            Box::new(|i| state.update_batch(vec![Update::new(cpu_page, Payload::Sparse(delta(i)?))]).map(drop)),
+        ),
+        ("gpu_update_1k_part_sync_idle", "cuStreamSynchronize of an idle stream", Box::new(|_| internals::sync(dev))),
+        (
+            "gpu_update_1k_part_launch",
+            "one 1 KiB fill kernel launched and waited for",
+            Box::new(|i| {
+                internals::launches(dev, |l| l.fill(block.range(), i as u8))?;
+                internals::sync(dev)
+            }),
+        ),
+        (
+            "gpu_update_1k_part_upload",
+            "1 KiB copied up through pinned memory and waited for",
+            Box::new(|_| internals::upload(dev, block.range(), &bytes)),
+        ),
+    ];
+    for (name, what, f) in parts {
+        let (p50, p99) = percentiles(f)?;
+        rows.push(BenchRow {
+            name: name.into(),
+            bytes: 1024,
+            seconds: p50,
+            gbps: 1024.0 / p50 / 1e9,
+            ratio: None,
+            note: format!("{what}, p50 {:.1} us, p99 {:.1} us", p50 * 1e6, p99 * 1e6),
+            limit: None,
+        });
+    }
     let t = Instant::now();
     let q = 200;
     for _ in 0..q {
