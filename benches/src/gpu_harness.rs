@@ -513,9 +513,15 @@ fn latency_rows(dev: &Arc<Gpu>, rows: &mut Vec<BenchRow>) -> Result<()> {
         (
             "gpu_update_1k_part_host_commit",
             "the same update of a CPU page",
-            Box::new(|i| state.update_batch(vec![Update::new(cpu_page, Payload::Sparse(delta(i)?))]).map(drop)),
+            Box::new(|i| {
+                state.update_batch(vec![Update::new(cpu_page, Payload::Sparse(delta(i)?))]).map(drop)
+            }),
         ),
-        ("gpu_update_1k_part_sync_idle", "cuStreamSynchronize of an idle stream", Box::new(|_| internals::sync(dev))),
+        (
+            "gpu_update_1k_part_sync_idle",
+            "cuStreamSynchronize of an idle stream",
+            Box::new(|_| internals::sync(dev)),
+        ),
         (
             "gpu_update_1k_part_launch",
             "one 1 KiB fill kernel launched and waited for",
