@@ -469,6 +469,9 @@ fn alloc_rows(dev: &Gpu, rows: &mut Vec<BenchRow>) -> Result<()> {
     Ok(())
 }
 
+/// One part of a latency, run with the iteration's number.
+type Part<'a> = Box<dyn FnMut(u64) -> Result<()> + 'a>;
+
 /// p50 and p99 (seconds) of 500 timed runs of `f` after 20 warm-ups.
 fn percentiles(mut f: impl FnMut(u64) -> Result<()>) -> Result<(f64, f64)> {
     let mut times: Vec<Duration> = Vec::with_capacity(500);
@@ -509,7 +512,7 @@ fn latency_rows(dev: &Arc<Gpu>, rows: &mut Vec<BenchRow>) -> Result<()> {
     // up and waited for.
     let cpu_page = state.create_page(PageSpec::new(4096))?;
     let block = internals::alloc(dev, 1024)?;
-    let parts: [(&str, &str, Box<dyn FnMut(u64) -> Result<()> + '_>); 4] = [
+    let parts: [(&str, &str, Part<'_>); 4] = [
         (
             "gpu_update_1k_part_host_commit",
             "the same update of a CPU page",
