@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
         *) areas+=("$1"); shift ;;
     esac
 done
-[ ${#areas[@]} -gt 0 ] || areas=(reader recovery writer checkpoint codecs delta changes)
+[ ${#areas[@]} -gt 0 ] || areas=(reader recovery writer checkpoint codecs image delta changes)
 
 files=()
 for a in "${areas[@]}"; do
@@ -41,9 +41,10 @@ for a in "${areas[@]}"; do
         writer) files+=(-f host/src/storage/log/writer.rs) ;;
         checkpoint) files+=(-f host/src/storage/checkpoint.rs) ;;
         codecs) files+=(-f 'host/src/storage/codec/*.rs') ;;
+        image) files+=(-f host/src/storage/image.rs) ;;
         delta) files+=(-f host/src/delta/mod.rs) ;;
         changes) files+=(-f host/src/registry/page.rs -f host/src/engine/checkpoint.rs) ;;
-        *) echo "mutants: unknown area $a (reader, recovery, writer, checkpoint, codecs, delta, changes)" >&2; exit 2 ;;
+        *) echo "mutants: unknown area $a (reader, recovery, writer, checkpoint, codecs, image, delta, changes)" >&2; exit 2 ;;
     esac
 done
 
@@ -58,7 +59,7 @@ rm -rf "$out"
 mkdir -p "$out"
 
 tests=(--lib --test log --test log_edges --test durability --test crash --test untrusted
-    --test replay_paths --test graph_persist --test laws --test increments)
+    --test replay_paths --test graph_persist --test laws --test increments --test log_events)
 start=$(date +%s)
 cd "$work/src"
 export CARGO_TARGET_DIR="$root/target/mutants/build"
