@@ -4,7 +4,8 @@
 #
 #   bash scripts/mutants.sh [AREA ...] [-- CARGO_MUTANTS_ARGS ...]
 #
-# AREA: reader, recovery, writer, checkpoint, codecs, delta, changes (the
+# AREA: reader, recovery, writer, checkpoint, codecs, image (state images:
+# replay's apply, the events of a logged commit), delta, changes (the
 # change tracking and checkpoint planning behind increments) (default: all).
 # Extra arguments go to cargo-mutants, e.g. `-- --re 'fn read_frame'` to
 # mutate only matching functions, or `-- --shard 0/4` to split a run.
