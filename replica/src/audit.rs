@@ -202,11 +202,14 @@ pub fn verify(opts: &Options) -> Result<VerifyReport> {
         }
         Err(e) => return Err(e),
     };
-    // Every checkpoint decodes and is what its metadata say.
-    let mut images = Vec::new();
+    // Every checkpoint decodes and is what its metadata say; the oldest
+    // is where the replay starts (only its state is kept).
+    let mut start = None;
     for c in &stored {
         match archive::fetch_checkpoint(&link, c, &limits) {
-            Ok((_, img)) => images.push(img),
+            Ok((_, img)) => {
+                start.get_or_insert(img);
+            }
             Err(Error::BadObject { name, reason }) => {
                 rep.problem = Some(format!("checkpoint {name}: {reason}"));
                 return Ok(rep);
@@ -215,8 +218,8 @@ pub fn verify(opts: &Options) -> Result<VerifyReport> {
         }
         rep.checkpoints += 1;
     }
-    let (mut image, mut seq) = match (stored.first(), images.first()) {
-        (Some(c), Some(img)) => (img.clone(), c.seq),
+    let (mut image, mut seq) = match (stored.first(), start) {
+        (Some(c), Some(img)) => (img, c.seq),
         _ => (StateImage::default(), 0),
     };
     rep.from = Lsn(image.lsn);
