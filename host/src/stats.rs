@@ -563,7 +563,6 @@ pub fn page_writes(state_dir: &Path) -> Result<Vec<PageWrites>> {
 /// # Errors
 /// As [`page_writes`].
 pub fn page_writes_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<Vec<PageWrites>> {
-    use crate::storage::codec::delta::PayloadView;
     use crate::storage::log::reader::Record;
     let dir = crate::storage::files::log_dir(state_dir);
     let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
@@ -588,11 +587,7 @@ pub fn page_writes_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Res
                             .or_insert_with(|| PageWrites { page: v.page, ..Default::default() });
                         w.deltas += 1;
                         w.derived += u64::from(v.source == 1);
-                        w.bytes_written += match v.payload {
-                            PayloadView::Dense { selected, .. } => selected.len() as u64,
-                            PayloadView::Sparse { data, .. } => data.len() as u64,
-                            PayloadView::Full(b) => b.len() as u64,
-                        };
+                        w.bytes_written += v.payload.touched();
                     }
                     _ => {}
                 }

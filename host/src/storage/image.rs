@@ -495,12 +495,12 @@ impl StateImage {
                         1 => SourceKind::Propagation,
                         _ => SourceKind::Replay,
                     };
-                    let bytes = match v.payload {
-                        PayloadView::Dense { selected, .. } => selected.len(),
-                        PayloadView::Sparse { data, .. } => data.len(),
-                        PayloadView::Full(b) => b.len(),
-                    } as u64;
-                    out.push(Event::DeltaApplied { page: v.page, epoch: *e, source, bytes });
+                    out.push(Event::DeltaApplied {
+                        page: v.page,
+                        epoch: *e,
+                        source,
+                        bytes: v.payload.touched(),
+                    });
                 }
                 Record::Graph(c) => out.extend(crate::events::event_for_change(c, Epoch(0))),
                 _ => {}

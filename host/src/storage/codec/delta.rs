@@ -139,6 +139,16 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 impl<'a> PayloadView<'a> {
+    /// Bytes selected by the payload (as [`Payload::touched`] of the owned
+    /// payload).
+    pub fn touched(&self) -> u64 {
+        match self {
+            PayloadView::Dense { selected, .. } => selected.len() as u64,
+            PayloadView::Sparse { data, .. } => data.len() as u64,
+            PayloadView::Full(b) => b.len() as u64,
+        }
+    }
+
     /// Parse and validate a payload encoding that spans all of `buf` (whose
     /// first byte is at absolute offset `base`).
     ///
