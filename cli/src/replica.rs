@@ -129,16 +129,12 @@ pub fn follow_cmd(args: &FollowArgs) -> mmsb_replica::Result<()> {
     while t0.elapsed() < Duration::from_secs(args.watch) {
         match f.step()? {
             None => std::thread::sleep(Duration::from_millis(20)),
-            Some(m)
-                if matches!(
-                    m.body,
-                    mmsb_replica::Body::Commit { .. } | mmsb_replica::Body::Stored { .. }
-                ) =>
+            // Only commits move the LSN.
+            Some(_)
+                if args.checkpoint_every > 0 && f.lsn().0.saturating_sub(at.0) >= args.checkpoint_every =>
             {
-                if args.checkpoint_every > 0 && f.lsn().0.saturating_sub(at.0) >= args.checkpoint_every {
-                    checkpoint(&mut f)?;
-                    at = f.lsn();
-                }
+                checkpoint(&mut f)?;
+                at = f.lsn();
             }
             Some(_) => {}
         }

@@ -138,12 +138,29 @@ pub fn fetch_checkpoint(link: &Link, c: &StoredCheckpoint, limits: &Limits) -> R
 /// As [`Link::put_object`].
 pub fn put_checkpoint(link: &Link, lsn: Lsn, seq: u64, hash: u128, bytes: &[u8]) -> Result<StoredCheckpoint> {
     let name = checkpoint_object(lsn);
-    link.put_object(
-        &name,
-        &[(META_LSN, lsn.0.to_string()), (META_SEQ, seq.to_string()), (META_HASH, format!("{hash:032x}"))],
-        bytes,
-    )?;
+    link.put_object(&name, &checkpoint_meta(lsn, seq, hash), bytes)?;
     Ok(StoredCheckpoint { name, lsn, seq, state_hash: hash, bytes: bytes.len() as u64 })
+}
+
+/// [`put_checkpoint`] of the checkpoint file at `path`, sent as it is read
+/// (never whole in memory).
+///
+/// # Errors
+/// As [`Link::put_object_file`].
+pub fn put_checkpoint_file(
+    link: &Link,
+    lsn: Lsn,
+    seq: u64,
+    hash: u128,
+    path: &std::path::Path,
+) -> Result<StoredCheckpoint> {
+    let name = checkpoint_object(lsn);
+    let bytes = link.put_object_file(&name, &checkpoint_meta(lsn, seq, hash), path)?;
+    Ok(StoredCheckpoint { name, lsn, seq, state_hash: hash, bytes })
+}
+
+fn checkpoint_meta(lsn: Lsn, seq: u64, hash: u128) -> [(&'static str, String); 3] {
+    [(META_LSN, lsn.0.to_string()), (META_SEQ, seq.to_string()), (META_HASH, format!("{hash:032x}"))]
 }
 
 /// What [`trim`] removed.

@@ -271,6 +271,8 @@ impl Follower {
             f.write_all(&bytes).map_err(|e| mmsb::Error::from(e).in_file(&tmp))?;
             f.sync().map_err(|e| mmsb::Error::from(e).in_file(&tmp))?;
         }
+        // The recovery below reads the file again: the copy in memory goes.
+        drop(bytes);
         vfs.rename(&tmp, &fin).map_err(|e| mmsb::Error::from(e).in_file(&fin))?;
         vfs.sync_dir(&log_dir).map_err(|e| mmsb::Error::from(e).in_file(&log_dir))?;
         self.log.close()?;
@@ -324,13 +326,12 @@ impl Follower {
         let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
         let log_dir = mmsb::internals::files::log_dir(&self.dir);
         let (path, _) = checkpoint::write_image(vfs.clone(), &log_dir, self.log.generation(), &self.image)?;
-        let bytes = std::fs::read(&path).map_err(|e| mmsb::Error::from(e).in_file(&path))?;
-        let stored = archive::put_checkpoint(
+        let stored = archive::put_checkpoint_file(
             &link,
             Lsn(self.image.lsn),
             self.read_seq,
             self.image.state_hash(),
-            &bytes,
+            &path,
         )?;
         // Older local checkpoints: the log is kept whole, so the newest
         // `keep` of them are all a start needs.

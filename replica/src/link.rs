@@ -4,6 +4,7 @@
 use crate::{Error, Options, Result};
 use async_nats::jetstream::{self, kv, object_store, stream};
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 /// Header: the first and last LSN of a commit message (`first-last`).
@@ -161,44 +162,33 @@ impl Link {
             let stream = retry(timeout, || js.get_or_create_stream(cfg.clone()))
                 .await
                 .map_err(|e| Error::JetStream { op: "create stream", reason: e })?;
-            let kv = match js.get_key_value(&names2.lease_bucket).await {
-                Ok(kv) => kv,
-                Err(_) => {
-                    let cfg = kv::Config {
-                        bucket: names2.lease_bucket.clone(),
-                        history: 1,
-                        num_replicas: replicas,
-                        storage: stream::StorageType::File,
-                        ..Default::default()
-                    };
-                    match retry(timeout, || js.create_key_value(cfg.clone())).await {
-                        Ok(kv) => kv,
-                        // Another process created it meanwhile.
-                        Err(e) => js
-                            .get_key_value(&names2.lease_bucket)
-                            .await
-                            .map_err(|_| Error::JetStream { op: "create lease bucket", reason: e })?,
-                    }
-                }
+            let kv_cfg = kv::Config {
+                bucket: names2.lease_bucket.clone(),
+                history: 1,
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
             };
-            let objects = match js.get_object_store(&names2.objects).await {
-                Ok(o) => o,
-                Err(_) => {
-                    let cfg = object_store::Config {
-                        bucket: names2.objects.clone(),
-                        num_replicas: replicas,
-                        storage: stream::StorageType::File,
-                        ..Default::default()
-                    };
-                    match retry(timeout, || js.create_object_store(cfg.clone())).await {
-                        Ok(o) => o,
-                        Err(e) => js
-                            .get_object_store(&names2.objects)
-                            .await
-                            .map_err(|_| Error::JetStream { op: "create object store", reason: e })?,
-                    }
-                }
+            let kv = get_or_create(
+                timeout,
+                "create lease bucket",
+                || js.get_key_value(&names2.lease_bucket),
+                || js.create_key_value(kv_cfg.clone()),
+            )
+            .await?;
+            let obj_cfg = object_store::Config {
+                bucket: names2.objects.clone(),
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
             };
+            let objects = get_or_create(
+                timeout,
+                "create object store",
+                || js.get_object_store(&names2.objects),
+                || js.create_object_store(obj_cfg.clone()),
+            )
+            .await?;
             Ok::<_, Error>((js, stream, kv, objects, max_payload))
         })?;
         Ok(Link { rt, js, stream, kv, objects, names, timeout, max_payload })
@@ -287,16 +277,41 @@ impl Link {
     /// # Errors
     /// [`Error::JetStream`], [`Error::Timeout`].
     pub fn put_object(&self, name: &str, metadata: &[(&str, String)], bytes: &[u8]) -> Result<()> {
+        self.run_for(self.transfer_time(bytes.len() as u64), "storing an object", async {
+            self.put_from(name, metadata, &mut &*bytes).await
+        })
+    }
+
+    /// Store the file at `path` as object `name` with string `metadata`,
+    /// replacing an object of that name: read in chunks as they are sent,
+    /// never whole in memory. Returns the file's size.
+    ///
+    /// # Errors
+    /// [`Error::State`] when the file cannot be read; as
+    /// [`Link::put_object`].
+    pub fn put_object_file(&self, name: &str, metadata: &[(&str, String)], path: &Path) -> Result<u64> {
+        let io = |e: std::io::Error| Error::State(mmsb::Error::from(e).in_file(path));
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        self.run_for(self.transfer_time(len), "storing an object", async {
+            let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+            self.put_from(name, metadata, &mut f).await
+        })?;
+        Ok(len)
+    }
+
+    async fn put_from(
+        &self,
+        name: &str,
+        metadata: &[(&str, String)],
+        data: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Result<()> {
         let meta = object_store::ObjectMetadata {
             name: name.to_string(),
             metadata: metadata.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect(),
             ..Default::default()
         };
-        self.run_for(self.transfer_time(bytes.len() as u64), "storing an object", async {
-            let mut r = bytes;
-            self.objects.put(meta, &mut r).await.map_err(|e| js_err("put object")(&e))?;
-            Ok(())
-        })
+        self.objects.put(meta, data).await.map_err(|e| js_err("put object")(&e))?;
+        Ok(())
     }
 
     /// The bytes of object `name` (their SHA-256 checked by the client
@@ -371,6 +386,29 @@ impl Link {
                 Err(e) => Err(js_err("delete object")(&e)),
             }
         })
+    }
+}
+
+/// A bucket: `get` it, or `create` it (retried as [`retry`] does) when
+/// there is none; when creating fails because another process created it
+/// meanwhile, `get` it again. `op` names the request in the error.
+async fn get_or_create<T, GE, CE, G, C>(
+    within: Duration,
+    op: &'static str,
+    get: impl Fn() -> G,
+    create: impl FnMut() -> C,
+) -> Result<T>
+where
+    G: Future<Output = std::result::Result<T, GE>>,
+    C: Future<Output = std::result::Result<T, CE>>,
+    CE: std::fmt::Display,
+{
+    if let Ok(b) = get().await {
+        return Ok(b);
+    }
+    match retry(within, create).await {
+        Ok(b) => Ok(b),
+        Err(reason) => get().await.map_err(|_| Error::JetStream { op, reason }),
     }
 }
 
