@@ -104,9 +104,14 @@ fn commit_kind(c: &Commit<'_, '_>) -> &'static str {
 
 /// The oldest checkpoint that verifies and lies at or before the point
 /// `until` names (its LSN), so that the history read is all the history
-/// on disk up to that point; `0` when there is none (the log from its
-/// start: the replay then says why it cannot be read, as `mmsb replay`).
+/// on disk up to that point; `0` when the log still begins at its first
+/// record, or when there is none (the log from its start: the replay then
+/// says why it cannot be read, as `mmsb replay`).
 fn start_checkpoint(vfs: &dyn Vfs, state_dir: &Path, until: Until, limits: &Limits) -> Result<u64> {
+    // The log from its first record: all of it is the history.
+    if mmsb::history::replay::history_start(vfs, state_dir)? == 0 {
+        return Ok(0);
+    }
     let dir = mmsb::internals::files::log_dir(state_dir);
     let mut list = mmsb::internals::checkpoint::list(vfs, &dir)?;
     // Oldest first.

@@ -89,7 +89,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     } else {
         false
     };
-    let state = Mmsb::start(crate::state_dir(&args.dir))?;
+    let mut config = crate::state_dir(&args.dir);
+    if args.keep_log {
+        // The log alone, as the option says: no checkpoint at the stop
+        // either.
+        config = config.stop_checkpoint_bytes(u64::MAX);
+    }
+    let state = Mmsb::start(config)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut pages: Vec<(PageId, Vec<u8>)> = Vec::new();
     for (i, &len) in SIZES.iter().enumerate() {

@@ -78,7 +78,10 @@ pub use delta::{Delta, DenseDelta, Payload, PayloadKind, Provenance, Run, Runs, 
 #[cfg(feature = "engine")]
 pub use engine::handle::{Derivation, Mmsb, PageInfo, PageRef, SharedPageRef};
 #[cfg(feature = "engine")]
-pub use engine::open::{Config, DEFAULT_CHECKPOINT_CHAIN, MAX_PROPAGATION_THREADS, MIN_SEGMENT_BYTES};
+pub use engine::open::{
+    Config, DEFAULT_CHECKPOINT_CHAIN, DEFAULT_STOP_CHECKPOINT_BYTES, MAX_PROPAGATION_THREADS,
+    MIN_SEGMENT_BYTES,
+};
 pub use events::{Event, SourceKind, Subscription};
 #[cfg(feature = "engine")]
 pub use graph::propagate::{PropagationMode, PropagationStats, RecomputeFn};

@@ -564,8 +564,7 @@ pub fn page_writes(state_dir: &Path) -> Result<Vec<PageWrites>> {
 /// As [`page_writes`].
 pub fn page_writes_with(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<Vec<PageWrites>> {
     use crate::storage::log::reader::Record;
-    let dir = crate::storage::files::log_dir(state_dir);
-    let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
+    let oldest = crate::history::replay::history_start(vfs, state_dir)?;
     let mut by_page: std::collections::BTreeMap<crate::PageId, PageWrites> = Default::default();
     let mut names: std::collections::BTreeMap<crate::PageId, Option<String>> = Default::default();
     let img = crate::history::replay::replay_observed(

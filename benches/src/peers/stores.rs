@@ -106,7 +106,9 @@ impl System {
             (System::Fjall, Setting::ProcessCrash) => "PersistMode::Buffer per batch",
             (System::Sqlite, Setting::PowerCut) => "journal_mode=WAL, synchronous=FULL",
             (System::Sqlite, Setting::ProcessCrash) => "journal_mode=WAL, synchronous=NORMAL",
-            (System::Mmsb, Setting::Bulk) => "history loaded with Durability::None, synced at the stop",
+            (System::Mmsb, Setting::Bulk) => {
+                "history loaded with Durability::None, synced at the stop (which writes no checkpoint: stop_checkpoint_bytes = u64::MAX)"
+            }
             (System::Redb, Setting::Bulk) => {
                 "history loaded with Durability::None, every 1,000th commit and the close Immediate"
             }
@@ -181,7 +183,14 @@ fn mmsb_durability(setting: Setting) -> Durability {
 
 impl MmsbStore {
     fn open(dir: &Path, setting: Setting) -> Result<MmsbStore> {
-        let state = Mmsb::start(Config::at(dir).durability(mmsb_durability(setting)))?;
+        let mut cfg = Config::at(dir).durability(mmsb_durability(setting));
+        if setting == Setting::Bulk {
+            // The reopen after the history reads the log alone; the
+            // reopened handle's default stop then writes the checkpoint the
+            // `_checkpointed` rows start from.
+            cfg = cfg.stop_checkpoint_bytes(u64::MAX);
+        }
+        let state = Mmsb::start(cfg)?;
         Ok(MmsbStore { state, ids: Vec::new(), dir: dir.to_path_buf() })
     }
 

@@ -3,6 +3,7 @@
 //! covers (their names at once, their storage on a reaper thread).
 
 use super::handle::{graph_image, Mmsb};
+use super::write::WriteState;
 use crate::events::Event;
 use crate::storage::checkpoint::{Chain, CheckpointInfo, CheckpointKind, CheckpointWriter, Link};
 use crate::storage::image::StateImage;
@@ -19,10 +20,12 @@ impl Mmsb {
     /// increments would hold as many bytes as its full checkpoint.
     ///
     /// A full checkpoint then removes the log segments and older
-    /// checkpoints it makes unnecessary; an increment removes nothing of its
-    /// chain or of the log since the chain's full checkpoint, so a replay
-    /// may start from any checkpoint kept and a damaged increment is
-    /// bridged by the log.
+    /// checkpoints it makes unnecessary; an increment removes nothing (its
+    /// chain, the log since the chain's full checkpoint and any older
+    /// checkpoint stay), so a replay may start from any checkpoint kept and
+    /// a damaged increment is bridged by the log. A checkpoint written by
+    /// a clean stop ([`Config::stop_checkpoint_bytes`](crate::Config::stop_checkpoint_bytes))
+    /// removes nothing either.
     ///
     /// # Errors
     /// [`Error::Io`] or [`Error::Poisoned`]; a failed checkpoint leaves the
@@ -46,6 +49,36 @@ impl Mmsb {
         let mut w = self.write.lock();
         self.join_reaper();
         self.live()?;
+        self.checkpoint_locked(&mut w, full, true)
+    }
+
+    /// The checkpoint a clean stop writes (see
+    /// [`Config::stop_checkpoint_bytes`](crate::Config::stop_checkpoint_bytes)):
+    /// `None` when the log a start would replay is shorter than the
+    /// setting or than the checkpoint, or the log is poisoned. It retires
+    /// nothing.
+    pub(super) fn checkpoint_at_stop(&self, w: &mut WriteState) -> Result<Option<CheckpointInfo>> {
+        if w.log.poisoned().is_some() {
+            return Ok(None);
+        }
+        let since = w.checkpoints.log_since(w.log.stats().bytes);
+        if since < w.checkpoints.at_stop {
+            return Ok(None);
+        }
+        let cells = self.registry.cells();
+        let (_, bytes) =
+            plan(w.checkpoints.chain.as_ref(), w.checkpoints.max_chain, w.log.last_lsn().0, &cells);
+        if bytes > since {
+            return Ok(None);
+        }
+        let _span = tracing::info_span!("mmsb.checkpoint", at_stop = true).entered();
+        self.join_reaper();
+        self.checkpoint_locked(w, false, false).map(Some)
+    }
+
+    /// Write a checkpoint under the commit lock `w` (a full one when
+    /// `full`), retiring what it covers when `retire`.
+    fn checkpoint_locked(&self, w: &mut WriteState, full: bool, retire: bool) -> Result<CheckpointInfo> {
         // A poisoned log may have lost records the pages reflect: no checkpoint.
         if let Some(why) = w.log.poisoned() {
             return Err(Error::Poisoned(why.to_owned()));
@@ -84,12 +117,13 @@ impl Mmsb {
             next_delta: w.clock.next_delta,
             timestamp: w.clock.timestamp,
             lsn,
-            graph: graph_image(&w),
+            graph: graph_image(w),
         };
         let cells = self.registry.cells();
         let generation = w.log.generation();
         let chain = w.checkpoints.chain.take();
-        let plan = if full { Plan::Full } else { plan(chain.as_ref(), w.checkpoints.max_chain, lsn, &cells) };
+        let plan =
+            if full { Plan::Full } else { plan(chain.as_ref(), w.checkpoints.max_chain, lsn, &cells).0 };
         let written = self.write_checkpoint(&dir, generation, &counters, &cells, &plan);
         let (path, pages, bytes, fingerprint) = match written {
             Ok(r) => r,
@@ -105,20 +139,14 @@ impl Mmsb {
             cell.read().changed.lock().clear();
             ids.push(*id);
         }
-        let (kind, keep_from, mut next) = match (&plan, chain) {
+        let (kind, mut next) = match (&plan, chain) {
             (Plan::Increment { base, .. }, Some(mut c)) => {
                 c.head = Link { lsn, fingerprint, depth: base.depth + 1 };
                 c.files.push((lsn, path.clone(), bytes));
-                let from = c.files[0].0;
-                (
-                    CheckpointKind::Increment { base: shared_types::Lsn(base.lsn), depth: base.depth + 1 },
-                    from,
-                    c,
-                )
+                (CheckpointKind::Increment { base: shared_types::Lsn(base.lsn), depth: base.depth + 1 }, c)
             }
             _ => (
                 CheckpointKind::Full,
-                lsn,
                 Chain {
                     head: Link { lsn, fingerprint, depth: 0 },
                     files: vec![(lsn, path.clone(), bytes)],
@@ -138,8 +166,19 @@ impl Mmsb {
         // another thread.
         // With `due`, the log went on to a new segment already.
         let new_seq = if due { w.log.seq() } else { w.log.rotate_covered()? };
-        let segments = matches!(kind, CheckpointKind::Full).then_some(new_seq);
-        let retired = crate::storage::checkpoint::retire(self.vfs.as_ref(), &dir, keep_from, segments)?;
+        // The log a start would replay begins here now.
+        w.checkpoints.log_before = 0;
+        w.checkpoints.log_mark = w.log.stats().bytes;
+        // Only a full checkpoint retires: an increment keeps its chain and
+        // the log since the chain's full checkpoint, and whatever older
+        // checkpoint that log may need (a full checkpoint written by a stop
+        // retires nothing, so the log before it can still be replayed from
+        // the checkpoint before it).
+        let retired = if retire && matches!(kind, CheckpointKind::Full) {
+            crate::storage::checkpoint::retire(self.vfs.as_ref(), &dir, lsn, Some(new_seq))?
+        } else {
+            crate::storage::checkpoint::Retired::default()
+        };
         let (removed_segments, removed_checkpoints, released) =
             (retired.segments, retired.checkpoints, retired.released);
         if !released.is_empty() {
@@ -286,14 +325,18 @@ enum Plan {
 /// shorter than `max_chain`, and the chain's increments with this one would
 /// still hold fewer bytes than its full checkpoint (restoring it would cost
 /// more than a full checkpoint otherwise); else a full checkpoint.
+/// With it, about the bytes that checkpoint writes.
 fn plan(
     chain: Option<&Chain>,
     max_chain: u32,
     lsn: u64,
     cells: &[(PageId, crate::registry::PageCell)],
-) -> Plan {
+) -> (Plan, u64) {
+    // A full checkpoint: its header and trailer, then each entry's head
+    // and the page.
+    let full = || cells.iter().fold(128u64, |n, (_, cell)| n.saturating_add(80 + cell.read().len));
     let Some(c) = chain.filter(|c| c.head.lsn < lsn && c.head.depth < max_chain) else {
-        return Plan::Full;
+        return (Plan::Full, full());
     };
     // The file's own bytes (header, increment section, trailer), then each
     // entry's head and data.
@@ -307,7 +350,7 @@ fn plan(
         }
     }
     if bytes.saturating_add(c.increment_bytes()) >= c.full_bytes() {
-        return Plan::Full;
+        return (Plan::Full, full());
     }
     // The base's pages that are gone (ids are never reused).
     let mut deleted = Vec::new();
@@ -318,5 +361,5 @@ fn plan(
             deleted.push(*id);
         }
     }
-    Plan::Increment { base: c.head, deleted, entries }
+    (Plan::Increment { base: c.head, deleted, entries }, bytes)
 }

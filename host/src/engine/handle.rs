@@ -212,6 +212,11 @@ impl Drop for Mmsb {
         if !self.stopped.load(Ordering::Acquire) && matches!(self.dir, DirHolder::Given(_)) {
             let mut w = self.write.lock();
             if w.log.poisoned().is_none() {
+                // No checkpoint while a panic unwinds: a write it cut short
+                // may have left pages the log does not hold.
+                if !std::thread::panicking() {
+                    let _ = self.checkpoint_at_stop(&mut w);
+                }
                 let _ = w.log.close();
             }
         }
@@ -295,12 +300,15 @@ impl Mmsb {
         &self.limits
     }
 
-    /// Stop the state: the log is synced and closed (the last segment
+    /// Stop the state: a checkpoint is written when the log the next start
+    /// would replay is long ([`Config::stop_checkpoint_bytes`](crate::Config::stop_checkpoint_bytes);
+    /// it removes nothing), the log is synced and closed (the last segment
     /// holding records is followed by an empty one that names the next
     /// LSN, so that any later cut of the log reads as missing records; see
     /// docs/RELIABILITY.md) and the state directory released (another
     /// handle may start on it). Dropping a handle without stopping it does
-    /// the same, ignoring errors. Every later call that would change the
+    /// the same, ignoring errors (and writes no checkpoint while a panic
+    /// unwinds). Every later call that would change the
     /// state or write to its directory (updates, page creation and
     /// deletion, derivations, functions, propagation, checkpoints, `sync`)
     /// returns [`Error::Stopped`]; reads of what is in memory (pages, their
@@ -308,18 +316,23 @@ impl Mmsb {
     /// the handle is dropped.
     ///
     /// # Errors
-    /// [`Error::Stopped`] when already stopped.
+    /// [`Error::Stopped`] when already stopped; the [`Error::Io`] of the
+    /// checkpoint or of the log's close. The handle is stopped and the
+    /// directory released in every case; a checkpoint that fails leaves
+    /// the previous checkpoints and the log as they were, and the log is
+    /// closed all the same.
     pub fn stop(&self) -> Result<()> {
         self.join_reaper();
         let mut w = self.write.lock();
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
         }
+        let checkpoint = self.checkpoint_at_stop(&mut w).map(drop);
         let closed = w.log.close().map(drop);
         // Every later call is refused, so the directory is free for another
         // handle from here on.
         self.lock.lock().take();
-        closed
+        checkpoint.and(closed)
     }
 
     /// The state directory.

@@ -62,6 +62,17 @@ pub struct Config {
     /// Increments a checkpoint chain may hold before the next checkpoint is
     /// full again (0: every checkpoint is full; at most 64). See [`Mmsb::checkpoint`].
     pub checkpoint_chain: u32,
+    /// A clean [`Mmsb::stop`] (or drop) writes a checkpoint when the log
+    /// a start would replay (written since the last checkpoint, or replayed
+    /// by this start and not covered since) holds at least this many bytes
+    /// and at least as many as the checkpoint would write (an increment
+    /// when the chain allows one), so that the next start reads the
+    /// checkpoint instead of replaying the log. That checkpoint removes
+    /// nothing: the log and the older checkpoints stay, and replay to any
+    /// earlier LSN works as before (the next [`Mmsb::checkpoint`] retires
+    /// them as usual). `u64::MAX`: never. Default
+    /// [`DEFAULT_STOP_CHECKPOINT_BYTES`].
+    pub stop_checkpoint_bytes: u64,
     /// Where each commit's framed records go before it is acknowledged
     /// (a replicated log; see [`crate::CommitSink`]). `None`: the local
     /// log alone.
@@ -85,6 +96,7 @@ impl Default for Config {
             event_capacity: 1 << 16,
             gpu_apply: crate::gpu::GpuApply::Immediate,
             checkpoint_chain: DEFAULT_CHECKPOINT_CHAIN,
+            stop_checkpoint_bytes: DEFAULT_STOP_CHECKPOINT_BYTES,
             commit_sink: None,
         }
     }
@@ -185,6 +197,15 @@ impl Config {
         self
     }
 
+    /// The same configuration with a clean stop writing a checkpoint from
+    /// `bytes` of log to replay ([`Config::stop_checkpoint_bytes`];
+    /// `u64::MAX`: never).
+    #[must_use]
+    pub fn stop_checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.stop_checkpoint_bytes = bytes;
+        self
+    }
+
     /// The same configuration with another propagation mode.
     #[must_use]
     pub fn with_propagation(mut self, mode: PropagationMode) -> Self {
@@ -231,6 +252,11 @@ pub const MIN_SEGMENT_BYTES: u64 = 1024;
 
 /// Increments a checkpoint chain holds by default ([`Config::checkpoint_chain`]).
 pub const DEFAULT_CHECKPOINT_CHAIN: u32 = 8;
+
+/// The log a start would replay, in bytes, from which a clean stop writes a
+/// checkpoint by default ([`Config::stop_checkpoint_bytes`]): about 25 ms
+/// of replay on the build machine (docs/BENCHMARKS.md, the reopen rows).
+pub const DEFAULT_STOP_CHECKPOINT_BYTES: u64 = 8 << 20;
 
 /// The most threads [`Config::propagation_threads`] may ask for.
 pub const MAX_PROPAGATION_THREADS: usize = 1024;
@@ -353,6 +379,9 @@ impl Mmsb {
                 super::write::Checkpoints {
                     chain: resume_chain,
                     max_chain: config.checkpoint_chain.min(crate::storage::checkpoint::MAX_CHAIN),
+                    at_stop: config.stop_checkpoint_bytes,
+                    log_before: report.log_bytes_replayed,
+                    log_mark: 0,
                 },
             )),
             stopped: AtomicBool::new(false),

@@ -99,6 +99,22 @@ pub(crate) struct Checkpoints {
     pub(crate) chain: Option<crate::storage::checkpoint::Chain>,
     /// Increments a chain may hold (0: every checkpoint is full).
     pub(crate) max_chain: u32,
+    /// [`crate::Config::stop_checkpoint_bytes`].
+    pub(crate) at_stop: u64,
+    /// Log bytes a start would replay that this writer did not append
+    /// (what recovery replayed; 0 once a checkpoint covers it).
+    pub(crate) log_before: u64,
+    /// The writer's appended bytes ([`crate::storage::log::LogStats::bytes`])
+    /// when the last checkpoint was written (0 before one).
+    pub(crate) log_mark: u64,
+}
+
+impl Checkpoints {
+    /// The log bytes a start would replay now, given the writer's appended
+    /// bytes so far.
+    pub(crate) fn log_since(&self, appended: u64) -> u64 {
+        self.log_before.saturating_add(appended.saturating_sub(self.log_mark))
+    }
 }
 
 /// What [`WriteState::commit`] commits: one committed unit of the log.

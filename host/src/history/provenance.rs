@@ -181,8 +181,7 @@ pub fn chain_with(
     limits: &Limits,
 ) -> Result<Chain> {
     let _span = tracing::debug_span!("mmsb.provenance", page = page.0).entered();
-    let dir = crate::storage::files::log_dir(state_dir);
-    let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
+    let oldest = crate::history::replay::history_start(vfs, state_dir)?;
     let mut versions: HashMap<(PageId, Epoch), Entry> = HashMap::new();
     let mut latest: HashMap<PageId, Epoch> = HashMap::new();
     let mut failed: Option<Error> = None;

@@ -257,10 +257,33 @@ pub struct CommitPoint {
     pub timestamp: u64,
 }
 
+/// Where the history on disk starts: LSN 0 while the log still begins at
+/// its first record (no checkpoint retired any of it; a checkpoint
+/// written by a clean stop or an increment retires nothing), else the
+/// oldest checkpoint kept (a full checkpoint retired the log before it).
+/// The page history, the timeline, provenance and `mmsb export` read from
+/// here.
+///
+/// # Errors
+/// [`Error::Io`] when the log directory cannot be listed.
+pub fn history_start(vfs: &dyn Vfs, state_dir: &Path) -> Result<u64> {
+    let dir = crate::storage::files::log_dir(state_dir);
+    let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
+    if oldest == 0 {
+        return Ok(0);
+    }
+    let names = vfs.list(&dir).map_err(|e| Error::from(e).in_file(&dir))?;
+    Ok(match crate::storage::recovery::log_first_lsn(vfs, &dir, &names) {
+        Some(first) if first <= 1 => 0,
+        _ => oldest,
+    })
+}
+
 /// Every point [`replay_to`] can stop at in the history still on disk.
 #[derive(Debug)]
 pub struct Timeline {
-    /// Where the history starts: the oldest checkpoint kept, or LSN 0.
+    /// Where the history starts ([`history_start`]): the oldest checkpoint
+    /// kept, or LSN 0.
     pub start: CommitPoint,
     /// Each commit after that, in order.
     pub commits: Vec<CommitPoint>,
@@ -272,7 +295,7 @@ pub struct Timeline {
 
 /// The history of `state_dir` as a timeline: its start and every commit
 /// boundary after it (the points a viewer's slider moves between), read
-/// in one replay from the oldest checkpoint kept.
+/// in one replay from where the history starts ([`history_start`]).
 ///
 /// # Errors
 /// As [`replay_observed`].
@@ -300,8 +323,7 @@ pub struct Timeline {
 /// # }
 /// ```
 pub fn timeline(vfs: &dyn Vfs, state_dir: &Path, limits: &Limits) -> Result<Timeline> {
-    let dir = crate::storage::files::log_dir(state_dir);
-    let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
+    let oldest = history_start(vfs, state_dir)?;
     let mut start: Option<CommitPoint> = None;
     let mut commits = Vec::new();
     let point = |img: &StateImage| CommitPoint { lsn: Lsn(img.lsn), timestamp: img.timestamp };
@@ -346,8 +368,7 @@ pub fn page_history(
     id: PageId,
     limits: &Limits,
 ) -> Result<Vec<PageVersion>> {
-    let dir = crate::storage::files::log_dir(state_dir);
-    let oldest = crate::storage::checkpoint::list(vfs, &dir)?.last().map(|(l, _)| *l).unwrap_or(0);
+    let oldest = history_start(vfs, state_dir)?;
     let out: std::cell::RefCell<Vec<PageVersion>> = std::cell::RefCell::new(Vec::new());
     let mut first = true;
     replay_observed(

@@ -1002,11 +1002,11 @@ pub(crate) struct Retired {
 /// Remove from log directory `dir` what a durable checkpoint made
 /// unnecessary: the checkpoints before LSN `lsn` and, with `new_seq`, the
 /// segments before it (the segment the log went on to). A full checkpoint
-/// passes its own LSN and the new segment; an increment passes the LSN of
-/// its chain's full checkpoint and no segment (the chain's files and the
-/// log since its full checkpoint stay: a replay may start from any of
-/// them, and a damaged increment is bridged by the log). A removal that
-/// fails is skipped: recovery passes over such extras.
+/// passes its own LSN and the new segment; an increment retires nothing
+/// (the chain's files, the log since its full checkpoint and older
+/// checkpoints stay: a replay may start from any of them, and a damaged
+/// increment is bridged by the log). A removal that fails is skipped:
+/// recovery passes over such extras.
 ///
 /// # Errors
 /// [`Error::Io`] when the directory cannot be listed.

@@ -174,6 +174,10 @@ pub struct RecoveryReport {
     pub commits_replayed: u64,
     /// Changes replayed from the log.
     pub changes_replayed: u64,
+    /// Bytes of the log segments that held the replayed records (what a
+    /// start read beyond its checkpoint; a clean stop uses it to decide
+    /// whether to write a checkpoint, see [`crate::Config::stop_checkpoint_bytes`]).
+    pub log_bytes_replayed: u64,
     /// LSN of the last record reflected in the recovered state.
     pub last_lsn: Lsn,
     /// The torn tail cut, if any.
@@ -309,6 +313,8 @@ pub fn recover_with(
     report.segments = scan.segments.len();
     report.commits_replayed = commits;
     report.changes_replayed = changes;
+    report.log_bytes_replayed =
+        scan.segments.iter().filter(|s| s.lsns.is_some_and(|(_, last)| last > after)).map(|s| s.bytes).sum();
     report.last_lsn = Lsn(scan.last_lsn.max(image.lsn));
     report.torn_tail = scan.torn;
     report.dropped = scan.dropped;
@@ -351,11 +357,17 @@ pub fn recover_with(
 /// (any segment, whatever its generation: a replay can start in none
 /// earlier).
 pub(crate) fn log_starts_after(vfs: &dyn Vfs, dir: &Path, names: &[String], after: u64) -> Option<u64> {
+    log_first_lsn(vfs, dir, names).filter(|&f| f > after + 1)
+}
+
+/// The first LSN of the log in `dir` (whose file names are `names`): the
+/// smallest `first_lsn` of the segments whose headers read.
+pub(crate) fn log_first_lsn(vfs: &dyn Vfs, dir: &Path, names: &[String]) -> Option<u64> {
     let first = |name: &String| -> Option<u64> {
         crate::storage::files::parse_segment_name(name)?;
         segment_header(vfs, &dir.join(name)).ok().map(|h| h.first_lsn)
     };
-    names.iter().filter_map(first).min().filter(|&f| f > after + 1)
+    names.iter().filter_map(first).min()
 }
 
 /// The header of the segment at `path`.
