@@ -6,7 +6,9 @@
 #
 # AREA: reader, recovery, writer, checkpoint, codecs, image (state images:
 # replay's apply, the events of a logged commit), delta, changes (the
-# change tracking and checkpoint planning behind increments) (default: all).
+# change tracking and checkpoint planning behind increments, and the
+# checkpoint a clean stop writes), history (where the history on disk
+# starts, and the replays that read it) (default: all).
 # Extra arguments go to cargo-mutants, e.g. `-- --re 'fn read_frame'` to
 # mutate only matching functions, or `-- --shard 0/4` to split a run.
 #
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
         *) areas+=("$1"); shift ;;
     esac
 done
-[ ${#areas[@]} -gt 0 ] || areas=(reader recovery writer checkpoint codecs image delta changes)
+[ ${#areas[@]} -gt 0 ] || areas=(reader recovery writer checkpoint codecs image delta changes history)
 
 files=()
 for a in "${areas[@]}"; do
@@ -45,7 +47,8 @@ for a in "${areas[@]}"; do
         image) files+=(-f host/src/storage/image.rs) ;;
         delta) files+=(-f host/src/delta/mod.rs) ;;
         changes) files+=(-f host/src/registry/page.rs -f host/src/engine/checkpoint.rs) ;;
-        *) echo "mutants: unknown area $a (reader, recovery, writer, checkpoint, codecs, image, delta, changes)" >&2; exit 2 ;;
+        history) files+=(-f host/src/history/replay.rs) ;;
+        *) echo "mutants: unknown area $a (reader, recovery, writer, checkpoint, codecs, image, delta, changes, history)" >&2; exit 2 ;;
     esac
 done
 
@@ -60,7 +63,8 @@ rm -rf "$out"
 mkdir -p "$out"
 
 tests=(--lib --test log --test log_edges --test durability --test crash --test untrusted
-    --test replay_paths --test graph_persist --test laws --test increments --test log_events)
+    --test replay_paths --test graph_persist --test laws --test increments --test log_events
+    --test stop_checkpoint)
 start=$(date +%s)
 cd "$work/src"
 export CARGO_TARGET_DIR="$root/target/mutants/build"

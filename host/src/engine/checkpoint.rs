@@ -265,6 +265,14 @@ impl Mmsb {
     }
 }
 
+impl super::write::Checkpoints {
+    /// The log bytes a start would replay now, given the writer's appended
+    /// bytes so far.
+    pub(crate) fn log_since(&self, appended: u64) -> u64 {
+        self.log_before.saturating_add(appended.saturating_sub(self.log_mark))
+    }
+}
+
 /// Byte ranges of a page in memory as `usize` (a page in memory fits the
 /// address space).
 fn usize_ranges(r: &[std::ops::Range<u64>]) -> Vec<std::ops::Range<usize>> {

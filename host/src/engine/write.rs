@@ -109,14 +109,6 @@ pub(crate) struct Checkpoints {
     pub(crate) log_mark: u64,
 }
 
-impl Checkpoints {
-    /// The log bytes a start would replay now, given the writer's appended
-    /// bytes so far.
-    pub(crate) fn log_since(&self, appended: u64) -> u64 {
-        self.log_before.saturating_add(appended.saturating_sub(self.log_mark))
-    }
-}
-
 /// What [`WriteState::commit`] commits: one committed unit of the log.
 pub(crate) enum Batch<'b> {
     /// Page and graph changes, checked by the caller.
