@@ -440,7 +440,9 @@ pub fn replay_rows(b: DiskBudget, base: &Path) -> Result<Vec<Row>> {
     let dir = base.join("replay");
     let batches = b.replay_deltas.div_ceil(BATCH);
     {
-        let s = Mmsb::start(Config::at(&dir).durability(Durability::None))?;
+        // The log alone: no checkpoint at the stop, which replay would
+        // start from.
+        let s = Mmsb::start(Config::at(&dir).durability(Durability::None).stop_checkpoint_bytes(u64::MAX))?;
         let ids = small_pages(&s)?;
         let mut rng = ChaCha8Rng::seed_from_u64(14);
         for _ in 0..batches {

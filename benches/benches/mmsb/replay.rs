@@ -15,7 +15,10 @@ pub fn bench(c: &mut Criterion) {
     let dir = tmp.path().join("state");
     let n = 1_000_000u64;
     {
-        let s = Mmsb::start(Config::at(&dir).durability(Durability::None)).expect("start");
+        // The log alone: no checkpoint at the stop, which replay would
+        // start from.
+        let s = Mmsb::start(Config::at(&dir).durability(Durability::None).stop_checkpoint_bytes(u64::MAX))
+            .expect("start");
         let ids: Vec<PageId> = (0..64).map(|_| s.create_page(PageSpec::new(64)).expect("page")).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         for _ in 0..n / 1000 {
