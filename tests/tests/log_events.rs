@@ -11,24 +11,8 @@ use mmsb::internals::log::reader;
 use mmsb::internals::recovery::RecoveryMode;
 use mmsb::internals::vfs::StdVfs;
 use mmsb::{Config, Event, Limits, Mmsb, PageId, PageSpec, Payload, Result, SparseDelta, Update};
+use mmsb_tests::Rng;
 use std::sync::Arc;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// Live-only events (propagation work, checkpoints) are not in the log.
 fn state_change(e: &Event) -> bool {
@@ -54,7 +38,7 @@ fn events_of_logged_commits_are_the_live_events_in_order() -> Result<()> {
     let b = s.create_page(PageSpec::new(32))?;
     let d = s.create_page(PageSpec::new(8))?;
     s.declare_derived(d, "sum", &[a, b])?;
-    let mut rng = Rng(0xC0FF_EE00_1234_5678);
+    let mut rng = Rng::new(0xC0FF_EE00_1234_5678);
     let mut pages: Vec<PageId> = vec![a, b];
     for _ in 0..300 {
         match rng.below(8) {
@@ -74,7 +58,7 @@ fn events_of_logged_commits_are_the_live_events_in_order() -> Result<()> {
                 let p = pages[rng.below(pages.len() as u64) as usize];
                 let len = s.page_info(p)?.len;
                 let at = rng.below(len - 4);
-                let v = [rng.next() as u8; 4];
+                let v = [rng.next_u64() as u8; 4];
                 s.update_page(p, Payload::Sparse(SparseDelta::from_pairs([(at, &v[..])])?))?;
             }
         }
