@@ -226,3 +226,24 @@ fn a_stop_whose_checkpoint_meets_a_full_disk_stops_and_loses_nothing() -> Result
     assert!(refused > 0);
     Ok(())
 }
+
+#[test]
+fn the_setting_is_a_lower_bound_met_at_equality() -> Result<()> {
+    // The same workload three times: the log it leaves to replay, then the
+    // setting at exactly that many bytes (a checkpoint), then one byte
+    // more (none).
+    let run = |setting: u64| -> Result<(u64, usize)> {
+        let dir = tempfile::tempdir()?;
+        let s = Mmsb::start(Config::at(dir.path()).stop_checkpoint_bytes(setting))?;
+        let ids = pages(&s, 4, 4096)?;
+        writes(&s, &ids, 1_500, 10)?;
+        let appended = s.log_stats().bytes;
+        s.stop()?;
+        Ok((appended, files(dir.path(), ".ckpt").len()))
+    };
+    let (log, none) = run(u64::MAX)?;
+    assert_eq!(none, 0);
+    assert_eq!(run(log)?, (log, 1));
+    assert_eq!(run(log + 1)?, (log, 0));
+    Ok(())
+}

@@ -695,8 +695,14 @@ pub fn read_file(
     alloc: Option<&PageAllocator>,
 ) -> Result<Decoded> {
     let mut f = vfs.open_read(path).map_err(|e| Error::from(e).in_file(path))?;
-    decode_from(f.as_mut(), limits, alloc).map_err(|e| e.in_file(path))
+    // Entry heads, small pages and CRCs come from one read per window.
+    let mut f = crate::storage::vfs::ReadAhead::new(f.as_mut(), READ_AHEAD);
+    decode_from(&mut f, limits, alloc).map_err(|e| e.in_file(path))
 }
+
+/// The window of a checkpoint read ahead ([`crate::storage::vfs::ReadAhead`]):
+/// reads of up to a quarter of it are served from it.
+const READ_AHEAD: usize = 256 << 10;
 
 /// Decode a full checkpoint held in memory.
 ///

@@ -63,6 +63,58 @@ pub trait VfsRead: Send + Debug {
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
+/// [`VfsRead`] that serves small reads from a window of the file read
+/// ahead (one `read` of up to `window` bytes instead of one a call), and
+/// passes larger reads, and any read the window cannot serve, to the file
+/// itself, so that errors (an early end, an I/O error) are the file's own.
+/// For decoders that read a file front to back in many small pieces.
+#[derive(Debug)]
+pub struct ReadAhead<'a> {
+    src: &'a mut dyn VfsRead,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    at: u64,
+    window: usize,
+}
+
+impl<'a> ReadAhead<'a> {
+    /// Read `src` through a window of `window` bytes (allocated at the
+    /// first small read).
+    pub fn new(src: &'a mut dyn VfsRead, window: usize) -> Self {
+        Self { src, buf: Vec::new(), at: 0, window }
+    }
+}
+
+impl VfsRead for ReadAhead<'_> {
+    fn len(&self) -> u64 {
+        self.src.len()
+    }
+
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let want = buf.len() as u64;
+        let end = offset.checked_add(want);
+        // Within the window already read.
+        if offset >= self.at && end.is_some_and(|e| e <= self.at + self.buf.len() as u64) {
+            let from = (offset - self.at) as usize;
+            buf.copy_from_slice(&self.buf[from..from + buf.len()]);
+            return Ok(());
+        }
+        // Large reads, and reads past the end, go to the file as asked.
+        if want > (self.window / 4) as u64 || end.is_none_or(|e| e > self.src.len()) {
+            return self.src.read_exact_at(buf, offset);
+        }
+        let take = (self.src.len() - offset).min(self.window as u64) as usize;
+        self.buf.resize(take, 0);
+        if self.src.read_exact_at(&mut self.buf, offset).is_err() {
+            self.buf.clear();
+            return self.src.read_exact_at(buf, offset);
+        }
+        self.at = offset;
+        buf.copy_from_slice(&self.buf[..buf.len()]);
+        Ok(())
+    }
+}
+
 /// [`VfsRead`] over bytes in memory.
 #[derive(Debug)]
 pub struct MemFile<T>(pub T);
