@@ -902,6 +902,34 @@ mod tests {
     }
 
     #[test]
+    fn read_ahead_reads_what_the_file_reads_and_fails_as_it_fails() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut file = MemFile(bytes.clone());
+        let mut ra = ReadAhead::new(&mut file, 1024);
+        assert_eq!(ra.len(), 10_000);
+        // Forward, backward, across window edges, large, at the end.
+        let mut seed = 17u64;
+        for _ in 0..2_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = seed % 10_050;
+            let n = [0usize, 1, 8, 255, 256, 257, 1024, 3000][(seed >> 40) as usize % 8];
+            let mut got = vec![0u8; n];
+            let r = ra.read_exact_at(&mut got, at);
+            let end = at as usize + n;
+            if end <= bytes.len() {
+                r.unwrap();
+                assert_eq!(&got[..], &bytes[at as usize..end], "{n} bytes at {at}");
+            } else {
+                assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof, "{n} bytes at {at}");
+            }
+        }
+        let mut one = [0u8; 1];
+        assert_eq!(ra.read_exact_at(&mut one, u64::MAX).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
     fn failed_fsync_loses_the_pending_bytes() {
         let v = SimVfs::new();
         let d = Path::new("/x");
