@@ -247,3 +247,14 @@ fn the_setting_is_a_lower_bound_met_at_equality() -> Result<()> {
     assert_eq!(run(log + 1)?, (log, 0));
     Ok(())
 }
+
+#[test]
+fn a_temporary_state_writes_no_checkpoint_at_its_stop() -> Result<()> {
+    let s = Mmsb::start(Config::temporary().stop_checkpoint_bytes(64 << 10))?;
+    let ids = pages(&s, 4, 4096)?;
+    writes(&s, &ids, 2_000, 11)?;
+    let dir = s.dir().to_path_buf();
+    s.stop()?;
+    assert!(files(&dir, ".ckpt").is_empty());
+    Ok(())
+}

@@ -302,7 +302,8 @@ impl Mmsb {
 
     /// Stop the state: a checkpoint is written when the log the next start
     /// would replay is long ([`Config::stop_checkpoint_bytes`](crate::Config::stop_checkpoint_bytes);
-    /// it removes nothing), the log is synced and closed (the last segment
+    /// it removes nothing; none for a temporary state, which no start
+    /// reopens), the log is synced and closed (the last segment
     /// holding records is followed by an empty one that names the next
     /// LSN, so that any later cut of the log reads as missing records; see
     /// docs/RELIABILITY.md) and the state directory released (another
@@ -327,7 +328,11 @@ impl Mmsb {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Err(Error::Stopped);
         }
-        let checkpoint = self.checkpoint_at_stop(&mut w).map(drop);
+        // A temporary state is removed with the handle: nothing to reopen.
+        let checkpoint = match self.dir {
+            DirHolder::Given(_) => self.checkpoint_at_stop(&mut w).map(drop),
+            DirHolder::Temp(_) => Ok(()),
+        };
         let closed = w.log.close().map(drop);
         // Every later call is refused, so the directory is free for another
         // handle from here on.

@@ -62,7 +62,8 @@ pub struct Config {
     /// Increments a checkpoint chain may hold before the next checkpoint is
     /// full again (0: every checkpoint is full; at most 64). See [`Mmsb::checkpoint`].
     pub checkpoint_chain: u32,
-    /// A clean [`Mmsb::stop`] (or drop) writes a checkpoint when the log
+    /// A clean [`Mmsb::stop`] (or drop) of a state directory (not a
+    /// temporary one, which no start reopens) writes a checkpoint when the log
     /// a start would replay (written since the last checkpoint, or replayed
     /// by this start and not covered since) holds at least this many bytes
     /// and at least as many as the checkpoint would write (an increment
