@@ -49,7 +49,7 @@ impl Mmsb {
         let mut w = self.write.lock();
         self.join_reaper();
         self.live()?;
-        self.checkpoint_locked(&mut w, full, true)
+        self.checkpoint_locked(&mut w, full.then_some(Plan::Full), true)
     }
 
     /// The checkpoint a clean stop writes (see
@@ -66,19 +66,25 @@ impl Mmsb {
             return Ok(None);
         }
         let cells = self.registry.cells();
-        let (_, bytes) =
+        let (plan, bytes) =
             plan(w.checkpoints.chain.as_ref(), w.checkpoints.max_chain, w.log.last_lsn().0, &cells);
         if bytes > since {
             return Ok(None);
         }
         let _span = tracing::info_span!("mmsb.checkpoint", at_stop = true).entered();
         self.join_reaper();
-        self.checkpoint_locked(w, false, false).map(Some)
+        self.checkpoint_locked(w, Some(plan), false).map(Some)
     }
 
-    /// Write a checkpoint under the commit lock `w` (a full one when
-    /// `full`), retiring what it covers when `retire`.
-    fn checkpoint_locked(&self, w: &mut WriteState, full: bool, retire: bool) -> Result<CheckpointInfo> {
+    /// Write a checkpoint under the commit lock `w`: the one `plan` says,
+    /// or the one [`plan`] chooses when `None`; a full one retires what it
+    /// covers when `retire`.
+    fn checkpoint_locked(
+        &self,
+        w: &mut WriteState,
+        plan: Option<Plan>,
+        retire: bool,
+    ) -> Result<CheckpointInfo> {
         // A poisoned log may have lost records the pages reflect: no checkpoint.
         if let Some(why) = w.log.poisoned() {
             return Err(Error::Poisoned(why.to_owned()));
@@ -122,8 +128,10 @@ impl Mmsb {
         let cells = self.registry.cells();
         let generation = w.log.generation();
         let chain = w.checkpoints.chain.take();
-        let plan =
-            if full { Plan::Full } else { plan(chain.as_ref(), w.checkpoints.max_chain, lsn, &cells).0 };
+        let plan = match plan {
+            Some(p) => p,
+            None => self::plan(chain.as_ref(), w.checkpoints.max_chain, lsn, &cells).0,
+        };
         let written = self.write_checkpoint(&dir, generation, &counters, &cells, &plan);
         let (path, pages, bytes, fingerprint) = match written {
             Ok(r) => r,
@@ -175,7 +183,7 @@ impl Mmsb {
         // retires nothing, so the log before it can still be replayed from
         // the checkpoint before it).
         let retired = if retire && matches!(kind, CheckpointKind::Full) {
-            crate::storage::checkpoint::retire(self.vfs.as_ref(), &dir, lsn, Some(new_seq))?
+            crate::storage::checkpoint::retire(self.vfs.as_ref(), &dir, lsn, new_seq)?
         } else {
             crate::storage::checkpoint::Retired::default()
         };

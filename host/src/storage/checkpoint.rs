@@ -1005,18 +1005,18 @@ pub(crate) struct Retired {
     pub(crate) released: Vec<crate::storage::vfs::Removed>,
 }
 
-/// Remove from log directory `dir` what a durable checkpoint made
-/// unnecessary: the checkpoints before LSN `lsn` and, with `new_seq`, the
-/// segments before it (the segment the log went on to). A full checkpoint
-/// passes its own LSN and the new segment; an increment retires nothing
-/// (the chain's files, the log since its full checkpoint and older
-/// checkpoints stay: a replay may start from any of them, and a damaged
-/// increment is bridged by the log). A removal that fails is skipped:
-/// recovery passes over such extras.
+/// Remove from log directory `dir` what a full checkpoint at LSN `lsn`
+/// made unnecessary: the checkpoints before it and the segments before
+/// `new_seq` (the segment the log went on to). An increment, and a
+/// checkpoint written by a clean stop, retire nothing (the chain's files,
+/// the log since its full checkpoint and older checkpoints stay: a replay
+/// may start from any of them, and a damaged increment is bridged by the
+/// log). A removal that fails is skipped: recovery passes over such
+/// extras.
 ///
 /// # Errors
 /// [`Error::Io`] when the directory cannot be listed.
-pub(crate) fn retire(vfs: &dyn Vfs, dir: &Path, lsn: u64, new_seq: Option<u64>) -> Result<Retired> {
+pub(crate) fn retire(vfs: &dyn Vfs, dir: &Path, lsn: u64, new_seq: u64) -> Result<Retired> {
     let mut out = Retired::default();
     for (l, p) in list(vfs, dir)? {
         if l < lsn {
@@ -1026,7 +1026,6 @@ pub(crate) fn retire(vfs: &dyn Vfs, dir: &Path, lsn: u64, new_seq: Option<u64>) 
             }
         }
     }
-    let Some(new_seq) = new_seq else { return Ok(out) };
     if let Ok(names) = vfs.list(dir) {
         for n in names {
             if crate::storage::files::parse_segment_name(&n).is_some_and(|s| s < new_seq) {
