@@ -52,6 +52,9 @@ for line in sys.stdin:
     [[ -x target/pyenv/bin/python ]] && py=target/pyenv/bin/python
     CARGO_TARGET_DIR="$(pwd)/target" "$py" -m pip wheel --quiet --disable-pip-version-check \
         --no-deps -w "$DEV" ./python
+    # The two largest programs travel compressed (the carried folder must
+    # stay under 60 MiB); the device half unpacks them with Python's lzma.
+    xz -T0 -6 -f "$DEV/cargo-nextest" "$DEV/mmsb"
     echo "gpu-check: built $DEV:"
     ls -l "$DEV"
     du -sh "$DEV"
@@ -70,6 +73,14 @@ device() {
     mkdir -p "$OUT"
     local summary="$OUT/steps.txt"
     : >"$summary"
+    local f
+    for f in target/device/*.xz; do
+        [[ -e "$f" ]] || continue
+        python3 -c 'import lzma, shutil, sys
+with lzma.open(sys.argv[1]) as i, open(sys.argv[1][:-3], "wb") as o:
+    shutil.copyfileobj(i, o)' "$f"
+        chmod +x "${f%.xz}"
+    done
     local card
     card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
     card=${card:-unknown}
@@ -81,7 +92,7 @@ device() {
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
     # STEPS (space-separated names) picks a subset; all steps by default.
-    local steps=" ${STEPS:-tests example memcheck racecheck initcheck bench torch bound mmsbbench criterion python} "
+    local steps=" ${STEPS:-tests example memcheck racecheck initcheck bench chunks torch bound floor mmsbbench mmsbgpu criterion python} "
     step() {
         local name=$1 limit=$2
         shift 2
@@ -114,23 +125,33 @@ device() {
     local filt=(-E 'test(/gpu/) & not (test(gpu_hundred_thousand_small_deltas_match_cpu) | test(gpu_large_page_matches_cpu) | test(gpu_memory_when_a_device_page_cannot_fit) | test(gpu_device_function_errors_change_nothing))')
     local st=${SANITIZER_TIMEOUT:-60}
 
-    # Step limits add up to 6 x 60 + 40 + 3 x 60 = 580 s, inside one 600 s device
-    # call with room for start-up and the summary (measured on an H100:
-    # tests 28 s, bench 3 s, torch 14 s, bound 5 s, mmsb bench 15 s, each
-    # sanitizer under 20 s; a sanitizer that crashes runs once more, which
-    # can add its limit once). Benchmarks run before the sanitizers so that a
+    # Step limits add up to 6 x 60 + 2 x 40 + 90 + 3 x 60 = 710 s, more than
+    # one 600 s device call, but the steps take about a third of their
+    # limits (measured on an H100: tests 28 s, bench 3 s, torch 14 s, bound
+    # 5 s, mmsb bench 15 s, each sanitizer under 20 s; a sanitizer that
+    # crashes runs once more, which can add its limit once); STEPS splits a
+    # run into two calls when one step hangs. Benchmarks run before the sanitizers so that a
     # slow sanitizer never costs the figures.
-    echo "gpu-check: step limits total $((60 * 6 + 40 + 3 * st)) s"
+    echo "gpu-check: step limits total $((60 * 6 + 40 + 40 + 90 + 3 * st)) s (the steps measured take about a third)"
     # Every test of the archive except the kill loop, whose child binary is
     # not part of a nextest archive (CI runs it on the build machine).
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
     step example 30 target/device/device_function target/device/example_kernel.ptx
     step bench 60 target/device/gpu_bench --mib "${BENCH_MIB:-256}" --iters 20
+    # The sparse rows again with longer run pieces than the packer's
+    # RUN_CHUNK, in the same process as their copy: how the choice measures.
+    step chunks 40 bash -c "for c in 512 1024 4096; do echo \"chunk \$c\"; target/device/gpu_bench --mib ${BENCH_MIB:-256} --iters 20 --chunk \$c | grep '^BENCH gpu_apply_sparse'; done"
     step torch 60 python3 scripts/torch_peer.py --mib "${BENCH_MIB:-256}" --iters 20
     # The memory system's share for the same sparse layouts: a search-free
     # CUDA C kernel (per-block byte masks precomputed on the host).
     step bound 60 bash -c "nvcc -O3 -arch=native scripts/sparse_bound.cu -o /tmp/sparse_bound && /tmp/sparse_bound --mib ${BENCH_MIB:-256}"
+    # The least a 1 KiB apply can cost on this card and driver, in CUDA C
+    # (copy + launch, parameters only, mapped host memory; each waited for).
+    step floor 40 bash -c "nvcc -O3 -arch=native scripts/latency_floor.cu -o /tmp/latency_floor && /tmp/latency_floor"
     step mmsbbench 60 target/device/mmsb bench --quick --json "$OUT/mmsb-bench.json"
+    # The GPU section at full size (the 64 MiB derived page of the device
+    # recompute row).
+    step mmsbgpu 90 target/device/mmsb bench --only gpu --json "$OUT/mmsb-bench-gpu.json"
     step criterion 60 env CRITERION_HOME=/tmp/mmsb-criterion target/device/criterion_mmsb --bench --quick --noplot gpu
     # The Python package's GPU tests against the wheel built here (no
     # network there: --no-index; numpy, torch, cupy, jax are the host's),
@@ -149,7 +170,12 @@ device() {
         echo "skips in the test run: $(grep -c 'SKIPPED' "$OUT/tests.log" 2>/dev/null || true)"
         grep -h "ERROR SUMMARY" "$OUT"/memcheck.log "$OUT"/racecheck.log "$OUT"/initcheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h "RACECHECK SUMMARY" "$OUT"/racecheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
-        grep -h 'latency\|_e2e\|_alloc_' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
+        grep -h 'latency\|_e2e\|_alloc_\|_part_' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
+        grep -h '^FLOOR ' "$OUT/floor.log" 2>/dev/null || true
+        echo "sparse rows with longer run pieces (the bench step above used the packer's RUN_CHUNK):"
+        grep -hE '^chunk |^BENCH gpu_apply_sparse' "$OUT/chunks.log" 2>/dev/null | cut -d' ' -f1-4 || true
+        echo "mmsb bench --only gpu (full size):"
+        sed -n '/^benchmark /,$p' "$OUT/mmsbgpu.log" 2>/dev/null | head -40 || true
         echo "python (DLPack: torch, cupy, jax):"
         grep -hE '^(PASS|FAIL|SKIP|BENCH) |^skipped the GPU|^same device memory|^CPU replay' "$OUT/python.log" 2>/dev/null | sed 's/^/   /' || true
         echo

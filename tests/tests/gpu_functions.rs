@@ -5,7 +5,8 @@
 
 use mmsb::gpu::DeviceFunction;
 use mmsb::{
-    Config, Error, Location, Mmsb, PageId, PageSpec, Payload, PropagationMode, Result, SparseDelta, Update,
+    CheckpointKind, Config, Error, Location, Mmsb, PageId, PageSpec, Payload, PropagationMode, Result,
+    SparseDelta, Update,
 };
 use mmsb_tests::{gpu_available, random_payload, Rng};
 
@@ -48,16 +49,21 @@ const LEN: u64 = 3 * 4096 + 5;
 /// d1 = max(s0, s1) and d2 = max(d1, s2) on the GPU, d3 = max(d1, d2) on the
 /// CPU (a CPU function below device-computed pages) and d4 = max(d3, s0) on
 /// the GPU: a diamond, CPU and GPU parents, cut-offs. Random writes, single
-/// and batched; returns the state hash after each step, the final bytes of
+/// and batched, with full and incremental checkpoints and restarts between
+/// them when `restarts` is set; returns the state hash after each step, the final bytes of
 /// every page and the number of recomputes cut off.
 fn dag(
     kind: Kind,
     seed: u64,
     dir: &std::path::Path,
     mode: PropagationMode,
-) -> Result<(Vec<u128>, Vec<Vec<u8>>, u64)> {
+    restarts: bool,
+) -> Result<(Vec<u128>, Vec<Vec<u8>>, u64, usize)> {
     let gpu = if kind == Kind::Cpu { Location::Cpu } else { Location::Gpu(0) };
-    let state = Mmsb::start(Config { propagation: mode, ..Config::at(dir) })?;
+    // Chains of up to three increments: the checkpoints below are full
+    // ones and increments in turn, and each restart recovers through one.
+    let config = || Config { propagation: mode, ..Config::at(dir) }.checkpoint_chain(3);
+    let mut state = Mmsb::start(config())?;
     let s0 = state.create_page(PageSpec::new(LEN).on(gpu).named("s0"))?;
     let s1 = state.create_page(PageSpec::new(LEN).named("s1"))?;
     let s2 = state.create_page(PageSpec::new(LEN / 2).on(gpu).named("s2"))?;
@@ -65,13 +71,17 @@ fn dag(
     let d2 = state.create_page(PageSpec::new(LEN).on(gpu).named("d2"))?;
     let d3 = state.create_page(PageSpec::new(LEN).named("d3"))?;
     let d4 = state.create_page(PageSpec::new(LEN).on(gpu).named("d4"))?;
-    state.register_function("max", 1, bytewise_max)?;
-    let on_gpu = if kind == Kind::GpuDeviceFunctions {
-        state.register_device_function("max_gpu", 1, device_max())?;
-        "max_gpu"
-    } else {
-        "max"
+    // The functions, registered again after each restart.
+    let register = |state: &Mmsb| -> Result<&'static str> {
+        state.register_function("max", 1, bytewise_max)?;
+        Ok(if kind == Kind::GpuDeviceFunctions {
+            state.register_device_function("max_gpu", 1, device_max())?;
+            "max_gpu"
+        } else {
+            "max"
+        })
     };
+    let on_gpu = register(&state)?;
     state.declare_derived(d1, on_gpu, &[s0, s1])?;
     state.declare_derived(d2, on_gpu, &[d1, s2])?;
     state.declare_derived(d3, "max", &[d1, d2])?;
@@ -80,6 +90,7 @@ fn dag(
     let mut rng = Rng::new(seed);
     let mut hashes = Vec::new();
     let mut cut_off = 0;
+    let mut increments = 0;
     for step in 0..40 {
         match step % 4 {
             // A batch over two sources.
@@ -105,6 +116,19 @@ fn dag(
         if mode == PropagationMode::Deferred {
             cut_off += state.propagate()?.cut_off;
         }
+        // Checkpoints (full, then increments of the GPU pages' changed
+        // blocks) and restarts that recover from them: the state goes on
+        // exactly where it was.
+        if restarts && step % 5 == 4 {
+            increments += usize::from(state.checkpoint()?.kind != CheckpointKind::Full);
+        }
+        if restarts && step % 13 == 12 {
+            let before = state.state_hash()?;
+            state.stop()?;
+            state = Mmsb::start(config())?;
+            register(&state)?;
+            assert_eq!(state.state_hash()?, before, "{kind:?}: restart at step {step}");
+        }
         hashes.push(state.state_hash()?);
     }
     let pages =
@@ -114,7 +138,7 @@ fn dag(
     bytewise_max(&[&pages[5], &pages[0]], &mut want);
     assert_eq!(d4_bytes, &want, "{kind:?}: d4 is max(d3, s0) at the end");
     state.stop()?;
-    Ok((hashes, pages, cut_off))
+    Ok((hashes, pages, cut_off, increments))
 }
 
 #[test]
@@ -127,22 +151,40 @@ fn gpu_derived_pages_match_the_cpu_with_either_kind_of_function() -> Result<()> 
             let mut runs = Vec::new();
             for kind in [Kind::Cpu, Kind::GpuCpuFunctions, Kind::GpuDeviceFunctions] {
                 let dir = tempfile::tempdir()?;
-                runs.push((kind, dag(kind, seed, dir.path(), mode)?, dir));
+                runs.push((kind, dag(kind, seed, dir.path(), mode, true)?, dir));
             }
-            let (_, (cpu_hashes, cpu_pages, cpu_cut), _) = &runs[0];
-            for (kind, (hashes, pages, cut), _) in &runs[1..] {
+            let (_, (cpu_hashes, cpu_pages, cpu_cut, _), _) = &runs[0];
+            for (kind, (hashes, pages, cut, _), _) in &runs[1..] {
                 assert_eq!(pages, cpu_pages, "{kind:?} {mode:?} seed {seed}: page bytes");
                 assert_eq!(hashes, cpu_hashes, "{kind:?} {mode:?} seed {seed}: state hash after every step");
                 assert_eq!(cut, cpu_cut, "{kind:?} {mode:?} seed {seed}: cut-offs");
             }
             // The log holds the derived deltas: a reopen with no function
             // registered replays to the same state.
-            for (kind, (hashes, _, _), dir) in &runs {
+            for (kind, (hashes, _, _, _), dir) in &runs {
                 let again = Mmsb::start(Config::at(dir.path()))?;
                 assert_eq!(again.state_hash()?, *hashes.last().expect("steps"), "{kind:?}: replay");
                 again.stop()?;
             }
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn derived_pages_are_the_same_through_checkpoints_and_restarts() -> Result<()> {
+    // The CPU half of the differential test above, which runs here without
+    // a device: the same workload with and without the checkpoints and
+    // restarts gives the same state hash after every step and the same pages.
+    for mode in [PropagationMode::Immediate, PropagationMode::Deferred] {
+        let (plain_dir, durable_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let plain = dag(Kind::Cpu, 3, plain_dir.path(), mode, false)?;
+        let durable = dag(Kind::Cpu, 3, durable_dir.path(), mode, true)?;
+        assert_eq!(durable.0, plain.0, "{mode:?}: state hash after every step");
+        assert_eq!(durable.1, plain.1, "{mode:?}: page bytes");
+        assert_eq!(durable.2, plain.2, "{mode:?}: cut-offs");
+        // Some of the checkpoints were increments.
+        assert!(durable.3 > 0, "{mode:?}: every checkpoint was a full one");
     }
     Ok(())
 }
