@@ -18,6 +18,9 @@ build() {
     # The device build must carry the kernels: no rust-src is an error here.
     export MMSB_REQUIRE_PTX=1
     rm -f "$DEV"/tests.tar.zst "$DEV"/gpu_bench
+    # GPU_BENCH_BASE=path carries an earlier build's bench for the ab step.
+    rm -f "$DEV"/gpu_bench_base
+    [[ -n "${GPU_BENCH_BASE:-}" ]] && cp "$GPU_BENCH_BASE" "$DEV/gpu_bench_base"
     # Release, no debug info, stripped: the carried folder must stay small.
     export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
     cargo nextest archive --release -p mmsb -p mmsb-tests --archive-file "$DEV/tests.tar.zst"
@@ -92,7 +95,7 @@ with lzma.open(sys.argv[1]) as i, open(sys.argv[1][:-3], "wb") as o:
 
     # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log, record the status.
     # STEPS (space-separated names) picks a subset; all steps by default.
-    local steps=" ${STEPS:-tests example memcheck racecheck initcheck bench chunks torch bound floor mmsbbench mmsbgpu criterion python} "
+    local steps=" ${STEPS:-tests example memcheck racecheck initcheck bench ab chunks torch bound floor mmsbbench mmsbgpu criterion python} "
     step() {
         local name=$1 limit=$2
         shift 2
@@ -138,6 +141,11 @@ with lzma.open(sys.argv[1]) as i, open(sys.argv[1][:-3], "wb") as o:
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
     step example 30 target/device/device_function target/device/example_kernel.ptx
     step bench 60 target/device/gpu_bench --mib "${BENCH_MIB:-256}" --iters 20
+    # Old against new: when target/device/gpu_bench_base (the bench of an
+    # earlier build) is carried too, the two alternate, twice each.
+    if [[ -x target/device/gpu_bench_base ]]; then
+        step ab 60 bash -c "for r in 1 2; do for b in gpu_bench_base gpu_bench; do echo \"run \$r \$b\"; target/device/\$b --mib ${BENCH_MIB:-256} --iters 20 | grep -E '^BENCH gpu_(apply|page|update_1k_delta)'; done; done"
+    fi
     # The sparse rows again with longer run pieces than the packer's
     # RUN_CHUNK, in the same process as their copy: how the choice measures.
     step chunks 40 bash -c "for c in 512 1024 4096; do echo \"chunk \$c\"; target/device/gpu_bench --mib ${BENCH_MIB:-256} --iters 20 --chunk \$c | grep '^BENCH gpu_apply_sparse'; done"
@@ -172,6 +180,7 @@ with lzma.open(sys.argv[1]) as i, open(sys.argv[1][:-3], "wb") as o:
         grep -h "RACECHECK SUMMARY" "$OUT"/racecheck.log 2>/dev/null | sort | uniq -c | sed 's/^/sanitizer: /' || true
         grep -h 'latency\|_e2e\|_alloc_\|_part_' "$OUT/bench.log" 2>/dev/null | grep -v '^BENCH' || true
         grep -h '^FLOOR ' "$OUT/floor.log" 2>/dev/null || true
+        [[ -e "$OUT/ab.log" ]] && { echo "old (gpu_bench_base) against new (gpu_bench), alternated:"; grep -hE '^run |^BENCH' "$OUT/ab.log" | cut -d' ' -f1-4; }
         echo "sparse rows with longer run pieces (the bench step above used the packer's RUN_CHUNK):"
         grep -hE '^chunk |^BENCH gpu_apply_sparse' "$OUT/chunks.log" 2>/dev/null | cut -d' ' -f1-4 || true
         echo "mmsb bench --only gpu (full size):"

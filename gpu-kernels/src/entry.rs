@@ -92,20 +92,34 @@ struct WarpGroup {
     run: RunDesc,
     start: u64,
     total: u64,
+    /// The group has fewer than 2^28 windows, so every start and every
+    /// run length fits 32 bits (a run of `w` windows holds at most `16 w`
+    /// bytes): those values travel in one shuffle instead of two. The same
+    /// for every lane, so both paths stay warp-uniform.
+    narrow: bool,
 }
 
 impl body::RunGroup for WarpGroup {
     #[inline(always)]
     fn run(&self, j: u32) -> RunDesc {
+        let len = if self.narrow {
+            u64::from(shfl_idx(self.run.len as u32, j))
+        } else {
+            shfl_idx64(self.run.len, j)
+        };
         RunDesc {
             offset: shfl_idx64(self.run.offset, j),
-            len: shfl_idx64(self.run.len, j),
+            len,
             data_offset: shfl_idx64(self.run.data_offset, j),
         }
     }
     #[inline(always)]
     fn start(&self, j: u32) -> u64 {
-        shfl_idx64(self.start, j)
+        if self.narrow {
+            u64::from(shfl_idx(self.start as u32, j))
+        } else {
+            shfl_idx64(self.start, j)
+        }
     }
     #[inline(always)]
     fn total(&self) -> u64 {
@@ -138,7 +152,7 @@ impl body::Lanes for Warp {
             d *= 2;
         }
         let total = shfl_idx64(incl, body::WARP - 1);
-        WarpGroup { run, start: incl - n, total }
+        WarpGroup { run, start: incl - n, total, narrow: total < 1 << 28 }
     }
 }
 
