@@ -491,18 +491,29 @@ _DURABILITY = ("none", "flush", "fsync")
 
 
 def open(path: Optional[str] = None, durability: str = "flush", create: bool = True,
-         propagation: str = "immediate") -> State:
+         propagation: str = "immediate", stop_checkpoint_bytes: Optional[int] = None) -> State:
     """Open (or create) the state in directory ``path``; ``None`` makes a
     temporary state removed when closed. ``durability``: ``"none"``
     (buffered), ``"flush"`` (survives a process crash) or ``"fsync"``
     (survives a power cut). ``create=False`` opens only an existing state
     (:class:`NotAStateError` otherwise). ``propagation``: ``"immediate"``
-    or ``"deferred"`` (derived pages recomputed by :meth:`State.propagate`)."""
+    or ``"deferred"`` (derived pages recomputed by :meth:`State.propagate`).
+    ``stop_checkpoint_bytes``: the log a close leaves for the next start to
+    replay before it writes a checkpoint (``None``: the default, 8 MiB;
+    ``2**64 - 1``: never)."""
     if durability not in _DURABILITY:
         raise errors.ConfigError(f"unknown durability {durability!r} (none, flush, fsync)")
     if propagation not in ("immediate", "deferred"):
         raise errors.ConfigError(f"unknown propagation {propagation!r} (immediate, deferred)")
-    return State(_mmsb.RawState(path, durability, create, propagation == "deferred"))
+    if stop_checkpoint_bytes is not None and (
+        isinstance(stop_checkpoint_bytes, bool)
+        or not isinstance(stop_checkpoint_bytes, int)
+        or not 0 <= stop_checkpoint_bytes < 2**64
+    ):
+        raise errors.ConfigError(
+            f"stop_checkpoint_bytes must be an int from 0 to 2**64 - 1, not {stop_checkpoint_bytes!r}"
+        )
+    return State(_mmsb.RawState(path, durability, create, propagation == "deferred", stop_checkpoint_bytes))
 
 
 def replay_to(path: str, lsn: Optional[int] = None, time: Optional[int] = None) -> Replayed:

@@ -86,7 +86,12 @@ class DeviceView:
 
 class RawState:
     def __init__(
-        self, path: Optional[_Path] = None, durability: str = "flush", create: bool = True, deferred: bool = False
+        self,
+        path: Optional[_Path] = None,
+        durability: str = "flush",
+        create: bool = True,
+        deferred: bool = False,
+        stop_checkpoint_bytes: Optional[int] = None,
     ) -> None: ...
     @property
     def path(self) -> str: ...

@@ -155,13 +155,14 @@ fn epoch(e: Option<u64>) -> Option<Epoch> {
 #[pymethods]
 impl RawState {
     #[new]
-    #[pyo3(signature = (path=None, durability="flush", create=true, deferred=false))]
+    #[pyo3(signature = (path=None, durability="flush", create=true, deferred=false, stop_checkpoint_bytes=None))]
     fn new(
         py: Python<'_>,
         path: Option<PathBuf>,
         durability: &str,
         create: bool,
         deferred: bool,
+        stop_checkpoint_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let d = self::durability(durability)?;
         let mut cfg = match (path, create) {
@@ -172,6 +173,9 @@ impl RawState {
         .durability(d);
         if deferred {
             cfg = cfg.with_propagation(mmsb::PropagationMode::Deferred);
+        }
+        if let Some(n) = stop_checkpoint_bytes {
+            cfg = cfg.stop_checkpoint_bytes(n);
         }
         let inner = py.detach(|| Mmsb::start(cfg)).py()?;
         Ok(Self { inner: Arc::new(inner) })

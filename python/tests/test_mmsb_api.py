@@ -380,3 +380,28 @@ def test_guard_across_threads(state):
     t.start()
     t.join()
     assert state.update(p, b"\x00", offset=0) == 2  # no PageBorrowedError, no wait
+
+
+def test_stop_checkpoint_bytes(tmp_path):
+    def ckpts(d):
+        return sorted(p.name for p in (tmp_path / d / "log").glob("*.ckpt"))
+
+    # The default (8 MiB) leaves a small log as it is at close.
+    with mmsb.open(str(tmp_path / "a")) as s:
+        p = s.create_page(4096)
+        for i in range(50):
+            s.update(p, bytes([i]) * 64, offset=i * 64)
+    assert ckpts("a") == []
+    # A low setting checkpoints the same log at close; the next open
+    # replays nothing and has every write.
+    with mmsb.open(str(tmp_path / "b"), stop_checkpoint_bytes=1024) as s:
+        p = s.create_page(4096)
+        for i in range(50):
+            s.update(p, bytes([i]) * 64, offset=i * 64)
+        want = s.array(p).tobytes()
+    assert len(ckpts("b")) == 1
+    with mmsb.open(str(tmp_path / "b"), create=False) as s:
+        assert s.array(p).tobytes() == want
+    for bad in (-1, 2**64, 1.5, "1", True):
+        with pytest.raises(mmsb.ConfigError):
+            mmsb.open(str(tmp_path / "c"), stop_checkpoint_bytes=bad)

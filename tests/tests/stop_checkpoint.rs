@@ -115,6 +115,9 @@ fn the_log_a_start_replayed_counts_toward_the_next_stop() -> Result<()> {
     let s = Mmsb::start(Config::at(dir.path()).stop_checkpoint_bytes(64 << 10))?;
     let replayed = s.recovery_report().log_bytes_replayed;
     assert!(replayed > 64 << 10 && replayed <= log, "replayed {replayed} of {log}");
+    // The report a user prints says it too.
+    let text = s.recovery_report().to_string();
+    assert!(text.contains(&format!("({replayed} bytes of log)")), "{text}");
     s.stop()?;
     assert_eq!(files(dir.path(), ".ckpt").len(), 1);
     let s = Mmsb::start(Config::at(dir.path()))?;

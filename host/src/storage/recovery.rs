@@ -209,8 +209,12 @@ impl fmt::Display for RecoveryReport {
         }
         writeln!(
             f,
-            "log: {} segments, {} commits / {} changes replayed, last LSN {}",
-            self.segments, self.commits_replayed, self.changes_replayed, self.last_lsn
+            "log: {} segments, {} commits / {} changes replayed ({} bytes of log), last LSN {}",
+            self.segments,
+            self.commits_replayed,
+            self.changes_replayed,
+            self.log_bytes_replayed,
+            self.last_lsn
         )?;
         if !self.due.is_empty() {
             writeln!(
