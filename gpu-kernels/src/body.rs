@@ -32,7 +32,7 @@
 //! destinations), that destination ranges do not overlap source ranges, and
 //! that no other thread touches the bytes a window writes while it runs.
 
-use shared_types::{kind, ApplyDesc, MergeArgs, RunDesc};
+use shared_types::{kind, ApplyDesc, InlineApply, MergeArgs, RunDesc, INLINE_BYTES, INLINE_RUNS};
 
 /// Bytes handled by one window.
 pub const LANE: usize = 16;
@@ -857,6 +857,44 @@ pub unsafe fn apply_desc<L: Lanes>(d: &ApplyDesc, tid: u64, nthreads: u64, lanes
         }
         _ => {}
     }
+}
+
+// ---------------------------------------------------------------------------
+// Inline apply: a small delta carried in the launch's parameters
+// ([`InlineApply`]), one thread per data byte. The run of byte `k` is found
+// by a scan over the (at most 16) runs with a fixed trip count, so every
+// lane runs the same instructions; bytes of different runs may share a
+// word, and byte stores never write a neighbour's byte.
+// ---------------------------------------------------------------------------
+
+/// Bytes of `a`'s data the inline kernel writes: `a.bytes`, at most
+/// [`INLINE_BYTES`].
+#[inline(always)]
+pub fn inline_len(a: &InlineApply) -> u64 {
+    if a.bytes < INLINE_BYTES as u64 {
+        a.bytes
+    } else {
+        INLINE_BYTES as u64
+    }
+}
+
+/// Where byte `k < inline_len(a)` of an inline apply's data goes: the
+/// device address in the last run in use whose `data_offset` is at most
+/// `k`. Reads only the run table (constant indices after unrolling), so
+/// the parameters stay in the parameter space on the device.
+#[inline(always)]
+pub fn inline_dst(a: &InlineApply, k: u64) -> u64 {
+    let count = if a.count < INLINE_RUNS as u64 { a.count as usize } else { INLINE_RUNS };
+    let mut run = a.runs[0];
+    let mut j = 1;
+    while j < INLINE_RUNS {
+        let next = a.runs[j];
+        if j < count && next.data_offset <= k {
+            run = next;
+        }
+        j += 1;
+    }
+    run.offset.wrapping_add(k.wrapping_sub(run.data_offset))
 }
 
 /// CPU checks of every body against a naive version. `cargo test` in this

@@ -7,7 +7,7 @@
 
 use crate::body;
 use core::arch::nvptx;
-use shared_types::{ApplyDesc, MergeArgs, PageArgs, RunDesc};
+use shared_types::{ApplyDesc, InlineApply, MergeArgs, PageArgs, RunDesc};
 
 #[inline(always)]
 fn global_index() -> u64 {
@@ -249,6 +249,49 @@ pub unsafe extern "ptx-kernel" fn mmsb_apply_sparse(d: ApplyDesc) {
         body::apply_runs::<_, { body::WIDE }>(&Warp, d.page, d.data, d.runs, d.run_count, warp, nwarps, lane)
     };
 }
+
+/// Apply the small delta carried in `a` itself (see [`InlineApply`]): one
+/// thread per data byte, no staging buffer to copy first.
+///
+/// # Safety
+/// As `body::inline_byte`: every run in use names writable device bytes
+/// that no other thread writes.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn mmsb_apply_inline(a: InlineApply) {
+    let n = body::inline_len(&a);
+    let mut k = global_index();
+    let step = grid_stride();
+    while k < n {
+        let dst = body::inline_dst(&a, k);
+        let v: u32;
+        // Byte k of the data, read straight from the parameter space: an
+        // index Rust computed would make the compiler copy all 2,448
+        // bytes of the parameters to each thread's local memory first.
+        // SAFETY: the kernel's first parameter is an InlineApply, whose
+        // data starts at DATA_AT; k < n <= INLINE_BYTES keeps the read
+        // inside it.
+        unsafe {
+            core::arch::asm!(
+                "{{",
+                ".reg .b64 %inline_at;",
+                "mov.b64 %inline_at, mmsb_apply_inline_param_0;",
+                "add.s64 %inline_at, %inline_at, {k};",
+                "ld.param.u8 {v}, [%inline_at+{at}];",
+                "}}",
+                k = in(reg64) k,
+                at = const DATA_AT,
+                v = out(reg32) v,
+            );
+        }
+        // SAFETY: as documented; dst is byte k's place in its run, and
+        // each byte is owned by one thread.
+        unsafe { (dst as *mut u8).write(v as u8) };
+        k += step;
+    }
+}
+
+/// Offset of [`InlineApply::data`] in the parameter.
+const DATA_AT: usize = core::mem::offset_of!(InlineApply, data);
 
 /// Merge two dense deltas (see [`MergeArgs`]).
 ///

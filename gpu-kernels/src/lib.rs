@@ -30,7 +30,17 @@ pub mod names {
     pub const DELTA_MERGE: &str = "mmsb_delta_merge";
     /// Apply many deltas to many pages in one launch.
     pub const APPLY_BATCH: &str = "mmsb_apply_batch";
+    /// Apply a small delta carried in the launch's parameters.
+    pub const APPLY_INLINE: &str = "mmsb_apply_inline";
     /// Every kernel name the host loads.
-    pub const ALL: &[&str] =
-        &[PAGE_ZERO, PAGE_COPY, PAGE_COMPARE, APPLY_DENSE, APPLY_SPARSE, DELTA_MERGE, APPLY_BATCH];
+    pub const ALL: &[&str] = &[
+        PAGE_ZERO,
+        PAGE_COPY,
+        PAGE_COMPARE,
+        APPLY_DENSE,
+        APPLY_SPARSE,
+        DELTA_MERGE,
+        APPLY_BATCH,
+        APPLY_INLINE,
+    ];
 }

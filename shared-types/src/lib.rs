@@ -191,6 +191,32 @@ pub struct RecomputeArgs {
     pub out_len: u64,
 }
 
+/// Runs an [`InlineApply`] holds at most.
+pub const INLINE_RUNS: usize = 16;
+/// Bytes of run data an [`InlineApply`] holds at most.
+pub const INLINE_BYTES: usize = 2048;
+
+/// A small apply carried whole in the parameters of one launch, so that
+/// it needs no staging copy before the kernel: run `r < count` writes its
+/// `len` bytes, taken from `data` at `data_offset`, at the device address
+/// `offset` (absolute, so one launch may write several pages). The runs'
+/// bytes lie back to back in `data` in run order (`data_offset` of run 0
+/// is 0, and each next run starts where the previous one ends), `bytes`
+/// of them in all. 2,448 bytes, within the 4 KiB a kernel's parameters
+/// may take on every supported device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct InlineApply {
+    /// Runs in use (at most [`INLINE_RUNS`]).
+    pub count: u64,
+    /// Bytes of `data` in use (at most [`INLINE_BYTES`]).
+    pub bytes: u64,
+    /// The runs; `offset` is a device address.
+    pub runs: [RunDesc; INLINE_RUNS],
+    /// The runs' bytes.
+    pub data: [u8; INLINE_BYTES],
+}
+
 // Layout pins: a change here is a change of the kernel ABI.
 const _: () = {
     use core::mem::{align_of, offset_of, size_of};
@@ -224,6 +250,9 @@ const _: () = {
     assert!(offset_of!(RecomputeArgs, n_inputs) == 8);
     assert!(offset_of!(RecomputeArgs, out) == 16);
     assert!(offset_of!(RecomputeArgs, out_len) == 24);
+    assert!(size_of::<InlineApply>() == 2448 && align_of::<InlineApply>() == 8);
+    assert!(offset_of!(InlineApply, runs) == 16);
+    assert!(offset_of!(InlineApply, data) == 16 + 24 * INLINE_RUNS);
 };
 
 #[cfg(test)]

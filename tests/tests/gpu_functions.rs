@@ -45,6 +45,11 @@ enum Kind {
 
 const LEN: u64 = 3 * 4096 + 5;
 
+/// What a run of [`dag`] gives: the state hash after each step, the final
+/// bytes of every page, the recomputes cut off and the checkpoints that
+/// were increments.
+type Outcome = (Vec<u128>, Vec<Vec<u8>>, u64, usize);
+
 /// Sources s0 (GPU), s1 (CPU), s2 (GPU, half length); derived
 /// d1 = max(s0, s1) and d2 = max(d1, s2) on the GPU, d3 = max(d1, d2) on the
 /// CPU (a CPU function below device-computed pages) and d4 = max(d3, s0) on
@@ -58,7 +63,7 @@ fn dag(
     dir: &std::path::Path,
     mode: PropagationMode,
     restarts: bool,
-) -> Result<(Vec<u128>, Vec<Vec<u8>>, u64, usize)> {
+) -> Result<Outcome> {
     let gpu = if kind == Kind::Cpu { Location::Cpu } else { Location::Gpu(0) };
     // Chains of up to three increments: the checkpoints below are full
     // ones and increments in turn, and each restart recovers through one.

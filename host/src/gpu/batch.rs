@@ -25,7 +25,7 @@
 
 use crate::delta::Payload;
 use gpu_kernels::body::{piece_len, pieces as pieces_of, BLOCK, GROUP, RUN_CHUNK, WARP};
-use shared_types::{kind, ApplyDesc, RunDesc};
+use shared_types::{kind, ApplyDesc, InlineApply, RunDesc, INLINE_BYTES, INLINE_RUNS};
 use std::mem::size_of;
 
 /// Page bytes per dense or full descriptor.
@@ -343,6 +343,42 @@ fn pack_part(j: &mut Job<'_, '_>, addr: Addr) {
     );
 }
 
+/// `items` as one [`InlineApply`], when they fit one: sparse and full
+/// payloads only, at most [`INLINE_RUNS`] runs (a full payload is one run)
+/// and [`INLINE_BYTES`] bytes in all, at least one byte. Such a flush
+/// needs no staging copy: the launch carries the bytes.
+pub(crate) fn inline(items: &[Item<'_>]) -> Option<InlineApply> {
+    let mut a: InlineApply = bytemuck::Zeroable::zeroed();
+    let (mut r, mut b) = (0usize, 0usize);
+    let mut push = |at: u64, bytes: &[u8]| -> Option<()> {
+        if r == INLINE_RUNS || INLINE_BYTES - b < bytes.len() {
+            return None;
+        }
+        a.runs[r] = RunDesc { offset: at, len: bytes.len() as u64, data_offset: b as u64 };
+        a.data[b..b + bytes.len()].copy_from_slice(bytes);
+        r += 1;
+        b += bytes.len();
+        Some(())
+    };
+    for it in items {
+        match it.payload {
+            Payload::Dense(_) => return None,
+            Payload::Full(d) => push(it.page, d)?,
+            Payload::Sparse(s) => {
+                for (run, bytes) in s.iter() {
+                    push(it.page + run.offset, bytes)?;
+                }
+            }
+        }
+    }
+    if b == 0 {
+        return None;
+    }
+    a.count = r as u64;
+    a.bytes = b as u64;
+    Some(a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +488,64 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn small_flushes_go_inline_and_apply_like_the_cpu() {
+        let mut rng = Rng(0x1A1);
+        let (mut inlined, mut refused) = (0, 0);
+        for round in 0..400 {
+            // One to three small pages, any payload.
+            let n = 1 + rng.below(3) as usize;
+            let lens: Vec<u64> =
+                (0..n).map(|_| 1 + rng.below(if round % 4 == 0 { 3000 } else { 300 })).collect();
+            let mut pages: Vec<Vec<u8>> =
+                lens.iter().map(|&l| (0..l).map(|_| rng.next() as u8).collect()).collect();
+            let payloads: Vec<Payload> = lens.iter().map(|&l| random_payload(&mut rng, l)).collect();
+            let mut want = pages.clone();
+            for (w, pl) in want.iter_mut().zip(&payloads) {
+                pl.apply_to(w).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let items: Vec<Item<'_>> = pages
+                .iter_mut()
+                .zip(&payloads)
+                .zip(&lens)
+                .map(|((p, pl), &len)| Item { page: p.as_mut_ptr() as u64, len, payload: pl })
+                .collect();
+            let fits = payloads.iter().all(|p| !matches!(p, Payload::Dense(_)))
+                && payloads
+                    .iter()
+                    .map(|p| match p {
+                        Payload::Sparse(s) => s.runs().len(),
+                        _ => 1,
+                    })
+                    .sum::<usize>()
+                    <= INLINE_RUNS
+                && payloads
+                    .iter()
+                    .map(|p| match p {
+                        Payload::Sparse(s) => s.data().len(),
+                        Payload::Full(d) => d.len(),
+                        Payload::Dense(_) => 0,
+                    })
+                    .sum::<usize>()
+                    <= INLINE_BYTES;
+            let Some(a) = inline(&items) else {
+                assert!(!fits, "round {round}: fits but was refused");
+                refused += 1;
+                continue;
+            };
+            assert!(fits, "round {round}: does not fit but was inlined");
+            inlined += 1;
+            // The kernel's body, one byte at a time.
+            for k in 0..gpu_kernels::body::inline_len(&a) {
+                let dst = gpu_kernels::body::inline_dst(&a, k);
+                // SAFETY: dst is a byte of one of the live pages above.
+                unsafe { (dst as *mut u8).write(a.data[k as usize]) };
+            }
+            assert_eq!(pages, want, "round {round}");
+        }
+        assert!(inlined > 100 && refused > 50, "{inlined} inlined, {refused} refused");
     }
 
     #[test]

@@ -846,7 +846,8 @@ impl Gpu {
         self.pending.lock().items.len()
     }
 
-    /// Apply every queued delta with one upload and one launch, and wait.
+    /// Apply every queued delta with one upload and one launch (or one
+    /// launch alone when they fit its parameters), and wait.
     ///
     /// # Errors
     /// [`Error::Gpu`] / [`Error::GpuMemory`]; the queue is emptied either way.
@@ -882,6 +883,20 @@ impl Gpu {
     /// allocation of this device that stays allocated for the call, its
     /// payload checked against `len`, and no two items' bytes may overlap.
     pub(crate) unsafe fn apply_items(&self, items: &[Item<'_>]) -> Result<()> {
+        // A small flush (the usual one in immediate mode) travels in the
+        // launch's parameters: no staging copy, one driver call fewer.
+        if let Some(mut a) = batch::inline(items) {
+            let grid = a.bytes.div_ceil(u64::from(BLOCK)) as u32;
+            // SAFETY: every run's address is a byte range of an item's page
+            // (the payloads were checked against the pages' lengths), live
+            // for the call (the caller) and written by no other run (items
+            // are apart, runs of a payload do not overlap); the sync below
+            // waits for the kernel. The driver copies the parameters at the
+            // launch, so `a` may go when this returns.
+            unsafe { self.launch1(names::APPLY_INLINE, grid, &mut a)? };
+            self.count_h2d(a.bytes as usize + a.count as usize * size_of::<shared_types::RunDesc>());
+            return self.sync();
+        }
         let plan = batch::plan(items);
         let lay = plan.lay;
         if lay.descs == 0 {

@@ -22,8 +22,10 @@
 //!
 //! Deltas to GPU pages are validated on the host, logged, queued per device
 //! (deltas to the same page are merged while queued) and applied by
-//! [`Gpu::flush`] with one upload and one `mmsb_apply_batch` launch. The
-//! page's epoch advances when the delta is accepted. What the caller is
+//! [`Gpu::flush`] with one upload and one `mmsb_apply_batch` launch, or,
+//! when the queue holds at most 16 runs and 2 KiB of sparse or whole-page
+//! bytes, one `mmsb_apply_inline` launch that carries the bytes in its
+//! parameters (no upload). The page's epoch advances when the delta is accepted. What the caller is
 //! guaranteed depends on [`GpuApply`] (`Config::gpu_apply`):
 //!
 //! - [`GpuApply::Immediate`] (the default): `update_page`/`update_batch`

@@ -53,6 +53,25 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "the PTX build is skipped under Miri")]
+    fn the_inline_kernel_reads_its_parameters_in_place() {
+        // The inline apply reads its data by address from the parameter
+        // space (inline asm naming the parameter); a kernel whose body
+        // indexed the parameter in Rust would first copy all of it to each
+        // thread's local memory (a `__local_depot`), which costs more than
+        // the upload it saves.
+        if SKIPPED.is_some() {
+            return;
+        }
+        let at = PTX.find(".entry mmsb_apply_inline(").expect("the inline kernel is in the PTX");
+        let body = &PTX[at..];
+        let body = &body[..body.find("\n}").expect("the kernel's body ends")];
+        assert!(body.contains("mmsb_apply_inline_param_0[2448]"), "the parameter is one InlineApply");
+        assert!(!body.contains("__local_depot"), "the inline kernel copies its parameters to local memory");
+        assert!(body.contains("ld.param.u8"), "the data bytes are read from the parameter space");
+    }
+
+    #[test]
     fn entry_parser_reads_declarations() {
         let ptx = ".version 7.0\n.visible .entry k1(\n.param .u64 a\n)\n.entry k2()\n.extern .func foo;\n";
         assert_eq!(entries(ptx), vec!["k1", "k2"]);
