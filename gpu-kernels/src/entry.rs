@@ -254,7 +254,7 @@ pub unsafe extern "ptx-kernel" fn mmsb_apply_sparse(d: ApplyDesc) {
 /// thread per data byte, no staging buffer to copy first.
 ///
 /// # Safety
-/// As `body::inline_byte`: every run in use names writable device bytes
+/// As `body::inline_dst` says: every run in use names writable device bytes
 /// that no other thread writes.
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn mmsb_apply_inline(a: InlineApply) {
