@@ -353,25 +353,47 @@ impl Link {
     }
 
     /// Every object of the state's object store (deleted ones left out).
+    /// A refusal while the cluster has no meta leader is tried again
+    /// within the link's timeout.
     ///
     /// # Errors
     /// [`Error::JetStream`], [`Error::Timeout`].
     pub fn list_objects(&self) -> Result<Vec<object_store::ObjectInfo>> {
         self.run("listing objects", async {
-            use futures_util::StreamExt;
-            let mut l = match self.objects.list().await {
-                Ok(l) => l,
-                Err(e) => return Err(js_err("list objects")(&e)),
-            };
-            let mut out = Vec::new();
-            while let Some(i) = l.next().await {
-                let i = i.map_err(|e| js_err("list objects")(&e))?;
-                if !i.deleted {
-                    out.push(i);
+            // The listing is a read through a consumer, which the cluster
+            // refuses (503, "temporarily unavailable") while it elects a
+            // meta leader, as it does after a node was paused or
+            // restarted: try again while the link's timeout allows, then
+            // report the last refusal.
+            let t0 = tokio::time::Instant::now();
+            let pause = Duration::from_millis(100);
+            loop {
+                match self.list_objects_once().await {
+                    Ok(out) => return Ok(out),
+                    Err(e) if t0.elapsed() + 2 * pause < self.timeout => {
+                        tracing::debug!(error = %e, "listing objects again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            Ok(out)
         })
+    }
+
+    async fn list_objects_once(&self) -> Result<Vec<object_store::ObjectInfo>> {
+        use futures_util::StreamExt;
+        let mut l = match self.objects.list().await {
+            Ok(l) => l,
+            Err(e) => return Err(js_err("list objects")(&e)),
+        };
+        let mut out = Vec::new();
+        while let Some(i) = l.next().await {
+            let i = i.map_err(|e| js_err("list objects")(&e))?;
+            if !i.deleted {
+                out.push(i);
+            }
+        }
+        Ok(out)
     }
 
     /// Remove object `name` (nothing when there is none).
