@@ -128,14 +128,19 @@ with lzma.open(sys.argv[1]) as i, open(sys.argv[1][:-3], "wb") as o:
     local filt=(-E 'test(/gpu/) & not (test(gpu_hundred_thousand_small_deltas_match_cpu) | test(gpu_large_page_matches_cpu) | test(gpu_memory_when_a_device_page_cannot_fit) | test(gpu_device_function_errors_change_nothing))')
     local st=${SANITIZER_TIMEOUT:-60}
 
-    # Step limits add up to 6 x 60 + 2 x 40 + 90 + 3 x 60 = 710 s, more than
-    # one 600 s device call, but the steps take about a third of their
-    # limits (measured on an H100: tests 28 s, bench 3 s, torch 14 s, bound
-    # 5 s, mmsb bench 15 s, each sanitizer under 20 s; a sanitizer that
-    # crashes runs once more, which can add its limit once); STEPS splits a
-    # run into two calls when one step hangs. Benchmarks run before the sanitizers so that a
-    # slow sanitizer never costs the figures.
-    echo "gpu-check: step limits total $((60 * 6 + 40 + 40 + 90 + 3 * st)) s (the steps measured take about a third)"
+    # Step limits add up to 6 x 60 (tests, bench, torch, bound, mmsb bench,
+    # criterion) + 30 (example) + 3 x 40 (chunks, floor, python) + 90 (mmsb
+    # bench of the GPU section) + 3 x 60 (sanitizers) = 780 s, 840 s with
+    # the ab step: more than one 600 s device call, but the steps take far
+    # less than their limits (on an H100, 2026-12-07: every step of a full
+    # run in 239 s; tests 28-54 s, bench 3 s, torch 14 s, bound 5 s, mmsb
+    # bench 15 s, each sanitizer under 40 s; a sanitizer that crashes runs
+    # once more, which can add its limit once). STEPS splits a run into
+    # two calls when one step hangs. Benchmarks run before the sanitizers
+    # so that a slow sanitizer never costs the figures.
+    local ab=0
+    [[ -x target/device/gpu_bench_base ]] && ab=60
+    echo "gpu-check: step limits total $((60 * 6 + 30 + 3 * 40 + 90 + ab + 3 * st)) s (a full run took 239 s on an H100)"
     # Every test of the archive except the kill loop, whose child binary is
     # not part of a nextest archive (CI runs it on the build machine).
     step tests 60 "${nt[@]}" --no-capture -E 'not test(acknowledged_commits_survive_sigkill)'
