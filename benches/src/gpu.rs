@@ -129,6 +129,22 @@ pub fn derive_rows(quick: bool) -> Result<Vec<Row>, String> {
     let fail = |e: mmsb::Error| format!("the derived-page rows failed on {}: {e}", info.name);
     let (dev_t, dev_b) = run(true).map_err(fail)?;
     let (cpu_t, cpu_b) = run(false).map_err(fail)?;
+    // A chain of device functions, run ahead (every level queued at once)
+    // and level by level, alternated.
+    let mut ahead = Vec::new();
+    let mut by_level = Vec::new();
+    for round in 0..4 {
+        let on = round % 2 == 0;
+        mmsb::internals::set_run_ahead(on);
+        let t = chain_write(iters).map_err(fail);
+        mmsb::internals::set_run_ahead(true);
+        if on { &mut ahead } else { &mut by_level }.push(t?);
+    }
+    let mid = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ahead, by_level) = (mid(&mut ahead), mid(&mut by_level));
     let base = format!("gpu_derive_{mib}m_1k_write");
     Ok(vec![
         Row::latency(
@@ -137,6 +153,15 @@ pub fn derive_rows(quick: bool) -> Result<Vec<Row>, String> {
             "us",
             "the same derivation by a CPU function",
             cpu_t * 1e6,
+            None,
+        )
+        .on(&info.name),
+        Row::latency(
+            &format!("gpu_derive_chain_{CHAIN_LEVELS}x4k_write_run_ahead"),
+            ahead * 1e6,
+            "us",
+            "the same chain level by level",
+            by_level * 1e6,
             None,
         )
         .on(&info.name),
@@ -150,4 +175,42 @@ pub fn derive_rows(quick: bool) -> Result<Vec<Row>, String> {
         )
         .on(&info.name),
     ])
+}
+
+/// Levels of the chain of [`chain_write`].
+const CHAIN_LEVELS: usize = 8;
+
+/// A 4 KiB GPU page `a` and a chain of [`CHAIN_LEVELS`] derived pages on
+/// the same device, each the device function max of the one above and a
+/// zero page (so each level copies the write down): the median time of a
+/// 64-byte write to `a` with its propagation through the chain.
+fn chain_write(iters: usize) -> mmsb::Result<f64> {
+    const LEN: u64 = 4096;
+    let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
+    let gpu = mmsb::Location::Gpu(0);
+    let a = state.create_page(mmsb::PageSpec::new(LEN).on(gpu))?;
+    let zero = state.create_page(mmsb::PageSpec::new(LEN).on(gpu))?;
+    // SAFETY: the kernel reads each input inside its length and writes
+    // only its output (tests/data/bytewise_max.ptx).
+    let f = unsafe { mmsb::gpu::DeviceFunction::from_ptx(MAX_PTX, "mmsb_test_bytewise_max") }?;
+    state.register_device_function("max", 1, f)?;
+    let mut above = a;
+    for _ in 0..CHAIN_LEVELS {
+        let d = state.create_page(mmsb::PageSpec::new(LEN).on(gpu))?;
+        state.declare_derived(d, "max", &[above, zero])?;
+        above = d;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for k in 0..iters + 3 {
+        let at = (k as u64 * 64) % (LEN - 64);
+        let payload =
+            mmsb::Payload::Sparse(mmsb::SparseDelta::from_pairs([(at, &[(k % 250) as u8 + 1; 64][..])])?);
+        let t = std::time::Instant::now();
+        state.update_page(a, payload)?;
+        if k >= 3 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

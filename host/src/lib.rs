@@ -122,6 +122,13 @@ pub mod internals {
         pub use crate::delta::*;
     }
     pub use crate::storage::{checkpoint, codec, files, image, log, recovery, vfs};
+    /// Whether propagation runs device recomputes ahead of its level loop
+    /// (on unless this turns it off): for benchmarks of the level-by-level
+    /// path. Affects every state of the process.
+    #[cfg(feature = "engine")]
+    pub fn set_run_ahead(on: bool) {
+        crate::graph::propagate::RUN_AHEAD.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
     /// Device blocks, typed device ranges and checked kernel launches.
     #[cfg(feature = "engine")]
     pub mod gpu {

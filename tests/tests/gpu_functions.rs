@@ -302,3 +302,117 @@ fn device_functions_register_like_cpu_functions() -> Result<()> {
     let _: Option<PageId> = state.page_named("none");
     Ok(())
 }
+
+/// What a run of [`chain`] gives: the state hash after each step, the
+/// final bytes of every page, the recomputes cut off and those whose
+/// result came from a run ahead of the level loop.
+type ChainOutcome = (Vec<u128>, Vec<Vec<u8>>, u64, u64);
+
+/// Sources g0, g1 and six derived pages over five levels, every page on
+/// the GPU when `device` is set (device functions) and in host memory
+/// otherwise (CPU functions): e1 = max(g0, g1), e2 = max(e1, g1),
+/// e3 = max(e1, e2) (a diamond), e4 = max(e3, g0), e5 = max(g1, g1) and
+/// e6 = max(e5, e4). Random writes to the sources, zeros that often change
+/// no maximum (cut-offs above pages that a run ahead has already
+/// launched), batches, and now and then a write to e3 itself, so that a
+/// later run ahead computes an e3 that differs from the page while the
+/// level loop never recomputes e3 (its parents cut off): the pages below
+/// it must then be computed from the page, not from that output.
+fn chain(device: bool, seed: u64, dir: &std::path::Path, mode: PropagationMode) -> Result<ChainOutcome> {
+    let at = if device { Location::Gpu(0) } else { Location::Cpu };
+    let state = Mmsb::start(Config { propagation: mode, ..Config::at(dir) })?;
+    let page = |name: &str| state.create_page(PageSpec::new(LEN).on(at).named(name));
+    let (g0, g1) = (page("g0")?, page("g1")?);
+    let e: Vec<PageId> = (1..=6).map(|i| page(&format!("e{i}"))).collect::<Result<_>>()?;
+    let f = if device {
+        state.register_device_function("max_gpu", 1, device_max())?;
+        "max_gpu"
+    } else {
+        state.register_function("max", 1, bytewise_max)?;
+        "max"
+    };
+    state.declare_derived(e[0], f, &[g0, g1])?;
+    state.declare_derived(e[1], f, &[e[0], g1])?;
+    state.declare_derived(e[2], f, &[e[0], e[1]])?;
+    state.declare_derived(e[3], f, &[e[2], g0])?;
+    state.declare_derived(e[4], f, &[g1, g1])?;
+    state.declare_derived(e[5], f, &[e[4], e[3]])?;
+    let mut rng = Rng::new(seed);
+    let (mut hashes, mut cut_off, mut ahead) = (Vec::new(), 0, 0);
+    for step in 0..48 {
+        let source = if rng.below(2) == 0 { g0 } else { g1 };
+        match step % 6 {
+            0 | 1 => state.update_page(source, random_payload(&mut rng, LEN)).map(drop)?,
+            2 => state.update_page(source, sparse(rng.below(LEN - 256), &[0u8; 256])).map(drop)?,
+            3 => state
+                .update_batch(vec![
+                    Update::new(g0, sparse(rng.below(LEN - 64), &[0u8; 64])),
+                    Update::new(g1, random_payload(&mut rng, LEN)),
+                ])
+                .map(drop)?,
+            // The derived page written directly: e4 and e6 follow it.
+            4 => state
+                .update_page(e[2], sparse(rng.below(LEN - 32), &[rng.below(255) as u8 + 1; 32]))
+                .map(drop)?,
+            // A low byte in g0 only: usually nothing changes below it.
+            _ => state.update_page(g0, sparse(rng.below(LEN), &[1])).map(drop)?,
+        }
+        if mode == PropagationMode::Deferred {
+            let stats = state.propagate()?;
+            cut_off += stats.cut_off;
+            ahead += stats.ahead;
+        }
+        hashes.push(state.state_hash()?);
+    }
+    let pages = [g0, g1].iter().chain(&e).map(|&p| state.query_page(p)).collect::<Result<Vec<_>>>()?;
+    state.stop()?;
+    Ok((hashes, pages, cut_off, ahead))
+}
+
+#[test]
+fn gpu_device_chains_run_ahead_and_match_the_cpu() -> Result<()> {
+    if !gpu_available("gpu_device_chains_run_ahead_and_match_the_cpu") {
+        return Ok(());
+    }
+    for mode in [PropagationMode::Immediate, PropagationMode::Deferred] {
+        for seed in [11, 12, 13] {
+            let (cpu_dir, gpu_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+            let cpu = chain(false, seed, cpu_dir.path(), mode)?;
+            let gpu = chain(true, seed, gpu_dir.path(), mode)?;
+            assert_eq!(gpu.1, cpu.1, "{mode:?} seed {seed}: page bytes");
+            assert_eq!(gpu.0, cpu.0, "{mode:?} seed {seed}: state hash after every step");
+            assert_eq!(gpu.2, cpu.2, "{mode:?} seed {seed}: cut-offs");
+            assert_eq!(cpu.3, 0, "nothing runs ahead on the CPU");
+            if mode == PropagationMode::Deferred {
+                assert!(gpu.3 > 0, "seed {seed}: no device recompute was run ahead");
+            }
+            let again = Mmsb::start(Config::at(gpu_dir.path()))?;
+            assert_eq!(again.state_hash()?, *gpu.0.last().expect("steps"), "replay without the kernel");
+            again.stop()?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn device_chains_write_derived_pages_like_their_functions() -> Result<()> {
+    // The CPU half of the test above (which needs a device): the workload
+    // runs, writes to a derived page included, and every derived page is
+    // its function of its parents at the end, but for e3, written directly.
+    let dir = tempfile::tempdir()?;
+    let (hashes, pages, cut_off, _) = chain(false, 11, dir.path(), PropagationMode::Deferred)?;
+    assert_eq!(hashes.len(), 48);
+    assert!(cut_off > 0, "some recompute was cut off");
+    let max = |ins: &[&[u8]]| {
+        let mut out = vec![0u8; LEN as usize];
+        bytewise_max(ins, &mut out);
+        out
+    };
+    let [g0, g1, e1, e2, _e3, e4, e5, e6] = &pages[..] else { panic!("eight pages") };
+    assert_eq!(e1, &max(&[g0, g1]));
+    assert_eq!(e2, &max(&[e1, g1]));
+    assert_eq!(e4, &max(&[&pages[4], g0]));
+    assert_eq!(e5, &max(&[g1]));
+    assert_eq!(e6, &max(&[e5, e4]));
+    Ok(())
+}

@@ -94,6 +94,12 @@ impl std::fmt::Debug for GpuPage {
 }
 
 impl GpuPage {
+    /// Whether `other` is this page's memory (a handle to the same
+    /// allocation, of the same length).
+    pub(crate) fn is(&self, other: &GpuPage) -> bool {
+        Arc::ptr_eq(&self.mem, &other.mem) && self.len == other.len
+    }
+
     /// The device serving this page.
     pub(crate) fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
@@ -464,59 +470,22 @@ impl Gpu {
         Module::load(&self.ctx, ptx, &[entry])
     }
 
-    /// Run recompute kernel `entry` of `module` (loaded on this device) over
-    /// `inputs` (ranges of this device) into a new zeroed page of `out_len`
-    /// bytes, with blocks of `block` threads; waits for it to finish.
-    /// Queued deltas are applied first, so the inputs are current.
-    ///
-    /// # Safety
-    /// The kernel must read only the input ranges and write only the
-    /// output range (its [`shared_types::RecomputeArgs`] parameter says
-    /// where they are): the driver cannot hold a kernel to that.
-    ///
-    /// # Errors
-    /// [`Error::Gpu`] for an input of another device, a launch the driver
-    /// refuses or a kernel that faults; [`Error::GpuMemory`].
-    pub(crate) unsafe fn run_recompute(
-        self: &Arc<Self>,
-        module: &Module,
-        entry: &str,
-        block: u32,
-        inputs: &[DeviceRange<'_>],
-        out_len: u64,
-    ) -> Result<GpuPage> {
-        const OP: &str = "device recompute function";
-        for r in inputs {
-            self.mine(OP, r)?;
-        }
-        let f = module.function(entry)?;
-        self.flush()?;
-        let out = self.alloc_page(out_len, false)?;
-        let table: Vec<shared_types::DeviceInput> =
-            inputs.iter().map(|r| shared_types::DeviceInput { ptr: r.ptr(), len: r.len() }).collect();
-        let table_bytes = (table.len() * size_of::<shared_types::DeviceInput>()) as u64;
-        let block_mem = self.pool.alloc(table_bytes.max(16))?;
-        if table_bytes > 0 {
-            self.upload(block_mem.range().slice(0, table_bytes)?, bytemuck::cast_slice(&table))?;
-        }
-        let mut args = shared_types::RecomputeArgs {
-            inputs: block_mem.range().ptr(),
-            n_inputs: table.len() as u64,
-            out: out.range().ptr(),
-            out_len,
-        };
-        let cap = u64::from(self.info.sm_count) * 32;
-        let grid = ceil_div(out_len.max(1), u64::from(block)).min(cap).max(1) as u32;
-        let mut params = [(&mut args as *mut shared_types::RecomputeArgs).cast::<c_void>()];
-        // SAFETY: args matches the kernel's one parameter (the ABI of
-        // RecomputeArgs); every address in it is a live range of this
-        // device (the inputs borrow their pages for the call, the table
-        // and the output live to its end), and the sync below waits for
-        // the kernel before any of them can go. That the kernel stays
-        // inside those ranges is the caller's promise.
-        unsafe { driver::launch(&self.ctx, f, entry, grid, block, self.cu_stream(), &mut params)? };
-        self.sync()?;
-        Ok(out)
+    /// Start a run of device recomputes on this device (see [`Chain`]).
+    pub(crate) fn chain(self: &Arc<Self>) -> Chain {
+        Chain { gpu: self.clone(), jobs: Vec::new() }
+    }
+
+    /// The payload that turns a page into `new` (same length), from the
+    /// difference mask of the two (kept on the device by [`Chain`]): only
+    /// a summary of the mask and the bytes the payload holds come back.
+    fn payload_from_mask(&self, mask: &DeviceBlock, new: DeviceRange<'_>) -> Result<Payload> {
+        let len = new.len();
+        let runs =
+            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len);
+        crate::delta::diff_from_fetch(runs, len, |ranges| {
+            let mut parts = self.gather(&[(new, ranges)])?;
+            Ok(parts.pop().unwrap_or_default())
+        })
     }
 
     /// A new page of this device holding `page`'s bytes (copied on the
@@ -1245,6 +1214,222 @@ fn ensure_pinned<'a>(
     }
     slot.as_mut()
         .ok_or_else(|| Error::Gpu { context: "pinned staging".into(), source: "not allocated".into() })
+}
+
+/// Device recomputes of one device, queued back to back on its stream,
+/// each followed by the comparison of its output with the page's current
+/// bytes. A recompute may read the output of one queued before it: the
+/// stream orders them, and the host waits once, after the last, for the
+/// counts of differing bytes ([`Chain::run`]). The difference masks stay on
+/// the device until a payload is asked for ([`Ran::payload`]).
+pub(crate) struct Chain {
+    gpu: Arc<Gpu>,
+    jobs: Vec<ChainJob>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("device", &self.gpu.info.ordinal)
+            .field("jobs", &self.jobs.len())
+            .finish()
+    }
+}
+
+/// One recompute of a [`Chain`]: what it runs, what it reads and where its
+/// output and difference mask go.
+struct ChainJob {
+    module: Arc<Module>,
+    entry: Box<str>,
+    block: u32,
+    old: GpuPage,
+    inputs: Vec<GpuPage>,
+    out: GpuPage,
+    mask: DeviceBlock,
+}
+
+impl Chain {
+    /// Add a run of kernel `entry` of `module` (loaded on this device)
+    /// with blocks of `block` threads over `inputs` into a new zeroed page
+    /// of `old`'s length, compared with `old`. Nothing runs before
+    /// [`Chain::run`]; the output, returned here, may be an input of a
+    /// later recompute of the chain.
+    ///
+    /// # Safety
+    /// The kernel must read only the input ranges and write only the
+    /// output range (its [`shared_types::RecomputeArgs`] parameter says
+    /// where they are): the driver cannot hold a kernel to that.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a page of another device or an entry the module
+    /// lacks; [`Error::GpuMemory`].
+    pub(crate) unsafe fn add(
+        &mut self,
+        module: Arc<Module>,
+        entry: &str,
+        block: u32,
+        old: &GpuPage,
+        inputs: Vec<GpuPage>,
+    ) -> Result<GpuPage> {
+        const OP: &str = "device recompute function";
+        let gpu = &self.gpu;
+        gpu.mine(OP, &old.range())?;
+        for p in &inputs {
+            gpu.mine(OP, &p.range())?;
+        }
+        module.function(entry)?;
+        let len = old.len();
+        let out = GpuPage { gpu: gpu.clone(), mem: Arc::new(PageMem::Device(gpu.pool.alloc(len)?)), len };
+        let mask = gpu.pool.alloc(ceil_div(len, 32) * 4)?;
+        self.jobs.push(ChainJob {
+            module,
+            entry: entry.into(),
+            block,
+            old: old.clone(),
+            inputs,
+            out: out.clone(),
+            mask,
+        });
+        Ok(out)
+    }
+
+    /// Queue every recompute in order after the device's queued deltas,
+    /// and wait once for all of them.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a launch the driver refuses or a kernel that
+    /// faults; [`Error::GpuMemory`].
+    pub(crate) fn run(self) -> Result<Ran> {
+        let gpu = self.gpu.clone();
+        gpu.flush()?;
+        // The input tables of all the kernels, uploaded at once before any
+        // of them is queued.
+        let mut table: Vec<shared_types::DeviceInput> = Vec::new();
+        let mut at = Vec::with_capacity(self.jobs.len());
+        for job in &self.jobs {
+            at.push(table.len());
+            table.extend(
+                job.inputs.iter().map(|p| shared_types::DeviceInput { ptr: p.range().ptr(), len: p.len() }),
+            );
+        }
+        let row = size_of::<shared_types::DeviceInput>() as u64;
+        let tables = gpu.pool.alloc((table.len() as u64 * row).max(16))?;
+        if !table.is_empty() {
+            gpu.upload(tables.range().slice(0, table.len() as u64 * row)?, bytemuck::cast_slice(&table))?;
+        }
+        let counts = gpu.pool.alloc(self.jobs.len().max(1) as u64 * 8)?;
+        let queued = self.queue(&tables, &at, &counts);
+        let mut n = vec![0u64; self.jobs.len()];
+        let waited = match queued {
+            Ok(()) => gpu
+                .download_raw(counts.range().slice(0, n.len() as u64 * 8)?, bytemuck::cast_slice_mut(&mut n)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = waited {
+            // Nothing queued may outlive its buffers: wait (the stream may
+            // have failed, and then this fails too) before they go.
+            let _ = gpu.sync();
+            return Err(e);
+        }
+        Ok(Ran { gpu, jobs: self.jobs, counts: n })
+    }
+
+    /// Queue the kernels and comparisons of [`Chain::run`].
+    fn queue(&self, tables: &DeviceBlock, at: &[usize], counts: &DeviceBlock) -> Result<()> {
+        let gpu = &self.gpu;
+        let row = size_of::<shared_types::DeviceInput>() as u64;
+        // SAFETY: the counts block is owned by the caller, which waits for
+        // the stream before letting it go.
+        unsafe { gpu.fill(counts.range(), 0)? };
+        for (k, job) in self.jobs.iter().enumerate() {
+            let len = job.out.len();
+            // SAFETY: the output is owned by the job, which outlives the
+            // stream's work (the caller waits before dropping it).
+            unsafe { gpu.zero(job.out.range())? };
+            let f = job.module.function(&job.entry)?;
+            let mut args = shared_types::RecomputeArgs {
+                inputs: tables.range().ptr() + at[k] as u64 * row,
+                n_inputs: job.inputs.len() as u64,
+                out: job.out.range().ptr(),
+                out_len: len,
+            };
+            let cap = u64::from(gpu.info.sm_count) * 32;
+            let grid = ceil_div(len.max(1), u64::from(job.block)).min(cap).max(1) as u32;
+            let mut params = [(&mut args as *mut shared_types::RecomputeArgs).cast::<c_void>()];
+            // SAFETY: args matches the kernel's one parameter (the ABI of
+            // RecomputeArgs); every address in it is a live range of this
+            // device (the inputs and the output held by the job, the
+            // table's rows in the caller's block) that stays allocated
+            // until the caller has waited for the stream. That the kernel
+            // stays inside those ranges is the promise of `Chain::add`.
+            unsafe {
+                driver::launch(&gpu.ctx, f, &job.entry, grid, job.block, gpu.cu_stream(), &mut params)?
+            };
+            // SAFETY: the page, the output and the mask are held by the job
+            // and the count by the caller until the stream has been waited
+            // for; `compare` checks lengths and that they are apart.
+            unsafe {
+                gpu.compare(
+                    job.old.range(),
+                    job.out.range(),
+                    job.mask.range(),
+                    counts.range().slice(k as u64 * 8, 8)?,
+                )?
+            };
+        }
+        Ok(())
+    }
+}
+
+/// The recomputes of a [`Chain`], done: for each, in the order added, the
+/// number of bytes where its output differs from the page.
+pub(crate) struct Ran {
+    gpu: Arc<Gpu>,
+    jobs: Vec<ChainJob>,
+    counts: Vec<u64>,
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ran").field("device", &self.gpu.info.ordinal).field("counts", &self.counts).finish()
+    }
+}
+
+impl Ran {
+    /// Bytes where output `k` differs from its page.
+    pub(crate) fn count(&self, k: usize) -> u64 {
+        self.counts[k]
+    }
+
+    /// The page recompute `k` was compared with.
+    pub(crate) fn old(&self, k: usize) -> &GpuPage {
+        &self.jobs[k].old
+    }
+
+    /// The pages recompute `k` read, in argument order.
+    pub(crate) fn inputs(&self, k: usize) -> &[GpuPage] {
+        &self.jobs[k].inputs
+    }
+
+    /// The output of recompute `k`.
+    pub(crate) fn output(&self, k: usize) -> &GpuPage {
+        &self.jobs[k].out
+    }
+
+    /// The payload that turns recompute `k`'s page into its output (the
+    /// one [`Payload::diff`] of the two would give); `None` when they are
+    /// equal. Only a summary of the mask, the mask bytes it marks and the
+    /// payload's bytes are downloaded.
+    ///
+    /// # Errors
+    /// Driver errors; [`Error::GpuMemory`].
+    pub(crate) fn payload(&self, k: usize) -> Result<Option<Payload>> {
+        if self.counts[k] == 0 {
+            return Ok(None);
+        }
+        let job = &self.jobs[k];
+        self.gpu.payload_from_mask(&job.mask, job.out.range()).map(Some)
+    }
 }
 
 /// Maximal runs of set bits in a mask of `len` bits given by its non-zero

@@ -1,7 +1,7 @@
 //! Device recompute functions: kernels that derive a page on its GPU
 //! (see [`DeviceFunction`]).
 
-use super::device::Gpu;
+use super::device::{Chain, Gpu};
 use super::driver::Module;
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -130,21 +130,21 @@ impl DeviceFunction {
         Ok(m)
     }
 
-    /// Run the kernel on `gpu` over `inputs` into a new zeroed page of
-    /// `out_len` bytes (see [`Gpu::run_recompute`]).
+    /// Add a run of the kernel over `inputs` for the page whose current
+    /// bytes are `old` to `chain` (a chain of `old`'s device); returns the
+    /// output page, filled when the chain runs.
     ///
     /// # Errors
-    /// As [`Gpu::run_recompute`], and [`Error::Gpu`] when the PTX does not
-    /// load.
-    pub(crate) fn run(
+    /// As [`Chain::add`], and [`Error::Gpu`] when the PTX does not load.
+    pub(crate) fn queue(
         &self,
-        gpu: &Arc<Gpu>,
-        inputs: &[super::range::DeviceRange<'_>],
-        out_len: u64,
+        chain: &mut Chain,
+        old: &super::GpuPage,
+        inputs: Vec<super::GpuPage>,
     ) -> Result<super::GpuPage> {
-        let module = self.module(gpu)?;
+        let module = self.module(old.gpu())?;
         // SAFETY: `from_ptx`, the only way to make a DeviceFunction, is
         // unsafe with the promise that the kernel stays inside its ranges.
-        unsafe { gpu.run_recompute(&module, &self.entry, self.block, inputs, out_len) }
+        unsafe { chain.add(module, &self.entry, self.block, old, inputs) }
     }
 }

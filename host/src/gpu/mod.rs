@@ -64,8 +64,8 @@ mod range;
 mod storage;
 
 pub(crate) use device::opened as opened_device;
-pub(crate) use device::GpuPage;
 pub use device::{device_count, open, probe, DeviceExport, Gpu, GpuInfo};
+pub(crate) use device::{GpuPage, Ran};
 pub use function::{DeviceFunction, DEFAULT_BLOCK};
 pub use pool::GpuPoolStats;
 pub(crate) use storage::Storage;
@@ -149,12 +149,10 @@ pub(crate) fn recompute(
     old: &GpuPage,
     inputs: &[&GpuPage],
 ) -> Result<Option<(Payload, GpuPage)>> {
-    let ranges: Vec<_> = inputs.iter().map(|p| p.range()).collect();
-    let new = f.run(old.gpu(), &ranges, old.len())?;
-    // Equal pages diff to a payload that touches nothing, and nothing of
-    // it is downloaded.
-    let payload = diff(old, &new)?;
-    Ok((payload.touched() > 0).then_some((payload, new)))
+    let mut chain = old.gpu().chain();
+    let new = f.queue(&mut chain, old, inputs.iter().map(|p| (*p).clone()).collect())?;
+    // Equal pages diff to nothing, and nothing of the output is downloaded.
+    Ok(chain.run()?.payload(0)?.map(|payload| (payload, new)))
 }
 
 /// Load device function `f` on the device of `page` (once per device).
@@ -175,6 +173,11 @@ pub(crate) fn staged_copy(page: &GpuPage, payloads: &[&Payload]) -> Result<GpuPa
 /// device recompute that is not on that device).
 pub(crate) fn upload_like(like: &GpuPage, bytes: &[u8]) -> Result<GpuPage> {
     like.gpu().page_from(bytes, false)
+}
+
+/// Whether `a` and `b` are the same page memory (not just equal bytes).
+pub(crate) fn same_page(a: &GpuPage, b: &GpuPage) -> bool {
+    a.is(b)
 }
 
 /// Whether two GPU pages live on the same device.

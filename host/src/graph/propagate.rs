@@ -71,6 +71,10 @@ pub struct PropagationStats {
     pub cut_off: u64,
     /// Derived deltas committed.
     pub written: u64,
+    /// Device recomputes whose result came from a run queued ahead of the
+    /// level loop, with the levels above it, on the device's stream (no
+    /// host wait between levels; see the README's device functions).
+    pub ahead: u64,
     /// Wall time, staging and commit included.
     pub duration: Duration,
 }
@@ -127,6 +131,8 @@ impl FunctionEntry {
 #[derive(Default)]
 pub(crate) struct Functions {
     pub(crate) entries: Vec<FunctionEntry>,
+    /// Whether any device function was ever registered.
+    pub(crate) has_device: bool,
     by_name: HashMap<String, u32>,
 }
 
@@ -187,6 +193,7 @@ impl Functions {
 
     pub(crate) fn set(&mut self, name: &str, version: u32, f: Code) -> u32 {
         let i = self.intern(name);
+        self.has_device |= f.is_device();
         let e = &mut self.entries[i as usize];
         e.version = version;
         e.f = Some(f);
@@ -545,6 +552,16 @@ pub(crate) fn plan<'g>(
     for &n in &graph.forced {
         st.enqueue(n);
     }
+    // Device recomputes whose inputs are all on one device run first,
+    // back to back on its stream; the loop below takes their results.
+    let ahead = if functions.has_device && RUN_AHEAD.load(std::sync::atomic::Ordering::Relaxed) {
+        let seeds: Vec<u32> = st.heap.iter().map(|Reverse(k)| *k as u32).collect();
+        let staged = |n: u32| st.staged.get(n as usize) == Some(&st.gen);
+        run_ahead(slots, &functions.entries, &*st.fresh, staged, &seeds)
+    } else {
+        None
+    };
+    let ahead = ahead.as_ref();
     // Read locks of the current recompute's unstaged parents.
     let mut guards: Vec<RwLockReadGuard<'g, Page>> = Vec::new();
     while let Some(Reverse(key)) = st.heap.pop() {
@@ -571,7 +588,7 @@ pub(crate) fn plan<'g>(
         if parallel {
             let (done, fresh) = arena.split_at_mut(base);
             outcomes.clear();
-            compute_parallel(&st.ctx(functions, done), level, fresh, threads, outcomes, spare, sink);
+            compute_parallel(&st.ctx(functions, done, ahead), level, fresh, threads, outcomes, spare, sink);
             for (&n, outcome) in level.iter().zip(outcomes.drain(..)) {
                 st.settle(n, outcome, at, None)?;
                 at += slots[n as usize].len;
@@ -585,7 +602,7 @@ pub(crate) fn plan<'g>(
                 let (done, fresh) = arena.split_at_mut(base);
                 let mut lock = None;
                 let outcome = compute_one(
-                    &st.ctx(functions, done),
+                    &st.ctx(functions, done, ahead),
                     n,
                     &mut fresh[at - base..at - base + len],
                     &mut guards,
@@ -601,6 +618,7 @@ pub(crate) fn plan<'g>(
     }
     let mut stats = st.stats;
     stats.written = st.out.len() as u64;
+    stats.ahead = ahead.map_or(0, |a| a.taken.load(std::sync::atomic::Ordering::Relaxed));
     // Recomputed bytes on devices are in the derived deltas now.
     st.fresh.clear();
     Ok(stats)
@@ -640,8 +658,9 @@ impl<'g> Settle<'g, '_> {
     /// The read-only view recomputes need, with `done` the settled part of
     /// the arena.
     #[inline]
-    fn ctx<'a>(&'a self, functions: &'a Functions, done: &'a [u8]) -> Ctx<'g, 'a> {
+    fn ctx<'a>(&'a self, functions: &'a Functions, done: &'a [u8], ahead: Option<&'a Ahead>) -> Ctx<'g, 'a> {
         Ctx {
+            ahead,
             slots: self.slots,
             functions: &functions.entries,
             gen: self.gen,
@@ -732,6 +751,8 @@ struct Ctx<'g, 'a> {
     done: &'a [u8],
     fresh: &'a HashMap<u32, GpuPage>,
     home: &'a HashMap<u32, GpuPage>,
+    /// Device recomputes run before the level loop.
+    ahead: Option<&'a Ahead>,
 }
 
 impl<'a> Ctx<'_, 'a> {
@@ -1094,8 +1115,12 @@ fn compute_on_device<'g>(
             Err(e) => return Outcome::Failed(e),
         }
     }
-    let refs: Vec<&GpuPage> = inputs.iter().collect();
-    let (payload, new) = match crate::gpu::recompute(code, &old, &refs) {
+    let ran = ctx.ahead.and_then(|a| a.result(n, &old, &inputs));
+    let result = ran.unwrap_or_else(|| {
+        let refs: Vec<&GpuPage> = inputs.iter().collect();
+        crate::gpu::recompute(code, &old, &refs)
+    });
+    let (payload, new) = match result {
         Ok(Some(r)) => r,
         Ok(None) => return Outcome::Unchanged,
         Err(Error::Gpu { context, source }) => {
@@ -1128,6 +1153,168 @@ fn compute_on_device<'g>(
     }
 }
 
+/// Whether device recomputes are run ahead (see [`Ahead`]); off only
+/// through the benchmark harness's switch, to measure the level-by-level
+/// path beside it.
+pub(crate) static RUN_AHEAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Outputs of at most this many bytes are run ahead in one propagation
+/// (each also holds a difference mask of an eighth of its size).
+const AHEAD_BYTES: usize = 1 << 30;
+
+/// Device recomputes run before a propagation's level loop: every queued
+/// or reachable derived page with a device function whose inputs are all
+/// on its device (written pages, pages the propagation does not touch, or
+/// outputs of recomputes run ahead before it) is launched in level order
+/// on that device's stream, each kernel reading the outputs of those
+/// before it, with no wait between them; the host waits once, after the
+/// last comparison (see [`crate::gpu::Chain`]).
+///
+/// The level loop still decides what runs: a page it reaches takes its
+/// result from here when the run read what the loop would pass it (the
+/// same pages, or outputs shown equal to them), and recomputes it
+/// otherwise. A page the loop never reaches (everything above it was cut
+/// off) was launched for nothing, and its result is dropped: running ahead
+/// trades device time for host waits, never bytes.
+pub(crate) struct Ahead {
+    ran: crate::gpu::Ran,
+    /// Each node run ahead and its place in `ran`.
+    job: HashMap<u32, usize>,
+    /// For each run, for each argument, the run whose output it read.
+    read: Vec<Vec<Option<usize>>>,
+    /// Results the loop took.
+    taken: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Ahead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ahead").field("ran", &self.ran).field("nodes", &self.job.len()).finish()
+    }
+}
+
+impl Ahead {
+    /// The result of node `n` run ahead, if it ran on what the loop would
+    /// pass it: `old`, the page's bytes now, and `inputs`, its arguments.
+    fn result(
+        &self,
+        n: u32,
+        old: &GpuPage,
+        inputs: &[GpuPage],
+    ) -> Option<Result<Option<(Payload, GpuPage)>>> {
+        let &k = self.job.get(&n)?;
+        if !crate::gpu::same_page(self.ran.old(k), old) || self.ran.inputs(k).len() != inputs.len() {
+            return None;
+        }
+        for ((now, then), from) in inputs.iter().zip(self.ran.inputs(k)).zip(&self.read[k]) {
+            // The page it read, or an output that equals the page the
+            // loop passes now (that recompute reproduced its page).
+            let same = crate::gpu::same_page(now, then)
+                || from
+                    .is_some_and(|j| self.ran.count(j) == 0 && crate::gpu::same_page(now, self.ran.old(j)));
+            if !same {
+                return None;
+            }
+        }
+        self.taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(self.ran.payload(k).map(|p| p.map(|p| (p, self.ran.output(k).clone()))))
+    }
+}
+
+/// What a recompute run ahead reads for an argument.
+enum Input {
+    /// A page whose bytes the propagation does not change.
+    Page(GpuPage),
+    /// The output of the run at this place, queued before it.
+    Run(usize),
+}
+
+/// Run ahead the device recomputes below `seeds` (queued nodes) that can
+/// (see [`Ahead`]); `None` when fewer than two can, or the device refuses
+/// (the level loop then meets and reports the failure itself).
+fn run_ahead(
+    slots: &[Slot],
+    functions: &[FunctionEntry],
+    fresh: &HashMap<u32, GpuPage>,
+    staged: impl Fn(u32) -> bool,
+    seeds: &[u32],
+) -> Option<Ahead> {
+    // Every node the loop may reach, in the loop's order.
+    let mut reach: std::collections::HashSet<u32> = seeds.iter().copied().collect();
+    let mut todo: Vec<u32> = seeds.to_vec();
+    while let Some(n) = todo.pop() {
+        for &c in &slots[n as usize].data_children {
+            if reach.insert(c) {
+                todo.push(c);
+            }
+        }
+    }
+    let mut order: Vec<u32> = reach.iter().copied().collect();
+    order.sort_unstable_by_key(|&n| (slots[n as usize].level, n));
+    // The page on a device a recompute would read for node `p`, when it is
+    // known before the loop runs.
+    let current = |p: u32| -> Option<GpuPage> {
+        if let Some(g) = fresh.get(&p) {
+            return Some(g.clone());
+        }
+        if staged(p) {
+            return None;
+        }
+        let cell = slots[p as usize].cell.as_ref()?;
+        let page = cell.read_recursive();
+        page.storage.gpu().cloned()
+    };
+    // What each recompute that can run ahead reads: a page, or the output
+    // of one before it (by its place in `runs`).
+    let mut runs: Vec<(&crate::gpu::DeviceFunction, GpuPage, Vec<Input>)> = Vec::new();
+    let mut job = HashMap::new();
+    let mut bytes = 0usize;
+    'node: for n in order {
+        let slot = &slots[n as usize];
+        let Some(b) = slot.binding else { continue };
+        let Ok(Code::Device(code)) = functions[b.func as usize].code(b.version, slot.page) else { continue };
+        let Some(old) = current(n) else { continue };
+        if runs.first().is_some_and(|r| !crate::gpu::same_device(&r.1, &old)) {
+            continue;
+        }
+        let mut inputs = Vec::with_capacity(slot.args.len());
+        for &p in &slot.args {
+            if let Some(&j) = job.get(&p) {
+                inputs.push(Input::Run(j));
+            } else if reach.contains(&p) {
+                // Recomputed by the loop: its bytes are not known yet.
+                continue 'node;
+            } else {
+                match current(p) {
+                    Some(g) if crate::gpu::same_device(&g, &old) => inputs.push(Input::Page(g)),
+                    _ => continue 'node,
+                }
+            }
+        }
+        if bytes + slot.len > AHEAD_BYTES {
+            break;
+        }
+        bytes += slot.len;
+        job.insert(n, runs.len());
+        runs.push((&**code, old, inputs));
+    }
+    if runs.len() < 2 {
+        return None;
+    }
+    let mut chain = runs[0].1.gpu().chain();
+    let mut outputs: Vec<GpuPage> = Vec::with_capacity(runs.len());
+    let mut read = Vec::with_capacity(runs.len());
+    for (code, old, inputs) in runs {
+        let pages = inputs.iter().map(|i| match i {
+            Input::Page(g) => g.clone(),
+            Input::Run(j) => outputs[*j].clone(),
+        });
+        outputs.push(code.queue(&mut chain, &old, pages.collect()).ok()?);
+        read.push(inputs.iter().map(|i| if let Input::Run(j) = i { Some(*j) } else { None }).collect());
+    }
+    let ran = chain.run().ok()?;
+    Some(Ahead { ran, job, read, taken: Default::default() })
+}
+
 /// Run a node's function on the current page bytes (no staging) and say
 /// whether it reproduces them.
 ///
@@ -1138,6 +1325,7 @@ pub(crate) fn reproduces(graph: &Graph, functions: &Functions, n: u32) -> Result
     // Nothing staged: every read goes to the pages.
     let none = HashMap::new();
     let ctx = Ctx {
+        ahead: None,
         slots,
         functions: &functions.entries,
         gen: 1,
