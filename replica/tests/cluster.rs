@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 /// Write `n` random commits through a leader of `opts` in `dir`,
 /// recording each acknowledged one. A refused or unconfirmed commit
 /// makes the writer step down and take the lease again (it is still the
-/// only writer), as an application would; the test's deadline bounds it.
+/// only writer), as an application would, and so does a lease that cannot
+/// be taken while the cluster elects; the test's deadline bounds it.
 fn write_through(
     leader: &mut Option<Leader>,
     opts: &Options,
@@ -34,11 +35,21 @@ fn write_through(
         assert!(Instant::now() < deadline, "the writes did not finish in time ({done} of {n})");
         let l = match leader {
             Some(l) => l,
-            None => {
-                let l = Leader::acquire(opts, dir, Duration::from_secs(15))?;
-                pages = l.mmsb().page_ids();
-                leader.insert(l)
-            }
+            None => match Leader::acquire(opts, dir, Duration::from_secs(15)) {
+                Ok(l) => {
+                    pages = l.mmsb().page_ids();
+                    leader.insert(l)
+                }
+                // A cluster that lost a node answers nothing while it
+                // elects new leaders, which can outlast the link's timeout
+                // on a loaded machine: try again, as an application would.
+                Err(e @ (Error::JetStream { .. } | Error::Timeout(_))) => {
+                    eprintln!("taking the lease: {e}; trying again");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         match random_write(l.mmsb(), &mut pages, rng) {
             Ok(()) => {

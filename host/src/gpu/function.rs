@@ -19,7 +19,10 @@ pub const DEFAULT_BLOCK: u32 = 256;
 /// the parents' device memory (parents elsewhere are copied to that device
 /// first), compares its output with the page on the device, and brings
 /// back only the bytes that differ: those become the derived delta that is
-/// logged, exactly as a CPU function's would be.
+/// logged, exactly as a CPU function's would be. The recomputes of several
+/// levels on one device are queued together on its stream when their
+/// inputs are known before the propagation starts (see
+/// [`crate::PropagationStats::ahead`]).
 ///
 /// # The kernel's contract
 ///

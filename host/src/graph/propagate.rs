@@ -16,6 +16,9 @@
 //! - pages of one level do not depend on each other; a wide level with
 //!   enough bytes is recomputed on several threads, with results identical
 //!   to the sequential order (outputs are committed in (level, node) order);
+//! - device functions of several levels on one device are queued together
+//!   on its stream, ahead of the loop, when their inputs are known before
+//!   it starts ([`Ahead`]); the loop takes their results or recomputes;
 //! - propagation is staged: new bytes go to a scratch arena, read by the
 //!   pages below, and nothing is applied until every recompute succeeded.
 //!   A panicking function is caught and reported as [`Error::Recompute`].
