@@ -354,6 +354,10 @@ fn deferred_work_queued_at_a_checkpoint_is_done_after_reopen() -> mmsb::Result<(
     let s = Mmsb::start(cfg())?;
     let due = &s.recovery_report().due;
     assert_eq!((due.written.len(), due.forced.len()), (1, 1), "{}", s.recovery_report());
+    // Owed work is not empty, and the report says how much is queued.
+    assert!(!due.is_empty());
+    let text = s.recovery_report().to_string();
+    assert!(text.contains("queued propagation: children of 1 written pages, 1 derived pages"), "{text}");
     s.register_function("sum", 1, sum)?;
     s.propagate()?;
     assert_eq!(s.query_page(a)?, vec![1, 2, 3, 4]);
@@ -364,6 +368,7 @@ fn deferred_work_queued_at_a_checkpoint_is_done_after_reopen() -> mmsb::Result<(
     s.stop()?;
     let s = Mmsb::start(cfg())?;
     assert!(s.recovery_report().due.is_empty(), "{}", s.recovery_report());
+    assert!(!s.recovery_report().to_string().contains("queued propagation"), "{}", s.recovery_report());
     Ok(())
 }
 
