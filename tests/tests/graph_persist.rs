@@ -330,6 +330,11 @@ fn deferred_work_left_at_a_stop_is_done_after_reopen() -> mmsb::Result<()> {
         (a, c)
     };
     let s = Mmsb::start(cfg())?;
+    // A written page owes its children's recompute (and nothing is forced):
+    // work is due.
+    let due = &s.recovery_report().due;
+    assert_eq!((due.written.len(), due.forced.len()), (1, 0), "{}", s.recovery_report());
+    assert!(!due.is_empty(), "{}", s.recovery_report());
     s.register_function("sum", 1, sum)?;
     s.propagate()?;
     assert_eq!(s.query_page(a)?, vec![1, 2, 3, 4]);
