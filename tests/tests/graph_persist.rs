@@ -470,3 +470,30 @@ fn deleting_a_parent_before_the_function_is_registered() -> mmsb::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_page_deleted_after_its_write_is_not_owed_work_after_reopen() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    let cfg = || Config::at(dir.path()).with_propagation(mmsb::PropagationMode::Deferred);
+    let (a, c, e) = {
+        let s = Mmsb::start(cfg())?;
+        let (a, c) = queued_write(&s)?;
+        // A derivation declared and not computed yet, then deleted.
+        let e = s.create_page(PageSpec::new(4))?;
+        s.declare_derived(e, "sum", &[c])?;
+        // The written page goes before its write is propagated.
+        s.delete_page(a)?;
+        s.delete_page(e)?;
+        s.stop()?;
+        (a, c, e)
+    };
+    let s = Mmsb::start(cfg())?;
+    let due = &s.recovery_report().due;
+    assert!(!due.written.contains(&a), "a deleted page owes nothing: {}", s.recovery_report());
+    assert!(!due.forced.contains(&e), "a deleted derived page owes nothing: {}", s.recovery_report());
+    s.register_function("sum", 1, sum)?;
+    s.propagate()?;
+    assert!(s.query_page(a).is_err(), "a is gone");
+    assert_eq!(s.query_page(c)?.len(), 4);
+    Ok(())
+}
