@@ -497,3 +497,22 @@ fn a_page_deleted_after_its_write_is_not_owed_work_after_reopen() -> mmsb::Resul
     assert_eq!(s.query_page(c)?.len(), 4);
     Ok(())
 }
+
+#[test]
+fn writes_to_a_state_without_derived_pages_owe_nothing_after_reopen() -> mmsb::Result<()> {
+    let dir = tempfile::tempdir().map_err(mmsb::Error::from)?;
+    for mode in [mmsb::PropagationMode::Immediate, mmsb::PropagationMode::Deferred] {
+        let cfg = || Config::at(dir.path()).with_propagation(mode);
+        {
+            let s = Mmsb::start(cfg())?;
+            let a = s.create_page(PageSpec::new(4))?;
+            s.update_page(a, Payload::Full(vec![1, 2, 3, 4]))?;
+            s.stop()?;
+        }
+        let s = Mmsb::start(cfg())?;
+        assert!(s.recovery_report().due.written.is_empty(), "{mode:?}: {}", s.recovery_report());
+        assert!(s.recovery_report().due.is_empty(), "{mode:?}: {}", s.recovery_report());
+        s.stop()?;
+    }
+    Ok(())
+}
