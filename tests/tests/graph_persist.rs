@@ -133,6 +133,8 @@ fn control_staleness_survives_a_restart() -> mmsb::Result<()> {
         assert_eq!(got, want, "{at:?}: a, b, c, d, e, f, g");
         let named: Vec<PageId> = s.recovery_report().due.stale.iter().copied().collect();
         assert_eq!(named, [pages[3], pages[6]], "{at:?}");
+        let text = s.recovery_report().to_string();
+        assert!(text.contains("stale through control edges: 2 pages"), "{at:?}: {text}");
         // A write still refreshes a recovered stale page, and it stays so.
         s.update_page(pages[6], Payload::Full(vec![4; 4]))?;
         s.stop()?;
@@ -179,6 +181,7 @@ fn a_recompute_that_changes_nothing_beside_one_that_does_refreshes_across_a_rest
     assert!(!s.is_stale(h)?, "{}", s.recovery_report());
     assert!(!s.is_stale(k)?);
     assert!(s.recovery_report().due.stale.is_empty(), "{}", s.recovery_report());
+    assert!(!s.recovery_report().to_string().contains("stale through"), "{}", s.recovery_report());
     Ok(())
 }
 
