@@ -1044,6 +1044,18 @@ mod tests {
     use super::*;
     use crate::storage::vfs::StdVfs;
 
+    #[test]
+    fn a_missing_directory_lists_no_checkpoints_and_any_other_failure_is_an_error() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(list(&StdVfs, &dir.path().join("none"))?.is_empty(), "a directory that is not there");
+        // A file where the directory should be: not "no checkpoints".
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x")?;
+        let err = list(&StdVfs, &file).expect_err("a file is not a directory");
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        Ok(())
+    }
+
     fn pages() -> Vec<(PageId, Vec<u8>)> {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut noise = |n: usize| -> Vec<u8> {
