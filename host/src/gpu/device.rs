@@ -476,12 +476,20 @@ impl Gpu {
     }
 
     /// The payload that turns a page into `new` (same length), from the
-    /// difference mask of the two (kept on the device by [`Chain`]): only
-    /// a summary of the mask and the bytes the payload holds come back.
-    fn payload_from_mask(&self, mask: &DeviceBlock, new: DeviceRange<'_>) -> Result<Payload> {
+    /// difference mask of the two and the number of bytes it marks. The
+    /// mask (a bit per byte) stays on the device: what comes back is a
+    /// summary of it (a bit per mask byte, summarised again while it is
+    /// over 64 KiB, so at most 64 KiB), the mask bytes the summary marks
+    /// and the bytes the payload holds, so that a small change of a large
+    /// page downloads tens of KiB, not the 1/8 of it a whole mask would
+    /// be; nothing of the mask when no byte differs.
+    fn payload_from_mask(&self, mask: &DeviceBlock, differing: u64, new: DeviceRange<'_>) -> Result<Payload> {
         let len = new.len();
-        let runs =
-            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len);
+        let runs = if differing == 0 {
+            Vec::new()
+        } else {
+            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len)
+        };
         crate::delta::diff_from_fetch(runs, len, |ranges| {
             let mut parts = self.gather(&[(new, ranges)])?;
             Ok(parts.pop().unwrap_or_default())
@@ -947,27 +955,17 @@ impl Gpu {
         Ok((mask, n[0]))
     }
 
-    /// The maximal runs where `a` and `b` (ranges of this device of one
-    /// length) differ, and the number of differing bytes. The comparison's
-    /// mask (a bit per byte) stays on the device: what comes back is a
-    /// summary of it (a bit per mask byte, summarised again while it is
-    /// over 64 KiB, so at most 64 KiB) and the mask bytes the summary
-    /// marks, so that a small change of a large range downloads tens of
-    /// KiB, not the 1/8 of it a whole mask would be. Queued deltas are
-    /// applied first.
+    /// The payload that turns `a` into `b` (ranges of this device of one
+    /// length): identical to [`Payload::diff`] of their bytes. Queued
+    /// deltas are applied first. The comparison's mask stays on the device
+    /// (see [`Gpu::payload_from_mask`]).
     ///
     /// # Errors
     /// [`Error::Gpu`] for a range of another device or unequal lengths;
     /// [`Error::GpuMemory`]; driver errors.
-    pub(crate) fn changed_runs(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<(Vec<Run>, u64)> {
-        let len = a.len();
+    pub(crate) fn diff(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<Payload> {
         let (mask, n) = self.compared("changed runs", a, b)?;
-        if n == 0 {
-            return Ok((Vec::new(), 0));
-        }
-        let runs =
-            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len);
-        Ok((runs, n))
+        self.payload_from_mask(&mask, n, b)
     }
 
     /// The bytes of `r` (a range of this device) that are not zero, as
@@ -1428,7 +1426,7 @@ impl Ran {
             return Ok(None);
         }
         let job = &self.jobs[k];
-        self.gpu.payload_from_mask(&job.mask, job.out.range()).map(Some)
+        self.gpu.payload_from_mask(&job.mask, self.counts[k], job.out.range()).map(Some)
     }
 }
 

@@ -115,14 +115,10 @@ pub(crate) fn compare(a: &GpuPage, b: &GpuPage) -> Result<(Vec<u64>, u64)> {
 /// The payload that turns `old` into `new` (same device, same length):
 /// identical to [`Payload::diff`] of their bytes. The comparison runs on the
 /// device; what comes back is a summary of its mask and the bytes the
-/// payload holds (see [`Gpu::changed_runs`]).
+/// payload holds (see [`Gpu::diff`]).
 pub(crate) fn diff(old: &GpuPage, new: &GpuPage) -> Result<Payload> {
     check_pair(old, new)?;
-    let (runs, _) = old.gpu().changed_runs(old.range(), new.range())?;
-    crate::delta::diff_from_fetch(runs, old.len(), |ranges| {
-        let mut parts = new.gpu().gather(&[(new.range(), ranges)])?;
-        Ok(parts.pop().unwrap_or_default())
-    })
+    old.gpu().diff(old.range(), new.range())
 }
 
 /// The bytes of `ranges` of each page (pages of one device), packed in
@@ -173,11 +169,6 @@ pub(crate) fn staged_copy(page: &GpuPage, payloads: &[&Payload]) -> Result<GpuPa
 /// device recompute that is not on that device).
 pub(crate) fn upload_like(like: &GpuPage, bytes: &[u8]) -> Result<GpuPage> {
     like.gpu().page_from(bytes, false)
-}
-
-/// Whether `a` and `b` are the same page memory (not just equal bytes).
-pub(crate) fn same_page(a: &GpuPage, b: &GpuPage) -> bool {
-    a.is(b)
 }
 
 /// Whether two GPU pages live on the same device.

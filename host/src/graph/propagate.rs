@@ -1205,15 +1205,14 @@ impl Ahead {
         inputs: &[GpuPage],
     ) -> Option<Result<Option<(Payload, GpuPage)>>> {
         let &k = self.job.get(&n)?;
-        if !crate::gpu::same_page(self.ran.old(k), old) || self.ran.inputs(k).len() != inputs.len() {
+        if !self.ran.old(k).is(old) || self.ran.inputs(k).len() != inputs.len() {
             return None;
         }
         for ((now, then), from) in inputs.iter().zip(self.ran.inputs(k)).zip(&self.read[k]) {
             // The page it read, or an output that equals the page the
             // loop passes now (that recompute reproduced its page).
-            let same = crate::gpu::same_page(now, then)
-                || from
-                    .is_some_and(|j| self.ran.count(j) == 0 && crate::gpu::same_page(now, self.ran.old(j)));
+            let same =
+                now.is(then) || from.is_some_and(|j| self.ran.count(j) == 0 && now.is(self.ran.old(j)));
             if !same {
                 return None;
             }
