@@ -416,3 +416,93 @@ fn device_chains_write_derived_pages_like_their_functions() -> Result<()> {
     assert_eq!(e6, &max(&[e5, e4]));
     Ok(())
 }
+
+/// The steps of [`copied_outputs`]: each a batch of updates (page index,
+/// payload) on pages `[s, z, d]`, `d` = max(s, z).
+fn copy_steps() -> Vec<Vec<(usize, Payload)>> {
+    const N: u64 = 1 << 20;
+    let whole = |v: u8| Payload::Full((0..N).map(|i| (i as u8).wrapping_mul(7) ^ v).collect());
+    vec![
+        // The whole of d changes: its output is copied on the device.
+        vec![(0, whole(1))],
+        // A write to d itself after that copy, queued behind it (deferred).
+        vec![(2, sparse(1000, &[255u8; 300]))],
+        // A small change: its payload is uploaded.
+        vec![(0, sparse(N - 70, &[254u8; 64]))],
+        // d written and recomputed in one batch: the copy replaces the
+        // queued write.
+        vec![(2, sparse(64, &[255u8; 4096])), (0, whole(2))],
+        // Half of d from z, then all of it back from s.
+        vec![(1, sparse(N / 2, &vec![253u8; (N / 2) as usize]))],
+        vec![(1, sparse(N / 2, &vec![0u8; (N / 2) as usize])), (0, whole(3))],
+    ]
+}
+
+/// `d`'s bytes, the state hash, the bytes uploaded and the bytes written.
+type CopyStep = (Vec<u8>, u128, u64, u64);
+
+/// Run [`copy_steps`] with `d` derived by the kernel on the GPU (`gpu`) or
+/// by the CPU function in host memory, with `apply` mode: `d`'s bytes and
+/// the state hash after each step, the bytes the step uploaded and the
+/// bytes its payloads touch.
+fn copied_outputs(gpu: bool, apply: mmsb::gpu::GpuApply, dir: &std::path::Path) -> Result<Vec<CopyStep>> {
+    const N: u64 = 1 << 20;
+    let at = if gpu { Location::Gpu(0) } else { Location::Cpu };
+    let state = Mmsb::start(Config::at(dir).with_gpu_apply(apply))?;
+    let pages: Vec<PageId> = ["s", "z", "d"]
+        .iter()
+        .map(|n| state.create_page(PageSpec::new(N).on(at).named(n)))
+        .collect::<Result<_>>()?;
+    if gpu {
+        state.register_device_function("max", 1, device_max())?;
+    } else {
+        state.register_function("max", 1, bytewise_max)?;
+    }
+    state.declare_derived(pages[2], "max", &pages[..2])?;
+    let h2d = |s: &Mmsb| s.stats().gpus.iter().find(|(o, _)| *o == 0).map_or(0, |(_, g)| g.h2d_bytes);
+    let mut seen = Vec::new();
+    for ups in copy_steps() {
+        let written: u64 = ups.iter().map(|(_, p)| p.touched()).sum();
+        let before = h2d(&state);
+        state.update_batch(ups.into_iter().map(|(i, p)| Update::new(pages[i], p)).collect())?;
+        let up = h2d(&state) - before;
+        seen.push((state.query_page(pages[2])?, state.state_hash()?, up, written));
+    }
+    Ok(seen)
+}
+
+#[test]
+fn gpu_derived_outputs_copied_on_the_device_match_the_cpu() -> Result<()> {
+    if !gpu_available("gpu_derived_outputs_copied_on_the_device_match_the_cpu") {
+        return Ok(());
+    }
+    use mmsb::gpu::GpuApply;
+    let tmp = tempfile::tempdir()?;
+    let want = copied_outputs(false, GpuApply::Immediate, &tmp.path().join("cpu"))?;
+    for (k, apply) in [GpuApply::Immediate, GpuApply::Deferred].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("gpu{k}"));
+        let got = copied_outputs(true, apply, &dir)?;
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.0 == w.0, "{apply:?}: d differs from the CPU's after step {step}");
+            assert_eq!(g.1, w.1, "{apply:?}: state hash after step {step}");
+        }
+        // Each step uploads what it writes, once (the staged copy that the
+        // kernel reads is copied into the page), and no derived delta of
+        // the whole page: a step writing 1 MiB uploaded 3 MiB before.
+        for (step, g) in got.iter().enumerate() {
+            let (up, written) = (g.2, g.3);
+            assert!(up <= written + (1 << 16), "{apply:?}: step {step} wrote {written} bytes, uploaded {up}");
+        }
+        // Replay of the log gives the same state.
+        let reopened = Mmsb::start(Config::at(&dir))?;
+        assert_eq!(reopened.state_hash()?, want.last().map_or(0, |w| w.1), "{apply:?}: after reopening");
+    }
+    // With the copy turned off, the derived delta goes up as well.
+    mmsb::internals::set_copy_outputs(false);
+    let got = copied_outputs(true, GpuApply::Immediate, &tmp.path().join("upload"));
+    mmsb::internals::set_copy_outputs(true);
+    let got = got?;
+    assert!(got[0].2 >= 3 << 20, "the upload path uploaded only {} bytes", got[0].2);
+    assert!(got.iter().zip(&want).all(|(g, w)| g.0 == w.0 && g.1 == w.1), "upload path against the CPU");
+    Ok(())
+}

@@ -124,6 +124,25 @@ impl GpuPage {
         self.gpu.enqueue(&self.mem, self.len, payload);
     }
 
+    /// Queue a copy of `from` (a page of the same device and length, the
+    /// output of a device recompute holding this page's new bytes) into
+    /// this page: it replaces whatever is queued for the page, which those
+    /// bytes already include. The flush copies on the device; nothing
+    /// crosses the bus.
+    ///
+    /// # Errors
+    /// [`Error::Invariant`] when `from` is on another device or of another
+    /// length (nothing is queued).
+    pub(crate) fn enqueue_copy(&self, from: &GpuPage) -> Result<()> {
+        if !Arc::ptr_eq(&self.gpu, &from.gpu) || from.len != self.len || self.is(from) {
+            return Err(Error::Invariant(format!(
+                "a device copy into {self:?} from {from:?}: not another page of its device and length"
+            )));
+        }
+        self.gpu.enqueue_copy(&self.mem, self.len, from.clone());
+        Ok(())
+    }
+
     /// Copy the bytes out (after applying queued deltas).
     pub(crate) fn download(&self) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.len as usize];
@@ -210,8 +229,17 @@ impl GpuPage {
     }
 }
 
+/// A page's queued work: the bytes of another page of the device to take
+/// first (the output of a device recompute), then a payload.
+struct Queued {
+    mem: Arc<PageMem>,
+    len: u64,
+    from: Option<GpuPage>,
+    payload: Payload,
+}
+
 struct Pending {
-    items: Vec<(Arc<PageMem>, u64, Payload)>,
+    items: Vec<Queued>,
     index: HashMap<DevicePtr, usize, BuildHasherDefault<PtrHasher>>,
     bytes: u64,
 }
@@ -803,11 +831,26 @@ impl Gpu {
         if let Some(&i) = p.index.get(&key) {
             // Same page queued already: one merged payload keeps the launch
             // free of write conflicts. Both were validated against len.
-            let merged = p.items[i].2.merge(&payload, len).unwrap_or(payload);
-            p.items[i].2 = merged;
+            let q = &mut p.items[i];
+            q.payload = q.payload.merge(&payload, len).unwrap_or(payload);
         } else {
             let i = p.items.len();
-            p.items.push((mem.clone(), len, payload));
+            p.items.push(Queued { mem: mem.clone(), len, from: None, payload });
+            p.index.insert(key, i);
+        }
+    }
+
+    fn enqueue_copy(&self, mem: &Arc<PageMem>, len: u64, from: GpuPage) {
+        let mut p = self.pending.lock();
+        let key = mem.ptr();
+        let empty = || Payload::Sparse(Default::default());
+        if let Some(&i) = p.index.get(&key) {
+            let q = &mut p.items[i];
+            q.from = Some(from);
+            q.payload = empty();
+        } else {
+            let i = p.items.len();
+            p.items.push(Queued { mem: mem.clone(), len, from: Some(from), payload: empty() });
             p.index.insert(key, i);
         }
     }
@@ -839,14 +882,43 @@ impl Gpu {
         if items.is_empty() {
             return Ok(());
         }
-        let refs: Vec<Item<'_>> =
-            items.iter().map(|(mem, len, payload)| Item { page: mem.ptr(), len: *len, payload }).collect();
-        // SAFETY: each item's memory is held by its queue entry (alive
-        // until after the call, which waits for the device) and holds len
-        // bytes of this device; its payload was validated against len
-        // before it was queued; the index keeps one entry per page, and
-        // distinct pages are distinct allocations.
-        let res = unsafe { self.apply_items(&refs) };
+        // Copies first: a page's payload comes after the bytes it takes.
+        let mut copies = 0;
+        let mut res = Ok(());
+        for q in &items {
+            let Some(from) = &q.from else { continue };
+            // SAFETY: q.mem holds q.len bytes of this device (the page
+            // that queued it); `from` is another page of this device of
+            // the same length (enqueue_copy checked); both stay allocated
+            // in `items` until after the wait below.
+            let dst = unsafe { DeviceRange::new(q.mem.ptr(), q.len, self.info.ordinal) };
+            // SAFETY: as above; the stream is waited for below.
+            res = unsafe { self.memcpy_dtod(dst, from.range()) };
+            if res.is_err() {
+                break;
+            }
+            copies += 1;
+        }
+        let refs: Vec<Item<'_>> = items
+            .iter()
+            // A copy alone leaves an empty sparse payload.
+            .filter(|q| !matches!(&q.payload, Payload::Sparse(s) if s.run_count() == 0))
+            .map(|q| Item { page: q.mem.ptr(), len: q.len, payload: &q.payload })
+            .collect();
+        if res.is_ok() && !refs.is_empty() {
+            // SAFETY: each item's memory is held by its queue entry (alive
+            // until after the call, which waits for the device) and holds len
+            // bytes of this device; its payload was validated against len
+            // before it was queued; the index keeps one entry per page, and
+            // distinct pages are distinct allocations.
+            res = unsafe { self.apply_items(&refs) };
+        }
+        // The copies are waited for too (apply_items waits only when it
+        // launched), and when one failed, for those issued before it.
+        if copies > 0 {
+            let synced = self.sync();
+            res = res.and(synced);
+        }
         drop(refs);
         drop(items);
         drop(p);

@@ -176,6 +176,21 @@ pub(crate) fn same_device(a: &GpuPage, b: &GpuPage) -> bool {
     std::sync::Arc::ptr_eq(a.gpu(), b.gpu())
 }
 
+/// Whether derived deltas computed on a device may be applied by copying
+/// the function's output (on unless the benchmark harness turns it off to
+/// measure the upload beside it).
+pub(crate) static COPY_OUTPUTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether a derived delta that touches `touched` bytes of a GPU page of
+/// `len` bytes is applied by a device copy of the whole output rather than
+/// by uploading its payload: when it touches at least 1/64 of the page.
+/// The copy reads and writes the page at device bandwidth (some 3 TB/s on
+/// an H100); the upload moves the touched bytes over PCIe (some 50 GB/s),
+/// about 60 times slower per byte.
+pub(crate) fn copy_output(touched: u64, len: u64) -> bool {
+    COPY_OUTPUTS.load(std::sync::atomic::Ordering::Relaxed) && touched.saturating_mul(64) >= len
+}
+
 /// When deltas accepted for GPU pages are applied on the device; see the
 /// module docs for what each mode guarantees.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
