@@ -1102,6 +1102,91 @@ mod tests {
         Ok(w.finish()?.0)
     }
 
+    /// `bytes` with its header changed by `edit` and both CRCs (the
+    /// header's and the file's) made right again.
+    fn reheader(bytes: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        edit(&mut b[..CKPT_HEAD_LEN]);
+        let h = crc(&b[..64]);
+        b[64..68].copy_from_slice(&h.to_le_bytes());
+        let n = b.len();
+        let f = crc(&b[..n - 4]);
+        b[n - 4..].copy_from_slice(&f.to_le_bytes());
+        b
+    }
+
+    /// Header edit: the `u32` at `at` set to `v`.
+    fn set(h: &mut [u8], at: usize, v: u32) {
+        h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[test]
+    fn header_versions_flags_and_the_trailer_are_checked() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pages = pages();
+        let bytes = std::fs::read(write(dir.path(), &pages)?)?;
+        let lim = Limits::default();
+        // Only the CRCs recomputed: it reads.
+        assert_eq!(decode(&reheader(&bytes, |_| {}), &lim)?.pages.len(), pages.len());
+        // Version 1 (before graphs were kept): the same pages.
+        let v1 = decode(&reheader(&bytes, |h| set(h, 8, 1)), &lim)?;
+        assert_eq!(v1.pages.len(), pages.len());
+        assert!(pages.iter().all(|(id, b)| v1.pages[id].bytes == *b), "version 1 pages");
+        let refused = [
+            ("a graph flag in version 1", reheader(&bytes, |h| (set(h, 8, 1), set(h, 12, FLAG_GRAPH)).1)),
+            ("an unknown flag", reheader(&bytes, |h| set(h, 12, 4))),
+            ("a reserved field that is not zero", reheader(&bytes, |h| set(h, 68, 1))),
+            (
+                "the increment version without its flag",
+                reheader(&bytes, |h| set(h, 8, CKPT_INCREMENT_VERSION)),
+            ),
+            ("the increment flag in a full checkpoint", reheader(&bytes, |h| set(h, 12, FLAG_INCREMENT))),
+        ];
+        for (what, b) in refused {
+            let err = decode_file(&b, &lim).expect_err(what);
+            assert!(err.to_string().contains("unknown checkpoint flags"), "{what}: {err}");
+        }
+        // A whole header and less than a trailer after it.
+        let err = decode_file(&bytes[..CKPT_HEAD_LEN + 10], &lim).expect_err("no trailer");
+        assert!(err.to_string().contains("has no trailer"), "{err}");
+        Ok(())
+    }
+
+    /// A file whose length, as opened, is more than it holds now (it
+    /// shrank while it was read).
+    #[derive(Debug)]
+    struct Shrunk(Vec<u8>, u64);
+
+    impl VfsRead for Shrunk {
+        fn len(&self) -> u64 {
+            self.1
+        }
+        fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let at = offset as usize;
+            match self.0.get(at..at + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    Ok(())
+                }
+                None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_that_ends_while_it_is_read_is_corrupt_where_it_ended() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bytes = std::fs::read(write(dir.path(), &pages())?)?;
+        let mut f = Shrunk(bytes[..1000].to_vec(), bytes.len() as u64);
+        let err = decode_from(&mut f, &Limits::default(), None).expect_err("the trailer is gone");
+        let tail = (bytes.len() - CKPT_TAIL_LEN) as u64;
+        assert!(
+            matches!(&err, Error::Corrupt { offset: Some(o), reason, .. } if *o == tail && reason.contains("ended early")),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
     #[test]
     fn large_and_small_pages_round_trip_through_every_reader() -> Result<()> {
         let dir = tempfile::tempdir()?;
