@@ -1152,6 +1152,97 @@ mod tests {
         Ok(())
     }
 
+    /// A checkpoint file made by hand: the header of `like` with `count`
+    /// pages, `flags` and `next_page` (its CRC made right), then `body`,
+    /// then a trailer that matches, its CRC right.
+    fn assemble(like: &[u8], count: u64, flags: u32, next_page: u64, body: &[u8]) -> Vec<u8> {
+        let mut b = like[..CKPT_HEAD_LEN].to_vec();
+        set(&mut b, 12, flags);
+        b[32..40].copy_from_slice(&next_page.to_le_bytes());
+        b[56..64].copy_from_slice(&count.to_le_bytes());
+        let h = crc(&b[..64]);
+        b[64..68].copy_from_slice(&h.to_le_bytes());
+        b.extend_from_slice(body);
+        let total = (b.len() + CKPT_TAIL_LEN) as u64;
+        b.extend_from_slice(&CKPT_END);
+        put_u64(&mut b, count);
+        put_u64(&mut b, total);
+        put_u32(&mut b, 0);
+        let c = crc(&b);
+        put_u32(&mut b, c);
+        b
+    }
+
+    /// Page entries with these ids (8 bytes each).
+    fn entries(ids: &[u64]) -> Result<(Vec<u8>, Vec<u64>)> {
+        let (mut out, mut at) = (Vec::new(), Vec::new());
+        for &id in ids {
+            at.push((CKPT_HEAD_LEN + out.len()) as u64);
+            crate::storage::codec::page::encode_page(
+                PageId(id),
+                Epoch(1),
+                Location::Cpu,
+                &Metadata::default(),
+                &[id as u8; 8],
+                &mut out,
+            )?;
+        }
+        Ok((out, at))
+    }
+
+    /// `b` is refused as corrupt at `offset`, for a reason naming `what`.
+    fn refused_at(b: &[u8], offset: u64, what: &str) {
+        match decode_file(b, &Limits::default()) {
+            Err(Error::Corrupt { offset: Some(o), reason, .. }) if o == offset && reason.contains(what) => {}
+            other => panic!("expected {what:?} at {offset}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hand_made_checkpoints_are_refused_at_their_first_problem() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let like = std::fs::read(write(dir.path(), &pages())?)?;
+        let (two, at) = entries(&[3, 7])?;
+        // As made, it reads: the cases below differ from it in one thing.
+        let ok = assemble(&like, 2, 0, 10, &two);
+        let img = decode(&ok, &Limits::default())?;
+        assert_eq!(img.pages.keys().map(|p| p.0).collect::<Vec<_>>(), [3, 7]);
+        let tail = ok.len() - CKPT_TAIL_LEN;
+        // The trailer: its reserved field, its page count, its length.
+        let retail = |edit: &dyn Fn(&mut [u8])| {
+            let mut b = ok.clone();
+            edit(&mut b[tail..]);
+            let n = b.len();
+            let c = crc(&b[..n - 4]);
+            b[n - 4..].copy_from_slice(&c.to_le_bytes());
+            b
+        };
+        refused_at(&retail(&|t| t[24] = 1), tail as u64 + 24, "trailer reserved field is not zero");
+        refused_at(&retail(&|t| t[8] = 3), tail as u64 + 8, "trailer does not match");
+        refused_at(&retail(&|t| t[16] ^= 1), tail as u64 + 8, "trailer does not match");
+        // Page ids: zero, past the header's next page, out of order, twice.
+        let out_of_order = "out of order";
+        let (zero, z) = entries(&[0])?;
+        refused_at(&assemble(&like, 1, 0, 10, &zero), z[0] + 16, out_of_order);
+        refused_at(&assemble(&like, 2, 0, 7, &two), at[1] + 16, out_of_order);
+        for ids in [[7, 3], [3, 3]] {
+            let (b, at) = entries(&ids)?;
+            refused_at(&assemble(&like, 2, 0, 10, &b), at[1] + 16, out_of_order);
+        }
+        // The graph section: no room for its length, an empty section
+        // (its length fits; it decodes to nothing), a length past the
+        // trailer by a little and by much.
+        let end = (CKPT_HEAD_LEN + two.len()) as u64;
+        let graph = |extra: &[u8]| assemble(&like, 2, FLAG_GRAPH, 10, &[&two[..], extra].concat());
+        refused_at(&graph(&[1, 2, 3, 4]), end, "need 8 bytes");
+        refused_at(&graph(&0u64.to_le_bytes()), end + 8, "malformed graph section");
+        for len in [14u64, 1000] {
+            let section = [&len.to_le_bytes()[..], &[0u8; 10]].concat();
+            refused_at(&graph(&section), end, "does not fit the file");
+        }
+        Ok(())
+    }
+
     /// A file whose length, as opened, is more than it holds now (it
     /// shrank while it was read).
     #[derive(Debug)]
