@@ -145,26 +145,6 @@ pub fn derive_rows(quick: bool) -> Result<Vec<Row>, String> {
         v[v.len() / 2]
     };
     let (ahead, by_level) = (mid(&mut ahead), mid(&mut by_level));
-    // Large writes whose derived deltas reach their pages as device copies
-    // (the written page's staged copy, the function's output) or as
-    // uploaded payloads, alternated.
-    let (mut copied, mut uploaded) = (Vec::new(), Vec::new());
-    let (mut up_copied, mut up_uploaded) = (0.0, 0.0);
-    for round in 0..4 {
-        let on = round % 2 == 0;
-        mmsb::internals::set_copy_outputs(on);
-        let r = big_write(mib, iters / 2).map_err(fail);
-        mmsb::internals::set_copy_outputs(true);
-        let (t, up) = r?;
-        if on {
-            copied.push(t);
-            up_copied = up;
-        } else {
-            uploaded.push(t);
-            up_uploaded = up;
-        }
-    }
-    let (copied, uploaded) = (mid(&mut copied), mid(&mut uploaded));
     let base = format!("gpu_derive_{mib}m_1k_write");
     Ok(vec![
         Row::latency(
@@ -186,24 +166,6 @@ pub fn derive_rows(quick: bool) -> Result<Vec<Row>, String> {
         )
         .on(&info.name),
         Row::latency(
-            &format!("gpu_derive_{mib}m_{BIG_WRITE_MIB}m_write_copied"),
-            copied * 1e6,
-            "us",
-            "the same with the payloads uploaded",
-            uploaded * 1e6,
-            None,
-        )
-        .on(&info.name),
-        Row::latency(
-            &format!("gpu_derive_{mib}m_{BIG_WRITE_MIB}m_write_bytes_up"),
-            up_copied,
-            "B",
-            "the same with the payloads uploaded",
-            up_uploaded,
-            None,
-        )
-        .on(&info.name),
-        Row::latency(
             &format!("{base}_bytes_down"),
             dev_b,
             "B",
@@ -213,46 +175,6 @@ pub fn derive_rows(quick: bool) -> Result<Vec<Row>, String> {
         )
         .on(&info.name),
     ])
-}
-
-/// MiB written at a time by [`big_write`].
-const BIG_WRITE_MIB: u64 = 4;
-
-/// GPU pages `a`, `b` (zero) and `d` = max(a, b) by the device function,
-/// of `mib` MiB each: the median time of a write of [`BIG_WRITE_MIB`] MiB
-/// to `a` with its propagation (`d` changes as much), and the bytes
-/// uploaded per write.
-fn big_write(mib: u64, iters: usize) -> mmsb::Result<(f64, f64)> {
-    let len = mib << 20;
-    let n = BIG_WRITE_MIB << 20;
-    let state = mmsb::Mmsb::start(mmsb::Config::temporary())?;
-    let gpu = mmsb::Location::Gpu(0);
-    let a = state.create_page(mmsb::PageSpec::new(len).on(gpu))?;
-    let b = state.create_page(mmsb::PageSpec::new(len).on(gpu))?;
-    let d = state.create_page(mmsb::PageSpec::new(len).on(gpu))?;
-    // SAFETY: the kernel reads each input inside its length and writes
-    // only its output (tests/data/bytewise_max.ptx).
-    let f = unsafe { mmsb::gpu::DeviceFunction::from_ptx(MAX_PTX, "mmsb_test_bytewise_max") }?;
-    state.register_device_function("max", 1, f)?;
-    state.declare_derived(d, "max", &[a, b])?;
-    let up = |s: &mmsb::Mmsb| s.stats().gpus.iter().find(|(o, _)| *o == 0).map_or(0, |(_, g)| g.h2d_bytes);
-    let mut times = Vec::with_capacity(iters);
-    let mut moved = 0;
-    for k in 0..iters + 3 {
-        let at = (k as u64 * 5_242_877) % (len - n);
-        let bytes = vec![(k % 250) as u8 + 1; n as usize];
-        let payload = mmsb::Payload::Sparse(mmsb::SparseDelta::from_pairs([(at, &bytes[..])])?);
-        let before = up(&state);
-        let t = std::time::Instant::now();
-        state.update_page(a, payload)?;
-        let dt = t.elapsed().as_secs_f64();
-        if k >= 3 {
-            times.push(dt);
-            moved += up(&state) - before;
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], moved as f64 / iters as f64))
 }
 
 /// Levels of the chain of [`chain_write`].

@@ -129,14 +129,6 @@ pub mod internals {
     pub fn set_run_ahead(on: bool) {
         crate::graph::propagate::RUN_AHEAD.store(on, std::sync::atomic::Ordering::Relaxed);
     }
-    /// Whether a derived delta computed by a device function may reach its
-    /// page as a copy of the function's output on the device (on unless
-    /// this turns it off; otherwise its payload is uploaded): for
-    /// benchmarks of the upload. Affects every state of the process.
-    #[cfg(feature = "engine")]
-    pub fn set_copy_outputs(on: bool) {
-        crate::gpu::COPY_OUTPUTS.store(on, std::sync::atomic::Ordering::Relaxed);
-    }
     /// Device blocks, typed device ranges and checked kernel launches.
     #[cfg(feature = "engine")]
     pub mod gpu {

@@ -19,8 +19,8 @@
 use crate::alloc::PageAllocator;
 use crate::delta::change::{Change, EdgeKind, Update};
 use crate::events::{event_for_change, Event, EventBus, SourceKind};
+use crate::gpu::GpuApply;
 use crate::gpu::Storage;
-use crate::gpu::{GpuApply, GpuPage};
 use crate::graph::propagate::{
     self, Deps, Derived, Functions, PropagationMode, PropagationStats, Scratch, Settings, Sink,
 };
@@ -505,9 +505,9 @@ impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
         let Self { items, guards, users_applied, derived_applied, device, .. } = self;
         match items {
             Items::Changes(c) => c.apply(ctx, clock),
-            Items::Updates(u) => apply_users(ctx, u, guards, clock, users_applied, &[]),
+            Items::Updates(u) => apply_users(ctx, u, guards, clock, users_applied),
             Items::Propagated(u, p) => {
-                apply_users(ctx, u, guards, clock, users_applied, &p.scratch.written)?;
+                apply_users(ctx, u, guards, clock, users_applied)?;
                 p.announce(ctx);
                 apply_derived(ctx, p, guards, clock, (derived_applied, device))
             }
@@ -544,10 +544,7 @@ impl<'u, 'b, 'l> Unit<'u, 'b, 'l> {
 
 /// Apply a write's updates in order, each advancing the page's epoch, the
 /// delta id and the timestamp, with its event; GPU pages queue theirs for
-/// the flush. A page in `copies` (its place among the locks, and a copy on
-/// its device holding its bytes after all of the write's updates) queues
-/// a copy from there at its first update instead. `applied` counts the
-/// updates applied, also when one fails.
+/// the flush. `applied` counts the updates applied, also when one fails.
 #[inline(always)]
 fn apply_users(
     ctx: &Ctx<'_>,
@@ -555,9 +552,7 @@ fn apply_users(
     guards: &mut [(PageId, PageGuard<'_>)],
     clock: &mut Clock,
     applied: &mut usize,
-    copies: &[(usize, GpuPage)],
 ) -> Result<()> {
-    let mut copied: Small<usize> = Small::new();
     let listen = ctx.events.active();
     let mut failed = None;
     // The counters stay in registers through the loop.
@@ -572,15 +567,7 @@ fn apply_users(
         // Before the apply: a GPU page takes the payload.
         let len = page.len;
         page.changed.get_mut().mark_payload(&u.payload, len);
-        let res = match copies.iter().find(|(c, _)| *c == k) {
-            None => page.storage.apply(&mut u.payload),
-            // Its later updates are in the copy too.
-            Some(_) if copied.contains(&k) => Ok(()),
-            Some((_, from)) => {
-                copied.push(k);
-                page.storage.take_device_copy(from)
-            }
-        };
+        let res = page.storage.apply(&mut u.payload);
         if let Err(e) = res {
             failed = Some(e);
             break;
@@ -626,8 +613,7 @@ fn apply_derived(
             }
         };
         // Host pages apply the encoding the plan left in its sink; a GPU
-        // page queues the payload decoded from it, or a copy of the device
-        // function's output when that moves less over the bus.
+        // page queues the payload decoded from it.
         let len = page.len;
         let page: &mut crate::registry::Page = page;
         let res = match page.storage.host_mut() {
@@ -637,15 +623,10 @@ fn apply_derived(
             }
             None => {
                 *device = true;
-                match d.output.as_ref().filter(|_| crate::gpu::copy_output(d.touched, len)) {
-                    Some(out) => page.storage.take_device_copy(out).map(|()| {
-                        page.changed.get_mut().mark_encoded(d.encoded(sink), len);
-                    }),
-                    None => d.payload(sink).and_then(|mut p| {
-                        page.changed.get_mut().mark_payload(&p, len);
-                        page.storage.apply(&mut p)
-                    }),
-                }
+                d.payload(sink).and_then(|mut p| {
+                    page.changed.get_mut().mark_payload(&p, len);
+                    page.storage.apply(&mut p)
+                })
             }
         };
         if let Err(e) = res {
@@ -743,13 +724,7 @@ fn plan_write<'l>(
                         .filter(|(_, &slot)| slot == k)
                         .map(|(u, _)| &u.payload)
                         .collect();
-                    let copy = crate::gpu::staged_copy(g, &payloads)?;
-                    // The commit copies the new bytes from the staged copy
-                    // when that moves less over the bus than the payloads.
-                    if crate::gpu::copy_output(payloads.iter().map(|p| p.touched()).sum(), g.len()) {
-                        scratch.written.push((k, copy.clone()));
-                    }
-                    scratch.stage_on_device(n, copy, epochs[k]);
+                    scratch.stage_on_device(n, crate::gpu::staged_copy(g, &payloads)?, epochs[k]);
                     device = true;
                 }
                 // Otherwise a page on a device is staged from a copy of

@@ -124,25 +124,6 @@ impl GpuPage {
         self.gpu.enqueue(&self.mem, self.len, payload);
     }
 
-    /// Queue a copy of `from` (a page of the same device and length, the
-    /// output of a device recompute holding this page's new bytes) into
-    /// this page: it replaces whatever is queued for the page, which those
-    /// bytes already include. The flush copies on the device; nothing
-    /// crosses the bus.
-    ///
-    /// # Errors
-    /// [`Error::Invariant`] when `from` is on another device or of another
-    /// length (nothing is queued).
-    pub(crate) fn enqueue_copy(&self, from: &GpuPage) -> Result<()> {
-        if !Arc::ptr_eq(&self.gpu, &from.gpu) || from.len != self.len || self.is(from) {
-            return Err(Error::Invariant(format!(
-                "a device copy into {self:?} from {from:?}: not another page of its device and length"
-            )));
-        }
-        self.gpu.enqueue_copy(&self.mem, self.len, from.clone());
-        Ok(())
-    }
-
     /// Copy the bytes out (after applying queued deltas).
     pub(crate) fn download(&self) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.len as usize];
@@ -229,17 +210,8 @@ impl GpuPage {
     }
 }
 
-/// A page's queued work: the bytes of another page of the device to take
-/// first (the output of a device recompute), then a payload.
-struct Queued {
-    mem: Arc<PageMem>,
-    len: u64,
-    from: Option<GpuPage>,
-    payload: Payload,
-}
-
 struct Pending {
-    items: Vec<Queued>,
+    items: Vec<(Arc<PageMem>, u64, Payload)>,
     index: HashMap<DevicePtr, usize, BuildHasherDefault<PtrHasher>>,
     bytes: u64,
 }
@@ -504,20 +476,12 @@ impl Gpu {
     }
 
     /// The payload that turns a page into `new` (same length), from the
-    /// difference mask of the two and the number of bytes it marks. The
-    /// mask (a bit per byte) stays on the device: what comes back is a
-    /// summary of it (a bit per mask byte, summarised again while it is
-    /// over 64 KiB, so at most 64 KiB), the mask bytes the summary marks
-    /// and the bytes the payload holds, so that a small change of a large
-    /// page downloads tens of KiB, not the 1/8 of it a whole mask would
-    /// be; nothing of the mask when no byte differs.
-    fn payload_from_mask(&self, mask: &DeviceBlock, differing: u64, new: DeviceRange<'_>) -> Result<Payload> {
+    /// difference mask of the two (kept on the device by [`Chain`]): only
+    /// a summary of the mask and the bytes the payload holds come back.
+    fn payload_from_mask(&self, mask: &DeviceBlock, new: DeviceRange<'_>) -> Result<Payload> {
         let len = new.len();
-        let runs = if differing == 0 {
-            Vec::new()
-        } else {
-            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len)
-        };
+        let runs =
+            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len);
         crate::delta::diff_from_fetch(runs, len, |ranges| {
             let mut parts = self.gather(&[(new, ranges)])?;
             Ok(parts.pop().unwrap_or_default())
@@ -831,26 +795,11 @@ impl Gpu {
         if let Some(&i) = p.index.get(&key) {
             // Same page queued already: one merged payload keeps the launch
             // free of write conflicts. Both were validated against len.
-            let q = &mut p.items[i];
-            q.payload = q.payload.merge(&payload, len).unwrap_or(payload);
+            let merged = p.items[i].2.merge(&payload, len).unwrap_or(payload);
+            p.items[i].2 = merged;
         } else {
             let i = p.items.len();
-            p.items.push(Queued { mem: mem.clone(), len, from: None, payload });
-            p.index.insert(key, i);
-        }
-    }
-
-    fn enqueue_copy(&self, mem: &Arc<PageMem>, len: u64, from: GpuPage) {
-        let mut p = self.pending.lock();
-        let key = mem.ptr();
-        let empty = || Payload::Sparse(Default::default());
-        if let Some(&i) = p.index.get(&key) {
-            let q = &mut p.items[i];
-            q.from = Some(from);
-            q.payload = empty();
-        } else {
-            let i = p.items.len();
-            p.items.push(Queued { mem: mem.clone(), len, from: Some(from), payload: empty() });
+            p.items.push((mem.clone(), len, payload));
             p.index.insert(key, i);
         }
     }
@@ -882,43 +831,14 @@ impl Gpu {
         if items.is_empty() {
             return Ok(());
         }
-        // Copies first: a page's payload comes after the bytes it takes.
-        let mut copies = 0;
-        let mut res = Ok(());
-        for q in &items {
-            let Some(from) = &q.from else { continue };
-            // SAFETY: q.mem holds q.len bytes of this device (the page
-            // that queued it); `from` is another page of this device of
-            // the same length (enqueue_copy checked); both stay allocated
-            // in `items` until after the wait below.
-            let dst = unsafe { DeviceRange::new(q.mem.ptr(), q.len, self.info.ordinal) };
-            // SAFETY: as above; the stream is waited for below.
-            res = unsafe { self.memcpy_dtod(dst, from.range()) };
-            if res.is_err() {
-                break;
-            }
-            copies += 1;
-        }
-        let refs: Vec<Item<'_>> = items
-            .iter()
-            // A copy alone leaves an empty sparse payload.
-            .filter(|q| !matches!(&q.payload, Payload::Sparse(s) if s.run_count() == 0))
-            .map(|q| Item { page: q.mem.ptr(), len: q.len, payload: &q.payload })
-            .collect();
-        if res.is_ok() && !refs.is_empty() {
-            // SAFETY: each item's memory is held by its queue entry (alive
-            // until after the call, which waits for the device) and holds len
-            // bytes of this device; its payload was validated against len
-            // before it was queued; the index keeps one entry per page, and
-            // distinct pages are distinct allocations.
-            res = unsafe { self.apply_items(&refs) };
-        }
-        // The copies are waited for too (apply_items waits only when it
-        // launched), and when one failed, for those issued before it.
-        if copies > 0 {
-            let synced = self.sync();
-            res = res.and(synced);
-        }
+        let refs: Vec<Item<'_>> =
+            items.iter().map(|(mem, len, payload)| Item { page: mem.ptr(), len: *len, payload }).collect();
+        // SAFETY: each item's memory is held by its queue entry (alive
+        // until after the call, which waits for the device) and holds len
+        // bytes of this device; its payload was validated against len
+        // before it was queued; the index keeps one entry per page, and
+        // distinct pages are distinct allocations.
+        let res = unsafe { self.apply_items(&refs) };
         drop(refs);
         drop(items);
         drop(p);
@@ -1027,17 +947,27 @@ impl Gpu {
         Ok((mask, n[0]))
     }
 
-    /// The payload that turns `a` into `b` (ranges of this device of one
-    /// length): identical to [`Payload::diff`] of their bytes. Queued
-    /// deltas are applied first. The comparison's mask stays on the device
-    /// (see [`Gpu::payload_from_mask`]).
+    /// The maximal runs where `a` and `b` (ranges of this device of one
+    /// length) differ, and the number of differing bytes. The comparison's
+    /// mask (a bit per byte) stays on the device: what comes back is a
+    /// summary of it (a bit per mask byte, summarised again while it is
+    /// over 64 KiB, so at most 64 KiB) and the mask bytes the summary
+    /// marks, so that a small change of a large range downloads tens of
+    /// KiB, not the 1/8 of it a whole mask would be. Queued deltas are
+    /// applied first.
     ///
     /// # Errors
     /// [`Error::Gpu`] for a range of another device or unequal lengths;
     /// [`Error::GpuMemory`]; driver errors.
-    pub(crate) fn diff(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<Payload> {
+    pub(crate) fn changed_runs(&self, a: DeviceRange<'_>, b: DeviceRange<'_>) -> Result<(Vec<Run>, u64)> {
+        let len = a.len();
         let (mask, n) = self.compared("changed runs", a, b)?;
-        self.payload_from_mask(&mask, n, b)
+        if n == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let runs =
+            runs_from_mask_bytes(self.nonzero_bytes(mask.range().slice(0, ceil_div(len, 32) * 4)?)?, len);
+        Ok((runs, n))
     }
 
     /// The bytes of `r` (a range of this device) that are not zero, as
@@ -1498,7 +1428,7 @@ impl Ran {
             return Ok(None);
         }
         let job = &self.jobs[k];
-        self.gpu.payload_from_mask(&job.mask, self.counts[k], job.out.range()).map(Some)
+        self.gpu.payload_from_mask(&job.mask, job.out.range()).map(Some)
     }
 }
 

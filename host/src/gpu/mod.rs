@@ -115,10 +115,14 @@ pub(crate) fn compare(a: &GpuPage, b: &GpuPage) -> Result<(Vec<u64>, u64)> {
 /// The payload that turns `old` into `new` (same device, same length):
 /// identical to [`Payload::diff`] of their bytes. The comparison runs on the
 /// device; what comes back is a summary of its mask and the bytes the
-/// payload holds (see [`Gpu::diff`]).
+/// payload holds (see [`Gpu::changed_runs`]).
 pub(crate) fn diff(old: &GpuPage, new: &GpuPage) -> Result<Payload> {
     check_pair(old, new)?;
-    old.gpu().diff(old.range(), new.range())
+    let (runs, _) = old.gpu().changed_runs(old.range(), new.range())?;
+    crate::delta::diff_from_fetch(runs, old.len(), |ranges| {
+        let mut parts = new.gpu().gather(&[(new.range(), ranges)])?;
+        Ok(parts.pop().unwrap_or_default())
+    })
 }
 
 /// The bytes of `ranges` of each page (pages of one device), packed in
@@ -171,24 +175,14 @@ pub(crate) fn upload_like(like: &GpuPage, bytes: &[u8]) -> Result<GpuPage> {
     like.gpu().page_from(bytes, false)
 }
 
+/// Whether `a` and `b` are the same page memory (not just equal bytes).
+pub(crate) fn same_page(a: &GpuPage, b: &GpuPage) -> bool {
+    a.is(b)
+}
+
 /// Whether two GPU pages live on the same device.
 pub(crate) fn same_device(a: &GpuPage, b: &GpuPage) -> bool {
     std::sync::Arc::ptr_eq(a.gpu(), b.gpu())
-}
-
-/// Whether derived deltas computed on a device may be applied by copying
-/// the function's output (on unless the benchmark harness turns it off to
-/// measure the upload beside it).
-pub(crate) static COPY_OUTPUTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Whether a derived delta that touches `touched` bytes of a GPU page of
-/// `len` bytes is applied by a device copy of the whole output rather than
-/// by uploading its payload: when it touches at least 1/64 of the page.
-/// The copy reads and writes the page at device bandwidth (some 3 TB/s on
-/// an H100); the upload moves the touched bytes over PCIe (some 50 GB/s),
-/// about 60 times slower per byte.
-pub(crate) fn copy_output(touched: u64, len: u64) -> bool {
-    COPY_OUTPUTS.load(std::sync::atomic::Ordering::Relaxed) && touched.saturating_mul(64) >= len
 }
 
 /// When deltas accepted for GPU pages are applied on the device; see the

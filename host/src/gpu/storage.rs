@@ -105,20 +105,6 @@ impl Storage {
         }
     }
 
-    /// Take the bytes of `from` (the output of a device recompute on this
-    /// page's device, holding the page's new bytes): queued as a copy on
-    /// the device, which the commit's flush makes.
-    ///
-    /// # Errors
-    /// [`crate::Error::Invariant`] for a host page, or `from` on another
-    /// device or of another length; nothing is queued then.
-    pub(crate) fn take_device_copy(&mut self, from: &GpuPage) -> Result<()> {
-        match self {
-            Storage::Host(_) => Err(crate::Error::Invariant("a device copy into a host page".into())),
-            Storage::Device(g) | Storage::Unified(g) => g.enqueue_copy(from),
-        }
-    }
-
     /// Apply a payload already checked against the page's length: in place
     /// in host memory, queued on a device (the commit's flush applies it).
     /// A queued payload is taken (`payload` is left an empty sparse delta).

@@ -242,10 +242,6 @@ pub(crate) struct Derived {
     /// Whether applying it may change the graph's flags (the page is stale
     /// or has control edges): see [`Graph::on_apply_node`].
     pub(crate) flags: bool,
-    /// The new bytes on the page's device, when a device function computed
-    /// them: the commit may copy them there instead of uploading the
-    /// payload.
-    pub(crate) output: Option<GpuPage>,
 }
 
 impl Derived {
@@ -352,10 +348,6 @@ pub(crate) struct Scratch {
     /// The device memory of staged pages that live on a device (their
     /// staged copy holds the new bytes; this, the device they are on).
     home: HashMap<u32, GpuPage>,
-    /// Pages of a write staged on their device whose commit copies the
-    /// staged bytes there instead of uploading the write's payloads: the
-    /// page's place among the write's own pages, and its staged copy.
-    pub(crate) written: Vec<(usize, GpuPage)>,
 }
 
 impl std::fmt::Debug for Scratch {
@@ -400,7 +392,6 @@ impl Scratch {
         self.fired.clear();
         self.fresh.clear();
         self.home.clear();
-        self.written.clear();
         if self.sink.enc.capacity() > ARENA_KEEP || self.sink.parents.capacity() > ARENA_KEEP / 16 {
             self.sink = Sink::default();
         }
@@ -631,8 +622,7 @@ pub(crate) fn plan<'g>(
     let mut stats = st.stats;
     stats.written = st.out.len() as u64;
     stats.ahead = ahead.map_or(0, |a| a.taken.load(std::sync::atomic::Ordering::Relaxed));
-    // Recomputed bytes on devices are in the derived deltas now (with the
-    // outputs the commit may copy from).
+    // Recomputed bytes on devices are in the derived deltas now.
     st.fresh.clear();
     Ok(stats)
 }
@@ -704,8 +694,8 @@ impl<'g> Settle<'g, '_> {
                 }
             }
             Outcome::Changed { enc, parents, touched, epoch, fresh } => {
-                if let Some(g) = &fresh {
-                    self.fresh.insert(n, g.clone());
+                if let Some(g) = fresh {
+                    self.fresh.insert(n, g);
                 }
                 let b = s.binding.ok_or_else(|| Error::Invariant("recomputed page has no binding".into()))?;
                 // A page staged before its recompute is one the caller
@@ -740,7 +730,6 @@ impl<'g> Settle<'g, '_> {
                     // Only control edges make a page stale between the plan
                     // and the commit.
                     flags: s.stale || !s.control_children.is_empty() || !s.control_parents.is_empty(),
-                    output: fresh,
                 });
                 if self.listen {
                     self.fired.push((s.page, true));
@@ -1216,14 +1205,15 @@ impl Ahead {
         inputs: &[GpuPage],
     ) -> Option<Result<Option<(Payload, GpuPage)>>> {
         let &k = self.job.get(&n)?;
-        if !self.ran.old(k).is(old) || self.ran.inputs(k).len() != inputs.len() {
+        if !crate::gpu::same_page(self.ran.old(k), old) || self.ran.inputs(k).len() != inputs.len() {
             return None;
         }
         for ((now, then), from) in inputs.iter().zip(self.ran.inputs(k)).zip(&self.read[k]) {
             // The page it read, or an output that equals the page the
             // loop passes now (that recompute reproduced its page).
-            let same =
-                now.is(then) || from.is_some_and(|j| self.ran.count(j) == 0 && now.is(self.ran.old(j)));
+            let same = crate::gpu::same_page(now, then)
+                || from
+                    .is_some_and(|j| self.ran.count(j) == 0 && crate::gpu::same_page(now, self.ran.old(j)));
             if !same {
                 return None;
             }
