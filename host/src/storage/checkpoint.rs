@@ -1220,6 +1220,9 @@ mod tests {
         refused_at(&retail(&|t| t[24] = 1), tail as u64 + 24, "trailer reserved field is not zero");
         refused_at(&retail(&|t| t[8] = 3), tail as u64 + 8, "trailer does not match");
         refused_at(&retail(&|t| t[16] ^= 1), tail as u64 + 8, "trailer does not match");
+        // A page image that runs into the trailer.
+        let (one, o) = entries(&[3])?;
+        refused_at(&assemble(&like, 1, 0, 10, &one[..one.len() - 5]), o[0] + 8, "does not fit the input");
         // Page ids: zero, past the header's next page, out of order, twice.
         let out_of_order = "out of order";
         let (zero, z) = entries(&[0])?;
