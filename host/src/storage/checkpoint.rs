@@ -1107,12 +1107,22 @@ mod tests {
     fn reheader(bytes: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
         let mut b = bytes.to_vec();
         edit(&mut b[..CKPT_HEAD_LEN]);
+        head_crc(&mut b);
+        file_crc(&mut b);
+        b
+    }
+
+    /// Make the header CRC of checkpoint bytes `b` right.
+    fn head_crc(b: &mut [u8]) {
         let h = crc(&b[..64]);
         b[64..68].copy_from_slice(&h.to_le_bytes());
+    }
+
+    /// Make the file CRC (the last four bytes) of checkpoint `b` right.
+    fn file_crc(b: &mut [u8]) {
         let n = b.len();
         let f = crc(&b[..n - 4]);
         b[n - 4..].copy_from_slice(&f.to_le_bytes());
-        b
     }
 
     /// Header edit: the `u32` at `at` set to `v`.
@@ -1160,8 +1170,7 @@ mod tests {
         set(&mut b, 12, flags);
         b[32..40].copy_from_slice(&next_page.to_le_bytes());
         b[56..64].copy_from_slice(&count.to_le_bytes());
-        let h = crc(&b[..64]);
-        b[64..68].copy_from_slice(&h.to_le_bytes());
+        head_crc(&mut b);
         b.extend_from_slice(body);
         let total = (b.len() + CKPT_TAIL_LEN) as u64;
         b.extend_from_slice(&CKPT_END);
@@ -1212,9 +1221,7 @@ mod tests {
         let retail = |edit: &dyn Fn(&mut [u8])| {
             let mut b = ok.clone();
             edit(&mut b[tail..]);
-            let n = b.len();
-            let c = crc(&b[..n - 4]);
-            b[n - 4..].copy_from_slice(&c.to_le_bytes());
+            file_crc(&mut b);
             b
         };
         refused_at(&retail(&|t| t[24] = 1), tail as u64 + 24, "trailer reserved field is not zero");
