@@ -1253,6 +1253,67 @@ mod tests {
         Ok(())
     }
 
+    /// An increment made by hand from the header of `like` (LSN 5): no
+    /// pages, next page 10, then `body` (its increment section).
+    fn increment(like: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut b = assemble(like, 0, FLAG_INCREMENT, 10, body);
+        set(&mut b, 8, CKPT_INCREMENT_VERSION);
+        head_crc(&mut b);
+        file_crc(&mut b);
+        b
+    }
+
+    /// An increment section: base LSN and fingerprint, chain depth, the
+    /// reserved field, then `count` and the deleted `ids`.
+    fn section(base_lsn: u64, depth: u32, reserved: u32, count: u64, ids: &[u64]) -> Vec<u8> {
+        let mut b = Vec::new();
+        put_u64(&mut b, base_lsn);
+        put_u64(&mut b, 0xF00D);
+        put_u32(&mut b, depth);
+        put_u32(&mut b, reserved);
+        put_u64(&mut b, count);
+        for &id in ids {
+            put_u64(&mut b, id);
+        }
+        b
+    }
+
+    #[test]
+    fn hand_made_increment_sections_are_refused_at_their_first_problem() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let like = std::fs::read(write(dir.path(), &pages())?)?;
+        let pos = CKPT_HEAD_LEN as u64;
+        // As made, it reads (the deepest chain, every byte of room used).
+        let ok = increment(&like, &section(4, MAX_CHAIN, 0, 2, &[2, 5]));
+        match decode_file(&ok, &Limits::default())?.file {
+            CheckpointFile::Increment(i) => {
+                assert_eq!(i.deleted, [PageId(2), PageId(5)]);
+                assert_eq!((i.base.lsn, i.base.fingerprint, i.base.depth), (4, 0xF00D, MAX_CHAIN - 1));
+            }
+            CheckpointFile::Full(_) => panic!("an increment read as a full checkpoint"),
+        }
+        refused_at(&increment(&like, &[0u8; 20]), pos, "need 32 bytes");
+        refused_at(&increment(&like, &section(4, 1, 1, 0, &[])), pos + 20, "reserved field is not zero");
+        for base in [5, 6] {
+            refused_at(&increment(&like, &section(base, 1, 0, 0, &[])), pos, "is not before");
+        }
+        for depth in [0, MAX_CHAIN + 1] {
+            refused_at(&increment(&like, &section(4, depth, 0, 0, &[])), pos + 16, "chain depth");
+        }
+        refused_at(&increment(&like, &section(4, 1, 0, 3, &[2, 5])), pos + 24, "do not fit the file");
+        let first = pos + INCREMENT_HEAD_LEN as u64;
+        for (ids, bad) in [(&[0u64, 5][..], 0), (&[2, 10], 1), (&[5, 2], 1), (&[5, 5], 1)] {
+            let b = increment(&like, &section(4, 1, 0, 2, ids));
+            refused_at(&b, first + 8 * bad, "out of order");
+        }
+        // The file CRC, checked last.
+        let mut b = ok.clone();
+        let n = b.len();
+        b[n - 1] ^= 1;
+        refused_at(&b, n as u64 - 4, "checkpoint CRC mismatch");
+        Ok(())
+    }
+
     /// A file whose length, as opened, is more than it holds now (it
     /// shrank while it was read).
     #[derive(Debug)]
