@@ -76,8 +76,21 @@ fn write_through(
 
 /// A follower in `dir`, caught up, must match `acked`'s last hash.
 fn converge(opts: &Options, dir: &Path, acked: &[Acked]) -> Result<Follower, Box<dyn std::error::Error>> {
-    let mut f = follow(opts, dir)?;
-    f.catch_up()?;
+    // Right after a node of the cluster was killed or paused, its reads
+    // can time out while it elects leaders, longer than the link's
+    // timeout on a loaded machine: start again (the follower recovers its
+    // directory), as an application would, for at most 60 s.
+    let until = Instant::now() + Duration::from_secs(60);
+    let f = loop {
+        match follow(opts, dir).and_then(|mut f| f.catch_up().map(|_| f)) {
+            Ok(f) => break f,
+            Err(e @ (Error::JetStream { .. } | Error::Timeout(_))) if Instant::now() < until => {
+                eprintln!("following: {e}; trying again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let last = acked.last().ok_or("nothing acknowledged")?;
     assert!(f.lsn().0 >= last.lsn, "follower at {} behind the last acknowledged LSN {}", f.lsn().0, last.lsn);
     Ok(f)
