@@ -1143,7 +1143,13 @@ mod tests {
         assert_eq!(v1.pages.len(), pages.len());
         assert!(pages.iter().all(|(id, b)| v1.pages[id].bytes == *b), "version 1 pages");
         let refused = [
-            ("a graph flag in version 1", reheader(&bytes, |h| (set(h, 8, 1), set(h, 12, FLAG_GRAPH)).1)),
+            (
+                "a graph flag in version 1",
+                reheader(&bytes, |h| {
+                    set(h, 8, 1);
+                    set(h, 12, FLAG_GRAPH);
+                }),
+            ),
             ("an unknown flag", reheader(&bytes, |h| set(h, 12, 4))),
             ("a reserved field that is not zero", reheader(&bytes, |h| set(h, 68, 1))),
             (
@@ -1256,11 +1262,7 @@ mod tests {
     /// An increment made by hand from the header of `like` (LSN 5): no
     /// pages, next page 10, then `body` (its increment section).
     fn increment(like: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut b = assemble(like, 0, FLAG_INCREMENT, 10, body);
-        set(&mut b, 8, CKPT_INCREMENT_VERSION);
-        head_crc(&mut b);
-        file_crc(&mut b);
-        b
+        reheader(&assemble(like, 0, FLAG_INCREMENT, 10, body), |h| set(h, 8, CKPT_INCREMENT_VERSION))
     }
 
     /// An increment section: base LSN and fingerprint, chain depth, the
@@ -1317,21 +1319,14 @@ mod tests {
     /// A file whose length, as opened, is more than it holds now (it
     /// shrank while it was read).
     #[derive(Debug)]
-    struct Shrunk(Vec<u8>, u64);
+    struct Shrunk(MemFile<Vec<u8>>, u64);
 
     impl VfsRead for Shrunk {
         fn len(&self) -> u64 {
             self.1
         }
         fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            let at = offset as usize;
-            match self.0.get(at..at + buf.len()) {
-                Some(b) => {
-                    buf.copy_from_slice(b);
-                    Ok(())
-                }
-                None => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            }
+            self.0.read_exact_at(buf, offset)
         }
     }
 
@@ -1339,7 +1334,7 @@ mod tests {
     fn a_checkpoint_that_ends_while_it_is_read_is_corrupt_where_it_ended() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let bytes = std::fs::read(write(dir.path(), &pages())?)?;
-        let mut f = Shrunk(bytes[..1000].to_vec(), bytes.len() as u64);
+        let mut f = Shrunk(MemFile(bytes[..1000].to_vec()), bytes.len() as u64);
         let err = decode_from(&mut f, &Limits::default(), None).expect_err("the trailer is gone");
         let tail = (bytes.len() - CKPT_TAIL_LEN) as u64;
         assert!(
